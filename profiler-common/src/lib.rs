@@ -1,0 +1,122 @@
+//! Records shared by the eBPF programs (`profiler-ebpf`) and the collector (`profiler`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding and a size assertion, because the two
+//! sides are compiled by different compilers for different targets and meet only in map memory.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Length of a kernel task name (`TASK_COMM_LEN`), NUL-padded.
+pub const COMM_LEN: usize = 16;
+
+/// Capacity of the stack-trace map shared by user and kernel stacks.
+///
+/// `bpf_get_stackid` hashes a stack into one bucket and fails with `-EEXIST` when a different
+/// stack already occupies it, so this bounds both the number of distinct stacks and the collision
+/// rate (about `distinct_stacks / STACK_MAP_ENTRIES` per new stack). Each entry costs
+/// `PERF_MAX_STACK_DEPTH * 8` bytes of kernel memory.
+pub const STACK_MAP_ENTRIES: u32 = 16 * 1024;
+
+/// Capacity of each of the two sample-count maps (see [`SampleKey`]).
+pub const SAMPLE_MAP_ENTRIES: u32 = 32 * 1024;
+
+/// Capacity of the map of profiled processes.
+pub const TARGET_MAP_ENTRIES: u32 = 8 * 1024;
+
+/// Stack id recorded when no stack of that kind exists (user mode sample: no kernel stack;
+/// kernel thread: no user stack).
+pub const STACK_ID_NONE: i32 = -1;
+/// Stack id recorded when the stack map bucket was taken by another stack (`-EEXIST`).
+pub const STACK_ID_COLLISION: i32 = -2;
+/// Stack id recorded when the kernel could not walk the stack for another reason.
+pub const STACK_ID_ERROR: i32 = -3;
+
+/// Key of the in-kernel sample aggregation: one count per thread, name and stack pair.
+///
+/// The thread name is part of the key so a thread renamed during the run keeps each name's
+/// samples, and so the collector still knows the name of a thread that exited before a drain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// Process id (`tgid`).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Id in the stack map of the user stack, or one of the `STACK_ID_*` values.
+    pub user_stack_id: i32,
+    /// Id in the stack map of the kernel stack, or one of the `STACK_ID_*` values.
+    pub kernel_stack_id: i32,
+    /// Thread name at sample time.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<SampleKey>() == 32);
+
+/// Values of [`TargetFlags`]: what to do for a profiled process.
+pub type TargetFlags = u32;
+/// Also profile processes this one forks, transitively.
+pub const TARGET_FOLLOW_CHILDREN: TargetFlags = 1;
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// CPU samples taken from target threads.
+    pub const CPU_SAMPLES: u32 = 0;
+    /// User stacks lost to a stack-map bucket collision.
+    pub const USER_STACK_COLLISIONS: u32 = 1;
+    /// Kernel stacks lost to a stack-map bucket collision.
+    pub const KERNEL_STACK_COLLISIONS: u32 = 2;
+    /// User stacks the kernel failed to collect for another reason.
+    pub const USER_STACK_ERRORS: u32 = 3;
+    /// Kernel stacks the kernel failed to collect for another reason.
+    pub const KERNEL_STACK_ERRORS: u32 = 4;
+    /// Samples dropped because the sample-count map was full.
+    pub const SAMPLE_MAP_FULL: u32 = 5;
+    /// Process events dropped because the ring buffer was full.
+    pub const PROCESS_EVENTS_LOST: u32 = 6;
+    /// New processes not followed because the target map was full.
+    pub const TARGET_MAP_FULL: u32 = 7;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+}
+
+/// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1).
+pub const CONTROL_ACTIVE_SAMPLE_MAP: u32 = 0;
+/// Index in the `CONTROL` array of the earliest sample's `CLOCK_MONOTONIC` time in ns
+/// (0 until the first sample).
+pub const CONTROL_FIRST_SAMPLE_NS: u32 = 1;
+/// Number of `CONTROL` entries.
+pub const CONTROL_ENTRIES: u32 = 2;
+
+/// Kinds of [`ProcessEvent`].
+pub mod process_event {
+    /// A profiled process forked a new process, now profiled too.
+    pub const FORK: u32 = 1;
+    /// A profiled process executed a new program.
+    pub const EXEC: u32 = 2;
+}
+
+/// A change in the set of profiled processes or their programs, streamed so the collector
+/// can read the process's memory map while it is still there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// One of the [`process_event`] kinds.
+    pub kind: u32,
+    /// The process (`tgid`) the event is about.
+    pub pid: u32,
+    /// The forking process for `FORK`; the same as `pid` for `EXEC`.
+    pub parent_pid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// `CLOCK_MONOTONIC` time of the event in ns.
+    pub time_ns: u64,
+    /// Name of the calling task.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<ProcessEvent>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::SampleKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::ProcessEvent {}
+}

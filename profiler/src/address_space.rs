@@ -1,0 +1,283 @@
+//! Executable mappings of the profiled processes, kept from the moment they are seen so that
+//! addresses can be symbolized after the process (or its binary) is gone.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use crate::procfs::{self, MapEntry};
+
+/// Index into [`AddressSpaces::objects`].
+pub type ObjectId = usize;
+
+/// An executable or library mapped by some target process.
+#[derive(Debug)]
+pub struct Object {
+    /// Path as the process named it (for display).
+    pub path: String,
+    /// Path through which the profiler opens the file for symbolization.
+    pub open_path: PathBuf,
+    /// Keeps the file reachable (through `/proc/self/fd`) if it is deleted or the process exits.
+    _file: Option<File>,
+}
+
+impl Object {
+    /// The file name, used as the module name of frames.
+    pub fn name(&self) -> &str {
+        Path::new(&self.path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or(&self.path)
+    }
+}
+
+/// One executable mapping of one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    /// `None` for mappings without a file (`[vdso]`, JIT code).
+    object: Option<ObjectId>,
+    name: String,
+}
+
+/// Where an address of a process lands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// Inside a mapped file, at this file offset.
+    File {
+        /// The file.
+        object: ObjectId,
+        /// Offset in the file.
+        file_offset: u64,
+    },
+    /// Inside an executable mapping without a file (`[vdso]`, anonymous JIT code).
+    Anonymous(&'a str),
+    /// In no known executable mapping.
+    Unmapped,
+}
+
+/// Executable mappings of every profiled process.
+#[derive(Debug, Default)]
+pub struct AddressSpaces {
+    objects: Vec<Object>,
+    /// Objects by (device, inode), so a library mapped by many processes is opened once.
+    by_file: HashMap<(String, u64), ObjectId>,
+    /// Per process, every mapping ever seen, newest last: a process that exec'd or
+    /// unmapped a library still resolves addresses sampled before that.
+    processes: HashMap<u32, Vec<Mapping>>,
+    /// Last maps text read per process, to skip re-parsing when nothing changed.
+    last_maps: HashMap<u32, String>,
+}
+
+impl AddressSpaces {
+    /// The known objects.
+    pub fn objects(&self) -> &[Object] {
+        &self.objects
+    }
+
+    /// Whether mappings of `pid` were ever read.
+    pub fn knows(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
+    /// Reads the current maps of `pid` and records mappings not seen before.
+    pub fn refresh(&mut self, pid: u32) -> std::io::Result<()> {
+        let text = procfs::read_maps(pid)?;
+        if self.last_maps.get(&pid) == Some(&text) {
+            return Ok(());
+        }
+        let entries = procfs::parse_maps(&text);
+        self.last_maps.insert(pid, text);
+        self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
+        Ok(())
+    }
+
+    /// Records the executable mappings among `entries`, opening new files with `open`.
+    fn add(
+        &mut self,
+        pid: u32,
+        entries: &[MapEntry],
+        mut open: impl FnMut(&MapEntry) -> (PathBuf, Option<File>),
+    ) {
+        for entry in entries.iter().filter(|entry| entry.executable) {
+            let object = (entry.inode != 0).then(|| {
+                let key = (entry.device.clone(), entry.inode);
+                *self.by_file.entry(key).or_insert_with(|| {
+                    let (open_path, file) = open(entry);
+                    self.objects.push(Object {
+                        path: entry.path.clone(),
+                        open_path,
+                        _file: file,
+                    });
+                    self.objects.len() - 1
+                })
+            });
+            let mapping = Mapping {
+                start: entry.start,
+                end: entry.end,
+                file_offset: entry.file_offset,
+                object,
+                name: entry.path.clone(),
+            };
+            let mappings = self.processes.entry(pid).or_default();
+            if !mappings.contains(&mapping) {
+                mappings.push(mapping);
+            }
+        }
+        self.processes.entry(pid).or_default();
+    }
+
+    /// Where `address` of `pid` lands, preferring the most recently seen mapping.
+    pub fn locate(&self, pid: u32, address: u64) -> Location<'_> {
+        let Some(mappings) = self.processes.get(&pid) else {
+            return Location::Unmapped;
+        };
+        match mappings
+            .iter()
+            .rev()
+            .find(|mapping| (mapping.start..mapping.end).contains(&address))
+        {
+            Some(Mapping {
+                object: Some(object),
+                start,
+                file_offset,
+                ..
+            }) => Location::File {
+                object: *object,
+                file_offset: address - start + file_offset,
+            },
+            Some(mapping) => Location::Anonymous(&mapping.name),
+            None => Location::Unmapped,
+        }
+    }
+}
+
+/// Opens the file behind a mapping and returns the path symbolization should use.
+///
+/// `/proc/PID/map_files` reaches the mapped inode even when it was deleted or lives in another
+/// mount namespace; holding the descriptor keeps it reachable after the process exits.
+fn open_mapped_file(pid: u32, entry: &MapEntry) -> (PathBuf, Option<File>) {
+    let candidates = [
+        procfs::map_file_path(pid, entry.start, entry.end),
+        procfs::path_in_process(pid, &entry.path),
+    ];
+    for candidate in candidates {
+        if let Ok(file) = File::open(&candidate) {
+            // Prefer the plain path when it is the same file in our namespace: blazesym then
+            // finds separate debug info (`.gnu_debuglink`) next to it.
+            let plain = Path::new(&entry.path);
+            if !entry.deleted && same_file(&file, plain) {
+                return (plain.to_path_buf(), Some(file));
+            }
+            let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            return (fd_path, Some(file));
+        }
+    }
+    (PathBuf::from(&entry.path), None)
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(start: u64, end: u64, offset: u64, inode: u64, path: &str) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            executable: true,
+            file_offset: offset,
+            device: "fe:01".into(),
+            inode,
+            path: path.into(),
+            deleted: false,
+        }
+    }
+
+    fn fake_open(entry: &MapEntry) -> (PathBuf, Option<File>) {
+        (PathBuf::from(&entry.path), None)
+    }
+
+    #[test]
+    fn locates_file_offsets_and_shares_objects() {
+        let mut spaces = AddressSpaces::default();
+        let libc = entry(0x7000, 0x9000, 0x2000, 7, "/lib/libc.so.6");
+        spaces.add(
+            1,
+            &[entry(0x1000, 0x2000, 0x1000, 5, "/bin/demo"), libc.clone()],
+            fake_open,
+        );
+        spaces.add(
+            2,
+            &[entry(0x5000, 0x7000, 0x2000, 7, "/lib/libc.so.6")],
+            fake_open,
+        );
+        assert_eq!(spaces.objects().len(), 2);
+        assert_eq!(spaces.objects()[1].name(), "libc.so.6");
+        assert_eq!(
+            spaces.locate(1, 0x1234),
+            Location::File {
+                object: 0,
+                file_offset: 0x1234
+            }
+        );
+        assert_eq!(
+            spaces.locate(1, 0x7010),
+            Location::File {
+                object: 1,
+                file_offset: 0x2010
+            }
+        );
+        assert_eq!(
+            spaces.locate(2, 0x5010),
+            Location::File {
+                object: 1,
+                file_offset: 0x2010
+            }
+        );
+        assert_eq!(spaces.locate(1, 0x3000), Location::Unmapped);
+        assert_eq!(spaces.locate(3, 0x1234), Location::Unmapped);
+    }
+
+    #[test]
+    fn newest_mapping_wins_and_old_ones_stay() {
+        let mut spaces = AddressSpaces::default();
+        spaces.add(1, &[entry(0x1000, 0x2000, 0, 5, "/bin/shell")], fake_open);
+        // After exec the same range holds another program; a library elsewhere stays known.
+        spaces.add(1, &[entry(0x1000, 0x3000, 0, 6, "/bin/test")], fake_open);
+        assert_eq!(
+            spaces.locate(1, 0x1800),
+            Location::File {
+                object: 1,
+                file_offset: 0x800
+            }
+        );
+        spaces.add(1, &[entry(0x8000, 0x9000, 0, 0, "[vdso]")], fake_open);
+        assert_eq!(spaces.locate(1, 0x8008), Location::Anonymous("[vdso]"));
+    }
+
+    #[test]
+    fn reads_own_maps_and_opens_files() {
+        let mut spaces = AddressSpaces::default();
+        let pid = std::process::id();
+        spaces.refresh(pid).unwrap();
+        let here = reads_own_maps_and_opens_files as *const () as u64;
+        let Location::File { object, .. } = spaces.locate(pid, here) else {
+            panic!("own code not in an executable file mapping");
+        };
+        let object = &spaces.objects()[object];
+        assert!(object.open_path.exists(), "{object:?}");
+    }
+}

@@ -1,0 +1,377 @@
+//! The only module that talks to aya: loads the eBPF programs, attaches them, and reads their
+//! maps into plain data. Dropping [`KernelProbes`] detaches and unloads everything (links and
+//! maps are owned by file descriptors; nothing is pinned), also when the process is killed.
+
+use std::{collections::HashMap, time::Duration};
+
+use aya::{
+    Btf, Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        BtfTracePoint, PerfEvent, ProgramError,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use profiler_common::{
+    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_FIRST_SAMPLE_NS, ProcessEvent, SampleKey, TargetFlags,
+    counter,
+};
+
+use crate::kernel_btf::{self, KernelTypes};
+
+/// The eBPF object built by `build.rs` from `profiler-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// Errors loading, attaching or reading the eBPF side.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The kernel exposes no BTF.
+    #[error(
+        "this kernel has no BTF at {path} (needs CONFIG_DEBUG_INFO_BTF=y): the profiler needs it \
+         to attach to scheduler tracepoints"
+    )]
+    NoBtf {
+        /// Where BTF was looked for.
+        path: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel's BTF lacks a field the programs need.
+    #[error("cannot use this kernel's BTF")]
+    Btf(#[source] kernel_btf::BtfError),
+    /// The kernel refused the programs.
+    #[error("loading the eBPF programs failed{hint}")]
+    Load {
+        /// What to do about it.
+        hint: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<EbpfError>,
+    },
+    /// A program could not be loaded or attached.
+    #[error("{what} failed{hint}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// What to do about it.
+        hint: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map could not be read or written.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The online CPUs could not be listed.
+    #[error("cannot list online CPUs: {0}")]
+    Cpus(String),
+}
+
+fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+const PERMISSION_HINT: &str =
+    ": permission denied; run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE";
+
+fn program_error(what: impl Into<String>, source: ProgramError) -> ProbeError {
+    let hint = if is_permission_error(&source) {
+        PERMISSION_HINT
+    } else {
+        ""
+    };
+    ProbeError::Program {
+        what: what.into(),
+        hint,
+        source: Box::new(source),
+    }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Per-cause loss counters summed over CPUs, indexed by `profiler_common::counter`.
+pub type Counters = [u64; counter::COUNT as usize];
+
+/// The loaded eBPF programs and their maps.
+pub struct KernelProbes {
+    ebpf: Ebpf,
+    btf: Btf,
+    process_events: RingBuf<MapData>,
+    active_sample_map: u64,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl KernelProbes {
+    /// Loads the programs into the kernel (nothing is attached yet). With `verbose`, the
+    /// programs' own log lines are forwarded to the `log` crate; needs a tokio runtime.
+    pub fn load(verbose: bool) -> Result<Self, ProbeError> {
+        let btf_blob =
+            std::fs::read(kernel_btf::VMLINUX_BTF).map_err(|source| ProbeError::NoBtf {
+                path: kernel_btf::VMLINUX_BTF,
+                source,
+            })?;
+        let types = KernelTypes::parse(&btf_blob).map_err(ProbeError::Btf)?;
+        let tgid_offset = types
+            .member_offset("task_struct", "tgid")
+            .map_err(ProbeError::Btf)?;
+        let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
+            path: kernel_btf::VMLINUX_BTF,
+            source: std::io::Error::other(err),
+        })?;
+        let log_level: u8 = if verbose { 0xff } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(EBPF_OBJECT)
+            .map_err(|source| ProbeError::Load {
+                hint: if is_permission_error(&source) {
+                    PERMISSION_HINT
+                } else {
+                    ""
+                },
+                source: Box::new(source),
+            })?;
+        let logger = if verbose {
+            spawn_logger(&mut ebpf)
+        } else {
+            None
+        };
+        let process_events = ebpf
+            .take_map("PROCESS_EVENTS")
+            .ok_or_else(|| {
+                map_error("PROCESS_EVENTS")(MapError::InvalidName {
+                    name: "PROCESS_EVENTS".into(),
+                })
+            })
+            .and_then(|map| RingBuf::try_from(map).map_err(map_error("PROCESS_EVENTS")))?;
+        let program: &mut PerfEvent = ebpf
+            .program_mut("cpu_sample")
+            .expect("cpu_sample is in the object")
+            .try_into()
+            .expect("cpu_sample is a perf_event program");
+        program
+            .load()
+            .map_err(|err| program_error("loading the CPU sampling program", err))?;
+        for name in ["sched_process_fork", "sched_process_exec"] {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .expect("tracepoint program is in the object")
+                .try_into()
+                .expect("tp_btf program");
+            program
+                .load(name, &btf)
+                .map_err(|err| program_error(format!("loading the {name} program"), err))?;
+        }
+        Ok(KernelProbes {
+            ebpf,
+            btf,
+            process_events,
+            active_sample_map: 0,
+            _logger: logger,
+        })
+    }
+
+    /// Profiles process `pid` from now on (and its future children if `follow_children`).
+    pub fn add_target(&mut self, pid: u32, follow_children: bool) -> Result<(), ProbeError> {
+        let mut targets: BpfHashMap<_, u32, TargetFlags> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .expect("TARGETS is in the object"),
+        )
+        .map_err(map_error("TARGETS"))?;
+        let flags = if follow_children {
+            profiler_common::TARGET_FOLLOW_CHILDREN
+        } else {
+            0
+        };
+        targets.insert(pid, flags, 0).map_err(map_error("TARGETS"))
+    }
+
+    /// Attaches the fork/exec tracepoints that follow new processes and program changes.
+    pub fn attach_process_tracking(&mut self) -> Result<(), ProbeError> {
+        let _ = &self.btf;
+        for name in ["sched_process_fork", "sched_process_exec"] {
+            let program: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .expect("tracepoint program is in the object")
+                .try_into()
+                .expect("tp_btf program");
+            program
+                .attach()
+                .map_err(|err| program_error(format!("attaching to the {name} tracepoint"), err))?;
+        }
+        Ok(())
+    }
+
+    /// Starts CPU-clock sampling at `frequency` Hz on every online CPU.
+    pub fn attach_cpu_sampling(&mut self, frequency: u64) -> Result<(), ProbeError> {
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, err)| ProbeError::Cpus(format!("{what}: {err}")))?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut("cpu_sample")
+            .expect("cpu_sample is in the object")
+            .try_into()
+            .expect("perf_event program");
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency),
+                    false,
+                )
+                .map_err(|err| {
+                    program_error(format!("opening a CPU-clock perf event on CPU {cpu}"), err)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Takes the sample counts gathered since the last drain.
+    ///
+    /// Switches the programs to the other count map, lets programs already running on other
+    /// CPUs finish, then reads and clears the map they were writing.
+    pub fn drain_samples(&mut self) -> Result<Vec<(SampleKey, u64)>, ProbeError> {
+        let drained = self.active_sample_map;
+        self.active_sample_map = 1 - drained;
+        let mut control: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("CONTROL")
+                .expect("CONTROL is in the object"),
+        )
+        .map_err(map_error("CONTROL"))?;
+        control
+            .set(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map, 0)
+            .map_err(map_error("CONTROL"))?;
+        // A program that read the old index is at most a few microseconds from its update.
+        std::thread::sleep(Duration::from_millis(2));
+        let name = if drained == 0 {
+            "SAMPLES_0"
+        } else {
+            "SAMPLES_1"
+        };
+        let mut samples: BpfHashMap<_, SampleKey, u64> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .expect("sample maps are in the object"),
+        )
+        .map_err(map_error("SAMPLES"))?;
+        let keys: Vec<SampleKey> = samples.keys().filter_map(Result::ok).collect();
+        let mut counts = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(count) = samples.get(&key, 0) {
+                counts.push((key, count));
+            }
+            let _ = samples.remove(&key);
+        }
+        Ok(counts)
+    }
+
+    /// Addresses of the given stacks, innermost first; ids not in the map are left out.
+    pub fn stacks(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<HashMap<u32, Vec<u64>>, ProbeError> {
+        let stacks: StackTraceMap<_> =
+            StackTraceMap::try_from(self.ebpf.map("STACKS").expect("STACKS is in the object"))
+                .map_err(map_error("STACKS"))?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                let trace = stacks.get(&id, 0).ok()?;
+                Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
+            })
+            .collect())
+    }
+
+    /// Loss counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .expect("COUNTERS is in the object"),
+        )
+        .map_err(map_error("COUNTERS"))?;
+        let mut counters = [0; counter::COUNT as usize];
+        for (index, slot) in counters.iter_mut().enumerate() {
+            *slot = array
+                .get(&(index as u32), 0)
+                .map_err(map_error("COUNTERS"))?
+                .iter()
+                .sum();
+        }
+        Ok(counters)
+    }
+
+    /// `CLOCK_MONOTONIC` time of the first sample, if one was taken.
+    pub fn first_sample_ns(&self) -> Result<Option<u64>, ProbeError> {
+        let control: Array<_, u64> =
+            Array::try_from(self.ebpf.map("CONTROL").expect("CONTROL is in the object"))
+                .map_err(map_error("CONTROL"))?;
+        let first = control
+            .get(&CONTROL_FIRST_SAMPLE_NS, 0)
+            .map_err(map_error("CONTROL"))?;
+        Ok((first != 0).then_some(first))
+    }
+
+    /// Fork and exec notifications since the last call.
+    pub fn process_events(&mut self) -> Vec<ProcessEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.process_events.next() {
+            if item.len() >= size_of::<ProcessEvent>() {
+                // SAFETY: the programs write whole `ProcessEvent`s; read unaligned.
+                events.push(unsafe { item.as_ptr().cast::<ProcessEvent>().read_unaligned() });
+            }
+        }
+        events
+    }
+}
+
+/// Forwards the programs' aya-log records to the `log` crate until the probes are dropped.
+fn spawn_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            log::warn!("eBPF logging unavailable: {err}");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns the ring buffer's descriptor, which lives as long as the AsyncFd.
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .ok()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

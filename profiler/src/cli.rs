@@ -1,0 +1,203 @@
+//! Command-line interface: clap definitions turned into plain configuration.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::profile::EventKind;
+
+/// Low-overhead eBPF profiler: CPU flamegraphs of a running process or a command.
+#[derive(Debug, Parser)]
+#[command(name = "profiler", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Profile running processes.
+    Attach {
+        /// Process ids to profile (all their threads).
+        #[arg(required = true, value_name = "PID")]
+        pids: Vec<u32>,
+        /// Also profile descendants: those running now and those started during the run.
+        #[arg(long)]
+        children: bool,
+        #[command(flatten)]
+        options: ProfileArgs,
+    },
+    /// Launch a command and profile it from its first instruction.
+    Record {
+        /// Do not profile processes the command starts (by default they are profiled too).
+        #[arg(long)]
+        no_children: bool,
+        #[command(flatten)]
+        options: ProfileArgs,
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Regenerate every rendered file of an output folder from its saved profile.
+    Report {
+        /// Output folder of an earlier run.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Stop after this long (e.g. `30`, `30s`, `500ms`, `2m`); default: until Ctrl-C,
+    /// SIGTERM or the target's exit.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Sampling frequency in Hz.
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+    /// Output folder (default: `benchmarks/<target>-<YYYYmmdd-HHMMSS>`).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Event kinds to collect, comma-separated: cpu.
+    #[arg(short, long, value_delimiter = ',', default_value = "cpu")]
+    pub events: Vec<EventKind>,
+    /// Show the eBPF programs' own log lines and the collector's progress.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Parses `30`, `30s`, `500ms`, `2m`, `1h`, `1.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration `{text}` (examples: 30, 30s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("duration must be positive, got `{text}`"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// What to profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// Running processes.
+    Attach {
+        /// Their ids.
+        pids: Vec<u32>,
+        /// Include descendants.
+        children: bool,
+    },
+    /// A command to launch.
+    Launch {
+        /// Program and arguments.
+        argv: Vec<OsString>,
+        /// Include processes it starts.
+        children: bool,
+    },
+}
+
+impl TargetSpec {
+    /// Whether descendants are profiled.
+    pub fn follows_children(&self) -> bool {
+        match self {
+            TargetSpec::Attach { children, .. } | TargetSpec::Launch { children, .. } => *children,
+        }
+    }
+}
+
+/// How to profile, independent of the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    /// Event kinds, deduplicated.
+    pub events: Vec<EventKind>,
+    /// Sampling frequency in Hz.
+    pub frequency: u64,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Output folder, or the default.
+    pub output: Option<PathBuf>,
+    /// Forward eBPF logs.
+    pub verbose: bool,
+}
+
+impl From<ProfileArgs> for RunConfig {
+    fn from(args: ProfileArgs) -> Self {
+        let mut events = args.events;
+        events.sort();
+        events.dedup();
+        RunConfig {
+            events,
+            frequency: args.frequency,
+            duration: args.duration,
+            output: args.output,
+            verbose: args.verbose,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn record_takes_the_command_after_double_dash() {
+        let cli =
+            Cli::try_parse_from(["profiler", "record", "-F", "999", "--", "make", "-j2"]).unwrap();
+        let Command::Record {
+            command,
+            options,
+            no_children,
+        } = cli.command
+        else {
+            panic!("not record");
+        };
+        assert_eq!(command, ["make", "-j2"]);
+        assert_eq!(options.frequency, 999);
+        assert!(!no_children);
+    }
+
+    #[test]
+    fn rejects_unknown_events_and_bad_frequency() {
+        let err =
+            Cli::try_parse_from(["profiler", "attach", "1", "--events", "cpu,gpu"]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown event kind `gpu`"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["profiler", "attach", "1", "-F", "0"]).is_err());
+        assert!(Cli::try_parse_from(["profiler", "attach"]).is_err());
+    }
+}

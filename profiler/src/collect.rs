@@ -1,0 +1,513 @@
+//! A profiling run: validate the target, load and attach the probes, collect until a stop
+//! condition, detach, and turn what was collected into a [`Profile`].
+
+use std::{
+    collections::HashMap,
+    io::IsTerminal as _,
+    path::PathBuf,
+    process::{Child, ExitStatus},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use profiler_common::{SampleKey, counter, process_event};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    address_space::AddressSpaces,
+    assemble::{self, RawSample, StackTable},
+    bpf::{Counters, KernelProbes},
+    cli::{RunConfig, TargetSpec},
+    launch::{self, GatedChild},
+    output::{self, OutputDir},
+    privileges, procfs,
+    profile::{EventKind, Interner, Losses, Process, Profile, RunInfo},
+    symbolize::Blazesym,
+};
+
+/// How often process notifications and memory maps are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How often sample counts are drained from the kernel.
+const DRAIN_EVERY_TICKS: u32 = 10;
+/// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
+/// the exec notification.
+const AFTER_EXEC_REFRESH: [Duration; 3] = [
+    Duration::from_millis(5),
+    Duration::from_millis(30),
+    Duration::from_millis(200),
+];
+
+/// What a finished run produced.
+pub struct Outcome {
+    /// The profile.
+    pub profile: Profile,
+    /// Where its files go.
+    pub output: OutputDir,
+    /// The exit code the profiler should exit with.
+    pub exit_code: i32,
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Exit code of a command the way shells report it (128 + signal when killed).
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(1)
+}
+
+/// Checks attach targets: they exist, are processes (not threads) and are not kernel threads.
+fn validate_pids(pids: &[u32]) -> anyhow::Result<()> {
+    for &pid in pids {
+        let stat = procfs::stat(pid).map_err(|_| anyhow!("no process with pid {pid}"))?;
+        if stat.zombie {
+            bail!("process {pid} has already exited");
+        }
+        if stat.kernel_thread {
+            bail!("pid {pid} is a kernel thread: the profiler profiles user-space processes");
+        }
+        let status =
+            std::fs::read_to_string(procfs::proc_dir(pid).join("status")).unwrap_or_default();
+        if let Some(tgid) = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))
+            .and_then(|tgid| tgid.trim().parse::<u32>().ok())
+            && tgid != pid
+        {
+            bail!("{pid} is a thread of process {tgid}: pass the process id {tgid}");
+        }
+    }
+    Ok(())
+}
+
+/// Processes seen during the run, with names and command lines read while they lived.
+#[derive(Default)]
+struct ProcessTable {
+    processes: HashMap<u32, Process>,
+}
+
+impl ProcessTable {
+    fn note(&mut self, pid: u32, comm: Option<String>) {
+        let name = comm
+            .filter(|name| !name.is_empty())
+            .or_else(|| procfs::process_name(pid).ok());
+        let command = procfs::command_line(pid).ok().filter(|c| !c.is_empty());
+        let entry = self.processes.entry(pid).or_insert_with(|| Process {
+            pid,
+            name: pid.to_string(),
+            command: Vec::new(),
+        });
+        if let Some(name) = name {
+            entry.name = name;
+        }
+        if let Some(command) = command {
+            entry.command = command;
+        }
+    }
+}
+
+fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// State of a run between attach and detach.
+struct Collection {
+    probes: KernelProbes,
+    spaces: AddressSpaces,
+    processes: ProcessTable,
+    counts: HashMap<SampleKey, u64>,
+    /// (when, pid): pending re-reads of memory maps.
+    refreshes: Vec<(Instant, u32)>,
+}
+
+impl Collection {
+    fn watch_process(&mut self, pid: u32, comm: Option<String>) {
+        let _ = self.spaces.refresh(pid);
+        self.processes.note(pid, comm);
+    }
+
+    fn handle_process_events(&mut self) {
+        let now = Instant::now();
+        for event in self.probes.process_events() {
+            let comm = Some(comm_string(&event.comm));
+            match event.kind {
+                process_event::FORK => self.watch_process(event.pid, None),
+                process_event::EXEC => {
+                    self.watch_process(event.pid, comm);
+                    self.refreshes.extend(
+                        AFTER_EXEC_REFRESH
+                            .iter()
+                            .map(|delay| (now + *delay, event.pid)),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.refreshes.drain(..).partition(|(at, _)| *at <= now);
+        self.refreshes = later;
+        for (_, pid) in due {
+            self.watch_process(pid, None);
+        }
+    }
+
+    fn refresh_all(&mut self) {
+        let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
+        for pid in pids {
+            let _ = self.spaces.refresh(pid);
+        }
+    }
+
+    fn drain(&mut self) -> anyhow::Result<()> {
+        for (key, count) in self.probes.drain_samples()? {
+            if !self.spaces.knows(key.tgid) {
+                // A process we were not told about (a notification was lost): read it now.
+                self.watch_process(key.tgid, None);
+            }
+            *self.counts.entry(key).or_default() += count;
+        }
+        Ok(())
+    }
+}
+
+/// What ended collection.
+enum Stop {
+    Duration,
+    Interrupted,
+    Terminated,
+    TargetExited,
+    CommandExited(ExitStatus),
+}
+
+impl Stop {
+    fn describe(&self) -> String {
+        match self {
+            Stop::Duration => "duration elapsed".into(),
+            Stop::Interrupted => "interrupted (SIGINT)".into(),
+            Stop::Terminated => "terminated (SIGTERM)".into(),
+            Stop::TargetExited => "target exited".into(),
+            Stop::CommandExited(_) => "command exited".into(),
+        }
+    }
+}
+
+fn status_line(verbose: bool) -> ProgressBar {
+    // Quiet when stderr is not a terminal (CI logs, pipes).
+    let bar = if std::io::stderr().is_terminal() || verbose {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} profiling {prefix}: {elapsed} {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Runs a whole profiling session.
+pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let started_ns = monotonic_ns();
+    let start_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    privileges::check().map_err(|message| anyhow!(message))?;
+
+    // Validate the target and the output folder before touching the kernel.
+    let (target_name, command, program) = match &spec {
+        TargetSpec::Attach { pids, .. } => {
+            validate_pids(pids)?;
+            let name = procfs::process_name(pids[0]).unwrap_or_else(|_| pids[0].to_string());
+            let command = procfs::command_line(pids[0]).unwrap_or_default();
+            (name, command, None)
+        }
+        TargetSpec::Launch { argv, .. } => {
+            let program = launch::resolve_program(&argv[0])?;
+            let name = PathBuf::from(&argv[0])
+                .file_name()
+                .map_or_else(|| "command".into(), |n| n.to_string_lossy().into_owned());
+            let command = argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            (name, command, Some(program))
+        }
+    };
+    let output_path = config.output.clone().unwrap_or_else(|| {
+        output::default_dir(
+            &target_name,
+            &output::local_stamp((start_unix_ms / 1000) as i64),
+        )
+    });
+    let output = OutputDir::prepare(&output_path)
+        .with_context(|| format!("output folder {} is not writable", output_path.display()))?;
+
+    let follow = spec.follows_children();
+    let mut probes = KernelProbes::load(config.verbose)?;
+    let mut root_pids = Vec::new();
+    let mut gated = None;
+    let mut collection_pids = Vec::new();
+    match &spec {
+        TargetSpec::Attach { pids, children } => {
+            let mut all = pids.clone();
+            if *children {
+                all.extend(procfs::descendants(pids));
+            }
+            for &pid in &all {
+                probes.add_target(pid, *children)?;
+            }
+            root_pids.clone_from(pids);
+            collection_pids = all;
+        }
+        TargetSpec::Launch { argv, children } => {
+            let child = GatedChild::spawn(program.as_deref().expect("resolved"), argv)?;
+            probes.add_target(child.pid(), *children)?;
+            root_pids.push(child.pid());
+            gated = Some(child);
+        }
+    }
+    probes.attach_process_tracking()?;
+    if config.events.contains(&EventKind::Cpu) {
+        probes.attach_cpu_sampling(config.frequency)?;
+    }
+    let attach_ms = elapsed_ms(started);
+    let mut collection = Collection {
+        probes,
+        spaces: AddressSpaces::default(),
+        processes: ProcessTable::default(),
+        counts: HashMap::new(),
+        refreshes: Vec::new(),
+    };
+    for pid in collection_pids {
+        collection.watch_process(pid, None);
+    }
+    if !privileges::can_trace_others() {
+        log::warn!("without CAP_SYS_PTRACE, processes of other users cannot be symbolized");
+    }
+
+    let mut child: Option<Child> = None;
+    if let Some(gated) = gated {
+        let pid = gated.pid();
+        child = Some(
+            gated
+                .release()
+                .with_context(|| format!("cannot start {}", command.join(" ")))?,
+        );
+        collection.refreshes.extend(
+            AFTER_EXEC_REFRESH
+                .iter()
+                .map(|d| (Instant::now() + *d, pid)),
+        );
+    }
+    let profiling_started = Instant::now();
+
+    let bar = status_line(config.verbose);
+    bar.set_prefix(format!(
+        "{target_name} ({})",
+        root_pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    bar.enable_steady_tick(Duration::from_millis(250));
+
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
+    let waiter = child.take().map(|mut child| {
+        std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = exit_tx.send(status);
+        })
+    });
+    let mut ticker = tokio::time::interval(TICK);
+    let mut ticks: u32 = 0;
+    let stop = loop {
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let command_exit = async {
+            if waiter.is_some() {
+                (&mut exit_rx).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = sleep_until_deadline => break Stop::Duration,
+            _ = sigint.recv() => break Stop::Interrupted,
+            _ = sigterm.recv() => break Stop::Terminated,
+            status = command_exit => {
+                let status = status.context("lost the command's exit status")?.context("waiting for the command")?;
+                break Stop::CommandExited(status);
+            }
+            _ = ticker.tick() => {
+                ticks += 1;
+                collection.handle_process_events();
+                if ticks % DRAIN_EVERY_TICKS == 0 {
+                    collection.drain()?;
+                    collection.refresh_all();
+                    if let Ok(counters) = collection.probes.counters() {
+                        bar.set_message(status_message(&counters));
+                    }
+                }
+                if waiter.is_none()
+                    && ticks % 5 == 0
+                    && !root_pids.iter().chain(collection.processes.processes.keys()).any(|&pid| procfs::is_alive(pid))
+                {
+                    break Stop::TargetExited;
+                }
+            }
+        }
+    };
+    let duration_secs = profiling_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // Collect what remains in both count maps, then detach before the slow symbolization.
+    collection.handle_process_events();
+    collection.drain()?;
+    collection.drain()?;
+    let counters = collection.probes.counters()?;
+    let first_sample_ns = collection.probes.first_sample_ns()?;
+    let stack_ids: Vec<u32> = collection
+        .counts
+        .keys()
+        .flat_map(|key| [key.user_stack_id, key.kernel_stack_id])
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    let stacks: StackTable = collection.probes.stacks(stack_ids)?;
+    let Collection {
+        probes,
+        spaces,
+        processes,
+        counts,
+        ..
+    } = collection;
+    drop(probes);
+
+    // In `record`, the command decides the exit code: stop it if the run ended first.
+    let mut exit = None;
+    if let Stop::CommandExited(status) = &stop {
+        exit = Some(exit_code(*status));
+    } else if let Some(waiter) = waiter {
+        let pid = root_pids[0] as libc::pid_t;
+        if !matches!(stop, Stop::Interrupted) {
+            // SAFETY: plain kill(2) of our own child, which is not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let status = match tokio::time::timeout(Duration::from_secs(5), &mut exit_rx).await {
+            Ok(Ok(Ok(status))) => Some(status),
+            _ => {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                exit_rx.await.ok().and_then(Result::ok)
+            }
+        };
+        let _ = waiter.join();
+        exit = status.map(exit_code);
+    }
+
+    let run = RunInfo {
+        target: target_name,
+        command,
+        root_pids,
+        follow_children: follow,
+        start_unix_ms,
+        duration_secs,
+        frequency_hz: config.frequency,
+        events: config.events.clone(),
+        stop_reason: stop.describe(),
+        exit_code: exit,
+        attach_ms: Some(attach_ms),
+        first_sample_ms: first_sample_ns.map(|ns| (ns as f64 - started_ns as f64) / 1e6),
+        kernel: kernel_release(),
+        profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let mut profile = Profile::new(run);
+    profile.losses = losses(&counters);
+    let raw: HashMap<RawSample, u64> =
+        counts
+            .into_iter()
+            .fold(HashMap::new(), |mut raw, (key, count)| {
+                *raw.entry(RawSample {
+                    pid: key.tgid,
+                    tid: key.tid,
+                    thread: comm_string(&key.comm),
+                    user_stack: key.user_stack_id,
+                    kernel_stack: key.kernel_stack_id,
+                })
+                .or_default() += count;
+                raw
+            });
+    let mut symbols = Blazesym::new(&spaces);
+    assemble::add_samples(
+        &mut profile,
+        &mut Interner::default(),
+        EventKind::Cpu,
+        &raw,
+        &stacks,
+        &mut symbols,
+    );
+    let mut processes: Vec<Process> = processes.processes.into_values().collect();
+    processes.sort_by_key(|process| process.pid);
+    profile.processes = processes;
+    let exit_code = match (&spec, exit) {
+        (TargetSpec::Launch { .. }, Some(code)) => code,
+        _ => 0,
+    };
+    Ok(Outcome {
+        profile,
+        output,
+        exit_code,
+    })
+}
+
+fn status_message(counters: &Counters) -> String {
+    let lost = counters[counter::SAMPLE_MAP_FULL as usize];
+    format!(
+        "{} samples, {} lost",
+        counters[counter::CPU_SAMPLES as usize],
+        lost
+    )
+}
+
+fn losses(counters: &Counters) -> Losses {
+    let get = |index: u32| counters[index as usize];
+    Losses {
+        user_stack_collisions: get(counter::USER_STACK_COLLISIONS),
+        kernel_stack_collisions: get(counter::KERNEL_STACK_COLLISIONS),
+        user_stack_errors: get(counter::USER_STACK_ERRORS),
+        kernel_stack_errors: get(counter::KERNEL_STACK_ERRORS),
+        sample_map_full: get(counter::SAMPLE_MAP_FULL),
+        process_events_lost: get(counter::PROCESS_EVENTS_LOST),
+        target_map_full: get(counter::TARGET_MAP_FULL),
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,120 @@
+//! `profiler`: low-overhead eBPF profiler for Linux.
+//!
+//! `profiler attach PID` and `profiler record -- CMD` collect CPU samples with eBPF programs
+//! (see `profiler-ebpf`), symbolize them and write folded stacks, flamegraphs and a summary.
+
+mod address_space;
+mod assemble;
+mod bpf;
+mod cli;
+mod collect;
+mod kernel_btf;
+mod launch;
+mod output;
+mod privileges;
+mod procfs;
+mod profile;
+mod render;
+mod symbolize;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use crate::{
+    cli::{Cli, Command, RunConfig, TargetSpec},
+    output::OutputDir,
+    profile::{PROFILE_FILE, Profile},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = match &cli.command {
+        Command::Attach { options, .. } | Command::Record { options, .. } => options.verbose,
+        Command::Report { .. } => false,
+    };
+    env_logger::Builder::new()
+        .filter_level(if verbose {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Warn
+        })
+        // Dependencies are chatty at debug level; the eBPF programs log under `profiler`.
+        .filter_module("blazesym", log::LevelFilter::Warn)
+        .format_timestamp(None)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("profiler: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let (spec, config) = match command {
+        Command::Report { dir } => {
+            let profile = Profile::load(&dir.join(PROFILE_FILE))?;
+            let output = OutputDir::prepare(&dir)
+                .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+            let written = render::render_all(&profile, &output)
+                .with_context(|| format!("writing results to {}", dir.display()))?;
+            eprintln!(
+                "profiler: rendered {} in {}",
+                written.join(", "),
+                dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Attach {
+            pids,
+            children,
+            options,
+        } => (
+            TargetSpec::Attach { pids, children },
+            RunConfig::from(options),
+        ),
+        Command::Record {
+            no_children,
+            options,
+            command,
+        } => (
+            TargetSpec::Launch {
+                argv: command,
+                children: !no_children,
+            },
+            RunConfig::from(options),
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(collect::run(spec, config))?;
+    let written = render::render_all(&outcome.profile, &outcome.output)
+        .with_context(|| format!("writing results to {}", outcome.output.path().display()))?;
+    print_result(&outcome.profile, &outcome.output, &written);
+    Ok(ExitCode::from(u8::try_from(outcome.exit_code).unwrap_or(1)))
+}
+
+fn print_result(profile: &Profile, output: &OutputDir, written: &[String]) {
+    let summary = render::summary::summarize(profile);
+    if let Some(cpu) = &summary.cpu {
+        let top = cpu
+            .top_self
+            .first()
+            .map(|f| format!("; hottest: {} ({:.1}%)", f.function, f.percent))
+            .unwrap_or_default();
+        eprintln!(
+            "profiler: {} samples in {:.1} s ({}), {} lost{top}",
+            cpu.samples, summary.duration_secs, summary.stop_reason, cpu.lost_samples
+        );
+    }
+    eprintln!(
+        "profiler: results in {}/ ({})",
+        output.path().display(),
+        written.join(", ")
+    );
+}

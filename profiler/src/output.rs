@@ -1,0 +1,149 @@
+//! The output folder: chosen, checked before profiling starts, and written atomically.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+/// Root of default output folders, relative to the working directory.
+pub const DEFAULT_ROOT: &str = "benchmarks";
+
+/// An output folder known to be writable.
+#[derive(Debug)]
+pub struct OutputDir {
+    path: PathBuf,
+    /// Owner to give files to when running under sudo.
+    owner: Option<(u32, u32)>,
+}
+
+/// `benchmarks/<target>-<YYYYmmdd-HHMMSS>` for a target name and a local time stamp.
+pub fn default_dir(target: &str, stamp: &str) -> PathBuf {
+    let name: String = target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = name.trim_start_matches('.');
+    let name = if name.is_empty() { "target" } else { name };
+    Path::new(DEFAULT_ROOT).join(format!("{name}-{stamp}"))
+}
+
+/// Local time as `YYYYmmdd-HHMMSS`.
+pub fn local_stamp(unix_secs: i64) -> String {
+    // SAFETY: `localtime_r` writes only into `tm`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let time: libc::time_t = unix_secs;
+    if unsafe { libc::localtime_r(&time, &mut tm) }.is_null() {
+        return unix_secs.to_string();
+    }
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// The invoking user when run through sudo, to hand results back to.
+fn sudo_owner() -> Option<(u32, u32)> {
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    Some((uid, gid))
+}
+
+impl OutputDir {
+    /// Creates `path` (and parents) if needed and checks files can be written there.
+    pub fn prepare(path: &Path) -> io::Result<Self> {
+        let existed = path.exists();
+        fs::create_dir_all(path)?;
+        if !fs::metadata(path)?.is_dir() {
+            return Err(io::Error::other("exists and is not a folder"));
+        }
+        // Probe with a real file: permissions, read-only mounts and full disks all show here.
+        tempfile::NamedTempFile::new_in(path)?;
+        let out = OutputDir {
+            path: path.to_path_buf(),
+            owner: sudo_owner(),
+        };
+        if !existed {
+            out.give_to_owner(path);
+        }
+        Ok(out)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `name` in full or not at all: a temporary file renamed into place, which also
+    /// replaces (never follows) a symlink planted under that name.
+    pub fn write(&self, name: &str, contents: &[u8]) -> io::Result<()> {
+        let mut file = tempfile::NamedTempFile::new_in(&self.path)?;
+        file.write_all(contents)?;
+        file.as_file().sync_data()?;
+        let target = self.path.join(name);
+        file.persist(&target).map_err(|err| err.error)?;
+        self.give_to_owner(&target);
+        Ok(())
+    }
+
+    fn give_to_owner(&self, path: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            // Best effort: results stay readable by root even if this fails.
+            let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_dir_is_safe_and_stamped() {
+        assert_eq!(
+            default_dir("my app/../x", "20260101-120000"),
+            PathBuf::from("benchmarks/my_app_.._x-20260101-120000")
+        );
+        assert_eq!(default_dir("..", "s"), PathBuf::from("benchmarks/target-s"));
+        assert_eq!(local_stamp(0).len(), 15);
+    }
+
+    #[test]
+    fn writes_atomically_and_replaces_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::prepare(&dir.path().join("a/b")).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, out.path().join("cpu.folded")).unwrap();
+        out.write("cpu.folded", b"main 1\n").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(
+            fs::read_to_string(out.path().join("cpu.folded")).unwrap(),
+            "main 1\n"
+        );
+        assert_eq!(
+            fs::read_dir(out.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
+    }
+
+    #[test]
+    fn refuses_a_file_as_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, "").unwrap();
+        assert!(OutputDir::prepare(&file).is_err());
+    }
+}

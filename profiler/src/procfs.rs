@@ -1,0 +1,240 @@
+//! Reading what the profiler needs from `/proc`: memory maps, names, command lines, children.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Whether the mapping is executable.
+    pub executable: bool,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// Device of the file (`major:minor` as written by the kernel).
+    pub device: String,
+    /// Inode of the file, 0 for anonymous mappings.
+    pub inode: u64,
+    /// Path of the file or pseudo-name (`[vdso]`, `[heap]`), empty for anonymous mappings.
+    /// A trailing ` (deleted)` is removed; see `deleted`.
+    pub path: String,
+    /// Whether the file was deleted after being mapped.
+    pub deleted: bool,
+}
+
+/// Parses the text of `/proc/PID/maps`, skipping lines it does not understand.
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    // address perms offset dev inode [path]; the path may contain spaces.
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let device = fields.next()?;
+    let inode = fields.next()?;
+    let path = fields.next().unwrap_or("").trim_start();
+    let (path, deleted) = match path.strip_suffix(" (deleted)") {
+        Some(path) => (path, true),
+        None => (path, false),
+    };
+    Some(MapEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        file_offset: u64::from_str_radix(offset, 16).ok()?,
+        device: device.to_owned(),
+        inode: inode.parse().ok()?,
+        path: path.to_owned(),
+        deleted,
+    })
+}
+
+/// `/proc/PID` of a process.
+pub fn proc_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}"))
+}
+
+/// Reads `/proc/PID/maps`.
+pub fn read_maps(pid: u32) -> io::Result<String> {
+    fs::read_to_string(proc_dir(pid).join("maps"))
+}
+
+/// Name (`comm`) of a process.
+pub fn process_name(pid: u32) -> io::Result<String> {
+    Ok(fs::read_to_string(proc_dir(pid).join("comm"))?
+        .trim_end()
+        .to_owned())
+}
+
+/// Command line of a process, split at NULs.
+pub fn command_line(pid: u32) -> io::Result<Vec<String>> {
+    let raw = fs::read(proc_dir(pid).join("cmdline"))?;
+    Ok(split_nul(&raw))
+}
+
+fn split_nul(raw: &[u8]) -> Vec<String> {
+    raw.split(|&byte| byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// What `/proc/PID/stat` says about a process that the profiler cares about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Parent process id.
+    pub parent_pid: u32,
+    /// Whether it is a kernel thread (`PF_KTHREAD`).
+    pub kernel_thread: bool,
+    /// Whether it is a zombie (exited, not yet reaped).
+    pub zombie: bool,
+}
+
+/// Reads `/proc/PID/stat`.
+pub fn stat(pid: u32) -> io::Result<Stat> {
+    let text = fs::read_to_string(proc_dir(pid).join("stat"))?;
+    parse_stat(&text).ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat")))
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    // The name is in parentheses and may hold anything, so fields start after the last `)`.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the name, 0-based: state(0) ppid(1) ... flags(6).
+    Some(Stat {
+        parent_pid: fields.get(1)?.parse().ok()?,
+        kernel_thread: fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
+        zombie: matches!(*fields.first()?, "Z" | "X"),
+    })
+}
+
+/// Whether a process exists and has not exited.
+pub fn is_alive(pid: u32) -> bool {
+    stat(pid).is_ok_and(|stat| !stat.zombie)
+}
+
+/// All live process ids.
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Descendants of `roots` (not including them), from the parent links in `/proc/*/stat`.
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, stat(pid).ok()?.parent_pid)))
+        .collect();
+    descendants_of(roots, &parents)
+}
+
+fn descendants_of(roots: &[u32], parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut found: Vec<u32> = Vec::new();
+    let mut frontier: Vec<u32> = roots.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in parents {
+            if ppid == parent && !roots.contains(&pid) && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Path under which a file mapped by `pid` can be opened, as the process sees it.
+///
+/// Going through `/proc/PID/root` reaches files of processes in other mount namespaces
+/// (containers).
+pub fn path_in_process(pid: u32, path: &str) -> PathBuf {
+    proc_dir(pid)
+        .join("root")
+        .join(Path::new(path).strip_prefix("/").unwrap_or(Path::new(path)))
+}
+
+/// Path of the file behind one mapping, valid even if the file was deleted or lives in
+/// another mount namespace (needs CAP_SYS_ADMIN).
+pub fn map_file_path(pid: u32, start: u64, end: u64) -> PathBuf {
+    proc_dir(pid).join(format!("map_files/{start:x}-{end:x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1311 /usr/bin/demo
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1311 /usr/bin/demo
+7f1e2a000000-7f1e2a028000 r-xp 00028000 fe:01 2222 /tmp/my lib.so (deleted)
+7f1e2b000000-7f1e2b021000 rw-p 00000000 00:00 0
+7ffd1a1f0000-7ffd1a1f2000 r-xp 00000000 00:00 0                          [vdso]
+";
+
+    #[test]
+    fn parses_maps_lines() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 5);
+        assert_eq!(
+            maps[1],
+            MapEntry {
+                start: 0x55d0_c0a0_1000,
+                end: 0x55d0_c0a0_2000,
+                executable: true,
+                file_offset: 0x1000,
+                device: "fe:01".into(),
+                inode: 1311,
+                path: "/usr/bin/demo".into(),
+                deleted: false,
+            }
+        );
+        assert!(!maps[0].executable);
+        assert_eq!(maps[2].path, "/tmp/my lib.so");
+        assert!(maps[2].deleted);
+        assert_eq!(maps[3].path, "");
+        assert_eq!(maps[4].path, "[vdso]");
+    }
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let stat = parse_stat("77 (a) b) (c) S 12 77 77 0 -1 4194560 100 0 0 0").unwrap();
+        assert_eq!(stat.parent_pid, 12);
+        assert!(!stat.kernel_thread && !stat.zombie);
+        let kthread = parse_stat("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0").unwrap();
+        assert!(kthread.kernel_thread);
+        assert!(parse_stat("3 (x) Z 1 3 3 0 -1 4194560").unwrap().zombie);
+    }
+
+    #[test]
+    fn finds_descendants_transitively() {
+        let parents = [(10, 1), (11, 10), (12, 11), (13, 1), (14, 10)];
+        assert_eq!(descendants_of(&[10], &parents), vec![11, 12, 14]);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(is_alive(pid));
+        assert!(!stat(pid).unwrap().kernel_thread);
+        assert!(!command_line(pid).unwrap().is_empty());
+        let maps = parse_maps(&read_maps(pid).unwrap());
+        assert!(
+            maps.iter()
+                .any(|map| map.executable && !map.path.is_empty())
+        );
+        assert_eq!(split_nul(b"a\0b c\0"), vec!["a", "b c"]);
+    }
+}

@@ -1,0 +1,454 @@
+//! The profile model: what a run collected, symbolized, in plain data.
+//!
+//! Every rendered file (folded stacks, flamegraphs, summaries) is a function of a [`Profile`],
+//! and the profile is saved next to them (`profile.json.gz`) so `profiler report DIR` can
+//! render them again, elsewhere and later, without the target or its binaries.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{BufReader, BufWriter, Read as _, Write},
+    path::Path,
+};
+
+use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use serde::{Deserialize, Serialize};
+
+/// File name of the saved profile inside an output folder.
+pub const PROFILE_FILE: &str = "profile.json.gz";
+
+/// Format version of the saved profile; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Largest saved profile `load` accepts once decompressed, so a crafted file cannot exhaust memory.
+const MAX_PROFILE_BYTES: u64 = 4 << 30;
+
+/// A kind of event the profiler collects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// On-CPU samples (perf_event CPU clock); weight = samples.
+    Cpu,
+}
+
+impl EventKind {
+    /// Every kind, in presentation order.
+    pub const ALL: [EventKind; 1] = [EventKind::Cpu];
+
+    /// Name used on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Cpu => "cpu",
+        }
+    }
+
+    /// Unit of a sample's weight.
+    pub fn unit(self) -> &'static str {
+        match self {
+            EventKind::Cpu => "samples",
+        }
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = EventKind::ALL.iter().map(|kind| kind.name()).collect();
+                format!("unknown event kind `{name}` (known: {})", known.join(", "))
+            })
+    }
+}
+
+/// Where a frame's code lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    /// User-space code.
+    User,
+    /// Kernel code.
+    Kernel,
+}
+
+/// One symbolized frame. Inlined calls are frames of their own, marked `inlined`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// Demangled function name, or `[module]` / `[unknown]` when no symbol covers the address.
+    pub function: String,
+    /// Object file (executable, library, `[kernel]`) the code belongs to, when known.
+    pub module: Option<String>,
+    /// Source file of the sampled line, when debug info has it.
+    pub file: Option<String>,
+    /// Source line, when debug info has it.
+    pub line: Option<u32>,
+    /// User or kernel code.
+    pub kind: FrameKind,
+    /// Whether the compiler inlined this call into its caller.
+    pub inlined: bool,
+    /// Whether no symbol covered the address.
+    pub unsymbolized: bool,
+}
+
+/// A process seen during the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Process id.
+    pub pid: u32,
+    /// Program name (`comm` of the process).
+    pub name: String,
+    /// Command line, when it could be read.
+    pub command: Vec<String>,
+}
+
+/// One aggregated sample: a weight on a stack of one thread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub thread: String,
+    /// Index into [`Profile::stacks`].
+    pub stack: usize,
+    /// Weight in the event kind's unit.
+    pub weight: u64,
+}
+
+/// What was lost or degraded while collecting, per cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Samples whose user stack was lost to a stack-map collision.
+    pub user_stack_collisions: u64,
+    /// Samples whose kernel stack was lost to a stack-map collision.
+    pub kernel_stack_collisions: u64,
+    /// Samples whose user stack the kernel failed to collect.
+    pub user_stack_errors: u64,
+    /// Samples whose kernel stack the kernel failed to collect.
+    pub kernel_stack_errors: u64,
+    /// Samples dropped because the in-kernel sample map was full.
+    pub sample_map_full: u64,
+    /// Process fork/exec notifications dropped.
+    pub process_events_lost: u64,
+    /// New child processes not followed because the target map was full.
+    pub target_map_full: u64,
+}
+
+impl Losses {
+    /// Samples not counted at all.
+    pub fn lost_samples(&self) -> u64 {
+        self.sample_map_full
+    }
+
+    /// Samples counted but with a stack missing or cut.
+    pub fn damaged_stacks(&self) -> u64 {
+        self.user_stack_collisions
+            + self.kernel_stack_collisions
+            + self.user_stack_errors
+            + self.kernel_stack_errors
+    }
+}
+
+/// Facts about the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Short name of the target (program name), used in the output folder name.
+    pub target: String,
+    /// The profiled command line (`record`), or the first attached process's.
+    pub command: Vec<String>,
+    /// Processes given on the command line (`attach`) or launched (`record`).
+    pub root_pids: Vec<u32>,
+    /// Whether descendants of the root processes were profiled too.
+    pub follow_children: bool,
+    /// Start of collection, Unix time in milliseconds.
+    pub start_unix_ms: u64,
+    /// Collection time in seconds.
+    pub duration_secs: f64,
+    /// Sampling frequency in Hz.
+    pub frequency_hz: u64,
+    /// Event kinds collected.
+    pub events: Vec<EventKind>,
+    /// Why collection stopped.
+    pub stop_reason: String,
+    /// Exit code of the launched command (`record`), when it exited.
+    pub exit_code: Option<i32>,
+    /// Time from the start of the profiler to the programs being attached, in milliseconds.
+    pub attach_ms: Option<f64>,
+    /// Time from the start of the profiler to the first sample, in milliseconds.
+    pub first_sample_ms: Option<f64>,
+    /// Kernel release the profile was taken on.
+    pub kernel: String,
+    /// Version of the profiler that took it.
+    pub profiler_version: String,
+}
+
+/// A collected, symbolized profile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Saved-format version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Facts about the run.
+    pub run: RunInfo,
+    /// Processes seen.
+    pub processes: Vec<Process>,
+    /// Interned frames.
+    pub frames: Vec<Frame>,
+    /// Interned stacks: indices into `frames`, root (outermost caller) first.
+    pub stacks: Vec<Vec<usize>>,
+    /// Samples per event kind.
+    pub samples: BTreeMap<EventKind, Vec<Sample>>,
+    /// What was lost while collecting.
+    pub losses: Losses,
+}
+
+/// Errors reading a saved profile.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a saved profile, or is damaged.
+    #[error("{path} is not a valid saved profile: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Profile {
+    /// An empty profile for a run.
+    pub fn new(run: RunInfo) -> Self {
+        Profile {
+            format_version: FORMAT_VERSION,
+            run,
+            processes: Vec::new(),
+            frames: Vec::new(),
+            stacks: Vec::new(),
+            samples: BTreeMap::new(),
+            losses: Losses::default(),
+        }
+    }
+
+    /// Total weight of one event kind.
+    pub fn total(&self, kind: EventKind) -> u64 {
+        self.samples.get(&kind).map_or(0, |samples| {
+            samples.iter().map(|sample| sample.weight).sum()
+        })
+    }
+
+    /// Whether more than one process contributed samples, in which case stacks are prefixed
+    /// with a `process (pid)` frame.
+    pub fn is_multi_process(&self) -> bool {
+        let mut pids = self.samples.values().flatten().map(|sample| sample.pid);
+        let Some(first) = pids.next() else {
+            return false;
+        };
+        pids.any(|pid| pid != first)
+    }
+
+    /// Name of a process by pid, falling back to the pid.
+    pub fn process_name(&self, pid: u32) -> String {
+        self.processes
+            .iter()
+            .find(|process| process.pid == pid)
+            .map_or_else(|| pid.to_string(), |process| process.name.clone())
+    }
+
+    /// Writes the profile, gzipped JSON, to `writer`.
+    pub fn save(&self, writer: impl Write) -> std::io::Result<()> {
+        let mut encoder = GzEncoder::new(BufWriter::new(writer), Compression::fast());
+        serde_json::to_writer(&mut encoder, self)?;
+        encoder.finish()?.flush()
+    }
+
+    /// Reads a profile saved by [`Profile::save`], checking it is consistent.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let display = path.display().to_string();
+        let file = File::open(path).map_err(|source| LoadError::Io {
+            path: display.clone(),
+            source,
+        })?;
+        let decoder = GzDecoder::new(BufReader::new(file)).take(MAX_PROFILE_BYTES);
+        let profile: Profile =
+            serde_json::from_reader(decoder).map_err(|err| LoadError::Invalid {
+                path: display.clone(),
+                reason: err.to_string(),
+            })?;
+        profile.validate().map_err(|reason| LoadError::Invalid {
+            path: display,
+            reason,
+        })?;
+        Ok(profile)
+    }
+
+    /// Checks internal references so renderers can index without panicking.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} (this profiler reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        for (index, stack) in self.stacks.iter().enumerate() {
+            if let Some(&frame) = stack.iter().find(|&&frame| frame >= self.frames.len()) {
+                return Err(format!("stack {index} refers to missing frame {frame}"));
+            }
+        }
+        for (kind, samples) in &self.samples {
+            if let Some(sample) = samples.iter().find(|s| s.stack >= self.stacks.len()) {
+                return Err(format!(
+                    "{} sample refers to missing stack {}",
+                    kind.name(),
+                    sample.stack
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Interns frames and stacks while a profile is built.
+#[derive(Default)]
+pub struct Interner {
+    frames: HashMap<Frame, usize>,
+    stacks: HashMap<Vec<usize>, usize>,
+}
+
+impl Interner {
+    /// Index of `frame` in `profile.frames`, adding it if new.
+    pub fn frame(&mut self, profile: &mut Profile, frame: Frame) -> usize {
+        *self.frames.entry(frame).or_insert_with_key(|frame| {
+            profile.frames.push(frame.clone());
+            profile.frames.len() - 1
+        })
+    }
+
+    /// Index of `stack` in `profile.stacks`, adding it if new.
+    pub fn stack(&mut self, profile: &mut Profile, stack: Vec<usize>) -> usize {
+        *self.stacks.entry(stack).or_insert_with_key(|stack| {
+            profile.stacks.push(stack.clone());
+            profile.stacks.len() - 1
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn run_info() -> RunInfo {
+        RunInfo {
+            target: "demo".into(),
+            command: vec!["demo".into(), "--fast".into()],
+            root_pids: vec![42],
+            follow_children: true,
+            start_unix_ms: 1_700_000_000_000,
+            duration_secs: 2.0,
+            frequency_hz: 99,
+            events: vec![EventKind::Cpu],
+            stop_reason: "target exited".into(),
+            exit_code: Some(0),
+            attach_ms: Some(12.0),
+            first_sample_ms: Some(20.0),
+            kernel: "6.18.0".into(),
+            profiler_version: "0.1.0".into(),
+        }
+    }
+
+    pub(crate) fn user_frame(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            module: Some("demo".into()),
+            file: None,
+            line: None,
+            kind: FrameKind::User,
+            inlined: false,
+            unsymbolized: false,
+        }
+    }
+
+    /// A profile with `main;work;hot` x7 and `main;work;cold` x3 on one thread.
+    pub(crate) fn sample_profile() -> Profile {
+        let mut profile = Profile::new(run_info());
+        let mut interner = Interner::default();
+        let main = interner.frame(&mut profile, user_frame("main"));
+        let work = interner.frame(&mut profile, user_frame("work"));
+        let hot = interner.frame(&mut profile, user_frame("hot"));
+        let cold = interner.frame(&mut profile, user_frame("cold"));
+        let hot_stack = interner.stack(&mut profile, vec![main, work, hot]);
+        let cold_stack = interner.stack(&mut profile, vec![main, work, cold]);
+        let sample = |stack, weight| Sample {
+            pid: 42,
+            tid: 42,
+            thread: "demo".into(),
+            stack,
+            weight,
+        };
+        profile.processes.push(Process {
+            pid: 42,
+            name: "demo".into(),
+            command: vec!["demo".into()],
+        });
+        profile.samples.insert(
+            EventKind::Cpu,
+            vec![sample(hot_stack, 7), sample(cold_stack, 3)],
+        );
+        profile
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let profile = sample_profile();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PROFILE_FILE);
+        profile.save(File::create(&path).unwrap()).unwrap();
+        assert_eq!(Profile::load(&path).unwrap(), profile);
+    }
+
+    #[test]
+    fn load_rejects_garbage_and_dangling_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PROFILE_FILE);
+        std::fs::write(&path, b"not gzip").unwrap();
+        assert!(matches!(
+            Profile::load(&path),
+            Err(LoadError::Invalid { .. })
+        ));
+
+        let mut profile = sample_profile();
+        profile.stacks[0].push(99);
+        profile.save(File::create(&path).unwrap()).unwrap();
+        let err = Profile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("missing frame 99"), "{err}");
+    }
+
+    #[test]
+    fn interner_deduplicates() {
+        let mut profile = Profile::new(run_info());
+        let mut interner = Interner::default();
+        let a = interner.frame(&mut profile, user_frame("a"));
+        assert_eq!(interner.frame(&mut profile, user_frame("a")), a);
+        let s = interner.stack(&mut profile, vec![a]);
+        assert_eq!(interner.stack(&mut profile, vec![a]), s);
+        assert_eq!((profile.frames.len(), profile.stacks.len()), (1, 1));
+    }
+
+    #[test]
+    fn event_kind_parses_and_rejects_unknown() {
+        assert_eq!("cpu".parse::<EventKind>(), Ok(EventKind::Cpu));
+        let err = "gpu".parse::<EventKind>().unwrap_err();
+        assert!(err.contains("unknown event kind `gpu`"), "{err}");
+    }
+}

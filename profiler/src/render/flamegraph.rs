@@ -1,0 +1,62 @@
+//! SVG flamegraphs, drawn by inferno.
+
+use inferno::flamegraph::{self, Options, Palette, color::BasicPalette};
+
+use crate::profile::EventKind;
+
+/// Renders folded `lines` as an SVG flamegraph titled `title`.
+pub fn flamegraph_svg(
+    lines: &[(String, u64)],
+    kind: EventKind,
+    title: &str,
+) -> Result<Vec<u8>, std::io::Error> {
+    let mut svg = Vec::new();
+    if lines.is_empty() {
+        // inferno refuses empty input; an SVG that says so beats a missing file.
+        svg.extend_from_slice(empty_svg(title).as_bytes());
+        return Ok(svg);
+    }
+    let mut options = Options::default();
+    options.title = title.to_owned();
+    options.count_name = kind.unit().to_owned();
+    options.colors = match kind {
+        EventKind::Cpu => Palette::Basic(BasicPalette::Hot),
+    };
+    let text: Vec<String> = lines
+        .iter()
+        .map(|(stack, weight)| format!("{stack} {weight}"))
+        .collect();
+    flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg)
+        .map_err(std::io::Error::other)?;
+    Ok(svg)
+}
+
+fn empty_svg(title: &str) -> String {
+    let title = title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+         <svg version=\"1.1\" width=\"1200\" height=\"60\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <text x=\"600\" y=\"24\" text-anchor=\"middle\" font-size=\"17\">{title}</text>\
+         <text x=\"600\" y=\"48\" text-anchor=\"middle\" font-size=\"12\">no samples were \
+         collected</text></svg>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_frames_and_handles_empty_input() {
+        let lines = vec![("t;main;hot".to_owned(), 7), ("t;main;cold".to_owned(), 3)];
+        let svg =
+            String::from_utf8(flamegraph_svg(&lines, EventKind::Cpu, "CPU").unwrap()).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("hot") && svg.contains("cold"));
+        assert!(svg.contains("7 samples"), "weight and unit in the tooltips");
+        let empty = String::from_utf8(flamegraph_svg(&[], EventKind::Cpu, "a<b").unwrap()).unwrap();
+        assert!(empty.contains("no samples") && empty.contains("a&lt;b"));
+    }
+}

@@ -1,0 +1,125 @@
+//! Folded stacks (`cpu.folded`): the interchange format of flamegraph tools.
+//!
+//! One line per distinct stack, `root;...;leaf WEIGHT`, where the root is the thread name
+//! (preceded by `process (pid)` when several processes were profiled). Kernel frames carry
+//! inferno's `_[k]` suffix and inlined frames `_[i]`.
+
+use std::collections::BTreeMap;
+
+use crate::profile::{EventKind, Frame, FrameKind, Profile};
+
+/// A frame's name as written in folded stacks.
+pub fn frame_label(frame: &Frame) -> String {
+    // `;` separates frames and a line ends at the weight: keep names from breaking either.
+    let name: String = frame
+        .function
+        .chars()
+        .map(|c| match c {
+            ';' => ':',
+            '\n' | '\r' => ' ',
+            c => c,
+        })
+        .collect();
+    match (frame.kind, frame.inlined) {
+        (FrameKind::Kernel, _) => format!("{name}_[k]"),
+        (FrameKind::User, true) => format!("{name}_[i]"),
+        (FrameKind::User, false) => name,
+    }
+}
+
+/// Folded lines of one event kind, merged and sorted by stack.
+pub fn folded_lines(profile: &Profile, kind: EventKind) -> Vec<(String, u64)> {
+    let multi_process = profile.is_multi_process();
+    let labels: Vec<String> = profile.frames.iter().map(frame_label).collect();
+    let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+    for sample in profile.samples.get(&kind).into_iter().flatten() {
+        let mut line = String::new();
+        if multi_process {
+            line.push_str(&format!(
+                "{} ({})",
+                profile.process_name(sample.pid),
+                sample.pid
+            ));
+            line.push(';');
+        }
+        line.push_str(&sample.thread.replace(';', ":"));
+        for &frame in &profile.stacks[sample.stack] {
+            line.push(';');
+            line.push_str(&labels[frame]);
+        }
+        *merged.entry(line).or_default() += sample.weight;
+    }
+    merged.into_iter().collect()
+}
+
+/// The folded file's text.
+pub fn folded_text(lines: &[(String, u64)]) -> String {
+    let mut text = String::new();
+    for (stack, weight) in lines {
+        text.push_str(stack);
+        text.push(' ');
+        text.push_str(&weight.to_string());
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Process, Sample, tests::sample_profile};
+
+    #[test]
+    fn folds_one_line_per_stack_root_first() {
+        let profile = sample_profile();
+        let text = folded_text(&folded_lines(&profile, EventKind::Cpu));
+        assert_eq!(text, "demo;main;work;cold 3\ndemo;main;work;hot 7\n");
+    }
+
+    #[test]
+    fn prefixes_process_when_several_and_marks_kernel_and_inlined() {
+        let mut profile = sample_profile();
+        profile.frames[2].kind = FrameKind::Kernel;
+        profile.frames[3].inlined = true;
+        profile.frames[3].function = "a;b".into();
+        profile.processes.push(Process {
+            pid: 43,
+            name: "child".into(),
+            command: vec![],
+        });
+        profile
+            .samples
+            .get_mut(&EventKind::Cpu)
+            .unwrap()
+            .push(Sample {
+                pid: 43,
+                tid: 44,
+                thread: "worker".into(),
+                stack: 0,
+                weight: 1,
+            });
+        let lines = folded_lines(&profile, EventKind::Cpu);
+        assert_eq!(
+            lines,
+            vec![
+                ("child (43);worker;main;work;hot_[k]".to_owned(), 1),
+                ("demo (42);demo;main;work;a:b_[i]".to_owned(), 3),
+                ("demo (42);demo;main;work;hot_[k]".to_owned(), 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn merges_threads_with_the_same_name() {
+        let mut profile = sample_profile();
+        let mut other = profile.samples[&EventKind::Cpu][0].clone();
+        other.tid = 99;
+        profile
+            .samples
+            .get_mut(&EventKind::Cpu)
+            .unwrap()
+            .push(other);
+        let lines = folded_lines(&profile, EventKind::Cpu);
+        assert_eq!(lines[1], ("demo;main;work;hot".to_owned(), 14));
+    }
+}

@@ -1,0 +1,447 @@
+//! The run summary: `summary.json` for machines and `summary.md` for people.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+};
+
+use serde::Serialize;
+
+use crate::{
+    profile::{EventKind, Losses, Profile},
+    render::folded::frame_label,
+};
+
+/// How many functions the top lists hold.
+const TOP_FUNCTIONS: usize = 20;
+
+/// What `summary.json` holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Short name of the target.
+    pub target: String,
+    /// Profiled command line.
+    pub command: Vec<String>,
+    /// Root processes.
+    pub pids: Vec<u32>,
+    /// Whether descendants were followed.
+    pub follow_children: bool,
+    /// Start, Unix time in milliseconds.
+    pub start_unix_ms: u64,
+    /// Collection time in seconds.
+    pub duration_secs: f64,
+    /// Sampling frequency.
+    pub frequency_hz: u64,
+    /// Event kinds collected.
+    pub events: Vec<EventKind>,
+    /// Why collection stopped.
+    pub stop_reason: String,
+    /// Exit code of the launched command.
+    pub exit_code: Option<i32>,
+    /// Time from profiler start to attached programs, ms.
+    pub attach_ms: Option<f64>,
+    /// Time from profiler start to the first sample, ms.
+    pub first_sample_ms: Option<f64>,
+    /// Processes that contributed samples.
+    pub processes: Vec<ProcessShare>,
+    /// CPU section, when `cpu` was collected.
+    pub cpu: Option<CpuSummary>,
+    /// What was lost while collecting.
+    pub losses: Losses,
+}
+
+/// CPU samples of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessShare {
+    /// Process id.
+    pub pid: u32,
+    /// Program name.
+    pub name: String,
+    /// CPU samples.
+    pub samples: u64,
+    /// Share of all CPU samples, percent.
+    pub percent: f64,
+}
+
+/// The CPU section.
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuSummary {
+    /// Samples counted.
+    pub samples: u64,
+    /// Samples not counted (in-kernel map full).
+    pub lost_samples: u64,
+    /// Samples whose stack was lost or cut (collisions, kernel errors).
+    pub damaged_stacks: u64,
+    /// Share of sampled frames without a symbol, percent.
+    pub unsymbolized_frames_percent: f64,
+    /// Functions by samples in which they were the leaf.
+    pub top_self: Vec<FunctionShare>,
+    /// Functions by samples in which they were anywhere on the stack.
+    pub top_total: Vec<FunctionShare>,
+    /// Samples per thread.
+    pub threads: Vec<ThreadShare>,
+}
+
+/// One function's share.
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionShare {
+    /// Function name (as in the folded file, with `_[k]` for kernel functions).
+    pub function: String,
+    /// Object file.
+    pub module: Option<String>,
+    /// `file:line` of its most sampled line, when debug info has it.
+    pub location: Option<String>,
+    /// Samples.
+    pub samples: u64,
+    /// Share of all samples, percent.
+    pub percent: f64,
+}
+
+/// One thread's share.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadShare {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub name: String,
+    /// Samples.
+    pub samples: u64,
+    /// Share of all samples, percent.
+    pub percent: f64,
+}
+
+fn percent(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        // Two decimals are plenty for people and keep the JSON stable.
+        (part as f64 * 10_000.0 / total as f64).round() / 100.0
+    }
+}
+
+/// Accumulates one function's weight and where it was sampled.
+#[derive(Default)]
+struct FunctionTally {
+    module: Option<String>,
+    weight: u64,
+    lines: HashMap<String, u64>,
+}
+
+fn top(tallies: HashMap<String, FunctionTally>, total: u64) -> Vec<FunctionShare> {
+    let mut shares: Vec<FunctionShare> = tallies
+        .into_iter()
+        .map(|(function, tally)| FunctionShare {
+            location: tally
+                .lines
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+                .map(|(line, _)| line),
+            module: tally.module,
+            samples: tally.weight,
+            percent: percent(tally.weight, total),
+            function,
+        })
+        .collect();
+    shares.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then_with(|| a.function.cmp(&b.function))
+    });
+    shares.truncate(TOP_FUNCTIONS);
+    shares
+}
+
+fn cpu_summary(profile: &Profile) -> CpuSummary {
+    let samples = profile
+        .samples
+        .get(&EventKind::Cpu)
+        .map_or(&[][..], Vec::as_slice);
+    let total = profile.total(EventKind::Cpu);
+    let mut self_tally: HashMap<String, FunctionTally> = HashMap::new();
+    let mut total_tally: HashMap<String, FunctionTally> = HashMap::new();
+    let mut threads: HashMap<(u32, u32, &str), u64> = HashMap::new();
+    let (mut frames_seen, mut frames_unsymbolized) = (0u64, 0u64);
+    for sample in samples {
+        *threads
+            .entry((sample.pid, sample.tid, sample.thread.as_str()))
+            .or_default() += sample.weight;
+        let stack = &profile.stacks[sample.stack];
+        let mut seen: HashSet<String> = HashSet::new();
+        for (depth, &frame_id) in stack.iter().enumerate() {
+            let frame = &profile.frames[frame_id];
+            frames_seen += sample.weight;
+            if frame.unsymbolized {
+                frames_unsymbolized += sample.weight;
+            }
+            let label = frame_label(frame);
+            let location = frame.file.as_ref().map(|file| match frame.line {
+                Some(line) => format!("{file}:{line}"),
+                None => file.clone(),
+            });
+            let is_leaf = depth + 1 == stack.len();
+            let mut tallies = vec![];
+            // Recursion counts a function once per sample in the total.
+            if seen.insert(label.clone()) {
+                tallies.push(&mut total_tally);
+            }
+            if is_leaf {
+                tallies.push(&mut self_tally);
+            }
+            for tally in tallies {
+                let entry = tally.entry(label.clone()).or_default();
+                entry.weight += sample.weight;
+                entry.module.clone_from(&frame.module);
+                if let Some(location) = &location {
+                    *entry.lines.entry(location.clone()).or_default() += sample.weight;
+                }
+            }
+        }
+    }
+    let mut threads: Vec<ThreadShare> = threads
+        .into_iter()
+        .map(|((pid, tid, name), weight)| ThreadShare {
+            pid,
+            tid,
+            name: name.to_owned(),
+            samples: weight,
+            percent: percent(weight, total),
+        })
+        .collect();
+    threads.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.tid.cmp(&b.tid)));
+    CpuSummary {
+        samples: total,
+        lost_samples: profile.losses.lost_samples(),
+        damaged_stacks: profile.losses.damaged_stacks(),
+        unsymbolized_frames_percent: percent(frames_unsymbolized, frames_seen),
+        top_self: top(self_tally, total),
+        top_total: top(total_tally, total),
+        threads,
+    }
+}
+
+/// Summarizes a profile.
+pub fn summarize(profile: &Profile) -> Summary {
+    let run = &profile.run;
+    let total = profile.total(EventKind::Cpu);
+    let mut per_process: HashMap<u32, u64> = HashMap::new();
+    for sample in profile.samples.values().flatten() {
+        *per_process.entry(sample.pid).or_default() += sample.weight;
+    }
+    let mut processes: Vec<ProcessShare> = per_process
+        .into_iter()
+        .map(|(pid, samples)| ProcessShare {
+            pid,
+            name: profile.process_name(pid),
+            samples,
+            percent: percent(samples, total),
+        })
+        .collect();
+    processes.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.pid.cmp(&b.pid)));
+    Summary {
+        target: run.target.clone(),
+        command: run.command.clone(),
+        pids: run.root_pids.clone(),
+        follow_children: run.follow_children,
+        start_unix_ms: run.start_unix_ms,
+        duration_secs: run.duration_secs,
+        frequency_hz: run.frequency_hz,
+        events: run.events.clone(),
+        stop_reason: run.stop_reason.clone(),
+        exit_code: run.exit_code,
+        attach_ms: run.attach_ms,
+        first_sample_ms: run.first_sample_ms,
+        processes,
+        cpu: run
+            .events
+            .contains(&EventKind::Cpu)
+            .then(|| cpu_summary(profile)),
+        losses: profile.losses.clone(),
+    }
+}
+
+/// `summary.json`.
+pub fn summary_json(summary: &Summary) -> String {
+    let mut json = serde_json::to_string_pretty(summary).expect("summary serializes");
+    json.push('\n');
+    json
+}
+
+fn md_code(text: &str) -> String {
+    format!("`{}`", text.replace('`', "'").replace('|', "\\|"))
+}
+
+/// `summary.md`.
+pub fn summary_markdown(summary: &Summary) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Profile of {}\n", md_code(&summary.target));
+    let _ = writeln!(md, "- Command: {}", md_code(&summary.command.join(" ")));
+    let pids: Vec<String> = summary.pids.iter().map(u32::to_string).collect();
+    let _ = writeln!(
+        md,
+        "- Processes: {}{}",
+        pids.join(", "),
+        if summary.follow_children {
+            " and their descendants"
+        } else {
+            ""
+        }
+    );
+    let _ = write!(
+        md,
+        "- Duration: {:.2} s at {} Hz; stopped: {}",
+        summary.duration_secs, summary.frequency_hz, summary.stop_reason
+    );
+    if let Some(code) = summary.exit_code {
+        let _ = write!(md, " (exit code {code})");
+    }
+    md.push('\n');
+    if let Some(attach) = summary.attach_ms {
+        let _ = write!(md, "- Start-up: attached after {attach:.0} ms");
+        if let Some(first) = summary.first_sample_ms {
+            let _ = write!(md, ", first sample after {first:.0} ms");
+        }
+        md.push('\n');
+    }
+    if let Some(cpu) = &summary.cpu {
+        let _ = writeln!(
+            md,
+            "- CPU samples: {} (lost: {}, stacks damaged: {}, unsymbolized frames: {:.1}%)",
+            cpu.samples, cpu.lost_samples, cpu.damaged_stacks, cpu.unsymbolized_frames_percent
+        );
+        if summary.processes.len() > 1 {
+            md.push_str(
+                "\n## Processes\n\n| process | pid | samples | share |\n|---|---:|---:|---:|\n",
+            );
+            for process in &summary.processes {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.1}% |",
+                    md_code(&process.name),
+                    process.pid,
+                    process.samples,
+                    process.percent
+                );
+            }
+        }
+        for (title, list) in [
+            (
+                "Top functions by self time (leaf of the stack)",
+                &cpu.top_self,
+            ),
+            (
+                "Top functions by total time (anywhere on the stack)",
+                &cpu.top_total,
+            ),
+        ] {
+            let _ = writeln!(md, "\n## {title}\n");
+            if list.is_empty() {
+                md.push_str("No samples.\n");
+                continue;
+            }
+            md.push_str("| share | samples | function | where |\n|---:|---:|---|---|\n");
+            for function in list {
+                let place = function
+                    .location
+                    .as_deref()
+                    .or(function.module.as_deref())
+                    .unwrap_or("");
+                let _ = writeln!(
+                    md,
+                    "| {:.1}% | {} | {} | {} |",
+                    function.percent,
+                    function.samples,
+                    md_code(&function.function),
+                    md_code(place)
+                );
+            }
+        }
+        md.push_str("\n## Threads\n\n");
+        if cpu.threads.is_empty() {
+            md.push_str("No samples.\n");
+        } else {
+            md.push_str("| thread | pid | tid | samples | share |\n|---|---:|---:|---:|---:|\n");
+            for thread in &cpu.threads {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:.1}% |",
+                    md_code(&thread.name),
+                    thread.pid,
+                    thread.tid,
+                    thread.samples,
+                    thread.percent
+                );
+            }
+        }
+    }
+    let losses = &summary.losses;
+    if losses.process_events_lost + losses.target_map_full > 0 {
+        let _ = writeln!(
+            md,
+            "\n## Losses\n\n- process notifications lost: {}\n- child processes not followed (target map full): {}",
+            losses.process_events_lost, losses.target_map_full
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::tests::sample_profile;
+
+    #[test]
+    fn shares_by_self_total_and_thread() {
+        let mut profile = sample_profile();
+        profile.frames[2].file = Some("src/hot.c".into());
+        profile.frames[2].line = Some(12);
+        let summary = summarize(&profile);
+        let cpu = summary.cpu.as_ref().unwrap();
+        assert_eq!(cpu.samples, 10);
+        assert_eq!(cpu.top_self[0].function, "hot");
+        assert_eq!(cpu.top_self[0].percent, 70.0);
+        assert_eq!(cpu.top_self[0].location.as_deref(), Some("src/hot.c:12"));
+        assert_eq!(cpu.top_self[1].function, "cold");
+        assert_eq!(cpu.top_self[1].percent, 30.0);
+        assert_eq!(cpu.top_total[0].function, "main");
+        assert_eq!(cpu.top_total[0].percent, 100.0);
+        assert_eq!(cpu.threads.len(), 1);
+        assert_eq!(cpu.threads[0].percent, 100.0);
+
+        let md = summary_markdown(&summary);
+        assert!(
+            md.contains("| 70.0% | 7 | `hot` | `src/hot.c:12` |"),
+            "{md}"
+        );
+        assert!(md.contains("| `demo` | 42 | 42 | 10 | 100.0% |"), "{md}");
+        let json: serde_json::Value = serde_json::from_str(&summary_json(&summary)).unwrap();
+        assert_eq!(json["cpu"]["top_self"][0]["function"], "hot");
+        assert_eq!(json["frequency_hz"], 99);
+    }
+
+    #[test]
+    fn recursion_counts_once_in_total() {
+        let mut profile = sample_profile();
+        let main = profile.stacks[0][0];
+        profile.stacks[0] = vec![main, main, main];
+        let summary = summarize(&profile);
+        let main_total = summary
+            .cpu
+            .unwrap()
+            .top_total
+            .into_iter()
+            .find(|f| f.function == "main")
+            .unwrap();
+        assert_eq!(main_total.samples, 10);
+    }
+
+    #[test]
+    fn empty_profile_summarizes() {
+        let mut profile = sample_profile();
+        profile.samples.clear();
+        let summary = summarize(&profile);
+        assert_eq!(summary.cpu.as_ref().unwrap().samples, 0);
+        assert!(summary_markdown(&summary).contains("No samples."));
+    }
+}

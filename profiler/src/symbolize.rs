@@ -1,0 +1,214 @@
+//! Turning addresses into frames with blazesym.
+
+use std::collections::HashMap;
+
+use blazesym::symbolize::{
+    CodeInfo, Input, Sym, Symbolized, Symbolizer,
+    source::{Elf, Kernel, Source},
+};
+
+use crate::{
+    address_space::{AddressSpaces, Location},
+    profile::{Frame, FrameKind},
+};
+
+/// Resolves addresses to frames; implemented by [`Blazesym`] and by test doubles.
+pub trait Symbols {
+    /// For each user address of `pid`, its frames outermost first (the function containing
+    /// the address, then the calls inlined into it at that point).
+    fn user(&mut self, pid: u32, addresses: &[u64]) -> Vec<Vec<Frame>>;
+    /// The same for kernel addresses.
+    fn kernel(&mut self, addresses: &[u64]) -> Vec<Vec<Frame>>;
+}
+
+/// [`Symbols`] backed by blazesym, the target's ELF/DWARF files and kallsyms.
+pub struct Blazesym<'a> {
+    symbolizer: Symbolizer,
+    spaces: &'a AddressSpaces,
+}
+
+impl<'a> Blazesym<'a> {
+    /// A symbolizer reading the objects recorded in `spaces`.
+    pub fn new(spaces: &'a AddressSpaces) -> Self {
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Blazesym { symbolizer, spaces }
+    }
+}
+
+impl Symbols for Blazesym<'_> {
+    fn user(&mut self, pid: u32, addresses: &[u64]) -> Vec<Vec<Frame>> {
+        let mut result = vec![Vec::new(); addresses.len()];
+        // Batch by object file: one blazesym call per file.
+        let mut by_object: HashMap<usize, Vec<(usize, u64)>> = HashMap::new();
+        for (index, &address) in addresses.iter().enumerate() {
+            match self.spaces.locate(pid, address) {
+                Location::File {
+                    object,
+                    file_offset,
+                } => by_object
+                    .entry(object)
+                    .or_default()
+                    .push((index, file_offset)),
+                Location::Anonymous(name) => result[index] = vec![unknown_frame(name, None)],
+                Location::Unmapped => result[index] = vec![unknown_frame("[unknown]", None)],
+            }
+        }
+        for (object_id, wanted) in by_object {
+            let object = &self.spaces.objects()[object_id];
+            let module = object.name().to_owned();
+            let mut elf = Elf::new(&object.open_path);
+            elf.debug_syms = true;
+            let offsets: Vec<u64> = wanted.iter().map(|&(_, offset)| offset).collect();
+            let symbolized = self
+                .symbolizer
+                .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
+            for (position, &(index, _)) in wanted.iter().enumerate() {
+                result[index] = match symbolized.as_ref().ok().and_then(|s| s.get(position)) {
+                    Some(Symbolized::Sym(sym)) => sym_frames(sym, Some(&module), FrameKind::User),
+                    _ => vec![unknown_frame(&format!("[{module}]"), Some(&module))],
+                };
+            }
+        }
+        result
+    }
+
+    fn kernel(&mut self, addresses: &[u64]) -> Vec<Vec<Frame>> {
+        let kernel = Kernel {
+            // kallsyms is always there and fast; looking for a vmlinux image is slow and
+            // rarely fruitful on production machines.
+            vmlinux: blazesym::MaybeDefault::None,
+            ..Default::default()
+        };
+        let symbolized = self
+            .symbolizer
+            .symbolize(&Source::Kernel(kernel), Input::AbsAddr(addresses));
+        (0..addresses.len())
+            .map(
+                |index| match symbolized.as_ref().ok().and_then(|s| s.get(index)) {
+                    Some(Symbolized::Sym(sym)) => sym_frames(sym, None, FrameKind::Kernel),
+                    _ => {
+                        let mut frame = unknown_frame("[unknown]", Some("[kernel]"));
+                        frame.kind = FrameKind::Kernel;
+                        vec![frame]
+                    }
+                },
+            )
+            .collect()
+    }
+}
+
+fn unknown_frame(name: &str, module: Option<&str>) -> Frame {
+    Frame {
+        function: name.to_owned(),
+        module: module.map(str::to_owned),
+        file: None,
+        line: None,
+        kind: FrameKind::User,
+        inlined: false,
+        unsymbolized: true,
+    }
+}
+
+fn code_location(info: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
+    match info {
+        Some(info) => (Some(info.to_path().display().to_string()), info.line),
+        None => (None, None),
+    }
+}
+
+/// Frames of one symbol: the function, then each inlined call, outermost first.
+fn sym_frames(sym: &Sym<'_>, module: Option<&str>, kind: FrameKind) -> Vec<Frame> {
+    let module = module
+        .map(str::to_owned)
+        .or_else(|| {
+            sym.module
+                .as_ref()
+                .map(|m| m.to_string_lossy().into_owned())
+        })
+        .or_else(|| (kind == FrameKind::Kernel).then(|| "[kernel]".to_owned()));
+    let (file, line) = code_location(sym.code_info.as_deref());
+    let mut frames = vec![Frame {
+        function: sym.name.to_string(),
+        module: module.clone(),
+        file,
+        line,
+        kind,
+        inlined: false,
+        unsymbolized: false,
+    }];
+    for inlined in &sym.inlined {
+        let (file, line) = code_location(inlined.code_info.as_ref());
+        frames.push(Frame {
+            function: inlined.name.to_string(),
+            module: module.clone(),
+            file,
+            line,
+            kind,
+            inlined: true,
+            unsymbolized: false,
+        });
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function_with_a_distinct_name() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn symbolizes_own_function_through_address_spaces() {
+        let mut spaces = AddressSpaces::default();
+        let pid = std::process::id();
+        spaces.refresh(pid).unwrap();
+        assert_eq!(a_function_with_a_distinct_name(), 7);
+        let address = a_function_with_a_distinct_name as *const () as u64;
+        let mut symbols = Blazesym::new(&spaces);
+        let frames = symbols.user(pid, &[address, 8]);
+        let names: Vec<&str> = frames[0].iter().map(|f| f.function.as_str()).collect();
+        assert!(
+            names
+                .iter()
+                .any(|name| name.ends_with("a_function_with_a_distinct_name")),
+            "{names:?}"
+        );
+        assert!(
+            frames[0][0]
+                .file
+                .as_deref()
+                .unwrap_or("")
+                .ends_with("symbolize.rs"),
+            "{frames:?}"
+        );
+        assert_eq!(frames[1][0].function, "[unknown]");
+        assert!(frames[1][0].unsymbolized);
+    }
+
+    #[test]
+    fn symbolizes_kernel_addresses_from_kallsyms() {
+        let Ok(kallsyms) = std::fs::read_to_string("/proc/kallsyms") else {
+            return;
+        };
+        let Some(address) = kallsyms.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let name = fields.nth(1)?;
+            (name == "schedule" && address != 0).then_some(address)
+        }) else {
+            // Addresses read as 0 without privileges: nothing to check.
+            return;
+        };
+        let spaces = AddressSpaces::default();
+        let frames = Blazesym::new(&spaces).kernel(&[address + 1]);
+        assert_eq!(frames[0][0].function, "schedule");
+        assert_eq!(frames[0][0].kind, FrameKind::Kernel);
+    }
+}
