@@ -7,7 +7,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map, perf_event},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext},
@@ -89,7 +91,7 @@ fn add_sample(samples: &HashMap<SampleKey, u64>, key: &SampleKey) {
         // else writes this value concurrently.
         Some(count) => unsafe { *count += 1 },
         None => {
-            if samples.insert(key, &1, u64::from(BPF_NOEXIST)).is_err() {
+            if samples.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
                 bump(counter::SAMPLE_MAP_FULL);
             }
         }
@@ -101,7 +103,7 @@ fn add_sample(samples: &HashMap<SampleKey, u64>, key: &SampleKey) {
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_tgid_tid();
     // tid 0 is the idle task.
-    if tid == 0 || unsafe { TARGETS.get(&tgid) }.is_none() {
+    if tid == 0 || unsafe { TARGETS.get(tgid) }.is_none() {
         return 0;
     }
     bump(counter::CPU_SAMPLES);
@@ -160,7 +162,7 @@ fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let (parent_tgid, _) = current_tgid_tid();
-    let Some(&flags) = (unsafe { TARGETS.get(&parent_tgid) }) else {
+    let Some(&flags) = (unsafe { TARGETS.get(parent_tgid) }) else {
         return 0;
     };
     if flags & TARGET_FOLLOW_CHILDREN == 0 {
@@ -180,11 +182,14 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if child_tgid == parent_tgid {
         return 0;
     }
-    if TARGETS.insert(&child_tgid, &flags, 0).is_err() {
+    if TARGETS.insert(child_tgid, flags, 0).is_err() {
         bump(counter::TARGET_MAP_FULL);
         return 0;
     }
-    debug!(&ctx, "following new process {} forked by {}", child_tgid, parent_tgid);
+    debug!(
+        &ctx,
+        "following new process {} forked by {}", child_tgid, parent_tgid
+    );
     send_process_event(process_event::FORK, child_tgid, parent_tgid);
     0
 }
@@ -193,7 +198,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let (tgid, _) = current_tgid_tid();
-    if unsafe { TARGETS.get(&tgid) }.is_none() {
+    if unsafe { TARGETS.get(tgid) }.is_none() {
         return 0;
     }
     debug!(&ctx, "target {} executed a new program", tgid);

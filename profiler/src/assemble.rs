@@ -149,7 +149,7 @@ pub fn add_samples(
             weight,
         })
         .collect();
-    samples.sort_by(|a, b| (a.pid, a.tid, a.stack).cmp(&(b.pid, b.tid, b.stack)));
+    samples.sort_by_key(|s| (s.pid, s.tid, s.stack));
     profile.samples.entry(kind).or_default().extend(samples);
 }
 

@@ -366,7 +366,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             _ = ticker.tick() => {
                 ticks += 1;
                 collection.handle_process_events();
-                if ticks % DRAIN_EVERY_TICKS == 0 {
+                if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain()?;
                     collection.refresh_all();
                     if let Ok(counters) = collection.probes.counters() {
@@ -374,7 +374,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
                     }
                 }
                 if waiter.is_none()
-                    && ticks % 5 == 0
+                    && ticks.is_multiple_of(5)
                     && !root_pids.iter().chain(collection.processes.processes.keys()).any(|&pid| procfs::is_alive(pid))
                 {
                     break Stop::TargetExited;

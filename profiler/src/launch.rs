@@ -164,6 +164,8 @@ impl Drop for GatedChild {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -173,8 +175,12 @@ mod tests {
             resolve_program(OsStr::new("no-such-command-xyz")),
             Err(LaunchError::NotFound(_))
         ));
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::write(&data, "").unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
-            resolve_program(OsStr::new("/etc/hostname")),
+            resolve_program(data.as_os_str()),
             Err(LaunchError::NotExecutable(_))
         ));
         assert!(matches!(

@@ -1,1 +1,174 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu`.
+//!
+//! Everything a fresh machine needs is installed here, idempotently, so the README's two
+//! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Project tasks for the profiler")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (rust-src, bpf-linker); quick when already done.
+    Setup,
+    /// Set up and build the profiler (release).
+    Build,
+    /// Set up, build, and profile the bundled demo program; prints where the results are.
+    Demo,
+    /// Set up, build, and run every check: formatting, clippy, unit and integration tests.
+    Test,
+    /// Formatting and clippy only.
+    Lint,
+    /// CPU overhead benchmark against perf and bpftrace; writes docs/performance/cpu.md.
+    BenchCpu(bench::CpuBenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::install(),
+        Task::Build => build(),
+        Task::Demo => demo(),
+        Task::Test => test(),
+        Task::Lint => lint(),
+        Task::BenchCpu(args) => {
+            build()?;
+            bench::cpu(&args)
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The release profiler binary.
+pub fn profiler_bin() -> PathBuf {
+    root().join("target/release/profiler")
+}
+
+/// Runs a command in the workspace root, failing if it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.env("PATH", setup::path_with_toolchain());
+    command
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::install()?;
+    run(cargo().args(["build", "--release", "--package", "profiler"]))
+}
+
+/// Whether this process runs as root (the profiler needs it, or CAP_BPF + CAP_PERFMON).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Compiles a C program from `tests/programs` with frame pointers into `target/programs`.
+pub fn compile_program(name: &str) -> anyhow::Result<PathBuf> {
+    let out_dir = root().join("target/programs");
+    std::fs::create_dir_all(&out_dir)?;
+    let output = out_dir.join(name);
+    run(Command::new("cc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&output)
+        .arg(root().join(format!("tests/programs/{name}.c"))))?;
+    Ok(output)
+}
+
+fn demo() -> anyhow::Result<()> {
+    build()?;
+    let program = compile_program("cpu_split")?;
+    let output = root().join("benchmarks/demo");
+    let mut command = if is_root() {
+        Command::new(profiler_bin())
+    } else {
+        eprintln!("xtask: the profiler needs root; running it with sudo");
+        let mut sudo = Command::new("sudo");
+        sudo.arg(profiler_bin());
+        sudo
+    };
+    command
+        .args(["record", "--frequency", "499", "--output"])
+        .arg(&output)
+        .arg("--")
+        .arg(&program)
+        .arg("3");
+    run(&mut command)?;
+    println!("\nDemo results in {}:", output.display());
+    for entry in std::fs::read_dir(&output)? {
+        println!("  {}", entry?.path().display());
+    }
+    println!("Open cpu.svg in a browser; summary.md says where the time went:\n");
+    let summary = std::fs::read_to_string(output.join("summary.md"))?;
+    for line in summary.lines().take(16) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        // Only builds for the BPF target; its code is compiled (with warnings) by aya-build.
+        "--exclude",
+        "profiler-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test() -> anyhow::Result<()> {
+    build()?;
+    lint()?;
+    if !is_root() {
+        eprintln!(
+            "xtask: not root: integration tests will skip (they need root to load eBPF programs); \
+             run `sudo -E cargo xtask test` for the full suite"
+        );
+    }
+    run(cargo()
+        .args(["test", "--release", "--workspace"])
+        .env("PROFILER_BIN", profiler_bin()))
+}

@@ -1,0 +1,347 @@
+//! CPU profiling end to end: real eBPF programs, real processes of known behaviour.
+
+use std::{path::Path, time::Duration};
+
+use profiler_tests::{
+    Spawned, assert_nothing_loaded, have_root, loaded_profiler_programs, output, percent, profiler,
+    program, read_folded, read_summary, serial, wait_for, weight_with_frame, weight_with_leaf,
+};
+
+/// Position of `name` in `frames`, panicking with the stack if absent.
+fn position(frames: &[String], name: &str) -> usize {
+    frames
+        .iter()
+        .position(|frame| frame == name)
+        .unwrap_or_else(|| panic!("{name} not in stack {frames:?}"))
+}
+
+/// The split of `cpu_split` between `hot_path` and `cold_path` is 70/30 within 5 points, and
+/// every stack through them runs main -> run_work -> leaf.
+fn assert_cpu_split(dir: &Path) {
+    let stacks = read_folded(&dir.join("cpu.folded"));
+    let hot = weight_with_leaf(&stacks, "hot_path");
+    let cold = weight_with_leaf(&stacks, "cold_path");
+    let share = percent(hot, hot + cold);
+    assert!(
+        (65.0..=75.0).contains(&share),
+        "hot_path share {share:.1}% (hot {hot}, cold {cold})"
+    );
+    for (frames, _) in stacks.iter().filter(|(f, _)| {
+        f.last()
+            .is_some_and(|leaf| leaf == "hot_path" || leaf == "cold_path")
+    }) {
+        assert_eq!(frames[0], "cpu_split", "thread name first: {frames:?}");
+        let main = position(frames, "main");
+        let run_work = position(frames, "run_work");
+        assert_eq!(run_work, main + 1, "run_work called by main: {frames:?}");
+        assert_eq!(
+            frames.len(),
+            run_work + 2,
+            "leaf called by run_work: {frames:?}"
+        );
+    }
+}
+
+#[test]
+fn record_splits_cpu_70_30_under_a_common_caller() {
+    let _serial = serial();
+    if !have_root("record_splits_cpu_70_30_under_a_common_caller") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-F", "499", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("cpu_split"))
+            .args(["3", "5"]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "exit code of the command passes through"
+    );
+    assert_cpu_split(dir.path());
+
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    let total: u64 = stacks.iter().map(|(_, w)| w).sum();
+    // 3 s at 499 Hz on one busy thread.
+    assert!(
+        (1300..=1650).contains(&total),
+        "{total} samples for 3 s at 499 Hz"
+    );
+    let summary = read_summary(dir.path());
+    assert_eq!(summary["cpu"]["samples"], total);
+    assert_eq!(summary["cpu"]["top_self"][0]["function"], "hot_path");
+    let location = summary["cpu"]["top_self"][0]["location"].as_str().unwrap();
+    assert!(
+        location.contains("cpu_split.c:"),
+        "source line of hot_path: {location}"
+    );
+    assert_eq!(summary["exit_code"], 5);
+    assert_eq!(summary["cpu"]["lost_samples"], 0);
+    assert!(summary["first_sample_ms"].as_f64().unwrap() < 1000.0);
+    for file in ["cpu.svg", "summary.md", "profile.json.gz"] {
+        assert!(
+            dir.path().join(file).metadata().unwrap().len() > 0,
+            "{file} written"
+        );
+    }
+    let svg = std::fs::read_to_string(dir.path().join("cpu.svg")).unwrap();
+    assert!(svg.contains("hot_path") && svg.contains("run_work"));
+    assert_nothing_loaded();
+}
+
+#[test]
+fn attach_profiles_a_running_process_for_a_duration_and_leaves_it_running() {
+    let _serial = serial();
+    if !have_root("attach_profiles_a_running_process_for_a_duration_and_leaves_it_running") {
+        return;
+    }
+    let mut target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("30"));
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["attach", "-d", "2", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(out.status.success());
+    assert!(target.is_running(), "the target survives profiling");
+    assert_cpu_split(dir.path());
+    let summary = read_summary(dir.path());
+    let samples = summary["cpu"]["samples"].as_u64().unwrap();
+    assert!(
+        (330..=440).contains(&samples),
+        "{samples} samples for 2 s at 199 Hz"
+    );
+    assert_eq!(summary["stop_reason"], "duration elapsed");
+    assert_nothing_loaded();
+}
+
+#[test]
+fn threads_are_named_and_shared() {
+    let _serial = serial();
+    if !have_root("threads_are_named_and_shared") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("named_threads"))
+            .arg("2"),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    for (thread, function) in [("spinner-a", "spin_a"), ("spinner-b", "spin_b")] {
+        let in_function: u64 = stacks
+            .iter()
+            .filter(|(frames, _)| frames[0] == thread && frames.iter().any(|f| f == function))
+            .map(|(_, w)| w)
+            .sum();
+        assert!(
+            in_function > 200,
+            "{thread} spent {in_function} samples in {function}"
+        );
+        let elsewhere: u64 = stacks
+            .iter()
+            .filter(|(frames, _)| frames[0] != thread && frames.iter().any(|f| f == function))
+            .map(|(_, w)| w)
+            .sum();
+        assert_eq!(elsewhere, 0, "{function} only on {thread}");
+    }
+    let summary = read_summary(dir.path());
+    let threads = summary["cpu"]["threads"].as_array().unwrap();
+    for name in ["spinner-a", "spinner-b"] {
+        let thread = threads
+            .iter()
+            .find(|t| t["name"] == name)
+            .expect("thread listed");
+        let share = thread["percent"].as_f64().unwrap();
+        assert!(
+            (40.0..=60.0).contains(&share),
+            "{name} has {share}% of samples"
+        );
+        assert_ne!(
+            thread["tid"], thread["pid"],
+            "{name} is not the main thread"
+        );
+    }
+    assert_nothing_loaded();
+}
+
+#[test]
+fn record_follows_child_processes_unless_told_not_to() {
+    let _serial = serial();
+    if !have_root("record_follows_child_processes_unless_told_not_to") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("forker"))
+            .arg("1.5"),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    let root_of = |function: &str| -> Vec<String> {
+        let mut roots: Vec<String> = stacks
+            .iter()
+            .filter(|(frames, _)| frames.iter().any(|f| f == function))
+            .map(|(frames, _)| frames[0].clone())
+            .collect();
+        roots.dedup();
+        roots
+    };
+    let parent = root_of("parent_spin");
+    let child = root_of("child_spin");
+    assert_eq!(parent.len(), 1, "one parent process: {parent:?}");
+    assert_eq!(child.len(), 1, "one child process: {child:?}");
+    assert_ne!(parent, child);
+    for root in parent.iter().chain(&child) {
+        assert!(root.starts_with("forker ("), "process frame first: {root}");
+    }
+    assert!(weight_with_frame(&stacks, "child_spin") > 150);
+    let summary = read_summary(dir.path());
+    assert_eq!(summary["processes"].as_array().unwrap().len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "--no-children", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("forker"))
+            .arg("1"),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    assert_eq!(weight_with_frame(&stacks, "child_spin"), 0);
+    assert!(weight_with_frame(&stacks, "parent_spin") > 100);
+    assert!(
+        stacks.iter().all(|(frames, _)| frames[0] == "forker"),
+        "no process frames"
+    );
+    assert_nothing_loaded();
+}
+
+#[test]
+fn attach_with_children_includes_existing_descendants() {
+    let _serial = serial();
+    if !have_root("attach_with_children_includes_existing_descendants") {
+        return;
+    }
+    let target = Spawned::new(std::process::Command::new(program("forker")).arg("20"));
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["attach", "--children", "-d", "1", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    assert!(weight_with_frame(&stacks, "child_spin") > 100);
+    assert!(weight_with_frame(&stacks, "parent_spin") > 100);
+    drop(target);
+    assert_nothing_loaded();
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_run_and_results_are_written() {
+    let _serial = serial();
+    if !have_root("sigint_and_sigterm_stop_the_run_and_results_are_written") {
+        return;
+    }
+    let mut target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("30"));
+    for (signal, reason) in [
+        (libc::SIGTERM, "terminated (SIGTERM)"),
+        (libc::SIGINT, "interrupted (SIGINT)"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = Spawned::new(
+            profiler()
+                .args(["attach", "-F", "199", "-o"])
+                .arg(dir.path())
+                .arg(target.pid().to_string()),
+        );
+        assert!(
+            wait_for(Duration::from_secs(5), || loaded_profiler_programs().len()
+                == 3),
+            "programs loaded while profiling"
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        run.signal(signal);
+        let status = run.0.wait().unwrap();
+        assert!(status.success(), "{reason}: {status}");
+        let summary = read_summary(dir.path());
+        assert_eq!(summary["stop_reason"], reason);
+        assert!(summary["cpu"]["samples"].as_u64().unwrap() > 100);
+        assert_nothing_loaded();
+    }
+    assert!(target.is_running());
+}
+
+#[test]
+fn sigkill_of_the_profiler_leaves_nothing_loaded() {
+    let _serial = serial();
+    if !have_root("sigkill_of_the_profiler_leaves_nothing_loaded") {
+        return;
+    }
+    let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("30"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = Spawned::new(
+        profiler()
+            .args(["attach", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(wait_for(
+        Duration::from_secs(5),
+        || loaded_profiler_programs().len() == 3
+    ));
+    run.signal(libc::SIGKILL);
+    drop(run);
+    assert_nothing_loaded();
+}
+
+#[test]
+fn report_regenerates_every_rendered_file() {
+    let _serial = serial();
+    if !have_root("report_regenerates_every_rendered_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("cpu_split"))
+            .arg("1"),
+    );
+    assert!(out.status.success());
+    let rendered = ["cpu.folded", "cpu.svg", "summary.md", "summary.json"];
+    let before: Vec<String> = rendered
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+        .collect();
+    for file in rendered {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    let out = output(profiler().arg("report").arg(dir.path()));
+    assert!(out.status.success());
+    for (file, before) in rendered.iter().zip(before) {
+        let after = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert_eq!(after, before, "{file} regenerated identically");
+    }
+}

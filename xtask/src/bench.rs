@@ -1,0 +1,313 @@
+//! CPU profiling overhead benchmark: one fixed-work program, run without a profiler, under
+//! `profiler record` at 99 and 999 Hz, and under `perf record -g` and bpftrace `profile:hz`
+//! at the same rates, interleaved, several times. Writes `docs/performance/cpu-results.md`.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{compile_program, profiler_bin, root};
+
+#[derive(clap::Args)]
+pub struct CpuBenchArgs {
+    /// Runs of each configuration (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Work rounds per thread of the fixed-work program (20000 is about 4 s on 2 cores).
+    #[arg(long, default_value_t = 20_000)]
+    rounds: u64,
+    /// Print the results without writing docs/performance/cpu-results.md.
+    #[arg(long)]
+    no_write: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    None,
+    Profiler,
+    Perf,
+    Bpftrace,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::None => "no profiler",
+            Tool::Profiler => "profiler",
+            Tool::Perf => "perf record -g",
+            Tool::Bpftrace => "bpftrace profile:hz",
+        }
+    }
+}
+
+struct Measurement {
+    /// Wall time of the workload, measured inside it (excludes the tool's start and finish).
+    wall_s: f64,
+    /// Whole command's wall time, tool start-up and post-processing included.
+    total_s: f64,
+    /// CPU time of the tool itself: everything it and its children used minus the workload's.
+    tool_cpu_s: f64,
+    /// Peak RSS of the tool process, KiB.
+    tool_rss_kib: i64,
+    /// Start of the tool to its first sample, ms (profiler only).
+    first_sample_ms: Option<f64>,
+}
+
+fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [("perf", "linux-perf"), ("bpftrace", "bpftrace")]
+        .into_iter()
+        .filter(|(tool, _)| {
+            Command::new(tool)
+                .arg("--version")
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: installing {}", missing.join(", "));
+    crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing),
+    )
+}
+
+/// Runs `command`, returning its stdout and its rusage (CPU s, peak RSS KiB).
+fn run_measured(command: &mut Command) -> anyhow::Result<(String, f64, f64, i64)> {
+    let start = std::time::Instant::now();
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.context("stdout is piped")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid, and wait4 only writes into the two out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let total = start.elapsed().as_secs_f64();
+    let text = reader.join().unwrap_or_default();
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{command:?} failed (status {status}): {text}");
+    }
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    Ok((text, total, cpu, usage.ru_maxrss))
+}
+
+fn field(text: &str, name: &str) -> anyhow::Result<f64> {
+    text.split_whitespace()
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .with_context(|| format!("workload output lacks {name}: {text:.200}"))
+}
+
+fn measure(
+    tool: Tool,
+    hz: u64,
+    program: &Path,
+    rounds: u64,
+    scratch: &Path,
+) -> anyhow::Result<Measurement> {
+    let rounds = rounds.to_string();
+    let hz_text = hz.to_string();
+    let out_dir = scratch.join(format!("{}-{hz}", tool.name().replace(' ', "_")));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let mut command = match tool {
+        Tool::None => {
+            let mut c = Command::new(program);
+            c.arg(&rounds);
+            c
+        }
+        Tool::Profiler => {
+            let mut c = Command::new(profiler_bin());
+            c.args(["record", "-F", &hz_text, "-o"])
+                .arg(&out_dir)
+                .arg("--")
+                .arg(program)
+                .arg(&rounds);
+            c
+        }
+        Tool::Perf => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-q", "-g", "-F", &hz_text, "-o"])
+                .arg(scratch.join("perf.data"))
+                .arg("--")
+                .arg(program)
+                .arg(&rounds);
+            c
+        }
+        Tool::Bpftrace => {
+            let mut c = Command::new("bpftrace");
+            c.arg("-e")
+                .arg(format!(
+                    "profile:hz:{hz} /pid == cpid/ {{ @[ustack, kstack] = count(); }}"
+                ))
+                .arg("-c")
+                .arg(format!("{} {rounds}", program.display()));
+            c
+        }
+    };
+    let (text, total_s, cpu, rss) = run_measured(&mut command)?;
+    let wall_s = field(&text, "wall_s")?;
+    let workload_cpu = field(&text, "cpu_s")?;
+    let first_sample_ms = if tool == Tool::Profiler {
+        let summary = std::fs::read_to_string(out_dir.join("summary.json"))?;
+        summary
+            .split("\"first_sample_ms\":")
+            .nth(1)
+            .and_then(|rest| rest.split([',', '\n']).next())
+            .and_then(|value| value.trim().parse().ok())
+    } else {
+        None
+    };
+    Ok(Measurement {
+        wall_s,
+        total_s,
+        tool_cpu_s: if tool == Tool::None {
+            0.0
+        } else {
+            (cpu - workload_cpu).max(0.0)
+        },
+        tool_rss_kib: if tool == Tool::None { 0 } else { rss },
+        first_sample_ms,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+pub fn cpu(args: &CpuBenchArgs) -> anyhow::Result<()> {
+    ensure_tools()?;
+    let program = compile_program("fixed_work")?;
+    let scratch: PathBuf = root().join("target/bench-cpu");
+    std::fs::create_dir_all(&scratch)?;
+    let configs: Vec<(Tool, u64)> = vec![
+        (Tool::None, 0),
+        (Tool::Profiler, 99),
+        (Tool::Perf, 99),
+        (Tool::Bpftrace, 99),
+        (Tool::Profiler, 999),
+        (Tool::Perf, 999),
+        (Tool::Bpftrace, 999),
+    ];
+    let mut results: Vec<Vec<Measurement>> = configs.iter().map(|_| Vec::new()).collect();
+    for run in 0..args.runs {
+        // Interleaved, so drift in machine speed spreads over every configuration.
+        for (index, &(tool, hz)) in configs.iter().enumerate() {
+            let m = measure(tool, hz, &program, args.rounds, &scratch)?;
+            eprintln!(
+                "bench: run {}/{} {:<20} {:>4} Hz: workload {:.3} s, tool CPU {:.3} s, RSS {} KiB",
+                run + 1,
+                args.runs,
+                tool.name(),
+                hz,
+                m.wall_s,
+                m.tool_cpu_s,
+                m.tool_rss_kib
+            );
+            results[index].push(m);
+        }
+    }
+    let baseline = median(results[0].iter().map(|m| m.wall_s).collect());
+    let mut table = String::new();
+    table.push_str(
+        "| configuration | workload wall (median) | slowdown | whole command wall | tool CPU | tool peak RSS | first sample |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for ((tool, hz), measurements) in configs.iter().zip(&results) {
+        let wall = median(measurements.iter().map(|m| m.wall_s).collect());
+        let total = median(measurements.iter().map(|m| m.total_s).collect());
+        let cpu = median(measurements.iter().map(|m| m.tool_cpu_s).collect());
+        let rss = median(measurements.iter().map(|m| m.tool_rss_kib as f64).collect());
+        let first: Vec<f64> = measurements
+            .iter()
+            .filter_map(|m| m.first_sample_ms)
+            .collect();
+        let label = if *tool == Tool::None {
+            tool.name().to_owned()
+        } else {
+            format!("{} at {hz} Hz", tool.name())
+        };
+        let _ = writeln!(
+            table,
+            "| {label} | {wall:.3} s | {} | {total:.3} s | {} | {} | {} |",
+            if *tool == Tool::None {
+                "—".to_owned()
+            } else {
+                format!("{:+.2}%", (wall / baseline - 1.0) * 100.0)
+            },
+            if *tool == Tool::None {
+                "—".to_owned()
+            } else {
+                format!("{:.3} s", cpu)
+            },
+            if *tool == Tool::None {
+                "—".to_owned()
+            } else {
+                format!("{:.1} MiB", rss / 1024.0)
+            },
+            if first.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("{:.0} ms", median(first))
+            },
+        );
+    }
+    let spread: Vec<String> = results[0]
+        .iter()
+        .map(|m| format!("{:.3}", m.wall_s))
+        .collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let report = format!(
+        "# CPU profiling overhead: latest results\n\n\
+         Generated by `cargo xtask bench-cpu --runs {} --rounds {}` on {date}, kernel {}, {} CPUs.\n\
+         Method: see [README.md](README.md). Workload: `tests/programs/fixed_work.c`, 2 threads on 2 cores,\n\
+         {} rounds each; baseline runs: {} s.\n\n{table}",
+        args.runs,
+        args.rounds,
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        args.rounds,
+        spread.join(", "),
+    );
+    println!("{report}");
+    if !args.no_write {
+        let path = root().join("docs/performance/cpu-results.md");
+        std::fs::write(&path, report)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}

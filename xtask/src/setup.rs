@@ -1,0 +1,116 @@
+//! Idempotent installation of the eBPF toolchain, following `shared/docs/toolchain.md`:
+//! the nightly toolchain's `rust-src`, and bpf-linker built against that toolchain's own LLVM.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::run;
+
+/// bpf-linker release known to work with the nightly toolchain's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Toolchain that builds the eBPF crate (aya-build uses `nightly`).
+const EBPF_TOOLCHAIN: &str = "nightly";
+
+/// Where bpf-linker is installed; `profiler/build.rs` looks in the same place.
+pub fn toolchain_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PROFILER_TOOLCHAIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/profiler-toolchain")
+}
+
+/// `PATH` with the toolchain's `bin` first.
+pub fn path_with_toolchain() -> OsString {
+    let mut paths = vec![toolchain_dir().join("bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).expect("PATH entries are valid")
+}
+
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `cargo xtask setup`: installs what is missing.
+pub fn install() -> anyhow::Result<()> {
+    // The nightly toolchain comes with the machine; installing another would bring an LLVM
+    // that does not match bpf-linker's.
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{EBPF_TOOLCHAIN}"), "--print", "sysroot"]))
+            .context("the `nightly` Rust toolchain is needed to build the eBPF programs")?;
+    let sysroot = PathBuf::from(sysroot);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("setup: adding rust-src to the {EBPF_TOOLCHAIN} toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
+    }
+    let llvm_so = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so") || name.starts_with("libLLVM-"))
+        .context("the nightly toolchain ships no libLLVM shared library")?;
+    let prefix = toolchain_dir();
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so", llvm_so.as_str()] {
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&llvm_so), &link)?;
+    }
+    let stamp = prefix.join("bpf-linker.stamp");
+    let wanted = format!("{BPF_LINKER_VERSION} {llvm_so}");
+    let linker = prefix.join("bin/bpf-linker");
+    let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if installed.trim() == wanted && linker_works(&linker) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {llvm_so} (about a minute)");
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(&prefix)
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !linker_works(&linker) {
+        bail!(
+            "bpf-linker was built but does not run: {}",
+            linker.display()
+        );
+    }
+    std::fs::write(stamp, wanted)?;
+    Ok(())
+}
+
+fn linker_works(linker: &Path) -> bool {
+    Command::new(linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
