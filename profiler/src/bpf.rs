@@ -116,7 +116,6 @@ pub type Counters = [u64; counter::COUNT as usize];
 /// The loaded eBPF programs and their maps.
 pub struct KernelProbes {
     ebpf: Ebpf,
-    btf: Btf,
     process_events: RingBuf<MapData>,
     active_sample_map: u64,
     _logger: Option<tokio::task::JoinHandle<()>>,
@@ -186,7 +185,6 @@ impl KernelProbes {
         }
         Ok(KernelProbes {
             ebpf,
-            btf,
             process_events,
             active_sample_map: 0,
             _logger: logger,
@@ -211,7 +209,6 @@ impl KernelProbes {
 
     /// Attaches the fork/exec tracepoints that follow new processes and program changes.
     pub fn attach_process_tracking(&mut self) -> Result<(), ProbeError> {
-        let _ = &self.btf;
         for name in ["sched_process_fork", "sched_process_exec"] {
             let program: &mut BtfTracePoint = self
                 .ebpf
