@@ -1,4 +1,4 @@
-//! Compiles the test programs in `programs/` (C with frame pointers and debug info) into
+//! Compiles the test programs in `programs/` (C and C++, with frame pointers and debug info) into
 //! `OUT_DIR`, so tests run binaries built from source in this repository.
 use std::{env, path::PathBuf, process::Command};
 
@@ -9,17 +9,19 @@ fn main() {
     println!("cargo:rerun-if-changed={}", programs.display());
     for entry in std::fs::read_dir(&programs).expect("tests/programs exists") {
         let source = entry.expect("readable directory").path();
-        if source.extension().is_none_or(|ext| ext != "c") {
-            continue;
-        }
+        let compiler = match source.extension().and_then(|ext| ext.to_str()) {
+            Some("c") => env::var_os("CC").unwrap_or_else(|| "cc".into()),
+            Some("cpp") => env::var_os("CXX").unwrap_or_else(|| "c++".into()),
+            _ => continue,
+        };
         let name = source.file_stem().expect("file name").to_owned();
         let output = out_dir.join(&name);
-        let status = Command::new(env::var_os("CC").unwrap_or_else(|| "cc".into()))
+        let status = Command::new(compiler)
             .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
             .arg(&output)
             .arg(&source)
             .status()
-            .expect("a C compiler (cc) is needed to build the test programs");
+            .expect("a C and C++ compiler (cc, c++) are needed to build the test programs");
         assert!(status.success(), "compiling {} failed", source.display());
     }
     println!("cargo:rustc-env=TEST_PROGRAMS_DIR={}", out_dir.display());

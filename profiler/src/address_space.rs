@@ -72,7 +72,14 @@ pub struct AddressSpaces {
     processes: HashMap<u32, Vec<Mapping>>,
     /// Last maps text read per process, to skip re-parsing when nothing changed.
     last_maps: HashMap<u32, String>,
+    /// The vDSO object, once looked for (`None` inside if it could not be copied).
+    vdso: Option<Option<ObjectId>>,
+    /// Temporary files backing objects, deleted when this is dropped.
+    kept_files: Vec<tempfile::NamedTempFile>,
 }
+
+/// Name of the vDSO mapping in `/proc/PID/maps`.
+const VDSO: &str = "[vdso]";
 
 impl AddressSpaces {
     /// The known objects.
@@ -105,9 +112,11 @@ impl AddressSpaces {
         mut open: impl FnMut(&MapEntry) -> (PathBuf, Option<File>),
     ) {
         for entry in entries.iter().filter(|entry| entry.executable) {
-            let object = (entry.inode != 0).then(|| {
+            let object = if entry.inode == 0 {
+                (entry.path == VDSO).then(|| self.vdso_object()).flatten()
+            } else {
                 let key = (entry.device.clone(), entry.inode);
-                *self.by_file.entry(key).or_insert_with(|| {
+                Some(*self.by_file.entry(key).or_insert_with(|| {
                     let (open_path, file) = open(entry);
                     self.objects.push(Object {
                         path: entry.path.clone(),
@@ -115,8 +124,8 @@ impl AddressSpaces {
                         _file: file,
                     });
                     self.objects.len() - 1
-                })
-            });
+                }))
+            };
             let mapping = Mapping {
                 start: entry.start,
                 end: entry.end,
@@ -130,6 +139,22 @@ impl AddressSpaces {
             }
         }
         self.processes.entry(pid).or_default();
+    }
+
+    /// The vDSO as an object file: every process on this kernel maps the same image, so the
+    /// profiler's own copy, saved to a temporary file, symbolizes the targets' vDSO frames
+    /// (`clock_gettime` and friends).
+    fn vdso_object(&mut self) -> Option<ObjectId> {
+        *self.vdso.get_or_insert_with(|| {
+            let file = copy_own_vdso()?;
+            self.objects.push(Object {
+                path: VDSO.to_owned(),
+                open_path: file.path().to_path_buf(),
+                _file: Some(file.reopen().ok()?),
+            });
+            self.kept_files.push(file);
+            Some(self.objects.len() - 1)
+        })
     }
 
     /// Where `address` of `pid` lands, preferring the most recently seen mapping.
@@ -155,6 +180,21 @@ impl AddressSpaces {
             None => Location::Unmapped,
         }
     }
+}
+
+/// Copies this process's vDSO image into a temporary file.
+fn copy_own_vdso() -> Option<tempfile::NamedTempFile> {
+    let maps = procfs::read_maps(std::process::id()).ok()?;
+    let vdso = procfs::parse_maps(&maps)
+        .into_iter()
+        .find(|entry| entry.path == VDSO)?;
+    let len = usize::try_from(vdso.end - vdso.start).ok()?;
+    // SAFETY: the kernel maps the vDSO readable for the life of the process, at exactly this
+    // range.
+    let image = unsafe { std::slice::from_raw_parts(vdso.start as *const u8, len) };
+    let mut file = tempfile::NamedTempFile::new().ok()?;
+    std::io::Write::write_all(&mut file, image).ok()?;
+    Some(file)
 }
 
 /// Opens the file behind a mapping and returns the path symbolization should use.
@@ -264,8 +304,8 @@ mod tests {
                 file_offset: 0x800
             }
         );
-        spaces.add(1, &[entry(0x8000, 0x9000, 0, 0, "[vdso]")], fake_open);
-        assert_eq!(spaces.locate(1, 0x8008), Location::Anonymous("[vdso]"));
+        spaces.add(1, &[entry(0x8000, 0x9000, 0, 0, "[anon:jit]")], fake_open);
+        assert_eq!(spaces.locate(1, 0x8008), Location::Anonymous("[anon:jit]"));
     }
 
     #[test]

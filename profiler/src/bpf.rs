@@ -74,11 +74,12 @@ pub enum ProbeError {
     Cpus(String),
 }
 
-fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether an OS error with one of `codes` is somewhere in the error's source chain.
+fn has_os_error(error: &(dyn std::error::Error + 'static), codes: &[i32]) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+            && io.raw_os_error().is_some_and(|code| codes.contains(&code))
         {
             return true;
         }
@@ -86,6 +87,17 @@ fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_os_error(error, &[libc::EPERM, libc::EACCES])
+}
+
+fn is_invalid_argument(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_os_error(error, &[libc::EINVAL])
+}
+
+const FREQUENCY_HINT: &str = ": the kernel refused the sampling frequency; it must not exceed \
+     /proc/sys/kernel/perf_event_max_sample_rate";
 
 const PERMISSION_HINT: &str =
     ": permission denied; run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE";
@@ -242,7 +254,20 @@ impl KernelProbes {
                     false,
                 )
                 .map_err(|err| {
-                    program_error(format!("opening a CPU-clock perf event on CPU {cpu}"), err)
+                    let what =
+                        format!("opening a CPU-clock perf event at {frequency} Hz on CPU {cpu}");
+                    match program_error(what, err) {
+                        ProbeError::Program {
+                            what,
+                            hint: "",
+                            source,
+                        } if is_invalid_argument(&*source) => ProbeError::Program {
+                            what,
+                            hint: FREQUENCY_HINT,
+                            source,
+                        },
+                        other => other,
+                    }
                 })?;
         }
         Ok(())

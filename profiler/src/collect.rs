@@ -412,21 +412,10 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     if let Stop::CommandExited(status) = &stop {
         exit = Some(exit_code(*status));
     } else if let Some(waiter) = waiter {
-        let pid = root_pids[0] as libc::pid_t;
-        if !matches!(stop, Stop::Interrupted) {
-            // SAFETY: plain kill(2) of our own child, which is not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let status = match tokio::time::timeout(Duration::from_secs(5), &mut exit_rx).await {
-            Ok(Ok(Ok(status))) => Some(status),
-            _ => {
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                exit_rx.await.ok().and_then(Result::ok)
-            }
-        };
+        exit = stop_command(root_pids[0], &stop, &mut exit_rx)
+            .await
+            .map(exit_code);
         let _ = waiter.join();
-        exit = status.map(exit_code);
     }
 
     let run = RunInfo {
@@ -482,6 +471,36 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         output,
         exit_code,
     })
+}
+
+/// Ends the launched command after the run stopped first, politely then firmly, and returns
+/// its exit status. Ctrl-C on a terminal already reached the command (same process group), so
+/// it first gets a moment to exit on its own.
+async fn stop_command(
+    pid: u32,
+    stop: &Stop,
+    exit_rx: &mut tokio::sync::oneshot::Receiver<std::io::Result<ExitStatus>>,
+) -> Option<ExitStatus> {
+    let signal = |signal| {
+        // SAFETY: kill(2) of our own child, which the waiter thread has not reaped yet.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    };
+    let mut wait = async |limit: Duration| match tokio::time::timeout(limit, &mut *exit_rx).await {
+        Ok(Ok(Ok(status))) => Some(Some(status)),
+        Ok(_) => Some(None),
+        Err(_) => None,
+    };
+    if matches!(stop, Stop::Interrupted)
+        && let Some(status) = wait(Duration::from_secs(2)).await
+    {
+        return status;
+    }
+    signal(libc::SIGTERM);
+    if let Some(status) = wait(Duration::from_secs(5)).await {
+        return status;
+    }
+    signal(libc::SIGKILL);
+    wait(Duration::from_secs(5)).await.flatten()
 }
 
 fn status_message(counters: &Counters) -> String {

@@ -93,10 +93,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(collect::run(spec, config))?;
-    let written = render::render_all(&outcome.profile, &outcome.output)
-        .with_context(|| format!("writing results to {}", outcome.output.path().display()))?;
-    print_result(&outcome.profile, &outcome.output, &written);
-    Ok(ExitCode::from(u8::try_from(outcome.exit_code).unwrap_or(1)))
+    match render::render_all(&outcome.profile, &outcome.output) {
+        Ok(written) => {
+            print_result(&outcome.profile, &outcome.output, &written);
+            Ok(ExitCode::from(u8::try_from(outcome.exit_code).unwrap_or(1)))
+        }
+        Err(err) => {
+            // Never lose what was collected: fall back to a private temporary folder.
+            let fallback = tempfile::Builder::new()
+                .prefix("profiler-results-")
+                .tempdir()
+                .context("cannot create a temporary folder for the results")?
+                .keep();
+            let output = OutputDir::prepare(&fallback)?;
+            let written = render::render_all(&outcome.profile, &output)
+                .with_context(|| format!("writing results to {}", fallback.display()))?;
+            print_result(&outcome.profile, &output, &written);
+            eprintln!(
+                "profiler: error: cannot write results to {}: {err}; they were saved in {} instead",
+                outcome.output.path().display(),
+                fallback.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn print_result(profile: &Profile, output: &OutputDir, written: &[String]) {

@@ -10,11 +10,18 @@ use std::{
 pub const DEFAULT_ROOT: &str = "benchmarks";
 
 /// An output folder known to be writable.
+///
+/// A folder this created is removed again if dropped before anything was written to it, so a
+/// run that fails leaves no empty result folders behind.
 #[derive(Debug)]
 pub struct OutputDir {
     path: PathBuf,
     /// Owner to give files to when running under sudo.
     owner: Option<(u32, u32)>,
+    /// Whether `prepare` created the folder.
+    created: bool,
+    /// Whether a file was written.
+    used: std::cell::Cell<bool>,
 }
 
 /// `benchmarks/<target>-<YYYYmmdd-HHMMSS>` for a target name and a local time stamp.
@@ -63,7 +70,12 @@ fn sudo_owner() -> Option<(u32, u32)> {
 impl OutputDir {
     /// Creates `path` (and parents) if needed and checks files can be written there.
     pub fn prepare(path: &Path) -> io::Result<Self> {
-        let existed = path.exists();
+        // Folders this call creates, outermost first, to hand to the sudo user.
+        let missing: Vec<PathBuf> = path
+            .ancestors()
+            .take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists())
+            .map(Path::to_path_buf)
+            .collect();
         fs::create_dir_all(path)?;
         if !fs::metadata(path)?.is_dir() {
             return Err(io::Error::other("exists and is not a folder"));
@@ -73,9 +85,11 @@ impl OutputDir {
         let out = OutputDir {
             path: path.to_path_buf(),
             owner: sudo_owner(),
+            created: !missing.is_empty(),
+            used: std::cell::Cell::new(false),
         };
-        if !existed {
-            out.give_to_owner(path);
+        for folder in missing.iter().rev() {
+            out.give_to_owner(folder);
         }
         Ok(out)
     }
@@ -88,6 +102,7 @@ impl OutputDir {
     /// Writes `name` in full or not at all: a temporary file renamed into place, which also
     /// replaces (never follows) a symlink planted under that name.
     pub fn write(&self, name: &str, contents: &[u8]) -> io::Result<()> {
+        self.used.set(true);
         let mut file = tempfile::NamedTempFile::new_in(&self.path)?;
         file.write_all(contents)?;
         file.as_file().sync_data()?;
@@ -101,6 +116,15 @@ impl OutputDir {
         if let Some((uid, gid)) = self.owner {
             // Best effort: results stay readable by root even if this fails.
             let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+        }
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if self.created && !self.used.get() {
+            // Only succeeds while empty; parents created on the way are left alone.
+            let _ = fs::remove_dir(&self.path);
         }
     }
 }
@@ -137,6 +161,21 @@ mod tests {
             1,
             "no temporary files left"
         );
+    }
+
+    #[test]
+    fn unused_folder_it_created_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run");
+        drop(OutputDir::prepare(&path).unwrap());
+        assert!(!path.exists());
+        let out = OutputDir::prepare(&path).unwrap();
+        out.write("x", b"").unwrap();
+        drop(out);
+        assert!(path.join("x").exists());
+        // A folder that existed before is never removed.
+        drop(OutputDir::prepare(dir.path()).unwrap());
+        assert!(dir.path().exists());
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl Symbols for Blazesym<'_> {
             for (position, &(index, _)) in wanted.iter().enumerate() {
                 result[index] = match symbolized.as_ref().ok().and_then(|s| s.get(position)) {
                     Some(Symbolized::Sym(sym)) => sym_frames(sym, Some(&module), FrameKind::User),
+                    _ if module.starts_with('[') => vec![unknown_frame(&module, Some(&module))],
                     _ => vec![unknown_frame(&format!("[{module}]"), Some(&module))],
                 };
             }
@@ -187,6 +188,33 @@ mod tests {
         );
         assert_eq!(frames[1][0].function, "[unknown]");
         assert!(frames[1][0].unsymbolized);
+    }
+
+    #[test]
+    fn symbolizes_vdso_functions() {
+        let pid = std::process::id();
+        let maps = crate::procfs::parse_maps(&crate::procfs::read_maps(pid).unwrap());
+        let Some(vdso) = maps.iter().find(|entry| entry.path == "[vdso]") else {
+            return; // No vDSO on this kernel: nothing to symbolize.
+        };
+        // SAFETY: getauxval has no preconditions.
+        let image = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        assert_eq!(image, vdso.start);
+        let mut spaces = AddressSpaces::default();
+        spaces.refresh(pid).unwrap();
+        let mut symbols = Blazesym::new(&spaces);
+        // Symbolize every address of the image's first page after the ELF header; some must be
+        // named functions of the vDSO.
+        let addresses: Vec<u64> = (vdso.start + 0x400..vdso.end).step_by(16).collect();
+        let frames = symbols.user(pid, &addresses);
+        assert!(
+            frames
+                .iter()
+                .flatten()
+                .any(|f| f.function.contains("clock_gettime")
+                    && f.module.as_deref() == Some("[vdso]")),
+            "no vDSO function found"
+        );
     }
 
     #[test]

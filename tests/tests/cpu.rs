@@ -16,7 +16,7 @@ fn position(frames: &[String], name: &str) -> usize {
 }
 
 /// The split of `cpu_split` between `hot_path` and `cold_path` is 70/30 within 5 points, and
-/// every stack through them runs main -> run_work -> leaf.
+/// the stacks through them run thread -> ... -> main -> run_work -> leaf.
 fn assert_cpu_split(dir: &Path) {
     let stacks = read_folded(&dir.join("cpu.folded"));
     let hot = weight_with_leaf(&stacks, "hot_path");
@@ -26,20 +26,24 @@ fn assert_cpu_split(dir: &Path) {
         (65.0..=75.0).contains(&share),
         "hot_path share {share:.1}% (hot {hot}, cold {cold})"
     );
-    for (frames, _) in stacks.iter().filter(|(f, _)| {
+    let mut complete = 0;
+    for (frames, weight) in stacks.iter().filter(|(f, _)| {
         f.last()
             .is_some_and(|leaf| leaf == "hot_path" || leaf == "cold_path")
     }) {
         assert_eq!(frames[0], "cpu_split", "thread name first: {frames:?}");
         let main = position(frames, "main");
-        let run_work = position(frames, "run_work");
-        assert_eq!(run_work, main + 1, "run_work called by main: {frames:?}");
-        assert_eq!(
-            frames.len(),
-            run_work + 2,
-            "leaf called by run_work: {frames:?}"
-        );
+        if frames[main + 1..] == ["run_work", frames.last().unwrap()] {
+            complete += weight;
+        }
     }
+    // Frame-pointer unwinding misses the caller of a function sampled on its first instruction,
+    // before it pushed its frame: a fraction of a percent of samples.
+    let complete_share = percent(complete, hot + cold);
+    assert!(
+        complete_share >= 98.0,
+        "only {complete_share:.1}% of stacks are main -> run_work -> leaf: {stacks:?}"
+    );
 }
 
 #[test]
@@ -344,4 +348,50 @@ fn report_regenerates_every_rendered_file() {
         let after = std::fs::read_to_string(dir.path().join(file)).unwrap();
         assert_eq!(after, before, "{file} regenerated identically");
     }
+}
+
+#[test]
+fn cpp_names_are_demangled_and_inlined_calls_shown() {
+    let _serial = serial();
+    if !have_root("cpp_names_are_demangled_and_inlined_calls_shown") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("cpp_inline"))
+            .arg("1.5"),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    let total: u64 = stacks.iter().map(|(_, w)| w).sum();
+    let through = |pattern: &dyn Fn(&[String]) -> bool| -> u64 {
+        stacks
+            .iter()
+            .filter(|(f, _)| pattern(f))
+            .map(|(_, w)| w)
+            .sum()
+    };
+    let crunch_then_mix = through(&|frames| {
+        frames.windows(2).any(|pair| {
+            pair[0].starts_with("demo::Worker::crunch(")
+                // DWARF names the inlined function without its namespace or parameters.
+                && (pair[1] == "mix_[i]" || pair[1].starts_with("demo::mix("))
+                && pair[1].ends_with("_[i]")
+        })
+    });
+    assert!(
+        percent(crunch_then_mix, total) > 90.0,
+        "{crunch_then_mix} of {total} samples in crunch -> inlined mix: {stacks:?}"
+    );
+    assert!(
+        stacks
+            .iter()
+            .flat_map(|(f, _)| f)
+            .all(|frame| !frame.starts_with("_Z")),
+        "no mangled names"
+    );
 }

@@ -169,6 +169,12 @@ fn test() -> anyhow::Result<()> {
         );
     }
     run(cargo()
-        .args(["test", "--release", "--workspace"])
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "profiler-ebpf",
+        ])
         .env("PROFILER_BIN", profiler_bin()))
 }
