@@ -34,14 +34,18 @@ fn main() -> ExitCode {
         Command::Attach { options, .. } | Command::Record { options, .. } => options.verbose,
         Command::Report { .. } => false,
     };
+    // The eBPF programs log under the `profiler` target, like the collector; dependencies stay
+    // at warnings even with --verbose.
     env_logger::Builder::new()
-        .filter_level(if verbose {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        })
-        // Dependencies are chatty at debug level; the eBPF programs log under `profiler`.
-        .filter_module("blazesym", log::LevelFilter::Warn)
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module(
+            "profiler",
+            if verbose {
+                log::LevelFilter::Debug
+            } else {
+                log::LevelFilter::Warn
+            },
+        )
         .format_timestamp(None)
         .init();
     match run(cli.command) {

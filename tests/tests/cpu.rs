@@ -188,13 +188,16 @@ fn record_follows_child_processes_unless_told_not_to() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(
         profiler()
-            .args(["record", "-F", "199", "-o"])
+            .args(["record", "--verbose", "-F", "199", "-o"])
             .arg(dir.path())
             .arg("--")
             .arg(program("forker"))
             .arg("1.5"),
     );
     assert!(out.status.success());
+    // --verbose shows the eBPF programs' own log lines.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("following new process"), "{stderr}");
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     let root_of = |function: &str| -> Vec<String> {
         let mut roots: Vec<String> = stacks
