@@ -168,13 +168,58 @@ fn test() -> anyhow::Result<()> {
              run `sudo -E cargo xtask test` for the full suite"
         );
     }
-    run(cargo()
-        .args([
-            "test",
-            "--release",
-            "--workspace",
-            "--exclude",
-            "profiler-ebpf",
-        ])
-        .env("PROFILER_BIN", profiler_bin()))
+    run_tests(
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "profiler-ebpf",
+            ])
+            .env("PROFILER_BIN", profiler_bin()),
+    )
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line totalling every test
+/// binary's results (cargo prints one `test result:` line per binary, the last often for a
+/// crate without tests).
+fn run_tests(command: &mut Command) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+
+    let mut child = command
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                result
+                    .split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
 }
