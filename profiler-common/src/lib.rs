@@ -73,8 +73,16 @@ pub mod counter {
     pub const PROCESS_EVENTS_LOST: u32 = 6;
     /// New processes not followed because the target map was full.
     pub const TARGET_MAP_FULL: u32 = 7;
+    /// Off-CPU periods shorter than the minimum block time, not recorded.
+    pub const OFFCPU_FILTERED: u32 = 8;
+    /// Total time of the filtered off-CPU periods, ns.
+    pub const OFFCPU_FILTERED_NS: u32 = 9;
+    /// Off-CPU periods or run-queue delays dropped because a map was full.
+    pub const OFFCPU_MAP_FULL: u32 = 10;
+    /// Stacks of switch-outs lost to a stack-map collision.
+    pub const OFFCPU_STACK_COLLISIONS: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 12;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1).
@@ -82,8 +90,98 @@ pub const CONTROL_ACTIVE_SAMPLE_MAP: u32 = 0;
 /// Index in the `CONTROL` array of the earliest sample's `CLOCK_MONOTONIC` time in ns
 /// (0 until the first sample).
 pub const CONTROL_FIRST_SAMPLE_NS: u32 = 1;
+/// Index in the `CONTROL` array of the `CLOCK_MONOTONIC` time the programs were attached, ns.
+pub const CONTROL_ATTACH_NS: u32 = 2;
 /// Number of `CONTROL` entries.
-pub const CONTROL_ENTRIES: u32 = 2;
+pub const CONTROL_ENTRIES: u32 = 3;
+
+/// Capacity of the per-thread scheduler maps (off-CPU start, run-queue start and statistics).
+pub const THREAD_MAP_ENTRIES: u32 = 16 * 1024;
+/// Capacity of each of the two off-CPU time maps (see [`OffCpuKey`]).
+pub const OFFCPU_MAP_ENTRIES: u32 = 32 * 1024;
+/// Log2 buckets of the run-queue delay histogram, in microseconds (bucket `i` holds delays in
+/// `[2^i, 2^(i+1))` µs; bucket 0 also holds delays under 1 µs).
+pub const RUNQ_SLOTS: usize = 32;
+
+/// `state` of an [`OffCpuKey`] for a thread that went off-CPU before the programs were attached
+/// (its stack is unknown).
+pub const OFFCPU_STATE_BEFORE_ATTACH: u32 = 0xffff_0001;
+/// `state` of an [`OffCpuKey`] for a new thread waiting for its first run.
+pub const OFFCPU_STATE_NEW_THREAD: u32 = 0xffff_0002;
+/// `state` of an [`OffCpuKey`] for a thread preempted while runnable.
+pub const OFFCPU_STATE_PREEMPTED: u32 = 0xffff_0003;
+
+/// A target thread's switch-out, kept until it runs again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpuStart {
+    /// `CLOCK_MONOTONIC` time of the switch-out, ns.
+    pub start_ns: u64,
+    /// Process id.
+    pub tgid: u32,
+    /// User stack id at switch-out, or a `STACK_ID_*` value.
+    pub user_stack_id: i32,
+    /// Kernel stack id at switch-out, or a `STACK_ID_*` value.
+    pub kernel_stack_id: i32,
+    /// Task state at switch-out (`TASK_*` bits), or an `OFFCPU_STATE_*` value.
+    pub state: u32,
+    /// Thread name.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<OffCpuStart>() == 40);
+
+/// Key of the in-kernel off-CPU aggregation: time per thread, stack pair and state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OffCpuKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// User stack id at switch-out, or a `STACK_ID_*` value.
+    pub user_stack_id: i32,
+    /// Kernel stack id at switch-out, or a `STACK_ID_*` value.
+    pub kernel_stack_id: i32,
+    /// Task state at switch-out, see [`OffCpuStart::state`].
+    pub state: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Thread name.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<OffCpuKey>() == 40);
+
+/// Off-CPU time of one [`OffCpuKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuTime {
+    /// Total time off-CPU, ns (blocked, then waiting for a CPU once woken).
+    pub total_ns: u64,
+    /// Number of off-CPU periods.
+    pub count: u64,
+}
+const _: () = assert!(size_of::<OffCpuTime>() == 16);
+
+/// Run-queue delays of one thread: from wakeup or preemption to running again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunQueueStats {
+    /// Process id.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Number of delays.
+    pub count: u64,
+    /// Sum of the delays, ns.
+    pub total_ns: u64,
+    /// Longest delay, ns.
+    pub max_ns: u64,
+    /// Thread name.
+    pub comm: [u8; COMM_LEN],
+    /// Log2 histogram of the delays in µs, see [`RUNQ_SLOTS`].
+    pub slots: [u64; RUNQ_SLOTS],
+}
+const _: () = assert!(size_of::<RunQueueStats>() == 48 + 8 * RUNQ_SLOTS);
 
 /// Kinds of [`ProcessEvent`].
 pub mod process_event {
@@ -119,4 +217,12 @@ mod pod {
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::ProcessEvent {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::OffCpuStart {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::OffCpuKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::OffCpuTime {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::RunQueueStats {}
 }

@@ -16,14 +16,23 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ENTRIES, CONTROL_FIRST_SAMPLE_NS, ProcessEvent,
-    SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES,
-    SampleKey, TARGET_FOLLOW_CHILDREN, TARGET_MAP_ENTRIES, TargetFlags, counter, process_event,
+    COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_ENTRIES,
+    CONTROL_FIRST_SAMPLE_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
+    OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuStart, OffCpuTime,
+    ProcessEvent, RUNQ_SLOTS, RunQueueStats, SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION,
+    STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN,
+    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, counter, process_event,
 };
 
 /// Offset of `tgid` in `struct task_struct`, read from the kernel's BTF by the collector.
 #[unsafe(no_mangle)]
 static TASK_STRUCT_TGID_OFFSET: u32 = 0;
+/// Offset of `pid` (the thread id) in `struct task_struct`.
+#[unsafe(no_mangle)]
+static TASK_STRUCT_PID_OFFSET: u32 = 0;
+/// Off-CPU periods shorter than this are counted but not recorded, ns.
+#[unsafe(no_mangle)]
+static MIN_BLOCK_NS: u64 = 0;
 
 const EEXIST: i32 = 17;
 const EFAULT: i32 = 14;
@@ -52,11 +61,48 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// Per thread: when and where it last left the CPU.
+#[map]
+static OFFCPU_START: HashMap<u32, OffCpuStart> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// Off-CPU time per thread, stacks and state; double-buffered like the sample maps.
+#[map]
+static OFFCPU_0: HashMap<OffCpuKey, OffCpuTime> = HashMap::with_max_entries(OFFCPU_MAP_ENTRIES, 0);
+#[map]
+static OFFCPU_1: HashMap<OffCpuKey, OffCpuTime> = HashMap::with_max_entries(OFFCPU_MAP_ENTRIES, 0);
+
+/// Per thread: when it became runnable (woken or preempted) and not yet running.
+#[map]
+static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// Per thread: run-queue delay statistics.
+#[map]
+static RUNQ_STATS: HashMap<u32, RunQueueStats> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// Initial value of a thread's `RUNQ_STATS` entry (too large to build on the BPF stack).
+static RUNQ_STATS_ZERO: RunQueueStats = RunQueueStats {
+    tgid: 0,
+    _pad: 0,
+    count: 0,
+    total_ns: 0,
+    max_ns: 0,
+    comm: [0; COMM_LEN],
+    slots: [0; RUNQ_SLOTS],
+};
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(count) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
         unsafe { *count += 1 };
+    }
+}
+
+#[inline(always)]
+fn add_to_counter(index: u32, value: u64) {
+    if let Some(count) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
+        unsafe { *count += value };
     }
 }
 
@@ -203,6 +249,242 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     }
     debug!(&ctx, "target {} executed a new program", tgid);
     send_process_event(process_event::EXEC, tgid, tgid);
+    0
+}
+
+/// Reads a task's (thread id, process id) through the offsets the collector found in BTF.
+#[inline(always)]
+fn task_ids(task: *const u8) -> Option<(u32, u32)> {
+    // SAFETY: read_volatile keeps the loader-set constants from being folded at compile time.
+    let (pid_offset, tgid_offset) = unsafe {
+        (
+            core::ptr::read_volatile(&TASK_STRUCT_PID_OFFSET),
+            core::ptr::read_volatile(&TASK_STRUCT_TGID_OFFSET),
+        )
+    };
+    // SAFETY: `bpf_probe_read_kernel` checks the addresses.
+    unsafe {
+        let tid =
+            bpf_probe_read_kernel(task.wrapping_add(pid_offset as usize).cast::<i32>()).ok()?;
+        let tgid =
+            bpf_probe_read_kernel(task.wrapping_add(tgid_offset as usize).cast::<i32>()).ok()?;
+        Some((tid as u32, tgid as u32))
+    }
+}
+
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    unsafe { TARGETS.get(tgid) }.is_some()
+}
+
+/// Floor of log2, 0 for 0.
+#[inline(always)]
+fn log2(mut value: u64) -> usize {
+    let mut result = 0;
+    for shift in [32, 16, 8, 4, 2, 1] {
+        if value >= 1 << shift {
+            value >>= shift;
+            result += shift;
+        }
+    }
+    result
+}
+
+#[inline(always)]
+fn add_offcpu(times: &HashMap<OffCpuKey, OffCpuTime>, key: &OffCpuKey, ns: u64) {
+    match times.get_ptr_mut(key) {
+        // SAFETY: the key holds the tid, and a thread switches in on one CPU at a time.
+        Some(time) => unsafe {
+            (*time).total_ns += ns;
+            (*time).count += 1;
+        },
+        None => {
+            let time = OffCpuTime {
+                total_ns: ns,
+                count: 1,
+            };
+            if times.insert(key, time, u64::from(BPF_NOEXIST)).is_err() {
+                bump(counter::OFFCPU_MAP_FULL);
+            }
+        }
+    }
+}
+
+/// `TASK_DEAD`: the thread is switching out for the last time.
+const TASK_DEAD: u32 = 0x80;
+
+/// A target thread leaves the CPU: remember when, where and why.
+#[inline(always)]
+fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32) {
+    let (tgid, tid) = current_tgid_tid();
+    if tid == 0 || !is_target(tgid) {
+        return;
+    }
+    if state & TASK_DEAD != 0 {
+        // An exiting thread is gone, not off-CPU.
+        let _ = OFFCPU_START.remove(tid);
+        let _ = RUNQ_START.remove(tid);
+        return;
+    }
+    let start = OffCpuStart {
+        start_ns: now,
+        tgid,
+        user_stack_id: stack_id(
+            ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+            counter::OFFCPU_STACK_COLLISIONS,
+            counter::USER_STACK_ERRORS,
+        ),
+        kernel_stack_id: stack_id(
+            ctx.get_stackid(&STACKS, 0),
+            counter::OFFCPU_STACK_COLLISIONS,
+            counter::KERNEL_STACK_ERRORS,
+        ),
+        state: if preempted {
+            OFFCPU_STATE_PREEMPTED
+        } else {
+            state
+        },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    if OFFCPU_START.insert(tid, start, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+    }
+    if preempted && RUNQ_START.insert(tid, now, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+    }
+}
+
+/// A target thread gets the CPU back: account its off-CPU period and run-queue delay.
+#[inline(always)]
+fn switch_in(now: u64, tid: u32, tgid: u32) {
+    let key = match unsafe { OFFCPU_START.get(tid) } {
+        Some(start) => OffCpuKey {
+            tgid,
+            tid,
+            user_stack_id: start.user_stack_id,
+            kernel_stack_id: start.kernel_stack_id,
+            state: start.state,
+            _pad: 0,
+            comm: start.comm,
+        },
+        // Off-CPU since before the programs were attached: stack and state unknown.
+        None => OffCpuKey {
+            tgid,
+            tid,
+            user_stack_id: STACK_ID_NONE,
+            kernel_stack_id: STACK_ID_NONE,
+            state: OFFCPU_STATE_BEFORE_ATTACH,
+            _pad: 0,
+            comm: [0; COMM_LEN],
+        },
+    };
+    let since = match unsafe { OFFCPU_START.get(tid) } {
+        Some(start) => start.start_ns,
+        None => CONTROL.get(CONTROL_ATTACH_NS).copied().unwrap_or(now),
+    };
+    let _ = OFFCPU_START.remove(tid);
+    let off_cpu = now.saturating_sub(since);
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let min_block = unsafe { core::ptr::read_volatile(&MIN_BLOCK_NS) };
+    if off_cpu < min_block {
+        bump(counter::OFFCPU_FILTERED);
+        add_to_counter(counter::OFFCPU_FILTERED_NS, off_cpu);
+    } else if CONTROL.get(CONTROL_ACTIVE_SAMPLE_MAP).copied().unwrap_or(0) == 0 {
+        add_offcpu(&OFFCPU_0, &key, off_cpu);
+    } else {
+        add_offcpu(&OFFCPU_1, &key, off_cpu);
+    }
+
+    let Some(&runnable_since) = (unsafe { RUNQ_START.get(tid) }) else {
+        return;
+    };
+    let _ = RUNQ_START.remove(tid);
+    let delay = now.saturating_sub(runnable_since);
+    if unsafe { RUNQ_STATS.get(tid) }.is_none()
+        && RUNQ_STATS
+            .insert(tid, &RUNQ_STATS_ZERO, u64::from(BPF_NOEXIST))
+            .is_err()
+    {
+        bump(counter::OFFCPU_MAP_FULL);
+        return;
+    }
+    let Some(stats) = RUNQ_STATS.get_ptr_mut(tid) else {
+        return;
+    };
+    let slot = log2(delay / 1000);
+    // SAFETY: only this thread's switch-in writes its entry, on one CPU at a time.
+    unsafe {
+        (*stats).tgid = tgid;
+        (*stats).comm = key.comm;
+        (*stats).count += 1;
+        (*stats).total_ns += delay;
+        if delay > (*stats).max_ns {
+            (*stats).max_ns = delay;
+        }
+        if let Some(bucket) = (*stats).slots.get_mut(slot) {
+            *bucket += 1;
+        }
+    }
+}
+
+/// Every context switch: the outgoing target thread starts an off-CPU period, the incoming one
+/// ends its own.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    // Preempted, or never left the running state: runnable, waiting for a CPU.
+    let runnable = preempt & 0xff != 0 || prev_state & 0xff == 0;
+    switch_out(&ctx, now, runnable, prev_state as u32);
+    if let Some((tid, tgid)) = task_ids(next)
+        && tid != 0
+        && is_target(tgid)
+    {
+        switch_in(now, tid, tgid);
+    }
+    0
+}
+
+/// A task becomes runnable: if it is a target thread, its run-queue delay starts.
+#[inline(always)]
+fn wakeup(ctx: &BtfTracePointContext, new_thread: bool) {
+    let task: *const u8 = ctx.arg(0);
+    let Some((tid, tgid)) = task_ids(task) else {
+        return;
+    };
+    if tid == 0 || !is_target(tgid) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if RUNQ_START.insert(tid, now, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+    }
+    if new_thread {
+        let start = OffCpuStart {
+            start_ns: now,
+            tgid,
+            user_stack_id: STACK_ID_NONE,
+            kernel_stack_id: STACK_ID_NONE,
+            state: OFFCPU_STATE_NEW_THREAD,
+            comm: [0; COMM_LEN],
+        };
+        if OFFCPU_START.insert(tid, start, 0).is_err() {
+            bump(counter::OFFCPU_MAP_FULL);
+        }
+    }
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    wakeup(&ctx, false);
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+    wakeup(&ctx, true);
     0
 }
 

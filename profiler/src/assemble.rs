@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{STACK_ID_COLLISION, STACK_ID_NONE};
+use profiler_common::{
+    OFFCPU_STATE_BEFORE_ATTACH, OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED,
+    STACK_ID_COLLISION, STACK_ID_NONE,
+};
 
 use crate::{
-    profile::{EventKind, Frame, FrameKind, Interner, Profile, Sample},
+    profile::{BlockReason, EventKind, Frame, FrameKind, Interner, Profile, Sample},
     symbolize::Symbols,
 };
 
@@ -23,6 +26,90 @@ pub struct RawSample {
     pub user_stack: i32,
     /// Kernel stack id, or a `STACK_ID_*` value.
     pub kernel_stack: i32,
+    /// Off-CPU samples: the task state at switch-out (`TASK_*` bits or `OFFCPU_STATE_*`).
+    pub state: Option<u32>,
+}
+
+/// Weight and number of events of one [`RawSample`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawWeight {
+    /// Weight in the event kind's unit.
+    pub weight: u64,
+    /// Number of events (samples, off-CPU periods).
+    pub count: u64,
+}
+
+/// Kernel functions that tell why a thread blocked, nearest the scheduler first wins. A name
+/// matches exactly or with a compiler suffix (`.isra.0`); a leading `*` matches anywhere.
+const BLOCKING_FUNCTIONS: &[(&str, BlockReason)] = &[
+    ("*pipe_read", BlockReason::Pipe),
+    ("*pipe_write", BlockReason::Pipe),
+    ("*pipe_wait", BlockReason::Pipe),
+    ("futex_wait", BlockReason::Lock),
+    ("__futex_wait", BlockReason::Lock),
+    ("futex_wait_queue", BlockReason::Lock),
+    ("rwsem_down", BlockReason::Lock),
+    ("__mutex_lock", BlockReason::Lock),
+    ("sk_wait_data", BlockReason::Socket),
+    ("sk_stream_wait_memory", BlockReason::Socket),
+    ("unix_stream_read_generic", BlockReason::Socket),
+    ("unix_stream_data_wait", BlockReason::Socket),
+    ("__skb_wait_for_more_packets", BlockReason::Socket),
+    ("inet_csk_accept", BlockReason::Socket),
+    ("tcp_recvmsg", BlockReason::Socket),
+    ("ep_poll", BlockReason::Poll),
+    ("do_epoll_wait", BlockReason::Poll),
+    ("do_select", BlockReason::Poll),
+    ("do_sys_poll", BlockReason::Poll),
+    ("do_poll", BlockReason::Poll),
+    ("io_schedule", BlockReason::Io),
+    ("io_schedule_timeout", BlockReason::Io),
+    ("folio_wait_bit_common", BlockReason::Io),
+    ("bit_wait_io", BlockReason::Io),
+    ("blk_mq_get_tag", BlockReason::Io),
+    ("jbd2_log_wait_commit", BlockReason::Io),
+    ("file_write_and_wait_range", BlockReason::Io),
+    ("do_nanosleep", BlockReason::Sleep),
+    ("hrtimer_nanosleep", BlockReason::Sleep),
+    ("schedule_hrtimeout_range", BlockReason::Sleep),
+    ("schedule_timeout", BlockReason::Sleep),
+    ("do_wait", BlockReason::ChildWait),
+    ("kernel_wait4", BlockReason::ChildWait),
+];
+
+/// Why a thread was off-CPU: its state, then the innermost telling kernel function.
+pub fn block_reason(state: u32, kernel_frames: &[&Frame]) -> BlockReason {
+    const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+    match state {
+        OFFCPU_STATE_PREEMPTED => return BlockReason::Preempted,
+        OFFCPU_STATE_NEW_THREAD => return BlockReason::NewThread,
+        OFFCPU_STATE_BEFORE_ATTACH => return BlockReason::BeforeAttach,
+        _ => {}
+    }
+    // Frames are root first: search from the scheduler outwards.
+    for frame in kernel_frames.iter().rev() {
+        let name = frame.function.as_str();
+        if let Some((_, reason)) =
+            BLOCKING_FUNCTIONS
+                .iter()
+                .find(|(pattern, _)| match pattern.strip_prefix('*') {
+                    Some(part) => name.contains(part),
+                    None => {
+                        name == *pattern
+                            || name
+                                .strip_prefix(pattern)
+                                .is_some_and(|rest| rest.starts_with('.'))
+                    }
+                })
+        {
+            return *reason;
+        }
+    }
+    if state & TASK_UNINTERRUPTIBLE != 0 {
+        BlockReason::Io
+    } else {
+        BlockReason::OtherWait
+    }
 }
 
 /// Stack id → addresses, innermost first (the sampled instruction, then return addresses).
@@ -50,6 +137,29 @@ fn missing_stack_frame(id: i32, kind: FrameKind) -> Option<Frame> {
     })
 }
 
+/// Whether a symbolized address lies in no mapping at all.
+fn is_unmapped(frames: &[Frame]) -> bool {
+    matches!(frames, [frame] if frame.unsymbolized && frame.module.is_none())
+}
+
+/// Whether a kernel function is the tracing machinery that ran the profiler's program.
+fn is_bpf_trampoline(function: &str) -> bool {
+    function.starts_with("bpf_trace_run") || function.starts_with("__bpf_trace_")
+}
+
+/// Root frame of a user stack whose outer frames could not be walked.
+fn truncated_stack_frame() -> Frame {
+    Frame {
+        function: "[stack truncated]".to_owned(),
+        module: None,
+        file: None,
+        line: None,
+        kind: FrameKind::User,
+        inlined: false,
+        unsymbolized: true,
+    }
+}
+
 /// Addresses to look up for a stack: return addresses point after the call, so one is
 /// subtracted to land inside the call instruction (right function, line and inlining).
 fn lookup_addresses(stack: &[u64]) -> impl Iterator<Item = u64> + '_ {
@@ -67,7 +177,7 @@ pub fn add_samples(
     profile: &mut Profile,
     interner: &mut Interner,
     kind: EventKind,
-    counts: &HashMap<RawSample, u64>,
+    counts: &HashMap<RawSample, RawWeight>,
     stacks: &StackTable,
     symbols: &mut dyn Symbols,
 ) {
@@ -101,19 +211,26 @@ pub fn add_samples(
         kernel_addresses.into_iter().zip(frames).collect()
     };
 
-    let mut samples: HashMap<(u32, u32, String, usize), u64> = HashMap::new();
-    for (raw, &count) in counts {
+    let mut samples: HashMap<(u32, u32, String, usize, Option<BlockReason>), RawWeight> =
+        HashMap::new();
+    for (raw, &weight) in counts {
         // Root first: user frames from the outermost caller, then the kernel frames below
         // the system call or interrupt.
         let mut frames: Vec<Frame> = Vec::new();
         match stack_of(stacks, raw.user_stack) {
             Some(stack) => {
-                for address in lookup_addresses(stack)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                {
-                    frames.extend(user_frames[&(raw.pid, address)].iter().cloned());
+                let addresses: Vec<u64> = lookup_addresses(stack).collect();
+                // A return address outside every executable mapping means the frame-pointer
+                // walk went astray (code without frame pointers): what follows is garbage.
+                let valid = 1 + addresses[1..]
+                    .iter()
+                    .take_while(|&&address| !is_unmapped(&user_frames[&(raw.pid, address)]))
+                    .count();
+                if valid < addresses.len() {
+                    frames.push(truncated_stack_frame());
+                }
+                for address in addresses[..valid].iter().rev() {
+                    frames.extend(user_frames[&(raw.pid, *address)].iter().cloned());
                 }
             }
             None => frames.extend(missing_stack_frame(raw.user_stack, FrameKind::User)),
@@ -125,28 +242,47 @@ pub fn add_samples(
                     .into_iter()
                     .rev()
                 {
-                    frames.extend(kernel_frames[&address].iter().cloned());
+                    let symbolized = &kernel_frames[&address];
+                    // Stacks taken in a tracepoint end in the BPF trampoline: not the target's.
+                    if symbolized
+                        .iter()
+                        .any(|frame| is_bpf_trampoline(&frame.function))
+                    {
+                        break;
+                    }
+                    frames.extend(symbolized.iter().cloned());
                 }
             }
             None => frames.extend(missing_stack_frame(raw.kernel_stack, FrameKind::Kernel)),
         }
+        let reason = raw.state.map(|state| {
+            let kernel: Vec<&Frame> = frames
+                .iter()
+                .filter(|f| f.kind == FrameKind::Kernel)
+                .collect();
+            block_reason(state, &kernel)
+        });
         let frame_ids = frames
             .into_iter()
             .map(|frame| interner.frame(profile, frame))
             .collect();
         let stack = interner.stack(profile, frame_ids);
-        *samples
-            .entry((raw.pid, raw.tid, raw.thread.clone(), stack))
-            .or_default() += count;
+        let merged = samples
+            .entry((raw.pid, raw.tid, raw.thread.clone(), stack, reason))
+            .or_default();
+        merged.weight += weight.weight;
+        merged.count += weight.count;
     }
     let mut samples: Vec<Sample> = samples
         .into_iter()
-        .map(|((pid, tid, thread, stack), weight)| Sample {
+        .map(|((pid, tid, thread, stack, reason), weight)| Sample {
             pid,
             tid,
             thread,
             stack,
-            weight,
+            weight: weight.weight,
+            reason,
+            count: reason.map(|_| weight.count),
         })
         .collect();
     samples.sort_by_key(|s| (s.pid, s.tid, s.stack));
@@ -206,6 +342,14 @@ pub(crate) mod tests {
             thread: format!("t{tid}"),
             user_stack,
             kernel_stack,
+            state: None,
+        }
+    }
+
+    fn samples(weight: u64) -> RawWeight {
+        RawWeight {
+            weight,
+            count: weight,
         }
     }
 
@@ -220,7 +364,10 @@ pub(crate) mod tests {
     fn builds_root_first_stacks_with_kernel_below_user() {
         // Leaf 11 (sampled ip), called from return address 21 (looked up as 20), from 31.
         let stacks = StackTable::from([(0, vec![11, 21, 31]), (1, vec![501, 601])]);
-        let counts = HashMap::from([(raw(1, 0, 1), 5), (raw(1, 0, STACK_ID_NONE), 2)]);
+        let counts = HashMap::from([
+            (raw(1, 0, 1), samples(5)),
+            (raw(1, 0, STACK_ID_NONE), samples(2)),
+        ]);
         let mut profile = Profile::new(run_info());
         let mut symbols = FakeSymbols { lookups: vec![] };
         add_samples(
@@ -251,8 +398,8 @@ pub(crate) mod tests {
     fn inlined_frames_follow_their_function_and_lost_stacks_are_marked() {
         let stacks = StackTable::from([(0, vec![1000, 2001])]);
         let counts = HashMap::from([
-            (raw(1, 0, STACK_ID_NONE), 1),
-            (raw(2, STACK_ID_COLLISION, STACK_ID_NONE), 1),
+            (raw(1, 0, STACK_ID_NONE), samples(1)),
+            (raw(2, STACK_ID_COLLISION, STACK_ID_NONE), samples(1)),
         ]);
         let mut profile = Profile::new(run_info());
         add_samples(
@@ -280,7 +427,10 @@ pub(crate) mod tests {
     fn merges_counts_of_identical_symbolized_stacks() {
         // Two stack ids whose addresses symbolize alike still merge per thread.
         let stacks = StackTable::from([(0, vec![5]), (1, vec![5])]);
-        let counts = HashMap::from([(raw(1, 0, STACK_ID_NONE), 3), (raw(1, 1, STACK_ID_NONE), 4)]);
+        let counts = HashMap::from([
+            (raw(1, 0, STACK_ID_NONE), samples(3)),
+            (raw(1, 1, STACK_ID_NONE), samples(4)),
+        ]);
         let mut profile = Profile::new(run_info());
         add_samples(
             &mut profile,
@@ -292,5 +442,127 @@ pub(crate) mod tests {
         );
         assert_eq!(profile.samples[&EventKind::Cpu].len(), 1);
         assert_eq!(profile.total(EventKind::Cpu), 7);
+    }
+
+    fn kernel(name: &str) -> Frame {
+        let mut frame = user_frame(name);
+        frame.kind = FrameKind::Kernel;
+        frame
+    }
+
+    /// Symbolizes user addresses >= 9000 as unmapped, kernel 700 as the BPF trampoline.
+    struct GarbageSymbols;
+
+    impl Symbols for GarbageSymbols {
+        fn user(&mut self, _pid: u32, addresses: &[u64]) -> Vec<Vec<Frame>> {
+            addresses
+                .iter()
+                .map(|&a| {
+                    let mut frame = user_frame(&format!("f{a}"));
+                    if a >= 9000 {
+                        frame.function = "[unknown]".into();
+                        frame.module = None;
+                        frame.unsymbolized = true;
+                    }
+                    vec![frame]
+                })
+                .collect()
+        }
+
+        fn kernel(&mut self, addresses: &[u64]) -> Vec<Vec<Frame>> {
+            addresses
+                .iter()
+                .map(|&a| {
+                    vec![kernel(if a == 700 {
+                        "bpf_trace_run4"
+                    } else {
+                        "schedule"
+                    })]
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn garbage_user_frames_and_bpf_frames_are_cut() {
+        // Leaf 10, then a good return address, then garbage; kernel: trampoline, then schedule.
+        let stacks = StackTable::from([(0, vec![10, 21, 9001, 22]), (1, vec![700, 801])]);
+        let counts = HashMap::from([(raw(1, 0, 1), samples(1))]);
+        let mut profile = Profile::new(run_info());
+        add_samples(
+            &mut profile,
+            &mut Interner::default(),
+            EventKind::Cpu,
+            &counts,
+            &stacks,
+            &mut GarbageSymbols,
+        );
+        let sample = &profile.samples[&EventKind::Cpu][0];
+        assert_eq!(
+            names(&profile, sample.stack),
+            ["[stack truncated]", "f20", "f10", "schedule"]
+        );
+    }
+
+    #[test]
+    fn block_reasons_come_from_state_and_kernel_frames() {
+        let frames = |names: &[&str]| -> Vec<Frame> { names.iter().map(|n| kernel(n)).collect() };
+        let reason = |state, names: &[&str]| {
+            let frames = frames(names);
+            block_reason(state, &frames.iter().collect::<Vec<_>>())
+        };
+        let interruptible = 1;
+        let sleep = [
+            "entry_SYSCALL_64",
+            "__x64_sys_clock_nanosleep",
+            "do_nanosleep",
+            "schedule",
+        ];
+        assert_eq!(reason(interruptible, &sleep), BlockReason::Sleep);
+        let pipe = ["ksys_read", "vfs_read", "pipe_read", "schedule"];
+        assert_eq!(reason(interruptible, &pipe), BlockReason::Pipe);
+        assert_eq!(
+            reason(interruptible, &["vfs_read", "anon_pipe_read"]),
+            BlockReason::Pipe
+        );
+        let futex = ["do_futex", "futex_wait", "futex_wait_queue", "schedule"];
+        assert_eq!(reason(interruptible, &futex), BlockReason::Lock);
+        assert_eq!(reason(2, &["submit_bio_wait", "schedule"]), BlockReason::Io);
+        assert_eq!(reason(interruptible, &["schedule"]), BlockReason::OtherWait);
+        assert_eq!(
+            reason(OFFCPU_STATE_PREEMPTED, &pipe),
+            BlockReason::Preempted
+        );
+        // Compiler-cloned kernel functions (`.isra.0`) still match.
+        assert_eq!(
+            reason(interruptible, &["ep_poll.isra.0"]),
+            BlockReason::Poll
+        );
+    }
+
+    #[test]
+    fn off_cpu_samples_carry_reason_and_count() {
+        let stacks = StackTable::from([(0, vec![10]), (1, vec![600])]);
+        let mut off = raw(1, 0, 1);
+        off.state = Some(1);
+        let counts = HashMap::from([(
+            off,
+            RawWeight {
+                weight: 1500,
+                count: 3,
+            },
+        )]);
+        let mut profile = Profile::new(run_info());
+        add_samples(
+            &mut profile,
+            &mut Interner::default(),
+            EventKind::OffCpu,
+            &counts,
+            &stacks,
+            &mut FakeSymbols { lookups: vec![] },
+        );
+        let sample = &profile.samples[&EventKind::OffCpu][0];
+        assert_eq!((sample.weight, sample.count), (1500, Some(3)));
+        assert_eq!(sample.reason, Some(BlockReason::OtherWait));
     }
 }

@@ -13,8 +13,8 @@ use aya::{
     },
 };
 use profiler_common::{
-    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_FIRST_SAMPLE_NS, ProcessEvent, SampleKey, TargetFlags,
-    counter,
+    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_FIRST_SAMPLE_NS, OffCpuKey, OffCpuStart,
+    OffCpuTime, ProcessEvent, RunQueueStats, SampleKey, TargetFlags, counter,
 };
 
 use crate::kernel_btf::{self, KernelTypes};
@@ -125,6 +125,55 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
 /// Per-cause loss counters summed over CPUs, indexed by `profiler_common::counter`.
 pub type Counters = [u64; counter::COUNT as usize];
 
+/// What to load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Forward the programs' aya-log records to the `log` crate (needs a tokio runtime).
+    pub verbose: bool,
+    /// Shortest off-CPU period to record, ns.
+    pub min_block_ns: u64,
+    /// Load the CPU sampling program.
+    pub cpu: bool,
+    /// Load the scheduler (off-CPU) programs.
+    pub scheduler: bool,
+}
+
+/// Counts taken from the kernel by one drain.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// CPU samples per thread and stacks.
+    pub samples: Vec<(SampleKey, u64)>,
+    /// Off-CPU time per thread, stacks and state.
+    pub offcpu: Vec<(OffCpuKey, OffCpuTime)>,
+}
+
+/// The process-tracking programs.
+const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
+/// The scheduler programs (off-CPU time and run-queue delay).
+const SCHEDULER_PROGRAMS: [&str; 3] = ["sched_switch", "sched_wakeup", "sched_wakeup_new"];
+
+/// Reads every entry of hash map `name`, removing them with `clear`.
+fn read_hash_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    clear: bool,
+) -> Result<Vec<(K, V)>, ProbeError> {
+    let mut map: BpfHashMap<_, K, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Ok(value) = map.get(&key, 0) {
+            entries.push((key, value));
+        }
+        if clear {
+            let _ = map.remove(&key);
+        }
+    }
+    Ok(entries)
+}
+
 /// The loaded eBPF programs and their maps.
 pub struct KernelProbes {
     ebpf: Ebpf,
@@ -136,7 +185,7 @@ pub struct KernelProbes {
 impl KernelProbes {
     /// Loads the programs into the kernel (nothing is attached yet). With `verbose`, the
     /// programs' own log lines are forwarded to the `log` crate; needs a tokio runtime.
-    pub fn load(verbose: bool) -> Result<Self, ProbeError> {
+    pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
         let btf_blob =
             std::fs::read(kernel_btf::VMLINUX_BTF).map_err(|source| ProbeError::NoBtf {
                 path: kernel_btf::VMLINUX_BTF,
@@ -146,14 +195,19 @@ impl KernelProbes {
         let tgid_offset = types
             .member_offset("task_struct", "tgid")
             .map_err(ProbeError::Btf)?;
+        let pid_offset = types
+            .member_offset("task_struct", "pid")
+            .map_err(ProbeError::Btf)?;
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
             path: kernel_btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
         })?;
-        let log_level: u8 = if verbose { 0xff } else { 0 };
+        let log_level: u8 = if options.verbose { 0xff } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
+            .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
+            .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
@@ -164,7 +218,7 @@ impl KernelProbes {
                 },
                 source: Box::new(source),
             })?;
-        let logger = if verbose {
+        let logger = if options.verbose {
             spawn_logger(&mut ebpf)
         } else {
             None
@@ -177,15 +231,23 @@ impl KernelProbes {
                 })
             })
             .and_then(|map| RingBuf::try_from(map).map_err(map_error("PROCESS_EVENTS")))?;
-        let program: &mut PerfEvent = ebpf
-            .program_mut("cpu_sample")
-            .expect("cpu_sample is in the object")
-            .try_into()
-            .expect("cpu_sample is a perf_event program");
-        program
-            .load()
-            .map_err(|err| program_error("loading the CPU sampling program", err))?;
-        for name in ["sched_process_fork", "sched_process_exec"] {
+        // Only what the run needs: each program costs verification time and kernel memory.
+        if options.cpu {
+            let program: &mut PerfEvent = ebpf
+                .program_mut("cpu_sample")
+                .expect("cpu_sample is in the object")
+                .try_into()
+                .expect("cpu_sample is a perf_event program");
+            program
+                .load()
+                .map_err(|err| program_error("loading the CPU sampling program", err))?;
+        }
+        let scheduler: &[&str] = if options.scheduler {
+            &SCHEDULER_PROGRAMS
+        } else {
+            &[]
+        };
+        for &name in PROCESS_PROGRAMS.iter().chain(scheduler) {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .expect("tracepoint program is in the object")
@@ -221,7 +283,26 @@ impl KernelProbes {
 
     /// Attaches the fork/exec tracepoints that follow new processes and program changes.
     pub fn attach_process_tracking(&mut self) -> Result<(), ProbeError> {
-        for name in ["sched_process_fork", "sched_process_exec"] {
+        self.attach_tracepoints(&PROCESS_PROGRAMS)
+    }
+
+    /// Starts off-CPU and run-queue accounting of the targets' threads; `now_ns` is the
+    /// `CLOCK_MONOTONIC` time from which threads already off-CPU are accounted.
+    pub fn attach_scheduler(&mut self, now_ns: u64) -> Result<(), ProbeError> {
+        let mut control: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("CONTROL")
+                .expect("CONTROL is in the object"),
+        )
+        .map_err(map_error("CONTROL"))?;
+        control
+            .set(CONTROL_ATTACH_NS, now_ns, 0)
+            .map_err(map_error("CONTROL"))?;
+        self.attach_tracepoints(&SCHEDULER_PROGRAMS)
+    }
+
+    fn attach_tracepoints(&mut self, names: &[&str]) -> Result<(), ProbeError> {
+        for &name in names {
             let program: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -273,11 +354,11 @@ impl KernelProbes {
         Ok(())
     }
 
-    /// Takes the sample counts gathered since the last drain.
+    /// Takes the counts gathered since the last drain.
     ///
-    /// Switches the programs to the other count map, lets programs already running on other
-    /// CPUs finish, then reads and clears the map they were writing.
-    pub fn drain_samples(&mut self) -> Result<Vec<(SampleKey, u64)>, ProbeError> {
+    /// Switches the programs to the other pair of count maps, lets programs already running on
+    /// other CPUs finish, then reads and clears the maps they were writing.
+    pub fn drain(&mut self) -> Result<Drained, ProbeError> {
         let drained = self.active_sample_map;
         self.active_sample_map = 1 - drained;
         let mut control: Array<_, u64> = Array::try_from(
@@ -291,26 +372,25 @@ impl KernelProbes {
             .map_err(map_error("CONTROL"))?;
         // A program that read the old index is at most a few microseconds from its update.
         std::thread::sleep(Duration::from_millis(2));
-        let name = if drained == 0 {
-            "SAMPLES_0"
+        let (samples, offcpu) = if drained == 0 {
+            ("SAMPLES_0", "OFFCPU_0")
         } else {
-            "SAMPLES_1"
+            ("SAMPLES_1", "OFFCPU_1")
         };
-        let mut samples: BpfHashMap<_, SampleKey, u64> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(name)
-                .expect("sample maps are in the object"),
-        )
-        .map_err(map_error("SAMPLES"))?;
-        let keys: Vec<SampleKey> = samples.keys().filter_map(Result::ok).collect();
-        let mut counts = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Ok(count) = samples.get(&key, 0) {
-                counts.push((key, count));
-            }
-            let _ = samples.remove(&key);
-        }
-        Ok(counts)
+        Ok(Drained {
+            samples: read_hash_map(&mut self.ebpf, samples, true)?,
+            offcpu: read_hash_map(&mut self.ebpf, offcpu, true)?,
+        })
+    }
+
+    /// Threads off-CPU right now, by tid: when and where they left.
+    pub fn pending_offcpu(&mut self) -> Result<Vec<(u32, OffCpuStart)>, ProbeError> {
+        read_hash_map(&mut self.ebpf, "OFFCPU_START", false)
+    }
+
+    /// Run-queue delay statistics, by tid.
+    pub fn run_queue_stats(&mut self) -> Result<Vec<(u32, RunQueueStats)>, ProbeError> {
+        read_hash_map(&mut self.ebpf, "RUNQ_STATS", false)
     }
 
     /// Addresses of the given stacks, innermost first; ids not in the map are left out.

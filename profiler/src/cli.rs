@@ -57,15 +57,18 @@ pub struct ProfileArgs {
     /// Output folder (default: `benchmarks/<target>-<YYYYmmdd-HHMMSS>`).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Event kinds to collect, comma-separated: cpu.
+    /// Event kinds to collect, comma-separated: cpu, offcpu.
     #[arg(short, long, value_delimiter = ',', default_value = "cpu")]
     pub events: Vec<EventKind>,
+    /// With `offcpu`: shortest off-CPU period to record (shorter ones are only counted).
+    #[arg(long, value_parser = parse_min_block, default_value = "1us", value_name = "DURATION")]
+    pub min_block: Duration,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
 }
 
-/// Parses `30`, `30s`, `500ms`, `2m`, `1h`, `1.5s`.
+/// Parses `30`, `30s`, `500ms`, `250us`, `2m`, `1h`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -74,15 +77,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("invalid duration `{text}` (examples: 30, 30s, 500ms, 2m)"))?;
+        .map_err(|_| format!("invalid duration `{text}` (examples: 30, 30s, 500ms, 250us, 2m)"))?;
     let seconds = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
+        "us" | "µs" => value / 1e6,
+        "ns" => value / 1e9,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
+                "unknown duration unit `{other}` (use ns, us, ms, s, m or h)"
             ));
         }
     };
@@ -90,6 +95,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("duration must be positive, got `{text}`"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Like [`parse_duration`], but `0` (record every off-CPU period) is allowed.
+fn parse_min_block(text: &str) -> Result<Duration, String> {
+    if text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        == "0"
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 /// What to profile.
@@ -133,6 +150,8 @@ pub struct RunConfig {
     pub output: Option<PathBuf>,
     /// Forward eBPF logs.
     pub verbose: bool,
+    /// Shortest off-CPU period recorded.
+    pub min_block: Duration,
 }
 
 impl From<ProfileArgs> for RunConfig {
@@ -146,6 +165,7 @@ impl From<ProfileArgs> for RunConfig {
             duration: args.duration,
             output: args.output,
             verbose: args.verbose,
+            min_block: args.min_block,
         }
     }
 }
@@ -167,6 +187,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("abc").is_err());

@@ -11,18 +11,18 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use profiler_common::{SampleKey, counter, process_event};
+use profiler_common::{OffCpuKey, OffCpuTime, RunQueueStats, SampleKey, counter, process_event};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     address_space::AddressSpaces,
-    assemble::{self, RawSample, StackTable},
-    bpf::{Counters, KernelProbes},
+    assemble::{self, RawSample, RawWeight, StackTable},
+    bpf::{Counters, KernelProbes, LoadOptions},
     cli::{RunConfig, TargetSpec},
     launch::{self, GatedChild},
     output::{self, OutputDir},
     privileges, procfs,
-    profile::{EventKind, Interner, Losses, Process, Profile, RunInfo},
+    profile::{EventKind, Interner, Losses, Process, Profile, RunInfo, RunQueue},
     symbolize::Blazesym,
 };
 
@@ -132,6 +132,7 @@ struct Collection {
     spaces: AddressSpaces,
     processes: ProcessTable,
     counts: HashMap<SampleKey, u64>,
+    offcpu: HashMap<OffCpuKey, OffCpuTime>,
     /// (when, pid): pending re-reads of memory maps.
     refreshes: Vec<(Instant, u32)>,
 }
@@ -175,14 +176,206 @@ impl Collection {
     }
 
     fn drain(&mut self) -> anyhow::Result<()> {
-        for (key, count) in self.probes.drain_samples()? {
-            if !self.spaces.knows(key.tgid) {
+        let drained = self.probes.drain()?;
+        let pids: Vec<u32> = drained
+            .samples
+            .iter()
+            .map(|(key, _)| key.tgid)
+            .chain(drained.offcpu.iter().map(|(key, _)| key.tgid))
+            .collect();
+        for pid in pids {
+            if !self.spaces.knows(pid) {
                 // A process we were not told about (a notification was lost): read it now.
-                self.watch_process(key.tgid, None);
+                self.watch_process(pid, None);
             }
+        }
+        for (key, count) in drained.samples {
             *self.counts.entry(key).or_default() += count;
         }
+        for (key, time) in drained.offcpu {
+            let total = self.offcpu.entry(key).or_default();
+            total.total_ns += time.total_ns;
+            total.count += time.count;
+        }
         Ok(())
+    }
+
+    /// Final drain: everything the kernel holds, including threads still off-CPU at `end_ns`.
+    fn finish(mut self, end_ns: u64, min_block_ns: u64) -> anyhow::Result<Collected> {
+        self.handle_process_events();
+        // Both halves of the double buffer.
+        self.drain()?;
+        self.drain()?;
+        for (tid, start) in self.probes.pending_offcpu()? {
+            let blocked = end_ns.saturating_sub(start.start_ns);
+            if blocked < min_block_ns {
+                continue;
+            }
+            let key = OffCpuKey {
+                tgid: start.tgid,
+                tid,
+                user_stack_id: start.user_stack_id,
+                kernel_stack_id: start.kernel_stack_id,
+                state: start.state,
+                _pad: 0,
+                comm: start.comm,
+            };
+            let total = self.offcpu.entry(key).or_default();
+            total.total_ns += blocked;
+            total.count += 1;
+        }
+        let run_queue = self.probes.run_queue_stats()?;
+        let counters = self.probes.counters()?;
+        let first_sample_ns = self.probes.first_sample_ns()?;
+        let stack_ids: Vec<u32> = self
+            .counts
+            .keys()
+            .flat_map(|key| [key.user_stack_id, key.kernel_stack_id])
+            .chain(
+                self.offcpu
+                    .keys()
+                    .flat_map(|key| [key.user_stack_id, key.kernel_stack_id]),
+            )
+            .filter_map(|id| u32::try_from(id).ok())
+            .collect();
+        let stacks = self.probes.stacks(stack_ids)?;
+        // Detach now, before the slow symbolization.
+        drop(self.probes);
+        Ok(Collected {
+            spaces: self.spaces,
+            processes: self.processes,
+            counts: self.counts,
+            offcpu: self.offcpu,
+            run_queue,
+            stacks,
+            counters,
+            first_sample_ns,
+        })
+    }
+}
+
+/// Everything collected, detached from the kernel.
+struct Collected {
+    spaces: AddressSpaces,
+    processes: ProcessTable,
+    counts: HashMap<SampleKey, u64>,
+    offcpu: HashMap<OffCpuKey, OffCpuTime>,
+    run_queue: Vec<(u32, RunQueueStats)>,
+    stacks: StackTable,
+    counters: Counters,
+    first_sample_ns: Option<u64>,
+}
+
+impl Collected {
+    /// Thread names by tid from every record that carries one, for records that do not.
+    fn thread_names(&self) -> HashMap<u32, String> {
+        let mut names = HashMap::new();
+        let comms = self
+            .counts
+            .keys()
+            .map(|key| (key.tid, key.comm))
+            .chain(self.offcpu.keys().map(|key| (key.tid, key.comm)))
+            .chain(self.run_queue.iter().map(|(tid, stats)| (*tid, stats.comm)));
+        for (tid, comm) in comms {
+            let name = comm_string(&comm);
+            if !name.is_empty() {
+                names.insert(tid, name);
+            }
+        }
+        names
+    }
+
+    /// Symbolizes and assembles the profile.
+    fn into_profile(self, run: RunInfo) -> Profile {
+        let names = self.thread_names();
+        let thread_name = |pid: u32, tid: u32, comm: &[u8]| -> String {
+            let name = comm_string(comm);
+            if !name.is_empty() {
+                return name;
+            }
+            names.get(&tid).cloned().unwrap_or_else(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .map(|name| name.trim_end().to_owned())
+                    .unwrap_or_else(|_| format!("tid {tid}"))
+            })
+        };
+        let events = run.events.clone();
+        let mut profile = Profile::new(run);
+        profile.losses = losses(&self.counters);
+        let mut interner = Interner::default();
+        let mut symbols = Blazesym::new(&self.spaces);
+        if events.contains(&EventKind::Cpu) {
+            let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
+            for (key, &count) in &self.counts {
+                let entry = raw
+                    .entry(RawSample {
+                        pid: key.tgid,
+                        tid: key.tid,
+                        thread: thread_name(key.tgid, key.tid, &key.comm),
+                        user_stack: key.user_stack_id,
+                        kernel_stack: key.kernel_stack_id,
+                        state: None,
+                    })
+                    .or_default();
+                entry.weight += count;
+                entry.count += count;
+            }
+            assemble::add_samples(
+                &mut profile,
+                &mut interner,
+                EventKind::Cpu,
+                &raw,
+                &self.stacks,
+                &mut symbols,
+            );
+        }
+        if events.contains(&EventKind::OffCpu) {
+            let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
+            for (key, time) in &self.offcpu {
+                let entry = raw
+                    .entry(RawSample {
+                        pid: key.tgid,
+                        tid: key.tid,
+                        thread: thread_name(key.tgid, key.tid, &key.comm),
+                        user_stack: key.user_stack_id,
+                        kernel_stack: key.kernel_stack_id,
+                        state: Some(key.state),
+                    })
+                    .or_default();
+                // Nanoseconds here, microseconds below.
+                entry.weight += time.total_ns;
+                entry.count += time.count;
+            }
+            for weight in raw.values_mut() {
+                weight.weight = (weight.weight + 500) / 1000;
+            }
+            assemble::add_samples(
+                &mut profile,
+                &mut interner,
+                EventKind::OffCpu,
+                &raw,
+                &self.stacks,
+                &mut symbols,
+            );
+            profile.run_queue = self
+                .run_queue
+                .iter()
+                .map(|(tid, stats)| RunQueue {
+                    pid: stats.tgid,
+                    tid: *tid,
+                    thread: thread_name(stats.tgid, *tid, &stats.comm),
+                    count: stats.count,
+                    total_us: stats.total_ns / 1000,
+                    max_us: stats.max_ns / 1000,
+                    histogram: stats.slots.to_vec(),
+                })
+                .collect();
+            profile.run_queue.sort_by_key(|rq| (rq.pid, rq.tid));
+        }
+        let mut processes: Vec<Process> = self.processes.processes.into_values().collect();
+        processes.sort_by_key(|process| process.pid);
+        profile.processes = processes;
+        profile
     }
 }
 
@@ -260,7 +453,12 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         .with_context(|| format!("output folder {} is not writable", output_path.display()))?;
 
     let follow = spec.follows_children();
-    let mut probes = KernelProbes::load(config.verbose)?;
+    let mut probes = KernelProbes::load(LoadOptions {
+        verbose: config.verbose,
+        min_block_ns: config.min_block.as_nanos() as u64,
+        cpu: config.events.contains(&EventKind::Cpu),
+        scheduler: config.events.contains(&EventKind::OffCpu),
+    })?;
     let mut root_pids = Vec::new();
     let mut gated = None;
     let mut collection_pids = Vec::new();
@@ -284,6 +482,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         }
     }
     probes.attach_process_tracking()?;
+    if config.events.contains(&EventKind::OffCpu) {
+        probes.attach_scheduler(monotonic_ns())?;
+    }
     if config.events.contains(&EventKind::Cpu) {
         probes.attach_cpu_sampling(config.frequency)?;
     }
@@ -293,6 +494,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         spaces: AddressSpaces::default(),
         processes: ProcessTable::default(),
         counts: HashMap::new(),
+        offcpu: HashMap::new(),
         refreshes: Vec::new(),
     };
     for pid in collection_pids {
@@ -385,27 +587,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let duration_secs = profiling_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    // Collect what remains in both count maps, then detach before the slow symbolization.
-    collection.handle_process_events();
-    collection.drain()?;
-    collection.drain()?;
-    let counters = collection.probes.counters()?;
-    let first_sample_ns = collection.probes.first_sample_ns()?;
-    let stack_ids: Vec<u32> = collection
-        .counts
-        .keys()
-        .flat_map(|key| [key.user_stack_id, key.kernel_stack_id])
-        .filter_map(|id| u32::try_from(id).ok())
-        .collect();
-    let stacks: StackTable = collection.probes.stacks(stack_ids)?;
-    let Collection {
-        probes,
-        spaces,
-        processes,
-        counts,
-        ..
-    } = collection;
-    drop(probes);
+    let collected = collection.finish(monotonic_ns(), config.min_block.as_nanos() as u64)?;
 
     // In `record`, the command decides the exit code: stop it if the run ended first.
     let mut exit = None;
@@ -426,42 +608,18 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         start_unix_ms,
         duration_secs,
         frequency_hz: config.frequency,
+        min_block_us: config.min_block.as_micros() as u64,
         events: config.events.clone(),
         stop_reason: stop.describe(),
         exit_code: exit,
         attach_ms: Some(attach_ms),
-        first_sample_ms: first_sample_ns.map(|ns| (ns as f64 - started_ns as f64) / 1e6),
+        first_sample_ms: collected
+            .first_sample_ns
+            .map(|ns| (ns as f64 - started_ns as f64) / 1e6),
         kernel: kernel_release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let mut profile = Profile::new(run);
-    profile.losses = losses(&counters);
-    let raw: HashMap<RawSample, u64> =
-        counts
-            .into_iter()
-            .fold(HashMap::new(), |mut raw, (key, count)| {
-                *raw.entry(RawSample {
-                    pid: key.tgid,
-                    tid: key.tid,
-                    thread: comm_string(&key.comm),
-                    user_stack: key.user_stack_id,
-                    kernel_stack: key.kernel_stack_id,
-                })
-                .or_default() += count;
-                raw
-            });
-    let mut symbols = Blazesym::new(&spaces);
-    assemble::add_samples(
-        &mut profile,
-        &mut Interner::default(),
-        EventKind::Cpu,
-        &raw,
-        &stacks,
-        &mut symbols,
-    );
-    let mut processes: Vec<Process> = processes.processes.into_values().collect();
-    processes.sort_by_key(|process| process.pid);
-    profile.processes = processes;
+    let profile = collected.into_profile(run);
     let exit_code = match (&spec, exit) {
         (TargetSpec::Launch { .. }, Some(code)) => code,
         _ => 0,
@@ -522,6 +680,10 @@ fn losses(counters: &Counters) -> Losses {
         sample_map_full: get(counter::SAMPLE_MAP_FULL),
         process_events_lost: get(counter::PROCESS_EVENTS_LOST),
         target_map_full: get(counter::TARGET_MAP_FULL),
+        offcpu_filtered: get(counter::OFFCPU_FILTERED),
+        offcpu_filtered_us: get(counter::OFFCPU_FILTERED_NS) / 1000,
+        offcpu_map_full: get(counter::OFFCPU_MAP_FULL),
+        offcpu_stack_collisions: get(counter::OFFCPU_STACK_COLLISIONS),
     }
 }
 

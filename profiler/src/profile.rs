@@ -29,16 +29,19 @@ const MAX_PROFILE_BYTES: u64 = 4 << 30;
 pub enum EventKind {
     /// On-CPU samples (perf_event CPU clock); weight = samples.
     Cpu,
+    /// Off-CPU periods (scheduler switch-out to switch-in); weight = microseconds.
+    OffCpu,
 }
 
 impl EventKind {
     /// Every kind, in presentation order.
-    pub const ALL: [EventKind; 1] = [EventKind::Cpu];
+    pub const ALL: [EventKind; 2] = [EventKind::Cpu, EventKind::OffCpu];
 
     /// Name used on the command line and in file names.
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Cpu => "cpu",
+            EventKind::OffCpu => "offcpu",
         }
     }
 
@@ -46,6 +49,54 @@ impl EventKind {
     pub fn unit(self) -> &'static str {
         match self {
             EventKind::Cpu => "samples",
+            EventKind::OffCpu => "microseconds",
+        }
+    }
+}
+
+/// Why a thread was off-CPU, from its state at switch-out and where in the kernel it blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReason {
+    /// Timed sleep (`nanosleep`, `clock_nanosleep`, timeouts).
+    Sleep,
+    /// Waiting for I/O: uninterruptible sleep, page cache, block devices, fsync.
+    Io,
+    /// Waiting for a lock (futex, mutex, condition variable).
+    Lock,
+    /// Waiting on a pipe.
+    Pipe,
+    /// Waiting on a socket.
+    Socket,
+    /// Waiting in poll/select/epoll.
+    Poll,
+    /// Waiting for a child process.
+    ChildWait,
+    /// Preempted while runnable: waiting for a CPU.
+    Preempted,
+    /// A new thread waiting for its first run.
+    NewThread,
+    /// Off-CPU since before the profiler attached (stack unknown).
+    BeforeAttach,
+    /// Another interruptible wait.
+    OtherWait,
+}
+
+impl BlockReason {
+    /// Human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            BlockReason::Sleep => "sleep",
+            BlockReason::Io => "I/O",
+            BlockReason::Lock => "lock/futex",
+            BlockReason::Pipe => "pipe wait",
+            BlockReason::Socket => "socket wait",
+            BlockReason::Poll => "poll/epoll",
+            BlockReason::ChildWait => "waiting for a child",
+            BlockReason::Preempted => "preempted",
+            BlockReason::NewThread => "new thread",
+            BlockReason::BeforeAttach => "off-CPU since before attach",
+            BlockReason::OtherWait => "other wait",
         }
     }
 }
@@ -117,6 +168,49 @@ pub struct Sample {
     pub stack: usize,
     /// Weight in the event kind's unit.
     pub weight: u64,
+    /// Off-CPU samples: why the thread was off-CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<BlockReason>,
+    /// Off-CPU samples: number of off-CPU periods merged into this sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// Run-queue delays of one thread: time from wakeup or preemption to running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunQueue {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub thread: String,
+    /// Number of delays.
+    pub count: u64,
+    /// Sum of delays, µs.
+    pub total_us: u64,
+    /// Longest delay, µs.
+    pub max_us: u64,
+    /// Log2 histogram: entry `i` counts delays in `[2^i, 2^(i+1))` µs (entry 0 includes < 1 µs).
+    pub histogram: Vec<u64>,
+}
+
+impl RunQueue {
+    /// The `q` quantile (0..=1) as the upper bound of its log2 bucket in µs, capped at the max.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let wanted = (q * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (slot, &count) in self.histogram.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return (1u64 << (slot + 1).min(63)).min(self.max_us.max(1));
+            }
+        }
+        self.max_us
+    }
 }
 
 /// What was lost or degraded while collecting, per cause.
@@ -136,6 +230,18 @@ pub struct Losses {
     pub process_events_lost: u64,
     /// New child processes not followed because the target map was full.
     pub target_map_full: u64,
+    /// Off-CPU periods shorter than `--min-block`, counted but not recorded.
+    #[serde(default)]
+    pub offcpu_filtered: u64,
+    /// Their total time, µs.
+    #[serde(default)]
+    pub offcpu_filtered_us: u64,
+    /// Off-CPU periods or run-queue delays dropped because a map was full.
+    #[serde(default)]
+    pub offcpu_map_full: u64,
+    /// Switch-out stacks lost to stack-map collisions.
+    #[serde(default)]
+    pub offcpu_stack_collisions: u64,
 }
 
 impl Losses {
@@ -170,6 +276,9 @@ pub struct RunInfo {
     pub duration_secs: f64,
     /// Sampling frequency in Hz.
     pub frequency_hz: u64,
+    /// Shortest off-CPU period recorded, µs.
+    #[serde(default)]
+    pub min_block_us: u64,
     /// Event kinds collected.
     pub events: Vec<EventKind>,
     /// Why collection stopped.
@@ -201,6 +310,9 @@ pub struct Profile {
     pub stacks: Vec<Vec<usize>>,
     /// Samples per event kind.
     pub samples: BTreeMap<EventKind, Vec<Sample>>,
+    /// Run-queue delays per thread (collected with `offcpu`).
+    #[serde(default)]
+    pub run_queue: Vec<RunQueue>,
     /// What was lost while collecting.
     pub losses: Losses,
 }
@@ -237,6 +349,7 @@ impl Profile {
             frames: Vec::new(),
             stacks: Vec::new(),
             samples: BTreeMap::new(),
+            run_queue: Vec::new(),
             losses: Losses::default(),
         }
     }
@@ -357,6 +470,7 @@ pub(crate) mod tests {
             start_unix_ms: 1_700_000_000_000,
             duration_secs: 2.0,
             frequency_hz: 99,
+            min_block_us: 1,
             events: vec![EventKind::Cpu],
             stop_reason: "target exited".into(),
             exit_code: Some(0),
@@ -395,6 +509,8 @@ pub(crate) mod tests {
             thread: "demo".into(),
             stack,
             weight,
+            reason: None,
+            count: None,
         };
         profile.processes.push(Process {
             pid: 42,
@@ -435,6 +551,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn run_queue_quantiles_use_bucket_bounds() {
+        // 90 delays in [1, 2) µs, 10 in [64, 128) µs, the longest 100 µs.
+        let mut histogram = vec![0; 32];
+        histogram[0] = 90;
+        histogram[6] = 10;
+        let run_queue = RunQueue {
+            pid: 1,
+            tid: 1,
+            thread: "t".into(),
+            count: 100,
+            total_us: 1200,
+            max_us: 100,
+            histogram,
+        };
+        assert_eq!(run_queue.quantile_us(0.5), 2);
+        assert_eq!(run_queue.quantile_us(0.9), 2);
+        assert_eq!(run_queue.quantile_us(0.99), 100, "capped at the max");
+    }
+
+    #[test]
     fn interner_deduplicates() {
         let mut profile = Profile::new(run_info());
         let mut interner = Interner::default();
@@ -448,6 +584,7 @@ pub(crate) mod tests {
     #[test]
     fn event_kind_parses_and_rejects_unknown() {
         assert_eq!("cpu".parse::<EventKind>(), Ok(EventKind::Cpu));
+        assert_eq!("offcpu".parse::<EventKind>(), Ok(EventKind::OffCpu));
         let err = "gpu".parse::<EventKind>().unwrap_err();
         assert!(err.contains("unknown event kind `gpu`"), "{err}");
     }

@@ -13,7 +13,14 @@ use std::{
 };
 
 /// Names of the profiler's eBPF programs as the kernel lists them (truncated to 15 bytes).
-pub const PROGRAM_NAMES: [&str; 3] = ["cpu_sample", "sched_process_f", "sched_process_e"];
+pub const PROGRAM_NAMES: [&str; 6] = [
+    "cpu_sample",
+    "sched_process_f",
+    "sched_process_e",
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_ne",
+];
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -312,10 +312,9 @@ fn sigkill_of_the_profiler_leaves_nothing_loaded() {
             .arg(dir.path())
             .arg(target.pid().to_string()),
     );
-    assert!(wait_for(
-        Duration::from_secs(5),
-        || loaded_profiler_programs().len() == 3
-    ));
+    assert!(wait_for(Duration::from_secs(5), || {
+        loaded_profiler_programs().contains_key("cpu_sample")
+    }));
     run.signal(libc::SIGKILL);
     drop(run);
     assert_nothing_loaded();

@@ -4,10 +4,55 @@ use inferno::flamegraph::{self, Options, Palette, color::BasicPalette};
 
 use crate::profile::EventKind;
 
+/// A flamegraph to draw: one event kind, or the wall-clock view combining on- and off-CPU time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// One event kind.
+    Kind(EventKind),
+    /// On-CPU and off-CPU time together, in microseconds.
+    Wall,
+}
+
+impl View {
+    /// File name stem.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Kind(kind) => kind.name(),
+            View::Wall => "wall",
+        }
+    }
+
+    /// Unit of the weights.
+    pub fn unit(self) -> &'static str {
+        match self {
+            View::Kind(kind) => kind.unit(),
+            View::Wall => "microseconds",
+        }
+    }
+
+    /// Title prefix.
+    pub fn label(self) -> &'static str {
+        match self {
+            View::Kind(EventKind::Cpu) => "CPU",
+            View::Kind(EventKind::OffCpu) => "Off-CPU time",
+            View::Wall => "Wall-clock time (on- and off-CPU)",
+        }
+    }
+
+    /// Colours that tell the views apart at a glance.
+    fn palette(self) -> Palette {
+        match self {
+            View::Kind(EventKind::Cpu) => Palette::Basic(BasicPalette::Hot),
+            View::Kind(EventKind::OffCpu) => Palette::Basic(BasicPalette::Blue),
+            View::Wall => Palette::Basic(BasicPalette::Aqua),
+        }
+    }
+}
+
 /// Renders folded `lines` as an SVG flamegraph titled `title`.
 pub fn flamegraph_svg(
     lines: &[(String, u64)],
-    kind: EventKind,
+    view: View,
     title: &str,
 ) -> Result<Vec<u8>, std::io::Error> {
     let mut svg = Vec::new();
@@ -18,10 +63,8 @@ pub fn flamegraph_svg(
     }
     let mut options = Options::default();
     options.title = title.to_owned();
-    options.count_name = kind.unit().to_owned();
-    options.colors = match kind {
-        EventKind::Cpu => Palette::Basic(BasicPalette::Hot),
-    };
+    options.count_name = view.unit().to_owned();
+    options.colors = view.palette();
     let text: Vec<String> = lines
         .iter()
         .map(|(stack, weight)| format!("{stack} {weight}"))
@@ -53,10 +96,11 @@ mod tests {
     fn draws_frames_and_handles_empty_input() {
         let lines = vec![("t;main;hot".to_owned(), 7), ("t;main;cold".to_owned(), 3)];
         let svg =
-            String::from_utf8(flamegraph_svg(&lines, EventKind::Cpu, "CPU").unwrap()).unwrap();
+            String::from_utf8(flamegraph_svg(&lines, View::Kind(EventKind::Cpu), "CPU").unwrap())
+                .unwrap();
         assert!(svg.contains("<svg") && svg.contains("hot") && svg.contains("cold"));
         assert!(svg.contains("7 samples"), "weight and unit in the tooltips");
-        let empty = String::from_utf8(flamegraph_svg(&[], EventKind::Cpu, "a<b").unwrap()).unwrap();
+        let empty = String::from_utf8(flamegraph_svg(&[], View::Wall, "a<b").unwrap()).unwrap();
         assert!(empty.contains("no samples") && empty.contains("a&lt;b"));
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::profile::{EventKind, Frame, FrameKind, Profile};
+use crate::profile::{EventKind, Frame, FrameKind, Profile, Sample};
 
 /// A frame's name as written in folded stacks.
 pub fn frame_label(frame: &Frame) -> String {
@@ -29,9 +29,47 @@ pub fn frame_label(frame: &Frame) -> String {
 
 /// Folded lines of one event kind, merged and sorted by stack.
 pub fn folded_lines(profile: &Profile, kind: EventKind) -> Vec<(String, u64)> {
+    let mut merged = BTreeMap::new();
+    add_lines(profile, kind, &mut merged, |sample| sample.weight, |_| None);
+    merged.into_iter().collect()
+}
+
+/// The wall-clock view: CPU samples turned into microseconds (one sample is `1 / frequency`)
+/// and off-CPU microseconds, each off-CPU stack topped with an `[off-CPU: reason]` frame, so a
+/// thread's on- and off-CPU time add up to the time it existed.
+pub fn wall_lines(profile: &Profile) -> Vec<(String, u64)> {
+    let mut merged = BTreeMap::new();
+    let per_sample_us = 1_000_000 / profile.run.frequency_hz.max(1);
+    add_lines(
+        profile,
+        EventKind::Cpu,
+        &mut merged,
+        |s| s.weight * per_sample_us,
+        |_| None,
+    );
+    add_lines(
+        profile,
+        EventKind::OffCpu,
+        &mut merged,
+        |s| s.weight,
+        |sample| {
+            sample
+                .reason
+                .map(|reason| format!("[off-CPU: {}]", reason.label()))
+        },
+    );
+    merged.into_iter().collect()
+}
+
+fn add_lines(
+    profile: &Profile,
+    kind: EventKind,
+    merged: &mut BTreeMap<String, u64>,
+    weight: impl Fn(&Sample) -> u64,
+    leaf: impl Fn(&Sample) -> Option<String>,
+) {
     let multi_process = profile.is_multi_process();
     let labels: Vec<String> = profile.frames.iter().map(frame_label).collect();
-    let mut merged: BTreeMap<String, u64> = BTreeMap::new();
     for sample in profile.samples.get(&kind).into_iter().flatten() {
         let mut line = String::new();
         if multi_process {
@@ -47,9 +85,12 @@ pub fn folded_lines(profile: &Profile, kind: EventKind) -> Vec<(String, u64)> {
             line.push(';');
             line.push_str(&labels[frame]);
         }
-        *merged.entry(line).or_default() += sample.weight;
+        if let Some(leaf) = leaf(sample) {
+            line.push(';');
+            line.push_str(&leaf);
+        }
+        *merged.entry(line).or_default() += weight(sample);
     }
-    merged.into_iter().collect()
 }
 
 /// The folded file's text.
@@ -97,6 +138,8 @@ mod tests {
                 thread: "worker".into(),
                 stack: 0,
                 weight: 1,
+                reason: None,
+                count: None,
             });
         let lines = folded_lines(&profile, EventKind::Cpu);
         assert_eq!(
@@ -105,6 +148,25 @@ mod tests {
                 ("child (43);worker;main;work;hot_[k]".to_owned(), 1),
                 ("demo (42);demo;main;work;a:b_[i]".to_owned(), 3),
                 ("demo (42);demo;main;work;hot_[k]".to_owned(), 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn wall_view_converts_samples_and_marks_off_cpu_time() {
+        let mut profile = sample_profile();
+        profile.run.frequency_hz = 100; // one sample = 10 000 µs
+        let mut blocked = profile.samples[&EventKind::Cpu][0].clone();
+        blocked.weight = 5000;
+        blocked.reason = Some(crate::profile::BlockReason::Pipe);
+        profile.samples.insert(EventKind::OffCpu, vec![blocked]);
+        let lines = wall_lines(&profile);
+        assert_eq!(
+            lines,
+            vec![
+                ("demo;main;work;cold".to_owned(), 30_000),
+                ("demo;main;work;hot".to_owned(), 70_000),
+                ("demo;main;work;hot;[off-CPU: pipe wait]".to_owned(), 5000),
             ]
         );
     }

@@ -4,23 +4,55 @@ pub mod flamegraph;
 pub mod folded;
 pub mod summary;
 
+use flamegraph::View;
+
 use crate::{
     output::OutputDir,
     profile::{EventKind, PROFILE_FILE, Profile},
 };
 
+/// The flamegraph views a profile has: one per collected kind, plus wall-clock time when both
+/// on- and off-CPU time were collected.
+pub fn views(profile: &Profile) -> Vec<View> {
+    let mut views: Vec<View> = profile
+        .run
+        .events
+        .iter()
+        .map(|&kind| View::Kind(kind))
+        .collect();
+    if profile.run.events.contains(&EventKind::Cpu)
+        && profile.run.events.contains(&EventKind::OffCpu)
+    {
+        views.push(View::Wall);
+    }
+    views
+}
+
+/// Folded lines of a view.
+pub fn view_lines(profile: &Profile, view: View) -> Vec<(String, u64)> {
+    match view {
+        View::Kind(kind) => folded::folded_lines(profile, kind),
+        View::Wall => folded::wall_lines(profile),
+    }
+}
+
 /// Writes every rendered file and the saved profile into `out`; returns the file names.
 pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<String>> {
     let mut written = Vec::new();
-    for &kind in &profile.run.events {
-        let lines = folded::folded_lines(profile, kind);
-        let name = kind.name();
+    for view in views(profile) {
+        let lines = view_lines(profile, view);
+        let name = view.name();
         out.write(
             &format!("{name}.folded"),
             folded::folded_text(&lines).as_bytes(),
         )?;
-        let title = flamegraph_title(profile, kind);
-        let svg = flamegraph::flamegraph_svg(&lines, kind, &title)?;
+        let title = format!(
+            "{}: {} ({:.1} s)",
+            view.label(),
+            profile.run.command.join(" "),
+            profile.run.duration_secs
+        );
+        let svg = flamegraph::flamegraph_svg(&lines, view, &title)?;
         out.write(&format!("{name}.svg"), &svg)?;
         written.extend([format!("{name}.folded"), format!("{name}.svg")]);
     }
@@ -33,16 +65,4 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
     out.write(PROFILE_FILE, &saved)?;
     written.push(PROFILE_FILE.to_owned());
     Ok(written)
-}
-
-fn flamegraph_title(profile: &Profile, kind: EventKind) -> String {
-    let what = match kind {
-        EventKind::Cpu => "CPU",
-    };
-    format!(
-        "{what}: {} ({:.1} s, {} Hz)",
-        profile.run.command.join(" "),
-        profile.run.duration_secs,
-        profile.run.frequency_hz
-    )
 }

@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    profile::{EventKind, Losses, Profile},
+    profile::{BlockReason, EventKind, Losses, Profile},
     render::folded::frame_label,
 };
 
@@ -46,6 +46,8 @@ pub struct Summary {
     pub processes: Vec<ProcessShare>,
     /// CPU section, when `cpu` was collected.
     pub cpu: Option<CpuSummary>,
+    /// Off-CPU section, when `offcpu` was collected.
+    pub offcpu: Option<OffCpuSummary>,
     /// What was lost while collecting.
     pub losses: Losses,
 }
@@ -221,6 +223,342 @@ fn cpu_summary(profile: &Profile) -> CpuSummary {
     }
 }
 
+/// The off-CPU section: where and why the target's threads waited.
+#[derive(Clone, Debug, Serialize)]
+pub struct OffCpuSummary {
+    /// Off-CPU time recorded, µs.
+    pub total_us: u64,
+    /// Off-CPU periods recorded.
+    pub periods: u64,
+    /// Shortest period recorded (`--min-block`), µs.
+    pub min_block_us: u64,
+    /// Shorter periods, counted only.
+    pub filtered_periods: u64,
+    /// Their time, µs.
+    pub filtered_us: u64,
+    /// Time per reason, largest first.
+    pub reasons: Vec<ReasonShare>,
+    /// Blocking stacks by time, largest first.
+    pub top_stacks: Vec<BlockingStack>,
+    /// Per thread: on-CPU, blocked and runnable-waiting time.
+    pub threads: Vec<ThreadTime>,
+    /// Per thread: run-queue latency.
+    pub run_queue: Vec<RunQueueLatency>,
+}
+
+/// Off-CPU time of one reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReasonShare {
+    /// The reason.
+    pub reason: BlockReason,
+    /// Its label.
+    pub label: &'static str,
+    /// Time, µs.
+    pub us: u64,
+    /// Share of all off-CPU time, percent.
+    pub percent: f64,
+}
+
+/// One blocking stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockingStack {
+    /// Thread name.
+    pub thread: String,
+    /// Innermost symbolized user function: the code that waited.
+    pub function: Option<String>,
+    /// The user function that called it.
+    pub caller: Option<String>,
+    /// System call the thread blocked in, when the kernel stack shows one.
+    pub syscall: Option<String>,
+    /// Why it was off-CPU.
+    pub reason: BlockReason,
+    /// Time, µs.
+    pub us: u64,
+    /// Number of off-CPU periods.
+    pub periods: u64,
+    /// Share of all off-CPU time, percent.
+    pub percent: f64,
+    /// The whole stack, root first, as in `offcpu.folded`.
+    pub stack: String,
+}
+
+/// Where one thread's time went.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadTime {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub name: String,
+    /// On-CPU time from CPU samples (samples / frequency), µs; `null` without `cpu`.
+    pub on_cpu_us: Option<u64>,
+    /// Off-CPU time, µs.
+    pub off_cpu_us: u64,
+    /// Of which runnable, waiting for a CPU (run-queue delay), µs.
+    pub runnable_us: u64,
+    /// Of which blocked (sleeping, waiting for I/O, locks...), µs.
+    pub blocked_us: u64,
+    /// On-CPU plus off-CPU time, µs: the thread's lifetime within the run.
+    pub total_us: u64,
+}
+
+/// Run-queue latency of one thread.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunQueueLatency {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub name: String,
+    /// Number of delays.
+    pub count: u64,
+    /// Median, µs (upper bound of its log2 bucket).
+    pub p50_us: u64,
+    /// 99th percentile, µs (upper bound of its log2 bucket).
+    pub p99_us: u64,
+    /// Longest, µs.
+    pub max_us: u64,
+    /// Sum, µs.
+    pub total_us: u64,
+}
+
+/// How many blocking stacks the summary lists.
+const TOP_STACKS: usize = 20;
+
+fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
+    let samples = profile
+        .samples
+        .get(&EventKind::OffCpu)
+        .map_or(&[][..], Vec::as_slice);
+    let total = profile.total(EventKind::OffCpu);
+    let mut reasons: HashMap<BlockReason, u64> = HashMap::new();
+    let mut stacks: HashMap<(String, String, BlockReason), (u64, u64)> = HashMap::new();
+    let mut off_cpu: HashMap<(u32, u32, String), u64> = HashMap::new();
+    for sample in samples {
+        let reason = sample.reason.unwrap_or(BlockReason::OtherWait);
+        *reasons.entry(reason).or_default() += sample.weight;
+        let stack: Vec<String> = profile.stacks[sample.stack]
+            .iter()
+            .map(|&f| frame_label(&profile.frames[f]))
+            .collect();
+        let entry = stacks
+            .entry((sample.thread.clone(), stack.join(";"), reason))
+            .or_default();
+        entry.0 += sample.weight;
+        entry.1 += sample.count.unwrap_or(1);
+        *off_cpu
+            .entry((sample.pid, sample.tid, sample.thread.clone()))
+            .or_default() += sample.weight;
+    }
+    let mut reasons: Vec<ReasonShare> = reasons
+        .into_iter()
+        .map(|(reason, us)| ReasonShare {
+            reason,
+            label: reason.label(),
+            us,
+            percent: percent(us, total),
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.us.cmp(&a.us).then(a.reason.cmp(&b.reason)));
+
+    let mut top_stacks: Vec<BlockingStack> = stacks
+        .into_iter()
+        .map(|((thread, stack, reason), (us, periods))| {
+            let frames: Vec<&str> = stack.split(';').collect();
+            let user: Vec<&str> = frames
+                .iter()
+                .copied()
+                .filter(|f| !f.is_empty() && !f.ends_with("_[k]") && !f.starts_with('['))
+                .collect();
+            let syscall = frames.iter().find_map(|f| {
+                let name = f.strip_suffix("_[k]")?;
+                [
+                    "__x64_sys_",
+                    "__arm64_sys_",
+                    "__se_sys_",
+                    "__do_sys_",
+                    "ksys_",
+                ]
+                .iter()
+                .find_map(|prefix| name.strip_prefix(prefix))
+                .map(str::to_owned)
+            });
+            BlockingStack {
+                function: user.last().map(|f| (*f).to_owned()),
+                caller: user.len().checked_sub(2).map(|i| user[i].to_owned()),
+                syscall,
+                reason,
+                us,
+                periods,
+                percent: percent(us, total),
+                stack,
+                thread,
+            }
+        })
+        .collect();
+    top_stacks.sort_by(|a, b| b.us.cmp(&a.us).then_with(|| a.stack.cmp(&b.stack)));
+    top_stacks.truncate(TOP_STACKS);
+
+    let per_sample_us = 1_000_000 / profile.run.frequency_hz.max(1);
+    let mut on_cpu: HashMap<u32, u64> = HashMap::new();
+    let has_cpu = profile.run.events.contains(&EventKind::Cpu);
+    for sample in profile.samples.get(&EventKind::Cpu).into_iter().flatten() {
+        *on_cpu.entry(sample.tid).or_default() += sample.weight * per_sample_us;
+        off_cpu
+            .entry((sample.pid, sample.tid, sample.thread.clone()))
+            .or_default();
+    }
+    let runnable: HashMap<u32, u64> = profile
+        .run_queue
+        .iter()
+        .map(|rq| (rq.tid, rq.total_us))
+        .collect();
+    // One row per thread even if it had several names.
+    let mut threads: HashMap<u32, ThreadTime> = HashMap::new();
+    for ((pid, tid, name), off) in off_cpu {
+        let row = threads.entry(tid).or_insert_with(|| {
+            let runnable_us = runnable.get(&tid).copied().unwrap_or(0);
+            ThreadTime {
+                pid,
+                tid,
+                name: name.clone(),
+                on_cpu_us: has_cpu.then(|| on_cpu.get(&tid).copied().unwrap_or(0)),
+                off_cpu_us: 0,
+                runnable_us,
+                blocked_us: 0,
+                total_us: 0,
+            }
+        });
+        row.off_cpu_us += off;
+    }
+    let mut threads: Vec<ThreadTime> = threads
+        .into_values()
+        .map(|mut row| {
+            row.runnable_us = row.runnable_us.min(row.off_cpu_us);
+            row.blocked_us = row.off_cpu_us - row.runnable_us;
+            row.total_us = row.off_cpu_us + row.on_cpu_us.unwrap_or(0);
+            row
+        })
+        .collect();
+    threads.sort_by_key(|row| (row.pid, row.tid));
+
+    let mut run_queue: Vec<RunQueueLatency> = profile
+        .run_queue
+        .iter()
+        .map(|rq| RunQueueLatency {
+            pid: rq.pid,
+            tid: rq.tid,
+            name: rq.thread.clone(),
+            count: rq.count,
+            p50_us: rq.quantile_us(0.5),
+            p99_us: rq.quantile_us(0.99),
+            max_us: rq.max_us,
+            total_us: rq.total_us,
+        })
+        .collect();
+    run_queue.sort_by(|a, b| b.p99_us.cmp(&a.p99_us).then(a.tid.cmp(&b.tid)));
+
+    OffCpuSummary {
+        total_us: total,
+        periods: samples.iter().map(|s| s.count.unwrap_or(1)).sum(),
+        min_block_us: profile.run.min_block_us,
+        filtered_periods: profile.losses.offcpu_filtered,
+        filtered_us: profile.losses.offcpu_filtered_us,
+        reasons,
+        top_stacks,
+        threads,
+        run_queue,
+    }
+}
+
+fn us_text(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+fn offcpu_markdown(md: &mut String, offcpu: &OffCpuSummary) {
+    let _ = writeln!(
+        md,
+        "\n## Off-CPU time\n\n{} off-CPU in {} periods of at least {} µs ({} shorter periods, {}, \
+         counted but not recorded).\n",
+        us_text(offcpu.total_us),
+        offcpu.periods,
+        offcpu.min_block_us,
+        offcpu.filtered_periods,
+        us_text(offcpu.filtered_us)
+    );
+    if !offcpu.reasons.is_empty() {
+        md.push_str("| reason | time | share |\n|---|---:|---:|\n");
+        for reason in &offcpu.reasons {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1}% |",
+                reason.label,
+                us_text(reason.us),
+                reason.percent
+            );
+        }
+    }
+    md.push_str("\n### Top blocking stacks\n\n");
+    if offcpu.top_stacks.is_empty() {
+        md.push_str("No off-CPU time recorded.\n");
+    } else {
+        md.push_str("| share | time | periods | thread | waiting in | called from | system call | reason |\n|---:|---:|---:|---|---|---|---|---|\n");
+        for stack in &offcpu.top_stacks {
+            let _ = writeln!(
+                md,
+                "| {:.1}% | {} | {} | {} | {} | {} | {} | {} |",
+                stack.percent,
+                us_text(stack.us),
+                stack.periods,
+                md_code(&stack.thread),
+                stack.function.as_deref().map(md_code).unwrap_or_default(),
+                stack.caller.as_deref().map(md_code).unwrap_or_default(),
+                stack.syscall.as_deref().map(md_code).unwrap_or_default(),
+                stack.reason.label()
+            );
+        }
+    }
+    md.push_str("\n### Where each thread's time went\n\n");
+    md.push_str("| thread | tid | on-CPU | blocked | runnable (waiting for a CPU) | total |\n|---|---:|---:|---:|---:|---:|\n");
+    for thread in &offcpu.threads {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            md_code(&thread.name),
+            thread.tid,
+            thread.on_cpu_us.map(us_text).unwrap_or_else(|| "—".into()),
+            us_text(thread.blocked_us),
+            us_text(thread.runnable_us),
+            us_text(thread.total_us)
+        );
+    }
+    md.push_str("\n### Run-queue latency (wakeup or preemption to running)\n\n");
+    if offcpu.run_queue.is_empty() {
+        md.push_str("No run-queue delays recorded.\n");
+    } else {
+        md.push_str("| thread | tid | delays | p50 | p99 | max | total |\n|---|---:|---:|---:|---:|---:|---:|\n");
+        for rq in &offcpu.run_queue {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | ≤{} | ≤{} | {} | {} |",
+                md_code(&rq.name),
+                rq.tid,
+                rq.count,
+                us_text(rq.p50_us),
+                us_text(rq.p99_us),
+                us_text(rq.max_us),
+                us_text(rq.total_us)
+            );
+        }
+    }
+}
+
 /// Summarizes a profile.
 pub fn summarize(profile: &Profile) -> Summary {
     let run = &profile.run;
@@ -257,6 +595,10 @@ pub fn summarize(profile: &Profile) -> Summary {
             .events
             .contains(&EventKind::Cpu)
             .then(|| cpu_summary(profile)),
+        offcpu: run
+            .events
+            .contains(&EventKind::OffCpu)
+            .then(|| offcpu_summary(profile)),
         losses: profile.losses.clone(),
     }
 }
@@ -374,6 +716,9 @@ pub fn summary_markdown(summary: &Summary) -> String {
                 );
             }
         }
+    }
+    if let Some(offcpu) = &summary.offcpu {
+        offcpu_markdown(&mut md, offcpu);
     }
     let losses = &summary.losses;
     if losses.process_events_lost + losses.target_map_full > 0 {

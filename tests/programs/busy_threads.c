@@ -1,0 +1,39 @@
+/* More runnable threads than CPUs: argv[2] threads (default 4) named "busy-N" spin for argv[1]
+ * seconds (default 2), so on a 2-CPU machine each waits in the run queue about half the time. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+volatile unsigned long sink;
+static double seconds = 2.0;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) void spin(double end) {
+    while (now() < end)
+        for (int i = 0; i < 10000; i++) sink += i;
+}
+
+static void *busy(void *arg) {
+    char name[16];
+    snprintf(name, sizeof name, "busy-%ld", (long)arg);
+    pthread_setname_np(pthread_self(), name);
+    spin(now() + seconds);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) seconds = atof(argv[1]);
+    long threads = argc > 2 ? atol(argv[2]) : 4;
+    if (threads < 1 || threads > 64) threads = 4;
+    pthread_t ids[64];
+    for (long i = 0; i < threads; i++) pthread_create(&ids[i], NULL, busy, (void *)i);
+    for (long i = 0; i < threads; i++) pthread_join(ids[i], NULL);
+    return 0;
+}

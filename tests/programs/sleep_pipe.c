@@ -1,0 +1,80 @@
+/* Known off-CPU behaviour, for argv[1] seconds (default 2): thread "waiter" loops over nap()
+ * (a 20 ms nanosleep) and wait_pipe() (a read from a pipe that thread "writer" feeds every
+ * 30 ms on an absolute clock), so it is off-CPU about 2/3 in nap and 1/3 in wait_pipe.
+ * The blocking system calls are issued inline: libc's wrappers set up no frame pointer and
+ * would hide the calling function from frame-pointer stacks. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FORCE_FRAME() do { void *frame = __builtin_alloca(16); __asm__ volatile("" ::"r"(frame)); } while (0)
+
+static double seconds = 2.0;
+static int pipe_fds[2];
+static volatile int done;
+
+static inline long syscall3(long number, long a, long b, long c) {
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(number), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return ret;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) void nap(long ms) {
+    FORCE_FRAME();
+    struct timespec ts = {0, ms * 1000000L};
+    syscall3(SYS_nanosleep, (long)&ts, 0, 0);
+}
+
+__attribute__((noinline)) void wait_pipe(int fd) {
+    FORCE_FRAME();
+    char byte;
+    syscall3(SYS_read, fd, (long)&byte, 1);
+}
+
+static void *waiter(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "waiter");
+    while (!done) {
+        nap(20);
+        wait_pipe(pipe_fds[0]);
+    }
+    return NULL;
+}
+
+static void *writer(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "writer");
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    double end = now() + seconds;
+    while (now() < end) {
+        next.tv_nsec += 30000000L;
+        if (next.tv_nsec >= 1000000000L) { next.tv_sec++; next.tv_nsec -= 1000000000L; }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+        if (write(pipe_fds[1], "x", 1) != 1) break;
+    }
+    done = 1;
+    /* Wake the waiter if it is in wait_pipe; it exits at its next check. */
+    if (write(pipe_fds[1], "x", 1) != 1) return NULL;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) seconds = atof(argv[1]);
+    if (pipe(pipe_fds) != 0) return 1;
+    pthread_t a, b;
+    pthread_create(&a, NULL, waiter, NULL);
+    pthread_create(&b, NULL, writer, NULL);
+    pthread_join(b, NULL);
+    pthread_join(a, NULL);
+    return 0;
+}

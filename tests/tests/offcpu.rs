@@ -1,0 +1,175 @@
+//! Off-CPU time and run-queue delay end to end, on programs with known waiting behaviour.
+
+use profiler_tests::{
+    assert_nothing_loaded, have_root, output, percent, profiler, program, read_folded,
+    read_summary, serial,
+};
+
+/// Off-CPU weight of stacks whose innermost user frame is `function`.
+fn blocked_in(stacks: &[(Vec<String>, u64)], thread: &str, function: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames[0] == thread
+                && frames
+                    .iter()
+                    .rev()
+                    .find(|f| !f.ends_with("_[k]"))
+                    .is_some_and(|f| f == function)
+        })
+        .map(|(_, weight)| weight)
+        .sum()
+}
+
+#[test]
+fn blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time() {
+    let _serial = serial();
+    if !have_root("blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "--events", "cpu,offcpu", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("sleep_pipe"))
+            .arg("3"),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("offcpu.folded"));
+    let nap = blocked_in(&stacks, "waiter", "nap");
+    let pipe = blocked_in(&stacks, "waiter", "wait_pipe");
+    // 20 ms of sleep, then about 10 ms waiting for the writer's next byte.
+    let share = percent(nap, nap + pipe);
+    assert!(
+        (60.0..=73.0).contains(&share),
+        "nap {nap} µs, wait_pipe {pipe} µs: {share:.1}%"
+    );
+    assert!(
+        nap + pipe > 2_500_000,
+        "waiter blocked {} µs in 3 s",
+        nap + pipe
+    );
+
+    let summary = read_summary(dir.path());
+    let offcpu = &summary["offcpu"];
+    let reason_of = |function: &str| {
+        offcpu["top_stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["thread"] == "waiter" && s["function"] == function)
+            .unwrap_or_else(|| panic!("no blocking stack in {function}: {offcpu}"))["reason"]
+            .clone()
+    };
+    assert_eq!(reason_of("nap"), "sleep");
+    assert_eq!(reason_of("wait_pipe"), "pipe");
+    let waiter = offcpu["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "waiter")
+        .expect("waiter in the per-thread split");
+    // The waiter lives the whole run: on-CPU plus off-CPU time is the duration.
+    let duration_us = summary["duration_secs"].as_f64().unwrap() * 1e6;
+    let total_us = waiter["total_us"].as_f64().unwrap();
+    assert!(
+        (total_us / duration_us - 1.0).abs() < 0.05,
+        "waiter's time {total_us} µs vs duration {duration_us} µs"
+    );
+    let wall = std::fs::read_to_string(dir.path().join("wall.folded")).unwrap();
+    assert!(wall.contains(";nap;") && wall.contains("[off-CPU: sleep]"));
+    assert!(dir.path().join("offcpu.svg").exists() && dir.path().join("wall.svg").exists());
+    assert_nothing_loaded();
+}
+
+#[test]
+fn run_queue_delay_is_reported_when_threads_outnumber_cpus() {
+    let _serial = serial();
+    if !have_root("run_queue_delay_is_reported_when_threads_outnumber_cpus") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = (2 * cpus).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "--events", "cpu,offcpu", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("busy_threads"))
+            .args(["2", &threads]),
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let offcpu = &summary["offcpu"];
+    let run_queue = offcpu["run_queue"].as_array().unwrap();
+    let busy: Vec<_> = run_queue
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with("busy-"))
+        .collect();
+    assert_eq!(
+        busy.len(),
+        2 * cpus,
+        "every busy thread has run-queue figures: {run_queue:?}"
+    );
+    for thread in &busy {
+        assert!(thread["count"].as_u64().unwrap() > 10, "{thread}");
+        assert!(
+            thread["p99_us"].as_u64().unwrap() >= 1000,
+            "p99 at least 1 ms: {thread}"
+        );
+    }
+    for thread in offcpu["threads"].as_array().unwrap() {
+        if !thread["name"].as_str().unwrap().starts_with("busy-") {
+            continue;
+        }
+        let runnable = thread["runnable_us"].as_u64().unwrap();
+        let total = thread["total_us"].as_u64().unwrap();
+        assert!(
+            percent(runnable, total) > 25.0,
+            "waits for a CPU a good part of the time: {thread}"
+        );
+    }
+    let reasons = offcpu["reasons"].as_array().unwrap();
+    assert_eq!(reasons[0]["reason"], "preempted", "{reasons:?}");
+    assert_nothing_loaded();
+}
+
+#[test]
+fn short_waits_are_filtered_but_counted() {
+    let _serial = serial();
+    if !have_root("short_waits_are_filtered_but_counted") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "--events", "offcpu", "--min-block", "25ms", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("sleep_pipe"))
+            .arg("1"),
+    );
+    assert!(out.status.success());
+    let stacks = read_folded(&dir.path().join("offcpu.folded"));
+    assert_eq!(
+        blocked_in(&stacks, "waiter", "nap"),
+        0,
+        "20 ms naps are under 25 ms"
+    );
+    let summary = read_summary(dir.path());
+    let offcpu = &summary["offcpu"];
+    assert!(
+        offcpu["filtered_periods"].as_u64().unwrap() >= 50,
+        "{offcpu}"
+    );
+    assert!(
+        offcpu["filtered_us"].as_u64().unwrap() > 500_000,
+        "{offcpu}"
+    );
+    assert_eq!(offcpu["min_block_us"], 25_000);
+    assert!(summary["cpu"].is_null(), "cpu was not asked for");
+    assert!(!dir.path().join("cpu.folded").exists());
+}
