@@ -95,7 +95,18 @@ pub const CONTROL_ATTACH_NS: u32 = 2;
 /// Number of `CONTROL` entries.
 pub const CONTROL_ENTRIES: u32 = 3;
 
-/// Capacity of the per-thread scheduler maps (off-CPU start, run-queue start and statistics).
+/// Offsets of the fields the scheduler programs read from the classic `sched` tracepoint
+/// records, checked against tracefs' `format` files by the collector before loading.
+pub mod tracepoint_fields {
+    /// `sched_switch`: `long prev_state` (a `TASK_REPORT` bit mask).
+    pub const SWITCH_PREV_STATE: usize = 32;
+    /// `sched_switch`: `pid_t next_pid`.
+    pub const SWITCH_NEXT_PID: usize = 56;
+    /// `sched_wakeup` / `sched_wakeup_new`: `pid_t pid`.
+    pub const WAKEUP_PID: usize = 24;
+}
+
+/// Capacity of the per-thread scheduler state map.
 pub const THREAD_MAP_ENTRIES: u32 = 16 * 1024;
 /// Capacity of each of the two off-CPU time maps (see [`OffCpuKey`]).
 pub const OFFCPU_MAP_ENTRIES: u32 = 32 * 1024;
@@ -111,12 +122,15 @@ pub const OFFCPU_STATE_NEW_THREAD: u32 = 0xffff_0002;
 /// `state` of an [`OffCpuKey`] for a thread preempted while runnable.
 pub const OFFCPU_STATE_PREEMPTED: u32 = 0xffff_0003;
 
-/// A target thread's switch-out, kept until it runs again.
+/// A target thread's last switch-out, kept (and reused) per thread so that a switch costs
+/// in-place updates rather than map insertions and deletions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OffCpuStart {
-    /// `CLOCK_MONOTONIC` time of the switch-out, ns.
+    /// `CLOCK_MONOTONIC` time of the switch-out, ns; 0 while the thread is on a CPU.
     pub start_ns: u64,
+    /// When the thread became runnable again (woken or preempted), ns; 0 if not yet.
+    pub runnable_ns: u64,
     /// Process id.
     pub tgid: u32,
     /// User stack id at switch-out, or a `STACK_ID_*` value.
@@ -128,7 +142,7 @@ pub struct OffCpuStart {
     /// Thread name.
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<OffCpuStart>() == 40);
+const _: () = assert!(size_of::<OffCpuStart>() == 48);
 
 /// Key of the in-kernel off-CPU aggregation: time per thread, stack pair and state.
 #[repr(C)]
@@ -162,26 +176,27 @@ pub struct OffCpuTime {
 }
 const _: () = assert!(size_of::<OffCpuTime>() == 16);
 
-/// Run-queue delays of one thread: from wakeup or preemption to running again.
+/// Everything the scheduler programs keep about one target thread, in one map entry so a
+/// context switch costs a single lookup per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunQueueStats {
-    /// Process id.
-    pub tgid: u32,
+pub struct ThreadState {
+    /// The current (or last) off-CPU period.
+    pub off_cpu: OffCpuStart,
+    /// Non-zero once the thread exited; the collector then takes the entry out.
+    pub exited: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// Number of delays.
-    pub count: u64,
+    /// Run-queue delays (wakeup or preemption to running): count.
+    pub run_queue_count: u64,
     /// Sum of the delays, ns.
-    pub total_ns: u64,
+    pub run_queue_total_ns: u64,
     /// Longest delay, ns.
-    pub max_ns: u64,
-    /// Thread name.
-    pub comm: [u8; COMM_LEN],
+    pub run_queue_max_ns: u64,
     /// Log2 histogram of the delays in µs, see [`RUNQ_SLOTS`].
-    pub slots: [u64; RUNQ_SLOTS],
+    pub run_queue_slots: [u64; RUNQ_SLOTS],
 }
-const _: () = assert!(size_of::<RunQueueStats>() == 48 + 8 * RUNQ_SLOTS);
+const _: () = assert!(size_of::<ThreadState>() == 48 + 8 + 24 + 8 * RUNQ_SLOTS);
 
 /// Kinds of [`ProcessEvent`].
 pub mod process_event {
@@ -224,5 +239,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::OffCpuTime {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
-    unsafe impl aya::Pod for super::RunQueueStats {}
+    unsafe impl aya::Pod for super::ThreadState {}
 }

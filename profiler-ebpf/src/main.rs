@@ -6,30 +6,30 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, map, perf_event},
+    macros::{btf_tracepoint, map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext},
+    programs::{
+        BtfTracePointContext, PerfEventContext, TracePointContext, tracing::StackIdContext,
+    },
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
     COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_ENTRIES,
     CONTROL_FIRST_SAMPLE_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
     OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuStart, OffCpuTime,
-    ProcessEvent, RUNQ_SLOTS, RunQueueStats, SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION,
-    STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN,
-    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, counter, process_event,
+    ProcessEvent, RUNQ_SLOTS, SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION, STACK_ID_ERROR,
+    STACK_ID_NONE, STACK_MAP_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN, TARGET_MAP_ENTRIES,
+    THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, process_event, tracepoint_fields,
 };
 
 /// Offset of `tgid` in `struct task_struct`, read from the kernel's BTF by the collector.
 #[unsafe(no_mangle)]
 static TASK_STRUCT_TGID_OFFSET: u32 = 0;
-/// Offset of `pid` (the thread id) in `struct task_struct`.
-#[unsafe(no_mangle)]
-static TASK_STRUCT_PID_OFFSET: u32 = 0;
 /// Off-CPU periods shorter than this are counted but not recorded, ns.
 #[unsafe(no_mangle)]
 static MIN_BLOCK_NS: u64 = 0;
@@ -61,9 +61,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
-/// Per thread: when and where it last left the CPU.
+/// Per target thread: its current off-CPU period and run-queue statistics.
 #[map]
-static OFFCPU_START: HashMap<u32, OffCpuStart> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
 
 /// Off-CPU time per thread, stacks and state; double-buffered like the sample maps.
 #[map]
@@ -71,23 +71,23 @@ static OFFCPU_0: HashMap<OffCpuKey, OffCpuTime> = HashMap::with_max_entries(OFFC
 #[map]
 static OFFCPU_1: HashMap<OffCpuKey, OffCpuTime> = HashMap::with_max_entries(OFFCPU_MAP_ENTRIES, 0);
 
-/// Per thread: when it became runnable (woken or preempted) and not yet running.
-#[map]
-static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
-
-/// Per thread: run-queue delay statistics.
-#[map]
-static RUNQ_STATS: HashMap<u32, RunQueueStats> = HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
-
-/// Initial value of a thread's `RUNQ_STATS` entry (too large to build on the BPF stack).
-static RUNQ_STATS_ZERO: RunQueueStats = RunQueueStats {
-    tgid: 0,
+/// Initial value of a `THREADS` entry (too large to build on the BPF stack).
+static THREAD_ZERO: ThreadState = ThreadState {
+    off_cpu: OffCpuStart {
+        start_ns: 0,
+        runnable_ns: 0,
+        tgid: 0,
+        user_stack_id: STACK_ID_NONE,
+        kernel_stack_id: STACK_ID_NONE,
+        state: 0,
+        comm: [0; COMM_LEN],
+    },
+    exited: 0,
     _pad: 0,
-    count: 0,
-    total_ns: 0,
-    max_ns: 0,
-    comm: [0; COMM_LEN],
-    slots: [0; RUNQ_SLOTS],
+    run_queue_count: 0,
+    run_queue_total_ns: 0,
+    run_queue_max_ns: 0,
+    run_queue_slots: [0; RUNQ_SLOTS],
 };
 
 #[inline(always)]
@@ -252,26 +252,6 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Reads a task's (thread id, process id) through the offsets the collector found in BTF.
-#[inline(always)]
-fn task_ids(task: *const u8) -> Option<(u32, u32)> {
-    // SAFETY: read_volatile keeps the loader-set constants from being folded at compile time.
-    let (pid_offset, tgid_offset) = unsafe {
-        (
-            core::ptr::read_volatile(&TASK_STRUCT_PID_OFFSET),
-            core::ptr::read_volatile(&TASK_STRUCT_TGID_OFFSET),
-        )
-    };
-    // SAFETY: `bpf_probe_read_kernel` checks the addresses.
-    unsafe {
-        let tid =
-            bpf_probe_read_kernel(task.wrapping_add(pid_offset as usize).cast::<i32>()).ok()?;
-        let tgid =
-            bpf_probe_read_kernel(task.wrapping_add(tgid_offset as usize).cast::<i32>()).ok()?;
-        Some((tid as u32, tgid as u32))
-    }
-}
-
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {
     unsafe { TARGETS.get(tgid) }.is_some()
@@ -310,55 +290,101 @@ fn add_offcpu(times: &HashMap<OffCpuKey, OffCpuTime>, key: &OffCpuKey, ns: u64) 
     }
 }
 
-/// `TASK_DEAD`: the thread is switching out for the last time.
-const TASK_DEAD: u32 = 0x80;
+/// `TASK_REPORT` bits of `sched_switch`'s `prev_state`: exited (`X`, `Z`).
+const STATE_EXITED: u64 = 0x10 | 0x20;
+/// `TASK_REPORT_MAX`, set in `prev_state` when the task was preempted.
+const STATE_PREEMPTED: u64 = 0x100;
+
+/// Reads a field of a classic tracepoint record at a verified constant offset.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the collector checked the offsets against tracefs before loading, and the
+    // verifier bounds-checks context reads.
+    unsafe { *(ctx.as_ptr() as *const u8).add(offset).cast::<T>() }
+}
+
+/// The live `THREADS` entry of a target thread, if it is one.
+#[inline(always)]
+fn target_thread(tid: u32) -> Option<*mut ThreadState> {
+    let thread = THREADS.get_ptr_mut(tid)?;
+    // SAFETY: plain read of a map value.
+    (unsafe { (*thread).exited } == 0).then_some(thread)
+}
 
 /// A target thread leaves the CPU: remember when, where and why.
 #[inline(always)]
-fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32) {
+fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
     let (tgid, tid) = current_tgid_tid();
     if tid == 0 || !is_target(tgid) {
         return;
     }
-    if state & TASK_DEAD != 0 {
-        // An exiting thread is gone, not off-CPU.
-        let _ = OFFCPU_START.remove(tid);
-        let _ = RUNQ_START.remove(tid);
+    let thread = match THREADS.get_ptr_mut(tid) {
+        Some(thread) => thread,
+        None => {
+            if THREADS
+                .insert(tid, &THREAD_ZERO, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
+                bump(counter::OFFCPU_MAP_FULL);
+            }
+            let Some(thread) = THREADS.get_ptr_mut(tid) else {
+                return;
+            };
+            thread
+        }
+    };
+    if prev_state & STATE_EXITED != 0 {
+        // An exiting thread is gone, not off-CPU; the collector keeps its run-queue figures.
+        // SAFETY: only this thread's own switches and wakeups touch its entry.
+        unsafe {
+            (*thread).off_cpu.start_ns = 0;
+            (*thread).exited = 1;
+        }
         return;
     }
-    let start = OffCpuStart {
-        start_ns: now,
-        tgid,
-        user_stack_id: stack_id(
-            ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
-            counter::OFFCPU_STACK_COLLISIONS,
-            counter::USER_STACK_ERRORS,
-        ),
-        kernel_stack_id: stack_id(
-            ctx.get_stackid(&STACKS, 0),
-            counter::OFFCPU_STACK_COLLISIONS,
-            counter::KERNEL_STACK_ERRORS,
-        ),
-        state: if preempted {
+    // Preempted, or still running: runnable, waiting for a CPU from now on.
+    let preempted = prev_state & STATE_PREEMPTED != 0 || prev_state == 0;
+    let user_stack_id = stack_id(
+        ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+        counter::OFFCPU_STACK_COLLISIONS,
+        counter::USER_STACK_ERRORS,
+    );
+    let kernel_stack_id = stack_id(
+        ctx.get_stackid(&STACKS, 0),
+        counter::OFFCPU_STACK_COLLISIONS,
+        counter::KERNEL_STACK_ERRORS,
+    );
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: only this thread's own switches and wakeups touch its entry.
+    unsafe {
+        let off_cpu = &mut (*thread).off_cpu;
+        off_cpu.start_ns = now;
+        off_cpu.runnable_ns = if preempted { now } else { 0 };
+        off_cpu.tgid = tgid;
+        off_cpu.user_stack_id = user_stack_id;
+        off_cpu.kernel_stack_id = kernel_stack_id;
+        off_cpu.state = if preempted {
             OFFCPU_STATE_PREEMPTED
         } else {
-            state
-        },
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    };
-    if OFFCPU_START.insert(tid, start, 0).is_err() {
-        bump(counter::OFFCPU_MAP_FULL);
-    }
-    if preempted && RUNQ_START.insert(tid, now, 0).is_err() {
-        bump(counter::OFFCPU_MAP_FULL);
+            prev_state as u32
+        };
+        off_cpu.comm = comm;
     }
 }
 
-/// A target thread gets the CPU back: account its off-CPU period and run-queue delay.
+/// A thread gets the CPU back: if it is a target thread, account its off-CPU period and
+/// run-queue delay. Target threads are the ones with a `THREADS` entry (the collector creates
+/// them for threads that exist at attach time, the programs for later ones).
 #[inline(always)]
-fn switch_in(now: u64, tid: u32, tgid: u32) {
-    let key = match unsafe { OFFCPU_START.get(tid) } {
-        Some(start) => OffCpuKey {
+fn switch_in(now: u64, tid: u32) {
+    let Some(thread) = target_thread(tid) else {
+        return;
+    };
+    // SAFETY: only this thread's own switches and wakeups touch its entry.
+    let start = unsafe { (*thread).off_cpu };
+    let tgid = start.tgid;
+    let (key, since) = if start.start_ns != 0 {
+        let key = OffCpuKey {
             tgid,
             tid,
             user_stack_id: start.user_stack_id,
@@ -366,23 +392,21 @@ fn switch_in(now: u64, tid: u32, tgid: u32) {
             state: start.state,
             _pad: 0,
             comm: start.comm,
-        },
-        // Off-CPU since before the programs were attached: stack and state unknown.
-        None => OffCpuKey {
+        };
+        (key, start.start_ns)
+    } else {
+        // Off-CPU since before the programs were attached: stack unknown.
+        let key = OffCpuKey {
             tgid,
             tid,
             user_stack_id: STACK_ID_NONE,
             kernel_stack_id: STACK_ID_NONE,
             state: OFFCPU_STATE_BEFORE_ATTACH,
             _pad: 0,
-            comm: [0; COMM_LEN],
-        },
+            comm: start.comm,
+        };
+        (key, CONTROL.get(CONTROL_ATTACH_NS).copied().unwrap_or(now))
     };
-    let since = match unsafe { OFFCPU_START.get(tid) } {
-        Some(start) => start.start_ns,
-        None => CONTROL.get(CONTROL_ATTACH_NS).copied().unwrap_or(now),
-    };
-    let _ = OFFCPU_START.remove(tid);
     let off_cpu = now.saturating_sub(since);
     // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
     let min_block = unsafe { core::ptr::read_volatile(&MIN_BLOCK_NS) };
@@ -394,97 +418,87 @@ fn switch_in(now: u64, tid: u32, tgid: u32) {
     } else {
         add_offcpu(&OFFCPU_1, &key, off_cpu);
     }
-
-    let Some(&runnable_since) = (unsafe { RUNQ_START.get(tid) }) else {
-        return;
-    };
-    let _ = RUNQ_START.remove(tid);
-    let delay = now.saturating_sub(runnable_since);
-    if unsafe { RUNQ_STATS.get(tid) }.is_none()
-        && RUNQ_STATS
-            .insert(tid, &RUNQ_STATS_ZERO, u64::from(BPF_NOEXIST))
-            .is_err()
-    {
-        bump(counter::OFFCPU_MAP_FULL);
-        return;
-    }
-    let Some(stats) = RUNQ_STATS.get_ptr_mut(tid) else {
-        return;
-    };
-    let slot = log2(delay / 1000);
-    // SAFETY: only this thread's switch-in writes its entry, on one CPU at a time.
+    // SAFETY: as above.
     unsafe {
-        (*stats).tgid = tgid;
-        (*stats).comm = key.comm;
-        (*stats).count += 1;
-        (*stats).total_ns += delay;
-        if delay > (*stats).max_ns {
-            (*stats).max_ns = delay;
-        }
-        if let Some(bucket) = (*stats).slots.get_mut(slot) {
-            *bucket += 1;
+        (*thread).off_cpu.start_ns = 0;
+        (*thread).off_cpu.runnable_ns = 0;
+        if start.runnable_ns != 0 {
+            let delay = now.saturating_sub(start.runnable_ns);
+            (*thread).run_queue_count += 1;
+            (*thread).run_queue_total_ns += delay;
+            if delay > (*thread).run_queue_max_ns {
+                (*thread).run_queue_max_ns = delay;
+            }
+            if let Some(bucket) = (*thread).run_queue_slots.get_mut(log2(delay / 1000)) {
+                *bucket += 1;
+            }
         }
     }
 }
 
 /// Every context switch: the outgoing target thread starts an off-CPU period, the incoming one
-/// ends its own.
-#[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+/// ends its own. A classic tracepoint, not a BTF one: the kernel then walks stacks from the
+/// tracepoint itself rather than from inside the BPF program, a few frames (and a good part of
+/// the cost) fewer.
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
-    let preempt: u64 = ctx.arg(0);
-    let next: *const u8 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
-    // Preempted, or never left the running state: runnable, waiting for a CPU.
-    let runnable = preempt & 0xff != 0 || prev_state & 0xff == 0;
-    switch_out(&ctx, now, runnable, prev_state as u32);
-    if let Some((tid, tgid)) = task_ids(next)
-        && tid != 0
-        && is_target(tgid)
-    {
-        switch_in(now, tid, tgid);
+    switch_out(
+        &ctx,
+        now,
+        field::<i64>(&ctx, tracepoint_fields::SWITCH_PREV_STATE) as u64,
+    );
+    let next: i32 = field(&ctx, tracepoint_fields::SWITCH_NEXT_PID);
+    if next > 0 {
+        switch_in(now, next as u32);
     }
     0
 }
 
-/// A task becomes runnable: if it is a target thread, its run-queue delay starts.
-#[inline(always)]
-fn wakeup(ctx: &BtfTracePointContext, new_thread: bool) {
-    let task: *const u8 = ctx.arg(0);
-    let Some((tid, tgid)) = task_ids(task) else {
-        return;
-    };
-    if tid == 0 || !is_target(tgid) {
-        return;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if RUNQ_START.insert(tid, now, 0).is_err() {
-        bump(counter::OFFCPU_MAP_FULL);
-    }
-    if new_thread {
-        let start = OffCpuStart {
-            start_ns: now,
-            tgid,
-            user_stack_id: STACK_ID_NONE,
-            kernel_stack_id: STACK_ID_NONE,
-            state: OFFCPU_STATE_NEW_THREAD,
-            comm: [0; COMM_LEN],
-        };
-        if OFFCPU_START.insert(tid, start, 0).is_err() {
-            bump(counter::OFFCPU_MAP_FULL);
+/// A target thread becomes runnable: its run-queue delay starts.
+#[tracepoint(category = "sched", name = "sched_wakeup")]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    let tid: i32 = field(&ctx, tracepoint_fields::WAKEUP_PID);
+    if let Some(thread) = target_thread(tid as u32) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: only this thread's own switches and wakeups touch its entry.
+        unsafe {
+            if (*thread).off_cpu.runnable_ns == 0 {
+                (*thread).off_cpu.runnable_ns = now;
+            }
         }
     }
-}
-
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
-    wakeup(&ctx, false);
     0
 }
 
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
-    wakeup(&ctx, true);
+/// A new task is about to run for the first time: if it belongs to a target (a new thread of
+/// one, or a followed child process), it becomes a target thread, off-CPU until its first run.
+#[tracepoint(category = "sched", name = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+    let tid = field::<i32>(&ctx, tracepoint_fields::WAKEUP_PID) as u32;
+    let (creator_tgid, _) = current_tgid_tid();
+    // A followed child process was added to TARGETS at fork; a thread shares its creator's.
+    let tgid = if is_target(tid) {
+        tid
+    } else if is_target(creator_tgid) {
+        creator_tgid
+    } else {
+        return 0;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = THREADS.insert(tid, &THREAD_ZERO, 0);
+    let Some(thread) = THREADS.get_ptr_mut(tid) else {
+        bump(counter::OFFCPU_MAP_FULL);
+        return 0;
+    };
+    // SAFETY: the thread has not run yet; nothing else touches its entry.
+    unsafe {
+        let off_cpu = &mut (*thread).off_cpu;
+        off_cpu.start_ns = now;
+        off_cpu.runnable_ns = now;
+        off_cpu.tgid = tgid;
+        off_cpu.state = OFFCPU_STATE_NEW_THREAD;
+    }
     0
 }
 

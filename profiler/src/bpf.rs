@@ -8,16 +8,19 @@ use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        BtfTracePoint, PerfEvent, ProgramError,
+        BtfTracePoint, PerfEvent, ProgramError, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
 use profiler_common::{
-    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_FIRST_SAMPLE_NS, OffCpuKey, OffCpuStart,
-    OffCpuTime, ProcessEvent, RunQueueStats, SampleKey, TargetFlags, counter,
+    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_FIRST_SAMPLE_NS, OffCpuKey, OffCpuTime,
+    ProcessEvent, SampleKey, TargetFlags, ThreadState, counter,
 };
 
-use crate::kernel_btf::{self, KernelTypes};
+use crate::{
+    kernel_btf::{self, KernelTypes},
+    tracefs::{self, TracefsError},
+};
 
 /// The eBPF object built by `build.rs` from `profiler-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -69,6 +72,9 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    /// The scheduler tracepoints cannot be used.
+    #[error("cannot use the scheduler tracepoints")]
+    Tracefs(#[source] TracefsError),
     /// The online CPUs could not be listed.
     #[error("cannot list online CPUs: {0}")]
     Cpus(String),
@@ -149,6 +155,25 @@ pub struct Drained {
 
 /// The process-tracking programs.
 const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
+/// Checks that the classic `sched` tracepoints lay out their records where the programs read.
+fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
+    use profiler_common::tracepoint_fields::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID};
+
+    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+    let check = |event, fields: &[(&str, usize, usize)]| {
+        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
+    };
+    check(
+        "sched/sched_switch",
+        &[
+            ("prev_state", SWITCH_PREV_STATE, 8),
+            ("next_pid", SWITCH_NEXT_PID, 4),
+        ],
+    )?;
+    check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])?;
+    check("sched/sched_wakeup_new", &[("pid", WAKEUP_PID, 4)])
+}
+
 /// The scheduler programs (off-CPU time and run-queue delay).
 const SCHEDULER_PROGRAMS: [&str; 3] = ["sched_switch", "sched_wakeup", "sched_wakeup_new"];
 
@@ -195,9 +220,6 @@ impl KernelProbes {
         let tgid_offset = types
             .member_offset("task_struct", "tgid")
             .map_err(ProbeError::Btf)?;
-        let pid_offset = types
-            .member_offset("task_struct", "pid")
-            .map_err(ProbeError::Btf)?;
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
             path: kernel_btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
@@ -206,7 +228,6 @@ impl KernelProbes {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
-            .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
@@ -242,12 +263,20 @@ impl KernelProbes {
                 .load()
                 .map_err(|err| program_error("loading the CPU sampling program", err))?;
         }
-        let scheduler: &[&str] = if options.scheduler {
-            &SCHEDULER_PROGRAMS
-        } else {
-            &[]
-        };
-        for &name in PROCESS_PROGRAMS.iter().chain(scheduler) {
+        if options.scheduler {
+            check_scheduler_tracepoints()?;
+            for name in SCHEDULER_PROGRAMS {
+                let program: &mut TracePoint = ebpf
+                    .program_mut(name)
+                    .expect("tracepoint program is in the object")
+                    .try_into()
+                    .expect("tracepoint program");
+                program
+                    .load()
+                    .map_err(|err| program_error(format!("loading the {name} program"), err))?;
+            }
+        }
+        for name in PROCESS_PROGRAMS {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .expect("tracepoint program is in the object")
@@ -298,7 +327,59 @@ impl KernelProbes {
         control
             .set(CONTROL_ATTACH_NS, now_ns, 0)
             .map_err(map_error("CONTROL"))?;
-        self.attach_tracepoints(&SCHEDULER_PROGRAMS)
+        for name in SCHEDULER_PROGRAMS {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .expect("tracepoint program is in the object")
+                .try_into()
+                .expect("tracepoint program");
+            program.attach("sched", name).map_err(|err| {
+                program_error(format!("attaching to the sched:{name} tracepoint"), err)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes an existing thread of a target known to the scheduler programs, so its first
+    /// switch-in after attach is accounted (from the attach time) even if it blocked before.
+    pub fn add_thread(&mut self, tid: u32, tgid: u32, comm: &str) -> Result<(), ProbeError> {
+        let mut threads: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("THREADS")
+                .expect("THREADS is in the object"),
+        )
+        .map_err(map_error("THREADS"))?;
+        let mut name = [0u8; profiler_common::COMM_LEN];
+        let len = comm.len().min(name.len() - 1);
+        name[..len].copy_from_slice(&comm.as_bytes()[..len]);
+        let state = ThreadState {
+            off_cpu: profiler_common::OffCpuStart {
+                start_ns: 0,
+                runnable_ns: 0,
+                tgid,
+                user_stack_id: profiler_common::STACK_ID_NONE,
+                kernel_stack_id: profiler_common::STACK_ID_NONE,
+                state: 0,
+                comm: name,
+            },
+            exited: 0,
+            _pad: 0,
+            run_queue_count: 0,
+            run_queue_total_ns: 0,
+            run_queue_max_ns: 0,
+            run_queue_slots: [0; profiler_common::RUNQ_SLOTS],
+        };
+        // BPF_NOEXIST: a thread the programs already track keeps its state.
+        const BPF_NOEXIST: u64 = 1;
+        match threads.insert(tid, state, BPF_NOEXIST) {
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            result => result.map_err(map_error("THREADS")),
+        }
     }
 
     fn attach_tracepoints(&mut self, names: &[&str]) -> Result<(), ProbeError> {
@@ -383,14 +464,23 @@ impl KernelProbes {
         })
     }
 
-    /// Threads off-CPU right now, by tid: when and where they left.
-    pub fn pending_offcpu(&mut self) -> Result<Vec<(u32, OffCpuStart)>, ProbeError> {
-        read_hash_map(&mut self.ebpf, "OFFCPU_START", false)
-    }
-
-    /// Run-queue delay statistics, by tid.
-    pub fn run_queue_stats(&mut self) -> Result<Vec<(u32, RunQueueStats)>, ProbeError> {
-        read_hash_map(&mut self.ebpf, "RUNQ_STATS", false)
+    /// Scheduler state of every target thread seen, by tid. With `take_exited`, entries of
+    /// threads that exited are removed from the kernel map (and returned), so it does not
+    /// fill up with dead threads.
+    pub fn threads(&mut self, take_exited: bool) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
+        let threads: Vec<(u32, ThreadState)> = read_hash_map(&mut self.ebpf, "THREADS", false)?;
+        if take_exited {
+            let mut map: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut("THREADS")
+                    .expect("THREADS is in the object"),
+            )
+            .map_err(map_error("THREADS"))?;
+            for (tid, _) in threads.iter().filter(|(_, state)| state.exited != 0) {
+                let _ = map.remove(tid);
+            }
+        }
+        Ok(threads)
     }
 
     /// Addresses of the given stacks, innermost first; ids not in the map are left out.

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use profiler_common::{OffCpuKey, OffCpuTime, RunQueueStats, SampleKey, counter, process_event};
+use profiler_common::{OffCpuKey, OffCpuTime, SampleKey, ThreadState, counter, process_event};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -133,6 +133,10 @@ struct Collection {
     processes: ProcessTable,
     counts: HashMap<SampleKey, u64>,
     offcpu: HashMap<OffCpuKey, OffCpuTime>,
+    /// Whether the scheduler programs run.
+    scheduler: bool,
+    /// Scheduler state of threads that exited, taken out of the kernel map.
+    exited_threads: Vec<(u32, ThreadState)>,
     /// (when, pid): pending re-reads of memory maps.
     refreshes: Vec<(Instant, u32)>,
 }
@@ -197,6 +201,11 @@ impl Collection {
             total.total_ns += time.total_ns;
             total.count += time.count;
         }
+        if self.scheduler {
+            let exited = self.probes.threads(true)?;
+            self.exited_threads
+                .extend(exited.into_iter().filter(|(_, state)| state.exited != 0));
+        }
         Ok(())
     }
 
@@ -206,14 +215,24 @@ impl Collection {
         // Both halves of the double buffer.
         self.drain()?;
         self.drain()?;
-        for (tid, start) in self.probes.pending_offcpu()? {
+        let mut threads = if self.scheduler {
+            self.probes.threads(false)?
+        } else {
+            Vec::new()
+        };
+        // Threads off-CPU at the end: their period so far.
+        for (tid, state) in &threads {
+            let start = &state.off_cpu;
+            if state.exited != 0 || start.start_ns == 0 {
+                continue;
+            }
             let blocked = end_ns.saturating_sub(start.start_ns);
             if blocked < min_block_ns {
                 continue;
             }
             let key = OffCpuKey {
                 tgid: start.tgid,
-                tid,
+                tid: *tid,
                 user_stack_id: start.user_stack_id,
                 kernel_stack_id: start.kernel_stack_id,
                 state: start.state,
@@ -224,7 +243,7 @@ impl Collection {
             total.total_ns += blocked;
             total.count += 1;
         }
-        let run_queue = self.probes.run_queue_stats()?;
+        threads.append(&mut self.exited_threads);
         let counters = self.probes.counters()?;
         let first_sample_ns = self.probes.first_sample_ns()?;
         let stack_ids: Vec<u32> = self
@@ -246,7 +265,7 @@ impl Collection {
             processes: self.processes,
             counts: self.counts,
             offcpu: self.offcpu,
-            run_queue,
+            threads,
             stacks,
             counters,
             first_sample_ns,
@@ -260,7 +279,7 @@ struct Collected {
     processes: ProcessTable,
     counts: HashMap<SampleKey, u64>,
     offcpu: HashMap<OffCpuKey, OffCpuTime>,
-    run_queue: Vec<(u32, RunQueueStats)>,
+    threads: Vec<(u32, ThreadState)>,
     stacks: StackTable,
     counters: Counters,
     first_sample_ns: Option<u64>,
@@ -275,7 +294,11 @@ impl Collected {
             .keys()
             .map(|key| (key.tid, key.comm))
             .chain(self.offcpu.keys().map(|key| (key.tid, key.comm)))
-            .chain(self.run_queue.iter().map(|(tid, stats)| (*tid, stats.comm)));
+            .chain(
+                self.threads
+                    .iter()
+                    .map(|(tid, state)| (*tid, state.off_cpu.comm)),
+            );
         for (tid, comm) in comms {
             let name = comm_string(&comm);
             if !name.is_empty() {
@@ -358,16 +381,17 @@ impl Collected {
                 &mut symbols,
             );
             profile.run_queue = self
-                .run_queue
+                .threads
                 .iter()
-                .map(|(tid, stats)| RunQueue {
-                    pid: stats.tgid,
+                .filter(|(_, state)| state.run_queue_count > 0)
+                .map(|(tid, state)| RunQueue {
+                    pid: state.off_cpu.tgid,
                     tid: *tid,
-                    thread: thread_name(stats.tgid, *tid, &stats.comm),
-                    count: stats.count,
-                    total_us: stats.total_ns / 1000,
-                    max_us: stats.max_ns / 1000,
-                    histogram: stats.slots.to_vec(),
+                    thread: thread_name(state.off_cpu.tgid, *tid, &state.off_cpu.comm),
+                    count: state.run_queue_count,
+                    total_us: state.run_queue_total_ns / 1000,
+                    max_us: state.run_queue_max_ns / 1000,
+                    histogram: state.run_queue_slots.to_vec(),
                 })
                 .collect();
             profile.run_queue.sort_by_key(|rq| (rq.pid, rq.tid));
@@ -453,11 +477,12 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         .with_context(|| format!("output folder {} is not writable", output_path.display()))?;
 
     let follow = spec.follows_children();
+    let scheduler = config.events.contains(&EventKind::OffCpu);
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
         min_block_ns: config.min_block.as_nanos() as u64,
         cpu: config.events.contains(&EventKind::Cpu),
-        scheduler: config.events.contains(&EventKind::OffCpu),
+        scheduler,
     })?;
     let mut root_pids = Vec::new();
     let mut gated = None;
@@ -470,6 +495,11 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             }
             for &pid in &all {
                 probes.add_target(pid, *children)?;
+                if scheduler {
+                    for (tid, name) in procfs::threads(pid) {
+                        probes.add_thread(tid, pid, &name)?;
+                    }
+                }
             }
             root_pids.clone_from(pids);
             collection_pids = all;
@@ -477,6 +507,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         TargetSpec::Launch { argv, children } => {
             let child = GatedChild::spawn(program.as_deref().expect("resolved"), argv)?;
             probes.add_target(child.pid(), *children)?;
+            if scheduler {
+                probes.add_thread(child.pid(), child.pid(), &target_name)?;
+            }
             root_pids.push(child.pid());
             gated = Some(child);
         }
@@ -495,6 +528,8 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         processes: ProcessTable::default(),
         counts: HashMap::new(),
         offcpu: HashMap::new(),
+        scheduler: config.events.contains(&EventKind::OffCpu),
+        exited_threads: Vec::new(),
         refreshes: Vec::new(),
     };
     for pid in collection_pids {

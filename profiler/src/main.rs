@@ -16,6 +16,7 @@ mod procfs;
 mod profile;
 mod render;
 mod symbolize;
+mod tracefs;
 
 use std::process::ExitCode;
 

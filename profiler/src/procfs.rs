@@ -132,6 +132,22 @@ pub fn all_pids() -> Vec<u32> {
         .collect()
 }
 
+/// Threads of a process: (tid, name).
+pub fn threads(pid: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir(proc_dir(pid).join("task")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let name = fs::read_to_string(proc_dir(pid).join(format!("task/{tid}/comm")))
+                .map(|name| name.trim_end().to_owned())
+                .unwrap_or_default();
+            Some((tid, name))
+        })
+        .collect()
+}
+
 /// Descendants of `roots` (not including them), from the parent links in `/proc/*/stat`.
 pub fn descendants(roots: &[u32]) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()
@@ -236,5 +252,6 @@ mod tests {
                 .any(|map| map.executable && !map.path.is_empty())
         );
         assert_eq!(split_nul(b"a\0b c\0"), vec!["a", "b c"]);
+        assert!(threads(pid).iter().any(|(tid, _)| *tid == pid));
     }
 }

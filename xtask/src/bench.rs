@@ -1,6 +1,11 @@
-//! CPU profiling overhead benchmark: one fixed-work program, run without a profiler, under
-//! `profiler record` at 99 and 999 Hz, and under `perf record -g` and bpftrace `profile:hz`
-//! at the same rates, interleaved, several times. Writes `docs/performance/cpu-results.md`.
+//! Overhead benchmarks, each comparing in one run the same workload without a profiler, under
+//! `profiler`, and under peer tools, interleaved, several times:
+//!
+//! - `bench-cpu`: a fixed-work CPU-bound program; `profiler record` at 99 and 999 Hz against
+//!   `perf record -g` and bpftrace `profile:hz`. Writes `docs/performance/cpu-results.md`.
+//! - `bench-offcpu`: two threads ping-ponging through pipes on one CPU; `profiler record
+//!   --events offcpu` against bpftrace on `sched_switch` with stacks. Writes
+//!   `docs/performance/offcpu-results.md`.
 
 use std::{
     fmt::Write as _,
@@ -55,6 +60,19 @@ struct Measurement {
     tool_rss_kib: i64,
     /// Start of the tool to its first sample, ms (profiler only).
     first_sample_ms: Option<f64>,
+}
+
+#[derive(clap::Args)]
+pub struct OffCpuBenchArgs {
+    /// Runs of each configuration (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Round trips through the pipes (each is two context switches).
+    #[arg(long, default_value_t = 200_000)]
+    rounds: u64,
+    /// Print the results without writing docs/performance/offcpu-results.md.
+    #[arg(long)]
+    no_write: bool,
 }
 
 fn ensure_tools() -> anyhow::Result<()> {
@@ -306,6 +324,123 @@ pub fn cpu(args: &CpuBenchArgs) -> anyhow::Result<()> {
     println!("{report}");
     if !args.no_write {
         let path = root().join("docs/performance/cpu-results.md");
+        std::fs::write(&path, report)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// bpftrace's `tracepoint:` probes need tracefs.
+fn ensure_tracefs() -> anyhow::Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    crate::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}
+
+pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
+    ensure_tools()?;
+    ensure_tracefs()?;
+    let program = compile_program("pingpong")?;
+    let scratch: PathBuf = root().join("target/bench-offcpu");
+    std::fs::create_dir_all(&scratch)?;
+    let rounds = args.rounds.to_string();
+    // Both threads on one CPU: every switch is between the two target threads, so each one
+    // runs the switch-out and the switch-in accounting.
+    let workload = |command: &mut Command| {
+        command
+            .args(["taskset", "-c", "0"])
+            .arg(&program)
+            .arg(&rounds);
+    };
+    let configs = [
+        "no profiler",
+        "profiler --events offcpu",
+        "bpftrace sched_switch + stacks",
+    ];
+    let mut results: Vec<Vec<(f64, f64, f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
+    for run in 0..args.runs {
+        for (index, name) in configs.iter().enumerate() {
+            let mut command = match index {
+                0 => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", "0"]).arg(&program).arg(&rounds);
+                    c
+                }
+                1 => {
+                    let mut c = Command::new(profiler_bin());
+                    c.args(["record", "--events", "offcpu", "-o"])
+                        .arg(scratch.join("profile"))
+                        .arg("--");
+                    workload(&mut c);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new("bpftrace");
+                    c.arg("-e")
+                        .arg("tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }")
+                        .arg("-c")
+                        // bpftrace wants an unambiguous path to the binary it starts.
+                        .arg(format!("/usr/bin/taskset -c 0 {} {rounds}", program.display()));
+                    c
+                }
+            };
+            let (text, total_s, cpu, _rss) = run_measured(&mut command)?;
+            let wall = field(&text, "wall_s")?;
+            let switches = field(&text, "switches")?;
+            let workload_cpu = field(&text, "cpu_s")?;
+            let tool_cpu = if index == 0 {
+                0.0
+            } else {
+                (cpu - workload_cpu).max(0.0)
+            };
+            eprintln!(
+                "bench: run {}/{} {name:<32} workload {wall:.3} s, {switches} switches, tool CPU {tool_cpu:.3} s",
+                run + 1,
+                args.runs
+            );
+            results[index].push((wall, switches, total_s, tool_cpu));
+        }
+    }
+    let baseline = median(results[0].iter().map(|r| r.0).collect());
+    let mut table = String::from(
+        "| configuration | workload wall (median) | context switches | added cost per switch | whole command wall | tool CPU |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, runs) in configs.iter().zip(&results) {
+        let wall = median(runs.iter().map(|r| r.0).collect());
+        let switches = median(runs.iter().map(|r| r.1).collect());
+        let total = median(runs.iter().map(|r| r.2).collect());
+        let tool_cpu = median(runs.iter().map(|r| r.3).collect());
+        let per_switch = if *name == configs[0] {
+            "—".to_owned()
+        } else {
+            format!("{:.2} µs", (wall - baseline) / switches * 1e6)
+        };
+        let _ = writeln!(
+            table,
+            "| {name} | {wall:.3} s | {switches:.0} | {per_switch} | {total:.3} s | {} |",
+            if *name == configs[0] {
+                "—".to_owned()
+            } else {
+                format!("{tool_cpu:.3} s")
+            }
+        );
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let report = format!(
+        "# Off-CPU profiling overhead: latest results\n\n\
+         Generated by `cargo xtask bench-offcpu --runs {} --rounds {}`, kernel {}.\n\
+         Method: see [README.md](README.md). Workload: `tests/programs/pingpong.c` pinned to CPU 0\n\
+         (`taskset -c 0`), {} round trips; added cost per switch = (workload wall - baseline) / switches.\n\n{table}",
+        args.runs,
+        args.rounds,
+        kernel.trim(),
+        args.rounds,
+    );
+    println!("{report}");
+    if !args.no_write {
+        let path = root().join("docs/performance/offcpu-results.md");
         std::fs::write(&path, report)?;
         eprintln!("bench: wrote {}", path.display());
     }

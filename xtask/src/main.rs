@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu`.
+//! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
@@ -33,8 +33,11 @@ enum Task {
     Test,
     /// Formatting and clippy only.
     Lint,
-    /// CPU overhead benchmark against perf and bpftrace; writes docs/performance/cpu.md.
+    /// CPU sampling overhead against perf and bpftrace; writes docs/performance/cpu-results.md.
     BenchCpu(bench::CpuBenchArgs),
+    /// Off-CPU tracing cost per context switch against bpftrace; writes
+    /// docs/performance/offcpu-results.md.
+    BenchOffcpu(bench::OffCpuBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchCpu(args) => {
             build()?;
             bench::cpu(&args)
+        }
+        Task::BenchOffcpu(args) => {
+            build()?;
+            bench::offcpu(&args)
         }
     }
 }

@@ -1,0 +1,159 @@
+//! tracefs: where classic tracepoints are described (and attached by id), and the layout of
+//! their records, which the eBPF programs read at fixed offsets.
+
+use std::path::{Path, PathBuf};
+
+/// Mount points the kernel documents for tracefs, preferred first.
+const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Errors finding or reading tracefs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TracefsError {
+    /// Not mounted, and mounting failed.
+    #[error(
+        "tracefs is not mounted and mounting it failed ({0}); mount it with \
+         `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )]
+    NotMounted(String),
+    /// The event's format file is missing or unreadable.
+    #[error("tracepoint {0} is not available: {1}")]
+    NoEvent(String, String),
+    /// A field is not where the programs read it.
+    #[error(
+        "tracepoint {event}: field `{field}` is {found} here, the profiler reads it at offset \
+         {offset} (size {size}); this kernel's record layout is not supported"
+    )]
+    Layout {
+        /// The event.
+        event: String,
+        /// The field.
+        field: String,
+        /// What the format file says.
+        found: String,
+        /// Expected offset.
+        offset: usize,
+        /// Expected size.
+        size: usize,
+    },
+}
+
+/// The tracefs mount, mounting it at `/sys/kernel/tracing` if it is nowhere (as root).
+pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+    if let Some(found) = MOUNT_POINTS
+        .iter()
+        .map(Path::new)
+        .find(|path| path.join("events").is_dir())
+    {
+        return Ok(found.to_path_buf());
+    }
+    let target = MOUNT_POINTS[0];
+    let c = |text: &str| std::ffi::CString::new(text).expect("no NUL");
+    let (source, target_c, kind) = (c("tracefs"), c(target), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let result = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            kind.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if result != 0 {
+        return Err(TracefsError::NotMounted(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    log::info!("mounted tracefs at {target}");
+    Ok(PathBuf::from(target))
+}
+
+/// Offset and size of `field` in a tracepoint `format` file's text.
+pub fn field_layout(format: &str, field: &str) -> Option<(usize, usize)> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        let name = declaration.rsplit([' ', '*']).next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        let mut offset = None;
+        let mut size = None;
+        for part in parts {
+            if let Some(value) = part.strip_prefix("offset:") {
+                offset = value.parse().ok();
+            } else if let Some(value) = part.strip_prefix("size:") {
+                size = value.parse().ok();
+            }
+        }
+        Some((offset?, size?))
+    })
+}
+
+/// Checks that `event` (`category/name`) has each `(field, offset, size)`.
+pub fn check_layout(
+    root: &Path,
+    event: &str,
+    fields: &[(&str, usize, usize)],
+) -> Result<(), TracefsError> {
+    let path = root.join("events").join(event).join("format");
+    let format = std::fs::read_to_string(&path)
+        .map_err(|err| TracefsError::NoEvent(event.to_owned(), err.to_string()))?;
+    for &(field, offset, size) in fields {
+        let found = field_layout(&format, field);
+        if found != Some((offset, size)) {
+            return Err(TracefsError::Layout {
+                event: event.to_owned(),
+                field: field.to_owned(),
+                found: found.map_or_else(
+                    || "missing".to_owned(),
+                    |(o, s)| format!("at offset {o} (size {s})"),
+                ),
+                offset,
+                size,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SWITCH: &str = "name: sched_switch
+ID: 372
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:char prev_comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;
+\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;
+";
+
+    #[test]
+    fn reads_field_layouts() {
+        assert_eq!(field_layout(SWITCH, "prev_state"), Some((32, 8)));
+        assert_eq!(field_layout(SWITCH, "next_pid"), Some((56, 4)));
+        assert_eq!(field_layout(SWITCH, "prev_comm"), Some((8, 16)));
+        assert_eq!(field_layout(SWITCH, "common_type"), Some((0, 2)));
+        assert_eq!(field_layout(SWITCH, "pid"), None);
+    }
+
+    #[test]
+    fn checks_layouts_against_a_format_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = dir.path().join("events/sched/sched_switch");
+        std::fs::create_dir_all(&event).unwrap();
+        std::fs::write(event.join("format"), SWITCH).unwrap();
+        assert_eq!(
+            check_layout(dir.path(), "sched/sched_switch", &[("next_pid", 56, 4)]),
+            Ok(())
+        );
+        let err = check_layout(dir.path(), "sched/sched_switch", &[("next_pid", 60, 4)]);
+        assert!(matches!(err, Err(TracefsError::Layout { .. })), "{err:?}");
+        let err = check_layout(dir.path(), "sched/nope", &[]);
+        assert!(matches!(err, Err(TracefsError::NoEvent(..))), "{err:?}");
+    }
+}
