@@ -341,9 +341,16 @@ impl KernelProbes {
         Ok(())
     }
 
-    /// Makes an existing thread of a target known to the scheduler programs, so its first
-    /// switch-in after attach is accounted (from the attach time) even if it blocked before.
-    pub fn add_thread(&mut self, tid: u32, tgid: u32, comm: &str) -> Result<(), ProbeError> {
+    /// Makes an existing thread of a target known to the scheduler programs. A thread asleep
+    /// at attach gets `blocked_since` (the attach time): its off-CPU period is accounted from
+    /// then, whether it wakes during the run or not.
+    pub fn add_thread(
+        &mut self,
+        tid: u32,
+        tgid: u32,
+        comm: &str,
+        blocked_since: Option<u64>,
+    ) -> Result<(), ProbeError> {
         let mut threads: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("THREADS")
@@ -355,12 +362,12 @@ impl KernelProbes {
         name[..len].copy_from_slice(&comm.as_bytes()[..len]);
         let state = ThreadState {
             off_cpu: profiler_common::OffCpuStart {
-                start_ns: 0,
+                start_ns: blocked_since.unwrap_or(0),
                 runnable_ns: 0,
                 tgid,
                 user_stack_id: profiler_common::STACK_ID_NONE,
                 kernel_stack_id: profiler_common::STACK_ID_NONE,
-                state: 0,
+                state: profiler_common::OFFCPU_STATE_BEFORE_ATTACH,
                 comm: name,
             },
             exited: 0,

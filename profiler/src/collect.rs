@@ -478,6 +478,8 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
 
     let follow = spec.follows_children();
     let scheduler = config.events.contains(&EventKind::OffCpu);
+    // Off-CPU time is accounted from here; threads found asleep are off-CPU since then.
+    let attach_ns = monotonic_ns();
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
         min_block_ns: config.min_block.as_nanos() as u64,
@@ -496,8 +498,11 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             for &pid in &all {
                 probes.add_target(pid, *children)?;
                 if scheduler {
-                    for (tid, name) in procfs::threads(pid) {
-                        probes.add_thread(tid, pid, &name)?;
+                    for thread in procfs::threads(pid) {
+                        // A sleeping thread is off-CPU from the attach on; a runnable one
+                        // is accounted from its first switch.
+                        let blocked_since = (!thread.runnable).then_some(attach_ns);
+                        probes.add_thread(thread.tid, pid, &thread.name, blocked_since)?;
                     }
                 }
             }
@@ -508,7 +513,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             let child = GatedChild::spawn(program.as_deref().expect("resolved"), argv)?;
             probes.add_target(child.pid(), *children)?;
             if scheduler {
-                probes.add_thread(child.pid(), child.pid(), &target_name)?;
+                probes.add_thread(child.pid(), child.pid(), &target_name, None)?;
             }
             root_pids.push(child.pid());
             gated = Some(child);
@@ -516,7 +521,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     }
     probes.attach_process_tracking()?;
     if config.events.contains(&EventKind::OffCpu) {
-        probes.attach_scheduler(monotonic_ns())?;
+        probes.attach_scheduler(attach_ns)?;
     }
     if config.events.contains(&EventKind::Cpu) {
         probes.attach_cpu_sampling(config.frequency)?;

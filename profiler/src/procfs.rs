@@ -132,18 +132,38 @@ pub fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Threads of a process: (tid, name).
-pub fn threads(pid: u32) -> Vec<(u32, String)> {
+/// One thread of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub name: String,
+    /// Whether it is running or runnable (state `R`), as opposed to sleeping or stopped.
+    pub runnable: bool,
+}
+
+/// Threads of a process.
+pub fn threads(pid: u32) -> Vec<ThreadInfo> {
     let Ok(entries) = fs::read_dir(proc_dir(pid).join("task")) else {
         return Vec::new();
     };
     entries
         .filter_map(|entry| {
             let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-            let name = fs::read_to_string(proc_dir(pid).join(format!("task/{tid}/comm")))
+            let task = proc_dir(pid).join(format!("task/{tid}"));
+            let name = fs::read_to_string(task.join("comm"))
                 .map(|name| name.trim_end().to_owned())
                 .unwrap_or_default();
-            Some((tid, name))
+            let stat = fs::read_to_string(task.join("stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|end| stat[end + 1..].split_whitespace().next());
+            Some(ThreadInfo {
+                tid,
+                name,
+                runnable: state == Some("R"),
+            })
         })
         .collect()
 }
@@ -252,6 +272,10 @@ mod tests {
                 .any(|map| map.executable && !map.path.is_empty())
         );
         assert_eq!(split_nul(b"a\0b c\0"), vec!["a", "b c"]);
-        assert!(threads(pid).iter().any(|(tid, _)| *tid == pid));
+        let me = threads(pid).into_iter().find(|t| t.tid == pid).unwrap();
+        assert!(
+            me.runnable,
+            "the test thread reading its own state is running"
+        );
     }
 }

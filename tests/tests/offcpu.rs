@@ -173,3 +173,54 @@ fn short_waits_are_filtered_but_counted() {
     assert!(summary["cpu"].is_null(), "cpu was not asked for");
     assert!(!dir.path().join("cpu.folded").exists());
 }
+
+#[test]
+fn attach_accounts_threads_asleep_since_before_attach() {
+    let _serial = serial();
+    if !have_root("attach_accounts_threads_asleep_since_before_attach") {
+        return;
+    }
+    let target =
+        profiler_tests::Spawned::new(std::process::Command::new(program("sleep_pipe")).arg("20"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["attach", "--events", "offcpu", "-d", "2", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let duration_us = summary["duration_secs"].as_f64().unwrap() * 1e6;
+    let threads = summary["offcpu"]["threads"].as_array().unwrap();
+    // The main thread waits in pthread_join from before the attach to after the run: all of
+    // the run is off-CPU, with the reason that it started before the profiler.
+    let main = threads
+        .iter()
+        .find(|t| t["tid"] == target.pid())
+        .unwrap_or_else(|| panic!("main thread missing: {threads:?}"));
+    let main_off = main["off_cpu_us"].as_f64().unwrap();
+    assert!(
+        (main_off / duration_us - 1.0).abs() < 0.05,
+        "main off-CPU {main_off} µs of {duration_us}"
+    );
+    let reasons = summary["offcpu"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons.iter().any(|r| r["reason"] == "before_attach"),
+        "{reasons:?}"
+    );
+    for name in ["waiter", "writer"] {
+        let thread = threads
+            .iter()
+            .find(|t| t["name"] == name)
+            .expect("thread listed");
+        let off = thread["off_cpu_us"].as_f64().unwrap();
+        assert!(
+            (off / duration_us - 1.0).abs() < 0.05,
+            "{name} off-CPU {off} µs of {duration_us}"
+        );
+    }
+    drop(target);
+    assert_nothing_loaded();
+}
