@@ -312,26 +312,17 @@ fn target_thread(tid: u32) -> Option<*mut ThreadState> {
 }
 
 /// A target thread leaves the CPU: remember when, where and why.
+///
+/// Every target thread has a `THREADS` entry (made by the collector for threads that existed
+/// at attach, by `sched_wakeup_new` for later ones), so one lookup both filters and finds.
 #[inline(always)]
 fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
     let (tgid, tid) = current_tgid_tid();
-    if tid == 0 || !is_target(tgid) {
+    if tid == 0 {
         return;
     }
-    let thread = match THREADS.get_ptr_mut(tid) {
-        Some(thread) => thread,
-        None => {
-            if THREADS
-                .insert(tid, &THREAD_ZERO, u64::from(BPF_NOEXIST))
-                .is_err()
-            {
-                bump(counter::OFFCPU_MAP_FULL);
-            }
-            let Some(thread) = THREADS.get_ptr_mut(tid) else {
-                return;
-            };
-            thread
-        }
+    let Some(thread) = target_thread(tid) else {
+        return;
     };
     if prev_state & STATE_EXITED != 0 {
         // An exiting thread is gone, not off-CPU; the collector keeps its run-queue figures.
@@ -354,7 +345,6 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
         counter::OFFCPU_STACK_COLLISIONS,
         counter::KERNEL_STACK_ERRORS,
     );
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     // SAFETY: only this thread's own switches and wakeups touch its entry.
     unsafe {
         let off_cpu = &mut (*thread).off_cpu;
@@ -368,7 +358,11 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
         } else {
             prev_state as u32
         };
-        off_cpu.comm = comm;
+        // The name is read once per thread: a copy at every switch costs more than renames
+        // (rare, and visible in CPU samples) are worth.
+        if off_cpu.comm[0] == 0 {
+            off_cpu.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        }
     }
 }
 

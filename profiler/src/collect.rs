@@ -497,14 +497,6 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             }
             for &pid in &all {
                 probes.add_target(pid, *children)?;
-                if scheduler {
-                    for thread in procfs::threads(pid) {
-                        // A sleeping thread is off-CPU from the attach on; a runnable one
-                        // is accounted from its first switch.
-                        let blocked_since = (!thread.runnable).then_some(attach_ns);
-                        probes.add_thread(thread.tid, pid, &thread.name, blocked_since)?;
-                    }
-                }
             }
             root_pids.clone_from(pids);
             collection_pids = all;
@@ -512,16 +504,34 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         TargetSpec::Launch { argv, children } => {
             let child = GatedChild::spawn(program.as_deref().expect("resolved"), argv)?;
             probes.add_target(child.pid(), *children)?;
-            if scheduler {
-                probes.add_thread(child.pid(), child.pid(), &target_name, None)?;
-            }
+
             root_pids.push(child.pid());
             gated = Some(child);
         }
     }
     probes.attach_process_tracking()?;
-    if config.events.contains(&EventKind::OffCpu) {
+    if scheduler {
         probes.attach_scheduler(attach_ns)?;
+        // The programs know target threads by their `THREADS` entries. Threads created from
+        // now on get one from `sched_wakeup_new`; the ones that exist are added here, after
+        // the attach, so none falls between the two.
+        let pids = match (&gated, &spec) {
+            (Some(child), _) => vec![child.pid()],
+            (None, _) => collection_pids.clone(),
+        };
+        for pid in pids {
+            for thread in procfs::threads(pid) {
+                // A sleeping thread is off-CPU from the attach on; a runnable one is
+                // accounted from its first switch.
+                let blocked_since = (!thread.runnable).then_some(attach_ns);
+                let name = if gated.is_some() {
+                    &target_name
+                } else {
+                    &thread.name
+                };
+                probes.add_thread(thread.tid, pid, name, blocked_since)?;
+            }
+        }
     }
     if config.events.contains(&EventKind::Cpu) {
         probes.attach_cpu_sampling(config.frequency)?;
