@@ -20,6 +20,7 @@ fn main() {
             .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
             .arg(&output)
             .arg(&source)
+            .arg(format!("-I{}", programs.display()))
             .status()
             .expect("a C and C++ compiler (cc, c++) are needed to build the test programs");
         assert!(status.success(), "compiling {} failed", source.display());

@@ -318,15 +318,7 @@ impl KernelProbes {
     /// Starts off-CPU and run-queue accounting of the targets' threads; `now_ns` is the
     /// `CLOCK_MONOTONIC` time from which threads already off-CPU are accounted.
     pub fn attach_scheduler(&mut self, now_ns: u64) -> Result<(), ProbeError> {
-        let mut control: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut("CONTROL")
-                .expect("CONTROL is in the object"),
-        )
-        .map_err(map_error("CONTROL"))?;
-        control
-            .set(CONTROL_ATTACH_NS, now_ns, 0)
-            .map_err(map_error("CONTROL"))?;
+        self.set_control(CONTROL_ATTACH_NS, now_ns)?;
         for name in SCHEDULER_PROGRAMS {
             let program: &mut TracePoint = self
                 .ebpf
@@ -442,6 +434,16 @@ impl KernelProbes {
         Ok(())
     }
 
+    fn set_control(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+        let mut control: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("CONTROL")
+                .expect("CONTROL is in the object"),
+        )
+        .map_err(map_error("CONTROL"))?;
+        control.set(index, value, 0).map_err(map_error("CONTROL"))
+    }
+
     /// Takes the counts gathered since the last drain.
     ///
     /// Switches the programs to the other pair of count maps, lets programs already running on
@@ -449,15 +451,7 @@ impl KernelProbes {
     pub fn drain(&mut self) -> Result<Drained, ProbeError> {
         let drained = self.active_sample_map;
         self.active_sample_map = 1 - drained;
-        let mut control: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut("CONTROL")
-                .expect("CONTROL is in the object"),
-        )
-        .map_err(map_error("CONTROL"))?;
-        control
-            .set(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map, 0)
-            .map_err(map_error("CONTROL"))?;
+        self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map)?;
         // A program that read the old index is at most a few microseconds from its update.
         std::thread::sleep(Duration::from_millis(2));
         let (samples, offcpu) = if drained == 0 {

@@ -327,18 +327,20 @@ impl Collected {
         profile.losses = losses(&self.counters);
         let mut interner = Interner::default();
         let mut symbols = Blazesym::new(&self.spaces);
+        let raw_sample = |tgid: u32, tid: u32, comm: &[u8], stacks: (i32, i32), state| RawSample {
+            pid: tgid,
+            tid,
+            thread: thread_name(tgid, tid, comm),
+            user_stack: stacks.0,
+            kernel_stack: stacks.1,
+            state,
+        };
         if events.contains(&EventKind::Cpu) {
             let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
             for (key, &count) in &self.counts {
+                let stacks = (key.user_stack_id, key.kernel_stack_id);
                 let entry = raw
-                    .entry(RawSample {
-                        pid: key.tgid,
-                        tid: key.tid,
-                        thread: thread_name(key.tgid, key.tid, &key.comm),
-                        user_stack: key.user_stack_id,
-                        kernel_stack: key.kernel_stack_id,
-                        state: None,
-                    })
+                    .entry(raw_sample(key.tgid, key.tid, &key.comm, stacks, None))
                     .or_default();
                 entry.weight += count;
                 entry.count += count;
@@ -355,15 +357,15 @@ impl Collected {
         if events.contains(&EventKind::OffCpu) {
             let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
             for (key, time) in &self.offcpu {
+                let stacks = (key.user_stack_id, key.kernel_stack_id);
                 let entry = raw
-                    .entry(RawSample {
-                        pid: key.tgid,
-                        tid: key.tid,
-                        thread: thread_name(key.tgid, key.tid, &key.comm),
-                        user_stack: key.user_stack_id,
-                        kernel_stack: key.kernel_stack_id,
-                        state: Some(key.state),
-                    })
+                    .entry(raw_sample(
+                        key.tgid,
+                        key.tid,
+                        &key.comm,
+                        stacks,
+                        Some(key.state),
+                    ))
                     .or_default();
                 // Nanoseconds here, microseconds below.
                 entry.weight += time.total_ns;

@@ -272,7 +272,9 @@ mod tests {
                 .any(|map| map.executable && !map.path.is_empty())
         );
         assert_eq!(split_nul(b"a\0b c\0"), vec!["a", "b c"]);
-        let me = threads(pid).into_iter().find(|t| t.tid == pid).unwrap();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let me = threads(pid).into_iter().find(|t| t.tid == tid).unwrap();
         assert!(
             me.runnable,
             "the test thread reading its own state is running"

@@ -6,18 +6,13 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common.h"
+
 volatile unsigned long sink;
 static double seconds = 2.0;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 __attribute__((noinline)) void spin(double end) {
-    while (now() < end)
-        for (int i = 0; i < 10000; i++) sink += i;
+    SPIN_UNTIL(end, sink);
 }
 
 static void *busy(void *arg) {

@@ -4,11 +4,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-volatile unsigned long sink;
+#include "common.h"
 
-/* gcc sets up no frame in leaf functions even with -fno-omit-frame-pointer, which hides the
- * caller from frame-pointer unwinding; a dynamic stack allocation forces a frame. */
-#define FORCE_FRAME() do { void *frame = __builtin_alloca(16); __asm__ volatile("" ::"r"(frame)); } while (0)
+volatile unsigned long sink;
 
 /* A chain of dependent multiply-adds in registers: the same cost per iteration in both
  * functions whatever the code alignment (a loop through memory is not), and different
@@ -25,12 +23,6 @@ __attribute__((noinline)) void cold_path(unsigned long iterations) {
     unsigned long x = iterations;
     for (unsigned long i = 0; i < iterations; i++) x = x * 6364136223846793005UL + 3;
     sink = x;
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 __attribute__((noinline)) void run_work(double seconds) {

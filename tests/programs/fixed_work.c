@@ -8,12 +8,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "common.h"
+
 volatile unsigned long sink;
 static long rounds = 20000;
 
 __attribute__((noinline)) unsigned long leaf_loop(unsigned long x) {
-    void *frame = __builtin_alloca(16); /* keep a frame so frame-pointer stacks are whole */
-    __asm__ volatile("" ::"r"(frame));
+    FORCE_FRAME(); /* keep a frame so frame-pointer stacks are whole */
     for (int i = 0; i < 200000; i++) x = x * 6364136223846793005UL + 1442695040888963407UL;
     return x;
 }

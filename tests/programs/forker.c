@@ -6,24 +6,18 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+
+#include "common.h"
 #include <unistd.h>
 
 volatile unsigned long sink;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 __attribute__((noinline)) void parent_spin(double end) {
-    while (now() < end)
-        for (int i = 0; i < 10000; i++) sink += i;
+    SPIN_UNTIL(end, sink);
 }
 
 __attribute__((noinline)) void child_spin(double end) {
-    while (now() < end)
-        for (int i = 0; i < 10000; i++) sink += i;
+    SPIN_UNTIL(end, sink);
 }
 
 int main(int argc, char **argv) {

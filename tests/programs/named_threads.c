@@ -5,23 +5,17 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common.h"
+
 volatile unsigned long sink;
 static double seconds = 2.0;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 __attribute__((noinline)) void spin_a(double end) {
-    while (now() < end)
-        for (int i = 0; i < 10000; i++) sink += i;
+    SPIN_UNTIL(end, sink);
 }
 
 __attribute__((noinline)) void spin_b(double end) {
-    while (now() < end)
-        for (int i = 0; i < 10000; i++) sink += i;
+    SPIN_UNTIL(end, sink);
 }
 
 static void *thread_a(void *arg) {

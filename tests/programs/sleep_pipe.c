@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define FORCE_FRAME() do { void *frame = __builtin_alloca(16); __asm__ volatile("" ::"r"(frame)); } while (0)
+#include "common.h"
 
 static double seconds = 2.0;
 static int pipe_fds[2];
@@ -20,12 +20,6 @@ static inline long syscall3(long number, long a, long b, long c) {
     long ret;
     __asm__ volatile("syscall" : "=a"(ret) : "a"(number), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
     return ret;
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 __attribute__((noinline)) void nap(long ms) {

@@ -83,6 +83,23 @@ pub fn output(command: &mut Command) -> Output {
     output
 }
 
+/// Runs `profiler record ARGS -o DIR -- PROGRAM PROGRAM_ARGS` with a fresh output folder DIR
+/// and a test program; returns the folder and the run's output.
+pub fn record(args: &[&str], name: &str, program_args: &[&str]) -> (tempfile::TempDir, Output) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let out = output(
+        profiler()
+            .arg("record")
+            .args(args)
+            .arg("-o")
+            .arg(dir.path())
+            .arg("--")
+            .arg(program(name))
+            .args(program_args),
+    );
+    (dir, out)
+}
+
 /// A spawned process killed when the guard is dropped, so a failing test leaves nothing behind.
 pub struct Spawned(pub Child);
 

@@ -4,7 +4,8 @@ use std::{path::Path, time::Duration};
 
 use profiler_tests::{
     Spawned, assert_nothing_loaded, have_root, loaded_profiler_programs, output, percent, profiler,
-    program, read_folded, read_summary, serial, wait_for, weight_with_frame, weight_with_leaf,
+    program, read_folded, read_summary, record, serial, wait_for, weight_with_frame,
+    weight_with_leaf,
 };
 
 /// Position of `name` in `frames`, panicking with the stack if absent.
@@ -52,15 +53,7 @@ fn record_splits_cpu_70_30_under_a_common_caller() {
     if !have_root("record_splits_cpu_70_30_under_a_common_caller") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "-F", "499", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("cpu_split"))
-            .args(["3", "5"]),
-    );
+    let (dir, out) = record(&["-F", "499"], "cpu_split", &["3", "5"]);
     assert_eq!(
         out.status.code(),
         Some(5),
@@ -108,7 +101,7 @@ fn attach_profiles_a_running_process_for_a_duration_and_leaves_it_running() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(
         profiler()
-            .args(["attach", "-d", "2", "-F", "199", "-o"])
+            .args(["attach", "-d", "2", "-F", "499", "-o"])
             .arg(dir.path())
             .arg(target.pid().to_string()),
     );
@@ -118,8 +111,8 @@ fn attach_profiles_a_running_process_for_a_duration_and_leaves_it_running() {
     let summary = read_summary(dir.path());
     let samples = summary["cpu"]["samples"].as_u64().unwrap();
     assert!(
-        (330..=440).contains(&samples),
-        "{samples} samples for 2 s at 199 Hz"
+        (850..=1100).contains(&samples),
+        "{samples} samples for 2 s at 499 Hz"
     );
     assert_eq!(summary["stop_reason"], "duration elapsed");
     assert_nothing_loaded();
@@ -131,15 +124,7 @@ fn threads_are_named_and_shared() {
     if !have_root("threads_are_named_and_shared") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "-F", "199", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("named_threads"))
-            .arg("2"),
-    );
+    let (dir, out) = record(&["-F", "199"], "named_threads", &["2"]);
     assert!(out.status.success());
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     for (thread, function) in [("spinner-a", "spin_a"), ("spinner-b", "spin_b")] {
@@ -185,15 +170,7 @@ fn record_follows_child_processes_unless_told_not_to() {
     if !have_root("record_follows_child_processes_unless_told_not_to") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "--verbose", "-F", "199", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("forker"))
-            .arg("1.5"),
-    );
+    let (dir, out) = record(&["--verbose", "-F", "199"], "forker", &["1.5"]);
     assert!(out.status.success());
     // --verbose shows the eBPF programs' own log lines.
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -220,15 +197,7 @@ fn record_follows_child_processes_unless_told_not_to() {
     let summary = read_summary(dir.path());
     assert_eq!(summary["processes"].as_array().unwrap().len(), 2);
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "--no-children", "-F", "199", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("forker"))
-            .arg("1"),
-    );
+    let (dir, out) = record(&["--no-children", "-F", "199"], "forker", &["1"]);
     assert!(out.status.success());
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     assert_eq!(weight_with_frame(&stacks, "child_spin"), 0);
@@ -326,15 +295,7 @@ fn report_regenerates_every_rendered_file() {
     if !have_root("report_regenerates_every_rendered_file") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "-F", "199", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("cpu_split"))
-            .arg("1"),
-    );
+    let (dir, out) = record(&["-F", "199"], "cpu_split", &["1"]);
     assert!(out.status.success());
     let rendered = ["cpu.folded", "cpu.svg", "summary.md", "summary.json"];
     let before: Vec<String> = rendered
@@ -358,15 +319,7 @@ fn cpp_names_are_demangled_and_inlined_calls_shown() {
     if !have_root("cpp_names_are_demangled_and_inlined_calls_shown") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "-F", "199", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("cpp_inline"))
-            .arg("1.5"),
-    );
+    let (dir, out) = record(&["-F", "199"], "cpp_inline", &["1.5"]);
     assert!(out.status.success());
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     let total: u64 = stacks.iter().map(|(_, w)| w).sum();

@@ -2,7 +2,7 @@
 
 use profiler_tests::{
     assert_nothing_loaded, have_root, output, percent, profiler, program, read_folded,
-    read_summary, serial,
+    read_summary, record, serial,
 };
 
 /// Off-CPU weight of stacks whose innermost user frame is `function`.
@@ -27,15 +27,7 @@ fn blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time() {
     if !have_root("blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "--events", "cpu,offcpu", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("sleep_pipe"))
-            .arg("3"),
-    );
+    let (dir, out) = record(&["--events", "cpu,offcpu"], "sleep_pipe", &["3"]);
     assert!(out.status.success());
     let stacks = read_folded(&dir.path().join("offcpu.folded"));
     let nap = blocked_in(&stacks, "waiter", "nap");
@@ -92,14 +84,10 @@ fn run_queue_delay_is_reported_when_threads_outnumber_cpus() {
     }
     let cpus = std::thread::available_parallelism().map_or(2, usize::from);
     let threads = (2 * cpus).to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "--events", "cpu,offcpu", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("busy_threads"))
-            .args(["2", &threads]),
+    let (dir, out) = record(
+        &["--events", "cpu,offcpu"],
+        "busy_threads",
+        &["2", &threads],
     );
     assert!(out.status.success());
     let summary = read_summary(dir.path());
@@ -143,14 +131,10 @@ fn short_waits_are_filtered_but_counted() {
     if !have_root("short_waits_are_filtered_but_counted") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["record", "--events", "offcpu", "--min-block", "25ms", "-o"])
-            .arg(dir.path())
-            .arg("--")
-            .arg(program("sleep_pipe"))
-            .arg("1"),
+    let (dir, out) = record(
+        &["--events", "offcpu", "--min-block", "25ms"],
+        "sleep_pipe",
+        &["1"],
     );
     assert!(out.status.success());
     let stacks = read_folded(&dir.path().join("offcpu.folded"));

@@ -115,7 +115,8 @@ pub fn compile_program(name: &str) -> anyhow::Result<PathBuf> {
     run(Command::new("cc")
         .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
         .arg(&output)
-        .arg(root().join(format!("tests/programs/{name}.c"))))?;
+        .arg(root().join(format!("tests/programs/{name}.c")))
+        .arg(format!("-I{}", root().join("tests/programs").display())))?;
     Ok(output)
 }
 

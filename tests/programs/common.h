@@ -1,0 +1,27 @@
+/* Helpers shared by the test programs. */
+#ifndef PROFILER_TEST_COMMON_H
+#define PROFILER_TEST_COMMON_H
+
+#include <time.h>
+
+/* gcc sets up no frame in leaf functions even with -fno-omit-frame-pointer, which hides the
+ * caller from frame-pointer unwinding; a dynamic stack allocation forces a frame. */
+#define FORCE_FRAME()                               \
+    do {                                            \
+        void *frame_ = __builtin_alloca(16);        \
+        __asm__ volatile("" ::"r"(frame_));         \
+    } while (0)
+
+/* CLOCK_MONOTONIC in seconds. */
+static inline double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Spins until `end` (a now() value), in the calling function. */
+#define SPIN_UNTIL(end, sink)                                   \
+    while (now() < (end))                                       \
+        for (int i_ = 0; i_ < 10000; i_++) (sink) += i_
+
+#endif
