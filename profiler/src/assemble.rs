@@ -353,6 +353,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// A profile of `counts` alone.
+    fn assembled(
+        kind: EventKind,
+        counts: &HashMap<RawSample, RawWeight>,
+        stacks: &StackTable,
+        symbols: &mut dyn Symbols,
+    ) -> Profile {
+        let mut profile = Profile::new(run_info());
+        add_samples(
+            &mut profile,
+            &mut Interner::default(),
+            kind,
+            counts,
+            stacks,
+            symbols,
+        );
+        profile
+    }
+
     fn names(profile: &Profile, stack: usize) -> Vec<&str> {
         profile.stacks[stack]
             .iter()
@@ -368,16 +387,8 @@ pub(crate) mod tests {
             (raw(1, 0, 1), samples(5)),
             (raw(1, 0, STACK_ID_NONE), samples(2)),
         ]);
-        let mut profile = Profile::new(run_info());
         let mut symbols = FakeSymbols { lookups: vec![] };
-        add_samples(
-            &mut profile,
-            &mut Interner::default(),
-            EventKind::Cpu,
-            &counts,
-            &stacks,
-            &mut symbols,
-        );
+        let profile = assembled(EventKind::Cpu, &counts, &stacks, &mut symbols);
         let samples = &profile.samples[&EventKind::Cpu];
         assert_eq!(samples.len(), 2);
         let with_kernel = samples.iter().find(|s| s.weight == 5).unwrap();
@@ -401,10 +412,7 @@ pub(crate) mod tests {
             (raw(1, 0, STACK_ID_NONE), samples(1)),
             (raw(2, STACK_ID_COLLISION, STACK_ID_NONE), samples(1)),
         ]);
-        let mut profile = Profile::new(run_info());
-        add_samples(
-            &mut profile,
-            &mut Interner::default(),
+        let profile = assembled(
             EventKind::Cpu,
             &counts,
             &stacks,
@@ -431,10 +439,7 @@ pub(crate) mod tests {
             (raw(1, 0, STACK_ID_NONE), samples(3)),
             (raw(1, 1, STACK_ID_NONE), samples(4)),
         ]);
-        let mut profile = Profile::new(run_info());
-        add_samples(
-            &mut profile,
-            &mut Interner::default(),
+        let profile = assembled(
             EventKind::Cpu,
             &counts,
             &stacks,
@@ -488,15 +493,7 @@ pub(crate) mod tests {
         // Leaf 10, then a good return address, then garbage; kernel: trampoline, then schedule.
         let stacks = StackTable::from([(0, vec![10, 21, 9001, 22]), (1, vec![700, 801])]);
         let counts = HashMap::from([(raw(1, 0, 1), samples(1))]);
-        let mut profile = Profile::new(run_info());
-        add_samples(
-            &mut profile,
-            &mut Interner::default(),
-            EventKind::Cpu,
-            &counts,
-            &stacks,
-            &mut GarbageSymbols,
-        );
+        let profile = assembled(EventKind::Cpu, &counts, &stacks, &mut GarbageSymbols);
         let sample = &profile.samples[&EventKind::Cpu][0];
         assert_eq!(
             names(&profile, sample.stack),
@@ -552,10 +549,7 @@ pub(crate) mod tests {
                 count: 3,
             },
         )]);
-        let mut profile = Profile::new(run_info());
-        add_samples(
-            &mut profile,
-            &mut Interner::default(),
+        let profile = assembled(
             EventKind::OffCpu,
             &counts,
             &stacks,
