@@ -85,8 +85,12 @@ pub mod counter {
     pub const COUNT: u32 = 12;
 }
 
-/// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1).
+/// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),
+/// or [`RECORDING_STOPPED`].
 pub const CONTROL_ACTIVE_SAMPLE_MAP: u32 = 0;
+/// `CONTROL[CONTROL_ACTIVE_SAMPLE_MAP]` once the run has ended: the programs record nothing and
+/// leave their per-thread state as it was at the end, for the collector to read.
+pub const RECORDING_STOPPED: u64 = 2;
 /// Index in the `CONTROL` array of the earliest sample's `CLOCK_MONOTONIC` time in ns
 /// (0 until the first sample).
 pub const CONTROL_FIRST_SAMPLE_NS: u32 = 1;

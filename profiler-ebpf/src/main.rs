@@ -22,14 +22,21 @@ use profiler_common::{
     COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_ENTRIES,
     CONTROL_FIRST_SAMPLE_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
     OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuStart, OffCpuTime,
-    ProcessEvent, RUNQ_SLOTS, SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION, STACK_ID_ERROR,
-    STACK_ID_NONE, STACK_MAP_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN, TARGET_MAP_ENTRIES,
-    THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, process_event, tracepoint_fields,
+    ProcessEvent, RECORDING_STOPPED, RUNQ_SLOTS, SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION,
+    STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN,
+    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, process_event,
+    tracepoint_fields,
 };
 
-/// Offset of `tgid` in `struct task_struct`, read from the kernel's BTF by the collector.
+/// Offsets of `pid` and `tgid` in `struct task_struct`, read from the kernel's BTF by the
+/// collector.
+#[unsafe(no_mangle)]
+static TASK_STRUCT_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_STRUCT_TGID_OFFSET: u32 = 0;
+/// Non-zero when the scheduler programs run: new target threads then get a `THREADS` entry.
+#[unsafe(no_mangle)]
+static TRACK_THREADS: u32 = 0;
 /// Off-CPU periods shorter than this are counted but not recorded, ns.
 #[unsafe(no_mangle)]
 static MIN_BLOCK_NS: u64 = 0;
@@ -106,6 +113,12 @@ fn add_to_counter(index: u32, value: u64) {
     }
 }
 
+/// Which of a double-buffered pair of maps to write, or `RECORDING_STOPPED`.
+#[inline(always)]
+fn active_map() -> u64 {
+    CONTROL.get(CONTROL_ACTIVE_SAMPLE_MAP).copied().unwrap_or(0)
+}
+
 #[inline(always)]
 fn current_tgid_tid() -> (u32, u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -152,6 +165,10 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     if tid == 0 || unsafe { TARGETS.get(tgid) }.is_none() {
         return 0;
     }
+    let active = active_map();
+    if active == RECORDING_STOPPED {
+        return 0;
+    }
     bump(counter::CPU_SAMPLES);
     if let Some(first) = CONTROL.get_ptr_mut(CONTROL_FIRST_SAMPLE_NS) {
         // SAFETY: a racing write from another CPU stores a time just as early; either is fine.
@@ -178,7 +195,6 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         kernel_stack_id,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    let active = CONTROL.get(CONTROL_ACTIVE_SAMPLE_MAP).copied().unwrap_or(0);
     // Two call sites, one per map, keep each map lookup bound to a single map for the verifier.
     if active == 0 {
         add_sample(&SAMPLES_0, &key);
@@ -204,34 +220,70 @@ fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
     entry.submit(0);
 }
 
-/// A task forked: if a followed target created a new process, profile that process too.
+/// Reads a `u32` field of a kernel `task_struct` at a loader-set offset.
+#[inline(always)]
+fn task_field(task: *const u8, offset: &'static u32) -> Option<u32> {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let offset = unsafe { core::ptr::read_volatile(offset) };
+    // SAFETY: `bpf_probe_read_kernel` checks the address.
+    unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize).cast::<u32>()) }.ok()
+}
+
+/// A new thread of a target: with the scheduler programs running it is a target thread from
+/// now on, waiting for its first run.
+#[inline(always)]
+fn add_new_thread(tid: u32, tgid: u32) {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    if unsafe { core::ptr::read_volatile(&TRACK_THREADS) } == 0 {
+        return;
+    }
+    // Any stale entry under this tid is a thread that exited before the collector took it.
+    if THREADS.insert(tid, &THREAD_ZERO, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+        return;
+    }
+    let Some(thread) = THREADS.get_ptr_mut(tid) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the thread has not run yet; nothing else touches its entry.
+    unsafe {
+        let off_cpu = &mut (*thread).off_cpu;
+        off_cpu.start_ns = now;
+        off_cpu.runnable_ns = now;
+        off_cpu.tgid = tgid;
+        off_cpu.state = OFFCPU_STATE_NEW_THREAD;
+    }
+}
+
+/// A task forked. A new thread of a target is a target thread; a new process forked by a
+/// followed target is a target too. Anything else (a child of a target that is not followed)
+/// is not.
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let (parent_tgid, _) = current_tgid_tid();
     let Some(&flags) = (unsafe { TARGETS.get(parent_tgid) }) else {
         return 0;
     };
-    if flags & TARGET_FOLLOW_CHILDREN == 0 {
-        return 0;
-    }
     let child: *const u8 = ctx.arg(1);
-    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
-    let offset = unsafe { core::ptr::read_volatile(&TASK_STRUCT_TGID_OFFSET) };
-    // SAFETY: `bpf_probe_read_kernel` checks the address.
-    let Ok(child_tgid) =
-        (unsafe { bpf_probe_read_kernel(child.wrapping_add(offset as usize).cast::<i32>()) })
-    else {
+    let (Some(child_tid), Some(child_tgid)) = (
+        task_field(child, &TASK_STRUCT_PID_OFFSET),
+        task_field(child, &TASK_STRUCT_TGID_OFFSET),
+    ) else {
         return 0;
     };
-    let child_tgid = child_tgid as u32;
-    // A new thread shares its parent's tgid and is already covered.
     if child_tgid == parent_tgid {
+        add_new_thread(child_tid, child_tgid);
+        return 0;
+    }
+    if flags & TARGET_FOLLOW_CHILDREN == 0 {
         return 0;
     }
     if TARGETS.insert(child_tgid, flags, 0).is_err() {
         bump(counter::TARGET_MAP_FULL);
         return 0;
     }
+    add_new_thread(child_tid, child_tgid);
     debug!(
         &ctx,
         "following new process {} forked by {}", child_tgid, parent_tgid
@@ -247,14 +299,14 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if unsafe { TARGETS.get(tgid) }.is_none() {
         return 0;
     }
+    // The thread's name changes with the program: read it again at its next switch-out.
+    if let Some(thread) = THREADS.get_ptr_mut(tgid) {
+        // SAFETY: the thread is running here; its switch programs cannot run concurrently.
+        unsafe { (*thread).off_cpu.comm[0] = 0 };
+    }
     debug!(&ctx, "target {} executed a new program", tgid);
     send_process_event(process_event::EXEC, tgid, tgid);
     0
-}
-
-#[inline(always)]
-fn is_target(tgid: u32) -> bool {
-    unsafe { TARGETS.get(tgid) }.is_some()
 }
 
 /// Floor of log2, 0 for 0.
@@ -314,7 +366,7 @@ fn target_thread(tid: u32) -> Option<*mut ThreadState> {
 /// A target thread leaves the CPU: remember when, where and why.
 ///
 /// Every target thread has a `THREADS` entry (made by the collector for threads that existed
-/// at attach, by `sched_wakeup_new` for later ones), so one lookup both filters and finds.
+/// at attach, at fork for later ones), so one lookup both filters and finds.
 #[inline(always)]
 fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
     let (tgid, tid) = current_tgid_tid();
@@ -367,10 +419,9 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
 }
 
 /// A thread gets the CPU back: if it is a target thread, account its off-CPU period and
-/// run-queue delay. Target threads are the ones with a `THREADS` entry (the collector creates
-/// them for threads that exist at attach time, the programs for later ones).
+/// run-queue delay.
 #[inline(always)]
-fn switch_in(now: u64, tid: u32) {
+fn switch_in(now: u64, tid: u32, active: u64) {
     let Some(thread) = target_thread(tid) else {
         return;
     };
@@ -407,7 +458,7 @@ fn switch_in(now: u64, tid: u32) {
     if off_cpu < min_block {
         bump(counter::OFFCPU_FILTERED);
         add_to_counter(counter::OFFCPU_FILTERED_NS, off_cpu);
-    } else if CONTROL.get(CONTROL_ACTIVE_SAMPLE_MAP).copied().unwrap_or(0) == 0 {
+    } else if active == 0 {
         add_offcpu(&OFFCPU_0, &key, off_cpu);
     } else {
         add_offcpu(&OFFCPU_1, &key, off_cpu);
@@ -436,6 +487,10 @@ fn switch_in(now: u64, tid: u32) {
 /// the cost) fewer.
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    let active = active_map();
+    if active == RECORDING_STOPPED {
+        return 0;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     switch_out(
         &ctx,
@@ -444,7 +499,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     );
     let next: i32 = field(&ctx, tracepoint_fields::SWITCH_NEXT_PID);
     if next > 0 {
-        switch_in(now, next as u32);
+        switch_in(now, next as u32, active);
     }
     0
 }
@@ -453,7 +508,9 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_wakeup")]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
     let tid: i32 = field(&ctx, tracepoint_fields::WAKEUP_PID);
-    if let Some(thread) = target_thread(tid as u32) {
+    if let Some(thread) = target_thread(tid as u32)
+        && active_map() != RECORDING_STOPPED
+    {
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: only this thread's own switches and wakeups touch its entry.
         unsafe {
@@ -461,37 +518,6 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
                 (*thread).off_cpu.runnable_ns = now;
             }
         }
-    }
-    0
-}
-
-/// A new task is about to run for the first time: if it belongs to a target (a new thread of
-/// one, or a followed child process), it becomes a target thread, off-CPU until its first run.
-#[tracepoint(category = "sched", name = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    let tid = field::<i32>(&ctx, tracepoint_fields::WAKEUP_PID) as u32;
-    let (creator_tgid, _) = current_tgid_tid();
-    // A followed child process was added to TARGETS at fork; a thread shares its creator's.
-    let tgid = if is_target(tid) {
-        tid
-    } else if is_target(creator_tgid) {
-        creator_tgid
-    } else {
-        return 0;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let _ = THREADS.insert(tid, &THREAD_ZERO, 0);
-    let Some(thread) = THREADS.get_ptr_mut(tid) else {
-        bump(counter::OFFCPU_MAP_FULL);
-        return 0;
-    };
-    // SAFETY: the thread has not run yet; nothing else touches its entry.
-    unsafe {
-        let off_cpu = &mut (*thread).off_cpu;
-        off_cpu.start_ns = now;
-        off_cpu.runnable_ns = now;
-        off_cpu.tgid = tgid;
-        off_cpu.state = OFFCPU_STATE_NEW_THREAD;
     }
     0
 }

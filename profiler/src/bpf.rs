@@ -14,7 +14,7 @@ use aya::{
 };
 use profiler_common::{
     CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_FIRST_SAMPLE_NS, OffCpuKey, OffCpuTime,
-    ProcessEvent, SampleKey, TargetFlags, ThreadState, counter,
+    ProcessEvent, RECORDING_STOPPED, SampleKey, TargetFlags, ThreadState, counter,
 };
 
 use crate::{
@@ -128,6 +128,9 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
     }
 }
 
+/// How long a program that read the old `CONTROL` value may still be writing.
+const IN_FLIGHT: Duration = Duration::from_millis(2);
+
 /// Per-cause loss counters summed over CPUs, indexed by `profiler_common::counter`.
 pub type Counters = [u64; counter::COUNT as usize];
 
@@ -170,12 +173,11 @@ fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
             ("next_pid", SWITCH_NEXT_PID, 4),
         ],
     )?;
-    check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])?;
-    check("sched/sched_wakeup_new", &[("pid", WAKEUP_PID, 4)])
+    check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
 }
 
 /// The scheduler programs (off-CPU time and run-queue delay).
-const SCHEDULER_PROGRAMS: [&str; 3] = ["sched_switch", "sched_wakeup", "sched_wakeup_new"];
+const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
 
 /// Reads every entry of hash map `name`, removing them with `clear`.
 fn read_hash_map<K: aya::Pod, V: aya::Pod>(
@@ -220,6 +222,10 @@ impl KernelProbes {
         let tgid_offset = types
             .member_offset("task_struct", "tgid")
             .map_err(ProbeError::Btf)?;
+        let pid_offset = types
+            .member_offset("task_struct", "pid")
+            .map_err(ProbeError::Btf)?;
+        let track_threads = u32::from(options.scheduler);
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
             path: kernel_btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
@@ -228,6 +234,8 @@ impl KernelProbes {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
+            .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
+            .override_global("TRACK_THREADS", &track_threads, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
@@ -308,6 +316,35 @@ impl KernelProbes {
             0
         };
         targets.insert(pid, flags, 0).map_err(map_error("TARGETS"))
+    }
+
+    /// Stops profiling processes that no longer exist, so their pids can neither fill the
+    /// map nor make a new process that reuses one a target.
+    pub fn remove_targets(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
+        let mut targets: BpfHashMap<_, u32, TargetFlags> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .expect("TARGETS is in the object"),
+        )
+        .map_err(map_error("TARGETS"))?;
+        for pid in pids {
+            let _ = targets.remove(pid);
+        }
+        Ok(())
+    }
+
+    /// Processes being profiled.
+    pub fn targets(&self) -> Result<Vec<u32>, ProbeError> {
+        let targets: BpfHashMap<_, u32, TargetFlags> =
+            BpfHashMap::try_from(self.ebpf.map("TARGETS").expect("TARGETS is in the object"))
+                .map_err(map_error("TARGETS"))?;
+        Ok(targets.keys().filter_map(Result::ok).collect())
+    }
+
+    /// Sets the `CLOCK_MONOTONIC` time from which threads off-CPU since before the attach,
+    /// without a known start, are accounted (a launched command waiting to be released).
+    pub fn set_accounting_start(&mut self, now_ns: u64) -> Result<(), ProbeError> {
+        self.set_control(CONTROL_ATTACH_NS, now_ns)
     }
 
     /// Attaches the fork/exec tracepoints that follow new processes and program changes.
@@ -449,20 +486,44 @@ impl KernelProbes {
     /// Switches the programs to the other pair of count maps, lets programs already running on
     /// other CPUs finish, then reads and clears the maps they were writing.
     pub fn drain(&mut self) -> Result<Drained, ProbeError> {
+        if self.active_sample_map == RECORDING_STOPPED {
+            let mut drained = self.read_counts("SAMPLES_0", "OFFCPU_0")?;
+            let rest = self.read_counts("SAMPLES_1", "OFFCPU_1")?;
+            drained.samples.extend(rest.samples);
+            drained.offcpu.extend(rest.offcpu);
+            return Ok(drained);
+        }
         let drained = self.active_sample_map;
         self.active_sample_map = 1 - drained;
         self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map)?;
         // A program that read the old index is at most a few microseconds from its update.
-        std::thread::sleep(Duration::from_millis(2));
-        let (samples, offcpu) = if drained == 0 {
-            ("SAMPLES_0", "OFFCPU_0")
+        std::thread::sleep(IN_FLIGHT);
+        if drained == 0 {
+            self.read_counts("SAMPLES_0", "OFFCPU_0")
         } else {
-            ("SAMPLES_1", "OFFCPU_1")
-        };
+            self.read_counts("SAMPLES_1", "OFFCPU_1")
+        }
+    }
+
+    fn read_counts(
+        &mut self,
+        samples: &'static str,
+        offcpu: &'static str,
+    ) -> Result<Drained, ProbeError> {
         Ok(Drained {
             samples: read_hash_map(&mut self.ebpf, samples, true)?,
             offcpu: read_hash_map(&mut self.ebpf, offcpu, true)?,
         })
+    }
+
+    /// Ends recording: from now on the programs count nothing and leave each thread's state
+    /// as it is, for [`Self::drain`] and [`Self::threads`] to read. Unlike detaching, which
+    /// takes the kernel a good tenth of a second, this takes effect at once.
+    pub fn stop_recording(&mut self) -> Result<(), ProbeError> {
+        self.active_sample_map = RECORDING_STOPPED;
+        self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, RECORDING_STOPPED)?;
+        std::thread::sleep(IN_FLIGHT);
+        Ok(())
     }
 
     /// Scheduler state of every target thread seen, by tid. With `take_exited`, entries of
@@ -478,7 +539,10 @@ impl KernelProbes {
             )
             .map_err(map_error("THREADS"))?;
             for (tid, _) in threads.iter().filter(|(_, state)| state.exited != 0) {
-                let _ = map.remove(tid);
+                // A new thread may have taken the tid since the read: keep its entry.
+                if map.get(tid, 0).is_ok_and(|state| state.exited != 0) {
+                    let _ = map.remove(tid);
+                }
             }
         }
         Ok(threads)

@@ -75,7 +75,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 fn validate_pids(pids: &[u32]) -> anyhow::Result<()> {
     for &pid in pids {
         let stat = procfs::stat(pid).map_err(|_| anyhow!("no process with pid {pid}"))?;
-        if stat.zombie {
+        if !procfs::is_alive(pid) {
             bail!("process {pid} has already exited");
         }
         if stat.kernel_thread {
@@ -179,6 +179,18 @@ impl Collection {
         }
     }
 
+    /// Removes processes that exited from the kernel's target map.
+    fn forget_exited_targets(&mut self) -> anyhow::Result<()> {
+        let exited: Vec<u32> = self
+            .probes
+            .targets()?
+            .into_iter()
+            .filter(|&pid| !procfs::is_alive(pid))
+            .collect();
+        self.probes.remove_targets(&exited)?;
+        Ok(())
+    }
+
     fn drain(&mut self) -> anyhow::Result<()> {
         let drained = self.probes.drain()?;
         let pids: Vec<u32> = drained
@@ -201,6 +213,7 @@ impl Collection {
             total.total_ns += time.total_ns;
             total.count += time.count;
         }
+        self.forget_exited_targets()?;
         if self.scheduler {
             let exited = self.probes.threads(true)?;
             self.exited_threads
@@ -209,11 +222,12 @@ impl Collection {
         Ok(())
     }
 
-    /// Final drain: everything the kernel holds, including threads still off-CPU at `end_ns`.
-    fn finish(mut self, end_ns: u64, min_block_ns: u64) -> anyhow::Result<Collected> {
+    /// Stops recording, then takes everything the kernel holds, including threads still
+    /// off-CPU at the end.
+    fn finish(mut self, min_block_ns: u64) -> anyhow::Result<Collected> {
+        let end_ns = monotonic_ns();
+        self.probes.stop_recording()?;
         self.handle_process_events();
-        // Both halves of the double buffer.
-        self.drain()?;
         self.drain()?;
         let mut threads = if self.scheduler {
             self.probes.threads(false)?
@@ -258,7 +272,7 @@ impl Collection {
             .filter_map(|id| u32::try_from(id).ok())
             .collect();
         let stacks = self.probes.stacks(stack_ids)?;
-        // Detach now, before the slow symbolization.
+        // Unload the maps too, before the slow symbolization.
         drop(self.probes);
         Ok(Collected {
             spaces: self.spaces,
@@ -480,8 +494,6 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
 
     let follow = spec.follows_children();
     let scheduler = config.events.contains(&EventKind::OffCpu);
-    // Off-CPU time is accounted from here; threads found asleep are off-CPU since then.
-    let attach_ns = monotonic_ns();
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
         min_block_ns: config.min_block.as_nanos() as u64,
@@ -493,39 +505,48 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let mut collection_pids = Vec::new();
     match &spec {
         TargetSpec::Attach { pids, children } => {
-            let mut all = pids.clone();
-            if *children {
-                all.extend(procfs::descendants(pids));
-            }
-            for &pid in &all {
+            for &pid in pids {
                 probes.add_target(pid, *children)?;
             }
             root_pids.clone_from(pids);
-            collection_pids = all;
+            collection_pids.clone_from(pids);
         }
         TargetSpec::Launch { argv, children } => {
             let child = GatedChild::spawn(program.as_deref().expect("resolved"), argv)?;
             probes.add_target(child.pid(), *children)?;
-
             root_pids.push(child.pid());
             gated = Some(child);
         }
     }
+    // Fork tracking first, then the descendants that exist: none falls between the two.
     probes.attach_process_tracking()?;
+    if let TargetSpec::Attach {
+        pids,
+        children: true,
+    } = &spec
+    {
+        for pid in procfs::descendants(pids) {
+            probes.add_target(pid, true)?;
+            collection_pids.push(pid);
+        }
+    }
     if scheduler {
+        // Off-CPU time is accounted from here; threads found asleep are off-CPU since then.
+        let attach_ns = monotonic_ns();
         probes.attach_scheduler(attach_ns)?;
         // The programs know target threads by their `THREADS` entries. Threads created from
-        // now on get one from `sched_wakeup_new`; the ones that exist are added here, after
-        // the attach, so none falls between the two.
-        let pids = match (&gated, &spec) {
-            (Some(child), _) => vec![child.pid()],
-            (None, _) => collection_pids.clone(),
+        // now on get one at fork; the ones that exist are added here, after the attach, so
+        // none falls between the two.
+        let pids = match &gated {
+            Some(child) => vec![child.pid()],
+            None => collection_pids.clone(),
         };
         for pid in pids {
             for thread in procfs::threads(pid) {
                 // A sleeping thread is off-CPU from the attach on; a runnable one is
-                // accounted from its first switch.
-                let blocked_since = (!thread.runnable).then_some(attach_ns);
+                // accounted from its first switch. The launched command waits at its gate
+                // until released, and is accounted from then.
+                let blocked_since = (!thread.runnable && gated.is_none()).then_some(attach_ns);
                 let name = if gated.is_some() {
                     &target_name
                 } else {
@@ -559,6 +580,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let mut child: Option<Child> = None;
     if let Some(gated) = gated {
         let pid = gated.pid();
+        if scheduler {
+            collection.probes.set_accounting_start(monotonic_ns())?;
+        }
         child = Some(
             gated
                 .release()
@@ -639,7 +663,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let duration_secs = profiling_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    let collected = collection.finish(monotonic_ns(), config.min_block.as_nanos() as u64)?;
+    let collected = collection.finish(config.min_block.as_nanos() as u64)?;
 
     // In `record`, the command decides the exit code: stop it if the run ended first.
     let mut exit = None;

@@ -117,9 +117,18 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// Whether a process exists and has not exited.
+/// Whether a process exists and has not exited. A zombie main thread (one that called
+/// `pthread_exit`) with other threads still running is alive.
 pub fn is_alive(pid: u32) -> bool {
-    stat(pid).is_ok_and(|stat| !stat.zombie)
+    match stat(pid) {
+        Ok(stat) if !stat.zombie => true,
+        Ok(_) => fs::read_dir(proc_dir(pid).join("task")).is_ok_and(|tasks| {
+            tasks
+                .filter_map(|task| task.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .any(|tid| tid != pid)
+        }),
+        Err(_) => false,
+    }
 }
 
 /// All live process ids.

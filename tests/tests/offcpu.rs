@@ -208,3 +208,39 @@ fn attach_accounts_threads_asleep_since_before_attach() {
     drop(target);
     assert_nothing_loaded();
 }
+
+#[test]
+fn offcpu_covers_child_processes_only_when_they_are_followed() {
+    let _serial = serial();
+    if !have_root("offcpu_covers_child_processes_only_when_they_are_followed") {
+        return;
+    }
+    let thread_pids = |summary: &serde_json::Value| -> Vec<u64> {
+        summary["offcpu"]["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["pid"].as_u64().unwrap())
+            .collect()
+    };
+    let (dir, out) = record(&["--no-children", "--events", "offcpu"], "forker", &["1"]);
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let root = summary["pids"][0].as_u64().unwrap();
+    let pids = thread_pids(&summary);
+    assert!(
+        !pids.is_empty() && pids.iter().all(|&pid| pid == root),
+        "only the command's own threads: {pids:?} (command {root})"
+    );
+
+    let (dir, out) = record(&["--events", "offcpu"], "forker", &["1"]);
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let root = summary["pids"][0].as_u64().unwrap();
+    let pids = thread_pids(&summary);
+    assert!(
+        pids.contains(&root) && pids.iter().any(|&pid| pid != root),
+        "the command and its child: {pids:?} (command {root})"
+    );
+    assert_nothing_loaded();
+}

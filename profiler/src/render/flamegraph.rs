@@ -56,8 +56,8 @@ pub fn flamegraph_svg(
     title: &str,
 ) -> Result<Vec<u8>, std::io::Error> {
     let mut svg = Vec::new();
-    if lines.is_empty() {
-        // inferno refuses empty input; an SVG that says so beats a missing file.
+    if lines.iter().all(|(_, weight)| *weight == 0) {
+        // inferno refuses input without weight; an SVG that says so beats a missing file.
         svg.extend_from_slice(empty_svg(title).as_bytes());
         return Ok(svg);
     }
@@ -102,5 +102,8 @@ mod tests {
         assert!(svg.contains("7 samples"), "weight and unit in the tooltips");
         let empty = String::from_utf8(flamegraph_svg(&[], View::Wall, "a<b").unwrap()).unwrap();
         assert!(empty.contains("no samples") && empty.contains("a&lt;b"));
+        let weightless = vec![("t;main;nap".to_owned(), 0)];
+        let zero = flamegraph_svg(&weightless, View::Wall, "zero").unwrap();
+        assert!(String::from_utf8(zero).unwrap().contains("no samples"));
     }
 }

@@ -38,7 +38,11 @@ pub fn view_lines(profile: &Profile, view: View) -> Vec<(String, u64)> {
 
 /// Writes every rendered file and the saved profile into `out`; returns the file names.
 pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<String>> {
-    let mut written = Vec::new();
+    // The saved profile first: whatever fails later, `profiler report` can redo the rest.
+    let mut saved = Vec::new();
+    profile.save(&mut saved)?;
+    out.write(PROFILE_FILE, &saved)?;
+    let mut written = vec![PROFILE_FILE.to_owned()];
     for view in views(profile) {
         let lines = view_lines(profile, view);
         let name = view.name();
@@ -60,9 +64,5 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
     out.write("summary.json", summary::summary_json(&summary).as_bytes())?;
     out.write("summary.md", summary::summary_markdown(&summary).as_bytes())?;
     written.extend(["summary.json".to_owned(), "summary.md".to_owned()]);
-    let mut saved = Vec::new();
-    profile.save(&mut saved)?;
-    out.write(PROFILE_FILE, &saved)?;
-    written.push(PROFILE_FILE.to_owned());
     Ok(written)
 }

@@ -564,7 +564,7 @@ pub fn summarize(profile: &Profile) -> Summary {
     let run = &profile.run;
     let total = profile.total(EventKind::Cpu);
     let mut per_process: HashMap<u32, u64> = HashMap::new();
-    for sample in profile.samples.values().flatten() {
+    for sample in profile.samples.get(&EventKind::Cpu).into_iter().flatten() {
         *per_process.entry(sample.pid).or_default() += sample.weight;
     }
     let mut processes: Vec<ProcessShare> = per_process
@@ -763,6 +763,17 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&summary_json(&summary)).unwrap();
         assert_eq!(json["cpu"]["top_self"][0]["function"], "hot");
         assert_eq!(json["frequency_hz"], 99);
+    }
+
+    #[test]
+    fn process_shares_count_cpu_samples_only() {
+        let mut profile = sample_profile();
+        let mut blocked = profile.samples[&EventKind::Cpu][0].clone();
+        blocked.weight = 5_000_000;
+        profile.samples.insert(EventKind::OffCpu, vec![blocked]);
+        let summary = summarize(&profile);
+        assert_eq!(summary.processes[0].samples, 10);
+        assert_eq!(summary.processes[0].percent, 100.0);
     }
 
     #[test]
