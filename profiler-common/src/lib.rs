@@ -81,8 +81,18 @@ pub mod counter {
     pub const OFFCPU_MAP_FULL: u32 = 10;
     /// Stacks of switch-outs lost to a stack-map collision.
     pub const OFFCPU_STACK_COLLISIONS: u32 = 11;
+    /// I/O calls dropped because the I/O totals map was full.
+    pub const IO_MAP_FULL: u32 = 12;
+    /// I/O calls not timed because the map of calls in progress was full.
+    pub const IO_PENDING_FULL: u32 = 13;
+    /// File opens whose path was lost because the ring buffer was full.
+    pub const OPEN_EVENTS_LOST: u32 = 14;
+    /// Block requests not timed because the map of requests in flight was full.
+    pub const BLOCK_PENDING_FULL: u32 = 15;
+    /// I/O calls of target threads (recorded or not).
+    pub const IO_CALLS: u32 = 16;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 17;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),
@@ -230,8 +240,262 @@ pub struct ProcessEvent {
 }
 const _: () = assert!(size_of::<ProcessEvent>() == 40);
 
+/// Offsets of the fields the I/O programs read from the classic `raw_syscalls` and `block`
+/// tracepoint records, checked against tracefs' `format` files before loading.
+pub mod io_fields {
+    /// `sys_enter` / `sys_exit`: `long id`, the system call number.
+    pub const SYSCALL_ID: usize = 8;
+    /// `sys_enter`: `unsigned long args[6]`.
+    pub const SYSCALL_ARGS: usize = 16;
+    /// `sys_exit`: `long ret`.
+    pub const SYSCALL_RET: usize = 16;
+    /// `block_rq_issue` / `block_rq_complete`: `dev_t dev`.
+    pub const BLOCK_DEV: usize = 8;
+    /// `block_rq_issue` / `block_rq_complete`: `sector_t sector`.
+    pub const BLOCK_SECTOR: usize = 16;
+    /// `block_rq_issue`: `unsigned int bytes`.
+    pub const BLOCK_BYTES: usize = 28;
+    /// `block_rq_issue` / `block_rq_complete`: `char rwbs[]` (operation letters).
+    pub const BLOCK_RWBS: usize = 34;
+}
+
+/// Entries of the `SYSCALLS` array: system call numbers the I/O programs look at.
+pub const SYSCALL_TABLE_ENTRIES: u32 = 512;
+
+/// What an I/O system call does with its arguments, encoded in a `SYSCALLS` array value as
+/// `kind << 8 | index`, where `index` (1-based) names the call in the collector's table.
+pub mod io_kind {
+    /// Reads or writes through the fd in `args[0]`; returns bytes moved.
+    pub const TRANSFER: u32 = 1;
+    /// Flushes the fd in `args[0]` (fsync and friends).
+    pub const SYNC: u32 = 2;
+    /// Opens `args[0]` (a path); returns the new fd.
+    pub const OPEN: u32 = 3;
+    /// Opens `args[1]` relative to the directory fd `args[0]`; returns the new fd.
+    pub const OPEN_AT: u32 = 4;
+    /// Closes the fd in `args[0]`.
+    pub const CLOSE: u32 = 5;
+}
+
+/// Capacity of the I/O maps (totals, calls in progress, open files).
+pub const IO_MAP_ENTRIES: u32 = 16 * 1024;
+/// Longest path an open event carries, including the NUL.
+pub const PATH_LEN: usize = 256;
+
+/// An I/O system call in progress on a target thread, kept from entry to exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoPending {
+    /// `CLOCK_MONOTONIC` time of the entry, ns.
+    pub start_ns: u64,
+    /// `args[0]` and `args[1]`.
+    pub args: [u64; 2],
+    /// The `SYSCALLS` value of the call.
+    pub call: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<IoPending>() == 32);
+
+/// Key of the open-files map: which file an fd of a process names since when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    /// Process id.
+    pub tgid: u32,
+    /// File descriptor.
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<FdKey>() == 8);
+
+/// Key of the in-kernel I/O aggregation: time, calls and bytes per thread, stack, call and file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// User stack id, or a `STACK_ID_*` value.
+    pub user_stack_id: i32,
+    /// Index of the call in the collector's table (the low byte of its `SYSCALLS` value).
+    pub call: u32,
+    /// File descriptor (the new one for opens).
+    pub fd: i32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Open time (ns) of the file the fd names, as reported in its [`OpenEvent`]; for fds
+    /// opened before the programs were attached or by calls they do not watch (pipes,
+    /// sockets, dups), [`FILE_ID_INODE`] with the inode's type and number (see
+    /// [`inode_file_id`]); 0 when neither is known.
+    pub file_id: u64,
+    /// Thread name.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<IoKey>() == 48);
+
+/// Marks an [`IoKey::file_id`] that names an inode rather than an open.
+pub const FILE_ID_INODE: u64 = 1 << 63;
+
+/// The `file_id` of an fd known by its inode: `FILE_ID_INODE | type << 48 | number`, where
+/// `type` is the `S_IFMT` bits of the mode shifted down by 12 (`S_IFIFO` = 1, `S_IFSOCK` = 12).
+#[inline(always)]
+pub fn inode_file_id(mode: u16, inode: u64) -> u64 {
+    FILE_ID_INODE | (u64::from(mode >> 12) << 48) | (inode & ((1 << 48) - 1))
+}
+
+/// Totals of one [`IoKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoTotal {
+    /// Calls.
+    pub count: u64,
+    /// Time in the calls, ns.
+    pub total_ns: u64,
+    /// Bytes moved (sum of positive return values of transfers).
+    pub bytes: u64,
+    /// Calls that failed.
+    pub errors: u64,
+}
+const _: () = assert!(size_of::<IoTotal>() == 32);
+
+/// A file a target opened: its fd, open time (the `file_id` of later calls) and path as passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenEvent {
+    /// Process id.
+    pub tgid: u32,
+    /// The new file descriptor.
+    pub fd: i32,
+    /// Open time, ns.
+    pub open_ns: u64,
+    /// Directory fd of `openat` (`AT_FDCWD` = -100 for the working directory).
+    pub dir_fd: i32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The path as the program passed it, NUL-terminated.
+    pub path: [u8; PATH_LEN],
+}
+const _: () = assert!(size_of::<OpenEvent>() == 24 + PATH_LEN);
+
+/// Latency histogram slots per I/O call: log2 of the latency in ns with four linear sub-buckets
+/// each (a slot spans at most a quarter of its lower bound).
+pub const LATENCY_SLOTS: u32 = 4 * 48;
+/// Most distinct I/O calls the histograms keep (indices 1..MAX_IO_CALLS).
+pub const MAX_IO_CALLS: u32 = 32;
+
+/// Floor of log2, 0 for 0. Written with shifts: BPF has no count-leading-zeros instruction.
+#[inline(always)]
+pub fn floor_log2(mut value: u64) -> u32 {
+    let mut result = 0;
+    for shift in [32, 16, 8, 4, 2, 1] {
+        if value >= 1 << shift {
+            value >>= shift;
+            result += shift;
+        }
+    }
+    result
+}
+
+/// Histogram slot of a latency in ns.
+#[inline(always)]
+pub fn latency_slot(ns: u64) -> u32 {
+    if ns < 4 {
+        return ns as u32;
+    }
+    let msb = floor_log2(ns);
+    let sub = ((ns >> (msb - 2)) & 3) as u32;
+    let slot = msb * 4 + sub;
+    if slot < LATENCY_SLOTS {
+        slot
+    } else {
+        LATENCY_SLOTS - 1
+    }
+}
+
+/// Smallest latency in ns that falls in `slot` (the inverse of [`latency_slot`]).
+pub fn latency_slot_floor(slot: u32) -> u64 {
+    if slot < 8 {
+        // Slots 0-3 hold 0-3 ns; 4-7 are unused by latency_slot (msb >= 2 starts at 8).
+        return u64::from(slot);
+    }
+    let msb = slot / 4;
+    let sub = u64::from(slot % 4);
+    (4 + sub) << (msb - 2)
+}
+
+/// Key of the block-request statistics: device and operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    /// Device number (`dev_t`, kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    /// First letters of the request's `rwbs` (operation and flags), NUL-padded.
+    pub rwbs: [u8; 4],
+}
+const _: () = assert!(size_of::<BlockKey>() == 8);
+
+/// A block request of a target in flight, keyed by device and sector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPending {
+    /// Issue time, ns.
+    pub start_ns: u64,
+    /// Request size, bytes.
+    pub bytes: u64,
+    /// Device and operation.
+    pub key: BlockKey,
+}
+const _: () = assert!(size_of::<BlockPending>() == 24);
+
+/// Key of the block requests in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockRequest {
+    /// Device number.
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Start sector.
+    pub sector: u64,
+}
+const _: () = assert!(size_of::<BlockRequest>() == 16);
+
+/// Statistics of one [`BlockKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Requests completed.
+    pub count: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Issue-to-completion time, ns.
+    pub total_ns: u64,
+    /// Longest request, ns.
+    pub max_ns: u64,
+}
+const _: () = assert!(size_of::<BlockStats>() == 32);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::IoPending {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::FdKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::IoKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::IoTotal {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::OpenEvent {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::BlockKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::BlockPending {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::BlockRequest {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::BlockStats {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
@@ -244,4 +508,36 @@ mod pod {
     unsafe impl aya::Pod for super::OffCpuTime {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::ThreadState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_log2_matches_leading_zeros() {
+        for value in [1u64, 2, 3, 4, 1000, 1 << 40, u64::MAX] {
+            assert_eq!(floor_log2(value), 63 - value.leading_zeros());
+        }
+        assert_eq!(floor_log2(0), 0);
+    }
+
+    #[test]
+    fn latency_slots_round_trip() {
+        for ns in [0, 1, 3, 8, 9, 15, 16, 1000, 1_000_000, 123_456_789] {
+            let slot = latency_slot(ns);
+            let floor = latency_slot_floor(slot);
+            assert!(floor <= ns, "{ns} in slot {slot} with floor {floor}");
+            assert!(
+                latency_slot_floor(slot + 1) > ns,
+                "{ns}: next slot starts above it"
+            );
+        }
+        assert_eq!(latency_slot(u64::MAX), LATENCY_SLOTS - 1);
+        let mut last = 0;
+        for slot in 8..LATENCY_SLOTS {
+            assert!(latency_slot_floor(slot) > last);
+            last = latency_slot_floor(slot);
+        }
+    }
 }

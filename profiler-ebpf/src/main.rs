@@ -10,22 +10,25 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
     },
     macros::{btf_tracepoint, map, perf_event, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{
         BtfTracePointContext, PerfEventContext, TracePointContext, tracing::StackIdContext,
     },
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_ENTRIES,
-    CONTROL_FIRST_SAMPLE_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
-    OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuStart, OffCpuTime,
-    ProcessEvent, RECORDING_STOPPED, RUNQ_SLOTS, SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION,
-    STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN,
-    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, process_event,
-    tracepoint_fields,
+    BlockKey, BlockPending, BlockRequest, BlockStats, COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP,
+    CONTROL_ATTACH_NS, CONTROL_ENTRIES, CONTROL_FIRST_SAMPLE_NS, FdKey, IO_MAP_ENTRIES, IoKey,
+    IoPending, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS, OFFCPU_MAP_ENTRIES,
+    OFFCPU_STATE_BEFORE_ATTACH, OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED, OffCpuKey,
+    OffCpuStart, OffCpuTime, OpenEvent, ProcessEvent, RECORDING_STOPPED, RUNQ_SLOTS,
+    SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES,
+    SYSCALL_TABLE_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN, TARGET_MAP_ENTRIES,
+    THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, floor_log2, inode_file_id, io_fields,
+    io_kind, latency_slot, process_event, tracepoint_fields,
 };
 
 /// Offsets of `pid` and `tgid` in `struct task_struct`, read from the kernel's BTF by the
@@ -34,6 +37,12 @@ use profiler_common::{
 static TASK_STRUCT_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_STRUCT_TGID_OFFSET: u32 = 0;
+/// Offsets that lead from the current task to an fd's inode, from the kernel's BTF:
+/// `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds`, `fdtable.fd`, `file.f_inode`,
+/// `inode.i_mode`, `inode.i_ino`.
+#[unsafe(no_mangle)]
+static FD_INODE_OFFSETS: [u32; 7] = [0; 7];
+
 /// Non-zero when the scheduler programs run: new target threads then get a `THREADS` entry.
 #[unsafe(no_mangle)]
 static TRACK_THREADS: u32 = 0;
@@ -309,19 +318,6 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Floor of log2, 0 for 0.
-#[inline(always)]
-fn log2(mut value: u64) -> usize {
-    let mut result = 0;
-    for shift in [32, 16, 8, 4, 2, 1] {
-        if value >= 1 << shift {
-            value >>= shift;
-            result += shift;
-        }
-    }
-    result
-}
-
 #[inline(always)]
 fn add_offcpu(times: &HashMap<OffCpuKey, OffCpuTime>, key: &OffCpuKey, ns: u64) {
     match times.get_ptr_mut(key) {
@@ -474,7 +470,10 @@ fn switch_in(now: u64, tid: u32, active: u64) {
             if delay > (*thread).run_queue_max_ns {
                 (*thread).run_queue_max_ns = delay;
             }
-            if let Some(bucket) = (*thread).run_queue_slots.get_mut(log2(delay / 1000)) {
+            if let Some(bucket) = (*thread)
+                .run_queue_slots
+                .get_mut(floor_log2(delay / 1000) as usize)
+            {
                 *bucket += 1;
             }
         }
@@ -517,6 +516,311 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
             if (*thread).off_cpu.runnable_ns == 0 {
                 (*thread).off_cpu.runnable_ns = now;
             }
+        }
+    }
+    0
+}
+
+/// System calls the I/O programs watch: number → `kind << 8 | index`, 0 for the rest. Filled by
+/// the collector from its per-architecture table.
+#[map]
+static SYSCALLS: Array<u32> = Array::with_max_entries(SYSCALL_TABLE_ENTRIES, 0);
+
+/// I/O calls in progress, by tid.
+#[map]
+static IO_PENDING: HashMap<u32, IoPending> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// Which file each fd of a target names: its open time, the id the collector knows it by.
+#[map]
+static FILES: HashMap<FdKey, u64> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// I/O totals per thread, stack, call and file; double-buffered like the sample maps.
+#[map]
+static IO_0: HashMap<IoKey, IoTotal> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+#[map]
+static IO_1: HashMap<IoKey, IoTotal> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// Latency histogram per call (`index * LATENCY_SLOTS + slot`), per CPU so no update races.
+#[map]
+static IO_LATENCY: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_IO_CALLS * LATENCY_SLOTS, 0);
+
+/// Longest call per call index, ns, per CPU.
+#[map]
+static IO_MAX: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_IO_CALLS, 0);
+
+/// Files opened by targets, with their paths.
+#[map]
+static OPEN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Block requests issued by target threads, in flight.
+#[map]
+static BLOCK_PENDING: HashMap<BlockRequest, BlockPending> =
+    HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// Block request statistics per device and operation, per CPU (completions of one device
+/// run on several CPUs at once).
+#[map]
+static BLOCK_STATS: PerCpuHashMap<BlockKey, BlockStats> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// The `SYSCALLS` value of system call `id`, if it is one the I/O programs watch.
+#[inline(always)]
+fn io_call(id: i64) -> Option<u32> {
+    if !(0..i64::from(SYSCALL_TABLE_ENTRIES)).contains(&id) {
+        return None;
+    }
+    SYSCALLS.get(id as u32).copied().filter(|&call| call != 0)
+}
+
+/// A system call starts: for an I/O call of a target thread, note when and on what.
+#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let Some(call) = io_call(field(&ctx, io_fields::SYSCALL_ID)) else {
+        return 0;
+    };
+    let (tgid, tid) = current_tgid_tid();
+    if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
+        return 0;
+    }
+    bump(counter::IO_CALLS);
+    let pending = IoPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        args: [
+            field(&ctx, io_fields::SYSCALL_ARGS),
+            field(&ctx, io_fields::SYSCALL_ARGS + 8),
+        ],
+        call,
+        _pad: 0,
+    };
+    if IO_PENDING.insert(tid, pending, 0).is_err() {
+        bump(counter::IO_PENDING_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn add_io(totals: &HashMap<IoKey, IoTotal>, key: &IoKey, ns: u64, bytes: u64, error: bool) {
+    match totals.get_ptr_mut(key) {
+        // SAFETY: the key holds the tid, and a thread is in one system call at a time.
+        Some(total) => unsafe {
+            (*total).count += 1;
+            (*total).total_ns += ns;
+            (*total).bytes += bytes;
+            (*total).errors += u64::from(error);
+        },
+        None => {
+            let total = IoTotal {
+                count: 1,
+                total_ns: ns,
+                bytes,
+                errors: u64::from(error),
+            };
+            if totals.insert(key, total, u64::from(BPF_NOEXIST)).is_err() {
+                bump(counter::IO_MAP_FULL);
+            }
+        }
+    }
+}
+
+/// Reads a kernel value at `base + offset`.
+#[inline(always)]
+fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: `bpf_probe_read_kernel` checks the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
+}
+
+/// Type and number of the inode behind the current task's `fd`, from its file table.
+#[inline(always)]
+fn fd_inode(fd: i32) -> Option<(u16, u64)> {
+    // SAFETY: read_volatile keeps the loader-set constants from being folded at compile time.
+    let [files, fdt, max_fds, fd_array, f_inode, i_mode, i_ino] =
+        unsafe { core::ptr::read_volatile(&FD_INODE_OFFSETS) };
+    if fd < 0 {
+        return None;
+    }
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read_at(task, files)?;
+    let fdt: *const u8 = read_at(files, fdt)?;
+    let max: u32 = read_at(fdt, max_fds)?;
+    if fd as u32 >= max {
+        return None;
+    }
+    let fd_array: *const u8 = read_at(fdt, fd_array)?;
+    let file: *const u8 = read_at(fd_array, fd as u32 * 8)?;
+    let inode: *const u8 = read_at(file, f_inode)?;
+    Some((read_at(inode, i_mode)?, read_at(inode, i_ino)?))
+}
+
+/// Streams a file a target just opened, with the path it passed.
+#[inline(always)]
+fn send_open(tgid: u32, fd: i32, open_ns: u64, dir_fd: i32, path: u64) {
+    let Some(mut entry) = OPEN_EVENTS.reserve::<OpenEvent>(0) else {
+        bump(counter::OPEN_EVENTS_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reservation is ours until submitted; every field is written before that.
+    unsafe {
+        (*event).tgid = tgid;
+        (*event).fd = fd;
+        (*event).open_ns = open_ns;
+        (*event).dir_fd = dir_fd;
+        (*event)._pad = 0;
+        if bpf_probe_read_user_str_bytes(path as *const u8, &mut (*event).path).is_err() {
+            (*event).path[0] = 0;
+        }
+    }
+    entry.submit(0);
+}
+
+/// A system call returns: account an I/O call of a target thread (time, bytes, file, stack).
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    if io_call(field(&ctx, io_fields::SYSCALL_ID)).is_none() {
+        return 0;
+    }
+    let (tgid, tid) = current_tgid_tid();
+    let Some(&pending) = (unsafe { IO_PENDING.get(tid) }) else {
+        return 0;
+    };
+    let _ = IO_PENDING.remove(tid);
+    let active = active_map();
+    if active == RECORDING_STOPPED {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ns = now.saturating_sub(pending.start_ns);
+    let ret: i64 = field(&ctx, io_fields::SYSCALL_RET);
+    let kind = pending.call >> 8;
+    let index = pending.call & 0xff;
+    let mut fd = pending.args[0] as i32;
+    let mut file_id = 0;
+    if kind == io_kind::OPEN || kind == io_kind::OPEN_AT {
+        if ret >= 0 {
+            fd = ret as i32;
+            file_id = now;
+            let _ = FILES.insert(FdKey { tgid, fd }, now, 0);
+            let (dir_fd, path) = if kind == io_kind::OPEN_AT {
+                (pending.args[0] as i32, pending.args[1])
+            } else {
+                (-100, pending.args[0])
+            };
+            send_open(tgid, fd, now, dir_fd, path);
+        } else {
+            fd = -1;
+        }
+    } else {
+        let key = FdKey { tgid, fd };
+        if let Some(&id) = unsafe { FILES.get(&key) } {
+            file_id = id;
+        } else if let Some((mode, inode)) = fd_inode(fd) {
+            // Not opened during the run: a pipe, a socket, a dup, or older than the attach.
+            file_id = inode_file_id(mode, inode);
+        }
+        if kind == io_kind::CLOSE && ret == 0 {
+            let _ = FILES.remove(&key);
+        }
+    }
+    let user_stack_id = stack_id(
+        ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+        counter::USER_STACK_COLLISIONS,
+        counter::USER_STACK_ERRORS,
+    );
+    let key = IoKey {
+        tgid,
+        tid,
+        user_stack_id,
+        call: index,
+        fd,
+        _pad: 0,
+        file_id,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    let bytes = if kind == io_kind::TRANSFER && ret > 0 {
+        ret as u64
+    } else {
+        0
+    };
+    if active == 0 {
+        add_io(&IO_0, &key, ns, bytes, ret < 0);
+    } else {
+        add_io(&IO_1, &key, ns, bytes, ret < 0);
+    }
+    if index < MAX_IO_CALLS
+        && let Some(slot) = IO_LATENCY.get_ptr_mut(index * LATENCY_SLOTS + latency_slot(ns))
+    {
+        // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
+        unsafe { *slot += 1 };
+    }
+    if let Some(max) = IO_MAX.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe {
+            if ns > *max {
+                *max = ns;
+            }
+        }
+    }
+    0
+}
+
+/// A block request is issued: time it if a target thread issued it.
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current_tgid_tid();
+    if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
+        return 0;
+    }
+    let dev: u32 = field(&ctx, io_fields::BLOCK_DEV);
+    let request = BlockRequest {
+        dev,
+        _pad: 0,
+        sector: field(&ctx, io_fields::BLOCK_SECTOR),
+    };
+    let pending = BlockPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        bytes: u64::from(field::<u32>(&ctx, io_fields::BLOCK_BYTES)),
+        key: BlockKey {
+            dev,
+            rwbs: field(&ctx, io_fields::BLOCK_RWBS),
+        },
+    };
+    if BLOCK_PENDING.insert(&request, &pending, 0).is_err() {
+        bump(counter::BLOCK_PENDING_FULL);
+    }
+    0
+}
+
+/// A block request completes: if a target issued it, add it to its device's statistics.
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
+    let request = BlockRequest {
+        dev: field(&ctx, io_fields::BLOCK_DEV),
+        _pad: 0,
+        sector: field(&ctx, io_fields::BLOCK_SECTOR),
+    };
+    let Some(&pending) = (unsafe { BLOCK_PENDING.get(&request) }) else {
+        return 0;
+    };
+    let _ = BLOCK_PENDING.remove(&request);
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.start_ns);
+    match BLOCK_STATS.get_ptr_mut(&pending.key) {
+        // SAFETY: this CPU's copy, and programs do not preempt each other on one CPU.
+        Some(stats) => unsafe {
+            (*stats).count += 1;
+            (*stats).bytes += pending.bytes;
+            (*stats).total_ns += ns;
+            if ns > (*stats).max_ns {
+                (*stats).max_ns = ns;
+            }
+        },
+        None => {
+            let stats = BlockStats {
+                count: 1,
+                bytes: pending.bytes,
+                total_ns: ns,
+                max_ns: ns,
+            };
+            let _ = BLOCK_STATS.insert(&pending.key, &stats, 0);
         }
     }
     0

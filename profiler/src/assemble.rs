@@ -28,6 +28,8 @@ pub struct RawSample {
     pub kernel_stack: i32,
     /// Off-CPU samples: the task state at switch-out (`TASK_*` bits or `OFFCPU_STATE_*`).
     pub state: Option<u32>,
+    /// I/O samples: the system call, the stack's leaf frame.
+    pub syscall: Option<&'static str>,
 }
 
 /// Weight and number of events of one [`RawSample`].
@@ -255,6 +257,17 @@ pub fn add_samples(
             }
             None => frames.extend(missing_stack_frame(raw.kernel_stack, FrameKind::Kernel)),
         }
+        if let Some(syscall) = raw.syscall {
+            frames.push(Frame {
+                function: syscall.to_owned(),
+                module: None,
+                file: None,
+                line: None,
+                kind: FrameKind::Kernel,
+                inlined: false,
+                unsymbolized: false,
+            });
+        }
         let reason = raw.state.map(|state| {
             let kernel: Vec<&Frame> = frames
                 .iter()
@@ -282,7 +295,7 @@ pub fn add_samples(
             stack,
             weight: weight.weight,
             reason,
-            count: reason.map(|_| weight.count),
+            count: (kind != EventKind::Cpu).then_some(weight.count),
         })
         .collect();
     samples.sort_by_key(|s| (s.pid, s.tid, s.stack));
@@ -343,6 +356,7 @@ pub(crate) mod tests {
             user_stack,
             kernel_stack,
             state: None,
+            syscall: None,
         }
     }
 
@@ -377,6 +391,25 @@ pub(crate) mod tests {
             .iter()
             .map(|&f| profile.frames[f].function.as_str())
             .collect()
+    }
+
+    #[test]
+    fn io_stacks_end_in_their_system_call() {
+        let stacks = StackTable::from([(0, vec![11, 21])]);
+        let mut fsync = raw(1, 0, STACK_ID_NONE);
+        fsync.syscall = Some("fsync");
+        let counts = HashMap::from([(fsync, samples(3))]);
+        let profile = assembled(
+            EventKind::Io,
+            &counts,
+            &stacks,
+            &mut FakeSymbols { lookups: vec![] },
+        );
+        let sample = &profile.samples[&EventKind::Io][0];
+        assert_eq!(names(&profile, sample.stack), ["f20", "f11", "fsync"]);
+        let leaf = profile.stacks[sample.stack].last().unwrap();
+        assert_eq!(profile.frames[*leaf].kind, FrameKind::Kernel);
+        assert_eq!(sample.count, Some(3), "calls are kept");
     }
 
     #[test]

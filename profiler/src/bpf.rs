@@ -6,14 +6,18 @@ use std::{collections::HashMap, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        StackTraceMap,
+    },
     programs::{
         BtfTracePoint, PerfEvent, ProgramError, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
 use profiler_common::{
-    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_FIRST_SAMPLE_NS, OffCpuKey, OffCpuTime,
+    BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_FIRST_SAMPLE_NS,
+    FdKey, IoKey, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent,
     ProcessEvent, RECORDING_STOPPED, SampleKey, TargetFlags, ThreadState, counter,
 };
 
@@ -145,6 +149,8 @@ pub struct LoadOptions {
     pub cpu: bool,
     /// Load the scheduler (off-CPU) programs.
     pub scheduler: bool,
+    /// Load the I/O programs (system calls, block requests).
+    pub io: bool,
 }
 
 /// Counts taken from the kernel by one drain.
@@ -154,6 +160,19 @@ pub struct Drained {
     pub samples: Vec<(SampleKey, u64)>,
     /// Off-CPU time per thread, stacks and state.
     pub offcpu: Vec<(OffCpuKey, OffCpuTime)>,
+    /// I/O totals per thread, stack, call and file.
+    pub io: Vec<(IoKey, IoTotal)>,
+}
+
+/// What the I/O programs gathered besides the drained totals.
+#[derive(Debug, Default)]
+pub struct IoExtras {
+    /// Latency histogram per call index, summed over CPUs.
+    pub latency: Vec<Vec<u64>>,
+    /// Longest call per call index, ns.
+    pub max_ns: Vec<u64>,
+    /// Block requests per device and operation, summed over CPUs.
+    pub block: Vec<(BlockKey, BlockStats)>,
 }
 
 /// The process-tracking programs.
@@ -174,6 +193,43 @@ fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
         ],
     )?;
     check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
+}
+
+/// The I/O programs: system calls and block requests.
+const IO_PROGRAMS: [(&str, &str); 4] = [
+    ("raw_syscalls", "sys_enter"),
+    ("raw_syscalls", "sys_exit"),
+    ("block", "block_rq_issue"),
+    ("block", "block_rq_complete"),
+];
+
+/// Checks that the `raw_syscalls` and `block` tracepoints lay out their records where the I/O
+/// programs read.
+fn check_io_tracepoints() -> Result<(), ProbeError> {
+    use profiler_common::io_fields::{
+        BLOCK_BYTES, BLOCK_DEV, BLOCK_RWBS, BLOCK_SECTOR, SYSCALL_ARGS, SYSCALL_ID, SYSCALL_RET,
+    };
+
+    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+    let check = |event, fields: &[(&str, usize, usize)]| {
+        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
+    };
+    check(
+        "raw_syscalls/sys_enter",
+        &[("id", SYSCALL_ID, 8), ("args", SYSCALL_ARGS, 48)],
+    )?;
+    check(
+        "raw_syscalls/sys_exit",
+        &[("id", SYSCALL_ID, 8), ("ret", SYSCALL_RET, 8)],
+    )?;
+    let block = [
+        ("dev", BLOCK_DEV, 4),
+        ("sector", BLOCK_SECTOR, 8),
+        ("rwbs", BLOCK_RWBS, 0),
+    ];
+    check("block/block_rq_complete", &block)?;
+    check("block/block_rq_issue", &block)?;
+    check("block/block_rq_issue", &[("bytes", BLOCK_BYTES, 4)])
 }
 
 /// The scheduler programs (off-CPU time and run-queue delay).
@@ -201,10 +257,60 @@ fn read_hash_map<K: aya::Pod, V: aya::Pod>(
     Ok(entries)
 }
 
+/// Takes ring buffer `name` out of the object, to be read alongside other maps.
+fn take_ring_buffer(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        map_error(name)(MapError::InvalidName {
+            name: name.to_owned(),
+        })
+    })?;
+    RingBuf::try_from(map).map_err(map_error(name))
+}
+
+/// Loads classic tracepoint programs, each named as its tracepoint (`(category, name)`).
+fn load_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: impl IntoIterator<Item = (&'static str, &'static str)>,
+) -> Result<(), ProbeError> {
+    for (_, name) in programs {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .expect("tracepoint program is in the object")
+            .try_into()
+            .expect("tracepoint program");
+        program
+            .load()
+            .map_err(|err| program_error(format!("loading the {name} program"), err))?;
+    }
+    Ok(())
+}
+
+/// Attaches loaded classic tracepoint programs.
+fn attach_classic_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: impl IntoIterator<Item = (&'static str, &'static str)>,
+) -> Result<(), ProbeError> {
+    for (category, name) in programs {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .expect("tracepoint program is in the object")
+            .try_into()
+            .expect("tracepoint program");
+        program.attach(category, name).map_err(|err| {
+            program_error(
+                format!("attaching to the {category}:{name} tracepoint"),
+                err,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The loaded eBPF programs and their maps.
 pub struct KernelProbes {
     ebpf: Ebpf,
     process_events: RingBuf<MapData>,
+    open_events: Option<RingBuf<MapData>>,
     active_sample_map: u64,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -226,6 +332,21 @@ impl KernelProbes {
             .member_offset("task_struct", "pid")
             .map_err(ProbeError::Btf)?;
         let track_threads = u32::from(options.scheduler);
+        let mut fd_inode_offsets = [0u32; 7];
+        if options.io {
+            let path = [
+                ("task_struct", "files"),
+                ("files_struct", "fdt"),
+                ("fdtable", "max_fds"),
+                ("fdtable", "fd"),
+                ("file", "f_inode"),
+                ("inode", "i_mode"),
+                ("inode", "i_ino"),
+            ];
+            for (slot, (name, member)) in fd_inode_offsets.iter_mut().zip(path) {
+                *slot = types.member_offset(name, member).map_err(ProbeError::Btf)?;
+            }
+        }
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
             path: kernel_btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
@@ -236,6 +357,7 @@ impl KernelProbes {
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
             .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
             .override_global("TRACK_THREADS", &track_threads, true)
+            .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
@@ -252,14 +374,7 @@ impl KernelProbes {
         } else {
             None
         };
-        let process_events = ebpf
-            .take_map("PROCESS_EVENTS")
-            .ok_or_else(|| {
-                map_error("PROCESS_EVENTS")(MapError::InvalidName {
-                    name: "PROCESS_EVENTS".into(),
-                })
-            })
-            .and_then(|map| RingBuf::try_from(map).map_err(map_error("PROCESS_EVENTS")))?;
+        let process_events = take_ring_buffer(&mut ebpf, "PROCESS_EVENTS")?;
         // Only what the run needs: each program costs verification time and kernel memory.
         if options.cpu {
             let program: &mut PerfEvent = ebpf
@@ -273,16 +388,21 @@ impl KernelProbes {
         }
         if options.scheduler {
             check_scheduler_tracepoints()?;
-            for name in SCHEDULER_PROGRAMS {
-                let program: &mut TracePoint = ebpf
-                    .program_mut(name)
-                    .expect("tracepoint program is in the object")
-                    .try_into()
-                    .expect("tracepoint program");
-                program
-                    .load()
-                    .map_err(|err| program_error(format!("loading the {name} program"), err))?;
+            load_tracepoints(&mut ebpf, SCHEDULER_PROGRAMS.map(|name| ("sched", name)))?;
+        }
+        let mut open_events = None;
+        if options.io {
+            check_io_tracepoints()?;
+            load_tracepoints(&mut ebpf, IO_PROGRAMS)?;
+            let mut syscalls: Array<_, u32> =
+                Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS is in the object"))
+                    .map_err(map_error("SYSCALLS"))?;
+            for (number, call) in crate::io::syscall_table() {
+                syscalls
+                    .set(number, call, 0)
+                    .map_err(map_error("SYSCALLS"))?;
             }
+            open_events = Some(take_ring_buffer(&mut ebpf, "OPEN_EVENTS")?);
         }
         for name in PROCESS_PROGRAMS {
             let program: &mut BtfTracePoint = ebpf
@@ -297,6 +417,7 @@ impl KernelProbes {
         Ok(KernelProbes {
             ebpf,
             process_events,
+            open_events,
             active_sample_map: 0,
             _logger: logger,
         })
@@ -356,16 +477,102 @@ impl KernelProbes {
     /// `CLOCK_MONOTONIC` time from which threads already off-CPU are accounted.
     pub fn attach_scheduler(&mut self, now_ns: u64) -> Result<(), ProbeError> {
         self.set_control(CONTROL_ATTACH_NS, now_ns)?;
-        for name in SCHEDULER_PROGRAMS {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .expect("tracepoint program is in the object")
-                .try_into()
-                .expect("tracepoint program");
-            program.attach("sched", name).map_err(|err| {
-                program_error(format!("attaching to the sched:{name} tracepoint"), err)
-            })?;
+        attach_classic_tracepoints(
+            &mut self.ebpf,
+            SCHEDULER_PROGRAMS.map(|name| ("sched", name)),
+        )
+    }
+
+    /// Starts timing the targets' I/O system calls and block requests.
+    pub fn attach_io(&mut self) -> Result<(), ProbeError> {
+        attach_classic_tracepoints(&mut self.ebpf, IO_PROGRAMS)
+    }
+
+    /// Files the targets opened since the last call: `(pid, fd, open time, dir fd, path)`.
+    pub fn open_events(&mut self) -> Vec<OpenEvent> {
+        let mut events = Vec::new();
+        let Some(ring) = self.open_events.as_mut() else {
+            return events;
+        };
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<OpenEvent>() {
+                // SAFETY: the programs write whole `OpenEvent`s; read unaligned.
+                events.push(unsafe { item.as_ptr().cast::<OpenEvent>().read_unaligned() });
+            }
+        }
+        events
+    }
+
+    /// Latency histograms, longest calls and block statistics, summed over CPUs.
+    pub fn io_extras(&self) -> Result<IoExtras, ProbeError> {
+        if self.open_events.is_none() {
+            return Ok(IoExtras::default());
+        }
+        let latency: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("IO_LATENCY")
+                .expect("IO_LATENCY is in the object"),
+        )
+        .map_err(map_error("IO_LATENCY"))?;
+        let slots = LATENCY_SLOTS as usize;
+        let mut histograms = vec![vec![0u64; slots]; MAX_IO_CALLS as usize];
+        for (index, value) in latency.iter().enumerate() {
+            let per_cpu = value.map_err(map_error("IO_LATENCY"))?;
+            histograms[index / slots][index % slots] = per_cpu.iter().sum();
+        }
+        let max: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("IO_MAX").expect("IO_MAX is in the object"))
+                .map_err(map_error("IO_MAX"))?;
+        let max_ns = max
+            .iter()
+            .map(|value| {
+                value
+                    .map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0))
+                    .map_err(map_error("IO_MAX"))
+            })
+            .collect::<Result<_, _>>()?;
+        let stats: PerCpuHashMap<_, BlockKey, BlockStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map("BLOCK_STATS")
+                .expect("BLOCK_STATS is in the object"),
+        )
+        .map_err(map_error("BLOCK_STATS"))?;
+        let block = stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut total = BlockStats::default();
+                for stats in per_cpu.iter() {
+                    total.count += stats.count;
+                    total.bytes += stats.bytes;
+                    total.total_ns += stats.total_ns;
+                    total.max_ns = total.max_ns.max(stats.max_ns);
+                }
+                (key, total)
+            })
+            .collect();
+        Ok(IoExtras {
+            latency: histograms,
+            max_ns,
+            block,
+        })
+    }
+
+    /// Forgets the open files of processes that exited.
+    pub fn forget_files_of(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
+        if pids.is_empty() || self.open_events.is_none() {
+            return Ok(());
+        }
+        let mut files: BpfHashMap<_, FdKey, u64> =
+            BpfHashMap::try_from(self.ebpf.map_mut("FILES").expect("FILES is in the object"))
+                .map_err(map_error("FILES"))?;
+        let stale: Vec<FdKey> = files
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| pids.contains(&key.tgid))
+            .collect();
+        for key in stale {
+            let _ = files.remove(&key);
         }
         Ok(())
     }
@@ -487,10 +694,11 @@ impl KernelProbes {
     /// other CPUs finish, then reads and clears the maps they were writing.
     pub fn drain(&mut self) -> Result<Drained, ProbeError> {
         if self.active_sample_map == RECORDING_STOPPED {
-            let mut drained = self.read_counts("SAMPLES_0", "OFFCPU_0")?;
-            let rest = self.read_counts("SAMPLES_1", "OFFCPU_1")?;
+            let mut drained = self.read_counts(0)?;
+            let rest = self.read_counts(1)?;
             drained.samples.extend(rest.samples);
             drained.offcpu.extend(rest.offcpu);
+            drained.io.extend(rest.io);
             return Ok(drained);
         }
         let drained = self.active_sample_map;
@@ -498,21 +706,19 @@ impl KernelProbes {
         self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map)?;
         // A program that read the old index is at most a few microseconds from its update.
         std::thread::sleep(IN_FLIGHT);
-        if drained == 0 {
-            self.read_counts("SAMPLES_0", "OFFCPU_0")
-        } else {
-            self.read_counts("SAMPLES_1", "OFFCPU_1")
-        }
+        self.read_counts(drained as usize)
     }
 
-    fn read_counts(
-        &mut self,
-        samples: &'static str,
-        offcpu: &'static str,
-    ) -> Result<Drained, ProbeError> {
+    fn read_counts(&mut self, buffer: usize) -> Result<Drained, ProbeError> {
+        const MAPS: [[&str; 3]; 2] = [
+            ["SAMPLES_0", "OFFCPU_0", "IO_0"],
+            ["SAMPLES_1", "OFFCPU_1", "IO_1"],
+        ];
+        let [samples, offcpu, io] = MAPS[buffer];
         Ok(Drained {
             samples: read_hash_map(&mut self.ebpf, samples, true)?,
             offcpu: read_hash_map(&mut self.ebpf, offcpu, true)?,
+            io: read_hash_map(&mut self.ebpf, io, true)?,
         })
     }
 

@@ -11,14 +11,18 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use profiler_common::{OffCpuKey, OffCpuTime, SampleKey, ThreadState, counter, process_event};
+use profiler_common::{
+    IoKey, IoTotal, OffCpuKey, OffCpuTime, STACK_ID_NONE, SampleKey, ThreadState, counter,
+    process_event,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     address_space::AddressSpaces,
     assemble::{self, RawSample, RawWeight, StackTable},
-    bpf::{Counters, KernelProbes, LoadOptions},
+    bpf::{Counters, IoExtras, KernelProbes, LoadOptions},
     cli::{RunConfig, TargetSpec},
+    io::{self, FileNames, IoTotals},
     launch::{self, GatedChild},
     output::{self, OutputDir},
     privileges, procfs,
@@ -137,6 +141,12 @@ struct Collection {
     scheduler: bool,
     /// Scheduler state of threads that exited, taken out of the kernel map.
     exited_threads: Vec<(u32, ThreadState)>,
+    /// I/O totals per thread, stack, call and file.
+    io: HashMap<IoKey, IoTotal>,
+    /// Whether the I/O programs run.
+    io_enabled: bool,
+    /// What the targets' file descriptors name.
+    files: FileNames,
     /// (when, pid): pending re-reads of memory maps.
     refreshes: Vec<(Instant, u32)>,
 }
@@ -145,6 +155,10 @@ impl Collection {
     fn watch_process(&mut self, pid: u32, comm: Option<String>) {
         let _ = self.spaces.refresh(pid);
         self.processes.note(pid, comm);
+        if self.io_enabled {
+            // Descriptors it inherited or opened before the programs saw it.
+            self.files.scan(&io::proc_root(), pid);
+        }
     }
 
     fn handle_process_events(&mut self) {
@@ -163,6 +177,15 @@ impl Collection {
                 }
                 _ => {}
             }
+        }
+        for event in self.probes.open_events() {
+            self.files.opened(
+                &io::proc_root(),
+                event.tgid,
+                event.open_ns,
+                event.dir_fd,
+                &comm_string(&event.path),
+            );
         }
         let (due, later): (Vec<_>, Vec<_>) =
             self.refreshes.drain(..).partition(|(at, _)| *at <= now);
@@ -188,6 +211,7 @@ impl Collection {
             .filter(|&pid| !procfs::is_alive(pid))
             .collect();
         self.probes.remove_targets(&exited)?;
+        self.probes.forget_files_of(&exited)?;
         Ok(())
     }
 
@@ -198,6 +222,7 @@ impl Collection {
             .iter()
             .map(|(key, _)| key.tgid)
             .chain(drained.offcpu.iter().map(|(key, _)| key.tgid))
+            .chain(drained.io.iter().map(|(key, _)| key.tgid))
             .collect();
         for pid in pids {
             if !self.spaces.knows(pid) {
@@ -212,6 +237,17 @@ impl Collection {
             let total = self.offcpu.entry(key).or_default();
             total.total_ns += time.total_ns;
             total.count += time.count;
+        }
+        for (key, io) in drained.io {
+            // An fd the run has not seen opened: name it while it is (likely) still open.
+            if self.files.needs_scan(&key) {
+                self.files.scan(&io::proc_root(), key.tgid);
+            }
+            let total = self.io.entry(key).or_default();
+            total.count += io.count;
+            total.total_ns += io.total_ns;
+            total.bytes += io.bytes;
+            total.errors += io.errors;
         }
         self.forget_exited_targets()?;
         if self.scheduler {
@@ -260,6 +296,7 @@ impl Collection {
         threads.append(&mut self.exited_threads);
         let counters = self.probes.counters()?;
         let first_sample_ns = self.probes.first_sample_ns()?;
+        let io_extras = self.probes.io_extras()?;
         let stack_ids: Vec<u32> = self
             .counts
             .keys()
@@ -269,6 +306,7 @@ impl Collection {
                     .keys()
                     .flat_map(|key| [key.user_stack_id, key.kernel_stack_id]),
             )
+            .chain(self.io.keys().map(|key| key.user_stack_id))
             .filter_map(|id| u32::try_from(id).ok())
             .collect();
         let stacks = self.probes.stacks(stack_ids)?;
@@ -280,6 +318,9 @@ impl Collection {
             counts: self.counts,
             offcpu: self.offcpu,
             threads,
+            io: self.io,
+            files: self.files,
+            io_extras,
             stacks,
             counters,
             first_sample_ns,
@@ -294,6 +335,9 @@ struct Collected {
     counts: HashMap<SampleKey, u64>,
     offcpu: HashMap<OffCpuKey, OffCpuTime>,
     threads: Vec<(u32, ThreadState)>,
+    io: HashMap<IoKey, IoTotal>,
+    files: FileNames,
+    io_extras: IoExtras,
     stacks: StackTable,
     counters: Counters,
     first_sample_ns: Option<u64>,
@@ -308,6 +352,7 @@ impl Collected {
             .keys()
             .map(|key| (key.tid, key.comm))
             .chain(self.offcpu.keys().map(|key| (key.tid, key.comm)))
+            .chain(self.io.keys().map(|key| (key.tid, key.comm)))
             .chain(
                 self.threads
                     .iter()
@@ -348,6 +393,7 @@ impl Collected {
             user_stack: stacks.0,
             kernel_stack: stacks.1,
             state,
+            syscall: None,
         };
         if events.contains(&EventKind::Cpu) {
             let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
@@ -411,6 +457,38 @@ impl Collected {
                 })
                 .collect();
             profile.run_queue.sort_by_key(|rq| (rq.pid, rq.tid));
+        }
+        if events.contains(&EventKind::Io) {
+            let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
+            for (key, total) in &self.io {
+                let stacks = (key.user_stack_id, STACK_ID_NONE);
+                let mut sample = raw_sample(key.tgid, key.tid, &key.comm, stacks, None);
+                sample.syscall = io::call_by_index(key.call).map(|call| call.name);
+                let entry = raw.entry(sample).or_default();
+                // Nanoseconds here, microseconds below.
+                entry.weight += total.total_ns;
+                entry.count += total.count;
+            }
+            for weight in raw.values_mut() {
+                weight.weight = (weight.weight + 500) / 1000;
+            }
+            assemble::add_samples(
+                &mut profile,
+                &mut interner,
+                EventKind::Io,
+                &raw,
+                &self.stacks,
+                &mut symbols,
+            );
+            let device_names = io::block_device_names();
+            let totals = IoTotals {
+                calls: self.io.iter().collect(),
+                latency: &self.io_extras.latency,
+                max_ns: &self.io_extras.max_ns,
+                block: &self.io_extras.block,
+                device_names: &device_names,
+            };
+            profile.io = Some(io::build_stats(&totals, &self.files));
         }
         let mut processes: Vec<Process> = self.processes.processes.into_values().collect();
         processes.sort_by_key(|process| process.pid);
@@ -499,6 +577,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         min_block_ns: config.min_block.as_nanos() as u64,
         cpu: config.events.contains(&EventKind::Cpu),
         scheduler,
+        io: config.events.contains(&EventKind::Io),
     })?;
     let mut root_pids = Vec::new();
     let mut gated = None;
@@ -556,6 +635,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             }
         }
     }
+    if config.events.contains(&EventKind::Io) {
+        probes.attach_io()?;
+    }
     if config.events.contains(&EventKind::Cpu) {
         probes.attach_cpu_sampling(config.frequency)?;
     }
@@ -568,6 +650,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         offcpu: HashMap::new(),
         scheduler: config.events.contains(&EventKind::OffCpu),
         exited_threads: Vec::new(),
+        io: HashMap::new(),
+        io_enabled: config.events.contains(&EventKind::Io),
+        files: FileNames::default(),
         refreshes: Vec::new(),
     };
     for pid in collection_pids {
@@ -760,6 +845,10 @@ fn losses(counters: &Counters) -> Losses {
         offcpu_filtered_us: get(counter::OFFCPU_FILTERED_NS) / 1000,
         offcpu_map_full: get(counter::OFFCPU_MAP_FULL),
         offcpu_stack_collisions: get(counter::OFFCPU_STACK_COLLISIONS),
+        io_calls: get(counter::IO_CALLS),
+        io_map_full: get(counter::IO_MAP_FULL) + get(counter::IO_PENDING_FULL),
+        open_events_lost: get(counter::OPEN_EVENTS_LOST),
+        block_pending_full: get(counter::BLOCK_PENDING_FULL),
     }
 }
 

@@ -101,7 +101,8 @@ impl GatedChild {
                 libc::close(pid_write);
                 let mut go = 0u8;
                 let n = libc::read(go_read, (&raw mut go).cast(), 1);
-                libc::close(go_read);
+                // `go_read` is left to O_CLOEXEC: once released, the command is profiled, and
+                // its first recorded calls should be its own.
                 if n == 1 {
                     Ok(())
                 } else {

@@ -8,6 +8,7 @@ mod assemble;
 mod bpf;
 mod cli;
 mod collect;
+mod io;
 mod kernel_btf;
 mod launch;
 mod output;

@@ -31,17 +31,20 @@ pub enum EventKind {
     Cpu,
     /// Off-CPU periods (scheduler switch-out to switch-in); weight = microseconds.
     OffCpu,
+    /// I/O system calls; weight = microseconds in the calls.
+    Io,
 }
 
 impl EventKind {
     /// Every kind, in presentation order.
-    pub const ALL: [EventKind; 2] = [EventKind::Cpu, EventKind::OffCpu];
+    pub const ALL: [EventKind; 3] = [EventKind::Cpu, EventKind::OffCpu, EventKind::Io];
 
     /// Name used on the command line and in file names.
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Cpu => "cpu",
             EventKind::OffCpu => "offcpu",
+            EventKind::Io => "io",
         }
     }
 
@@ -49,7 +52,7 @@ impl EventKind {
     pub fn unit(self) -> &'static str {
         match self {
             EventKind::Cpu => "samples",
-            EventKind::OffCpu => "microseconds",
+            EventKind::OffCpu | EventKind::Io => "microseconds",
         }
     }
 }
@@ -171,7 +174,7 @@ pub struct Sample {
     /// Off-CPU samples: why the thread was off-CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<BlockReason>,
-    /// Off-CPU samples: number of off-CPU periods merged into this sample.
+    /// Off-CPU and I/O samples: number of periods or calls merged into this sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
 }
@@ -242,6 +245,98 @@ pub struct Losses {
     /// Switch-out stacks lost to stack-map collisions.
     #[serde(default)]
     pub offcpu_stack_collisions: u64,
+    /// I/O calls of target threads seen.
+    #[serde(default)]
+    pub io_calls: u64,
+    /// I/O calls not recorded because a map was full.
+    #[serde(default)]
+    pub io_map_full: u64,
+    /// File opens whose path was lost (ring buffer full).
+    #[serde(default)]
+    pub open_events_lost: u64,
+    /// Block requests not timed because the map of requests in flight was full.
+    #[serde(default)]
+    pub block_pending_full: u64,
+}
+
+/// I/O of the targets: per file, per system call and per block device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoStats {
+    /// Per file (or pipe, socket), slowest first.
+    pub files: Vec<IoFile>,
+    /// Per system call, slowest first.
+    pub syscalls: Vec<IoSyscall>,
+    /// Per block device and operation, for requests the targets issued, slowest first.
+    pub devices: Vec<IoDevice>,
+}
+
+/// I/O on one file, pipe or socket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoFile {
+    /// Path, or `pipe:[inode]` / `socket:[inode]` / `anon_inode:...` as `/proc` names them.
+    pub path: String,
+    /// `file`, `pipe`, `socket` or `other`.
+    pub kind: String,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read calls.
+    pub reads: u64,
+    /// Write calls.
+    pub writes: u64,
+    /// fsync, fdatasync and sync_file_range calls.
+    pub fsyncs: u64,
+    /// Opens.
+    pub opens: u64,
+    /// Closes.
+    pub closes: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Time in all these calls, µs.
+    pub total_us: f64,
+}
+
+/// One system call's totals and latency.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoSyscall {
+    /// Name.
+    pub name: String,
+    /// Calls.
+    pub count: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Time in the calls, µs.
+    pub total_us: f64,
+    /// Median latency, µs (upper end of its histogram slot, a quarter octave wide).
+    pub p50_us: f64,
+    /// 99th percentile latency, µs (likewise).
+    pub p99_us: f64,
+    /// Longest call, µs (exact).
+    pub max_us: f64,
+}
+
+/// Block requests of one device and operation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoDevice {
+    /// `major:minor`.
+    pub device: String,
+    /// Kernel name (`vda`, `nvme0n1`), when known.
+    pub name: Option<String>,
+    /// `read`, `write`, `flush`, `discard` or `other`.
+    pub operation: String,
+    /// Requests completed.
+    pub requests: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Issue-to-completion time, µs.
+    pub total_us: f64,
+    /// Mean, µs.
+    pub avg_us: f64,
+    /// Longest, µs.
+    pub max_us: f64,
 }
 
 impl Losses {
@@ -313,6 +408,9 @@ pub struct Profile {
     /// Run-queue delays per thread (collected with `offcpu`).
     #[serde(default)]
     pub run_queue: Vec<RunQueue>,
+    /// I/O tables (collected with `io`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoStats>,
     /// What was lost while collecting.
     pub losses: Losses,
 }
@@ -350,6 +448,7 @@ impl Profile {
             stacks: Vec::new(),
             samples: BTreeMap::new(),
             run_queue: Vec::new(),
+            io: None,
             losses: Losses::default(),
         }
     }

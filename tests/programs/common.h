@@ -3,6 +3,23 @@
 #define PROFILER_TEST_COMMON_H
 
 #include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+/* A system call issued inline, in the calling function: libc's wrappers set up no frame
+ * pointer and would hide their caller from frame-pointer stacks. */
+static inline long syscall3(long number, long a, long b, long c) {
+#if defined(__x86_64__)
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(number), "D"(a), "S"(b), "d"(c)
+                     : "rcx", "r11", "memory");
+    return ret;
+#else
+    return syscall(number, a, b, c);
+#endif
+}
 
 /* gcc sets up no frame in leaf functions even with -fno-omit-frame-pointer, which hides the
  * caller from frame-pointer unwinding; a dynamic stack allocation forces a frame. */

@@ -16,12 +16,6 @@ static double seconds = 2.0;
 static int pipe_fds[2];
 static volatile int done;
 
-static inline long syscall3(long number, long a, long b, long c) {
-    long ret;
-    __asm__ volatile("syscall" : "=a"(ret) : "a"(number), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
-    return ret;
-}
-
 __attribute__((noinline)) void nap(long ms) {
     FORCE_FRAME();
     struct timespec ts = {0, ms * 1000000L};

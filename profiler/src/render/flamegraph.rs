@@ -35,6 +35,7 @@ impl View {
         match self {
             View::Kind(EventKind::Cpu) => "CPU",
             View::Kind(EventKind::OffCpu) => "Off-CPU time",
+            View::Kind(EventKind::Io) => "Time in I/O system calls",
             View::Wall => "Wall-clock time (on- and off-CPU)",
         }
     }
@@ -44,6 +45,7 @@ impl View {
         match self {
             View::Kind(EventKind::Cpu) => Palette::Basic(BasicPalette::Hot),
             View::Kind(EventKind::OffCpu) => Palette::Basic(BasicPalette::Blue),
+            View::Kind(EventKind::Io) => Palette::Basic(BasicPalette::Io),
             View::Wall => Palette::Basic(BasicPalette::Aqua),
         }
     }

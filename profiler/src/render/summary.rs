@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    profile::{BlockReason, EventKind, Losses, Profile},
+    profile::{BlockReason, EventKind, IoDevice, IoFile, IoSyscall, Losses, Profile},
     render::folded::frame_label,
 };
 
@@ -48,8 +48,48 @@ pub struct Summary {
     pub cpu: Option<CpuSummary>,
     /// Off-CPU section, when `offcpu` was collected.
     pub offcpu: Option<OffCpuSummary>,
+    /// I/O section, when `io` was collected.
+    pub io: Option<IoSummary>,
     /// What was lost while collecting.
     pub losses: Losses,
+}
+
+/// The I/O section.
+#[derive(Clone, Debug, Serialize)]
+pub struct IoSummary {
+    /// I/O system calls recorded.
+    pub calls: u64,
+    /// Time in them, µs.
+    pub total_us: u64,
+    /// Per file, pipe or socket, slowest first.
+    pub files: Vec<IoFile>,
+    /// Per system call, slowest first.
+    pub syscalls: Vec<IoSyscall>,
+    /// Block requests the targets issued, per device and operation, slowest first.
+    pub devices: Vec<IoDevice>,
+    /// Code paths by time in I/O calls.
+    pub top_stacks: Vec<IoStack>,
+}
+
+/// One code path's I/O time.
+#[derive(Clone, Debug, Serialize)]
+pub struct IoStack {
+    /// Thread name.
+    pub thread: String,
+    /// The system call (the stack's leaf).
+    pub syscall: String,
+    /// Innermost user function.
+    pub function: Option<String>,
+    /// Its caller.
+    pub caller: Option<String>,
+    /// Time, µs.
+    pub us: u64,
+    /// Calls.
+    pub calls: u64,
+    /// Share of all I/O time, percent.
+    pub percent: f64,
+    /// The whole stack, root first, `;`-separated.
+    pub stack: String,
 }
 
 /// CPU samples of one process.
@@ -559,6 +599,172 @@ fn offcpu_markdown(md: &mut String, offcpu: &OffCpuSummary) {
     }
 }
 
+fn io_summary(profile: &Profile) -> IoSummary {
+    let samples = profile
+        .samples
+        .get(&EventKind::Io)
+        .map_or(&[][..], Vec::as_slice);
+    let total = profile.total(EventKind::Io);
+    let mut stacks: HashMap<(String, usize), (u64, u64)> = HashMap::new();
+    for sample in samples {
+        let entry = stacks
+            .entry((sample.thread.clone(), sample.stack))
+            .or_default();
+        entry.0 += sample.weight;
+        entry.1 += sample.count.unwrap_or(1);
+    }
+    let mut top_stacks: Vec<IoStack> = stacks
+        .into_iter()
+        .map(|((thread, stack), (us, calls))| {
+            let frames: Vec<&crate::profile::Frame> = profile.stacks[stack]
+                .iter()
+                .map(|&f| &profile.frames[f])
+                .collect();
+            let user: Vec<&str> = frames
+                .iter()
+                .filter(|f| f.kind == crate::profile::FrameKind::User && !f.unsymbolized)
+                .map(|f| f.function.as_str())
+                .collect();
+            IoStack {
+                thread,
+                syscall: frames
+                    .last()
+                    .map(|f| f.function.clone())
+                    .unwrap_or_default(),
+                function: user.last().map(|f| (*f).to_owned()),
+                caller: user.len().checked_sub(2).map(|i| user[i].to_owned()),
+                us,
+                calls,
+                percent: percent(us, total),
+                stack: frames
+                    .iter()
+                    .map(|f| frame_label(f))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            }
+        })
+        .collect();
+    top_stacks.sort_by(|a, b| b.us.cmp(&a.us).then_with(|| a.stack.cmp(&b.stack)));
+    top_stacks.truncate(TOP_STACKS);
+    let stats = profile.io.clone().unwrap_or_default();
+    IoSummary {
+        calls: stats.syscalls.iter().map(|s| s.count).sum(),
+        total_us: total,
+        files: stats.files,
+        syscalls: stats.syscalls,
+        devices: stats.devices,
+        top_stacks,
+    }
+}
+
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn io_markdown(md: &mut String, io: &IoSummary) {
+    let _ = writeln!(
+        md,
+        "\n## I/O\n\n{} I/O system calls, {} in them.\n",
+        io.calls,
+        us_text(io.total_us)
+    );
+    md.push_str("### Code paths by time in I/O calls\n\n");
+    if io.top_stacks.is_empty() {
+        md.push_str("No I/O calls recorded.\n");
+    } else {
+        md.push_str("| share | time | calls | call | function | caller | thread |\n|---:|---:|---:|---|---|---|---|\n");
+        for stack in &io.top_stacks {
+            let _ = writeln!(
+                md,
+                "| {:.1}% | {} | {} | {} | {} | {} | {} |",
+                stack.percent,
+                us_text(stack.us),
+                stack.calls,
+                md_code(&stack.syscall),
+                stack.function.as_deref().map_or_else(String::new, md_code),
+                stack.caller.as_deref().map_or_else(String::new, md_code),
+                md_code(&stack.thread)
+            );
+        }
+    }
+    md.push_str("\n### Files, pipes and sockets (slowest first)\n\n");
+    if io.files.is_empty() {
+        md.push_str("None.\n");
+    } else {
+        md.push_str("| path | kind | time | read | reads | written | writes | fsyncs | opens | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for file in &io.files {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} µs | {} | {} | {} | {} | {} | {} | {} |",
+                md_code(&file.path),
+                file.kind,
+                file.total_us,
+                bytes_text(file.read_bytes),
+                file.reads,
+                bytes_text(file.write_bytes),
+                file.writes,
+                file.fsyncs,
+                file.opens,
+                file.errors
+            );
+        }
+    }
+    md.push_str("\n### System calls (slowest first)\n\n");
+    if io.syscalls.is_empty() {
+        md.push_str("None.\n");
+    } else {
+        md.push_str("| call | count | bytes | total | p50 | p99 | max | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for call in &io.syscalls {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} µs | ≤{:.1} µs | ≤{:.1} µs | {:.1} µs | {} |",
+                md_code(&call.name),
+                call.count,
+                bytes_text(call.bytes),
+                call.total_us,
+                call.p50_us,
+                call.p99_us,
+                call.max_us,
+                call.errors
+            );
+        }
+    }
+    md.push_str("\n### Block devices (requests issued by the targets)\n\n");
+    if io.devices.is_empty() {
+        md.push_str("None: the targets issued no block requests themselves (page-cache hits, or writeback by kernel threads).\n");
+    } else {
+        md.push_str("| device | operation | requests | bytes | total | mean | max |\n|---|---|---:|---:|---:|---:|---:|\n");
+        for device in &io.devices {
+            let name = match &device.name {
+                Some(name) => format!("{name} ({})", device.device),
+                None => device.device.clone(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.0} µs | {:.1} µs | {:.1} µs |",
+                md_code(&name),
+                device.operation,
+                device.requests,
+                bytes_text(device.bytes),
+                device.total_us,
+                device.avg_us,
+                device.max_us
+            );
+        }
+    }
+}
+
 /// Summarizes a profile.
 pub fn summarize(profile: &Profile) -> Summary {
     let run = &profile.run;
@@ -599,6 +805,10 @@ pub fn summarize(profile: &Profile) -> Summary {
             .events
             .contains(&EventKind::OffCpu)
             .then(|| offcpu_summary(profile)),
+        io: run
+            .events
+            .contains(&EventKind::Io)
+            .then(|| io_summary(profile)),
         losses: profile.losses.clone(),
     }
 }
@@ -719,6 +929,9 @@ pub fn summary_markdown(summary: &Summary) -> String {
     }
     if let Some(offcpu) = &summary.offcpu {
         offcpu_markdown(&mut md, offcpu);
+    }
+    if let Some(io) = &summary.io {
+        io_markdown(&mut md, io);
     }
     let losses = &summary.losses;
     if losses.process_events_lost + losses.target_map_full > 0 {

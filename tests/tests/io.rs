@@ -1,0 +1,124 @@
+//! I/O system calls end to end, on programs with known I/O.
+
+use profiler_tests::{
+    assert_nothing_loaded, have_root, percent, read_folded, read_summary, record, serial,
+};
+
+/// I/O time of stacks through `function` whose leaf is the system call `syscall`.
+fn io_time(stacks: &[(Vec<String>, u64)], function: &str, syscall: &str) -> u64 {
+    let leaf = format!("{syscall}_[k]");
+    stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames.last() == Some(&leaf) && frames.iter().any(|frame| frame == function)
+        })
+        .map(|(_, weight)| weight)
+        .sum()
+}
+
+fn entry<'a>(list: &'a serde_json::Value, field: &str, value: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item[field] == value)
+        .unwrap_or_else(|| panic!("no {field} = {value} in {list:#}"))
+}
+
+#[test]
+fn file_io_is_counted_exactly_per_path_and_fsync_dominates() {
+    let _serial = serial();
+    if !have_root("file_io_is_counted_exactly_per_path_and_fsync_dominates") {
+        return;
+    }
+    // On disk, not tmpfs: fsync must reach a device to cost anything.
+    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = data_dir.path().join("data.bin");
+    let (dir, out) = record(
+        &["--events", "io"],
+        "io_files",
+        &[path.to_str().unwrap(), "16"],
+    );
+    assert!(out.status.success());
+    assert!(!path.exists(), "the program deleted its file");
+
+    let summary = read_summary(dir.path());
+    let io = &summary["io"];
+    let file = entry(&io["files"], "path", path.to_str().unwrap());
+    assert_eq!(file["kind"], "file");
+    assert_eq!(file["write_bytes"], 16 * 65536, "{file}");
+    assert_eq!(file["writes"], 16, "{file}");
+    assert_eq!(file["fsyncs"], 5, "{file}");
+    assert_eq!(file["read_bytes"], 16 * 65536, "{file}");
+    // 32 reads of 32 KiB, and the one that finds the end of the file.
+    assert_eq!(file["reads"], 33, "{file}");
+    assert_eq!(file["opens"], 2, "{file}");
+
+    let fsync = entry(&io["syscalls"], "name", "fsync");
+    assert_eq!(fsync["count"], 5);
+    let (p50, p99, max) = (
+        fsync["p50_us"].as_f64().unwrap(),
+        fsync["p99_us"].as_f64().unwrap(),
+        fsync["max_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{fsync}");
+    let write = entry(&io["syscalls"], "name", "write");
+    assert_eq!(write["bytes"], 16 * 65536);
+
+    let stacks = read_folded(&dir.path().join("io.folded"));
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let flush = io_time(&stacks, "flush_data", "fsync");
+    assert!(
+        percent(flush, total) > 50.0,
+        "fsync from flush_data: {flush} of {total} µs"
+    );
+    assert!(io_time(&stacks, "write_chunks", "write") > 0);
+    assert!(io_time(&stacks, "read_back", "read") > 0);
+    let top = &io["top_stacks"][0];
+    assert_eq!(top["function"], "flush_data", "{top}");
+    assert_eq!(top["caller"], "write_chunks", "{top}");
+    assert_eq!(top["syscall"], "fsync", "{top}");
+    assert!(dir.path().join("io.svg").exists());
+    let markdown = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(markdown.contains("## I/O") && markdown.contains(path.to_str().unwrap()));
+    assert_nothing_loaded();
+}
+
+#[test]
+fn pipes_and_sockets_are_named_as_such() {
+    let _serial = serial();
+    if !have_root("pipes_and_sockets_are_named_as_such") {
+        return;
+    }
+    let (dir, out) = record(&["--events", "io"], "io_pipes", &["50"]);
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let files = summary["io"]["files"].as_array().unwrap();
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        files.iter().filter(|f| f["kind"] == kind).collect()
+    };
+    let pipes = of_kind("pipe");
+    assert_eq!(pipes.len(), 1, "one pipe: {files:#?}");
+    assert!(pipes[0]["path"].as_str().unwrap().starts_with("pipe:["));
+    assert_eq!(pipes[0]["read_bytes"], 5000);
+    assert_eq!(pipes[0]["write_bytes"], 5000);
+    let sockets = of_kind("socket");
+    assert_eq!(sockets.len(), 2, "two ends of the pair: {files:#?}");
+    let read: u64 = sockets
+        .iter()
+        .map(|s| s["read_bytes"].as_u64().unwrap())
+        .sum();
+    let written: u64 = sockets
+        .iter()
+        .map(|s| s["write_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!((read, written), (5000, 5000));
+    let stacks = read_folded(&dir.path().join("io.folded"));
+    assert!(io_time(&stacks, "read_pipe", "read") + io_time(&stacks, "read_socket", "read") > 0);
+    assert!(
+        stacks
+            .iter()
+            .any(|(frames, _)| frames.iter().any(|f| f == "read_socket")),
+        "read_socket in the stacks"
+    );
+    assert_nothing_loaded();
+}
