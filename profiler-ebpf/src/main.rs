@@ -13,7 +13,7 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{btf_tracepoint, map, perf_event, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{
         BtfTracePointContext, PerfEventContext, TracePointContext, tracing::StackIdContext,
     },
@@ -526,9 +526,11 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 #[map]
 static SYSCALLS: Array<u32> = Array::with_max_entries(SYSCALL_TABLE_ENTRIES, 0);
 
-/// I/O calls in progress, by tid.
+/// I/O calls in progress, by tid. One entry per thread, reused call after call (an update in
+/// place costs a fraction of an insertion and a deletion); least recently used entries, of
+/// threads long gone, make room for new ones.
 #[map]
-static IO_PENDING: HashMap<u32, IoPending> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+static IO_PENDING: LruHashMap<u32, IoPending> = LruHashMap::with_max_entries(IO_MAP_ENTRIES, 0);
 
 /// Which file each fd of a target names: its open time, the id the collector knows it by.
 #[map]
@@ -592,8 +594,14 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
         call,
         _pad: 0,
     };
-    if IO_PENDING.insert(tid, pending, 0).is_err() {
-        bump(counter::IO_PENDING_FULL);
+    match IO_PENDING.get_ptr_mut(tid) {
+        // SAFETY: the entry of the current thread, which is here and nowhere else.
+        Some(entry) => unsafe { *entry = pending },
+        None => {
+            if IO_PENDING.insert(tid, pending, 0).is_err() {
+                bump(counter::IO_PENDING_FULL);
+            }
+        }
     }
     0
 }
@@ -680,10 +688,16 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (tgid, tid) = current_tgid_tid();
-    let Some(&pending) = (unsafe { IO_PENDING.get(tid) }) else {
+    let Some(entry) = IO_PENDING.get_ptr_mut(tid) else {
         return 0;
     };
-    let _ = IO_PENDING.remove(tid);
+    // SAFETY: the entry of the current thread, which is here and nowhere else.
+    let pending = unsafe { *entry };
+    if pending.start_ns == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).start_ns = 0 };
     let active = active_map();
     if active == RECORDING_STOPPED {
         return 0;

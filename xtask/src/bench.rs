@@ -6,6 +6,8 @@
 //! - `bench-offcpu`: two threads ping-ponging through pipes on one CPU; `profiler record
 //!   --events offcpu` against bpftrace on `sched_switch` with stacks. Writes
 //!   `docs/performance/offcpu-results.md`.
+//! - `bench-io`: small reads from `/dev/zero`; `profiler record --events io` against bpftrace
+//!   timing `read` per user stack. Writes `docs/performance/io-results.md`.
 
 use std::{
     fmt::Write as _,
@@ -338,56 +340,78 @@ fn ensure_tracefs() -> anyhow::Result<()> {
     crate::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
 }
 
-pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
+/// A benchmark of the added cost per traced event: a workload that prints `wall_s=`, `cpu_s=`
+/// and its event count, run bare, under `profiler record`, and under a bpftrace script.
+struct EventBench<'a> {
+    /// Title of the results page.
+    title: &'a str,
+    /// xtask command line that produced it.
+    invocation: String,
+    /// Workload description for the results page.
+    workload: String,
+    /// Test program and its arguments.
+    program: &'a str,
+    program_args: Vec<String>,
+    /// Pin the workload to CPU 0.
+    pinned: bool,
+    /// Field of the workload's output counting events, and what they are.
+    count_field: &'a str,
+    count_label: &'a str,
+    /// `profiler record` options.
+    profiler_args: &'a [&'a str],
+    /// The bpftrace configuration's name and script.
+    bpftrace: (&'a str, &'a str),
+    runs: usize,
+    results_file: &'a str,
+    write: bool,
+}
+
+fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
     ensure_tools()?;
     ensure_tracefs()?;
-    let program = compile_program("pingpong")?;
-    let scratch: PathBuf = root().join("target/bench-offcpu");
+    let program = compile_program(bench.program)?;
+    let scratch: PathBuf = root().join("target/bench-events");
     std::fs::create_dir_all(&scratch)?;
-    let rounds = args.rounds.to_string();
-    // Both threads on one CPU: every switch is between the two target threads, so each one
-    // runs the switch-out and the switch-in accounting.
-    let workload = |command: &mut Command| {
-        command
-            .args(["taskset", "-c", "0"])
-            .arg(&program)
-            .arg(&rounds);
-    };
-    let configs = [
-        "no profiler",
-        "profiler --events offcpu",
-        "bpftrace sched_switch + stacks",
-    ];
+    let mut workload: Vec<String> = Vec::new();
+    if bench.pinned {
+        workload.extend(["/usr/bin/taskset", "-c", "0"].map(str::to_owned));
+    }
+    workload.push(program.display().to_string());
+    workload.extend(bench.program_args.iter().cloned());
+    let profiler_name = format!("profiler {}", bench.profiler_args.join(" "));
+    let configs = ["no profiler", profiler_name.as_str(), bench.bpftrace.0];
     let mut results: Vec<Vec<(f64, f64, f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
-    for run in 0..args.runs {
+    for run in 0..bench.runs {
         for (index, name) in configs.iter().enumerate() {
             let mut command = match index {
                 0 => {
-                    let mut c = Command::new("taskset");
-                    c.args(["-c", "0"]).arg(&program).arg(&rounds);
+                    let mut c = Command::new(&workload[0]);
+                    c.args(&workload[1..]);
                     c
                 }
                 1 => {
                     let mut c = Command::new(profiler_bin());
-                    c.args(["record", "--events", "offcpu", "-o"])
+                    c.arg("record")
+                        .args(bench.profiler_args)
+                        .arg("-o")
                         .arg(scratch.join("profile"))
-                        .arg("--");
-                    workload(&mut c);
+                        .arg("--")
+                        .args(&workload);
                     c
                 }
                 _ => {
                     let mut c = Command::new("bpftrace");
+                    // bpftrace wants an unambiguous path to the binary it starts.
                     c.arg("-e")
-                        .arg("tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }")
+                        .arg(bench.bpftrace.1)
                         .arg("-c")
-                        // bpftrace wants an unambiguous path to the binary it starts.
-                        .arg(format!("/usr/bin/taskset -c 0 {} {rounds}", program.display()));
+                        .arg(workload.join(" "));
                     c
                 }
             };
             let (text, total_s, cpu, _rss) = run_measured(&mut command)?;
             let wall = field(&text, "wall_s")?;
-            let switches = field(&text, "switches")?;
+            let events = field(&text, bench.count_field)?;
             let workload_cpu = field(&text, "cpu_s")?;
             let tool_cpu = if index == 0 {
                 0.0
@@ -395,54 +419,127 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
                 (cpu - workload_cpu).max(0.0)
             };
             eprintln!(
-                "bench: run {}/{} {name:<32} workload {wall:.3} s, {switches} switches, tool CPU {tool_cpu:.3} s",
+                "bench: run {}/{} {name:<36} workload {wall:.3} s, {events} {}, tool CPU {tool_cpu:.3} s",
                 run + 1,
-                args.runs
+                bench.runs,
+                bench.count_label,
             );
-            results[index].push((wall, switches, total_s, tool_cpu));
+            results[index].push((wall, events, total_s, tool_cpu));
         }
     }
     let baseline = median(results[0].iter().map(|r| r.0).collect());
-    let mut table = String::from(
-        "| configuration | workload wall (median) | context switches | added cost per switch | whole command wall | tool CPU |\n\
+    let singular = bench.count_label.trim_end_matches('s');
+    let mut table = format!(
+        "| configuration | workload wall (median) | {} | added cost per {singular} | whole command wall | tool CPU |\n\
          |---|---:|---:|---:|---:|---:|\n",
+        bench.count_label
     );
-    for (name, runs) in configs.iter().zip(&results) {
+    for (index, (name, runs)) in configs.iter().zip(&results).enumerate() {
         let wall = median(runs.iter().map(|r| r.0).collect());
-        let switches = median(runs.iter().map(|r| r.1).collect());
+        let events = median(runs.iter().map(|r| r.1).collect());
         let total = median(runs.iter().map(|r| r.2).collect());
         let tool_cpu = median(runs.iter().map(|r| r.3).collect());
-        let per_switch = if *name == configs[0] {
-            "—".to_owned()
+        let (per_event, cpu) = if index == 0 {
+            ("—".to_owned(), "—".to_owned())
         } else {
-            format!("{:.2} µs", (wall - baseline) / switches * 1e6)
+            (
+                format!("{:.2} µs", (wall - baseline) / events * 1e6),
+                format!("{tool_cpu:.3} s"),
+            )
         };
         let _ = writeln!(
             table,
-            "| {name} | {wall:.3} s | {switches:.0} | {per_switch} | {total:.3} s | {} |",
-            if *name == configs[0] {
-                "—".to_owned()
-            } else {
-                format!("{tool_cpu:.3} s")
-            }
+            "| {name} | {wall:.3} s | {events:.0} | {per_event} | {total:.3} s | {cpu} |"
         );
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = format!(
-        "# Off-CPU profiling overhead: latest results\n\n\
-         Generated by `cargo xtask bench-offcpu --runs {} --rounds {}`, kernel {}.\n\
-         Method: see [README.md](README.md). Workload: `tests/programs/pingpong.c` pinned to CPU 0\n\
-         (`taskset -c 0`), {} round trips; added cost per switch = (workload wall - baseline) / switches.\n\n{table}",
-        args.runs,
-        args.rounds,
+        "# {}: latest results\n\n\
+         Generated by `{}`, kernel {}.\n\
+         Method: see [README.md](README.md). Workload: {}; added cost per {singular} =\n\
+         (workload wall - baseline) / {}.\n\n{table}",
+        bench.title,
+        bench.invocation,
         kernel.trim(),
-        args.rounds,
+        bench.workload,
+        bench.count_label,
     );
     println!("{report}");
-    if !args.no_write {
-        let path = root().join("docs/performance/offcpu-results.md");
+    if bench.write {
+        let path = root().join("docs/performance").join(bench.results_file);
         std::fs::write(&path, report)?;
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())
+}
+
+pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
+    event_bench(&EventBench {
+        title: "Off-CPU profiling overhead",
+        invocation: format!(
+            "cargo xtask bench-offcpu --runs {} --rounds {}",
+            args.runs, args.rounds
+        ),
+        workload: format!(
+            "`tests/programs/pingpong.c` pinned to CPU 0 (`taskset -c 0`), {} round trips",
+            args.rounds
+        ),
+        program: "pingpong",
+        program_args: vec![args.rounds.to_string()],
+        // Both threads on one CPU: every switch is between the two target threads, so each
+        // one runs the switch-out and the switch-in accounting.
+        pinned: true,
+        count_field: "switches",
+        count_label: "switches",
+        profiler_args: &["--events", "offcpu"],
+        bpftrace: (
+            "bpftrace sched_switch + stacks",
+            "tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }",
+        ),
+        runs: args.runs,
+        results_file: "offcpu-results.md",
+        write: !args.no_write,
+    })
+}
+
+#[derive(clap::Args)]
+pub struct IoBenchArgs {
+    /// Runs of each configuration (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Reads from /dev/zero.
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: u64,
+    /// Print the results without writing docs/performance/io-results.md.
+    #[arg(long)]
+    no_write: bool,
+}
+
+pub fn io(args: &IoBenchArgs) -> anyhow::Result<()> {
+    event_bench(&EventBench {
+        title: "I/O tracing overhead",
+        invocation: format!(
+            "cargo xtask bench-io --runs {} --calls {}",
+            args.runs, args.calls
+        ),
+        workload: format!(
+            "`tests/programs/read_zero.c`, {} reads of 64 bytes from `/dev/zero`",
+            args.calls
+        ),
+        program: "read_zero",
+        program_args: vec![args.calls.to_string()],
+        pinned: false,
+        count_field: "calls",
+        count_label: "calls",
+        profiler_args: &["--events", "io"],
+        bpftrace: (
+            "bpftrace read latency per ustack",
+            "tracepoint:syscalls:sys_enter_read /pid == cpid/ { @start[tid] = nsecs; } \
+             tracepoint:syscalls:sys_exit_read /@start[tid]/ { \
+             @us[ustack] = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); }",
+        ),
+        runs: args.runs,
+        results_file: "io-results.md",
+        write: !args.no_write,
+    })
 }

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu`.
+//! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
+//! bench-io`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
@@ -38,6 +39,8 @@ enum Task {
     /// Off-CPU tracing cost per context switch against bpftrace; writes
     /// docs/performance/offcpu-results.md.
     BenchOffcpu(bench::OffCpuBenchArgs),
+    /// I/O tracing cost per system call against bpftrace; writes docs/performance/io-results.md.
+    BenchIo(bench::IoBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchOffcpu(args) => {
             build()?;
             bench::offcpu(&args)
+        }
+        Task::BenchIo(args) => {
+            build()?;
+            bench::io(&args)
         }
     }
 }
