@@ -288,7 +288,8 @@ pub const PATH_LEN: usize = 256;
 pub struct IoPending {
     /// `CLOCK_MONOTONIC` time of the entry, ns.
     pub start_ns: u64,
-    /// `args[0]` and `args[1]`.
+    /// `args[0]` and `args[1]`; for a close, `args[1]` is the inode `file_id` of the fd, read
+    /// at the entry.
     pub args: [u64; 2],
     /// The `SYSCALLS` value of the call.
     pub call: u32,

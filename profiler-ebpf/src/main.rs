@@ -585,12 +585,16 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     bump(counter::IO_CALLS);
+    let fd: u64 = field(&ctx, io_fields::SYSCALL_ARGS);
+    // A close's file is gone by the exit: identify it now (kept in the unused second argument).
+    let second = if call >> 8 == io_kind::CLOSE {
+        fd_inode(fd as i32).map_or(0, |(mode, inode)| inode_file_id(mode, inode))
+    } else {
+        field(&ctx, io_fields::SYSCALL_ARGS + 8)
+    };
     let pending = IoPending {
         start_ns: unsafe { bpf_ktime_get_ns() },
-        args: [
-            field(&ctx, io_fields::SYSCALL_ARGS),
-            field(&ctx, io_fields::SYSCALL_ARGS + 8),
-        ],
+        args: [fd, second],
         call,
         _pad: 0,
     };
@@ -727,6 +731,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         let key = FdKey { tgid, fd };
         if let Some(&id) = unsafe { FILES.get(&key) } {
             file_id = id;
+        } else if kind == io_kind::CLOSE {
+            file_id = pending.args[1];
         } else if let Some((mode, inode)) = fd_inode(fd) {
             // Not opened during the run: a pipe, a socket, a dup, or older than the attach.
             file_id = inode_file_id(mode, inode);

@@ -124,6 +124,9 @@ pub fn call_by_index(index: u32) -> Option<&'static IoCall> {
     CALLS.get((index as usize).checked_sub(1)?)
 }
 
+/// The inode number bits of an inode `file_id`.
+const INODE_MASK: u64 = (1 << 48) - 1;
+
 /// Inode types in an inode `file_id` (`S_IFMT >> 12`).
 const S_IFIFO: u64 = 0o01;
 const S_IFSOCK: u64 = 0o14;
@@ -137,6 +140,9 @@ const AT_FDCWD: i32 = -100;
 pub struct FileNames {
     opened: HashMap<(u32, u64), String>,
     by_fd: HashMap<(u32, i32), String>,
+    /// Paths by inode number (the low 48 bits), from `/proc` scans: names an fd whatever its
+    /// number became (dup2 onto stdout, say).
+    by_inode: HashMap<u64, String>,
 }
 
 impl FileNames {
@@ -170,9 +176,14 @@ impl FileNames {
                 continue;
             };
             if let Ok(target) = std::fs::read_link(entry.path()) {
-                self.by_fd
-                    .entry((pid, fd))
-                    .or_insert_with(|| target.to_string_lossy().into_owned());
+                let name = target.to_string_lossy().into_owned();
+                if let Ok(metadata) = std::fs::metadata(entry.path()) {
+                    use std::os::unix::fs::MetadataExt as _;
+                    self.by_inode
+                        .entry(metadata.ino() & INODE_MASK)
+                        .or_insert_with(|| name.clone());
+                }
+                self.by_fd.entry((pid, fd)).or_insert(name);
             }
         }
     }
@@ -181,7 +192,7 @@ impl FileNames {
     pub fn needs_scan(&self, key: &IoKey) -> bool {
         self.known_name(key).is_none()
             && key.fd >= 0
-            && !self.by_fd.contains_key(&(key.tgid, key.fd))
+            && (key.file_id & FILE_ID_INODE != 0 || !self.by_fd.contains_key(&(key.tgid, key.fd)))
     }
 
     /// Name of the file a call was made on.
@@ -200,11 +211,11 @@ impl FileNames {
     /// The name of `key`'s file from the open that made it or its inode, if either tells.
     fn known_name(&self, key: &IoKey) -> Option<String> {
         if key.file_id & FILE_ID_INODE != 0 {
-            let inode = key.file_id & ((1 << 48) - 1);
+            let inode = key.file_id & INODE_MASK;
             match (key.file_id >> 48) & 0xf {
                 S_IFIFO => Some(format!("pipe:[{inode}]")),
                 S_IFSOCK => Some(format!("socket:[{inode}]")),
-                _ => None,
+                _ => self.by_inode.get(&inode).cloned(),
             }
         } else {
             self.opened.get(&(key.tgid, key.file_id)).cloned()
@@ -456,9 +467,23 @@ mod tests {
         assert_eq!(names.name(&key("read", 5, pipe)), "pipe:[77]");
         let socket = profiler_common::inode_file_id(0o140777, 78);
         assert_eq!(names.name(&key("read", 6, socket)), "socket:[78]");
-        // A regular file's inode says nothing of its path: the fd scan names it.
+        // A regular file's inode is named by a scan that saw it, under whatever fd.
         let file = profiler_common::inode_file_id(0o100644, 79);
-        assert_eq!(names.name(&key("read", 3, file)), "pipe:[42]");
+        assert_eq!(
+            names.name(&key("read", 3, file)),
+            "pipe:[42]",
+            "by fd, unseen"
+        );
+        assert!(
+            names.needs_scan(&key("read", 3, file)),
+            "an inode no scan has seen"
+        );
+        names.by_inode.insert(79, "/data/b.log".into());
+        assert_eq!(
+            names.name(&key("write", 1, file)),
+            "/data/b.log",
+            "dup'd onto fd 1"
+        );
         // A relative path whose directory cannot be read stays as given.
         names.opened(proc.path(), 7, 101, AT_FDCWD, "rel.txt");
         assert_eq!(names.name(&key("read", 4, 101)), "rel.txt");

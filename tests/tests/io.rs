@@ -122,3 +122,35 @@ fn pipes_and_sockets_are_named_as_such() {
     );
     assert_nothing_loaded();
 }
+
+#[test]
+fn attach_names_files_opened_before_it_even_through_dup2() {
+    let _serial = serial();
+    if !have_root("attach_names_files_opened_before_it_even_through_dup2") {
+        return;
+    }
+    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = data_dir.path().join("log.txt");
+    // bash opens fd 3 before the attach, and for each `echo` dup2s it onto fd 1 and back.
+    let script = format!(
+        "exec 3>{}; while :; do echo hi >&3; sleep 0.01; done",
+        path.display()
+    );
+    let target =
+        profiler_tests::Spawned::new(std::process::Command::new("bash").args(["-c", &script]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = profiler_tests::output(
+        profiler_tests::profiler()
+            .args(["attach", "--events", "io", "-d", "1", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let file = entry(&summary["io"]["files"], "path", path.to_str().unwrap());
+    let writes = file["writes"].as_u64().unwrap();
+    assert!(writes >= 20, "about 100 echos a second: {file}");
+    assert_eq!(file["write_bytes"].as_u64().unwrap(), 3 * writes, "{file}");
+    assert_nothing_loaded();
+}

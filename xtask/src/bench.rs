@@ -354,9 +354,10 @@ struct EventBench<'a> {
     program_args: Vec<String>,
     /// Pin the workload to CPU 0.
     pinned: bool,
-    /// Field of the workload's output counting events, and what they are.
+    /// Field of the workload's output counting events, and what they are (plural, singular).
     count_field: &'a str,
     count_label: &'a str,
+    count_singular: &'a str,
     /// `profiler record` options.
     profiler_args: &'a [&'a str],
     /// The bpftrace configuration's name and script.
@@ -428,7 +429,7 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
         }
     }
     let baseline = median(results[0].iter().map(|r| r.0).collect());
-    let singular = bench.count_label.trim_end_matches('s');
+    let singular = bench.count_singular;
     let mut table = format!(
         "| configuration | workload wall (median) | {} | added cost per {singular} | whole command wall | tool CPU |\n\
          |---|---:|---:|---:|---:|---:|\n",
@@ -491,6 +492,7 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
         pinned: true,
         count_field: "switches",
         count_label: "switches",
+        count_singular: "switch",
         profiler_args: &["--events", "offcpu"],
         bpftrace: (
             "bpftrace sched_switch + stacks",
@@ -531,6 +533,7 @@ pub fn io(args: &IoBenchArgs) -> anyhow::Result<()> {
         pinned: false,
         count_field: "calls",
         count_label: "calls",
+        count_singular: "call",
         profiler_args: &["--events", "io"],
         bpftrace: (
             "bpftrace read latency per ustack",
