@@ -91,8 +91,14 @@ pub mod counter {
     pub const BLOCK_PENDING_FULL: u32 = 15;
     /// I/O calls of target threads (recorded or not).
     pub const IO_CALLS: u32 = 16;
+    /// Allocations not tracked as live because the live-allocation map was full.
+    pub const LIVE_MAP_FULL: u32 = 17;
+    /// Allocation sites not counted because the site map was full.
+    pub const ALLOC_SITES_FULL: u32 = 18;
+    /// Allocation calls of target threads seen (sampled or not).
+    pub const ALLOC_CALLS: u32 = 19;
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 20;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),
@@ -275,6 +281,12 @@ pub mod io_kind {
     pub const OPEN_AT: u32 = 4;
     /// Closes the fd in `args[0]`.
     pub const CLOSE: u32 = 5;
+    /// `mmap(addr, length, ...)`: maps `args[1]` bytes.
+    pub const MMAP: u32 = 6;
+    /// `munmap(addr, length)`: unmaps `args[1]` bytes.
+    pub const MUNMAP: u32 = 7;
+    /// `brk(addr)`: moves the heap's end; returns the new end.
+    pub const BRK: u32 = 8;
 }
 
 /// Capacity of the I/O maps (totals, calls in progress, open files).
@@ -477,8 +489,152 @@ pub struct BlockStats {
 }
 const _: () = assert!(size_of::<BlockStats>() == 32);
 
+/// How an allocator function takes its arguments, the low byte of its uprobe cookie (the rest
+/// is the function's index in the collector's table, for its name).
+pub mod alloc_layout {
+    /// `size` in the first argument (malloc, valloc, pvalloc).
+    pub const SIZE0: u64 = 1;
+    /// `size` in the second argument (memalign, aligned_alloc).
+    pub const SIZE1: u64 = 2;
+    /// `calloc(count, size)`.
+    pub const CALLOC: u64 = 3;
+    /// `realloc(ptr, size)`.
+    pub const REALLOC: u64 = 4;
+    /// `reallocarray(ptr, count, size)`.
+    pub const REALLOCARRAY: u64 = 5;
+    /// `posix_memalign(&ptr, alignment, size)`: the pointer is stored, 0 returned.
+    pub const POSIX_MEMALIGN: u64 = 6;
+    /// `free(ptr)`.
+    pub const FREE: u64 = 7;
+}
+
+/// An allocator call in progress on a target thread, and the thread's sampling state; one
+/// entry per thread, reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocPending {
+    /// Requested size, bytes.
+    pub size: u64,
+    /// `realloc`: the old pointer; `posix_memalign`: where the new pointer will be stored.
+    pub aux: u64,
+    /// Return address into the caller, read at the allocator's entry.
+    pub ret_addr: u64,
+    /// Bytes this allocation stands for (its size, or more when sampled); 0 when not recorded.
+    pub weight: u64,
+    /// Bytes left until the next sampled allocation (`--alloc-sample`).
+    pub countdown: i64,
+    /// User stack at the allocator's entry.
+    pub user_stack_id: i32,
+    /// The allocator function's uprobe cookie.
+    pub cookie: u32,
+}
+const _: () = assert!(size_of::<AllocPending>() == 48);
+
+/// Where allocations come from: thread, user stack, caller and allocator function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocSite {
+    /// Process id.
+    pub tgid: u32,
+    /// User stack at the allocator's entry, or a `STACK_ID_*` value.
+    pub user_stack_id: i32,
+    /// Return address into the allocator's caller (always right, whatever the unwinder did).
+    pub ret_addr: u64,
+    /// The allocator function's uprobe cookie.
+    pub cookie: u32,
+    /// Thread id.
+    pub tid: u32,
+}
+const _: () = assert!(size_of::<AllocSite>() == 24);
+
+/// Totals of one [`AllocSite`] on one CPU (allocations and frees of one site happen on any CPU;
+/// the collector sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    /// Allocations recorded.
+    pub alloc_count: u64,
+    /// Their bytes (weighted when sampled).
+    pub alloc_bytes: u64,
+    /// Those of them freed during the run.
+    pub free_count: u64,
+    /// Their bytes.
+    pub free_bytes: u64,
+    /// Sum of the freed ones' lifetimes, ns.
+    pub lifetime_ns: u64,
+}
+const _: () = assert!(size_of::<AllocStats>() == 40);
+
+/// Key of the live-allocation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The allocation's address.
+    pub ptr: u64,
+}
+const _: () = assert!(size_of::<LiveKey>() == 16);
+
+/// A live allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveAlloc {
+    /// Bytes it stands for (its size, or more when sampled).
+    pub bytes: u64,
+    /// When it was made, ns.
+    pub time_ns: u64,
+    /// Where.
+    pub site: AllocSite,
+}
+const _: () = assert!(size_of::<LiveAlloc>() == 40);
+
+/// Memory activity of one process, per CPU (summed by the collector).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Bytes allocated (weighted when sampled).
+    pub alloc_bytes: u64,
+    /// Allocations recorded.
+    pub alloc_count: u64,
+    /// Bytes of recorded allocations freed.
+    pub free_bytes: u64,
+    /// Recorded allocations freed.
+    pub free_count: u64,
+    /// `mmap` calls that succeeded, and their bytes.
+    pub mmap_count: u64,
+    /// Bytes mapped.
+    pub mmap_bytes: u64,
+    /// `munmap` calls that succeeded.
+    pub munmap_count: u64,
+    /// Bytes unmapped.
+    pub munmap_bytes: u64,
+    /// `brk` calls.
+    pub brk_count: u64,
+    /// Net growth of the heap end through `brk`, bytes (may go down).
+    pub brk_bytes: i64,
+}
+const _: () = assert!(size_of::<ProcessMemory>() == 80);
+
+/// Capacity of the live-allocation map (allocated on demand, not up front).
+pub const LIVE_MAP_ENTRIES: u32 = 1 << 20;
+/// Capacity of the allocation-site map.
+pub const ALLOC_SITE_ENTRIES: u32 = 32 * 1024;
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::AllocSite {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::AllocStats {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::LiveKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::LiveAlloc {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::ProcessMemory {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::IoPending {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.

@@ -9,26 +9,28 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
-    macros::{btf_tracepoint, map, perf_event, tracepoint},
+    macros::{btf_tracepoint, map, perf_event, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{
-        BtfTracePointContext, PerfEventContext, TracePointContext, tracing::StackIdContext,
+        BtfTracePointContext, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext,
+        tracing::StackIdContext,
     },
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    BlockKey, BlockPending, BlockRequest, BlockStats, COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP,
-    CONTROL_ATTACH_NS, CONTROL_ENTRIES, CONTROL_FIRST_SAMPLE_NS, FdKey, IO_MAP_ENTRIES, IoKey,
-    IoPending, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS, OFFCPU_MAP_ENTRIES,
+    ALLOC_SITE_ENTRIES, AllocPending, AllocSite, AllocStats, BlockKey, BlockPending, BlockRequest,
+    BlockStats, COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_ENTRIES,
+    CONTROL_FIRST_SAMPLE_NS, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS,
+    LIVE_MAP_ENTRIES, LiveAlloc, LiveKey, MAX_IO_CALLS, OFFCPU_MAP_ENTRIES,
     OFFCPU_STATE_BEFORE_ATTACH, OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED, OffCpuKey,
-    OffCpuStart, OffCpuTime, OpenEvent, ProcessEvent, RECORDING_STOPPED, RUNQ_SLOTS,
+    OffCpuStart, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED, RUNQ_SLOTS,
     SAMPLE_MAP_ENTRIES, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_NONE, STACK_MAP_ENTRIES,
     SYSCALL_TABLE_ENTRIES, SampleKey, TARGET_FOLLOW_CHILDREN, TARGET_MAP_ENTRIES,
-    THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, floor_log2, inode_file_id, io_fields,
-    io_kind, latency_slot, process_event, tracepoint_fields,
+    THREAD_MAP_ENTRIES, TargetFlags, ThreadState, alloc_layout, counter, floor_log2, inode_file_id,
+    io_fields, io_kind, latency_slot, process_event, tracepoint_fields,
 };
 
 /// Offsets of `pid` and `tgid` in `struct task_struct`, read from the kernel's BTF by the
@@ -584,7 +586,9 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
         return 0;
     }
-    bump(counter::IO_CALLS);
+    if call >> 8 < io_kind::MMAP {
+        bump(counter::IO_CALLS);
+    }
     let fd: u64 = field(&ctx, io_fields::SYSCALL_ARGS);
     // A close's file is gone by the exit: identify it now (kept in the unused second argument).
     let second = if call >> 8 == io_kind::CLOSE {
@@ -685,6 +689,47 @@ fn send_open(tgid: u32, fd: i32, open_ns: u64, dir_fd: i32, path: u64) {
     entry.submit(0);
 }
 
+/// A memory system call of a target returned: add it to its process's totals.
+#[inline(always)]
+fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let mut growth = 0i64;
+    if kind == io_kind::BRK {
+        let end = ret as u64;
+        if let Some(last) = BRK_END.get_ptr_mut(&tgid) {
+            // SAFETY: one u64 per process; a lost race costs one brk's growth.
+            unsafe {
+                growth = end as i64 - *last as i64;
+                *last = end;
+            }
+        } else {
+            let _ = BRK_END.insert(&tgid, &end, 0);
+        }
+    }
+    let Some(memory) = process_memory(tgid) else {
+        return;
+    };
+    // SAFETY: this CPU's copy.
+    unsafe {
+        match kind {
+            io_kind::MMAP => {
+                (*memory).mmap_count += 1;
+                (*memory).mmap_bytes += length;
+            }
+            io_kind::MUNMAP => {
+                (*memory).munmap_count += 1;
+                (*memory).munmap_bytes += length;
+            }
+            _ => {
+                (*memory).brk_count += 1;
+                (*memory).brk_bytes += growth;
+            }
+        }
+    }
+}
+
 /// A system call returns: account an I/O call of a target thread (time, bytes, file, stack).
 #[tracepoint(category = "raw_syscalls", name = "sys_exit")]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
@@ -711,6 +756,10 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let ret: i64 = field(&ctx, io_fields::SYSCALL_RET);
     let kind = pending.call >> 8;
     let index = pending.call & 0xff;
+    if kind >= io_kind::MMAP {
+        record_memory_call(tgid, kind, pending.args[1], ret);
+        return 0;
+    }
     let mut fd = pending.args[0] as i32;
     let mut file_id = 0;
     if kind == io_kind::OPEN || kind == io_kind::OPEN_AT {
@@ -843,6 +892,275 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
             let _ = BLOCK_STATS.insert(&pending.key, &stats, 0);
         }
     }
+    0
+}
+
+/// Bytes between sampled allocations (`--alloc-sample`); 0 records every allocation.
+#[unsafe(no_mangle)]
+static ALLOC_SAMPLE_BYTES: u64 = 0;
+
+/// Allocator calls in progress and each thread's sampling countdown, by tid.
+#[map]
+static ALLOC_PENDING: LruHashMap<u32, AllocPending> =
+    LruHashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// Live allocations of the targets. Allocated on demand: a map of this size allocated up front
+/// would take a hundred MiB.
+#[map]
+static LIVE: HashMap<LiveKey, LiveAlloc> =
+    HashMap::with_max_entries(LIVE_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Totals per allocation site, per CPU: a block is often freed on another CPU than the one
+/// that allocated it, and BPF programs in Rust have no atomic add. Allocated on demand.
+#[map]
+static ALLOC_SITES: PerCpuHashMap<AllocSite, AllocStats> =
+    PerCpuHashMap::with_max_entries(ALLOC_SITE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Names of the threads that allocate, noted when a thread starts a new allocation site:
+/// short-lived threads are gone by the time the collector could read their names.
+#[map]
+static ALLOC_THREAD_NAMES: LruHashMap<u32, [u8; COMM_LEN]> =
+    LruHashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// Memory activity per process, per CPU, read by the collector for the memory timeline.
+#[map]
+static PROCESS_MEMORY: PerCpuHashMap<u32, ProcessMemory> =
+    PerCpuHashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);
+
+/// Last heap end returned by `brk`, per process.
+#[map]
+static BRK_END: HashMap<u32, u64> = HashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// This CPU's memory totals of process `tgid`, created if new.
+#[inline(always)]
+fn process_memory(tgid: u32) -> Option<*mut ProcessMemory> {
+    if let Some(memory) = PROCESS_MEMORY.get_ptr_mut(&tgid) {
+        return Some(memory);
+    }
+    let _ = PROCESS_MEMORY.insert(&tgid, &ProcessMemory::default(), u64::from(BPF_NOEXIST));
+    PROCESS_MEMORY.get_ptr_mut(&tgid)
+}
+
+/// Where an allocator was called from: the return address into its caller, which at the
+/// entry of a function is on top of the stack (x86-64) or in the link register (arm64).
+#[inline(always)]
+fn caller_address(ctx: &ProbeContext) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: `regs` is the probe's register set; the read of user memory is checked.
+        let sp = unsafe { (*ctx.regs).rsp };
+        unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+    }
+    #[cfg(bpf_target_arch = "aarch64")]
+    {
+        // SAFETY: as above.
+        unsafe { (*ctx.regs).regs[30] }
+    }
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
+/// An allocator function is entered (which one, and how it takes its arguments, is in the
+/// attach cookie): note the size, the stack and the caller, unless sampling skips it.
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    let (tgid, tid) = current_tgid_tid();
+    if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
+        return 0;
+    }
+    bump(counter::ALLOC_CALLS);
+    // SAFETY: the helper reads the cookie of the link that ran this program.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    let (size, aux) = match cookie & 0xff {
+        alloc_layout::SIZE0 => (arg(0), 0),
+        alloc_layout::SIZE1 => (arg(1), 0),
+        // An overflowing product makes the call fail: nothing is recorded then.
+        alloc_layout::CALLOC => (arg(0).wrapping_mul(arg(1)), 0),
+        alloc_layout::REALLOC => (arg(1), arg(0)),
+        alloc_layout::REALLOCARRAY => (arg(1).wrapping_mul(arg(2)), arg(0)),
+        alloc_layout::POSIX_MEMALIGN => (arg(2), arg(0)),
+        _ => return 0,
+    };
+    let entry = match ALLOC_PENDING.get_ptr_mut(tid) {
+        Some(entry) => entry,
+        None => {
+            let fresh = AllocPending {
+                size: 0,
+                aux: 0,
+                ret_addr: 0,
+                weight: 0,
+                countdown: 0,
+                user_stack_id: STACK_ID_NONE,
+                cookie: 0,
+            };
+            let _ = ALLOC_PENDING.insert(tid, fresh, 0);
+            let Some(entry) = ALLOC_PENDING.get_ptr_mut(tid) else {
+                return 0;
+            };
+            entry
+        }
+    };
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let sample_bytes = unsafe { core::ptr::read_volatile(&ALLOC_SAMPLE_BYTES) };
+    // SAFETY: the entry of the current thread, which is here and nowhere else.
+    unsafe {
+        let weight = if sample_bytes == 0 || size >= sample_bytes {
+            size
+        } else {
+            // About one allocation per `sample_bytes` allocated, standing for all of them.
+            (*entry).countdown -= size as i64;
+            if (*entry).countdown > 0 {
+                0
+            } else {
+                (*entry).countdown = sample_bytes as i64;
+                sample_bytes
+            }
+        };
+        (*entry).size = size;
+        (*entry).aux = aux;
+        (*entry).cookie = cookie as u32;
+        // A zero weight still lets a realloc's return free its old block.
+        (*entry).weight = weight;
+        if weight != 0 {
+            (*entry).ret_addr = caller_address(&ctx);
+            (*entry).user_stack_id = stack_id(
+                ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+                counter::USER_STACK_COLLISIONS,
+                counter::USER_STACK_ERRORS,
+            );
+        }
+    }
+    0
+}
+
+/// Forgets a live allocation that was freed, crediting its site.
+#[inline(always)]
+fn record_free(tgid: u32, ptr: u64, now: u64) {
+    let key = LiveKey { tgid, _pad: 0, ptr };
+    let Some(&live) = (unsafe { LIVE.get(&key) }) else {
+        return;
+    };
+    let _ = LIVE.remove(&key);
+    if let Some(stats) = ALLOC_SITES.get_ptr_mut(&live.site) {
+        // SAFETY: this CPU's copy.
+        unsafe {
+            (*stats).free_count += 1;
+            (*stats).free_bytes += live.bytes;
+            (*stats).lifetime_ns += now.saturating_sub(live.time_ns);
+        }
+    }
+    if let Some(memory) = process_memory(tgid) {
+        // SAFETY: this CPU's copy.
+        unsafe {
+            (*memory).free_bytes += live.bytes;
+            (*memory).free_count += 1;
+        }
+    }
+}
+
+/// Records a new live allocation and credits its site.
+#[inline(always)]
+fn record_alloc(tgid: u32, tid: u32, ptr: u64, pending: &AllocPending, now: u64) {
+    let site = AllocSite {
+        tgid,
+        user_stack_id: pending.user_stack_id,
+        ret_addr: pending.ret_addr,
+        cookie: pending.cookie,
+        tid,
+    };
+    let live = LiveAlloc {
+        bytes: pending.weight,
+        time_ns: now,
+        site,
+    };
+    if LIVE
+        .insert(&LiveKey { tgid, _pad: 0, ptr }, &live, 0)
+        .is_err()
+    {
+        bump(counter::LIVE_MAP_FULL);
+    }
+    let stats = match ALLOC_SITES.get_ptr_mut(&site) {
+        Some(stats) => Some(stats),
+        None => {
+            let _ = ALLOC_SITES.insert(&site, &AllocStats::default(), u64::from(BPF_NOEXIST));
+            if let Ok(comm) = bpf_get_current_comm() {
+                let _ = ALLOC_THREAD_NAMES.insert(&tid, &comm, 0);
+            }
+            ALLOC_SITES.get_ptr_mut(&site)
+        }
+    };
+    match stats {
+        // SAFETY: this CPU's copy.
+        Some(stats) => unsafe {
+            (*stats).alloc_count += 1;
+            (*stats).alloc_bytes += pending.weight;
+        },
+        None => bump(counter::ALLOC_SITES_FULL),
+    }
+    if let Some(memory) = process_memory(tgid) {
+        // SAFETY: this CPU's copy.
+        unsafe {
+            (*memory).alloc_bytes += pending.weight;
+            (*memory).alloc_count += 1;
+        }
+    }
+}
+
+/// An allocator function returns: record the new block (and, for realloc, the old one's end).
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let (tgid, tid) = current_tgid_tid();
+    let Some(entry) = ALLOC_PENDING.get_ptr_mut(tid) else {
+        return 0;
+    };
+    // SAFETY: the entry of the current thread, which is here and nowhere else.
+    let pending = unsafe { *entry };
+    if pending.cookie == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).cookie = 0 };
+    if active_map() == RECORDING_STOPPED {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ret: u64 = ctx.ret();
+    let layout = u64::from(pending.cookie) & 0xff;
+    let ptr = if layout == alloc_layout::POSIX_MEMALIGN {
+        if ret != 0 {
+            return 0;
+        }
+        // SAFETY: the checked read of the pointer the function stored.
+        unsafe { bpf_probe_read_user(pending.aux as *const u64) }.unwrap_or(0)
+    } else {
+        ret
+    };
+    let resizes = layout == alloc_layout::REALLOC || layout == alloc_layout::REALLOCARRAY;
+    // realloc frees the old block when it returns a new one, or when asked for 0 bytes.
+    if resizes && pending.aux != 0 && (ptr != 0 || pending.size == 0) {
+        record_free(tgid, pending.aux, now);
+    }
+    if ptr != 0 && pending.weight != 0 {
+        record_alloc(tgid, tid, ptr, &pending, now);
+    }
+    0
+}
+
+/// `free`: the block is no longer live.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    if ptr == 0 || active_map() == RECORDING_STOPPED {
+        return 0;
+    }
+    let (tgid, _) = current_tgid_tid();
+    record_free(tgid, ptr, unsafe { bpf_ktime_get_ns() });
     0
 }
 

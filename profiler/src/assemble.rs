@@ -28,8 +28,9 @@ pub struct RawSample {
     pub kernel_stack: i32,
     /// Off-CPU samples: the task state at switch-out (`TASK_*` bits or `OFFCPU_STATE_*`).
     pub state: Option<u32>,
-    /// I/O samples: the system call, the stack's leaf frame.
-    pub syscall: Option<&'static str>,
+    /// A named leaf frame below the stack: the system call of an I/O sample (kernel), the
+    /// allocator function of an allocation (user).
+    pub leaf: Option<(&'static str, FrameKind)>,
 }
 
 /// Weight and number of events of one [`RawSample`].
@@ -174,15 +175,17 @@ fn lookup_addresses(stack: &[u64]) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// Adds `counts` of `kind` to `profile`, symbolizing every stack once.
-pub fn add_samples(
+/// Adds `counts` of `kind` to `profile`, symbolizing every stack once. Returns the stack (an
+/// index into `profile.stacks`) each raw sample got.
+pub fn add_samples<'a>(
     profile: &mut Profile,
     interner: &mut Interner,
     kind: EventKind,
-    counts: &HashMap<RawSample, RawWeight>,
+    counts: &'a HashMap<RawSample, RawWeight>,
     stacks: &StackTable,
     symbols: &mut dyn Symbols,
-) {
+) -> HashMap<&'a RawSample, usize> {
+    let mut stack_of_raw = HashMap::with_capacity(counts.len());
     // Symbolize each distinct (pid, address) and kernel address once, in batches.
     let mut user_addresses: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut kernel_addresses: Vec<u64> = Vec::new();
@@ -257,13 +260,13 @@ pub fn add_samples(
             }
             None => frames.extend(missing_stack_frame(raw.kernel_stack, FrameKind::Kernel)),
         }
-        if let Some(syscall) = raw.syscall {
+        if let Some((function, kind)) = raw.leaf {
             frames.push(Frame {
-                function: syscall.to_owned(),
+                function: function.to_owned(),
                 module: None,
                 file: None,
                 line: None,
-                kind: FrameKind::Kernel,
+                kind,
                 inlined: false,
                 unsymbolized: false,
             });
@@ -280,6 +283,7 @@ pub fn add_samples(
             .map(|frame| interner.frame(profile, frame))
             .collect();
         let stack = interner.stack(profile, frame_ids);
+        stack_of_raw.insert(raw, stack);
         let merged = samples
             .entry((raw.pid, raw.tid, raw.thread.clone(), stack, reason))
             .or_default();
@@ -300,6 +304,7 @@ pub fn add_samples(
         .collect();
     samples.sort_by_key(|s| (s.pid, s.tid, s.stack));
     profile.samples.entry(kind).or_default().extend(samples);
+    stack_of_raw
 }
 
 /// The addresses of stack `id`, if it is a real id present in the table.
@@ -356,7 +361,7 @@ pub(crate) mod tests {
             user_stack,
             kernel_stack,
             state: None,
-            syscall: None,
+            leaf: None,
         }
     }
 
@@ -397,7 +402,7 @@ pub(crate) mod tests {
     fn io_stacks_end_in_their_system_call() {
         let stacks = StackTable::from([(0, vec![11, 21])]);
         let mut fsync = raw(1, 0, STACK_ID_NONE);
-        fsync.syscall = Some("fsync");
+        fsync.leaf = Some(("fsync", FrameKind::Kernel));
         let counts = HashMap::from([(fsync, samples(3))]);
         let profile = assembled(
             EventKind::Io,

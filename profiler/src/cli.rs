@@ -57,15 +57,45 @@ pub struct ProfileArgs {
     /// Output folder (default: `benchmarks/<target>-<YYYYmmdd-HHMMSS>`).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Event kinds to collect, comma-separated: cpu, offcpu.
+    /// Event kinds to collect, comma-separated: cpu, offcpu, io, alloc.
     #[arg(short, long, value_delimiter = ',', default_value = "cpu")]
     pub events: Vec<EventKind>,
     /// With `offcpu`: shortest off-CPU period to record (shorter ones are only counted).
     #[arg(long, value_parser = parse_min_block, default_value = "1us", value_name = "DURATION")]
     pub min_block: Duration,
+    /// With `alloc`: record about one allocation per this many bytes allocated, weighted up
+    /// (e.g. `512KiB`), for programs that allocate millions of times a second; default: every
+    /// allocation.
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    pub alloc_sample: Option<u64>,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// Parses a byte count: `4096`, `64K`, `64KiB`, `1M`, `1MiB`, `1G`, `1GiB` (binary units).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size `{text}` (examples: 4096, 64KiB, 1MiB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "k" | "KiB" | "KB" => 1 << 10,
+        "M" | "MiB" | "MB" => 1 << 20,
+        "G" | "GiB" | "GB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (use K, M or G)")),
+    };
+    match value.checked_mul(scale) {
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(format!(
+            "size must be positive and fit in 64 bits, got `{text}`"
+        )),
+    }
 }
 
 /// Parses `30`, `30s`, `500ms`, `250us`, `2m`, `1h`, `1.5s`.
@@ -152,6 +182,8 @@ pub struct RunConfig {
     pub verbose: bool,
     /// Shortest off-CPU period recorded.
     pub min_block: Duration,
+    /// Bytes between sampled allocations; 0 records every allocation.
+    pub alloc_sample_bytes: u64,
 }
 
 impl From<ProfileArgs> for RunConfig {
@@ -166,6 +198,7 @@ impl From<ProfileArgs> for RunConfig {
             output: args.output,
             verbose: args.verbose,
             min_block: args.min_block,
+            alloc_sample_bytes: args.alloc_sample.unwrap_or(0),
         }
     }
 }
@@ -191,6 +224,16 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1M"), Ok(1 << 20));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("1TiB").is_err());
+        assert!(parse_bytes("99999999999G").is_err());
     }
 
     #[test]

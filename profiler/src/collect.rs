@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use profiler_common::{
-    IoKey, IoTotal, OffCpuKey, OffCpuTime, STACK_ID_NONE, SampleKey, ThreadState, counter,
-    process_event,
+    AllocSite, AllocStats, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
+    STACK_ID_NONE, SampleKey, ThreadState, counter, process_event,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -24,9 +24,13 @@ use crate::{
     cli::{RunConfig, TargetSpec},
     io::{self, FileNames, IoTotals},
     launch::{self, GatedChild},
+    memory::{self, AllocatorObject},
     output::{self, OutputDir},
     privileges, procfs,
-    profile::{EventKind, Interner, Losses, Process, Profile, RunInfo, RunQueue},
+    profile::{
+        EventKind, FrameKind, Interner, Losses, MappingStats, Process, Profile, RunInfo, RunQueue,
+        TimelineRow,
+    },
     symbolize::Blazesym,
 };
 
@@ -50,6 +54,8 @@ pub struct Outcome {
     pub output: OutputDir,
     /// The exit code the profiler should exit with.
     pub exit_code: i32,
+    /// The thread detaching the programs: join it before exiting.
+    pub detaching: std::thread::JoinHandle<()>,
 }
 
 fn elapsed_ms(since: Instant) -> f64 {
@@ -147,8 +153,39 @@ struct Collection {
     io_enabled: bool,
     /// What the targets' file descriptors name.
     files: FileNames,
+    /// Allocation tracking, when `alloc` runs.
+    memory: Option<MemoryCollection>,
     /// (when, pid): pending re-reads of memory maps.
     refreshes: Vec<(Instant, u32)>,
+}
+
+/// Allocation tracking state of a run.
+struct MemoryCollection {
+    /// `(pid, device, inode)` of the allocator objects probed in each process.
+    probed: std::collections::HashSet<(u32, (u64, u64))>,
+    /// The objects probed, for the summary.
+    objects: Vec<AllocatorObject>,
+    /// Heap and RSS every tick.
+    timeline: Vec<TimelineRow>,
+    /// When the timeline starts.
+    start: Instant,
+    /// Bytes allocated at the previous row, for the rate.
+    last_alloc_bytes: u64,
+    /// Thread names seen, for allocation sites of threads that exited.
+    thread_names: HashMap<u32, String>,
+}
+
+impl MemoryCollection {
+    fn new() -> Self {
+        MemoryCollection {
+            probed: std::collections::HashSet::new(),
+            objects: Vec::new(),
+            timeline: Vec::new(),
+            start: Instant::now(),
+            last_alloc_bytes: 0,
+            thread_names: HashMap::new(),
+        }
+    }
 }
 
 impl Collection {
@@ -158,6 +195,90 @@ impl Collection {
         if self.io_enabled {
             // Descriptors it inherited or opened before the programs saw it.
             self.files.scan(&io::proc_root(), pid);
+        }
+        if let Err(err) = self.probe_allocators(pid) {
+            log::warn!("allocations of process {pid} are not tracked: {err:#}");
+        }
+    }
+
+    /// Probes the allocator functions of every allocator object `pid` maps, once each.
+    fn probe_allocators(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(memory) = self.memory.as_mut() else {
+            return Ok(());
+        };
+        for object in memory::allocator_objects(&io::proc_root(), pid) {
+            if !memory.probed.insert((pid, object.identity)) {
+                continue;
+            }
+            let functions: Vec<(&str, u64, u64, bool)> = object
+                .functions
+                .iter()
+                .map(|&(index, offset)| {
+                    let function = &memory::FUNCTIONS[index];
+                    (
+                        function.name,
+                        offset,
+                        memory::cookie(index),
+                        function.layout == profiler_common::alloc_layout::FREE,
+                    )
+                })
+                .collect();
+            let attached = self
+                .probes
+                .attach_allocator(pid, &object.attach_path, &functions)?;
+            log::info!(
+                "process {pid}: {attached} allocator probes in {}",
+                object.path
+            );
+            if !memory.objects.iter().any(|o| o.identity == object.identity) {
+                memory.objects.push(object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a row to the memory timeline.
+    fn sample_memory(&mut self) {
+        let Some(memory) = self.memory.as_mut() else {
+            return;
+        };
+        let Ok(per_process) = self.probes.process_memory() else {
+            return;
+        };
+        let (allocated, freed) = per_process.iter().fold((0u64, 0u64), |(a, f), (_, m)| {
+            (a + m.alloc_bytes, f + m.free_bytes)
+        });
+        let rss: u64 = self
+            .processes
+            .processes
+            .keys()
+            .filter_map(|&pid| memory::rss_bytes(pid))
+            .sum();
+        let time_secs = memory.start.elapsed().as_secs_f64();
+        let since = memory
+            .timeline
+            .last()
+            .map_or(time_secs, |row| time_secs - row.time_secs)
+            .max(1e-3);
+        memory.timeline.push(TimelineRow {
+            time_secs: (time_secs * 1000.0).round() / 1000.0,
+            heap_live_bytes: allocated as i64 - freed as i64,
+            rss_bytes: rss,
+            alloc_bytes_per_sec: (allocated.saturating_sub(memory.last_alloc_bytes) as f64 / since)
+                .round(),
+        });
+        memory.last_alloc_bytes = allocated;
+    }
+
+    /// Remembers the names of the targets' threads while they live.
+    fn note_thread_names(&mut self) {
+        let Some(memory) = self.memory.as_mut() else {
+            return;
+        };
+        for &pid in self.processes.processes.keys() {
+            for thread in procfs::threads(pid) {
+                memory.thread_names.insert(thread.tid, thread.name);
+            }
         }
     }
 
@@ -297,6 +418,36 @@ impl Collection {
         let counters = self.probes.counters()?;
         let first_sample_ns = self.probes.first_sample_ns()?;
         let io_extras = self.probes.io_extras()?;
+        let allocations = match self.memory.take() {
+            Some(mut memory) => {
+                self.memory = None;
+                memory.timeline.shrink_to_fit();
+                for (tid, comm) in self.probes.alloc_thread_names()? {
+                    let name = comm_string(&comm);
+                    if !name.is_empty() {
+                        memory.thread_names.insert(tid, name);
+                    }
+                }
+                let mut tracked = AllocationsCollected {
+                    sites: self.probes.alloc_sites()?,
+                    live: self.probes.live_allocations()?,
+                    mappings: MappingStats::default(),
+                    end_ns,
+                    memory,
+                };
+                for (_, m) in self.probes.process_memory()? {
+                    let mappings = &mut tracked.mappings;
+                    mappings.mmap_count += m.mmap_count;
+                    mappings.mmap_bytes += m.mmap_bytes;
+                    mappings.munmap_count += m.munmap_count;
+                    mappings.munmap_bytes += m.munmap_bytes;
+                    mappings.brk_count += m.brk_count;
+                    mappings.brk_bytes += m.brk_bytes;
+                }
+                Some(tracked)
+            }
+            None => None,
+        };
         let stack_ids: Vec<u32> = self
             .counts
             .keys()
@@ -307,11 +458,21 @@ impl Collection {
                     .flat_map(|key| [key.user_stack_id, key.kernel_stack_id]),
             )
             .chain(self.io.keys().map(|key| key.user_stack_id))
+            .chain(
+                allocations
+                    .iter()
+                    .flat_map(|a| a.sites.iter().map(|(site, _)| site.user_stack_id)),
+            )
             .filter_map(|id| u32::try_from(id).ok())
             .collect();
         let stacks = self.probes.stacks(stack_ids)?;
-        // Unload the maps too, before the slow symbolization.
-        drop(self.probes);
+        // Detaching takes the kernel about 0.1 s per uprobe: let it happen while the profile
+        // is symbolized and written. Recording stopped already, and `main` waits for it.
+        let mut probes = self.probes;
+        let detaching = std::thread::spawn(move || {
+            probes.detach_uprobes();
+            drop(probes);
+        });
         Ok(Collected {
             spaces: self.spaces,
             processes: self.processes,
@@ -321,11 +482,22 @@ impl Collection {
             io: self.io,
             files: self.files,
             io_extras,
+            allocations,
             stacks,
             counters,
             first_sample_ns,
+            detaching: Some(detaching),
         })
     }
+}
+
+/// What allocation tracking collected.
+struct AllocationsCollected {
+    sites: Vec<(AllocSite, AllocStats)>,
+    live: Vec<(LiveKey, LiveAlloc)>,
+    mappings: MappingStats,
+    end_ns: u64,
+    memory: MemoryCollection,
 }
 
 /// Everything collected, detached from the kernel.
@@ -338,9 +510,12 @@ struct Collected {
     io: HashMap<IoKey, IoTotal>,
     files: FileNames,
     io_extras: IoExtras,
+    allocations: Option<AllocationsCollected>,
     stacks: StackTable,
     counters: Counters,
     first_sample_ns: Option<u64>,
+    /// The thread detaching and unloading the programs.
+    detaching: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Collected {
@@ -393,7 +568,7 @@ impl Collected {
             user_stack: stacks.0,
             kernel_stack: stacks.1,
             state,
-            syscall: None,
+            leaf: None,
         };
         if events.contains(&EventKind::Cpu) {
             let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
@@ -463,7 +638,8 @@ impl Collected {
             for (key, total) in &self.io {
                 let stacks = (key.user_stack_id, STACK_ID_NONE);
                 let mut sample = raw_sample(key.tgid, key.tid, &key.comm, stacks, None);
-                sample.syscall = io::call_by_index(key.call).map(|call| call.name);
+                sample.leaf =
+                    io::call_by_index(key.call).map(|call| (call.name, FrameKind::Kernel));
                 let entry = raw.entry(sample).or_default();
                 // Nanoseconds here, microseconds below.
                 entry.weight += total.total_ns;
@@ -489,6 +665,35 @@ impl Collected {
                 device_names: &device_names,
             };
             profile.io = Some(io::build_stats(&totals, &self.files));
+        }
+        if let Some(allocations) = &self.allocations {
+            let tracked = memory::Tracked {
+                sites: &allocations.sites,
+                live: &allocations.live,
+                end_ns: allocations.end_ns,
+                leak_age_secs: memory::leak_age_secs(profile.run.duration_secs),
+            };
+            let thread = |pid, tid| {
+                allocations
+                    .memory
+                    .thread_names
+                    .get(&tid)
+                    .cloned()
+                    .unwrap_or_else(|| thread_name(pid, tid, &[]))
+            };
+            let mut stats = memory::add_allocations(
+                &mut profile,
+                &mut interner,
+                &mut symbols,
+                &tracked,
+                &self.stacks,
+                thread,
+            );
+            stats.sample_bytes = profile.run.alloc_sample_bytes;
+            stats.timeline.clone_from(&allocations.memory.timeline);
+            stats.mappings = allocations.mappings.clone();
+            stats.probed = memory::probed_names(&allocations.memory.objects);
+            profile.memory = Some(stats);
         }
         let mut processes: Vec<Process> = self.processes.processes.into_values().collect();
         processes.sort_by_key(|process| process.pid);
@@ -578,6 +783,8 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         cpu: config.events.contains(&EventKind::Cpu),
         scheduler,
         io: config.events.contains(&EventKind::Io),
+        alloc: config.events.contains(&EventKind::Alloc),
+        alloc_sample_bytes: config.alloc_sample_bytes,
     })?;
     let mut root_pids = Vec::new();
     let mut gated = None;
@@ -635,8 +842,11 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             }
         }
     }
+    if config.events.contains(&EventKind::Io) || config.events.contains(&EventKind::Alloc) {
+        probes.attach_syscalls()?;
+    }
     if config.events.contains(&EventKind::Io) {
-        probes.attach_io()?;
+        probes.attach_block()?;
     }
     if config.events.contains(&EventKind::Cpu) {
         probes.attach_cpu_sampling(config.frequency)?;
@@ -653,6 +863,10 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         io: HashMap::new(),
         io_enabled: config.events.contains(&EventKind::Io),
         files: FileNames::default(),
+        memory: config
+            .events
+            .contains(&EventKind::Alloc)
+            .then(MemoryCollection::new),
         refreshes: Vec::new(),
     };
     for pid in collection_pids {
@@ -665,6 +879,12 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let mut child: Option<Child> = None;
     if let Some(gated) = gated {
         let pid = gated.pid();
+        // Held before exec, it maps what the profiler maps: the system's libc, which the
+        // command will map too. The probes, bound to the process, stay through the exec; an
+        // allocator the command brings is probed when its maps are read after the exec.
+        collection
+            .probe_allocators(pid)
+            .context("cannot probe the allocator")?;
         if scheduler {
             collection.probes.set_accounting_start(monotonic_ns())?;
         }
@@ -729,9 +949,11 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             _ = ticker.tick() => {
                 ticks += 1;
                 collection.handle_process_events();
+                collection.sample_memory();
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain()?;
                     collection.refresh_all();
+                    collection.note_thread_names();
                     if let Ok(counters) = collection.probes.counters() {
                         bar.set_message(status_message(&counters));
                     }
@@ -748,7 +970,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let duration_secs = profiling_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    let collected = collection.finish(config.min_block.as_nanos() as u64)?;
+    let mut collected = collection.finish(config.min_block.as_nanos() as u64)?;
 
     // In `record`, the command decides the exit code: stop it if the run ended first.
     let mut exit = None;
@@ -771,6 +993,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         frequency_hz: config.frequency,
         min_block_us: config.min_block.as_micros() as u64,
         events: config.events.clone(),
+        alloc_sample_bytes: config.alloc_sample_bytes,
         stop_reason: stop.describe(),
         exit_code: exit,
         attach_ms: Some(attach_ms),
@@ -780,6 +1003,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         kernel: kernel_release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
+    let detaching = collected.detaching.take().expect("set by finish");
     let profile = collected.into_profile(run);
     let exit_code = match (&spec, exit) {
         (TargetSpec::Launch { .. }, Some(code)) => code,
@@ -789,6 +1013,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         profile,
         output,
         exit_code,
+        detaching,
     })
 }
 
@@ -849,6 +1074,9 @@ fn losses(counters: &Counters) -> Losses {
         io_map_full: get(counter::IO_MAP_FULL) + get(counter::IO_PENDING_FULL),
         open_events_lost: get(counter::OPEN_EVENTS_LOST),
         block_pending_full: get(counter::BLOCK_PENDING_FULL),
+        alloc_calls: get(counter::ALLOC_CALLS),
+        live_map_full: get(counter::LIVE_MAP_FULL),
+        alloc_sites_full: get(counter::ALLOC_SITES_FULL),
     }
 }
 

@@ -111,12 +111,41 @@ pub const CALLS: &[IoCall] = &[
 
 const _: () = assert!(CALLS.len() < MAX_IO_CALLS as usize);
 
-/// `(system call number, SYSCALLS value)` for every watched call.
-pub fn syscall_table() -> impl Iterator<Item = (u32, u32)> {
-    CALLS
-        .iter()
-        .enumerate()
-        .map(|(position, call)| (call.number, call.kind << 8 | (position as u32 + 1)))
+/// Memory-mapping calls, `(number, io_kind)`, watched with `alloc`.
+#[cfg(target_arch = "x86_64")]
+const MEMORY_CALLS: [(u32, u32); 3] = [
+    (9, io_kind::MMAP),
+    (11, io_kind::MUNMAP),
+    (12, io_kind::BRK),
+];
+/// Memory-mapping calls, `(number, io_kind)`, watched with `alloc`.
+#[cfg(target_arch = "aarch64")]
+const MEMORY_CALLS: [(u32, u32); 3] = [
+    (222, io_kind::MMAP),
+    (215, io_kind::MUNMAP),
+    (214, io_kind::BRK),
+];
+
+/// `(system call number, SYSCALLS value)` for every watched call: the I/O calls with `io`,
+/// the memory-mapping calls with `alloc`.
+pub fn syscall_table(io: bool, memory: bool) -> Vec<(u32, u32)> {
+    let mut table = Vec::new();
+    if io {
+        table.extend(
+            CALLS
+                .iter()
+                .enumerate()
+                .map(|(position, call)| (call.number, call.kind << 8 | (position as u32 + 1))),
+        );
+    }
+    if memory {
+        table.extend(
+            MEMORY_CALLS
+                .iter()
+                .map(|&(number, kind)| (number, kind << 8)),
+        );
+    }
+    table
 }
 
 /// The call the programs reported as `index`.
@@ -444,12 +473,15 @@ mod tests {
 
     #[test]
     fn table_indices_and_kinds_round_trip() {
-        for (number, value) in syscall_table() {
+        for (number, value) in syscall_table(true, false) {
             let call = call_by_index(value & 0xff).unwrap();
             assert_eq!(call.number, number);
             assert_eq!(call.kind, value >> 8);
         }
         assert!(call_by_index(0).is_none());
+        let memory = syscall_table(false, true);
+        assert_eq!(memory.len(), 3);
+        assert!(memory.iter().all(|(_, value)| value >> 8 >= io_kind::MMAP));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod collect;
 mod io;
 mod kernel_btf;
 mod launch;
+mod memory;
 mod output;
 mod privileges;
 mod procfs;
@@ -98,11 +99,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(collect::run(spec, config))?;
-    match render::render_all(&outcome.profile, &outcome.output) {
+    let collect::Outcome {
+        profile,
+        output,
+        exit_code,
+        detaching,
+    } = runtime.block_on(collect::run(spec, config))?;
+    let result = write_results(&profile, &output, exit_code);
+    // Nothing stays attached: the programs finish detaching before the profiler exits.
+    if detaching.join().is_err() {
+        eprintln!("profiler: warning: detaching the eBPF programs failed");
+    }
+    result
+}
+
+/// Writes the results into the output folder, or into a temporary folder if that fails.
+fn write_results(
+    profile: &Profile,
+    output: &OutputDir,
+    exit_code: i32,
+) -> anyhow::Result<ExitCode> {
+    match render::render_all(profile, output) {
         Ok(written) => {
-            print_result(&outcome.profile, &outcome.output, &written);
-            Ok(ExitCode::from(u8::try_from(outcome.exit_code).unwrap_or(1)))
+            print_result(profile, output, &written);
+            Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)))
         }
         Err(err) => {
             // Never lose what was collected: fall back to a private temporary folder.
@@ -111,13 +131,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .tempdir()
                 .context("cannot create a temporary folder for the results")?
                 .keep();
-            let output = OutputDir::prepare(&fallback)?;
-            let written = render::render_all(&outcome.profile, &output)
+            let fallback_output = OutputDir::prepare(&fallback)?;
+            let written = render::render_all(profile, &fallback_output)
                 .with_context(|| format!("writing results to {}", fallback.display()))?;
-            print_result(&outcome.profile, &output, &written);
+            print_result(profile, &fallback_output, &written);
             eprintln!(
                 "profiler: error: cannot write results to {}: {err}; they were saved in {} instead",
-                outcome.output.path().display(),
+                output.path().display(),
                 fallback.display()
             );
             Ok(ExitCode::FAILURE)

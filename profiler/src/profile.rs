@@ -33,11 +33,20 @@ pub enum EventKind {
     OffCpu,
     /// I/O system calls; weight = microseconds in the calls.
     Io,
+    /// Heap allocations; weight = bytes allocated during the run.
+    Alloc,
+    /// Heap allocations still live at the end (collected with `Alloc`); weight = bytes.
+    InUse,
 }
 
 impl EventKind {
-    /// Every kind, in presentation order.
-    pub const ALL: [EventKind; 3] = [EventKind::Cpu, EventKind::OffCpu, EventKind::Io];
+    /// Every kind `--events` selects, in presentation order (`InUse` comes with `Alloc`).
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Cpu,
+        EventKind::OffCpu,
+        EventKind::Io,
+        EventKind::Alloc,
+    ];
 
     /// Name used on the command line and in file names.
     pub fn name(self) -> &'static str {
@@ -45,6 +54,8 @@ impl EventKind {
             EventKind::Cpu => "cpu",
             EventKind::OffCpu => "offcpu",
             EventKind::Io => "io",
+            EventKind::Alloc => "alloc",
+            EventKind::InUse => "inuse",
         }
     }
 
@@ -53,6 +64,7 @@ impl EventKind {
         match self {
             EventKind::Cpu => "samples",
             EventKind::OffCpu | EventKind::Io => "microseconds",
+            EventKind::Alloc | EventKind::InUse => "bytes",
         }
     }
 }
@@ -257,6 +269,91 @@ pub struct Losses {
     /// Block requests not timed because the map of requests in flight was full.
     #[serde(default)]
     pub block_pending_full: u64,
+    /// Allocator calls of target threads seen (sampled or not).
+    #[serde(default)]
+    pub alloc_calls: u64,
+    /// Allocations not tracked as live (their frees go unseen) because the map was full.
+    #[serde(default)]
+    pub live_map_full: u64,
+    /// Allocations not counted per site because the site map was full.
+    #[serde(default)]
+    pub alloc_sites_full: u64,
+}
+
+/// Heap and memory-mapping activity of the targets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// `--alloc-sample` bytes; 0 when every allocation was recorded.
+    pub sample_bytes: u64,
+    /// Live allocations older than this at the end are leak candidates, seconds.
+    pub leak_age_secs: f64,
+    /// Per allocation site (stack), largest first.
+    pub sites: Vec<AllocSiteStats>,
+    /// Heap and RSS over time.
+    pub timeline: Vec<TimelineRow>,
+    /// `mmap`/`munmap`/`brk` totals over the targets.
+    pub mappings: MappingStats,
+    /// Allocator functions probed, as `function@object`.
+    pub probed: Vec<String>,
+}
+
+/// Allocations from one stack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocSiteStats {
+    /// Process id.
+    pub pid: u32,
+    /// Index into [`Profile::stacks`] (root first, allocator function last).
+    pub stack: usize,
+    /// Allocations and their bytes.
+    pub alloc_count: u64,
+    /// Bytes allocated.
+    pub alloc_bytes: u64,
+    /// Of those, freed during the run.
+    pub free_count: u64,
+    /// Bytes freed.
+    pub free_bytes: u64,
+    /// Mean lifetime of the freed ones, µs.
+    pub mean_lifetime_us: f64,
+    /// Still live at the end.
+    pub live_count: u64,
+    /// Their bytes.
+    pub live_bytes: u64,
+    /// Live at the end and older than [`MemoryStats::leak_age_secs`].
+    pub old_live_count: u64,
+    /// Their bytes.
+    pub old_live_bytes: u64,
+    /// Age of the oldest live allocation at the end, seconds.
+    pub oldest_live_secs: f64,
+}
+
+/// One point of the memory timeline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelineRow {
+    /// Since the start of profiling, seconds.
+    pub time_secs: f64,
+    /// Bytes allocated during the run and not freed, over the targets.
+    pub heap_live_bytes: i64,
+    /// Resident set size over the targets, bytes.
+    pub rss_bytes: u64,
+    /// Allocation rate since the previous row, bytes per second.
+    pub alloc_bytes_per_sec: f64,
+}
+
+/// Memory-mapping system calls of the targets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MappingStats {
+    /// Successful `mmap` calls.
+    pub mmap_count: u64,
+    /// Bytes they mapped.
+    pub mmap_bytes: u64,
+    /// Successful `munmap` calls.
+    pub munmap_count: u64,
+    /// Bytes they unmapped.
+    pub munmap_bytes: u64,
+    /// `brk` calls.
+    pub brk_count: u64,
+    /// Net growth of the heap end through `brk`, bytes.
+    pub brk_bytes: i64,
 }
 
 /// I/O of the targets: per file, per system call and per block device.
@@ -376,6 +473,9 @@ pub struct RunInfo {
     pub min_block_us: u64,
     /// Event kinds collected.
     pub events: Vec<EventKind>,
+    /// `--alloc-sample` bytes (0: every allocation recorded).
+    #[serde(default)]
+    pub alloc_sample_bytes: u64,
     /// Why collection stopped.
     pub stop_reason: String,
     /// Exit code of the launched command (`record`), when it exited.
@@ -411,6 +511,9 @@ pub struct Profile {
     /// I/O tables (collected with `io`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<IoStats>,
+    /// Allocation sites, timeline and mappings (collected with `alloc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStats>,
     /// What was lost while collecting.
     pub losses: Losses,
 }
@@ -449,6 +552,7 @@ impl Profile {
             samples: BTreeMap::new(),
             run_queue: Vec::new(),
             io: None,
+            memory: None,
             losses: Losses::default(),
         }
     }
@@ -518,6 +622,14 @@ impl Profile {
                 return Err(format!("stack {index} refers to missing frame {frame}"));
             }
         }
+        if let Some(memory) = &self.memory
+            && let Some(site) = memory.sites.iter().find(|s| s.stack >= self.stacks.len())
+        {
+            return Err(format!(
+                "allocation site refers to missing stack {}",
+                site.stack
+            ));
+        }
         for (kind, samples) in &self.samples {
             if let Some(sample) = samples.iter().find(|s| s.stack >= self.stacks.len()) {
                 return Err(format!(
@@ -571,6 +683,7 @@ pub(crate) mod tests {
             frequency_hz: 99,
             min_block_us: 1,
             events: vec![EventKind::Cpu],
+            alloc_sample_bytes: 0,
             stop_reason: "target exited".into(),
             exit_code: Some(0),
             attach_ms: Some(12.0),

@@ -6,6 +6,8 @@
 //! - `bench-offcpu`: two threads ping-ponging through pipes on one CPU; `profiler record
 //!   --events offcpu` against bpftrace on `sched_switch` with stacks. Writes
 //!   `docs/performance/offcpu-results.md`.
+//! - `bench-alloc`: malloc/free pairs; `profiler record --events alloc` against bpftrace
+//!   tracking live allocations with uprobes. Writes `docs/performance/alloc-results.md`.
 //! - `bench-io`: small reads from `/dev/zero`; `profiler record --events io` against bpftrace
 //!   timing `read` per user stack. Writes `docs/performance/io-results.md`.
 
@@ -361,7 +363,7 @@ struct EventBench<'a> {
     /// `profiler record` options.
     profiler_args: &'a [&'a str],
     /// The bpftrace configuration's name and script.
-    bpftrace: (&'a str, &'a str),
+    bpftrace: (&'a str, String),
     runs: usize,
     results_file: &'a str,
     write: bool,
@@ -404,7 +406,7 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
                     let mut c = Command::new("bpftrace");
                     // bpftrace wants an unambiguous path to the binary it starts.
                     c.arg("-e")
-                        .arg(bench.bpftrace.1)
+                        .arg(&bench.bpftrace.1)
                         .arg("-c")
                         .arg(workload.join(" "));
                     c
@@ -496,7 +498,8 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
         profiler_args: &["--events", "offcpu"],
         bpftrace: (
             "bpftrace sched_switch + stacks",
-            "tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }",
+            "tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }"
+                .to_owned(),
         ),
         runs: args.runs,
         results_file: "offcpu-results.md",
@@ -539,10 +542,68 @@ pub fn io(args: &IoBenchArgs) -> anyhow::Result<()> {
             "bpftrace read latency per ustack",
             "tracepoint:syscalls:sys_enter_read /pid == cpid/ { @start[tid] = nsecs; } \
              tracepoint:syscalls:sys_exit_read /@start[tid]/ { \
-             @us[ustack] = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); }",
+             @us[ustack] = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); }"
+                .to_owned(),
         ),
         runs: args.runs,
         results_file: "io-results.md",
+        write: !args.no_write,
+    })
+}
+
+#[derive(clap::Args)]
+pub struct AllocBenchArgs {
+    /// Runs of each configuration (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// malloc/free pairs.
+    #[arg(long, default_value_t = 300_000)]
+    pairs: u64,
+    /// Print the results without writing docs/performance/alloc-results.md.
+    #[arg(long)]
+    no_write: bool,
+}
+
+/// The C library the workload uses: the one this process maps.
+fn libc_path() -> anyhow::Result<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .map(str::to_owned)
+        .context("no libc.so in /proc/self/maps")
+}
+
+pub fn alloc(args: &AllocBenchArgs) -> anyhow::Result<()> {
+    let libc = libc_path()?;
+    event_bench(&EventBench {
+        title: "Allocation tracking overhead",
+        invocation: format!(
+            "cargo xtask bench-alloc --runs {} --pairs {}",
+            args.runs, args.pairs
+        ),
+        workload: format!(
+            "`tests/programs/malloc_free.c`, {} pairs of `malloc(64)` and `free` through glibc",
+            args.pairs
+        ),
+        program: "malloc_free",
+        program_args: vec![args.pairs.to_string()],
+        pinned: false,
+        count_field: "pairs",
+        count_label: "pairs",
+        count_singular: "pair",
+        profiler_args: &["--events", "alloc"],
+        bpftrace: (
+            "bpftrace malloc/free tracking + ustack",
+            format!(
+                "uprobe:{libc}:malloc /pid == cpid/ {{ @size[tid] = arg0; }} \
+                 uretprobe:{libc}:malloc /@size[tid]/ {{ @live[retval] = @size[tid]; \
+                 @bytes[ustack] = sum(@size[tid]); delete(@size[tid]); }} \
+                 uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); }}"
+            ),
+        ),
+        runs: args.runs,
+        results_file: "alloc-results.md",
         write: !args.no_write,
     })
 }

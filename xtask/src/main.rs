@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io`.
+//! bench-io | bench-alloc`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
@@ -41,6 +41,9 @@ enum Task {
     BenchOffcpu(bench::OffCpuBenchArgs),
     /// I/O tracing cost per system call against bpftrace; writes docs/performance/io-results.md.
     BenchIo(bench::IoBenchArgs),
+    /// Allocation tracking cost per malloc/free pair against bpftrace; writes
+    /// docs/performance/alloc-results.md.
+    BenchAlloc(bench::AllocBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchIo(args) => {
             build()?;
             bench::io(&args)
+        }
+        Task::BenchAlloc(args) => {
+            build()?;
+            bench::alloc(&args)
         }
     }
 }

@@ -36,6 +36,8 @@ impl View {
             View::Kind(EventKind::Cpu) => "CPU",
             View::Kind(EventKind::OffCpu) => "Off-CPU time",
             View::Kind(EventKind::Io) => "Time in I/O system calls",
+            View::Kind(EventKind::Alloc) => "Bytes allocated",
+            View::Kind(EventKind::InUse) => "Bytes in use at the end",
             View::Wall => "Wall-clock time (on- and off-CPU)",
         }
     }
@@ -46,6 +48,8 @@ impl View {
             View::Kind(EventKind::Cpu) => Palette::Basic(BasicPalette::Hot),
             View::Kind(EventKind::OffCpu) => Palette::Basic(BasicPalette::Blue),
             View::Kind(EventKind::Io) => Palette::Basic(BasicPalette::Io),
+            View::Kind(EventKind::Alloc) => Palette::Basic(BasicPalette::Mem),
+            View::Kind(EventKind::InUse) => Palette::Basic(BasicPalette::Green),
             View::Wall => Palette::Basic(BasicPalette::Aqua),
         }
     }

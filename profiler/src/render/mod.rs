@@ -14,12 +14,13 @@ use crate::{
 /// The flamegraph views a profile has: one per collected kind, plus wall-clock time when both
 /// on- and off-CPU time were collected.
 pub fn views(profile: &Profile) -> Vec<View> {
-    let mut views: Vec<View> = profile
-        .run
-        .events
-        .iter()
-        .map(|&kind| View::Kind(kind))
-        .collect();
+    let mut views: Vec<View> = Vec::new();
+    for &kind in &profile.run.events {
+        views.push(View::Kind(kind));
+        if kind == EventKind::Alloc {
+            views.push(View::Kind(EventKind::InUse));
+        }
+    }
     if profile.run.events.contains(&EventKind::Cpu)
         && profile.run.events.contains(&EventKind::OffCpu)
     {
@@ -59,6 +60,24 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
         let svg = flamegraph::flamegraph_svg(&lines, view, &title)?;
         out.write(&format!("{name}.svg"), &svg)?;
         written.extend([format!("{name}.folded"), format!("{name}.svg")]);
+    }
+    if let Some(memory) = &profile.memory {
+        out.write(
+            "memory-timeline.csv",
+            crate::memory::timeline_csv(&memory.timeline).as_bytes(),
+        )?;
+        let title = format!(
+            "Memory: {} ({:.1} s)",
+            profile.run.command.join(" "),
+            profile.run.duration_secs
+        );
+        let svg =
+            crate::memory::timeline_svg(&memory.timeline, &title).map_err(std::io::Error::other)?;
+        out.write("memory-timeline.svg", svg.as_bytes())?;
+        written.extend([
+            "memory-timeline.csv".to_owned(),
+            "memory-timeline.svg".to_owned(),
+        ]);
     }
     let summary = summary::summarize(profile);
     out.write("summary.json", summary::summary_json(&summary).as_bytes())?;

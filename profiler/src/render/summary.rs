@@ -50,8 +50,76 @@ pub struct Summary {
     pub offcpu: Option<OffCpuSummary>,
     /// I/O section, when `io` was collected.
     pub io: Option<IoSummary>,
+    /// Memory section, when `alloc` was collected.
+    pub memory: Option<MemorySummary>,
     /// What was lost while collecting.
     pub losses: Losses,
+}
+
+/// The memory section.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemorySummary {
+    /// `--alloc-sample` bytes: figures are estimates weighted from sampled allocations.
+    pub sampled_every_bytes: Option<u64>,
+    /// Bytes allocated during the run.
+    pub allocated_bytes: u64,
+    /// Allocations.
+    pub allocations: u64,
+    /// Bytes of those freed during the run.
+    pub freed_bytes: u64,
+    /// Frees of them.
+    pub frees: u64,
+    /// Bytes allocated during the run and live at the end.
+    pub live_bytes: u64,
+    /// Allocations live at the end.
+    pub live_allocations: u64,
+    /// Highest heap in use (allocated during the run, not freed), bytes, and when (s).
+    pub peak_heap_bytes: i64,
+    /// When the heap peaked, seconds since the start.
+    pub peak_heap_at_secs: f64,
+    /// Highest RSS, bytes.
+    pub peak_rss_bytes: u64,
+    /// When RSS peaked, seconds since the start.
+    pub peak_rss_at_secs: f64,
+    /// Live allocations at least this old at the end count as leak candidates, seconds.
+    pub leak_age_secs: f64,
+    /// Sites by bytes allocated.
+    pub top_allocating: Vec<MemorySite>,
+    /// Sites with allocations live at the end and older than `leak_age_secs`, by bytes.
+    pub leak_candidates: Vec<MemorySite>,
+    /// Sites by short-lived allocations (allocated and freed during the run).
+    pub churn: Vec<MemorySite>,
+    /// `mmap`/`munmap`/`brk` totals.
+    pub mappings: crate::profile::MappingStats,
+    /// Allocator functions probed.
+    pub probed: Vec<String>,
+}
+
+/// Allocations from one stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemorySite {
+    /// Process id.
+    pub pid: u32,
+    /// The function that called the allocator.
+    pub function: Option<String>,
+    /// Its caller.
+    pub caller: Option<String>,
+    /// The allocator function (`malloc`, `calloc`...).
+    pub allocator: String,
+    /// Bytes this list ranks by (allocated, leaked, or freed).
+    pub bytes: u64,
+    /// Allocations this list ranks by.
+    pub count: u64,
+    /// Share of all bytes allocated, percent.
+    pub percent: f64,
+    /// Bytes live at the end.
+    pub live_bytes: u64,
+    /// Mean lifetime of those freed, µs.
+    pub mean_lifetime_us: f64,
+    /// Age of the oldest live one, seconds.
+    pub oldest_live_secs: f64,
+    /// The whole stack, root first, `;`-separated.
+    pub stack: String,
 }
 
 /// The I/O section.
@@ -657,6 +725,175 @@ fn io_summary(profile: &Profile) -> IoSummary {
     }
 }
 
+fn memory_summary(profile: &Profile) -> MemorySummary {
+    let memory = profile.memory.clone().unwrap_or_default();
+    let total: u64 = memory.sites.iter().map(|site| site.alloc_bytes).sum();
+    let site = |stats: &crate::profile::AllocSiteStats, bytes: u64, count: u64| {
+        let frames: Vec<&crate::profile::Frame> = profile.stacks[stats.stack]
+            .iter()
+            .map(|&f| &profile.frames[f])
+            .collect();
+        let callers: Vec<&str> = frames
+            .iter()
+            .rev()
+            .skip(1)
+            .filter(|f| f.kind == crate::profile::FrameKind::User && !f.unsymbolized)
+            .map(|f| f.function.as_str())
+            .collect();
+        MemorySite {
+            pid: stats.pid,
+            function: callers.first().map(|f| (*f).to_owned()),
+            caller: callers.get(1).map(|f| (*f).to_owned()),
+            allocator: frames
+                .last()
+                .map(|f| f.function.clone())
+                .unwrap_or_default(),
+            bytes,
+            count,
+            percent: percent(bytes, total),
+            live_bytes: stats.live_bytes,
+            mean_lifetime_us: stats.mean_lifetime_us,
+            oldest_live_secs: stats.oldest_live_secs,
+            stack: frames
+                .iter()
+                .map(|f| frame_label(f))
+                .collect::<Vec<_>>()
+                .join(";"),
+        }
+    };
+    let top_allocating: Vec<MemorySite> = memory
+        .sites
+        .iter()
+        .take(TOP_STACKS)
+        .map(|s| site(s, s.alloc_bytes, s.alloc_count))
+        .collect();
+    let mut leaks: Vec<&crate::profile::AllocSiteStats> = memory
+        .sites
+        .iter()
+        .filter(|s| s.old_live_bytes > 0)
+        .collect();
+    leaks.sort_by_key(|site| std::cmp::Reverse(site.old_live_bytes));
+    let mut churn: Vec<&crate::profile::AllocSiteStats> =
+        memory.sites.iter().filter(|s| s.free_count > 0).collect();
+    churn.sort_by_key(|site| std::cmp::Reverse(site.free_count));
+    let peak_heap = crate::memory::peak(&memory.timeline, |r| r.heap_live_bytes as f64);
+    let peak_rss = crate::memory::peak(&memory.timeline, |r| r.rss_bytes as f64);
+    MemorySummary {
+        sampled_every_bytes: (memory.sample_bytes > 0).then_some(memory.sample_bytes),
+        allocated_bytes: total,
+        allocations: memory.sites.iter().map(|s| s.alloc_count).sum(),
+        freed_bytes: memory.sites.iter().map(|s| s.free_bytes).sum(),
+        frees: memory.sites.iter().map(|s| s.free_count).sum(),
+        live_bytes: memory.sites.iter().map(|s| s.live_bytes).sum(),
+        live_allocations: memory.sites.iter().map(|s| s.live_count).sum(),
+        peak_heap_bytes: peak_heap.map_or(0, |r| r.heap_live_bytes),
+        peak_heap_at_secs: peak_heap.map_or(0.0, |r| r.time_secs),
+        peak_rss_bytes: peak_rss.map_or(0, |r| r.rss_bytes),
+        peak_rss_at_secs: peak_rss.map_or(0.0, |r| r.time_secs),
+        leak_age_secs: memory.leak_age_secs,
+        top_allocating,
+        leak_candidates: leaks
+            .into_iter()
+            .take(TOP_STACKS)
+            .map(|s| site(s, s.old_live_bytes, s.old_live_count))
+            .collect(),
+        churn: churn
+            .into_iter()
+            .take(TOP_STACKS)
+            .map(|s| site(s, s.free_bytes, s.free_count))
+            .collect(),
+        mappings: memory.mappings,
+        probed: memory.probed,
+    }
+}
+
+fn memory_markdown(md: &mut String, memory: &MemorySummary) {
+    md.push_str("\n## Memory\n\n");
+    if let Some(every) = memory.sampled_every_bytes {
+        let _ = writeln!(
+            md,
+            "Sampled: about one allocation per {}, weighted up; figures are estimates.\n",
+            bytes_text(every)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- Allocated during the run: {} in {} allocations; freed {} ({}); live at the end {} ({})",
+        bytes_text(memory.allocated_bytes),
+        memory.allocations,
+        bytes_text(memory.freed_bytes),
+        memory.frees,
+        bytes_text(memory.live_bytes),
+        memory.live_allocations
+    );
+    let _ = writeln!(
+        md,
+        "- Peak heap in use: {} at {:.1} s; peak RSS: {} at {:.1} s (see `memory-timeline.svg`)",
+        bytes_text(memory.peak_heap_bytes.max(0) as u64),
+        memory.peak_heap_at_secs,
+        bytes_text(memory.peak_rss_bytes),
+        memory.peak_rss_at_secs
+    );
+    let m = &memory.mappings;
+    let _ = writeln!(
+        md,
+        "- mmap: {} calls, {}; munmap: {} calls, {}; brk: {} calls, heap end moved {} bytes",
+        m.mmap_count,
+        bytes_text(m.mmap_bytes),
+        m.munmap_count,
+        bytes_text(m.munmap_bytes),
+        m.brk_count,
+        m.brk_bytes
+    );
+    let table = |md: &mut String, title: &str, sites: &[MemorySite], what: &str| {
+        let _ = writeln!(md, "\n### {title}\n");
+        if sites.is_empty() {
+            md.push_str("None.\n");
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "| {what} | count | share | function | caller | via | live at end | mean lifetime | oldest live |\n|---:|---:|---:|---|---|---|---:|---:|---:|"
+        );
+        for site in sites {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1}% | {} | {} | {} | {} | {:.1} µs | {:.1} s |",
+                bytes_text(site.bytes),
+                site.count,
+                site.percent,
+                site.function.as_deref().map_or_else(String::new, md_code),
+                site.caller.as_deref().map_or_else(String::new, md_code),
+                md_code(&site.allocator),
+                bytes_text(site.live_bytes),
+                site.mean_lifetime_us,
+                site.oldest_live_secs
+            );
+        }
+    };
+    table(
+        md,
+        &format!(
+            "Leak candidates (live at the end, older than {:.1} s)",
+            memory.leak_age_secs
+        ),
+        &memory.leak_candidates,
+        "leaked",
+    );
+    table(
+        md,
+        "Top allocating stacks",
+        &memory.top_allocating,
+        "allocated",
+    );
+    table(
+        md,
+        "Churn: allocations freed during the run",
+        &memory.churn,
+        "freed",
+    );
+}
+
 fn bytes_text(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
@@ -809,6 +1046,10 @@ pub fn summarize(profile: &Profile) -> Summary {
             .events
             .contains(&EventKind::Io)
             .then(|| io_summary(profile)),
+        memory: run
+            .events
+            .contains(&EventKind::Alloc)
+            .then(|| memory_summary(profile)),
         losses: profile.losses.clone(),
     }
 }
@@ -932,6 +1173,9 @@ pub fn summary_markdown(summary: &Summary) -> String {
     }
     if let Some(io) = &summary.io {
         io_markdown(&mut md, io);
+    }
+    if let Some(memory) = &summary.memory {
+        memory_markdown(&mut md, memory);
     }
     let losses = &summary.losses;
     if losses.process_events_lost + losses.target_map_full > 0 {
