@@ -185,8 +185,8 @@ pub fn function_code<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// An object mapped into a process that defines allocator functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocatorObject {
-    /// Path through which to attach: `/proc/PID/map_files/...`, which reaches the mapped file
-    /// even in another mount namespace (a container) or after it was deleted.
+    /// Path through which to attach: `/proc/PID/root/PATH` (the file as the process sees it,
+    /// in its own mount namespace), or `/proc/PID/map_files/...` for a file deleted since.
     pub attach_path: PathBuf,
     /// Its path as the process sees it, for messages.
     pub path: String,
@@ -215,14 +215,23 @@ pub fn allocator_objects(proc_root: &Path, pid: u32) -> Vec<AllocatorObject> {
         if !perms.contains('x') || !path.starts_with('/') {
             continue;
         }
-        let attach_path = proc_root.join(format!("{pid}/map_files/{range}"));
-        let Ok(metadata) = std::fs::metadata(&attach_path) else {
+        // The mapped file itself, even deleted or in another mount namespace.
+        let mapped = proc_root.join(format!("{pid}/map_files/{range}"));
+        let Ok(metadata) = std::fs::metadata(&mapped) else {
             continue;
         };
         let identity = (metadata.dev(), metadata.ino());
         if !seen.insert(identity) {
             continue;
         }
+        // Probes attached through a `map_files` link reach mappings made later but not the
+        // ones already there (seen on 6.18): attach through the process's root when that
+        // path still names the mapped file.
+        let rooted = proc_root.join(format!("{pid}/root{path}"));
+        let attach_path = match std::fs::metadata(&rooted) {
+            Ok(m) if (m.dev(), m.ino()) == identity => rooted,
+            _ => mapped,
+        };
         let Ok(elf) = std::fs::read(&attach_path) else {
             continue;
         };

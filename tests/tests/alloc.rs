@@ -128,3 +128,38 @@ fn sampling_weights_allocations_up() {
     assert!(summary["memory"]["allocations"].as_u64().unwrap() < 1000);
     assert_nothing_loaded();
 }
+
+#[test]
+fn attach_tracks_a_running_process() {
+    let _serial = serial();
+    if !have_root("attach_tracks_a_running_process") {
+        return;
+    }
+    let target = profiler_tests::Spawned::new(
+        std::process::Command::new(profiler_tests::program("malloc_free"))
+            .arg("100000000000")
+            .stdout(std::process::Stdio::null()),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = profiler_tests::output(
+        profiler_tests::profiler()
+            .args(["attach", "--events", "alloc", "-d", "1", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(out.status.success());
+    let allocated = read_folded(&dir.path().join("alloc.folded"));
+    let in_main = bytes_in(&allocated, "main", "malloc");
+    assert!(
+        in_main > 1000 * 64,
+        "malloc(64) from main, many times: {allocated:?}"
+    );
+    assert_eq!(in_main % 64, 0);
+    let in_use = read_folded(&dir.path().join("inuse.folded"));
+    assert!(
+        bytes_in(&in_use, "main", "malloc") <= 64,
+        "each block is freed right away: {in_use:?}"
+    );
+    assert_nothing_loaded();
+}
