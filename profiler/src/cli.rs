@@ -43,6 +43,20 @@ pub enum Command {
         /// Output folder of an earlier run.
         dir: PathBuf,
     },
+    /// Compare two runs: differential flamegraphs and what grew or shrank, per event kind.
+    Diff {
+        /// Output folder (or saved profile) of the earlier run.
+        before: PathBuf,
+        /// Output folder (or saved profile) of the later run.
+        after: PathBuf,
+        /// Where to write (default: `benchmarks/diff-<target>-<YYYYmmdd-HHMMSS>`).
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Exit with code 3 when a function's share of any event kind grew by more than this
+        /// many percentage points: a regression gate for CI.
+        #[arg(long, value_name = "POINTS")]
+        fail_above: Option<f64>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Attach { options, .. } | Command::Record { options, .. } => options.verbose,
-        Command::Report { .. } => false,
+        Command::Report { .. } | Command::Diff { .. } => false,
     };
     // The eBPF programs log under the `profiler` target, like the collector; dependencies stay
     // at warnings even with --verbose.
@@ -60,6 +60,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code of `diff` when a function grew past `--fail-above`.
+const REGRESSION_EXIT_CODE: u8 = 3;
+
+/// A saved profile from an output folder or the file itself.
+fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
+    let file = if path.is_dir() {
+        path.join(PROFILE_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    Ok(Profile::load(&file)?)
+}
+
+fn diff(
+    before: &std::path::Path,
+    after: &std::path::Path,
+    output: Option<std::path::PathBuf>,
+    fail_above: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let before = load_profile(before)?;
+    let after = load_profile(after)?;
+    let dir = output.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        output::default_dir(
+            &format!("diff-{}", after.run.target),
+            &output::local_stamp(now),
+        )
+    });
+    let out = OutputDir::prepare(&dir)
+        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    let (summary, written) = render::diff::write_diff(&before, &after, fail_above, &out)
+        .with_context(|| format!("writing the diff to {}", dir.display()))?;
+    if summary.kinds.is_empty() {
+        eprintln!("profiler: warning: the two profiles have no event kind in common");
+    }
+    for kind in &summary.kinds {
+        if let Some(top) = kind.grew.first() {
+            eprintln!(
+                "profiler: {}: `{}` grew most, {:.1}% → {:.1}% ({:+.1} points)",
+                kind.kind, top.function, top.before_percent, top.after_percent, top.delta_points
+            );
+        }
+    }
+    eprintln!(
+        "profiler: results in {}/ ({})",
+        dir.display(),
+        written.join(", ")
+    );
+    if summary.regressions.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for regression in &summary.regressions {
+        eprintln!("profiler: regression: {regression}");
+    }
+    Ok(ExitCode::from(REGRESSION_EXIT_CODE))
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let (spec, config) = match command {
         Command::Report { dir } => {
@@ -75,6 +134,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Diff {
+            before,
+            after,
+            output,
+            fail_above,
+        } => return diff(&before, &after, output, fail_above),
         Command::Attach {
             pids,
             children,

@@ -13,13 +13,19 @@ use std::{
 };
 
 /// Names of the profiler's eBPF programs as the kernel lists them (truncated to 15 bytes).
-pub const PROGRAM_NAMES: [&str; 6] = [
+pub const PROGRAM_NAMES: [&str; 12] = [
     "cpu_sample",
     "sched_process_f",
     "sched_process_e",
     "sched_switch",
     "sched_wakeup",
-    "sched_wakeup_ne",
+    "sys_enter",
+    "sys_exit",
+    "block_rq_issue",
+    "block_rq_comple",
+    "alloc_enter",
+    "alloc_return",
+    "free_enter",
 ];
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -43,6 +49,47 @@ pub fn have_root(test: &str) -> bool {
     }
     eprintln!("skipping {test}: needs root to load eBPF programs (run `sudo -E cargo xtask test`)");
     false
+}
+
+/// Whether the tests' JavaScript tools (Node.js, `tests/js/node_modules`, Chromium) are
+/// installed. Prints why not and returns false to skip, or panics under `CI=true`.
+pub fn have_js_tools(test: &str) -> bool {
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let modules = js_dir().join("node_modules/pprof-format").exists()
+        && js_dir().join("node_modules/playwright-core").exists();
+    let chromium = std::env::var_os("PROFILER_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+        .exists();
+    if node && modules && chromium {
+        return true;
+    }
+    let missing = format!(
+        "node: {node}, tests/js/node_modules: {modules}, chromium: {chromium}          (`sudo -E cargo xtask test` installs them)"
+    );
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{test}: needs its JavaScript tools ({missing}), and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: needs its JavaScript tools ({missing})");
+    false
+}
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+}
+
+/// Runs `node tests/js/SCRIPT ARGS` and parses the JSON it prints.
+pub fn node_json(script: &str, args: &[&Path]) -> serde_json::Value {
+    let out = output(Command::new("node").arg(js_dir().join(script)).args(args));
+    assert!(out.status.success(), "{script} failed");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "{script} printed no JSON ({err}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The profiler binary: `$PROFILER_BIN`, or the workspace's release build.

@@ -184,6 +184,7 @@ fn lint() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     build()?;
     lint()?;
+    setup::install_test_tools(&root(), is_root())?;
     if !is_root() {
         eprintln!(
             "xtask: not root: integration tests will skip (they need root to load eBPF programs); \

@@ -114,3 +114,56 @@ fn linker_works(linker: &Path) -> bool {
         .output()
         .is_ok_and(|out| out.status.success())
 }
+
+fn works(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Chromium, as Debian installs it; `PROFILER_CHROMIUM` names another.
+fn chromium() -> PathBuf {
+    std::env::var_os("PROFILER_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// The independent readers the integration tests check outputs with: Node.js with the
+/// `pprof-format` decoder and `playwright-core`, and a headless Chromium. Installed from
+/// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
+/// them skip, or fail under `CI=true`).
+pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
+    let mut packages = Vec::new();
+    if !works("node") || !works("npm") {
+        packages.extend(["nodejs", "npm"]);
+    }
+    if !chromium().exists() {
+        packages.push("chromium");
+    }
+    if !packages.is_empty() {
+        if !as_root {
+            eprintln!(
+                "setup: not root, not installing {}: the report and pprof tests need them",
+                packages.join(", ")
+            );
+            return Ok(());
+        }
+        eprintln!("setup: installing {} (for the tests)", packages.join(", "));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let js = root.join("tests/js");
+    let lock = js.join("package-lock.json");
+    let installed = js.join("node_modules/.package-lock.json");
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if modified(&installed).is_none() || modified(&installed) < modified(&lock) {
+        eprintln!("setup: installing the tests' JavaScript tools (npm ci)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&js))?;
+    }
+    Ok(())
+}

@@ -80,7 +80,7 @@ pub fn flamegraph_svg(
     Ok(svg)
 }
 
-fn empty_svg(title: &str) -> String {
+pub(crate) fn empty_svg(title: &str) -> String {
     let title = title
         .replace('&', "&amp;")
         .replace('<', "&lt;")

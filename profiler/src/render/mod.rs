@@ -1,8 +1,12 @@
 //! Rendering a [`Profile`] into the files of an output folder.
 
+pub mod diff;
+pub mod export;
 pub mod flamegraph;
 pub mod folded;
+pub mod report;
 pub mod summary;
+pub mod verdict;
 
 use flamegraph::View;
 
@@ -44,6 +48,7 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
     profile.save(&mut saved)?;
     out.write(PROFILE_FILE, &saved)?;
     let mut written = vec![PROFILE_FILE.to_owned()];
+    let mut flamegraphs = Vec::new();
     for view in views(profile) {
         let lines = view_lines(profile, view);
         let name = view.name();
@@ -60,7 +65,9 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
         let svg = flamegraph::flamegraph_svg(&lines, view, &title)?;
         out.write(&format!("{name}.svg"), &svg)?;
         written.extend([format!("{name}.folded"), format!("{name}.svg")]);
+        flamegraphs.push((view, svg));
     }
+    let mut timeline = None;
     if let Some(memory) = &profile.memory {
         out.write(
             "memory-timeline.csv",
@@ -74,14 +81,24 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
         let svg =
             crate::memory::timeline_svg(&memory.timeline, &title).map_err(std::io::Error::other)?;
         out.write("memory-timeline.svg", svg.as_bytes())?;
+        timeline = Some(svg);
         written.extend([
             "memory-timeline.csv".to_owned(),
             "memory-timeline.svg".to_owned(),
         ]);
     }
+    out.write("profile.pb.gz", &export::pprof_gz(profile)?)?;
+    out.write(
+        "speedscope.json",
+        export::speedscope_json(profile).as_bytes(),
+    )?;
+    written.extend(["profile.pb.gz".to_owned(), "speedscope.json".to_owned()]);
     let summary = summary::summarize(profile);
     out.write("summary.json", summary::summary_json(&summary).as_bytes())?;
     out.write("summary.md", summary::summary_markdown(&summary).as_bytes())?;
     written.extend(["summary.json".to_owned(), "summary.md".to_owned()]);
+    let html = report::report_html(&summary, &flamegraphs, timeline.as_deref());
+    out.write("report.html", html.as_bytes())?;
+    written.push("report.html".to_owned());
     Ok(written)
 }

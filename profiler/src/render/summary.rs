@@ -7,6 +7,7 @@ use std::{
 
 use serde::Serialize;
 
+use super::verdict;
 use crate::{
     profile::{BlockReason, EventKind, IoDevice, IoFile, IoSyscall, Losses, Profile},
     render::folded::frame_label,
@@ -18,6 +19,10 @@ const TOP_FUNCTIONS: usize = 20;
 /// What `summary.json` holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// What bounds the process, most important first.
+    pub verdict: Vec<verdict::Finding>,
+    /// How trustworthy the profile is.
+    pub quality: verdict::Quality,
     /// Short name of the target.
     pub target: String,
     /// Profiled command line.
@@ -1020,7 +1025,9 @@ pub fn summarize(profile: &Profile) -> Summary {
         })
         .collect();
     processes.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.pid.cmp(&b.pid)));
-    Summary {
+    let mut summary = Summary {
+        verdict: Vec::new(),
+        quality: verdict::quality(profile),
         target: run.target.clone(),
         command: run.command.clone(),
         pids: run.root_pids.clone(),
@@ -1051,7 +1058,9 @@ pub fn summarize(profile: &Profile) -> Summary {
             .contains(&EventKind::Alloc)
             .then(|| memory_summary(profile)),
         losses: profile.losses.clone(),
-    }
+    };
+    summary.verdict = verdict::findings(&summary);
+    summary
 }
 
 /// `summary.json`.
@@ -1069,6 +1078,14 @@ fn md_code(text: &str) -> String {
 pub fn summary_markdown(summary: &Summary) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Profile of {}\n", md_code(&summary.target));
+    md.push_str("## Verdict\n\n");
+    for (rank, finding) in summary.verdict.iter().enumerate() {
+        let _ = writeln!(md, "{}. {}", rank + 1, finding.text);
+    }
+    if summary.verdict.is_empty() {
+        md.push_str("Nothing collected to judge.\n");
+    }
+    let _ = writeln!(md, "\n{}\n", summary.quality.text);
     let _ = writeln!(md, "- Command: {}", md_code(&summary.command.join(" ")));
     let pids: Vec<String> = summary.pids.iter().map(u32::to_string).collect();
     let _ = writeln!(
