@@ -43,6 +43,19 @@ pub enum Command {
         /// Output folder of an earlier run.
         dir: PathBuf,
     },
+    /// Write a synthetic profile (for the rendering benchmark).
+    #[command(hide = true)]
+    Synthesize {
+        /// Samples.
+        #[arg(long, default_value_t = 1_000_000)]
+        samples: usize,
+        /// Distinct stacks.
+        #[arg(long, default_value_t = 20_000)]
+        stacks: usize,
+        /// Folder to write `profile.json.gz` into.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+    },
     /// Compare two runs: differential flamegraphs and what grew or shrank, per event kind.
     Diff {
         /// Output folder (or saved profile) of the earlier run.

@@ -18,6 +18,7 @@ mod procfs;
 mod profile;
 mod render;
 mod symbolize;
+mod synthetic;
 mod tracefs;
 
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Attach { options, .. } | Command::Record { options, .. } => options.verbose,
-        Command::Report { .. } | Command::Diff { .. } => false,
+        Command::Report { .. } | Command::Diff { .. } | Command::Synthesize { .. } => false,
     };
     // The eBPF programs log under the `profiler` target, like the collector; dependencies stay
     // at warnings even with --verbose.
@@ -132,6 +133,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 written.join(", "),
                 dir.display()
             );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Synthesize {
+            samples,
+            stacks,
+            output,
+        } => {
+            let profile = synthetic::cpu_profile(samples, stacks.max(1));
+            let out = OutputDir::prepare(&output)?;
+            let mut saved = Vec::new();
+            profile.save(&mut saved)?;
+            out.write(PROFILE_FILE, &saved)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Diff {

@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io | bench-alloc`.
+//! bench-io | bench-alloc | bench-render`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
@@ -44,6 +44,9 @@ enum Task {
     /// Allocation tracking cost per malloc/free pair against bpftrace; writes
     /// docs/performance/alloc-results.md.
     BenchAlloc(bench::AllocBenchArgs),
+    /// Time to render every output file of a million-sample profile; writes
+    /// docs/performance/render-results.md.
+    BenchRender(bench::RenderBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +71,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchAlloc(args) => {
             build()?;
             bench::alloc(&args)
+        }
+        Task::BenchRender(args) => {
+            build()?;
+            bench::render(&args)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The run summary: `summary.json` for machines and `summary.md` for people.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt::Write as _,
 };
 
@@ -274,46 +274,82 @@ fn cpu_summary(profile: &Profile) -> CpuSummary {
         .get(&EventKind::Cpu)
         .map_or(&[][..], Vec::as_slice);
     let total = profile.total(EventKind::Cpu);
-    let mut self_tally: HashMap<String, FunctionTally> = HashMap::new();
-    let mut total_tally: HashMap<String, FunctionTally> = HashMap::new();
     let mut threads: HashMap<(u32, u32, &str), u64> = HashMap::new();
-    let (mut frames_seen, mut frames_unsymbolized) = (0u64, 0u64);
+    // Weight per distinct stack first: a long run has far more samples than stacks.
+    let mut stack_weights: HashMap<usize, u64> = HashMap::new();
     for sample in samples {
         *threads
             .entry((sample.pid, sample.tid, sample.thread.as_str()))
             .or_default() += sample.weight;
-        let stack = &profile.stacks[sample.stack];
-        let mut seen: HashSet<String> = HashSet::new();
-        for (depth, &frame_id) in stack.iter().enumerate() {
-            let frame = &profile.frames[frame_id];
-            frames_seen += sample.weight;
-            if frame.unsymbolized {
-                frames_unsymbolized += sample.weight;
-            }
-            let label = frame_label(frame);
-            let location = frame.file.as_ref().map(|file| match frame.line {
+        *stack_weights.entry(sample.stack).or_default() += sample.weight;
+    }
+    // Frames that print the same (inlined or not, other lines) are one function.
+    let mut label_ids: HashMap<String, usize> = HashMap::new();
+    let label_of: Vec<usize> = profile
+        .frames
+        .iter()
+        .map(|frame| {
+            let next = label_ids.len();
+            *label_ids.entry(frame_label(frame)).or_insert(next)
+        })
+        .collect();
+    let locations: Vec<Option<String>> = profile
+        .frames
+        .iter()
+        .map(|frame| {
+            frame.file.as_ref().map(|file| match frame.line {
                 Some(line) => format!("{file}:{line}"),
                 None => file.clone(),
-            });
-            let is_leaf = depth + 1 == stack.len();
-            let mut tallies = vec![];
-            // Recursion counts a function once per sample in the total.
-            if seen.insert(label.clone()) {
-                tallies.push(&mut total_tally);
+            })
+        })
+        .collect();
+    let mut self_weight = vec![0u64; label_ids.len()];
+    let mut total_weight = vec![0u64; label_ids.len()];
+    // Per (label, frame): weight, for each function's hottest line.
+    let mut self_lines: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut total_lines: HashMap<(usize, usize), u64> = HashMap::new();
+    // The last stack that counted a label in its total: recursion counts once per stack.
+    let mut counted_in = vec![usize::MAX; label_ids.len()];
+    let (mut frames_seen, mut frames_unsymbolized) = (0u64, 0u64);
+    for (&stack_index, &weight) in &stack_weights {
+        let stack = &profile.stacks[stack_index];
+        for (depth, &frame_id) in stack.iter().enumerate() {
+            frames_seen += weight;
+            if profile.frames[frame_id].unsymbolized {
+                frames_unsymbolized += weight;
             }
-            if is_leaf {
-                tallies.push(&mut self_tally);
+            let label = label_of[frame_id];
+            if counted_in[label] != stack_index {
+                counted_in[label] = stack_index;
+                total_weight[label] += weight;
+                *total_lines.entry((label, frame_id)).or_default() += weight;
             }
-            for tally in tallies {
-                let entry = tally.entry(label.clone()).or_default();
-                entry.weight += sample.weight;
-                entry.module.clone_from(&frame.module);
-                if let Some(location) = &location {
-                    *entry.lines.entry(location.clone()).or_default() += sample.weight;
-                }
+            if depth + 1 == stack.len() {
+                self_weight[label] += weight;
+                *self_lines.entry((label, frame_id)).or_default() += weight;
             }
         }
     }
+    let mut labels = vec![String::new(); label_ids.len()];
+    for (label, id) in label_ids {
+        labels[id] = label;
+    }
+    let tallies = |weights: &[u64], lines: &HashMap<(usize, usize), u64>| {
+        let mut tallies: HashMap<String, FunctionTally> = HashMap::new();
+        for (&(label, frame_id), &weight) in lines {
+            let tally = tallies.entry(labels[label].clone()).or_insert_with(|| FunctionTally {
+                module: profile.frames[frame_id].module.clone(),
+                weight: weights[label],
+                lines: HashMap::new(),
+            });
+            if let Some(location) = &locations[frame_id] {
+                *tally.lines.entry(location.clone()).or_default() += weight;
+            }
+        }
+        tallies
+    };
+    let self_tally = tallies(&self_weight, &self_lines);
+    let total_tally = tallies(&total_weight, &total_lines);
     let mut threads: Vec<ThreadShare> = threads
         .into_iter()
         .map(|((pid, tid, name), weight)| ThreadShare {
