@@ -2,9 +2,7 @@
 //! bench-render`, through the hidden `profiler synthesize` command): rendering cost depends on
 //! samples, distinct stacks and frames, not on where they came from.
 
-use crate::profile::{
-    EventKind, Frame, FrameKind, Interner, Process, Profile, RunInfo, Sample,
-};
+use crate::profile::{EventKind, Frame, FrameKind, Interner, Process, Profile, RunInfo, Sample};
 
 /// A deterministic pseudo-random sequence (xorshift64*), so every run renders the same profile.
 struct Sequence(u64);

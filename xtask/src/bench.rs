@@ -642,7 +642,10 @@ pub fn render(args: &RenderBenchArgs) -> anyhow::Result<()> {
             let start = std::time::Instant::now();
             crate::run(Command::new(profiler_bin()).arg("report").arg(&dir))?;
             let wall = start.elapsed().as_secs_f64();
-            eprintln!("bench: {samples} samples, {stacks} stacks, run {}: {wall:.2} s", run + 1);
+            eprintln!(
+                "bench: {samples} samples, {stacks} stacks, run {}: {wall:.2} s",
+                run + 1
+            );
             walls.push(wall);
         }
         let size = |name: &str| {

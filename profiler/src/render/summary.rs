@@ -1,9 +1,6 @@
 //! The run summary: `summary.json` for machines and `summary.md` for people.
 
-use std::{
-    collections::HashMap,
-    fmt::Write as _,
-};
+use std::{collections::HashMap, fmt::Write as _};
 
 use serde::Serialize;
 
@@ -337,11 +334,13 @@ fn cpu_summary(profile: &Profile) -> CpuSummary {
     let tallies = |weights: &[u64], lines: &HashMap<(usize, usize), u64>| {
         let mut tallies: HashMap<String, FunctionTally> = HashMap::new();
         for (&(label, frame_id), &weight) in lines {
-            let tally = tallies.entry(labels[label].clone()).or_insert_with(|| FunctionTally {
-                module: profile.frames[frame_id].module.clone(),
-                weight: weights[label],
-                lines: HashMap::new(),
-            });
+            let tally = tallies
+                .entry(labels[label].clone())
+                .or_insert_with(|| FunctionTally {
+                    module: profile.frames[frame_id].module.clone(),
+                    weight: weights[label],
+                    lines: HashMap::new(),
+                });
             if let Some(location) = &locations[frame_id] {
                 *tally.lines.entry(location.clone()).or_default() += weight;
             }
