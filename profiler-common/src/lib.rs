@@ -623,6 +623,24 @@ pub const LIVE_MAP_ENTRIES: u32 = 1 << 20;
 /// Capacity of the allocation-site map.
 pub const ALLOC_SITE_ENTRIES: u32 = 32 * 1024;
 
+/// Totals add up field by field: the collector sums per-CPU copies and successive drains.
+macro_rules! add_fields {
+    ($type:ty: $($field:ident),+ $(; max $max:ident)?) => {
+        impl core::ops::AddAssign for $type {
+            fn add_assign(&mut self, other: Self) {
+                $(self.$field += other.$field;)+
+                $(self.$max = self.$max.max(other.$max);)?
+            }
+        }
+    };
+}
+add_fields!(OffCpuTime: total_ns, count);
+add_fields!(IoTotal: count, total_ns, bytes, errors);
+add_fields!(AllocStats: alloc_count, alloc_bytes, free_count, free_bytes, lifetime_ns);
+add_fields!(BlockStats: count, bytes, total_ns; max max_ns);
+add_fields!(ProcessMemory: alloc_bytes, alloc_count, free_bytes, free_count, mmap_count,
+    mmap_bytes, munmap_count, munmap_bytes, brk_count, brk_bytes);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding.
@@ -670,6 +688,31 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_add_field_by_field() {
+        let mut block = BlockStats {
+            count: 1,
+            bytes: 10,
+            total_ns: 5,
+            max_ns: 5,
+        };
+        block += BlockStats {
+            count: 2,
+            bytes: 20,
+            total_ns: 9,
+            max_ns: 7,
+        };
+        assert_eq!(
+            block,
+            BlockStats {
+                count: 3,
+                bytes: 30,
+                total_ns: 14,
+                max_ns: 7
+            }
+        );
+    }
 
     #[test]
     fn floor_log2_matches_leading_zeros() {

@@ -266,6 +266,27 @@ fn read_hash_map<K: aya::Pod, V: aya::Pod>(
     Ok(entries)
 }
 
+/// Every entry of per-CPU hash map `name`, its CPUs' values added up.
+fn sum_per_cpu<K: aya::Pod, V: aya::Pod + Default + std::ops::AddAssign>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, ProbeError> {
+    let map: PerCpuHashMap<_, K, V> =
+        PerCpuHashMap::try_from(ebpf.map(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    Ok(map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| {
+            let mut total = V::default();
+            for value in per_cpu.iter() {
+                total += *value;
+            }
+            (key, total)
+        })
+        .collect())
+}
+
 /// Takes ring buffer `name` out of the object, to be read alongside other maps.
 fn take_ring_buffer(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
     let map = ebpf.take_map(name).ok_or_else(|| {
@@ -579,27 +600,7 @@ impl KernelProbes {
 
     /// Allocation totals per site, summed over CPUs.
     pub fn alloc_sites(&self) -> Result<Vec<(AllocSite, AllocStats)>, ProbeError> {
-        let sites: PerCpuHashMap<_, AllocSite, AllocStats> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map("ALLOC_SITES")
-                .expect("ALLOC_SITES is in the object"),
-        )
-        .map_err(map_error("ALLOC_SITES"))?;
-        Ok(sites
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(site, per_cpu)| {
-                let mut total = AllocStats::default();
-                for stats in per_cpu.iter() {
-                    total.alloc_count += stats.alloc_count;
-                    total.alloc_bytes += stats.alloc_bytes;
-                    total.free_count += stats.free_count;
-                    total.free_bytes += stats.free_bytes;
-                    total.lifetime_ns += stats.lifetime_ns;
-                }
-                (site, total)
-            })
-            .collect())
+        sum_per_cpu(&self.ebpf, "ALLOC_SITES")
     }
 
     /// Names of the threads that allocated, by tid.
@@ -625,32 +626,7 @@ impl KernelProbes {
 
     /// Memory activity of each process, summed over CPUs.
     pub fn process_memory(&self) -> Result<Vec<(u32, ProcessMemory)>, ProbeError> {
-        let memory: PerCpuHashMap<_, u32, ProcessMemory> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map("PROCESS_MEMORY")
-                .expect("PROCESS_MEMORY is in the object"),
-        )
-        .map_err(map_error("PROCESS_MEMORY"))?;
-        Ok(memory
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(pid, per_cpu)| {
-                let mut total = ProcessMemory::default();
-                for m in per_cpu.iter() {
-                    total.alloc_bytes += m.alloc_bytes;
-                    total.alloc_count += m.alloc_count;
-                    total.free_bytes += m.free_bytes;
-                    total.free_count += m.free_count;
-                    total.mmap_count += m.mmap_count;
-                    total.mmap_bytes += m.mmap_bytes;
-                    total.munmap_count += m.munmap_count;
-                    total.munmap_bytes += m.munmap_bytes;
-                    total.brk_count += m.brk_count;
-                    total.brk_bytes += m.brk_bytes;
-                }
-                (pid, total)
-            })
-            .collect())
+        sum_per_cpu(&self.ebpf, "PROCESS_MEMORY")
     }
 
     /// Files the targets opened since the last call: `(pid, fd, open time, dir fd, path)`.
@@ -696,26 +672,7 @@ impl KernelProbes {
                     .map_err(map_error("IO_MAX"))
             })
             .collect::<Result<_, _>>()?;
-        let stats: PerCpuHashMap<_, BlockKey, BlockStats> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map("BLOCK_STATS")
-                .expect("BLOCK_STATS is in the object"),
-        )
-        .map_err(map_error("BLOCK_STATS"))?;
-        let block = stats
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, per_cpu)| {
-                let mut total = BlockStats::default();
-                for stats in per_cpu.iter() {
-                    total.count += stats.count;
-                    total.bytes += stats.bytes;
-                    total.total_ns += stats.total_ns;
-                    total.max_ns = total.max_ns.max(stats.max_ns);
-                }
-                (key, total)
-            })
-            .collect();
+        let block = sum_per_cpu(&self.ebpf, "BLOCK_STATS")?;
         Ok(IoExtras {
             latency: histograms,
             max_ns,

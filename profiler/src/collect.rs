@@ -13,7 +13,7 @@ use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use profiler_common::{
     AllocSite, AllocStats, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
-    STACK_ID_NONE, SampleKey, ThreadState, counter, process_event,
+    ProcessMemory, STACK_ID_NONE, SampleKey, ThreadState, counter, process_event,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -355,20 +355,14 @@ impl Collection {
             *self.counts.entry(key).or_default() += count;
         }
         for (key, time) in drained.offcpu {
-            let total = self.offcpu.entry(key).or_default();
-            total.total_ns += time.total_ns;
-            total.count += time.count;
+            *self.offcpu.entry(key).or_default() += time;
         }
         for (key, io) in drained.io {
             // An fd the run has not seen opened: name it while it is (likely) still open.
             if self.files.needs_scan(&key) {
                 self.files.scan(&io::proc_root(), key.tgid);
             }
-            let total = self.io.entry(key).or_default();
-            total.count += io.count;
-            total.total_ns += io.total_ns;
-            total.bytes += io.bytes;
-            total.errors += io.errors;
+            *self.io.entry(key).or_default() += io;
         }
         self.forget_exited_targets()?;
         if self.scheduler {
@@ -435,15 +429,18 @@ impl Collection {
                     end_ns,
                     memory,
                 };
-                for (_, m) in self.probes.process_memory()? {
-                    let mappings = &mut tracked.mappings;
-                    mappings.mmap_count += m.mmap_count;
-                    mappings.mmap_bytes += m.mmap_bytes;
-                    mappings.munmap_count += m.munmap_count;
-                    mappings.munmap_bytes += m.munmap_bytes;
-                    mappings.brk_count += m.brk_count;
-                    mappings.brk_bytes += m.brk_bytes;
+                let mut all = ProcessMemory::default();
+                for (_, memory) in self.probes.process_memory()? {
+                    all += memory;
                 }
+                tracked.mappings = MappingStats {
+                    mmap_count: all.mmap_count,
+                    mmap_bytes: all.mmap_bytes,
+                    munmap_count: all.munmap_count,
+                    munmap_bytes: all.munmap_bytes,
+                    brk_count: all.brk_count,
+                    brk_bytes: all.brk_bytes,
+                };
                 Some(tracked)
             }
             None => None,

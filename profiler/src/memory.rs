@@ -75,6 +75,17 @@ pub fn function_of(cookie: u32) -> Option<&'static AllocatorFunction> {
 /// `getline` ... allocate through them), whether the program imports them or not.
 const ALWAYS_PROBED: [&str; 4] = ["malloc", "calloc", "realloc", "free"];
 
+/// Prefixes under which jemalloc, mimalloc and tcmalloc export the C allocator API.
+const PREFIXES: [&str; 3] = ["je_", "mi_", "tc_"];
+
+/// A function name's allocator prefix (`""` for the plain C API) and the rest.
+fn split_prefix(name: &str) -> (&str, &str) {
+    PREFIXES
+        .iter()
+        .find_map(|prefix| Some((*prefix, name.strip_prefix(prefix)?)))
+        .unwrap_or(("", name))
+}
+
 /// Allocator functions an ELF object defines (its own code, not imports), as indices into
 /// [`FUNCTIONS`]. An object is an allocator when it defines `malloc` and `free` under one of
 /// the prefixes.
@@ -88,9 +99,8 @@ pub fn defined_functions(elf: &[u8]) -> Vec<usize> {
         .filter(|symbol| symbol.is_definition() && symbol.address() != 0)
         .filter_map(|symbol| symbol.name().ok())
         .collect();
-    let families = ["", "je_", "mi_", "tc_"];
-    let allocator_families: Vec<&str> = families
-        .into_iter()
+    let allocator_families: Vec<&str> = std::iter::once("")
+        .chain(PREFIXES)
         .filter(|prefix| {
             defined.contains(format!("{prefix}malloc").as_str())
                 && defined.contains(format!("{prefix}free").as_str())
@@ -100,15 +110,7 @@ pub fn defined_functions(elf: &[u8]) -> Vec<usize> {
         .iter()
         .enumerate()
         .filter(|(_, f)| {
-            defined.contains(f.name)
-                && allocator_families.iter().any(|prefix| {
-                    let unprefixed = !["je_", "mi_", "tc_"].iter().any(|p| f.name.starts_with(p));
-                    if prefix.is_empty() {
-                        unprefixed
-                    } else {
-                        f.name.starts_with(prefix)
-                    }
-                })
+            defined.contains(f.name) && allocator_families.contains(&split_prefix(f.name).0)
         })
         .map(|(index, _)| index)
         .collect()
@@ -131,11 +133,7 @@ pub fn imported_names(elf: &[u8]) -> HashSet<String> {
 /// so the rarely used functions are probed only when something imports them.
 pub fn worth_probing(index: usize, imported: &HashSet<String>) -> bool {
     let name = FUNCTIONS[index].name;
-    let unprefixed = ["je_", "mi_", "tc_"]
-        .iter()
-        .find_map(|prefix| name.strip_prefix(prefix))
-        .unwrap_or(name);
-    ALWAYS_PROBED.contains(&unprefixed) || imported.contains(name)
+    ALWAYS_PROBED.contains(&split_prefix(name).1) || imported.contains(name)
 }
 
 /// Where in a `free`-like function to put its probe, bytes from its start.

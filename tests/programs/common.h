@@ -2,9 +2,10 @@
 #ifndef PROFILER_TEST_COMMON_H
 #define PROFILER_TEST_COMMON_H
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/syscall.h>
 
 /* A system call issued inline, in the calling function: libc's wrappers set up no frame
  * pointer and would hide their caller from frame-pointer stacks. */
@@ -34,6 +35,15 @@ static inline double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* CPU time this process used so far, user plus system, in seconds: the benchmark workloads
+ * report it so a tool's own CPU time can be told from theirs. */
+static inline double cpu_seconds(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
+           usage.ru_stime.tv_usec / 1e6;
 }
 
 /* Spins until `end` (a now() value), in the calling function. */

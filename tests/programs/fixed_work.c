@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "common.h"
@@ -33,22 +32,15 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-static double seconds(struct timespec ts) { return ts.tv_sec + ts.tv_nsec / 1e9; }
-
 int main(int argc, char **argv) {
     if (argc > 1) rounds = atol(argv[1]);
     int threads = argc > 2 ? atoi(argv[2]) : 2;
     if (threads < 1 || threads > 64) threads = 2;
-    struct timespec start, end;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    double start = now();
     pthread_t ids[64];
     for (int i = 0; i < threads; i++) pthread_create(&ids[i], NULL, worker, (void *)(long)(i + 1));
     for (int i = 0; i < threads; i++) pthread_join(ids[i], NULL);
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    struct rusage usage;
-    getrusage(RUSAGE_SELF, &usage);
-    double cpu = usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
-                 usage.ru_stime.tv_usec / 1e6;
-    printf("wall_s=%.6f cpu_s=%.6f\n", seconds(end) - seconds(start), cpu);
+    double wall = now() - start;
+    printf("wall_s=%.6f cpu_s=%.6f\n", wall, cpu_seconds());
     return 0;
 }

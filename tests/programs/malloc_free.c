@@ -3,25 +3,18 @@
  * pairs=<pairs>`. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <time.h>
 
-static double seconds(struct timespec ts) { return ts.tv_sec + ts.tv_nsec / 1e9; }
+#include "common.h"
 
 int main(int argc, char **argv) {
     long pairs = argc > 1 ? atol(argv[1]) : 1000000;
-    struct timespec start, end;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    double start = now();
     for (long i = 0; i < pairs; i++) {
         void *volatile block = malloc(64);
         free(block);
     }
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    struct rusage usage;
-    getrusage(RUSAGE_SELF, &usage);
-    printf("wall_s=%.6f cpu_s=%.6f pairs=%ld\n", seconds(end) - seconds(start),
-           usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
-               usage.ru_stime.tv_usec / 1e6,
-           pairs);
+    double wall = now() - start;
+    printf("wall_s=%.6f cpu_s=%.6f pairs=%ld\n", wall, cpu_seconds(), pairs);
     return 0;
 }

@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 static long rounds = 100000;
 static int ping[2], pong[2];
 
@@ -20,13 +22,10 @@ static void *responder(void *arg) {
     return NULL;
 }
 
-static double seconds(struct timespec ts) { return ts.tv_sec + ts.tv_nsec / 1e9; }
-
 int main(int argc, char **argv) {
     if (argc > 1) rounds = atol(argv[1]);
     if (pipe(ping) != 0 || pipe(pong) != 0) return 1;
-    struct timespec start, end;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    double start = now();
     pthread_t thread;
     pthread_create(&thread, NULL, responder, NULL);
     char byte = 'x';
@@ -34,12 +33,10 @@ int main(int argc, char **argv) {
         if (write(ping[1], &byte, 1) != 1 || read(pong[0], &byte, 1) != 1) break;
     }
     pthread_join(thread, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &end);
+    double wall = now() - start;
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
-    double cpu = usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
-                 usage.ru_stime.tv_usec / 1e6;
-    printf("wall_s=%.6f cpu_s=%.6f switches=%ld\n", seconds(end) - seconds(start), cpu,
+    printf("wall_s=%.6f cpu_s=%.6f switches=%ld\n", wall, cpu_seconds(),
            usage.ru_nvcsw + usage.ru_nivcsw);
     return 0;
 }

@@ -934,7 +934,8 @@ fn memory_markdown(md: &mut String, memory: &MemorySummary) {
     );
 }
 
-fn bytes_text(bytes: u64) -> String {
+/// A byte count in binary units (`976.6 KiB`).
+pub(super) fn bytes_text(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

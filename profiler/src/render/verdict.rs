@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::profile::{BlockReason, FrameKind, Profile};
 
-use super::summary::Summary;
+use super::summary::{Summary, bytes_text};
 
 /// One finding.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -202,17 +202,6 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
         kept.extend(rest.into_iter().take(1));
     }
     kept
-}
-
-fn bytes_text(bytes: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    if bytes as f64 >= MIB {
-        format!("{:.1} MiB", bytes as f64 / MIB)
-    } else if bytes >= 1024 {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    } else {
-        format!("{bytes} B")
-    }
 }
 
 /// The profile-quality line.
