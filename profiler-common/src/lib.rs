@@ -623,6 +623,111 @@ pub const LIVE_MAP_ENTRIES: u32 = 1 << 20;
 /// Capacity of the allocation-site map.
 pub const ALLOC_SITE_ENTRIES: u32 = 32 * 1024;
 
+/// Deepest user stack the in-kernel unwinder walks, frames.
+pub const MAX_USER_FRAMES: usize = 512;
+/// Capacity of the map of user stacks walked by the in-kernel unwinder (allocated on demand).
+pub const USER_STACK_ENTRIES: u32 = 16 * 1024;
+/// Default capacity of the unwind-row array shared by all mapped objects (12 bytes a row).
+pub const DEFAULT_UNWIND_ROWS: u32 = 2 * 1024 * 1024;
+/// Executable mappings per process the unwinder knows (the rest unwind by frame pointers).
+pub const MAX_PROCESS_MAPPINGS: usize = 256;
+/// Capacity of the map of processes with unwind tables.
+pub const UNWIND_PROCESS_ENTRIES: u32 = 4 * 1024;
+
+/// What an [`UnwindRow`] says about the frame of an address it covers (x86-64).
+pub mod unwind_kind {
+    /// No unwind information: unwind this frame by the frame pointer.
+    pub const NONE: u8 = 0;
+    /// CFA = `rsp` + `cfa_offset`.
+    pub const CFA_RSP: u8 = 1;
+    /// CFA = `rbp` + `cfa_offset`.
+    pub const CFA_RBP: u8 = 2;
+    /// A PLT stub: CFA = `rsp` + `cfa_offset`, plus 8 when `(pc & 15) >= rbp_offset` (the
+    /// expression every linker emits for `.plt`; `rbp_offset` holds the threshold).
+    pub const PLT: u8 = 3;
+    /// The outermost frame (`_start`, a thread's start): the return address is undefined.
+    pub const END: u8 = 4;
+}
+
+/// One row of a compiled unwind table: how to find the caller's frame from any address at or
+/// above `address` (up to the next row) in one object.
+///
+/// The return address is always at CFA - 8 (x86-64 psABI).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// First address covered, in the object's own address space (file virtual address).
+    pub address: u32,
+    /// Offset added to the CFA base register.
+    pub cfa_offset: i32,
+    /// Where the caller's `rbp` is saved, relative to the CFA; 0 when `rbp` is unchanged.
+    /// For [`unwind_kind::PLT`] rows, the PLT threshold instead.
+    pub rbp_offset: i16,
+    /// One of the [`unwind_kind`] values.
+    pub kind: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<UnwindRow>() == 12);
+
+/// One executable mapping of a process and the rows of its object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// First address after the mapping.
+    pub end: u64,
+    /// Load bias: object address = process address - `bias` (wrapping).
+    pub bias: u64,
+    /// Index of the object's first row in the shared row array.
+    pub first_row: u32,
+    /// Number of rows of the object (0: unwind this mapping by frame pointers).
+    pub row_count: u32,
+}
+const _: () = assert!(size_of::<UnwindMapping>() == 32);
+
+/// The executable mappings of one process, sorted by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessUnwind {
+    /// Entries of `mappings` in use.
+    pub mapping_count: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Mappings sorted by `start`, not overlapping.
+    pub mappings: [UnwindMapping; MAX_PROCESS_MAPPINGS],
+}
+
+/// Why the in-kernel unwinder stopped walking a user stack.
+pub mod stack_end {
+    /// It reached the outermost frame (an [`super::unwind_kind::END`] row).
+    pub const ENTRY: u32 = 0;
+    /// A frame-pointer walk reached a zero frame pointer or return address (probably the
+    /// outermost frame, but nothing says so).
+    pub const FRAME_POINTER_END: u32 = 1;
+    /// It walked [`super::MAX_USER_FRAMES`] frames.
+    pub const DEPTH: u32 = 2;
+    /// Reading the stack failed (a bad frame pointer or CFA).
+    pub const READ_FAILED: u32 = 3;
+    /// The next frame was not above the current one (corrupt stack or wrong unwind rule).
+    pub const NOT_ADVANCING: u32 = 4;
+}
+
+/// A user stack walked by the in-kernel unwinder: return addresses, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    /// Hash of the frames (also the map key's source); tells two stacks of one key apart.
+    pub hash: u64,
+    /// Frames in use.
+    pub len: u32,
+    /// A [`stack_end`] value.
+    pub end: u32,
+    /// The sampled address, then the return addresses.
+    pub frames: [u64; MAX_USER_FRAMES],
+}
+
 /// Totals add up field by field: the collector sums per-CPU copies and successive drains.
 macro_rules! add_fields {
     ($type:ty: $($field:ident),+ $(; max $max:ident)?) => {
@@ -683,6 +788,14 @@ mod pod {
     unsafe impl aya::Pod for super::OffCpuTime {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::ProcessUnwind {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::UserStack {}
 }
 
 #[cfg(test)]
