@@ -97,8 +97,17 @@ pub mod counter {
     pub const ALLOC_SITES_FULL: u32 = 18;
     /// Allocation calls of target threads seen (sampled or not).
     pub const ALLOC_CALLS: u32 = 19;
+    /// User stacks walked by the in-kernel unwinder.
+    pub const UNWIND_STACKS: u32 = 20;
+    /// Frames the in-kernel unwinder walked with an unwind table row.
+    pub const UNWIND_TABLE_FRAMES: u32 = 21;
+    /// Frames the in-kernel unwinder walked by frame pointer (no row for the address).
+    pub const UNWIND_FP_FRAMES: u32 = 22;
+    /// User stacks lost because the user-stack map was full or held another stack under the
+    /// same key.
+    pub const USER_STACKS_LOST: u32 = 23;
     /// Number of counters.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 24;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),
@@ -224,6 +233,9 @@ pub mod process_event {
     pub const FORK: u32 = 1;
     /// A profiled process executed a new program.
     pub const EXEC: u32 = 2;
+    /// The unwinder met an address of the process it has no table for (the process is new,
+    /// executed a program, or mapped a library): load its tables.
+    pub const UNWIND_TABLES_MISSING: u32 = 3;
 }
 
 /// A change in the set of profiled processes or their programs, streamed so the collector

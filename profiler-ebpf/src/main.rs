@@ -20,6 +20,8 @@ use aya_ebpf::{
     },
 };
 use aya_log_ebpf::debug;
+
+mod unwind;
 use profiler_common::{
     ALLOC_SITE_ENTRIES, AllocPending, AllocSite, AllocStats, BlockKey, BlockPending, BlockRequest,
     BlockStats, COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_ENTRIES,
@@ -48,6 +50,9 @@ static FD_INODE_OFFSETS: [u32; 7] = [0; 7];
 /// Non-zero when the scheduler programs run: new target threads then get a `THREADS` entry.
 #[unsafe(no_mangle)]
 static TRACK_THREADS: u32 = 0;
+/// Non-zero when user stacks are walked with unwind tables (`unwind`) instead of frame pointers.
+#[unsafe(no_mangle)]
+static UNWIND_WITH_TABLES: u32 = 0;
 /// Off-CPU periods shorter than this are counted but not recorded, ns.
 #[unsafe(no_mangle)]
 static MIN_BLOCK_NS: u64 = 0;
@@ -109,7 +114,7 @@ static THREAD_ZERO: ThreadState = ThreadState {
 };
 
 #[inline(always)]
-fn bump(index: u32) {
+pub(crate) fn bump(index: u32) {
     if let Some(count) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
         unsafe { *count += 1 };
@@ -117,7 +122,7 @@ fn bump(index: u32) {
 }
 
 #[inline(always)]
-fn add_to_counter(index: u32, value: u64) {
+pub(crate) fn add_to_counter(index: u32, value: u64) {
     if let Some(count) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
         unsafe { *count += value };
@@ -151,6 +156,28 @@ fn stack_id(result: Result<i64, i32>, collisions: u32, errors: u32) -> i32 {
             bump(errors);
             STACK_ID_ERROR
         }
+    }
+}
+
+/// The current thread's user stack id: walked with the unwind tables when the collector
+/// loaded them (ids in `USER_STACKS`), else by the kernel's frame-pointer walker (`STACKS`).
+#[inline(always)]
+fn user_stack<C: StackIdContext>(
+    ctx: &C,
+    tgid: u32,
+    scratch_slot: u32,
+    collisions: u32,
+    errors: u32,
+) -> i32 {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    if unsafe { core::ptr::read_volatile(&UNWIND_WITH_TABLES) } != 0 {
+        unwind::user_stack_id(tgid, scratch_slot)
+    } else {
+        stack_id(
+            ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+            collisions,
+            errors,
+        )
     }
 }
 
@@ -189,8 +216,10 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             }
         }
     }
-    let user_stack_id = stack_id(
-        ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+    let user_stack_id = user_stack(
+        &ctx,
+        tgid,
+        unwind::SCRATCH_NMI,
         counter::USER_STACK_COLLISIONS,
         counter::USER_STACK_ERRORS,
     );
@@ -215,7 +244,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     0
 }
 
-fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
+pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
     let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
         bump(counter::PROCESS_EVENTS_LOST);
         return;
@@ -315,6 +344,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: the thread is running here; its switch programs cannot run concurrently.
         unsafe { (*thread).off_cpu.comm[0] = 0 };
     }
+    unwind::forget_process(tgid);
     debug!(&ctx, "target {} executed a new program", tgid);
     send_process_event(process_event::EXEC, tgid, tgid);
     0
@@ -385,8 +415,10 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
     }
     // Preempted, or still running: runnable, waiting for a CPU from now on.
     let preempted = prev_state & STATE_PREEMPTED != 0 || prev_state == 0;
-    let user_stack_id = stack_id(
-        ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+    let user_stack_id = user_stack(
+        ctx,
+        tgid,
+        unwind::SCRATCH_TASK,
         counter::OFFCPU_STACK_COLLISIONS,
         counter::USER_STACK_ERRORS,
     );
@@ -790,8 +822,10 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
             let _ = FILES.remove(&key);
         }
     }
-    let user_stack_id = stack_id(
-        ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+    let user_stack_id = user_stack(
+        &ctx,
+        tgid,
+        unwind::SCRATCH_TASK,
         counter::USER_STACK_COLLISIONS,
         counter::USER_STACK_ERRORS,
     );
@@ -1029,8 +1063,10 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         (*entry).weight = weight;
         if weight != 0 {
             (*entry).ret_addr = caller_address(&ctx);
-            (*entry).user_stack_id = stack_id(
-                ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
+            (*entry).user_stack_id = user_stack(
+                &ctx,
+                tgid,
+                unwind::SCRATCH_TASK,
                 counter::USER_STACK_COLLISIONS,
                 counter::USER_STACK_ERRORS,
             );

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use profiler_common::{
     OFFCPU_STATE_BEFORE_ATTACH, OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED,
-    STACK_ID_COLLISION, STACK_ID_NONE,
+    STACK_ID_COLLISION, STACK_ID_NONE, stack_end,
 };
 
 use crate::{
@@ -115,8 +115,29 @@ pub fn block_reason(state: u32, kernel_frames: &[&Frame]) -> BlockReason {
     }
 }
 
-/// Stack id → addresses, innermost first (the sampled instruction, then return addresses).
-pub type StackTable = HashMap<u32, Vec<u64>>;
+/// Stacks by id: addresses, innermost first (the sampled instruction, then return addresses).
+#[derive(Clone, Debug, Default)]
+pub struct StackTable {
+    /// User stacks.
+    pub user: HashMap<u32, Vec<u64>>,
+    /// Kernel stacks.
+    pub kernel: HashMap<u32, Vec<u64>>,
+    /// Why the in-kernel unwinder stopped, per user stack it walked (a `stack_end` value);
+    /// empty when the kernel's frame-pointer walker took the stacks.
+    pub user_ends: HashMap<u32, u32>,
+}
+
+impl<const N: usize> From<[(u32, Vec<u64>); N]> for StackTable {
+    /// The same stacks under the same ids for both kinds (the kernel's shared stack map).
+    fn from(stacks: [(u32, Vec<u64>); N]) -> Self {
+        let stacks = HashMap::from(stacks);
+        StackTable {
+            user: stacks.clone(),
+            kernel: stacks,
+            user_ends: HashMap::new(),
+        }
+    }
+}
 
 /// Name of the frame standing in for a stack that could not be collected.
 fn missing_stack_frame(id: i32, kind: FrameKind) -> Option<Frame> {
@@ -150,10 +171,18 @@ fn is_bpf_trampoline(function: &str) -> bool {
     function.starts_with("bpf_trace_run") || function.starts_with("__bpf_trace_")
 }
 
-/// Root frame of a user stack whose outer frames could not be walked.
-fn truncated_stack_frame() -> Frame {
+/// Root frame of a user stack whose outer frames could not be walked, with why when the
+/// in-kernel unwinder said (a `stack_end` value).
+fn truncated_stack_frame(end: Option<u32>) -> Frame {
+    let why = match end {
+        Some(stack_end::DEPTH) => ": deeper than the unwinder walks",
+        Some(stack_end::READ_FAILED) => ": unreadable frame",
+        Some(stack_end::NOT_ADVANCING) => ": corrupt frame",
+        Some(stack_end::FRAME_POINTER_END) => ": no unwind information",
+        _ => "",
+    };
     Frame {
-        function: "[stack truncated]".to_owned(),
+        function: format!("{TRUNCATED_STACK}{why}]"),
         module: None,
         file: None,
         line: None,
@@ -161,6 +190,26 @@ fn truncated_stack_frame() -> Frame {
         inlined: false,
         unsymbolized: true,
     }
+}
+
+/// How the root frame of a truncated user stack starts.
+pub const TRUNCATED_STACK: &str = "[stack truncated";
+
+/// Functions a complete user stack starts in: the program's entry and thread starts.
+pub fn is_entry_function(function: &str) -> bool {
+    matches!(
+        function,
+        "_start"
+            | "__libc_start_main"
+            | "__libc_start_main_impl"
+            | "__libc_start_call_main"
+            | "clone"
+            | "__clone"
+            | "clone3"
+            | "__clone3"
+            | "start_thread"
+            | "thread_start"
+    )
 }
 
 /// Addresses to look up for a stack: return addresses point after the call, so one is
@@ -190,13 +239,13 @@ pub fn add_samples<'a>(
     let mut user_addresses: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut kernel_addresses: Vec<u64> = Vec::new();
     for raw in counts.keys() {
-        if let Some(stack) = stack_of(stacks, raw.user_stack) {
+        if let Some(stack) = stack_of(&stacks.user, raw.user_stack) {
             user_addresses
                 .entry(raw.pid)
                 .or_default()
                 .extend(lookup_addresses(stack));
         }
-        if let Some(stack) = stack_of(stacks, raw.kernel_stack) {
+        if let Some(stack) = stack_of(&stacks.kernel, raw.kernel_stack) {
             kernel_addresses.extend(lookup_addresses(stack));
         }
     }
@@ -222,7 +271,7 @@ pub fn add_samples<'a>(
         // Root first: user frames from the outermost caller, then the kernel frames below
         // the system call or interrupt.
         let mut frames: Vec<Frame> = Vec::new();
-        match stack_of(stacks, raw.user_stack) {
+        match stack_of(&stacks.user, raw.user_stack) {
             Some(stack) => {
                 let addresses: Vec<u64> = lookup_addresses(stack).collect();
                 // A return address outside every executable mapping means the frame-pointer
@@ -231,8 +280,16 @@ pub fn add_samples<'a>(
                     .iter()
                     .take_while(|&&address| !is_unmapped(&user_frames[&(raw.pid, address)]))
                     .count();
+                let end = stacks.user_ends.get(&(raw.user_stack as u32)).copied();
                 if valid < addresses.len() {
-                    frames.push(truncated_stack_frame());
+                    frames.push(truncated_stack_frame(None));
+                } else if let Some(end) = end
+                    && end != stack_end::ENTRY
+                    && !user_frames[&(raw.pid, addresses[valid - 1])]
+                        .iter()
+                        .any(|frame| is_entry_function(&frame.function))
+                {
+                    frames.push(truncated_stack_frame(Some(end)));
                 }
                 for address in addresses[..valid].iter().rev() {
                     frames.extend(user_frames[&(raw.pid, *address)].iter().cloned());
@@ -240,7 +297,7 @@ pub fn add_samples<'a>(
             }
             None => frames.extend(missing_stack_frame(raw.user_stack, FrameKind::User)),
         }
-        match stack_of(stacks, raw.kernel_stack) {
+        match stack_of(&stacks.kernel, raw.kernel_stack) {
             Some(stack) => {
                 for address in lookup_addresses(stack)
                     .collect::<Vec<_>>()
@@ -308,7 +365,7 @@ pub fn add_samples<'a>(
 }
 
 /// The addresses of stack `id`, if it is a real id present in the table.
-fn stack_of(stacks: &StackTable, id: i32) -> Option<&Vec<u64>> {
+fn stack_of(stacks: &HashMap<u32, Vec<u64>>, id: i32) -> Option<&Vec<u64>> {
     u32::try_from(id).ok().and_then(|id| stacks.get(&id))
 }
 

@@ -2,7 +2,7 @@
 //! maps into plain data. Dropping [`KernelProbes`] detaches and unloads everything (links and
 //! maps are owned by file descriptors; nothing is pinned), also when the process is killed.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
@@ -18,11 +18,12 @@ use aya::{
 use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS,
     CONTROL_FIRST_SAMPLE_NS, FdKey, IoKey, IoTotal, LATENCY_SLOTS, LiveAlloc, LiveKey,
-    MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED,
-    SampleKey, TargetFlags, ThreadState, counter,
+    MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, ProcessUnwind,
+    RECORDING_STOPPED, SampleKey, TargetFlags, ThreadState, UnwindRow, UserStack, counter,
 };
 
 use crate::{
+    assemble::StackTable,
     kernel_btf::{self, KernelTypes},
     tracefs::{self, TracefsError},
 };
@@ -156,6 +157,9 @@ pub struct LoadOptions {
     pub alloc: bool,
     /// Bytes between sampled allocations; 0 records every one.
     pub alloc_sample_bytes: u64,
+    /// Capacity of the unwind-row array when user stacks are walked with unwind tables;
+    /// `None` leaves user stacks to the kernel's frame-pointer walker.
+    pub unwind_rows: Option<u32>,
 }
 
 /// Counts taken from the kernel by one drain.
@@ -345,6 +349,8 @@ pub struct KernelProbes {
     process_events: RingBuf<MapData>,
     open_events: Option<RingBuf<MapData>>,
     active_sample_map: u64,
+    /// Whether user stack ids name `USER_STACKS` entries rather than `STACKS` ones.
+    unwind_with_tables: bool,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -385,6 +391,7 @@ impl KernelProbes {
             source: std::io::Error::other(err),
         })?;
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
+        let unwind_with_tables = u32::from(options.unwind_rows.is_some());
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
@@ -393,6 +400,9 @@ impl KernelProbes {
             .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
             .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
+            .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
+            // Arrays are allocated whole: a single row when tables are off.
+            .map_max_entries("UNWIND_ROWS", options.unwind_rows.unwrap_or(1).max(1))
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
@@ -469,6 +479,7 @@ impl KernelProbes {
             process_events,
             open_events,
             active_sample_map: 0,
+            unwind_with_tables: options.unwind_rows.is_some(),
             _logger: logger,
         })
     }
@@ -876,21 +887,75 @@ impl KernelProbes {
         Ok(threads)
     }
 
-    /// Addresses of the given stacks, innermost first; ids not in the map are left out.
+    /// The given user and kernel stacks; ids not in the maps are left out.
     pub fn stacks(
         &self,
-        ids: impl IntoIterator<Item = u32>,
-    ) -> Result<HashMap<u32, Vec<u64>>, ProbeError> {
-        let stacks: StackTraceMap<_> =
+        user_ids: impl IntoIterator<Item = u32>,
+        kernel_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<StackTable, ProbeError> {
+        let kernel_walked: StackTraceMap<_> =
             StackTraceMap::try_from(self.ebpf.map("STACKS").expect("STACKS is in the object"))
                 .map_err(map_error("STACKS"))?;
-        Ok(ids
-            .into_iter()
-            .filter_map(|id| {
-                let trace = stacks.get(&id, 0).ok()?;
-                Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
-            })
-            .collect())
+        let from_kernel = |id: u32| {
+            let trace = kernel_walked.get(&id, 0).ok()?;
+            Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
+        };
+        let mut table = StackTable {
+            kernel: kernel_ids.into_iter().filter_map(from_kernel).collect(),
+            ..StackTable::default()
+        };
+        if !self.unwind_with_tables {
+            table.user = user_ids.into_iter().filter_map(from_kernel).collect();
+            return Ok(table);
+        }
+        let walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
+            self.ebpf
+                .map("USER_STACKS")
+                .expect("USER_STACKS is in the object"),
+        )
+        .map_err(map_error("USER_STACKS"))?;
+        for id in user_ids {
+            let Ok(stack) = walked.get(&id, 0) else {
+                continue;
+            };
+            let len = (stack.len as usize).min(stack.frames.len());
+            table.user.insert(id, stack.frames[..len].to_vec());
+            table.user_ends.insert(id, stack.end);
+        }
+        Ok(table)
+    }
+
+    /// Writes rows of the shared unwind table, from index `first`.
+    pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
+        let mut array: Array<_, UnwindRow> = Array::try_from(
+            self.ebpf
+                .map_mut("UNWIND_ROWS")
+                .expect("UNWIND_ROWS is in the object"),
+        )
+        .map_err(map_error("UNWIND_ROWS"))?;
+        for (index, row) in (first..).zip(rows) {
+            array
+                .set(index, *row, 0)
+                .map_err(map_error("UNWIND_ROWS"))?;
+        }
+        Ok(())
+    }
+
+    /// Tells the unwinder the executable mappings of process `pid`.
+    pub fn set_process_unwind(
+        &mut self,
+        pid: u32,
+        process: &ProcessUnwind,
+    ) -> Result<(), ProbeError> {
+        let mut processes: BpfHashMap<_, u32, ProcessUnwind> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("UNWIND_PROCESSES")
+                .expect("UNWIND_PROCESSES is in the object"),
+        )
+        .map_err(map_error("UNWIND_PROCESSES"))?;
+        processes
+            .insert(pid, process, 0)
+            .map_err(map_error("UNWIND_PROCESSES"))
     }
 
     /// Loss counters summed over CPUs.

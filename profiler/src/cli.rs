@@ -95,6 +95,15 @@ pub struct ProfileArgs {
     /// allocation.
     #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
     pub alloc_sample: Option<u64>,
+    /// How user stacks are walked: `dwarf` (the objects' `.eh_frame` unwind tables, in the
+    /// kernel; frame pointers where an address has none) or `fp` (the kernel's frame-pointer
+    /// walker only: no start-up work, but truncated stacks for code without frame pointers).
+    #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
+    pub unwind: Unwind,
+    /// With `--unwind dwarf`: capacity of the unwind tables, rows (12 bytes each, allocated
+    /// up front); objects that do not fit are walked by frame pointers.
+    #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_name = "ROWS")]
+    pub unwind_rows: u32,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
@@ -194,6 +203,15 @@ impl TargetSpec {
     }
 }
 
+/// How user stacks are walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unwind {
+    /// Unwind tables compiled from `.eh_frame`/`.debug_frame`, frame pointers as fallback.
+    Dwarf,
+    /// Frame pointers only (the kernel's walker).
+    Fp,
+}
+
 /// How to profile, independent of the command line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
@@ -211,6 +229,9 @@ pub struct RunConfig {
     pub min_block: Duration,
     /// Bytes between sampled allocations; 0 records every allocation.
     pub alloc_sample_bytes: u64,
+    /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for
+    /// frame pointers only.
+    pub unwind_rows: Option<u32>,
 }
 
 impl From<ProfileArgs> for RunConfig {
@@ -226,6 +247,8 @@ impl From<ProfileArgs> for RunConfig {
             verbose: args.verbose,
             min_block: args.min_block,
             alloc_sample_bytes: args.alloc_sample.unwrap_or(0),
+            unwind_rows: (args.unwind == Unwind::Dwarf && cfg!(target_arch = "x86_64"))
+                .then_some(args.unwind_rows.max(1)),
         }
     }
 }

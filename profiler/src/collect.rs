@@ -32,10 +32,13 @@ use crate::{
         TimelineRow,
     },
     symbolize::Blazesym,
+    unwind::{UnwindStats, UnwindTables},
 };
 
 /// How often process notifications and memory maps are looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// How often process notifications (forks, execs, unwind-table requests) are handled.
+const EVENT_TICK: Duration = Duration::from_millis(10);
 /// How often sample counts are drained from the kernel.
 const DRAIN_EVERY_TICKS: u32 = 10;
 /// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
@@ -157,6 +160,8 @@ struct Collection {
     memory: Option<MemoryCollection>,
     /// (when, pid): pending re-reads of memory maps.
     refreshes: Vec<(Instant, u32)>,
+    /// Unwind tables, when user stacks are walked with them.
+    unwind: Option<UnwindTables>,
 }
 
 /// Allocation tracking state of a run.
@@ -191,6 +196,7 @@ impl MemoryCollection {
 impl Collection {
     fn watch_process(&mut self, pid: u32, comm: Option<String>) {
         let _ = self.spaces.refresh(pid);
+        self.load_unwind_tables(pid);
         self.processes.note(pid, comm);
         if self.io_enabled {
             // Descriptors it inherited or opened before the programs saw it.
@@ -198,6 +204,15 @@ impl Collection {
         }
         if let Err(err) = self.probe_allocators(pid) {
             log::warn!("allocations of process {pid} are not tracked: {err:#}");
+        }
+    }
+
+    /// Gives the unwinder the tables of every object `pid` maps.
+    fn load_unwind_tables(&mut self, pid: u32) {
+        if let Some(unwind) = self.unwind.as_mut()
+            && let Err(err) = unwind.load_process(pid, &mut self.probes)
+        {
+            log::debug!("unwind tables of process {pid}: {err:#}");
         }
     }
 
@@ -296,6 +311,7 @@ impl Collection {
                             .map(|delay| (now + *delay, event.pid)),
                     );
                 }
+                process_event::UNWIND_TABLES_MISSING => self.load_unwind_tables(event.pid),
                 _ => {}
             }
         }
@@ -411,6 +427,7 @@ impl Collection {
         threads.append(&mut self.exited_threads);
         let counters = self.probes.counters()?;
         let first_sample_ns = self.probes.first_sample_ns()?;
+        let unwind_stats = self.unwind.as_ref().map(UnwindTables::stats);
         let io_extras = self.probes.io_extras()?;
         let allocations = match self.memory.take() {
             Some(mut memory) => {
@@ -445,24 +462,25 @@ impl Collection {
             }
             None => None,
         };
-        let stack_ids: Vec<u32> = self
+        let user_ids = self
             .counts
             .keys()
-            .flat_map(|key| [key.user_stack_id, key.kernel_stack_id])
-            .chain(
-                self.offcpu
-                    .keys()
-                    .flat_map(|key| [key.user_stack_id, key.kernel_stack_id]),
-            )
+            .map(|key| key.user_stack_id)
+            .chain(self.offcpu.keys().map(|key| key.user_stack_id))
             .chain(self.io.keys().map(|key| key.user_stack_id))
             .chain(
                 allocations
                     .iter()
                     .flat_map(|a| a.sites.iter().map(|(site, _)| site.user_stack_id)),
             )
-            .filter_map(|id| u32::try_from(id).ok())
-            .collect();
-        let stacks = self.probes.stacks(stack_ids)?;
+            .filter_map(|id| u32::try_from(id).ok());
+        let kernel_ids = self
+            .counts
+            .keys()
+            .map(|key| key.kernel_stack_id)
+            .chain(self.offcpu.keys().map(|key| key.kernel_stack_id))
+            .filter_map(|id| u32::try_from(id).ok());
+        let stacks = self.probes.stacks(user_ids, kernel_ids)?;
         // Detaching takes the kernel about 0.1 s per uprobe: let it happen while the profile
         // is symbolized and written. Recording stopped already, and `main` waits for it.
         let mut probes = self.probes;
@@ -483,6 +501,7 @@ impl Collection {
             stacks,
             counters,
             first_sample_ns,
+            unwind: unwind_stats,
             detaching: Some(detaching),
         })
     }
@@ -511,6 +530,8 @@ struct Collected {
     stacks: StackTable,
     counters: Counters,
     first_sample_ns: Option<u64>,
+    /// What the unwind tables cost, when user stacks were walked with them.
+    unwind: Option<UnwindStats>,
     /// The thread detaching and unloading the programs.
     detaching: Option<std::thread::JoinHandle<()>>,
 }
@@ -782,6 +803,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         io: config.events.contains(&EventKind::Io),
         alloc: config.events.contains(&EventKind::Alloc),
         alloc_sample_bytes: config.alloc_sample_bytes,
+        unwind_rows: config.unwind_rows,
     })?;
     let mut root_pids = Vec::new();
     let mut gated = None;
@@ -865,6 +887,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             .contains(&EventKind::Alloc)
             .then(MemoryCollection::new),
         refreshes: Vec::new(),
+        unwind: config.unwind_rows.map(UnwindTables::new),
     };
     for pid in collection_pids {
         collection.watch_process(pid, None);
@@ -882,6 +905,15 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         collection
             .probe_allocators(pid)
             .context("cannot probe the allocator")?;
+        collection.load_unwind_tables(pid);
+        if let Some(unwind) = collection.unwind.as_mut() {
+            // Its libraries are the profiler's (tables loaded by `watch_process`); the program
+            // itself is compiled now, before it runs.
+            unwind.prepare_file(
+                program.as_deref().expect("resolved"),
+                &mut collection.probes,
+            );
+        }
         if scheduler {
             collection.probes.set_accounting_start(monotonic_ns())?;
         }
@@ -920,6 +952,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         })
     });
     let mut ticker = tokio::time::interval(TICK);
+    // Process notifications are answered sooner than the rest: unwind tables are asked for
+    // by the first samples of a new program.
+    let mut event_ticker = tokio::time::interval(EVENT_TICK);
     let mut ticks: u32 = 0;
     let stop = loop {
         let sleep_until_deadline = async {
@@ -943,6 +978,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
                 let status = status.context("lost the command's exit status")?.context("waiting for the command")?;
                 break Stop::CommandExited(status);
             }
+            _ = event_ticker.tick() => collection.handle_process_events(),
             _ = ticker.tick() => {
                 ticks += 1;
                 collection.handle_process_events();
@@ -997,6 +1033,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         first_sample_ms: collected
             .first_sample_ns
             .map(|ns| (ns as f64 - started_ns as f64) / 1e6),
+        unwind: collected.unwind,
         kernel: kernel_release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
     };

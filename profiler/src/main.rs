@@ -20,6 +20,8 @@ mod render;
 mod symbolize;
 mod synthetic;
 mod tracefs;
+mod unwind;
+mod unwind_table;
 
 use std::process::ExitCode;
 

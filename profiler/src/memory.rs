@@ -380,7 +380,7 @@ pub fn add_allocations(
     thread_name: impl Fn(u32, u32) -> String,
 ) -> MemoryStats {
     // Each (stack, caller) pair becomes a stack of its own, numbered past the kernel's ids.
-    let mut table = StackTable::new();
+    let mut table = StackTable::default();
     let mut synthetic: HashMap<(i32, u64), i32> = HashMap::new();
     let mut raw_of_site: HashMap<AllocSite, RawSample> = HashMap::new();
     for site in tracked
@@ -396,10 +396,14 @@ pub fn add_allocations(
         let id = *synthetic
             .entry((site.user_stack_id, site.ret_addr))
             .or_insert_with(|| {
-                let kernel = u32::try_from(site.user_stack_id)
-                    .ok()
-                    .and_then(|id| stacks.get(&id));
-                table.insert(next as u32, allocation_stack(kernel, site.ret_addr));
+                let walked = u32::try_from(site.user_stack_id).ok();
+                if let Some(end) = walked.and_then(|id| stacks.user_ends.get(&id)) {
+                    table.user_ends.insert(next as u32, *end);
+                }
+                let stack = walked.and_then(|id| stacks.user.get(&id));
+                table
+                    .user
+                    .insert(next as u32, allocation_stack(stack, site.ret_addr));
                 next
             });
         raw_of_site.insert(

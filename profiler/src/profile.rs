@@ -484,6 +484,9 @@ pub struct RunInfo {
     pub attach_ms: Option<f64>,
     /// Time from the start of the profiler to the first sample, in milliseconds.
     pub first_sample_ms: Option<f64>,
+    /// What the unwind tables cost; `None` when user stacks were walked by frame pointers.
+    #[serde(default)]
+    pub unwind: Option<crate::unwind::UnwindStats>,
     /// Kernel release the profile was taken on.
     pub kernel: String,
     /// Version of the profiler that took it.
@@ -687,6 +690,7 @@ pub(crate) mod tests {
             stop_reason: "target exited".into(),
             exit_code: Some(0),
             attach_ms: Some(12.0),
+            unwind: None,
             first_sample_ms: Some(20.0),
             kernel: "6.18.0".into(),
             profiler_version: "0.1.0".into(),

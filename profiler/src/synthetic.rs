@@ -35,6 +35,7 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
         exit_code: None,
         attach_ms: None,
         first_sample_ms: None,
+        unwind: None,
         kernel: String::new(),
         profiler_version: env!("CARGO_PKG_VERSION").into(),
     };

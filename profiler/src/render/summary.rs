@@ -44,6 +44,8 @@ pub struct Summary {
     pub attach_ms: Option<f64>,
     /// Time from profiler start to the first sample, ms.
     pub first_sample_ms: Option<f64>,
+    /// What the unwind tables cost; absent when stacks were walked by frame pointers.
+    pub unwind: Option<crate::unwind::UnwindStats>,
     /// Processes that contributed samples.
     pub processes: Vec<ProcessShare>,
     /// CPU section, when `cpu` was collected.
@@ -1076,6 +1078,7 @@ pub fn summarize(profile: &Profile) -> Summary {
         exit_code: run.exit_code,
         attach_ms: run.attach_ms,
         first_sample_ms: run.first_sample_ms,
+        unwind: run.unwind,
         processes,
         cpu: run
             .events
@@ -1149,6 +1152,21 @@ pub fn summary_markdown(summary: &Summary) -> String {
             let _ = write!(md, ", first sample after {first:.0} ms");
         }
         md.push('\n');
+    }
+    match &summary.unwind {
+        Some(unwind) => {
+            let _ = writeln!(
+                md,
+                "- User stacks: unwound with the `.eh_frame` tables of {} objects ({} of {} \
+                 rows, built in {:.0} ms); {} objects without tables walked by frame pointers",
+                unwind.objects,
+                unwind.rows,
+                unwind.capacity,
+                unwind.build_ms,
+                unwind.objects_without_tables
+            );
+        }
+        None => md.push_str("- User stacks: frame pointers only (`--unwind fp`)\n"),
     }
     if let Some(cpu) = &summary.cpu {
         let _ = writeln!(

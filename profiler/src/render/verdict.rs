@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::profile::{BlockReason, FrameKind, Profile};
+use crate::{
+    assemble::is_entry_function,
+    profile::{BlockReason, FrameKind, Profile},
+};
 
 use super::summary::{Summary, bytes_text};
 
@@ -28,6 +31,9 @@ pub struct Quality {
     pub stacks_cut_short: u64,
     /// Share of sampled frames without a symbol, percent.
     pub unsymbolized_frames_percent: f64,
+    /// Share of distinct user stacks that reach the program's entry or a thread's start,
+    /// percent.
+    pub complete_stacks_percent: f64,
     /// The same in one sentence.
     pub text: String,
 }
@@ -218,16 +224,25 @@ pub fn quality(profile: &Profile) -> Quality {
     let truncated = |stack: usize| {
         profile.stacks[stack].iter().any(|&frame| {
             let function = &profile.frames[frame].function;
-            function == "[stack truncated]" || function.contains("stack lost")
+            function.starts_with(crate::assemble::TRUNCATED_STACK)
+                || function.contains("stack lost")
         })
     };
     let mut cut_short = 0;
+    let (mut user_stacks, mut complete) = (0u64, 0u64);
     let mut frames_seen = 0u64;
     let mut unsymbolized = 0u64;
     for samples in profile.samples.values() {
         for sample in samples {
             if truncated(sample.stack) {
                 cut_short += 1;
+            }
+            let stack = &profile.stacks[sample.stack];
+            if let Some(&root) = stack.first()
+                && profile.frames[root].kind == FrameKind::User
+            {
+                user_stacks += 1;
+                complete += u64::from(is_entry_function(&profile.frames[root].function));
             }
             for &frame in &profile.stacks[sample.stack] {
                 let frame = &profile.frames[frame];
@@ -244,13 +259,20 @@ pub fn quality(profile: &Profile) -> Quality {
         (10000.0 * unsymbolized as f64 / frames_seen as f64).round() / 100.0
     };
     let distinct: usize = profile.samples.values().map(Vec::len).sum();
+    let complete_stacks_percent = if user_stacks == 0 {
+        0.0
+    } else {
+        (1000.0 * complete as f64 / user_stacks as f64).round() / 10.0
+    };
     Quality {
         lost_events,
         stacks_cut_short: cut_short,
         unsymbolized_frames_percent,
+        complete_stacks_percent,
         text: format!(
-            "Profile quality: {lost_events} events lost; {cut_short} of {distinct} distinct \
-             stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
+            "Profile quality: {lost_events} events lost; {complete_stacks_percent:.1}% of user \
+             stacks complete (from the entry point or thread start); {cut_short} of {distinct} \
+             distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
              unsymbolized"
         ),
     }

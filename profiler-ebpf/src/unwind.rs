@@ -1,0 +1,330 @@
+//! User-stack unwinding with compiled `.eh_frame` tables (x86-64).
+//!
+//! The collector compiles each mapped object's CFI into [`UnwindRow`]s, shared by all processes
+//! that map the object, and describes each process's executable mappings in
+//! `UNWIND_PROCESSES`. Here a `bpf_loop` callback walks one frame per iteration: find the
+//! mapping, binary-search its rows, apply the rule; where there is no row, follow the frame
+//! pointer. The verifier checks the callback once, so depth costs nothing at load time.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
+    helpers::{
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use profiler_common::{
+    DEFAULT_UNWIND_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind, STACK_ID_COLLISION,
+    STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES, UnwindMapping,
+    UnwindRow, UserStack, counter, process_event, stack_end, unwind_kind,
+};
+
+use crate::{bump, send_process_event};
+
+/// Rows of every loaded object, each object's rows contiguous and sorted by address.
+#[map]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, 0);
+
+/// Executable mappings of each profiled process (tgid).
+#[map]
+static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> =
+    HashMap::with_max_entries(UNWIND_PROCESS_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Walked user stacks by id (31 bits of their hash); allocated as stacks appear.
+#[map]
+static USER_STACKS: HashMap<u32, UserStack> =
+    HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Where a stack is walked before it is stored: too large for the BPF stack. One slot per
+/// context that can interrupt another on a CPU (perf events run in NMI, inside the others).
+#[map]
+static UNWIND_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(2, 0);
+
+/// When the collector was last asked to load a process's tables, ns (asks at most every 20 ms).
+#[map]
+static UNWIND_REQUESTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// Scratch slot of programs that run in NMI context (perf events).
+pub const SCRATCH_NMI: u32 = 0;
+/// Scratch slot of the other programs (tracepoints, uprobes).
+pub const SCRATCH_TASK: u32 = 1;
+
+const REQUEST_INTERVAL_NS: u64 = 20_000_000;
+/// Enough to binary-search 4 Mi rows / 256 mappings.
+const ROW_SEARCH_STEPS: u32 = 23;
+const MAPPING_SEARCH_STEPS: u32 = 9;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
+/// State of one walk, shared with the per-frame callback.
+#[repr(C)]
+struct Walk {
+    stack: *mut UserStack,
+    process: *const ProcessUnwind,
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    hash: u64,
+    missing_table: u32,
+    table_frames: u32,
+}
+
+/// The current thread's user stack, walked with the unwind tables, stored in `USER_STACKS`:
+/// its id, or a `STACK_ID_*` value.
+#[inline(always)]
+pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
+    let Some(stack) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot) else {
+        return STACK_ID_ERROR;
+    };
+    // SAFETY: helpers valid in every tracing program; the registers are read with
+    // bpf_probe_read_kernel, not dereferenced.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
+        return STACK_ID_ERROR;
+    };
+    if regs.rip == 0 {
+        return STACK_ID_NONE;
+    }
+    let process = match unsafe { UNWIND_PROCESSES.get(&tgid) } {
+        Some(process) => process as *const ProcessUnwind,
+        None => core::ptr::null(),
+    };
+    let mut walk = Walk {
+        stack,
+        process,
+        pc: regs.rip,
+        sp: regs.rsp,
+        bp: regs.rbp,
+        hash: 0xcbf2_9ce4_8422_2325,
+        missing_table: u32::from(process.is_null()),
+        table_frames: 0,
+    };
+    // SAFETY: the scratch slot is this CPU's, and nothing else on this CPU uses this slot
+    // while this program runs.
+    unsafe {
+        (*stack).len = 0;
+        (*stack).end = stack_end::DEPTH;
+    }
+    let step = unwind_step as *mut c_void;
+    // SAFETY: the callback only touches `walk` and map memory.
+    unsafe {
+        bpf_loop(
+            MAX_USER_FRAMES as u32,
+            step,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        )
+    };
+    crate::add_to_counter(counter::UNWIND_TABLE_FRAMES, u64::from(walk.table_frames));
+    // SAFETY: as above.
+    let (len, end) = unsafe { ((*stack).len, (*stack).end) };
+    crate::add_to_counter(
+        counter::UNWIND_FP_FRAMES,
+        u64::from(len.saturating_sub(walk.table_frames)),
+    );
+    bump(counter::UNWIND_STACKS);
+    if walk.missing_table != 0 {
+        request_tables(tgid);
+    }
+    let hash = (walk.hash ^ u64::from(end)).wrapping_mul(FNV_PRIME);
+    // SAFETY: as above.
+    unsafe { (*stack).hash = hash };
+    let id = (hash as u32 & 0x7fff_ffff) as i32;
+    let key = id as u32;
+    match unsafe { USER_STACKS.get(&key) } {
+        Some(stored) if stored.hash == hash => id,
+        Some(_) => {
+            bump(counter::USER_STACKS_LOST);
+            STACK_ID_COLLISION
+        }
+        None => {
+            // SAFETY: `stack` points to this CPU's scratch slot, filled above.
+            match USER_STACKS.insert(&key, unsafe { &*stack }, u64::from(BPF_NOEXIST)) {
+                Ok(()) => id,
+                // Another CPU stored it first (the same stack, or a collision: rare).
+                Err(_) if unsafe { USER_STACKS.get(&key) }.is_some() => id,
+                Err(_) => {
+                    bump(counter::USER_STACKS_LOST);
+                    STACK_ID_COLLISION
+                }
+            }
+        }
+    }
+}
+
+/// Asks the collector for a process's tables, at most every `REQUEST_INTERVAL_NS`.
+#[inline(always)]
+fn request_tables(tgid: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = UNWIND_REQUESTS.get_ptr_mut(&tgid) {
+        // SAFETY: a racing update from another CPU writes a time just as recent.
+        unsafe {
+            if now.wrapping_sub(*last) < REQUEST_INTERVAL_NS {
+                return;
+            }
+            *last = now;
+        }
+    } else if UNWIND_REQUESTS.insert(&tgid, &now, 0).is_err() {
+        return;
+    }
+    send_process_event(process_event::UNWIND_TABLES_MISSING, tgid, tgid);
+}
+
+/// Forgets a process's mappings (it executed a new program).
+#[inline(always)]
+pub fn forget_process(tgid: u32) {
+    let _ = UNWIND_PROCESSES.remove(&tgid);
+}
+
+/// Records the frame at `walk.pc` and steps to its caller. Returns 1 to stop the loop.
+unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given by `user_stack_id`.
+    let walk = unsafe { &mut *(walk as *mut Walk) };
+    // SAFETY: `stack` is this CPU's scratch slot (see `user_stack_id`).
+    let stack = unsafe { &mut *walk.stack };
+    let index = index as usize;
+    if index >= MAX_USER_FRAMES {
+        return 1;
+    }
+    stack.frames[index] = walk.pc;
+    stack.len = index as u32 + 1;
+    walk.hash = (walk.hash ^ walk.pc).wrapping_mul(FNV_PRIME);
+    if index + 1 == MAX_USER_FRAMES {
+        stack.end = stack_end::DEPTH;
+        return 1;
+    }
+    // A return address may point just past the call, into the next function: look up the
+    // call instruction instead.
+    let lookup = if index == 0 { walk.pc } else { walk.pc - 1 };
+    let row = if walk.process.is_null() {
+        None
+    } else {
+        // SAFETY: a map value, valid for the duration of the program.
+        find_row(unsafe { &*walk.process }, lookup, &mut walk.missing_table)
+    };
+    let (cfa, bp) = match row {
+        Some(row) if row.kind == unwind_kind::END => {
+            stack.end = stack_end::ENTRY;
+            return 1;
+        }
+        Some(row) if row.kind != unwind_kind::NONE => {
+            let base = if row.kind == unwind_kind::CFA_RBP {
+                walk.bp
+            } else {
+                walk.sp
+            };
+            let mut cfa = base.wrapping_add(row.cfa_offset as i64 as u64);
+            if row.kind == unwind_kind::PLT && (walk.pc & 15) >= row.rbp_offset as u64 {
+                cfa += 8;
+            }
+            let bp = if row.kind != unwind_kind::PLT && row.rbp_offset != 0 {
+                match read_user(cfa.wrapping_add(row.rbp_offset as i64 as u64)) {
+                    Some(bp) => bp,
+                    None => {
+                        stack.end = stack_end::READ_FAILED;
+                        return 1;
+                    }
+                }
+            } else {
+                walk.bp
+            };
+            walk.table_frames += 1;
+            (cfa, bp)
+        }
+        // No row: the frame pointer chain, if this code keeps one.
+        _ => {
+            if walk.bp == 0 {
+                stack.end = stack_end::FRAME_POINTER_END;
+                return 1;
+            }
+            match read_user(walk.bp) {
+                Some(bp) => (walk.bp + 16, bp),
+                None => {
+                    stack.end = stack_end::READ_FAILED;
+                    return 1;
+                }
+            }
+        }
+    };
+    if cfa <= walk.sp {
+        stack.end = stack_end::NOT_ADVANCING;
+        return 1;
+    }
+    let Some(return_address) = read_user(cfa - 8) else {
+        stack.end = stack_end::READ_FAILED;
+        return 1;
+    };
+    if return_address == 0 {
+        stack.end = stack_end::FRAME_POINTER_END;
+        return 1;
+    }
+    walk.pc = return_address;
+    walk.sp = cfa;
+    walk.bp = bp;
+    0
+}
+
+#[inline(always)]
+fn read_user(address: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the address.
+    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
+}
+
+/// The row covering `pc` in `process`, if its mapping has a table. Notes addresses outside
+/// every known mapping in `missing_table` (a library mapped since the tables were loaded).
+#[inline(always)]
+fn find_row(process: &ProcessUnwind, pc: u64, missing_table: &mut u32) -> Option<UnwindRow> {
+    let Some(mapping) = find_mapping(process, pc) else {
+        *missing_table = 1;
+        return None;
+    };
+    if mapping.row_count == 0 {
+        return None;
+    }
+    let address = pc.wrapping_sub(mapping.bias);
+    if address > u64::from(u32::MAX) {
+        return None;
+    }
+    let address = address as u32;
+    // Largest index in [first, end) whose row starts at or below the address.
+    let mut low = mapping.first_row;
+    let mut high = mapping.first_row.saturating_add(mapping.row_count);
+    if UNWIND_ROWS.get(low)?.address > address {
+        return None;
+    }
+    for _ in 0..ROW_SEARCH_STEPS {
+        if high - low <= 1 {
+            break;
+        }
+        let middle = low + (high - low) / 2;
+        if UNWIND_ROWS.get(middle)?.address <= address {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    UNWIND_ROWS.get(low).copied()
+}
+
+#[inline(always)]
+fn find_mapping(process: &ProcessUnwind, pc: u64) -> Option<&UnwindMapping> {
+    let mut low = 0;
+    let mut high = (process.mapping_count as usize).min(MAX_PROCESS_MAPPINGS);
+    for _ in 0..MAPPING_SEARCH_STEPS {
+        if low >= high {
+            return None;
+        }
+        let middle = (low + (high - low) / 2) & (MAX_PROCESS_MAPPINGS - 1);
+        let mapping = &process.mappings[middle];
+        if pc < mapping.start {
+            high = middle;
+        } else if pc >= mapping.end {
+            low = middle + 1;
+        } else {
+            return Some(mapping);
+        }
+    }
+    None
+}

@@ -1,0 +1,351 @@
+//! Unwind tables for the in-kernel unwinder: compiles each object a target maps once (cached by
+//! build-id, or by file identity without one), appends its rows to the kernel's shared row
+//! array, and describes each process's executable mappings to the kernel.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::Read as _,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
+
+use object::{Object as _, ObjectSegment as _};
+use profiler_common::{MAX_PROCESS_MAPPINGS, ProcessUnwind, UnwindMapping};
+
+use crate::{bpf::KernelProbes, procfs, unwind_table};
+
+/// Objects larger than this are not read for tables (walked by frame pointers).
+const MAX_OBJECT_BYTES: u64 = 2 << 30;
+
+/// A loadable segment: where its file bytes go in the object's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    file_offset: u64,
+    address: u64,
+    file_size: u64,
+}
+
+/// One compiled object: its rows in the kernel's array and its segments.
+#[derive(Clone, Debug)]
+struct ObjectTable {
+    first_row: u32,
+    row_count: u32,
+    segments: Vec<Segment>,
+}
+
+/// How a file is recognised again without reading it.
+type FileIdentity = (u64, u64, u64, i64);
+
+/// What building the tables cost, for the summary and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnwindStats {
+    /// Objects compiled.
+    pub objects: u32,
+    /// Rows loaded into the kernel.
+    pub rows: u32,
+    /// Capacity of the row array.
+    pub capacity: u32,
+    /// Objects left to frame pointers: unreadable, without tables, or past the capacity.
+    pub objects_without_tables: u32,
+    /// Time spent reading, compiling and loading tables, ms.
+    pub build_ms: f64,
+    /// Processes whose mappings were described to the kernel (counting reloads).
+    pub process_loads: u32,
+}
+
+/// The tables loaded so far.
+pub struct UnwindTables {
+    objects: HashMap<Vec<u8>, ObjectTable>,
+    identities: HashMap<FileIdentity, Vec<u8>>,
+    next_row: u32,
+    capacity: u32,
+    warned_full: bool,
+    stats: UnwindStats,
+    build_time: Duration,
+}
+
+impl UnwindTables {
+    /// Tables for a row array of `capacity` rows.
+    pub fn new(capacity: u32) -> Self {
+        UnwindTables {
+            objects: HashMap::new(),
+            identities: HashMap::new(),
+            next_row: 0,
+            capacity,
+            warned_full: false,
+            stats: UnwindStats {
+                capacity,
+                ..UnwindStats::default()
+            },
+            build_time: Duration::ZERO,
+        }
+    }
+
+    /// What building the tables cost so far.
+    pub fn stats(&self) -> UnwindStats {
+        UnwindStats {
+            build_ms: (self.build_time.as_secs_f64() * 1e4).round() / 10.0,
+            ..self.stats
+        }
+    }
+
+    /// Compiles the tables of every executable object `pid` maps (those not loaded yet) and
+    /// tells the kernel where they are. Returns the number of mappings described.
+    pub fn load_process(&mut self, pid: u32, probes: &mut KernelProbes) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        let maps = procfs::parse_maps(&procfs::read_maps(pid)?);
+        let mut mappings = Vec::new();
+        for entry in maps.iter().filter(|entry| entry.executable) {
+            if !entry.path.starts_with('/') {
+                // Anonymous or special ([vdso], JIT code): frame pointers.
+                continue;
+            }
+            let Some(object) = self.object(pid, entry, probes) else {
+                continue;
+            };
+            let Some(bias) = load_bias(&object.segments, entry.start, entry.file_offset) else {
+                continue;
+            };
+            mappings.push(UnwindMapping {
+                start: entry.start,
+                end: entry.end,
+                bias,
+                first_row: object.first_row,
+                row_count: object.row_count,
+            });
+        }
+        mappings.sort_by_key(|mapping| mapping.start);
+        if mappings.len() > MAX_PROCESS_MAPPINGS {
+            log::warn!(
+                "process {pid} maps {} executable objects; the unwinder knows the first \
+                 {MAX_PROCESS_MAPPINGS}, the rest are walked by frame pointers",
+                mappings.len()
+            );
+            mappings.truncate(MAX_PROCESS_MAPPINGS);
+        }
+        let mut process = Box::new(ProcessUnwind {
+            mapping_count: mappings.len() as u32,
+            _pad: 0,
+            mappings: [UnwindMapping::default(); MAX_PROCESS_MAPPINGS],
+        });
+        process.mappings[..mappings.len()].copy_from_slice(&mappings);
+        probes.set_process_unwind(pid, &process)?;
+        self.stats.process_loads += 1;
+        self.build_time += started.elapsed();
+        Ok(mappings.len())
+    }
+
+    /// The compiled table of the file behind a mapping, compiling and loading it if new.
+    fn object(
+        &mut self,
+        pid: u32,
+        entry: &procfs::MapEntry,
+        probes: &mut KernelProbes,
+    ) -> Option<ObjectTable> {
+        let file = File::open(procfs::map_file_path(pid, entry.start, entry.end))
+            .or_else(|_| File::open(procfs::path_in_process(pid, &entry.path)))
+            .ok()?;
+        self.file_table(file, &entry.path, probes)
+    }
+
+    /// Compiles and loads the tables of a program about to be run, so that its first
+    /// samples after the exec do not wait for them.
+    pub fn prepare_file(&mut self, path: &std::path::Path, probes: &mut KernelProbes) {
+        let started = Instant::now();
+        if let Ok(file) = File::open(path) {
+            self.file_table(file, &path.to_string_lossy(), probes);
+        }
+        self.build_time += started.elapsed();
+    }
+
+    /// The compiled table of an open object file, compiling and loading it if new.
+    fn file_table(
+        &mut self,
+        mut file: File,
+        path: &str,
+        probes: &mut KernelProbes,
+    ) -> Option<ObjectTable> {
+        let metadata = file.metadata().ok()?;
+        let identity = (
+            metadata.dev(),
+            metadata.ino(),
+            metadata.size(),
+            metadata.mtime(),
+        );
+        if let Some(key) = self.identities.get(&identity) {
+            return self.objects.get(key).cloned();
+        }
+        if metadata.size() > MAX_OBJECT_BYTES {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(metadata.size() as usize);
+        file.read_to_end(&mut bytes).ok()?;
+        let key = unwind_table::build_id(&bytes)
+            .map(|id| [b"build-id:".as_slice(), &id].concat())
+            .unwrap_or_else(|| format!("file:{identity:?}").into_bytes());
+        self.identities.insert(identity, key.clone());
+        if let Some(object) = self.objects.get(&key) {
+            return Some(object.clone());
+        }
+        let table = self.compile(path, &bytes, probes);
+        self.objects.insert(key, table.clone());
+        Some(table)
+    }
+
+    /// Compiles one object and loads its rows; an object without rows is walked by frame
+    /// pointers.
+    fn compile(&mut self, path: &str, bytes: &[u8], probes: &mut KernelProbes) -> ObjectTable {
+        let segments = segments(bytes);
+        let rows = match unwind_table::compile(bytes) {
+            Ok(rows) => rows,
+            Err(err) => {
+                log::info!("{path}: no unwind table ({err:#}); walked by frame pointers");
+                Vec::new()
+            }
+        };
+        let fits = u32::try_from(rows.len())
+            .ok()
+            .filter(|&count| count <= self.capacity - self.next_row);
+        let row_count = match fits {
+            Some(count) if count > 0 => match probes.write_unwind_rows(self.next_row, &rows) {
+                Ok(()) => count,
+                Err(err) => {
+                    log::warn!("{path}: loading its unwind table failed: {err:#}");
+                    0
+                }
+            },
+            Some(_) => 0,
+            None => {
+                if !self.warned_full {
+                    self.warned_full = true;
+                    log::warn!(
+                        "unwind tables full ({} of {} rows used): {path} ({} rows) and later \
+                         objects are walked by frame pointers; raise --unwind-rows",
+                        self.next_row,
+                        self.capacity,
+                        rows.len()
+                    );
+                }
+                0
+            }
+        };
+        if row_count == 0 {
+            self.stats.objects_without_tables += 1;
+        } else {
+            self.stats.objects += 1;
+            self.stats.rows += row_count;
+        }
+        let table = ObjectTable {
+            first_row: self.next_row,
+            row_count,
+            segments,
+        };
+        self.next_row += row_count;
+        table
+    }
+}
+
+/// The loadable segments of an ELF object (empty if it is not one).
+fn segments(bytes: &[u8]) -> Vec<Segment> {
+    let Ok(file) = object::File::parse(bytes) else {
+        return Vec::new();
+    };
+    file.segments()
+        .map(|segment| {
+            let (file_offset, file_size) = segment.file_range();
+            Segment {
+                file_offset,
+                address: segment.address(),
+                file_size,
+            }
+        })
+        .collect()
+}
+
+/// The bias of a mapping of file offset `file_offset` at `start`: object address = process
+/// address - bias. Mappings start on a page, segments need not: compare page-aligned.
+fn load_bias(segments: &[Segment], start: u64, file_offset: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let aligned = |segment: &&Segment| segment.file_offset & !(PAGE - 1);
+    // The segment the mapping starts: segments sharing a page with the one before overlap it
+    // in file offsets, so an exact start wins over containment.
+    let segment = segments
+        .iter()
+        .find(|segment| aligned(segment) == file_offset)
+        .or_else(|| {
+            segments.iter().find(|segment| {
+                aligned(segment) <= file_offset
+                    && file_offset < segment.file_offset + segment.file_size.max(1)
+            })
+        })?;
+    let aligned_offset = segment.file_offset & !(PAGE - 1);
+    let aligned_address = segment.address - (segment.file_offset - aligned_offset);
+    Some(start.wrapping_sub(aligned_address + (file_offset - aligned_offset)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_of_a_pie_text_mapping() {
+        // A PIE whose text segment sits at file offset 0x1000, address 0x1000, mapped at
+        // 0x5555_5555_5000 with offset 0x1000: bias is the load address 0x5555_5555_4000.
+        let segments = [
+            Segment {
+                file_offset: 0,
+                address: 0,
+                file_size: 0x800,
+            },
+            Segment {
+                file_offset: 0x1000,
+                address: 0x1000,
+                file_size: 0x2345,
+            },
+        ];
+        assert_eq!(
+            load_bias(&segments, 0x5555_5555_5000, 0x1000),
+            Some(0x5555_5555_4000)
+        );
+    }
+
+    #[test]
+    fn bias_of_an_unaligned_segment() {
+        // libc-style: text at file offset 0x28000 but address 0x28000 + 0x1000 would be a
+        // shifted layout; here the segment's offset is not page-aligned.
+        let segments = [Segment {
+            file_offset: 0x28040,
+            address: 0x29040,
+            file_size: 0x10000,
+        }];
+        // Mapped from offset 0x28000 at 0x7f00_0002_9000: address 0x29000 is there.
+        assert_eq!(
+            load_bias(&segments, 0x7f00_0002_9000, 0x28000),
+            Some(0x7f00_0000_0000)
+        );
+        assert_eq!(load_bias(&segments, 0x7f00_0002_9000, 0x50000), None);
+    }
+
+    #[test]
+    fn bias_when_segments_share_a_page() {
+        // rustc-linked PIE: the read-only segment's file range runs into the page where the
+        // text segment starts (offset 0x16f70, address 0x17f70), mapped from offset 0x16000.
+        let segments = [
+            Segment {
+                file_offset: 0,
+                address: 0,
+                file_size: 0x16f6c,
+            },
+            Segment {
+                file_offset: 0x16f70,
+                address: 0x17f70,
+                file_size: 0x3fb70,
+            },
+        ];
+        assert_eq!(
+            load_bias(&segments, 0x55e6_c67a_7000, 0x16000),
+            Some(0x55e6_c679_0000)
+        );
+    }
+}

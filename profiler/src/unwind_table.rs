@@ -1,0 +1,363 @@
+//! Compiles an object's DWARF call-frame information (`.eh_frame`, `.debug_frame`) into the
+//! flat, sorted [`UnwindRow`]s the in-kernel unwinder binary-searches (x86-64).
+//!
+//! Each CFI row becomes one rule: where the CFA is (`rsp` or `rbp` plus an offset, or the PLT
+//! expression), where the caller's `rbp` was saved, or that the frame is the outermost one.
+//! Anything else (other registers, other expressions) becomes a `NONE` row, which the unwinder
+//! walks by frame pointer.
+
+use anyhow::{Context as _, bail};
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
+};
+use object::{Object as _, ObjectSection as _};
+use profiler_common::{UnwindRow, unwind_kind};
+
+/// Slice reader over the object's bytes.
+type Slice<'a> = gimli::EndianSlice<'a, LittleEndian>;
+
+/// One rule over `[start, end)` of an FDE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    end: u64,
+    rule: UnwindRow,
+}
+
+/// Unwind rows of one object, sorted by address, consecutive rows differing in their rule.
+pub fn compile(elf: &[u8]) -> anyhow::Result<Vec<UnwindRow>> {
+    let file = object::File::parse(elf).context("not an object file")?;
+    if file.architecture() != object::Architecture::X86_64 {
+        bail!("unwind tables are compiled for x86-64 only");
+    }
+    let mut spans = Vec::new();
+    // `.eh_frame` first: where both describe an address, its rule wins (kept on ties below).
+    if let Some(section) = file.section_by_name(".eh_frame") {
+        let data = section.data().context(".eh_frame unreadable")?;
+        let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+        if let Some(text) = file.section_by_name(".text") {
+            bases = bases.set_text(text.address());
+        }
+        if let Some(got) = file.section_by_name(".got") {
+            bases = bases.set_got(got.address());
+        }
+        let eh_frame = EhFrame::new(data, LittleEndian);
+        collect_spans(&eh_frame, &bases, &mut spans).context("reading .eh_frame")?;
+    }
+    if let Some(section) = file.section_by_name(".debug_frame") {
+        let data = section.data().context(".debug_frame unreadable")?;
+        let mut debug_frame = DebugFrame::new(data, LittleEndian);
+        debug_frame.set_address_size(8);
+        collect_spans(&debug_frame, &BaseAddresses::default(), &mut spans)
+            .context("reading .debug_frame")?;
+    }
+    if spans.is_empty() {
+        bail!("no call-frame information");
+    }
+    rows_of(spans)
+}
+
+/// Appends the rule spans of every FDE of `section`; FDEs it cannot parse are skipped.
+fn collect_spans<'a, S: UnwindSection<Slice<'a>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    spans: &mut Vec<Span>,
+) -> gimli::Result<()> {
+    let mut context = Box::new(UnwindContext::new());
+    let mut entries = section.entries(bases);
+    while let Some(entry) = entries.next()? {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(S::cie_from_offset) else {
+            continue;
+        };
+        let Ok(mut table) = fde.rows(section, bases, &mut context) else {
+            continue;
+        };
+        while let Ok(Some(row)) = table.next_row() {
+            if row.start_address() >= row.end_address() {
+                continue;
+            }
+            spans.push(Span {
+                start: row.start_address(),
+                end: row.end_address(),
+                rule: rule_of(section, row),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The unwinder's rule for one CFI row.
+fn rule_of<'a, S: UnwindSection<Slice<'a>>>(
+    section: &S,
+    row: &gimli::UnwindTableRow<usize>,
+) -> UnwindRow {
+    let none = UnwindRow::default();
+    // `None`: the ABI's default rule, which for x86-64 CIEs is never the return address's.
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Undefined) => {
+            return UnwindRow {
+                kind: unwind_kind::END,
+                ..none
+            };
+        }
+        // The psABI's return address slot, which the unwinder assumes.
+        Some(RegisterRule::Offset(-8)) => {}
+        _ => return none,
+    }
+    let (kind, cfa_offset, plt_threshold) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            let kind = match *register {
+                X86_64::RSP => unwind_kind::CFA_RSP,
+                X86_64::RBP => unwind_kind::CFA_RBP,
+                _ => return none,
+            };
+            (kind, *offset, 0)
+        }
+        CfaRule::Expression(expression) => {
+            let Some((offset, threshold)) = expression
+                .get(section)
+                .ok()
+                .and_then(|expression| plt_expression(expression.0.slice()))
+            else {
+                return none;
+            };
+            (unwind_kind::PLT, offset, threshold)
+        }
+    };
+    let Ok(cfa_offset) = i32::try_from(cfa_offset) else {
+        return none;
+    };
+    let rbp_offset = match row.register(X86_64::RBP) {
+        Some(RegisterRule::Offset(offset)) => match i16::try_from(offset) {
+            Ok(offset) if offset != 0 => offset,
+            _ => return none,
+        },
+        // Not saved in this frame: the caller's value is still in the register.
+        None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => 0,
+        // Saved somewhere the unwinder cannot follow: the CFA is still right, and rbp only
+        // matters to a caller whose CFA is rbp-based, which then falls back to frame
+        // pointers on a wrong value at worst (the walk checks that frames move up).
+        _ => 0,
+    };
+    UnwindRow {
+        address: 0,
+        cfa_offset,
+        rbp_offset: if kind == unwind_kind::PLT {
+            plt_threshold
+        } else {
+            rbp_offset
+        },
+        kind,
+        _pad: 0,
+    }
+}
+
+/// Recognises the CFA expression linkers emit for `.plt` entries:
+/// `rsp + offset + (((rip & 15) >= threshold) << 3)`. Returns (offset, threshold).
+fn plt_expression(bytes: &[u8]) -> Option<(i64, i16)> {
+    const DW_OP_BREG7: u8 = 0x77;
+    const DW_OP_BREG16: u8 = 0x80;
+    const DW_OP_LIT0: u8 = 0x30;
+    // DW_OP_lit15, DW_OP_and, DW_OP_litN, DW_OP_ge, DW_OP_lit3, DW_OP_shl, DW_OP_plus
+    let (&first, rest) = bytes.split_first()?;
+    if first != DW_OP_BREG7 {
+        return None;
+    }
+    // A one-byte SLEB128 offset, as every linker writes it.
+    let (&offset, rest) = rest.split_first()?;
+    if offset & 0x80 != 0 {
+        return None;
+    }
+    let offset = i64::from(((offset << 1) as i8) >> 1);
+    match rest {
+        [DW_OP_BREG16, 0, 0x3f, 0x1a, lit, 0x2a, 0x33, 0x24, 0x22]
+            if (DW_OP_LIT0..=DW_OP_LIT0 + 31).contains(lit) =>
+        {
+            Some((offset, i16::from(lit - DW_OP_LIT0)))
+        }
+        _ => None,
+    }
+}
+
+/// Flattens rule spans into sorted rows: later-starting spans win where spans overlap, gaps
+/// get a `NONE` row, consecutive equal rules merge.
+fn rows_of(mut spans: Vec<Span>) -> anyhow::Result<Vec<UnwindRow>> {
+    // Stable: of two spans starting at one address, the first collected (`.eh_frame`) wins.
+    spans.sort_by_key(|span| span.start);
+    spans.dedup_by_key(|span| span.start);
+    let mut rows: Vec<UnwindRow> = Vec::with_capacity(spans.len());
+    let mut push = |address: u64, rule: UnwindRow| -> anyhow::Result<()> {
+        let address =
+            u32::try_from(address).with_context(|| format!("address {address:#x} above 4 GiB"))?;
+        let row = UnwindRow { address, ..rule };
+        match rows.last_mut() {
+            Some(last) if last.address == address => *last = row,
+            Some(last) if UnwindRow { address, ..*last } == row => {}
+            _ => rows.push(row),
+        }
+        Ok(())
+    };
+    for (index, span) in spans.iter().enumerate() {
+        push(span.start, span.rule)?;
+        let next_start = spans.get(index + 1).map(|next| next.start);
+        if next_start.is_none_or(|next| next > span.end) {
+            push(span.end, UnwindRow::default())?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The GNU build-id of an object, if it has one.
+pub fn build_id(elf: &[u8]) -> Option<Vec<u8>> {
+    let file = object::File::parse(elf).ok()?;
+    file.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, process::Command};
+
+    use object::ObjectSymbol as _;
+
+    use super::*;
+
+    fn rsp(cfa_offset: i32, rbp_offset: i16) -> UnwindRow {
+        UnwindRow {
+            address: 0,
+            cfa_offset,
+            rbp_offset,
+            kind: unwind_kind::CFA_RSP,
+            _pad: 0,
+        }
+    }
+
+    /// The rule covering `address`.
+    fn rule_at(rows: &[UnwindRow], address: u64) -> UnwindRow {
+        let index = rows.partition_point(|row| u64::from(row.address) <= address);
+        UnwindRow {
+            address: 0,
+            ..rows[index - 1]
+        }
+    }
+
+    /// Assembles `source` (GNU as syntax, x86-64) into a shared object (linked, so that FDE
+    /// addresses are final), its text at address 0x1000.
+    fn assemble(name: &str, source: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join(format!("{name}.s"));
+        let output = dir.path().join(format!("{name}.so"));
+        std::fs::write(&input, source).unwrap();
+        let status = Command::new("cc")
+            .args(["-shared", "-nostdlib", "-Wl,-Ttext=0x1000", "-o"])
+            .arg(&output)
+            .arg(&input)
+            .status()
+            .expect("cc runs");
+        assert!(status.success());
+        std::fs::read(output).unwrap()
+    }
+
+    #[test]
+    fn frame_pointer_prologue_rows() {
+        // push rbp; mov rbp, rsp; ...; pop rbp; ret, with the CFI gcc writes for it.
+        let object = assemble(
+            "prologue",
+            "\t.text\n\t.globl f\nf:\n\t.cfi_startproc\n\tpushq %rbp\n\t.cfi_def_cfa_offset 16\n\
+             \t.cfi_offset %rbp, -16\n\tmovq %rsp, %rbp\n\t.cfi_def_cfa_register %rbp\n\
+             \tnop\n\tpopq %rbp\n\t.cfi_def_cfa %rsp, 8\n\tret\n\t.cfi_endproc\n",
+        );
+        let rows = compile(&object).unwrap();
+        let rbp = |cfa_offset| UnwindRow {
+            kind: unwind_kind::CFA_RBP,
+            ..rsp(cfa_offset, -16)
+        };
+        // f at 0x1000: push (1 byte), mov (3 bytes), nop (1), pop (1), ret (1).
+        assert_eq!(rule_at(&rows, 0x1000), rsp(8, 0));
+        assert_eq!(rule_at(&rows, 0x1001), rsp(16, -16));
+        assert_eq!(rule_at(&rows, 0x1004), rbp(16));
+        assert_eq!(rule_at(&rows, 0x1005), rbp(16));
+        assert_eq!(rule_at(&rows, 0x1006), rsp(8, -16));
+        // Past the function: no rule.
+        assert_eq!(rule_at(&rows, 0x1007).kind, unwind_kind::NONE);
+        assert!(
+            rows.windows(2)
+                .all(|pair| pair[0].address < pair[1].address)
+        );
+    }
+
+    #[test]
+    fn undefined_return_address_marks_the_outermost_frame() {
+        let object = assemble(
+            "entry",
+            "\t.text\n\t.globl _entry\n_entry:\n\t.cfi_startproc\n\t.cfi_undefined %rip\n\
+             \txorl %ebp, %ebp\n\thlt\n\t.cfi_endproc\n",
+        );
+        let rows = compile(&object).unwrap();
+        assert_eq!(rule_at(&rows, 0x1000).kind, unwind_kind::END);
+    }
+
+    #[test]
+    fn plt_expression_is_recognised() {
+        // rsp + 8 + (((rip & 15) >= 11) << 3)
+        let bytes = [
+            0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22,
+        ];
+        assert_eq!(plt_expression(&bytes), Some((8, 11)));
+        assert_eq!(plt_expression(&bytes[..10]), None);
+        assert_eq!(plt_expression(&[0x77, 0x10]), None);
+    }
+
+    #[test]
+    fn linked_executable_has_plt_and_function_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("plt.c");
+        let output = dir.path().join("plt");
+        std::fs::write(
+            &source,
+            "#include <stdio.h>\nint main(void) { puts(\"x\"); return 0; }\n",
+        )
+        .unwrap();
+        let status = Command::new("cc")
+            .args(["-O2", "-fno-plt", "-o"])
+            .arg(&output)
+            .arg(&source)
+            .status()
+            .expect("cc runs");
+        assert!(status.success());
+        let rows = compile(&std::fs::read(&output).unwrap()).unwrap();
+        assert!(rows.iter().any(|row| row.kind == unwind_kind::CFA_RSP));
+        assert!(
+            rows.windows(2)
+                .all(|pair| pair[0].address < pair[1].address)
+        );
+    }
+
+    #[test]
+    fn system_libc_table() {
+        let path = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let Ok(bytes) = std::fs::read(path) else {
+            eprintln!("skipping: no {}", path.display());
+            return;
+        };
+        let rows = compile(&bytes).unwrap();
+        assert!(rows.len() > 1000, "{} rows", rows.len());
+        assert!(
+            rows.windows(2)
+                .all(|pair| pair[0].address < pair[1].address)
+        );
+        // clone3's child marks its return address undefined.
+        assert!(rows.iter().any(|row| row.kind == unwind_kind::END));
+        let file = object::File::parse(&*bytes).unwrap();
+        let qsort = file
+            .dynamic_symbols()
+            .find(|symbol| symbol.name() == Ok("qsort"))
+            .expect("libc exports qsort");
+        // On entry, the return address is on top of the stack.
+        assert_eq!(rule_at(&rows, qsort.address()), rsp(8, 0));
+        assert!(build_id(&bytes).is_some_and(|id| !id.is_empty()));
+    }
+}

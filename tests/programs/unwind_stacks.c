@@ -1,0 +1,95 @@
+/* Stacks that frame-pointer walking gets wrong, built twice by build.rs: with frame pointers
+ * (unwind_stacks_fp) and without (unwind_stacks_nofp).
+ *
+ *   unwind_stacks leaf SECONDS    main -> outer_call -> middle_call -> leaf_spin (a leaf: no frame)
+ *   unwind_stacks deep SECONDS    main -> recurse x DEEP_FRAMES -> leaf_spin
+ *   unwind_stacks qsort SECONDS   main -> sort_rounds -> qsort (libc) -> ... -> compare_slowly
+ *   unwind_stacks thread SECONDS  start_thread -> thread_body -> middle_call -> leaf_spin
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define DEEP_FRAMES 300
+
+static volatile unsigned long sink;
+static double end_time;
+
+/* Keeps calls from becoming jumps (a tail call would drop its caller from every stack). */
+#define NO_TAIL() __asm__ volatile("" ::: "memory")
+
+__attribute__((noinline)) void leaf_spin(void) {
+    /* A true leaf: calls nothing, so gcc gives it no frame even with frame pointers. */
+    unsigned long local = 0;
+    for (int round = 0; round < 200000; round++) local += round ^ (local >> 3);
+    sink += local;
+}
+
+__attribute__((noinline)) void middle_call(void) {
+    while (now() < end_time) leaf_spin();
+    NO_TAIL();
+}
+
+__attribute__((noinline)) void outer_call(void) {
+    middle_call();
+    NO_TAIL();
+}
+
+__attribute__((noinline)) void recurse(int depth) {
+    if (depth > 1)
+        recurse(depth - 1);
+    else
+        middle_call();
+    NO_TAIL();
+}
+
+__attribute__((noinline)) int compare_slowly(const void *a, const void *b) {
+    unsigned long local = 0;
+    for (int round = 0; round < 2000; round++) local += round ^ (local >> 3);
+    sink += local;
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+__attribute__((noinline)) void sort_rounds(void) {
+    enum { N = 4096 };
+    static int values[N];
+    while (now() < end_time) {
+        for (int i = 0; i < N; i++) values[i] = (i * 7919) % N;
+        qsort(values, N, sizeof values[0], compare_slowly);
+    }
+    NO_TAIL();
+}
+
+__attribute__((noinline)) void *thread_body(void *arg) {
+    (void)arg;
+    middle_call();
+    NO_TAIL();
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s leaf|deep|qsort|thread SECONDS\n", argv[0]);
+        return 2;
+    }
+    end_time = now() + atof(argv[2]);
+    if (strcmp(argv[1], "leaf") == 0) {
+        outer_call();
+    } else if (strcmp(argv[1], "deep") == 0) {
+        recurse(DEEP_FRAMES);
+    } else if (strcmp(argv[1], "qsort") == 0) {
+        sort_rounds();
+    } else if (strcmp(argv[1], "thread") == 0) {
+        pthread_t thread;
+        pthread_create(&thread, NULL, thread_body, NULL);
+        pthread_join(thread, NULL);
+    } else {
+        return 2;
+    }
+    NO_TAIL();
+    return 0;
+}

@@ -1,0 +1,178 @@
+//! Complete user stacks with and without frame pointers: the in-kernel `.eh_frame` unwinder
+//! against programs whose stacks frame-pointer walking gets wrong.
+
+use profiler_tests::{have_root, percent, read_folded, read_summary, record, serial};
+
+/// The frames a complete stack starts with, after the thread name: the program's entry or a
+/// thread's start, as glibc names them.
+const ENTRY_FUNCTIONS: [&str; 4] = ["_start", "clone3", "__clone3", "clone"];
+
+/// Share of the weight of stacks ending in `leaf` that start at an entry function and end with
+/// exactly `path` (outermost first, `path` ending in `leaf`).
+fn complete_share(stacks: &[(Vec<String>, u64)], path: &[&str]) -> (f64, Vec<String>) {
+    let leaf = *path.last().expect("a path");
+    let mut total = 0;
+    let mut complete = 0;
+    let mut example = Vec::new();
+    for (frames, weight) in stacks {
+        // Inlined callees (`_[i]`) and an interrupt's kernel frames (`_[k]`) below the leaf.
+        let own = frames
+            .iter()
+            .rposition(|frame| !frame.ends_with("_[i]") && !frame.ends_with("_[k]"))
+            .map_or(&frames[..0], |last| &frames[..=last]);
+        if own.last().map(String::as_str) != Some(leaf) {
+            continue;
+        }
+        total += weight;
+        // frames[0] is the thread name.
+        let starts_at_entry = frames
+            .get(1)
+            .is_some_and(|root| ENTRY_FUNCTIONS.contains(&root.as_str()));
+        if starts_at_entry
+            && own
+                .iter()
+                .map(String::as_str)
+                .rev()
+                .zip(path.iter().rev())
+                .all(|(a, b)| a == *b)
+            && own.len() > path.len()
+        {
+            complete += weight;
+        } else if example.is_empty() {
+            example.clone_from(frames);
+        }
+    }
+    (percent(complete, total), example)
+}
+
+/// Records `program` (built with and without frame pointers) and checks that at least
+/// `min_share` percent of the stacks through `leaf` are complete and equal to `path`.
+fn assert_complete_stacks(program: &str, args: &[&str], path: &[&str]) {
+    for variant in ["fp", "nofp"] {
+        let name = format!("{program}_{variant}");
+        let (dir, out) = record(&["-F", "499"], &name, args);
+        assert!(out.status.success(), "{name}: {out:?}");
+        let stacks = read_folded(&dir.path().join("cpu.folded"));
+        let (share, example) = complete_share(&stacks, path);
+        assert!(
+            share >= 95.0,
+            "{name}: only {share:.1}% of stacks are entry .. {path:?}; e.g. {example:?}"
+        );
+        let summary = read_summary(dir.path());
+        let quality = summary["quality"]["complete_stacks_percent"]
+            .as_f64()
+            .expect("quality.complete_stacks_percent");
+        assert!(quality >= 95.0, "{name}: summary says {quality}% complete");
+    }
+}
+
+#[test]
+fn leaf_function_keeps_its_caller() {
+    let _serial = serial();
+    if !have_root("leaf_function_keeps_its_caller") {
+        return;
+    }
+    assert_complete_stacks(
+        "unwind_stacks",
+        &["leaf", "2"],
+        &["main", "outer_call", "middle_call", "leaf_spin"],
+    );
+}
+
+#[test]
+fn thread_stacks_start_at_the_thread_start() {
+    let _serial = serial();
+    if !have_root("thread_stacks_start_at_the_thread_start") {
+        return;
+    }
+    assert_complete_stacks(
+        "unwind_stacks",
+        &["thread", "2"],
+        &["start_thread", "thread_body", "middle_call", "leaf_spin"],
+    );
+}
+
+#[test]
+fn deep_recursion_is_walked_to_the_entry() {
+    let _serial = serial();
+    if !have_root("deep_recursion_is_walked_to_the_entry") {
+        return;
+    }
+    let mut path = vec!["main"];
+    path.extend(std::iter::repeat_n("recurse", 300));
+    path.extend(["middle_call", "leaf_spin"]);
+    assert_complete_stacks("unwind_stacks", &["deep", "2"], &path);
+
+    // The kernel's frame-pointer walker stops at 127 frames: none complete.
+    let (dir, out) = record(
+        &["-F", "499", "--unwind", "fp"],
+        "unwind_stacks_fp",
+        &["deep", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    let (share, _) = complete_share(&stacks, &path);
+    assert!(
+        share < 1.0,
+        "frame pointers walked {share:.1}% of 300-deep stacks"
+    );
+    let summary = read_summary(dir.path());
+    assert!(
+        summary["quality"]["complete_stacks_percent"]
+            .as_f64()
+            .unwrap()
+            < 5.0
+    );
+}
+
+#[test]
+fn callback_through_libc_qsort_keeps_both_sides() {
+    let _serial = serial();
+    if !have_root("callback_through_libc_qsort_keeps_both_sides") {
+        return;
+    }
+    for variant in ["fp", "nofp"] {
+        let name = format!("unwind_stacks_{variant}");
+        let (dir, out) = record(&["-F", "499"], &name, &["qsort", "2"]);
+        assert!(out.status.success(), "{name}: {out:?}");
+        let stacks = read_folded(&dir.path().join("cpu.folded"));
+        let mut total = 0;
+        let mut complete = 0;
+        for (frames, weight) in &stacks {
+            if frames.last().map(String::as_str) != Some("compare_slowly") {
+                continue;
+            }
+            total += weight;
+            // entry .. main -> sort_rounds -> qsort (libc, no frame pointers) .. compare_slowly
+            let main = frames.iter().position(|f| f == "main");
+            let sort = frames.iter().position(|f| f == "sort_rounds");
+            let libc = frames
+                .iter()
+                .position(|f| f.starts_with("qsort") || f.starts_with("msort"));
+            if ENTRY_FUNCTIONS.contains(&frames[1].as_str())
+                && matches!((main, sort, libc), (Some(m), Some(s), Some(l)) if m + 1 == s && s < l)
+            {
+                complete += weight;
+            }
+        }
+        let share = percent(complete, total);
+        assert!(share >= 95.0, "{name}: {share:.1}% complete: {stacks:?}");
+    }
+}
+
+#[test]
+fn rust_release_binary_stacks_are_complete() {
+    let _serial = serial();
+    if !have_root("rust_release_binary_stacks_are_complete") {
+        return;
+    }
+    assert_complete_stacks(
+        "unwind_rust",
+        &["2"],
+        &[
+            "unwind_rust::outer_call",
+            "unwind_rust::middle_call",
+            "unwind_rust::leaf_spin",
+        ],
+    );
+}
