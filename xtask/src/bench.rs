@@ -12,6 +12,7 @@
 //!   Writes `docs/performance/render-results.md`.
 //! - `bench-io`: small reads from `/dev/zero`; `profiler record --events io` against bpftrace
 //!   timing `read` per user stack. Writes `docs/performance/io-results.md`.
+//! - `bench-unwind` (in `bench_unwind`): `.eh_frame` unwinding against frame pointers.
 
 use std::{
     fmt::Write as _,
@@ -81,17 +82,22 @@ pub struct OffCpuBenchArgs {
     no_write: bool,
 }
 
-fn ensure_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("perf", "linux-perf"), ("bpftrace", "bpftrace")]
-        .into_iter()
-        .filter(|(tool, _)| {
-            Command::new(tool)
-                .arg("--version")
-                .output()
-                .map_or(true, |o| !o.status.success())
-        })
-        .map(|(_, package)| package)
-        .collect();
+/// Installs the peer tools and bpftool if missing.
+pub(crate) fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("perf", "linux-perf"),
+        ("bpftrace", "bpftrace"),
+        ("bpftool", "bpftool"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .map_or(true, |o| !o.status.success())
+    })
+    .map(|(_, package)| package)
+    .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,10 +1,11 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io | bench-alloc | bench-render`.
+//! bench-io | bench-alloc | bench-render | bench-unwind`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
+mod bench_unwind;
 mod setup;
 
 use std::{
@@ -47,6 +48,9 @@ enum Task {
     /// Time to render every output file of a million-sample profile; writes
     /// docs/performance/render-results.md.
     BenchRender(bench::RenderBenchArgs),
+    /// Cost per sample and start-up of `.eh_frame` unwinding against frame pointers; writes
+    /// docs/performance/unwind-results.md.
+    BenchUnwind(bench_unwind::UnwindBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchRender(args) => {
             build()?;
             bench::render(&args)
+        }
+        Task::BenchUnwind(args) => {
+            build()?;
+            bench_unwind::unwind(&args)
         }
     }
 }

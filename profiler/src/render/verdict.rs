@@ -31,8 +31,8 @@ pub struct Quality {
     pub stacks_cut_short: u64,
     /// Share of sampled frames without a symbol, percent.
     pub unsymbolized_frames_percent: f64,
-    /// Share of distinct user stacks that reach the program's entry or a thread's start,
-    /// percent.
+    /// Share of events (samples, calls) whose user stack reaches the program's entry or a
+    /// thread's start, percent.
     pub complete_stacks_percent: f64,
     /// The same in one sentence.
     pub text: String,
@@ -241,8 +241,12 @@ pub fn quality(profile: &Profile) -> Quality {
             if let Some(&root) = stack.first()
                 && profile.frames[root].kind == FrameKind::User
             {
-                user_stacks += 1;
-                complete += u64::from(is_entry_function(&profile.frames[root].function));
+                // Weighted by events (samples, calls), so a rare odd stack weighs little.
+                let events = sample.count.unwrap_or(sample.weight);
+                user_stacks += events;
+                if is_entry_function(&profile.frames[root].function) {
+                    complete += events;
+                }
             }
             for &frame in &profile.stacks[sample.stack] {
                 let frame = &profile.frames[frame];
@@ -270,8 +274,9 @@ pub fn quality(profile: &Profile) -> Quality {
         unsymbolized_frames_percent,
         complete_stacks_percent,
         text: format!(
-            "Profile quality: {lost_events} events lost; {complete_stacks_percent:.1}% of user \
-             stacks complete (from the entry point or thread start); {cut_short} of {distinct} \
+            "Profile quality: {lost_events} events lost; {complete_stacks_percent:.1}% of events \
+             with complete user stacks (from the entry point or thread start); {cut_short} of \
+             {distinct} \
              distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
              unsymbolized"
         ),
@@ -319,14 +324,25 @@ mod tests {
         stack.insert(0, cut);
         profile.stacks.push(stack);
         profile.samples.get_mut(&EventKind::Cpu).unwrap()[0].stack = profile.stacks.len() - 1;
+        // The other sample's stack starts at the program's entry: complete.
+        let other = profile.samples[&EventKind::Cpu][1].stack;
+        let root = profile.stacks[other][0];
+        profile.frames[root].function = "_start".into();
         let quality = quality(&profile);
         assert_eq!(quality.lost_events, 5);
         assert_eq!(quality.stacks_cut_short, 1);
         assert!(quality.unsymbolized_frames_percent > 0.0);
+        let samples = &profile.samples[&EventKind::Cpu];
+        let expected =
+            100.0 * samples[1].weight as f64 / (samples[0].weight + samples[1].weight) as f64;
+        assert!((quality.complete_stacks_percent - expected).abs() < 0.1);
         assert!(
-            quality
-                .text
-                .starts_with("Profile quality: 5 events lost; 1 of 2")
+            quality.text.starts_with(&format!(
+                "Profile quality: 5 events lost; {expected:.1}% of events with complete user \
+                 stacks (from the entry point or thread start); 1 of 2"
+            )),
+            "{}",
+            quality.text
         );
     }
 }
