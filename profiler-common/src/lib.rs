@@ -639,7 +639,7 @@ pub const ALLOC_SITE_ENTRIES: u32 = 32 * 1024;
 pub const MAX_USER_FRAMES: usize = 512;
 /// Capacity of the map of user stacks walked by the in-kernel unwinder (allocated on demand).
 pub const USER_STACK_ENTRIES: u32 = 16 * 1024;
-/// Default capacity of the unwind-row array shared by all mapped objects (12 bytes a row).
+/// Default capacity of the unwind-row array shared by all mapped objects (8 bytes a row).
 pub const DEFAULT_UNWIND_ROWS: u32 = 2 * 1024 * 1024;
 /// Executable mappings per process the unwinder knows (the rest unwind by frame pointers).
 pub const MAX_PROCESS_MAPPINGS: usize = 256;
@@ -664,23 +664,23 @@ pub mod unwind_kind {
 /// One row of a compiled unwind table: how to find the caller's frame from any address at or
 /// above `address` (up to the next row) in one object.
 ///
-/// The return address is always at CFA - 8 (x86-64 psABI).
+/// The return address is always at CFA - 8 (x86-64 psABI). Eight bytes, the kernel's array
+/// element size, so a table costs 8 bytes a row; frames too large for the offsets are walked
+/// by frame pointer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindRow {
     /// First address covered, in the object's own address space (file virtual address).
     pub address: u32,
     /// Offset added to the CFA base register.
-    pub cfa_offset: i32,
+    pub cfa_offset: i16,
     /// Where the caller's `rbp` is saved, relative to the CFA; 0 when `rbp` is unchanged.
     /// For [`unwind_kind::PLT`] rows, the PLT threshold instead.
-    pub rbp_offset: i16,
+    pub rbp_offset: i8,
     /// One of the [`unwind_kind`] values.
     pub kind: u8,
-    /// Explicit padding.
-    pub _pad: u8,
 }
-const _: () = assert!(size_of::<UnwindRow>() == 12);
+const _: () = assert!(size_of::<UnwindRow>() == 8);
 
 /// One executable mapping of a process and the rows of its object.
 #[repr(C)]

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_task_pt_regs,
@@ -18,15 +18,16 @@ use aya_ebpf::{
 };
 use profiler_common::{
     DEFAULT_UNWIND_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind, STACK_ID_COLLISION,
-    STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES, UnwindMapping,
-    UnwindRow, UserStack, counter, process_event, stack_end, unwind_kind,
+    STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES, UnwindRow,
+    UserStack, counter, process_event, stack_end, unwind_kind,
 };
 
 use crate::{bump, send_process_event};
 
-/// Rows of every loaded object, each object's rows contiguous and sorted by address.
+/// Rows of every loaded object, each object's rows contiguous and sorted by address. Mappable,
+/// so the collector writes a table with one copy instead of a system call per row.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, 0);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
 
 /// Executable mappings of each profiled process (tgid).
 #[map]
@@ -276,10 +277,13 @@ fn read_user(address: u64) -> Option<u64> {
 /// every known mapping in `missing_table` (a library mapped since the tables were loaded).
 #[inline(always)]
 fn find_row(process: &ProcessUnwind, pc: u64, missing_table: &mut u32) -> Option<UnwindRow> {
-    let Some(mapping) = find_mapping(process, pc) else {
+    // The verifier checks the callback until its state converges: nothing precise (like a
+    // cached mapping index) is carried from one frame to the next.
+    let Some(index) = find_mapping(process, pc) else {
         *missing_table = 1;
         return None;
     };
+    let mapping = &process.mappings[index];
     if mapping.row_count == 0 {
         return None;
     }
@@ -308,8 +312,9 @@ fn find_row(process: &ProcessUnwind, pc: u64, missing_table: &mut u32) -> Option
     UNWIND_ROWS.get(low).copied()
 }
 
+/// Index of the mapping holding `pc`.
 #[inline(always)]
-fn find_mapping(process: &ProcessUnwind, pc: u64) -> Option<&UnwindMapping> {
+fn find_mapping(process: &ProcessUnwind, pc: u64) -> Option<usize> {
     let mut low = 0;
     let mut high = (process.mapping_count as usize).min(MAX_PROCESS_MAPPINGS);
     for _ in 0..MAPPING_SEARCH_STEPS {
@@ -323,7 +328,7 @@ fn find_mapping(process: &ProcessUnwind, pc: u64) -> Option<&UnwindMapping> {
         } else if pc >= mapping.end {
             low = middle + 1;
         } else {
-            return Some(mapping);
+            return Some(middle);
         }
     }
     None

@@ -84,6 +84,9 @@ pub enum ProbeError {
     /// The online CPUs could not be listed.
     #[error("cannot list online CPUs: {0}")]
     Cpus(String),
+    /// Unwind rows could not be written.
+    #[error("cannot write unwind tables: {0}")]
+    UnwindRows(String),
 }
 
 /// Whether an OS error with one of `codes` is somewhere in the error's source chain.
@@ -351,6 +354,8 @@ pub struct KernelProbes {
     active_sample_map: u64,
     /// Whether user stack ids name `USER_STACKS` entries rather than `STACKS` ones.
     unwind_with_tables: bool,
+    /// Capacity of `UNWIND_ROWS`.
+    unwind_rows: u32,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -392,6 +397,7 @@ impl KernelProbes {
         })?;
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
         let unwind_with_tables = u32::from(options.unwind_rows.is_some());
+        let unwind_rows = options.unwind_rows.unwrap_or(1).max(1);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
@@ -402,7 +408,7 @@ impl KernelProbes {
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
             // Arrays are allocated whole: a single row when tables are off.
-            .map_max_entries("UNWIND_ROWS", options.unwind_rows.unwrap_or(1).max(1))
+            .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
@@ -480,6 +486,7 @@ impl KernelProbes {
             open_events,
             active_sample_map: 0,
             unwind_with_tables: options.unwind_rows.is_some(),
+            unwind_rows,
             _logger: logger,
         })
     }
@@ -925,18 +932,44 @@ impl KernelProbes {
         Ok(table)
     }
 
-    /// Writes rows of the shared unwind table, from index `first`.
+    /// Writes rows of the shared unwind table, from index `first`, through a shared mapping
+    /// of the array (one copy, however many rows).
     pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
-        let mut array: Array<_, UnwindRow> = Array::try_from(
-            self.ebpf
-                .map_mut("UNWIND_ROWS")
-                .expect("UNWIND_ROWS is in the object"),
-        )
-        .map_err(map_error("UNWIND_ROWS"))?;
-        for (index, row) in (first..).zip(rows) {
-            array
-                .set(index, *row, 0)
-                .map_err(map_error("UNWIND_ROWS"))?;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+
+        let end = first as usize + rows.len();
+        if end > self.unwind_rows as usize {
+            return Err(ProbeError::UnwindRows(format!(
+                "rows {first}..{end} past the capacity of {}",
+                self.unwind_rows
+            )));
+        }
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map("UNWIND_ROWS") else {
+            unreachable!("UNWIND_ROWS is an array in the object");
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let len = self.unwind_rows as usize * size_of::<UnwindRow>();
+        // SAFETY: a fresh shared mapping of the map's memory, unmapped below; the kernel
+        // programs read rows concurrently, but only rows the collector has not published yet
+        // (no process mapping points at them) are written.
+        unsafe {
+            let memory = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if memory == libc::MAP_FAILED {
+                return Err(ProbeError::UnwindRows(format!(
+                    "mapping the row array: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            let target = memory.cast::<UnwindRow>().add(first as usize);
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), target, rows.len());
+            libc::munmap(memory, len);
         }
         Ok(())
     }

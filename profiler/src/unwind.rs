@@ -63,6 +63,9 @@ pub struct UnwindTables {
     warned_full: bool,
     stats: UnwindStats,
     build_time: Duration,
+    /// (device, inode) of the profiler's own executable, never a target worth a table (a
+    /// launched command maps it until its exec).
+    own_executable: Option<(u64, u64)>,
 }
 
 impl UnwindTables {
@@ -79,6 +82,9 @@ impl UnwindTables {
                 ..UnwindStats::default()
             },
             build_time: Duration::ZERO,
+            own_executable: std::fs::metadata("/proc/self/exe")
+                .ok()
+                .map(|metadata| (metadata.dev(), metadata.ino())),
         }
     }
 
@@ -167,6 +173,9 @@ impl UnwindTables {
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
         let metadata = file.metadata().ok()?;
+        if self.own_executable == Some((metadata.dev(), metadata.ino())) {
+            return None;
+        }
         let identity = (
             metadata.dev(),
             metadata.ino(),
@@ -230,6 +239,7 @@ impl UnwindTables {
                 0
             }
         };
+        log::debug!("{path}: {row_count} unwind rows");
         if row_count == 0 {
             self.stats.objects_without_tables += 1;
         } else {

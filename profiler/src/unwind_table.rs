@@ -128,11 +128,11 @@ fn rule_of<'a, S: UnwindSection<Slice<'a>>>(
             (unwind_kind::PLT, offset, threshold)
         }
     };
-    let Ok(cfa_offset) = i32::try_from(cfa_offset) else {
+    let Ok(cfa_offset) = i16::try_from(cfa_offset) else {
         return none;
     };
     let rbp_offset = match row.register(X86_64::RBP) {
-        Some(RegisterRule::Offset(offset)) => match i16::try_from(offset) {
+        Some(RegisterRule::Offset(offset)) => match i8::try_from(offset) {
             Ok(offset) if offset != 0 => offset,
             _ => return none,
         },
@@ -152,13 +152,12 @@ fn rule_of<'a, S: UnwindSection<Slice<'a>>>(
             rbp_offset
         },
         kind,
-        _pad: 0,
     }
 }
 
 /// Recognises the CFA expression linkers emit for `.plt` entries:
 /// `rsp + offset + (((rip & 15) >= threshold) << 3)`. Returns (offset, threshold).
-fn plt_expression(bytes: &[u8]) -> Option<(i64, i16)> {
+fn plt_expression(bytes: &[u8]) -> Option<(i64, i8)> {
     const DW_OP_BREG7: u8 = 0x77;
     const DW_OP_BREG16: u8 = 0x80;
     const DW_OP_LIT0: u8 = 0x30;
@@ -177,7 +176,7 @@ fn plt_expression(bytes: &[u8]) -> Option<(i64, i16)> {
         [DW_OP_BREG16, 0, 0x3f, 0x1a, lit, 0x2a, 0x33, 0x24, 0x22]
             if (DW_OP_LIT0..=DW_OP_LIT0 + 31).contains(lit) =>
         {
-            Some((offset, i16::from(lit - DW_OP_LIT0)))
+            Some((offset, (lit - DW_OP_LIT0) as i8))
         }
         _ => None,
     }
@@ -225,13 +224,12 @@ mod tests {
 
     use super::*;
 
-    fn rsp(cfa_offset: i32, rbp_offset: i16) -> UnwindRow {
+    fn rsp(cfa_offset: i16, rbp_offset: i8) -> UnwindRow {
         UnwindRow {
             address: 0,
             cfa_offset,
             rbp_offset,
             kind: unwind_kind::CFA_RSP,
-            _pad: 0,
         }
     }
 
