@@ -38,6 +38,9 @@ pub enum Command {
         #[arg(required = true, last = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
+    /// Check what this kernel and this user can do: BTF, perf events, tracepoints, uprobes,
+    /// ring buffers, tracefs, capabilities; one PASS/FAIL line each, with what to do.
+    Check,
     /// Regenerate every rendered file of an output folder from its saved profile.
     Report {
         /// Output folder of an earlier run.
@@ -100,6 +103,11 @@ pub struct ProfileArgs {
     /// walker only: no start-up work, but truncated stacks for code without frame pointers).
     #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
     pub unwind: Unwind,
+    /// Budget for the counts the collector keeps between drains (distinct thread × stack
+    /// keys); past it, new keys are dropped and counted as lost. Kernel maps have fixed sizes
+    /// (see docs/design.md).
+    #[arg(long, value_parser = parse_bytes, default_value = "512MiB", value_name = "BYTES")]
+    pub max_memory: u64,
     /// With `--unwind dwarf`: capacity of the unwind tables, rows (12 bytes each, allocated
     /// up front); objects that do not fit are walked by frame pointers.
     #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_name = "ROWS")]
@@ -232,6 +240,8 @@ pub struct RunConfig {
     /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for
     /// frame pointers only.
     pub unwind_rows: Option<u32>,
+    /// Budget for the collector's counts, bytes.
+    pub max_memory: u64,
 }
 
 impl From<ProfileArgs> for RunConfig {
@@ -249,6 +259,7 @@ impl From<ProfileArgs> for RunConfig {
             alloc_sample_bytes: args.alloc_sample.unwrap_or(0),
             unwind_rows: (args.unwind == Unwind::Dwarf && cfg!(target_arch = "x86_64"))
                 .then_some(args.unwind_rows.max(1)),
+            max_memory: args.max_memory,
         }
     }
 }

@@ -104,6 +104,24 @@ fn validate_pids(pids: &[u32]) -> anyhow::Result<()> {
         {
             bail!("{pid} is a thread of process {tgid}: pass the process id {tgid}");
         }
+        // Its memory map (for unwinding and symbols) is only readable by its own user or with
+        // CAP_SYS_PTRACE: refuse now rather than produce unsymbolized stacks.
+        let owner = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1)?.parse::<u32>().ok());
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if let Some(owner) = owner
+            && owner != me
+            && !privileges::can_trace_others()
+        {
+            bail!(
+                "process {pid} belongs to user {owner}: reading its memory map needs \
+                 CAP_SYS_PTRACE (missing): run with sudo, or `setcap \
+                 cap_bpf,cap_perfmon,cap_sys_ptrace+ep` on the binary"
+            );
+        }
     }
     Ok(())
 }
@@ -162,6 +180,10 @@ struct Collection {
     refreshes: Vec<(Instant, u32)>,
     /// Unwind tables, when user stacks are walked with them.
     unwind: Option<UnwindTables>,
+    /// Budget for the counts kept between drains (`--max-memory`), bytes.
+    max_state_bytes: u64,
+    /// Events dropped because the counts reached the budget.
+    memory_cap_dropped: u64,
 }
 
 /// Allocation tracking state of a run.
@@ -352,6 +374,22 @@ impl Collection {
         Ok(())
     }
 
+    /// What the counts kept between drains take, roughly: entries times key, value and the
+    /// hash table's own overhead.
+    fn state_bytes(&self) -> u64 {
+        const TABLE_OVERHEAD: usize = 16;
+        let size = |entries: usize, key: usize, value: usize| {
+            (entries * (key + value + TABLE_OVERHEAD)) as u64
+        };
+        size(self.counts.len(), size_of::<SampleKey>(), 8)
+            + size(
+                self.offcpu.len(),
+                size_of::<OffCpuKey>(),
+                size_of::<OffCpuTime>(),
+            )
+            + size(self.io.len(), size_of::<IoKey>(), size_of::<IoTotal>())
+    }
+
     fn drain(&mut self) -> anyhow::Result<()> {
         let drained = self.probes.drain()?;
         let pids: Vec<u32> = drained
@@ -367,13 +405,31 @@ impl Collection {
                 self.watch_process(pid, None);
             }
         }
+        // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
+        let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {
-            *self.counts.entry(key).or_default() += count;
+            match self.counts.get_mut(&key) {
+                Some(total) => *total += count,
+                None if full => self.memory_cap_dropped += count,
+                None => {
+                    self.counts.insert(key, count);
+                }
+            }
         }
         for (key, time) in drained.offcpu {
-            *self.offcpu.entry(key).or_default() += time;
+            match self.offcpu.get_mut(&key) {
+                Some(total) => *total += time,
+                None if full => self.memory_cap_dropped += time.count,
+                None => {
+                    self.offcpu.insert(key, time);
+                }
+            }
         }
         for (key, io) in drained.io {
+            if full && !self.io.contains_key(&key) {
+                self.memory_cap_dropped += io.count;
+                continue;
+            }
             // An fd the run has not seen opened: name it while it is (likely) still open.
             if self.files.needs_scan(&key) {
                 self.files.scan(&io::proc_root(), key.tgid);
@@ -502,6 +558,7 @@ impl Collection {
             counters,
             first_sample_ns,
             unwind: unwind_stats,
+            memory_cap_dropped: self.memory_cap_dropped,
             detaching: Some(detaching),
         })
     }
@@ -532,6 +589,8 @@ struct Collected {
     first_sample_ns: Option<u64>,
     /// What the unwind tables cost, when user stacks were walked with them.
     unwind: Option<UnwindStats>,
+    /// Events dropped at `--max-memory`.
+    memory_cap_dropped: u64,
     /// The thread detaching and unloading the programs.
     detaching: Option<std::thread::JoinHandle<()>>,
 }
@@ -577,6 +636,7 @@ impl Collected {
         let events = run.events.clone();
         let mut profile = Profile::new(run);
         profile.losses = losses(&self.counters);
+        profile.losses.memory_cap_dropped = self.memory_cap_dropped;
         let mut interner = Interner::default();
         let mut symbols = Blazesym::new(&self.spaces);
         let raw_sample = |tgid: u32, tid: u32, comm: &[u8], stacks: (i32, i32), state| RawSample {
@@ -791,7 +851,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         )
     });
     let output = OutputDir::prepare(&output_path)
-        .with_context(|| format!("output folder {} is not writable", output_path.display()))?;
+        .with_context(|| format!("cannot use output folder {}", output_path.display()))?;
 
     let follow = spec.follows_children();
     let scheduler = config.events.contains(&EventKind::OffCpu);
@@ -888,6 +948,8 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             .then(MemoryCollection::new),
         refreshes: Vec::new(),
         unwind: config.unwind_rows.map(UnwindTables::new),
+        max_state_bytes: config.max_memory,
+        memory_cap_dropped: 0,
     };
     for pid in collection_pids {
         collection.watch_process(pid, None);
@@ -1093,7 +1155,7 @@ fn status_message(counters: &Counters) -> String {
 fn losses(counters: &Counters) -> Losses {
     let get = |index: u32| counters[index as usize];
     Losses {
-        user_stack_collisions: get(counter::USER_STACK_COLLISIONS),
+        user_stack_collisions: get(counter::USER_STACK_COLLISIONS) + get(counter::USER_STACKS_LOST),
         kernel_stack_collisions: get(counter::KERNEL_STACK_COLLISIONS),
         user_stack_errors: get(counter::USER_STACK_ERRORS),
         kernel_stack_errors: get(counter::KERNEL_STACK_ERRORS),
@@ -1111,6 +1173,7 @@ fn losses(counters: &Counters) -> Losses {
         alloc_calls: get(counter::ALLOC_CALLS),
         live_map_full: get(counter::LIVE_MAP_FULL),
         alloc_sites_full: get(counter::ALLOC_SITES_FULL),
+        memory_cap_dropped: 0,
     }
 }
 

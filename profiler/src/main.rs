@@ -3,42 +3,28 @@
 //! `profiler attach PID` and `profiler record -- CMD` collect CPU samples with eBPF programs
 //! (see `profiler-ebpf`), symbolize them and write folded stacks, flamegraphs and a summary.
 
-mod address_space;
-mod assemble;
-mod bpf;
-mod cli;
-mod collect;
-mod io;
-mod kernel_btf;
-mod launch;
-mod memory;
-mod output;
-mod privileges;
-mod procfs;
-mod profile;
-mod render;
-mod symbolize;
-mod synthetic;
-mod tracefs;
-mod unwind;
-mod unwind_table;
-
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::{
+use profiler::{
+    check,
     cli::{Cli, Command, RunConfig, TargetSpec},
-    output::OutputDir,
+    collect,
+    output::{self, OutputDir},
     profile::{PROFILE_FILE, Profile},
+    render, synthetic,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Attach { options, .. } | Command::Record { options, .. } => options.verbose,
-        Command::Report { .. } | Command::Diff { .. } | Command::Synthesize { .. } => false,
+        Command::Report { .. }
+        | Command::Diff { .. }
+        | Command::Synthesize { .. }
+        | Command::Check => false,
     };
     // The eBPF programs log under the `profiler` target, like the collector; dependencies stay
     // at warnings even with --verbose.
@@ -65,6 +51,9 @@ fn main() -> ExitCode {
 
 /// Exit code of `diff` when a function grew past `--fail-above`.
 const REGRESSION_EXIT_CODE: u8 = 3;
+/// Exit code when the results could not be written to the output folder and went to a
+/// temporary folder instead (printed).
+const RESULTS_ELSEWHERE_EXIT_CODE: u8 = 4;
 
 /// A saved profile from an output folder or the file itself.
 fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
@@ -94,7 +83,7 @@ fn diff(
         )
     });
     let out = OutputDir::prepare(&dir)
-        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+        .with_context(|| format!("cannot use output folder {}", dir.display()))?;
     let (summary, written) = render::diff::write_diff(&before, &after, fail_above, &out)
         .with_context(|| format!("writing the diff to {}", dir.display()))?;
     if summary.kinds.is_empty() {
@@ -124,10 +113,19 @@ fn diff(
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let (spec, config) = match command {
+        Command::Check => {
+            let (text, ok) = check::report(&check::run_checks());
+            print!("{text}");
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Command::Report { dir } => {
             let profile = Profile::load(&dir.join(PROFILE_FILE))?;
             let output = OutputDir::prepare(&dir)
-                .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+                .with_context(|| format!("cannot use output folder {}", dir.display()))?;
             let written = render::render_all(&profile, &output)
                 .with_context(|| format!("writing results to {}", dir.display()))?;
             eprintln!(
@@ -220,7 +218,7 @@ fn write_results(
                 output.path().display(),
                 fallback.display()
             );
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(RESULTS_ELSEWHERE_EXIT_CODE))
         }
     }
 }

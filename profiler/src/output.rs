@@ -3,6 +3,7 @@
 use std::{
     fs,
     io::{self, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -16,6 +17,11 @@ pub const DEFAULT_ROOT: &str = "benchmarks";
 #[derive(Debug)]
 pub struct OutputDir {
     path: PathBuf,
+    /// The folder as opened when checked: files are written through `/proc/self/fd/N`, so a
+    /// folder swapped for a symlink after the check is never written through.
+    _dir: fs::File,
+    /// `/proc/self/fd/N` of `dir`.
+    write_path: PathBuf,
     /// Owner to give files to when running under sudo.
     owner: Option<(u32, u32)>,
     /// Whether `prepare` created the folder.
@@ -60,6 +66,38 @@ pub fn local_stamp(unix_secs: i64) -> String {
     )
 }
 
+/// Folders the profiler never writes into, even when asked: a root process writing there on a
+/// user's say-so could replace system files.
+const SYSTEM_DIRS: [&str; 17] = [
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/var/cache",
+];
+
+/// The system folder `real` (a resolved path) is in, if any; `/` itself counts.
+fn system_dir(real: &Path) -> Option<&'static str> {
+    if real == Path::new("/") {
+        return Some("/");
+    }
+    SYSTEM_DIRS
+        .into_iter()
+        .find(|system| real.starts_with(system))
+}
+
 /// The invoking user when run through sudo, to hand results back to.
 fn sudo_owner() -> Option<(u32, u32)> {
     let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
@@ -76,14 +114,55 @@ impl OutputDir {
             .take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists())
             .map(Path::to_path_buf)
             .collect();
+        // Checked before anything is created: the deepest existing ancestor, resolved.
+        let existing = path
+            .ancestors()
+            .find(|ancestor| !ancestor.as_os_str().is_empty() && ancestor.exists())
+            .unwrap_or(Path::new("."));
+        if let Ok(real) = fs::canonicalize(existing)
+            && let Some(system) = system_dir(&real)
+        {
+            return Err(io::Error::other(format!(
+                "{} is inside the system folder {system}; choose a folder of your own",
+                real.display()
+            )));
+        }
+        let check_kind = || -> io::Result<()> {
+            let metadata = fs::symlink_metadata(path)?;
+            if metadata.file_type().is_symlink() {
+                return Err(io::Error::other(
+                    "is a symbolic link; refusing to follow it (give the real folder)",
+                ));
+            }
+            if !metadata.is_dir() {
+                return Err(io::Error::other("exists and is not a folder"));
+            }
+            Ok(())
+        };
+        if path.exists() || path.is_symlink() {
+            check_kind()?;
+        }
         fs::create_dir_all(path)?;
-        if !fs::metadata(path)?.is_dir() {
-            return Err(io::Error::other("exists and is not a folder"));
+        check_kind()?;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)?;
+        let write_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        // Where it really is, whatever symlinks led there.
+        let real = fs::read_link(&write_path)?;
+        if let Some(system) = system_dir(&real) {
+            return Err(io::Error::other(format!(
+                "{} is inside the system folder {system}; choose a folder of your own",
+                real.display()
+            )));
         }
         // Probe with a real file: permissions, read-only mounts and full disks all show here.
-        tempfile::NamedTempFile::new_in(path)?;
+        tempfile::NamedTempFile::new_in(&write_path)?;
         let out = OutputDir {
             path: path.to_path_buf(),
+            _dir: dir,
+            write_path,
             owner: sudo_owner(),
             created: !missing.is_empty(),
             used: std::cell::Cell::new(false),
@@ -103,13 +182,22 @@ impl OutputDir {
     /// replaces (never follows) a symlink planted under that name.
     pub fn write(&self, name: &str, contents: &[u8]) -> io::Result<()> {
         self.used.set(true);
-        let mut file = tempfile::NamedTempFile::new_in(&self.path)?;
+        if name.contains('/') || name == ".." {
+            return Err(io::Error::other(format!("{name}: not a file name")));
+        }
+        // Created exclusively (O_EXCL) under a random name, renamed into place.
+        let mut file = tempfile::NamedTempFile::new_in(&self.write_path)?;
         file.write_all(contents)?;
         file.as_file().sync_data()?;
-        let target = self.path.join(name);
+        let target = self.write_path.join(name);
         file.persist(&target).map_err(|err| err.error)?;
         self.give_to_owner(&target);
         Ok(())
+    }
+
+    /// `/proc/self/fd/N` of the folder, for writers that need a path.
+    pub fn write_path(&self) -> &Path {
+        &self.write_path
     }
 
     fn give_to_owner(&self, path: &Path) {
@@ -176,6 +264,31 @@ mod tests {
         // A folder that existed before is never removed.
         drop(OutputDir::prepare(dir.path()).unwrap());
         assert!(dir.path().exists());
+    }
+
+    #[test]
+    fn refuses_system_folders_and_symlinked_folders() {
+        for path in ["/etc/profiler-test", "/usr/share/x", "/"] {
+            let err = OutputDir::prepare(Path::new(path)).unwrap_err();
+            assert!(err.to_string().contains("system folder"), "{path}: {err}");
+        }
+        assert!(!Path::new("/etc/profiler-test").exists());
+        let dir = tempfile::tempdir().unwrap();
+        // A planted link to a system folder, as the final component or on the way.
+        let link = dir.path().join("planted");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        for path in [link.clone(), link.join("sub")] {
+            let err = OutputDir::prepare(&path).unwrap_err();
+            assert!(err.to_string().contains("system folder /etc"), "{err}");
+        }
+        // A link elsewhere is not followed either.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let link = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+        let err = OutputDir::prepare(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(system_dir(Path::new("/etcetera")), None);
+        assert_eq!(system_dir(Path::new("/var/lib/x")), Some("/var/lib"));
     }
 
     #[test]

@@ -278,6 +278,10 @@ pub struct Losses {
     /// Allocations not counted per site because the site map was full.
     #[serde(default)]
     pub alloc_sites_full: u64,
+    /// Events (samples, periods, calls) dropped because the collector's state reached
+    /// `--max-memory`.
+    #[serde(default)]
+    pub memory_cap_dropped: u64,
 }
 
 /// Heap and memory-mapping activity of the targets.
@@ -599,14 +603,21 @@ impl Profile {
             path: display.clone(),
             source,
         })?;
-        let decoder = GzDecoder::new(BufReader::new(file)).take(MAX_PROFILE_BYTES);
+        Self::read(BufReader::new(file), &display)
+    }
+
+    /// Reads a saved profile from gzip-compressed bytes (what [`Profile::save`] writes), named
+    /// `display` in errors. Truncated, damaged or crafted input is an error, never a panic,
+    /// and decompression stops at `MAX_PROFILE_BYTES`.
+    pub fn read(compressed: impl std::io::Read, display: &str) -> Result<Self, LoadError> {
+        let decoder = GzDecoder::new(compressed).take(MAX_PROFILE_BYTES);
         let profile: Profile =
             serde_json::from_reader(decoder).map_err(|err| LoadError::Invalid {
-                path: display.clone(),
+                path: display.to_owned(),
                 reason: err.to_string(),
             })?;
         profile.validate().map_err(|reason| LoadError::Invalid {
-            path: display,
+            path: display.to_owned(),
             reason,
         })?;
         Ok(profile)
@@ -674,6 +685,33 @@ impl Interner {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Every input the fuzzer kept (`fuzz/corpus/load_profile`) still reads as an error or a
+    /// profile the renderers can use, and no prefix of a valid file is accepted.
+    #[test]
+    fn saved_profile_corpus_never_panics() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/load_profile");
+        let mut valid = 0;
+        for entry in std::fs::read_dir(&corpus).expect("the fuzz corpus is in the repository") {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            if let Ok(profile) = Profile::read(&bytes[..], "corpus") {
+                valid += 1;
+                let _ = crate::render::summary::summarize(&profile);
+                for view in crate::render::views(&profile) {
+                    let _ = crate::render::view_lines(&profile, view);
+                }
+                for len in (0..bytes.len()).step_by(bytes.len() / 50 + 1) {
+                    assert!(
+                        Profile::read(&bytes[..len], "prefix").is_err(),
+                        "{} accepted cut at {len}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(valid >= 2, "the corpus keeps real profiles as seeds");
+    }
 
     pub(crate) fn run_info() -> RunInfo {
         RunInfo {

@@ -50,7 +50,7 @@ fn bad_targets_and_options_fail_clearly() {
         "unknown event kind `gpu`",
     );
     assert_fails(profiler().args(["attach", "-F", "0", "1"]), "frequency");
-    // A file where the folder should be, and a folder under /proc: not writable.
+    // A file where the folder should be, and a folder under /proc: refused.
     let file = dir.path().join("file");
     std::fs::write(&file, "").unwrap();
     assert_fails(
@@ -58,11 +58,11 @@ fn bad_targets_and_options_fail_clearly() {
             .args(["record", "-o"])
             .arg(&file)
             .args(["--", "true"]),
-        "is not writable",
+        "exists and is not a folder",
     );
     assert_fails(
         profiler().args(["record", "-o", "/proc/profiler-test", "--", "true"]),
-        "is not writable",
+        "inside the system folder /proc",
     );
     // Nothing was started, nothing written where results would have gone.
     assert!(!out_dir.exists());

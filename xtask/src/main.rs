@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io | bench-alloc | bench-render | bench-unwind`.
+//! bench-io | bench-alloc | bench-render | bench-unwind | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
@@ -51,6 +51,13 @@ enum Task {
     /// Cost per sample and start-up of `.eh_frame` unwinding against frame pointers; writes
     /// docs/performance/unwind-results.md.
     BenchUnwind(bench_unwind::UnwindBenchArgs),
+    /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
+    /// corpus in fuzz/corpus/load_profile.
+    Fuzz {
+        /// How long to fuzz, seconds.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             build()?;
             bench_unwind::unwind(&args)
         }
+        Task::Fuzz { seconds } => fuzz(seconds),
     }
 }
 
@@ -191,6 +199,33 @@ fn demo() -> anyhow::Result<()> {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// Runs the `load_profile` fuzz target for `seconds`; new interesting inputs land in the
+/// corpus, which `cargo xtask test` replays (`saved_profile_corpus_never_panics`).
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    setup::install()?;
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !installed {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    run(Command::new("cargo")
+        .env("PATH", setup::path_with_toolchain())
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            "fuzz",
+            "load_profile",
+        ])
+        .args(["fuzz/corpus/load_profile", "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        // Saved profiles are gzip: a few KiB of input can be megabytes of JSON.
+        .args(["-max_len=65536", "-rss_limit_mb=2048"]))
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -220,7 +220,8 @@ pub fn quality(profile: &Profile) -> Quality {
         + losses.open_events_lost
         + losses.block_pending_full
         + losses.live_map_full
-        + losses.alloc_sites_full;
+        + losses.alloc_sites_full
+        + losses.memory_cap_dropped;
     let truncated = |stack: usize| {
         profile.stacks[stack].iter().any(|&frame| {
             let function = &profile.frames[frame].function;

@@ -1,0 +1,266 @@
+//! `profiler check`: what this kernel and this user can do, one line per capability, each with
+//! what to do when it fails. Loads and attaches the real programs (to the profiler itself),
+//! then drops them: nothing stays behind.
+
+use std::{path::Path, time::Instant};
+
+use crate::{
+    bpf::{KernelProbes, LoadOptions},
+    io, memory, privileges, tracefs,
+};
+
+/// The outcome of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Works.
+    Pass,
+    /// Does not work; the profiler (or part of it) cannot run.
+    Fail,
+    /// Not used by the profiler; reported for the record.
+    Info,
+}
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// The outcome.
+    pub verdict: Verdict,
+    /// What was found, and on failure what to do.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &'static str, result: Result<String, String>) -> Self {
+        match result {
+            Ok(detail) => Check {
+                name,
+                verdict: Verdict::Pass,
+                detail,
+            },
+            Err(detail) => Check {
+                name,
+                verdict: Verdict::Fail,
+                detail,
+            },
+        }
+    }
+}
+
+/// Runs every check, in the order a run would need them.
+pub fn run_checks() -> Vec<Check> {
+    let mut checks = Vec::new();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    checks.push(Check {
+        name: "kernel",
+        verdict: Verdict::Info,
+        detail: format!("Linux {} {}", release.trim(), std::env::consts::ARCH),
+    });
+    let privileged = privileges::check();
+    checks.push(Check::new(
+        "capabilities",
+        privileged
+            .clone()
+            .map(|()| "CAP_BPF and CAP_PERFMON (or root)".to_owned()),
+    ));
+    checks.push(if privileges::can_trace_others() {
+        Check::new(
+            "ptrace",
+            Ok("CAP_SYS_PTRACE: processes of other users too".into()),
+        )
+    } else {
+        Check::new(
+            "ptrace",
+            Err(
+                "no CAP_SYS_PTRACE: only your own processes can be attached to; run with \
+                 sudo to profile other users' processes"
+                    .into(),
+            ),
+        )
+    });
+    checks.push(Check::new("BTF", btf()));
+    checks.push(Check::new(
+        "tracefs",
+        tracefs::ensure_mounted()
+            .map(|path| format!("{} (classic tracepoints)", path.display()))
+            .map_err(|err| err.to_string()),
+    ));
+    checks.push(kprobes());
+    if privileged.is_err() {
+        checks.push(Check::new(
+            "eBPF programs",
+            Err("not tried: needs the capabilities above".into()),
+        ));
+        return checks;
+    }
+    let started = Instant::now();
+    let options = LoadOptions {
+        verbose: false,
+        min_block_ns: 1000,
+        cpu: true,
+        scheduler: true,
+        io: true,
+        alloc: true,
+        alloc_sample_bytes: 0,
+        unwind_rows: Some(1024),
+    };
+    let mut probes = match KernelProbes::load(options) {
+        Ok(probes) => probes,
+        Err(err) => {
+            checks.push(Check::new(
+                "eBPF programs",
+                Err(format!(
+                    "{:#}: the kernel refused them; `profiler record -v` shows the verifier's \
+                     log",
+                    anyhow::Error::from(err)
+                )),
+            ));
+            return checks;
+        }
+    };
+    checks.push(Check::new(
+        "eBPF programs",
+        Ok(format!(
+            "verified and loaded (CPU, scheduler, I/O, allocation, unwinder; bpf_loop, ring \
+             buffer) in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        )),
+    ));
+    let describe = |result: Result<(), crate::bpf::ProbeError>, ok: &str| {
+        result
+            .map(|()| ok.to_owned())
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+    };
+    checks.push(Check::new(
+        "perf events",
+        describe(
+            probes.attach_cpu_sampling(99),
+            "CPU-clock sampling on every online CPU",
+        ),
+    ));
+    checks.push(Check::new(
+        "BTF tracepoints",
+        describe(
+            probes.attach_process_tracking(),
+            "sched_process_fork, sched_process_exec",
+        ),
+    ));
+    checks.push(Check::new(
+        "tracepoints",
+        describe(
+            probes
+                .attach_scheduler(0)
+                .and_then(|()| probes.attach_syscalls())
+                .and_then(|()| probes.attach_block()),
+            "sched_switch, sched_wakeup, raw_syscalls, block_rq_issue/complete",
+        ),
+    ));
+    checks.push(Check::new("uprobes", uprobes(&mut probes)));
+    probes.detach_uprobes();
+    drop(probes);
+    checks
+}
+
+fn btf() -> Result<String, String> {
+    let path = Path::new(crate::kernel_btf::VMLINUX_BTF);
+    std::fs::metadata(path)
+        .map(|metadata| {
+            format!(
+                "{} ({:.1} MiB)",
+                path.display(),
+                metadata.len() as f64 / (1 << 20) as f64
+            )
+        })
+        .map_err(|err| {
+            format!(
+                "{}: {err}: the kernel needs CONFIG_DEBUG_INFO_BTF=y (most distribution kernels \
+                 have it)",
+                path.display()
+            )
+        })
+}
+
+/// kprobes are not used (tracepoints and uprobes are the stable interfaces), only reported.
+fn kprobes() -> Check {
+    let available = Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists();
+    Check {
+        name: "kprobes",
+        verdict: Verdict::Info,
+        detail: if available {
+            "available (not needed)".into()
+        } else {
+            "not available (CONFIG_KPROBES off): not needed".into()
+        },
+    }
+}
+
+/// Attaches the allocation probes to the profiler's own allocator.
+fn uprobes(probes: &mut KernelProbes) -> Result<String, String> {
+    let pid = std::process::id();
+    let objects = memory::allocator_objects(&io::proc_root(), pid);
+    let Some(object) = objects.first() else {
+        return Err("no allocator found in the profiler's own memory map to try".into());
+    };
+    let functions: Vec<(&str, u64, u64, bool)> = object
+        .functions
+        .iter()
+        .map(|&(index, offset)| {
+            let function = &memory::FUNCTIONS[index];
+            (
+                function.name,
+                offset,
+                memory::cookie(index),
+                function.layout == profiler_common::alloc_layout::FREE,
+            )
+        })
+        .collect();
+    probes
+        .attach_allocator(pid, &object.attach_path, &functions)
+        .map(|count| format!("{count} allocator functions in {}", object.path))
+        .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+}
+
+/// The report as text: one line per check, and whether everything needed passed.
+pub fn report(checks: &[Check]) -> (String, bool) {
+    let mut text = String::new();
+    for check in checks {
+        let label = match check.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Info => "INFO",
+        };
+        text.push_str(&format!("{label}  {:<16} {}\n", check.name, check.detail));
+    }
+    let ok = checks.iter().all(|check| check.verdict != Verdict::Fail);
+    (text, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_fails_on_any_failed_check() {
+        let checks = vec![
+            Check::new("BTF", Ok("/sys/kernel/btf/vmlinux".into())),
+            Check {
+                name: "kprobes",
+                verdict: Verdict::Info,
+                detail: "not available".into(),
+            },
+        ];
+        let (text, ok) = report(&checks);
+        assert!(ok);
+        assert!(text.starts_with("PASS  BTF"), "{text}");
+        let mut failing = checks.clone();
+        failing.push(Check::new("tracefs", Err("not mounted: mount it".into())));
+        let (text, ok) = report(&failing);
+        assert!(!ok);
+        assert!(
+            text.contains("FAIL  tracefs          not mounted: mount it"),
+            "{text}"
+        );
+    }
+}

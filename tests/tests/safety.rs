@@ -1,0 +1,286 @@
+//! Running as root next to production: `profiler check`, hostile output folders, a full disk,
+//! capability errors, and targets that churn threads and exec.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use profiler_tests::{
+    Spawned, assert_nothing_loaded, have_root, output, profiler, profiler_bin, program,
+    read_summary, serial, wait_for,
+};
+
+/// A copy of the profiler binary any user can execute.
+fn public_binary(dir: &Path) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.join("profiler");
+    std::fs::copy(profiler_bin(), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    binary
+}
+
+#[test]
+fn check_reports_each_capability_and_what_to_do() {
+    let _serial = serial();
+    if !have_root("check_reports_each_capability_and_what_to_do") {
+        return;
+    }
+    let out = output(profiler().arg("check"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for name in [
+        "capabilities",
+        "ptrace",
+        "BTF",
+        "tracefs",
+        "kprobes",
+        "eBPF programs",
+        "perf events",
+        "BTF tracepoints",
+        "tracepoints",
+        "uprobes",
+    ] {
+        let line = text
+            .lines()
+            .find(|line| line[6..].starts_with(&format!("{name:<16}")))
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{text}"));
+        assert!(
+            line.starts_with("PASS") || line.starts_with("INFO"),
+            "{line}"
+        );
+    }
+    assert_nothing_loaded();
+
+    // An unprivileged user: the capability line fails and names what is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let binary = public_binary(dir.path());
+    let out = output(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(&binary)
+            .arg("check"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|line| line.contains("capabilities"))
+        .unwrap();
+    assert!(
+        line.starts_with("FAIL") && line.contains("CAP_BPF") && line.contains("sudo"),
+        "{line}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("FAIL  eBPF programs") && line.contains("not tried")),
+        "{text}"
+    );
+}
+
+#[test]
+fn system_folders_and_planted_symlinks_are_refused() {
+    let _serial = serial();
+    if !have_root("system_folders_and_planted_symlinks_are_refused") {
+        return;
+    }
+    let refused = |dir: &Path, expected: &str| {
+        let out = output(
+            profiler()
+                .args(["record", "-o"])
+                .arg(dir)
+                .args(["--", "true"]),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: {stderr}", dir.display());
+        assert!(stderr.contains(expected), "{}: {stderr}", dir.display());
+    };
+    refused(Path::new("/etc/profiler-results"), "system folder /etc");
+    assert!(!Path::new("/etc/profiler-results").exists());
+    let dir = tempfile::tempdir().unwrap();
+    // A planted link into a system folder, as the folder or on the way to it.
+    let planted = dir.path().join("results");
+    std::os::unix::fs::symlink("/usr/lib", &planted).unwrap();
+    refused(&planted, "system folder /usr");
+    refused(&planted.join("run"), "system folder /usr");
+    assert!(!Path::new("/usr/lib/run").exists());
+    // A link anywhere else is not followed either.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+    refused(&link, "symbolic link");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert_nothing_loaded();
+}
+
+#[test]
+fn results_belong_to_the_sudo_user() {
+    let _serial = serial();
+    if !have_root("results_belong_to_the_sudo_user") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("new/run");
+    let out = output(
+        profiler()
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "65534")
+            .args(["record", "-o"])
+            .arg(&results)
+            .args(["--"])
+            .arg(program("cpu_split"))
+            .args(["1", "0"]),
+    );
+    assert!(out.status.success(), "{out:?}");
+    for path in [
+        dir.path().join("new"),
+        results.clone(),
+        results.join("summary.json"),
+    ] {
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (metadata.uid(), metadata.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_the_results_in_a_temporary_folder() {
+    let _serial = serial();
+    if !have_root("a_full_disk_keeps_the_results_in_a_temporary_folder") {
+        return;
+    }
+    let mount = tempfile::tempdir().unwrap();
+    // Room for the writability probe, not for the results.
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a small tmpfs");
+    let out = output(
+        profiler()
+            .args(["record", "-o"])
+            .arg(mount.path())
+            .args(["--"])
+            .arg(program("cpu_split"))
+            .args(["1", "0"]),
+    );
+    let _ = Command::new("umount").arg(mount.path()).status();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let fallback = stderr
+        .lines()
+        .find_map(|line| line.split("they were saved in ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fallback folder named: {stderr}"));
+    let fallback = Path::new(fallback);
+    assert!(fallback.join("profile.json.gz").exists(), "{stderr}");
+    assert!(read_summary(fallback)["cpu"]["samples"].as_u64().unwrap() > 10);
+    std::fs::remove_dir_all(fallback).unwrap();
+    assert_nothing_loaded();
+}
+
+#[test]
+fn another_users_process_needs_cap_sys_ptrace() {
+    let _serial = serial();
+    if !have_root("another_users_process_needs_cap_sys_ptrace") {
+        return;
+    }
+    let target = Spawned::new(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(program("cpu_split"))
+            .args(["30", "0"]),
+    );
+    // Once it runs the program as that user (setpriv switches, then executes).
+    let comm = format!("/proc/{}/comm", target.pid());
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&comm).is_ok_and(|name| name.trim() == "cpu_split")
+    }));
+    // Root without CAP_SYS_PTRACE.
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        Command::new("setpriv")
+            .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"])
+            .arg(profiler_bin())
+            .args(["attach", "-d", "1", "-o"])
+            .arg(dir.path().join("out"))
+            .arg(target.pid().to_string()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_PTRACE") && stderr.contains("user 65534"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists());
+    assert_nothing_loaded();
+}
+
+#[test]
+fn thousands_of_threads_and_an_exec_are_survived() {
+    let _serial = serial();
+    if !have_root("thousands_of_threads_and_an_exec_are_survived") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-e", "cpu,offcpu,io,alloc", "-o"])
+            .arg(dir.path())
+            .args(["--"])
+            .arg(program("thread_churn"))
+            .args(["2", "sleep", "0.3"]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let created: u64 = stdout
+        .trim()
+        .strip_prefix("threads=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(created > 1000, "only {created} threads");
+    let summary = read_summary(dir.path());
+    assert_eq!(summary["stop_reason"], "command exited");
+    assert!(summary["cpu"]["samples"].as_u64().unwrap() > 50);
+    // Every thread's samples are there, under the process's two programs' names.
+    let folded = std::fs::read_to_string(dir.path().join("cpu.folded")).unwrap();
+    assert!(folded.contains("short_life"), "{folded}");
+    assert_nothing_loaded();
+}
+
+#[test]
+fn the_collector_keeps_to_its_memory_budget_and_counts_what_it_dropped() {
+    let _serial = serial();
+    if !have_root("the_collector_keeps_to_its_memory_budget_and_counts_what_it_dropped") {
+        return;
+    }
+    let lost = |budget: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = output(
+            profiler()
+                .args(["record", "-F", "999", "--max-memory", budget, "-o"])
+                .arg(dir.path())
+                .args(["--"])
+                .arg(program("thread_churn"))
+                .arg("3"),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let summary = read_summary(dir.path());
+        summary["quality"]["lost_events"].as_u64().unwrap()
+    };
+    // Thousands of threads, each its own key: a 1 KiB budget keeps a few dozen.
+    assert!(lost("1KiB") > 0, "nothing dropped at 1 KiB");
+    assert_eq!(lost("512MiB"), 0);
+}
