@@ -5,7 +5,9 @@
  *   unwind_stacks deep SECONDS    main -> recurse x DEEP_FRAMES -> leaf_spin
  *   unwind_stacks qsort SECONDS   main -> sort_rounds -> qsort (libc) -> ... -> compare_slowly
  *   unwind_stacks thread SECONDS  start_thread -> thread_body -> middle_call -> leaf_spin
- */
+ *
+ * An optional third argument runs leaf, deep or qsort in that many threads at once (the
+ * benchmark keeps every CPU busy with one process). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,25 +73,45 @@ __attribute__((noinline)) void *thread_body(void *arg) {
     return NULL;
 }
 
+/* Runs one of the single-threaded modes; 0 if the mode is unknown. */
+static int run_mode(const char *mode) {
+    if (strcmp(mode, "leaf") == 0) {
+        outer_call();
+    } else if (strcmp(mode, "deep") == 0) {
+        recurse(DEEP_FRAMES);
+    } else if (strcmp(mode, "qsort") == 0) {
+        sort_rounds();
+    } else {
+        return 0;
+    }
+    NO_TAIL();
+    return 1;
+}
+
+static void *run_mode_thread(void *mode) {
+    run_mode(mode);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s leaf|deep|qsort|thread SECONDS\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s leaf|deep|qsort|thread SECONDS [THREADS]\n", argv[0]);
         return 2;
     }
     end_time = now() + atof(argv[2]);
-    if (strcmp(argv[1], "leaf") == 0) {
-        outer_call();
-    } else if (strcmp(argv[1], "deep") == 0) {
-        recurse(DEEP_FRAMES);
-    } else if (strcmp(argv[1], "qsort") == 0) {
-        sort_rounds();
-    } else if (strcmp(argv[1], "thread") == 0) {
+    if (strcmp(argv[1], "thread") == 0) {
         pthread_t thread;
         pthread_create(&thread, NULL, thread_body, NULL);
         pthread_join(thread, NULL);
-    } else {
-        return 2;
+        return 0;
     }
+    int threads = argc == 4 ? atoi(argv[3]) : 1;
+    pthread_t extra[64];
+    int started = 0;
+    for (; started < threads - 1 && started < 64; started++)
+        pthread_create(&extra[started], NULL, run_mode_thread, argv[1]);
+    int known = run_mode(argv[1]);
+    for (int i = 0; i < started; i++) pthread_join(extra[i], NULL);
     NO_TAIL();
-    return 0;
+    return known ? 0 : 2;
 }

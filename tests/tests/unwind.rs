@@ -75,7 +75,7 @@ fn leaf_function_keeps_its_caller() {
     assert_complete_stacks(
         "unwind_stacks",
         &["leaf", "2"],
-        &["main", "outer_call", "middle_call", "leaf_spin"],
+        &["main", "run_mode", "outer_call", "middle_call", "leaf_spin"],
     );
 }
 
@@ -98,7 +98,7 @@ fn deep_recursion_is_walked_to_the_entry() {
     if !have_root("deep_recursion_is_walked_to_the_entry") {
         return;
     }
-    let mut path = vec!["main"];
+    let mut path = vec!["main", "run_mode"];
     path.extend(std::iter::repeat_n("recurse", 300));
     path.extend(["middle_call", "leaf_spin"]);
     assert_complete_stacks("unwind_stacks", &["deep", "2"], &path);
@@ -143,14 +143,15 @@ fn callback_through_libc_qsort_keeps_both_sides() {
                 continue;
             }
             total += weight;
-            // entry .. main -> sort_rounds -> qsort (libc, no frame pointers) .. compare_slowly
+            // entry .. main -> run_mode -> sort_rounds -> qsort (libc, no frame pointers) ..
+            // compare_slowly
             let main = frames.iter().position(|f| f == "main");
             let sort = frames.iter().position(|f| f == "sort_rounds");
             let libc = frames
                 .iter()
                 .position(|f| f.starts_with("qsort") || f.starts_with("msort"));
             if ENTRY_FUNCTIONS.contains(&frames[1].as_str())
-                && matches!((main, sort, libc), (Some(m), Some(s), Some(l)) if m + 1 == s && s < l)
+                && matches!((main, sort, libc), (Some(m), Some(s), Some(l)) if m + 2 == s && s < l)
             {
                 complete += weight;
             }

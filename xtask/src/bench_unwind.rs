@@ -1,11 +1,12 @@
 //! `bench-unwind`: what walking user stacks with `.eh_frame` tables costs against the kernel's
-//! frame-pointer walker, on the same programs built with and without frame pointers.
+//! frame-pointer walker and against profile-bee's `--dwarf`, on the same programs built with and
+//! without frame pointers.
 //!
 //! Per-sample cost is the kernel's own accounting of the sampling program
-//! (`kernel.bpf_stats_enabled`, read with bpftool while the run is on): run time over runs.
-//! Two copies of the workload keep both CPUs busy, so nearly every run samples a target.
-//! Start-up (attach, first sample, table build) and stack completeness come from the
-//! profiler's `summary.json`; the profiler's peak RSS from `/proc`.
+//! (`kernel.bpf_stats_enabled`, read with bpftool while the run is on): run time over runs,
+//! tail calls included. Two busy threads keep both CPUs on the target, so nearly every run
+//! samples it. Completeness comes from the folded output; start-up from the profiler's
+//! `summary.json`; peak RSS from `/proc`.
 
 use std::{
     fmt::Write as _,
@@ -29,6 +30,33 @@ pub struct UnwindBenchArgs {
     /// Print the results without writing docs/performance/unwind-results.md.
     #[arg(long)]
     no_write: bool,
+}
+
+/// Who walks the stacks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unwinder {
+    /// `profiler record --unwind fp|dwarf`.
+    Profiler(&'static str),
+    /// `probee --dwarf -p PID`.
+    ProfileBee,
+}
+
+impl Unwinder {
+    fn label(self) -> String {
+        match self {
+            Unwinder::Profiler(mode) => format!("profiler `--unwind {mode}`"),
+            Unwinder::ProfileBee => "profile-bee 0.3.13 `--dwarf`".to_owned(),
+        }
+    }
+
+    /// Name of the perf-event program whose run time is the cost per sample (tail calls
+    /// included).
+    fn sampling_program(self) -> &'static str {
+        match self {
+            Unwinder::Profiler(_) => "cpu_sample",
+            Unwinder::ProfileBee => "profile_cpu",
+        }
+    }
 }
 
 /// One run's figures.
@@ -58,10 +86,10 @@ fn compile_variant(suffix: &str, flag: &str) -> anyhow::Result<PathBuf> {
     Ok(output)
 }
 
-/// (run time ns, runs) of the loaded program named `cpu_sample`, if loaded.
-fn sampling_program_stats() -> Option<(u64, u64)> {
+/// (run time ns, runs) of the loaded program named `name`, if loaded.
+fn program_stats(name: &str) -> Option<(u64, u64)> {
     let out = Command::new("bpftool")
-        .args(["prog", "show", "name", "cpu_sample", "--json"])
+        .args(["prog", "show", "name", name, "--json"])
         .stderr(Stdio::null())
         .output()
         .ok()?;
@@ -85,61 +113,154 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
+/// Share of the samples in a folded file whose stack starts at an entry function.
+fn folded_complete_percent(path: &Path) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (mut total, mut complete) = (0u64, 0u64);
+    for line in text.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let count: u64 = count.parse().unwrap_or(0);
+        total += count;
+        // Thread name first; profile-bee puts an `[unknown]` frame before `_start`.
+        if stack
+            .split(';')
+            .skip(1)
+            .take(2)
+            .any(|frame| ["_start", "clone3", "__clone3"].contains(&frame))
+        {
+            complete += count;
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * complete as f64 / total as f64
+    }
+}
+
 fn measure(
     program: &Path,
     mode: &str,
-    unwind: &str,
+    unwinder: Unwinder,
     seconds: u64,
     scratch: &Path,
 ) -> anyhow::Result<UnwindRun> {
+    let name = program.file_name().unwrap_or_default().to_string_lossy();
     let out_dir = scratch.join(format!(
-        "{}-{mode}-{unwind}",
-        program.file_name().unwrap_or_default().to_string_lossy()
+        "{name}-{mode}-{}",
+        match unwinder {
+            Unwinder::Profiler(unwind) => unwind,
+            Unwinder::ProfileBee => "profile-bee",
+        }
     ));
     let _ = std::fs::remove_dir_all(&out_dir);
-    // Two copies, one per CPU: nearly every sample lands in a target.
-    let script = format!(
-        "'{p}' {mode} {seconds} & '{p}' {mode} {seconds}; wait",
-        p = program.display()
-    );
-    let mut child = Command::new(profiler_bin())
-        .args(["record", "-F", "999", "--unwind", unwind, "-o"])
-        .arg(&out_dir)
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the profiler")?;
-    let mut stats = None;
-    let mut rss = 0;
+    std::fs::create_dir_all(&out_dir)?;
+    // One process, two busy threads: every CPU samples the target.
+    let mut workload = None;
     let started = Instant::now();
+    let mut child = match unwinder {
+        Unwinder::Profiler(unwind) => Command::new(profiler_bin())
+            .args(["record", "-F", "999", "--unwind", unwind, "-o"])
+            .arg(&out_dir)
+            .arg("--")
+            .arg(program)
+            .args([mode, &seconds.to_string(), "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the profiler")?,
+        Unwinder::ProfileBee => {
+            // Attached to a running process: launched by profile-bee, the process exits
+            // before it symbolizes and every frame is lost.
+            let target = Command::new(program)
+                .args([mode, &(seconds + 2).to_string(), "2"])
+                .spawn()?;
+            std::thread::sleep(Duration::from_millis(300));
+            let pid = target.id();
+            workload = Some(target);
+            Command::new(profile_bee()?)
+                .args(["--dwarf", "-f", "999", "-t", &(seconds * 1000).to_string()])
+                .args(["-p", &pid.to_string(), "-o"])
+                .arg(out_dir.join("cpu.folded"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting profile-bee")?
+        }
+    };
+    let mut stats = None;
+    let mut attached_ms = None;
+    let mut rss = 0;
     while child.try_wait()?.is_none() {
         if started.elapsed() > Duration::from_secs(seconds + 60) {
             let _ = child.kill();
-            bail!("the profiler did not finish");
+            bail!("{} did not finish", unwinder.label());
         }
-        if let Some(reading) = sampling_program_stats() {
+        if let Some(reading) = program_stats(unwinder.sampling_program()) {
+            attached_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
             stats = Some(reading);
         }
         rss = rss.max(peak_rss_kib(child.id()).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(if attached_ms.is_some() {
+            200
+        } else {
+            10
+        }));
+    }
+    if let Some(mut workload) = workload {
+        let _ = workload.wait();
     }
     let Some((run_time_ns, runs)) = stats.filter(|&(_, runs)| runs > 0) else {
-        bail!("no run statistics for cpu_sample (is kernel.bpf_stats_enabled on?)");
+        bail!("no run statistics for {}", unwinder.label());
     };
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.join("summary.json")).context("summary.json")?,
-    )?;
-    let number = |pointer: &str| summary.pointer(pointer).and_then(serde_json::Value::as_f64);
-    Ok(UnwindRun {
+    let mut run = UnwindRun {
         ns_per_sample: run_time_ns as f64 / runs as f64,
-        complete_percent: number("/quality/complete_stacks_percent").unwrap_or(0.0),
-        attach_ms: number("/attach_ms").unwrap_or(0.0),
-        first_sample_ms: number("/first_sample_ms").unwrap_or(0.0),
-        build_ms: number("/unwind/build_ms").unwrap_or(0.0),
-        rows: number("/unwind/rows").unwrap_or(0.0),
+        complete_percent: folded_complete_percent(&out_dir.join("cpu.folded")),
+        attach_ms: attached_ms.unwrap_or(0.0),
         peak_rss_mib: rss as f64 / 1024.0,
-    })
+        ..UnwindRun::default()
+    };
+    if let Unwinder::Profiler(_) = unwinder {
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join("summary.json")).context("summary.json")?,
+        )?;
+        let number = |pointer: &str| summary.pointer(pointer).and_then(serde_json::Value::as_f64);
+        run.attach_ms = number("/attach_ms").unwrap_or(0.0);
+        run.first_sample_ms = number("/first_sample_ms").unwrap_or(0.0);
+        run.build_ms = number("/unwind/build_ms").unwrap_or(0.0);
+        run.rows = number("/unwind/rows").unwrap_or(0.0);
+    }
+    Ok(run)
+}
+
+/// profile-bee's binary: on `PATH`, or installed into `target/peers` (a 10-minute build).
+fn profile_bee() -> anyhow::Result<PathBuf> {
+    let installed = root().join("target/peers/bin/probee");
+    if installed.exists() {
+        return Ok(installed);
+    }
+    if Command::new("probee")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(PathBuf::from("probee"));
+    }
+    eprintln!("bench: building profile-bee 0.3.13 (about 10 minutes)");
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "profile-bee@0.3.13",
+                "--locked",
+                "--no-default-features",
+            ])
+            .arg("--root")
+            .arg(root().join("target/peers")),
+    )?;
+    Ok(installed)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -177,24 +298,29 @@ pub fn unwind(args: &UnwindBenchArgs) -> anyhow::Result<()> {
     ];
     let scratch = root().join("target/bench-unwind");
     std::fs::create_dir_all(&scratch)?;
+    profile_bee()?;
     let mut configs = Vec::new();
     for binary in &binaries {
         for mode in ["leaf", "deep"] {
-            for unwind in ["fp", "dwarf"] {
-                configs.push((binary.clone(), mode, unwind));
+            for unwinder in [
+                Unwinder::Profiler("fp"),
+                Unwinder::Profiler("dwarf"),
+                Unwinder::ProfileBee,
+            ] {
+                configs.push((binary.clone(), mode, unwinder));
             }
         }
     }
     let mut results: Vec<Vec<UnwindRun>> = configs.iter().map(|_| Vec::new()).collect();
     for run in 0..args.runs {
-        for (index, (binary, mode, unwind)) in configs.iter().enumerate() {
-            let m = measure(binary, mode, unwind, args.seconds, &scratch)?;
+        for (index, (binary, mode, unwinder)) in configs.iter().enumerate() {
+            let m = measure(binary, mode, *unwinder, args.seconds, &scratch)?;
             eprintln!(
-                "bench: run {}/{} {} {mode} --unwind {unwind}: {:.0} ns/sample, {:.1}% complete, \
-                 tables {:.0} ms",
+                "bench: run {}/{} {} {mode} {}: {:.0} ns/sample, {:.1}% complete, tables {:.0} ms",
                 run + 1,
                 args.runs,
                 binary.file_name().unwrap_or_default().to_string_lossy(),
+                unwinder.label(),
                 m.ns_per_sample,
                 m.complete_percent,
                 m.build_ms
@@ -203,11 +329,12 @@ pub fn unwind(args: &UnwindBenchArgs) -> anyhow::Result<()> {
         }
     }
     let mut table = String::from(
-        "| program | stack | `--unwind` | kernel time per sample | complete stacks | \
-         attached after | first sample after | tables built in | table rows | profiler peak RSS |\n\
+        "| program | stack | unwinder | kernel time per sample | complete stacks | \
+         attached after | first sample after | tables built in | table rows | peak RSS |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for ((binary, mode, unwind), runs) in configs.iter().zip(&results) {
+    for ((binary, mode, unwinder), runs) in configs.iter().zip(&results) {
+        let dwarf = *unwinder == Unwinder::Profiler("dwarf");
         let pick = |f: fn(&UnwindRun) -> f64| median(runs.iter().map(f).collect());
         let stack = match *mode {
             "leaf" => "7 frames, hot leaf",
@@ -215,18 +342,23 @@ pub fn unwind(args: &UnwindBenchArgs) -> anyhow::Result<()> {
         };
         let _ = writeln!(
             table,
-            "| `{}` | {stack} | {unwind} | {:.2} µs | {:.1}% | {:.0} ms | {:.0} ms | {} | {} | {:.1} MiB |",
+            "| `{}` | {stack} | {} | {:.2} µs | {:.1}% | {:.0} ms | {} | {} | {} | {:.1} MiB |",
             binary.file_name().unwrap_or_default().to_string_lossy(),
+            unwinder.label(),
             pick(|m| m.ns_per_sample) / 1000.0,
             pick(|m| m.complete_percent),
             pick(|m| m.attach_ms),
-            pick(|m| m.first_sample_ms),
-            if *unwind == "dwarf" {
+            if let Unwinder::Profiler(_) = unwinder {
+                format!("{:.0} ms", pick(|m| m.first_sample_ms))
+            } else {
+                "—".to_owned()
+            },
+            if dwarf {
                 format!("{:.0} ms", pick(|m| m.build_ms))
             } else {
                 "—".to_owned()
             },
-            if *unwind == "dwarf" {
+            if dwarf {
                 format!("{:.0}", pick(|m| m.rows))
             } else {
                 "—".to_owned()
@@ -245,8 +377,10 @@ pub fn unwind(args: &UnwindBenchArgs) -> anyhow::Result<()> {
          Generated by `cargo xtask bench-unwind --runs {} --seconds {}` on {date}, kernel {}, \
          {} CPUs. Method: see [README.md](README.md#stack-unwinding-bench-unwind). Workload: \
          `tests/programs/unwind_stacks.c` built with `-O2 -fno-omit-frame-pointer` (`_fp`) \
-         and `-O2 -fomit-frame-pointer` (`_nofp`), two copies at once, sampled at 999 Hz; \
-         medians of {} runs.\n\n{table}",
+         and `-O2 -fomit-frame-pointer` (`_nofp`), two busy threads, sampled at 999 Hz; \
+         medians of {} runs. The profiler launches the workload (`record`); profile-bee \
+         attaches to it (`-p`), its attach time measured from its start to its sampling \
+         program appearing.\n\n{table}",
         args.runs,
         args.seconds,
         kernel.trim(),

@@ -1,10 +1,11 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io | bench-alloc | bench-render | bench-unwind | fuzz`.
+//! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
+mod bench_soak;
 mod bench_unwind;
 mod setup;
 
@@ -51,6 +52,9 @@ enum Task {
     /// Cost per sample and start-up of `.eh_frame` unwinding against frame pointers; writes
     /// docs/performance/unwind-results.md.
     BenchUnwind(bench_unwind::UnwindBenchArgs),
+    /// Every event kind for minutes on a service-like load: the profiler's RSS, CPU and
+    /// reported losses; writes docs/performance/soak-results.md.
+    BenchSoak(bench_soak::SoakBenchArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -90,6 +94,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchUnwind(args) => {
             build()?;
             bench_unwind::unwind(&args)
+        }
+        Task::BenchSoak(args) => {
+            build()?;
+            bench_soak::soak(&args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }
