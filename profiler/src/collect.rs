@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use profiler_common::{
-    AllocSite, AllocStats, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
+    AllocSite, AllocStats, COMM_LEN, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
     ProcessMemory, STACK_ID_NONE, SampleKey, ThreadState, counter, process_event,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -166,8 +166,11 @@ struct Collection {
     offcpu: HashMap<OffCpuKey, OffCpuTime>,
     /// Whether the scheduler programs run.
     scheduler: bool,
-    /// Scheduler state of threads that exited, taken out of the kernel map.
-    exited_threads: Vec<(u32, ThreadState)>,
+    /// Scheduler state of threads that exited, taken out of the kernel map, merged per
+    /// (process, name) under the first such thread's id.
+    exited_threads: HashMap<(u32, [u8; COMM_LEN]), (u32, ThreadState)>,
+    /// The thread id that exited threads of a (process, name) are folded into.
+    representatives: HashMap<(u32, [u8; COMM_LEN]), u32>,
     /// I/O totals per thread, stack, call and file.
     io: HashMap<IoKey, IoTotal>,
     /// Whether the I/O programs run.
@@ -439,10 +442,88 @@ impl Collection {
         self.forget_exited_targets()?;
         if self.scheduler {
             let exited = self.probes.threads(true)?;
-            self.exited_threads
-                .extend(exited.into_iter().filter(|(_, state)| state.exited != 0));
+            for (tid, state) in exited.into_iter().filter(|(_, state)| state.exited != 0) {
+                let key = (state.off_cpu.tgid, state.off_cpu.comm);
+                let tid = *self.representatives.entry(key).or_insert(tid);
+                match self.exited_threads.get_mut(&key) {
+                    Some((_, merged)) => {
+                        merged.run_queue_count += state.run_queue_count;
+                        merged.run_queue_total_ns += state.run_queue_total_ns;
+                        merged.run_queue_max_ns =
+                            merged.run_queue_max_ns.max(state.run_queue_max_ns);
+                        for (slot, count) in
+                            merged.run_queue_slots.iter_mut().zip(state.run_queue_slots)
+                        {
+                            *slot += count;
+                        }
+                    }
+                    None => {
+                        self.exited_threads.insert(key, (tid, state));
+                    }
+                }
+            }
         }
+        self.fold_exited_threads();
         Ok(())
+    }
+
+    /// Folds the counts of threads that exited into one thread per (process, name), the first
+    /// seen: a service that starts a thread per request would otherwise grow the collector's
+    /// state by a key per thread, forever. Exited threads' samples stay, under that thread.
+    fn fold_exited_threads(&mut self) {
+        let live: std::collections::HashSet<u32> = self
+            .processes
+            .processes
+            .keys()
+            .flat_map(|&pid| procfs::threads(pid).into_iter().map(|thread| thread.tid))
+            .collect();
+        let exited = |tgid: u32, tid: u32| tid != tgid && !live.contains(&tid);
+        let representatives = &mut self.representatives;
+        let mut target = |tgid: u32, tid: u32, comm: [u8; COMM_LEN]| {
+            *representatives.entry((tgid, comm)).or_insert(tid)
+        };
+        let moved: Vec<SampleKey> = self
+            .counts
+            .keys()
+            .filter(|key| exited(key.tgid, key.tid))
+            .copied()
+            .collect();
+        for key in moved {
+            let tid = target(key.tgid, key.tid, key.comm);
+            if tid != key.tid
+                && let Some(count) = self.counts.remove(&key)
+            {
+                *self.counts.entry(SampleKey { tid, ..key }).or_default() += count;
+            }
+        }
+        let moved: Vec<OffCpuKey> = self
+            .offcpu
+            .keys()
+            .filter(|key| exited(key.tgid, key.tid))
+            .copied()
+            .collect();
+        for key in moved {
+            let tid = target(key.tgid, key.tid, key.comm);
+            if tid != key.tid
+                && let Some(time) = self.offcpu.remove(&key)
+            {
+                *self.offcpu.entry(OffCpuKey { tid, ..key }).or_default() += time;
+            }
+        }
+        let moved: Vec<IoKey> = self
+            .io
+            .keys()
+            .filter(|key| exited(key.tgid, key.tid))
+            .copied()
+            .collect();
+        for key in moved {
+            let tid = target(key.tgid, key.tid, key.comm);
+            if tid != key.tid
+                && let Some(total) = self.io.remove(&key)
+            {
+                *self.io.entry(IoKey { tid, ..key }).or_default() += total;
+            }
+        }
     }
 
     /// Stops recording, then takes everything the kernel holds, including threads still
@@ -480,7 +561,7 @@ impl Collection {
             total.total_ns += blocked;
             total.count += 1;
         }
-        threads.append(&mut self.exited_threads);
+        threads.extend(self.exited_threads.drain().map(|(_, thread)| thread));
         let counters = self.probes.counters()?;
         let first_sample_ns = self.probes.first_sample_ns()?;
         let unwind_stats = self.unwind.as_ref().map(UnwindTables::stats);
@@ -938,7 +1019,8 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         counts: HashMap::new(),
         offcpu: HashMap::new(),
         scheduler: config.events.contains(&EventKind::OffCpu),
-        exited_threads: Vec::new(),
+        exited_threads: HashMap::new(),
+        representatives: HashMap::new(),
         io: HashMap::new(),
         io_enabled: config.events.contains(&EventKind::Io),
         files: FileNames::default(),

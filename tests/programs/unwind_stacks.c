@@ -5,9 +5,12 @@
  *   unwind_stacks deep SECONDS    main -> recurse x DEEP_FRAMES -> leaf_spin
  *   unwind_stacks qsort SECONDS   main -> sort_rounds -> qsort (libc) -> ... -> compare_slowly
  *   unwind_stacks thread SECONDS  start_thread -> thread_body -> middle_call -> leaf_spin
+ *   unwind_stacks dlopen SECONDS  main -> run_mode -> call_library -> cos (libm, opened after
+ *                                 the profiler attached)
  *
  * An optional third argument runs leaf, deep or qsort in that many threads at once (the
  * benchmark keeps every CPU busy with one process). */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +76,21 @@ __attribute__((noinline)) void *thread_body(void *arg) {
     return NULL;
 }
 
+/* Calls libm's cos, from a library opened now (after the profiler attached), until the end. */
+__attribute__((noinline)) void call_library(void) {
+    void *libm = dlopen("libm.so.6", RTLD_NOW);
+    double (*cosine)(double) = libm ? (double (*)(double))dlsym(libm, "cos") : NULL;
+    if (!cosine) {
+        fprintf(stderr, "no libm: %s\n", dlerror());
+        exit(3);
+    }
+    double x = 0;
+    while (now() < end_time)
+        for (int i = 0; i < 100000; i++) x += cosine(x + i);
+    sink += (unsigned long)x;
+    NO_TAIL();
+}
+
 /* Runs one of the single-threaded modes; 0 if the mode is unknown. */
 static int run_mode(const char *mode) {
     if (strcmp(mode, "leaf") == 0) {
@@ -81,6 +99,8 @@ static int run_mode(const char *mode) {
         recurse(DEEP_FRAMES);
     } else if (strcmp(mode, "qsort") == 0) {
         sort_rounds();
+    } else if (strcmp(mode, "dlopen") == 0) {
+        call_library();
     } else {
         return 0;
     }
@@ -95,7 +115,7 @@ static void *run_mode_thread(void *mode) {
 
 int main(int argc, char **argv) {
     if (argc != 3 && argc != 4) {
-        fprintf(stderr, "usage: %s leaf|deep|qsort|thread SECONDS [THREADS]\n", argv[0]);
+        fprintf(stderr, "usage: %s leaf|deep|qsort|dlopen|thread SECONDS [THREADS]\n", argv[0]);
         return 2;
     }
     end_time = now() + atof(argv[2]);

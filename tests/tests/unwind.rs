@@ -177,3 +177,38 @@ fn rust_release_binary_stacks_are_complete() {
         ],
     );
 }
+
+#[test]
+fn a_library_opened_during_the_run_gets_its_tables() {
+    let _serial = serial();
+    if !have_root("a_library_opened_during_the_run_gets_its_tables") {
+        return;
+    }
+    let (dir, out) = record(&["-F", "499"], "unwind_stacks_nofp", &["dlopen", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    // Samples inside libm (opened by dlopen after the attach): its leaf function has no frame
+    // pointer, so only its table gives `call_library` as the caller.
+    let mut in_libm = 0;
+    let mut complete = 0;
+    for (frames, weight) in &stacks {
+        let Some(call) = frames.iter().position(|f| f == "call_library") else {
+            continue;
+        };
+        if call + 1 == frames.len() {
+            continue;
+        }
+        in_libm += weight;
+        if ENTRY_FUNCTIONS.contains(&frames[1].as_str())
+            && frames[call - 2..call] == ["main", "run_mode"]
+        {
+            complete += weight;
+        }
+    }
+    assert!(in_libm > 100, "{in_libm} samples in libm: {stacks:?}");
+    let share = percent(complete, in_libm);
+    assert!(
+        share >= 90.0,
+        "{share:.1}% of libm samples complete: {stacks:?}"
+    );
+}
