@@ -650,11 +650,11 @@ pub const UNWIND_PROCESS_ENTRIES: u32 = 4 * 1024;
 pub mod unwind_kind {
     /// No unwind information: unwind this frame by the frame pointer.
     pub const NONE: u8 = 0;
-    /// CFA = `rsp` + `cfa_offset`.
+    /// CFA = `rsp` + 8 × `cfa_offset`.
     pub const CFA_RSP: u8 = 1;
-    /// CFA = `rbp` + `cfa_offset`.
+    /// CFA = `rbp` + 8 × `cfa_offset`.
     pub const CFA_RBP: u8 = 2;
-    /// A PLT stub: CFA = `rsp` + `cfa_offset`, plus 8 when `(pc & 15) >= rbp_offset` (the
+    /// A PLT stub: CFA = `rsp` + 8 × `cfa_offset`, plus 8 when `(pc & 15) >= rbp_offset` (the
     /// expression every linker emits for `.plt`; `rbp_offset` holds the threshold).
     pub const PLT: u8 = 3;
     /// The outermost frame (`_start`, a thread's start): the return address is undefined.
@@ -665,17 +665,17 @@ pub mod unwind_kind {
 /// above `address` (up to the next row) in one object.
 ///
 /// The return address is always at CFA - 8 (x86-64 psABI). Eight bytes, the kernel's array
-/// element size, so a table costs 8 bytes a row; frames too large for the offsets are walked
-/// by frame pointer.
+/// element size, so a table costs 8 bytes a row. Offsets are in 8-byte words (stack slots are
+/// 8-byte aligned on x86-64): frames up to 256 KiB; larger ones are walked by frame pointer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindRow {
     /// First address covered, in the object's own address space (file virtual address).
     pub address: u32,
-    /// Offset added to the CFA base register.
+    /// Offset added to the CFA base register, in 8-byte words.
     pub cfa_offset: i16,
-    /// Where the caller's `rbp` is saved, relative to the CFA; 0 when `rbp` is unchanged.
-    /// For [`unwind_kind::PLT`] rows, the PLT threshold instead.
+    /// Where the caller's `rbp` is saved, relative to the CFA, in 8-byte words; 0 when `rbp`
+    /// is unchanged. For [`unwind_kind::PLT`] rows, the PLT threshold (in bytes) instead.
     pub rbp_offset: i8,
     /// One of the [`unwind_kind`] values.
     pub kind: u8,

@@ -216,12 +216,13 @@ unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
             } else {
                 walk.sp
             };
-            let mut cfa = base.wrapping_add(row.cfa_offset as i64 as u64);
+            // Offsets are in 8-byte words.
+            let mut cfa = base.wrapping_add((row.cfa_offset as i64 * 8) as u64);
             if row.kind == unwind_kind::PLT && (walk.pc & 15) >= row.rbp_offset as u64 {
                 cfa += 8;
             }
             let bp = if row.kind != unwind_kind::PLT && row.rbp_offset != 0 {
-                match read_user(cfa.wrapping_add(row.rbp_offset as i64 as u64)) {
+                match read_user(cfa.wrapping_add((row.rbp_offset as i64 * 8) as u64)) {
                     Some(bp) => bp,
                     None => {
                         stack.end = stack_end::READ_FAILED;

@@ -329,6 +329,9 @@ impl Collection {
             match event.kind {
                 process_event::FORK => self.watch_process(event.pid, None),
                 process_event::EXEC => {
+                    if let Some(unwind) = self.unwind.as_mut() {
+                        unwind.forget(event.pid);
+                    }
                     self.watch_process(event.pid, comm);
                     self.refreshes.extend(
                         AFTER_EXEC_REFRESH

@@ -63,6 +63,8 @@ pub struct UnwindTables {
     warned_full: bool,
     stats: UnwindStats,
     build_time: Duration,
+    /// Fingerprint of the memory map each process's mappings were last described from.
+    loaded_maps: HashMap<u32, u64>,
     /// (device, inode) of the profiler's own executable, never a target worth a table (a
     /// launched command maps it until its exec).
     own_executable: Option<(u64, u64)>,
@@ -82,6 +84,7 @@ impl UnwindTables {
                 ..UnwindStats::default()
             },
             build_time: Duration::ZERO,
+            loaded_maps: HashMap::new(),
             own_executable: std::fs::metadata("/proc/self/exe")
                 .ok()
                 .map(|metadata| (metadata.dev(), metadata.ino())),
@@ -100,25 +103,47 @@ impl UnwindTables {
     /// tells the kernel where they are. Returns the number of mappings described.
     pub fn load_process(&mut self, pid: u32, probes: &mut KernelProbes) -> anyhow::Result<usize> {
         let started = Instant::now();
-        let maps = procfs::parse_maps(&procfs::read_maps(pid)?);
+        let text = procfs::read_maps(pid)?;
+        // Asked again with the same maps (the kernel asks for an address it has no table
+        // for): the answer would be the same.
+        let fingerprint = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut hasher);
+            hasher.finish()
+        };
+        if self.loaded_maps.get(&pid) == Some(&fingerprint) {
+            return Ok(0);
+        }
+        let maps = procfs::parse_maps(&text);
         let mut mappings = Vec::new();
         for entry in maps.iter().filter(|entry| entry.executable) {
-            if !entry.path.starts_with('/') {
-                // Anonymous or special ([vdso], JIT code): frame pointers.
-                continue;
-            }
-            let Some(object) = self.object(pid, entry, probes) else {
-                continue;
-            };
-            let Some(bias) = load_bias(&object.segments, entry.start, entry.file_offset) else {
-                continue;
-            };
-            mappings.push(UnwindMapping {
+            // Every executable mapping is described, with rows or without (frame pointers):
+            // an address the kernel knows no mapping for makes it ask for tables again.
+            let without_table = UnwindMapping {
                 start: entry.start,
                 end: entry.end,
-                bias,
-                first_row: object.first_row,
-                row_count: object.row_count,
+                bias: 0,
+                first_row: 0,
+                row_count: 0,
+            };
+            // Anonymous or special ([vdso], JIT code): frame pointers.
+            let object = if entry.path.starts_with('/') {
+                self.object(pid, entry, probes)
+            } else {
+                None
+            };
+            let bias = object
+                .as_ref()
+                .and_then(|object| load_bias(&object.segments, entry.start, entry.file_offset));
+            mappings.push(match (object, bias) {
+                (Some(object), Some(bias)) => UnwindMapping {
+                    bias,
+                    first_row: object.first_row,
+                    row_count: object.row_count,
+                    ..without_table
+                },
+                _ => without_table,
             });
         }
         mappings.sort_by_key(|mapping| mapping.start);
@@ -137,6 +162,7 @@ impl UnwindTables {
         });
         process.mappings[..mappings.len()].copy_from_slice(&mappings);
         probes.set_process_unwind(pid, &process)?;
+        self.loaded_maps.insert(pid, fingerprint);
         self.stats.process_loads += 1;
         self.build_time += started.elapsed();
         Ok(mappings.len())
@@ -153,6 +179,12 @@ impl UnwindTables {
             .or_else(|_| File::open(procfs::path_in_process(pid, &entry.path)))
             .ok()?;
         self.file_table(file, &entry.path, probes)
+    }
+
+    /// Forgets what was described for `pid` (it executed a new program, and the kernel
+    /// dropped its mappings).
+    pub fn forget(&mut self, pid: u32) {
+        self.loaded_maps.remove(&pid);
     }
 
     /// Compiles and loads the tables of a program about to be run, so that its first

@@ -128,14 +128,19 @@ fn rule_of<'a, S: UnwindSection<Slice<'a>>>(
             (unwind_kind::PLT, offset, threshold)
         }
     };
-    let Ok(cfa_offset) = i16::try_from(cfa_offset) else {
+    // In 8-byte words; an offset that is not a whole slot is something else than the
+    // compilers emit for x86-64, better walked by frame pointer.
+    let words = |offset: i64| (offset % 8 == 0).then_some(offset / 8);
+    let Some(cfa_offset) = words(cfa_offset).and_then(|words| i16::try_from(words).ok()) else {
         return none;
     };
     let rbp_offset = match row.register(X86_64::RBP) {
-        Some(RegisterRule::Offset(offset)) => match i8::try_from(offset) {
-            Ok(offset) if offset != 0 => offset,
-            _ => return none,
-        },
+        Some(RegisterRule::Offset(offset)) => {
+            match words(offset).and_then(|words| i8::try_from(words).ok()) {
+                Some(words) if words != 0 => words,
+                _ => return none,
+            }
+        }
         // Not saved in this frame: the caller's value is still in the register.
         None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => 0,
         // Saved somewhere the unwinder cannot follow: the CFA is still right, and rbp only
@@ -224,11 +229,12 @@ mod tests {
 
     use super::*;
 
-    fn rsp(cfa_offset: i16, rbp_offset: i8) -> UnwindRow {
+    /// An rsp-based rule, offsets in bytes.
+    fn rsp(cfa_offset: i64, rbp_offset: i64) -> UnwindRow {
         UnwindRow {
             address: 0,
-            cfa_offset,
-            rbp_offset,
+            cfa_offset: (cfa_offset / 8) as i16,
+            rbp_offset: (rbp_offset / 8) as i8,
             kind: unwind_kind::CFA_RSP,
         }
     }
@@ -285,6 +291,20 @@ mod tests {
             rows.windows(2)
                 .all(|pair| pair[0].address < pair[1].address)
         );
+    }
+
+    #[test]
+    fn large_frames_keep_their_rule() {
+        // A 36 KiB stack buffer: past an i16 of bytes, within an i16 of 8-byte words.
+        let object = assemble(
+            "large",
+            "\t.text\n\t.globl g\ng:\n\t.cfi_startproc\n\tsubq $0x9000, %rsp\n\
+             \t.cfi_def_cfa_offset 0x9008\n\tnop\n\taddq $0x9000, %rsp\n\
+             \t.cfi_def_cfa_offset 8\n\tret\n\t.cfi_endproc\n",
+        );
+        let rows = compile(&object).unwrap();
+        // sub (7 bytes) at 0x1000, nop at 0x1007.
+        assert_eq!(rule_at(&rows, 0x1007), rsp(0x9008, 0));
     }
 
     #[test]
