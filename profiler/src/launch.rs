@@ -66,6 +66,14 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The name exec gives a task running `program`: its file name, cut to 15 bytes.
+fn thread_name_for(program: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    let name = program.file_name().map_or(&[][..], |name| name.as_bytes());
+    let name: Vec<u8> = name.iter().copied().filter(|&b| b != 0).take(15).collect();
+    std::ffi::CString::new(name).expect("NULs removed")
+}
+
 /// A forked command held before `exec` until [`GatedChild::release`].
 pub struct GatedChild {
     pid: u32,
@@ -90,10 +98,15 @@ impl GatedChild {
         ];
         let mut command = Command::new(program);
         command.arg0(&argv[0]).args(&argv[1..]);
-        // SAFETY: only async-signal-safe calls (getpid, write, read, close) between fork and exec.
+        let comm = thread_name_for(program);
+        // SAFETY: only async-signal-safe calls (getpid, write, read, close, prctl) between fork
+        // and exec.
         unsafe {
             command.pre_exec(move || {
                 let [pid_read, pid_write, go_read, go_write] = fds;
+                // Samples taken inside execve, before the kernel renames the task, then carry
+                // the command's name rather than the profiler's.
+                libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
                 libc::close(pid_read);
                 libc::close(go_write);
                 let pid = libc::getpid().to_ne_bytes();
@@ -199,9 +212,19 @@ mod tests {
         // Still our fork, not yet `sh`.
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         assert_eq!(exe, std::env::current_exe().unwrap());
+        // ... but already named like it, as exec will name it.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), "sh");
         let mut child = gated.release().unwrap();
         assert_eq!(child.id(), pid);
         assert_eq!(child.wait().unwrap().code(), Some(7));
+    }
+
+    #[test]
+    fn thread_names_are_cut_like_the_kernel_cuts_them() {
+        let name = thread_name_for(Path::new("/opt/app/a-very-long-program-name"));
+        assert_eq!(name.to_bytes(), b"a-very-long-pro");
+        assert_eq!(thread_name_for(Path::new("/")).to_bytes(), b"");
     }
 
     #[test]

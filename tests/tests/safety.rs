@@ -284,3 +284,30 @@ fn the_collector_keeps_to_its_memory_budget_and_counts_what_it_dropped() {
     assert!(lost("1KiB") > 0, "nothing dropped at 1 KiB");
     assert_eq!(lost("512MiB"), 0);
 }
+
+#[test]
+fn a_target_killed_mid_run_still_gets_its_results() {
+    let _serial = serial();
+    if !have_root("a_target_killed_mid_run_still_gets_its_results") {
+        return;
+    }
+    let target = Spawned::new(Command::new(program("cpu_split")).args(["30", "0"]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Spawned::new(
+        profiler()
+            .args(["attach", "-F", "199", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(wait_for(Duration::from_secs(5), || {
+        profiler_tests::loaded_profiler_programs().contains_key("cpu_sample")
+    }));
+    std::thread::sleep(Duration::from_millis(1500));
+    target.signal(libc::SIGKILL);
+    let status = run.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let summary = read_summary(dir.path());
+    assert_eq!(summary["stop_reason"], "target exited");
+    assert!(summary["cpu"]["samples"].as_u64().unwrap() > 100);
+    assert_nothing_loaded();
+}
