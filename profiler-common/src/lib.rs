@@ -641,6 +641,9 @@ pub const MAX_USER_FRAMES: usize = 512;
 pub const USER_STACK_ENTRIES: u32 = 16 * 1024;
 /// Default capacity of the unwind-row array shared by all mapped objects (8 bytes a row).
 pub const DEFAULT_UNWIND_ROWS: u32 = 2 * 1024 * 1024;
+/// Most rows one object's table may have: what the unwinder's binary search covers
+/// (larger objects unwind by frame pointers).
+pub const MAX_OBJECT_ROWS: u32 = 1 << 23;
 /// Executable mappings per process the unwinder knows (the rest unwind by frame pointers).
 pub const MAX_PROCESS_MAPPINGS: usize = 256;
 /// Capacity of the map of processes with unwind tables.

@@ -17,9 +17,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use profiler_common::{
-    DEFAULT_UNWIND_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind, STACK_ID_COLLISION,
-    STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES, UnwindRow,
-    UserStack, counter, process_event, stack_end, unwind_kind,
+    DEFAULT_UNWIND_ROWS, MAX_OBJECT_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind,
+    STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES,
+    UnwindRow, UserStack, counter, process_event, stack_end, unwind_kind,
 };
 
 use crate::{bump, send_process_event};
@@ -40,7 +40,8 @@ static USER_STACKS: HashMap<u32, UserStack> =
     HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Where a stack is walked before it is stored: too large for the BPF stack. One slot per
-/// context that can interrupt another on a CPU (perf events run in NMI, inside the others).
+/// context that can interrupt another on a CPU (perf events run in NMI, inside the others);
+/// preemptible programs sharing the task slot detect a takeover (`Walk::owner`).
 #[map]
 static UNWIND_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(2, 0);
 
@@ -54,9 +55,9 @@ pub const SCRATCH_NMI: u32 = 0;
 pub const SCRATCH_TASK: u32 = 1;
 
 const REQUEST_INTERVAL_NS: u64 = 20_000_000;
-/// Enough to binary-search 4 Mi rows / 256 mappings.
-const ROW_SEARCH_STEPS: u32 = 23;
-const MAPPING_SEARCH_STEPS: u32 = 9;
+/// Enough to binary-search an object's rows and a process's mappings.
+const ROW_SEARCH_STEPS: u32 = MAX_OBJECT_ROWS.trailing_zeros();
+const MAPPING_SEARCH_STEPS: u32 = MAX_PROCESS_MAPPINGS.trailing_zeros() + 1;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 /// State of one walk, shared with the per-frame callback.
@@ -68,6 +69,9 @@ struct Walk {
     sp: u64,
     bp: u64,
     hash: u64,
+    /// Marks the scratch slot as this walk's: a program that runs preemptible (uprobes,
+    /// system-call tracepoints) can be interrupted by another using the same slot.
+    owner: u64,
     missing_table: u32,
     table_frames: u32,
 }
@@ -99,12 +103,15 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         sp: regs.rsp,
         bp: regs.rbp,
         hash: 0xcbf2_9ce4_8422_2325,
+        // SAFETY: a helper valid in every program.
+        owner: unsafe { bpf_ktime_get_ns() },
         missing_table: u32::from(process.is_null()),
         table_frames: 0,
     };
-    // SAFETY: the scratch slot is this CPU's, and nothing else on this CPU uses this slot
-    // while this program runs.
+    // SAFETY: the scratch slot is this CPU's; a walk that finds it taken over stops (see
+    // `Walk::owner`). Until the walk ends, `hash` holds the owner.
     unsafe {
+        (*stack).hash = walk.owner;
         (*stack).len = 0;
         (*stack).end = stack_end::DEPTH;
     }
@@ -129,6 +136,12 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     if walk.missing_table != 0 {
         request_tables(tgid);
     }
+    // SAFETY: as above.
+    if unsafe { (*stack).hash } != walk.owner {
+        // Another walk on this CPU took the slot over: these frames are not all ours.
+        bump(counter::USER_STACK_ERRORS);
+        return STACK_ID_ERROR;
+    }
     let hash = (walk.hash ^ u64::from(end)).wrapping_mul(FNV_PRIME);
     // SAFETY: as above.
     unsafe { (*stack).hash = hash };
@@ -144,8 +157,10 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
             // SAFETY: `stack` points to this CPU's scratch slot, filled above.
             match USER_STACKS.insert(&key, unsafe { &*stack }, u64::from(BPF_NOEXIST)) {
                 Ok(()) => id,
-                // Another CPU stored it first (the same stack, or a collision: rare).
-                Err(_) if unsafe { USER_STACKS.get(&key) }.is_some() => id,
+                // Another CPU stored it first: the same stack, or one that collides.
+                Err(_) if matches!(unsafe { USER_STACKS.get(&key) }, Some(stored) if stored.hash == hash) => {
+                    id
+                }
                 Err(_) => {
                     bump(counter::USER_STACKS_LOST);
                     STACK_ID_COLLISION
@@ -186,7 +201,7 @@ unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: `stack` is this CPU's scratch slot (see `user_stack_id`).
     let stack = unsafe { &mut *walk.stack };
     let index = index as usize;
-    if index >= MAX_USER_FRAMES {
+    if index >= MAX_USER_FRAMES || stack.hash != walk.owner {
         return 1;
     }
     stack.frames[index] = walk.pc;

@@ -991,6 +991,23 @@ impl KernelProbes {
             .map_err(map_error("UNWIND_PROCESSES"))
     }
 
+    /// Drops the unwinding descriptions of processes that exited (the map is bounded).
+    pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        let mut processes: BpfHashMap<_, u32, ProcessUnwind> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("UNWIND_PROCESSES")
+                .expect("UNWIND_PROCESSES is in the object"),
+        )
+        .map_err(map_error("UNWIND_PROCESSES"))?;
+        for pid in pids {
+            let _ = processes.remove(pid);
+        }
+        Ok(())
+    }
+
     /// Loss counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(

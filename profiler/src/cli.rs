@@ -108,7 +108,7 @@ pub struct ProfileArgs {
     /// (see docs/design.md).
     #[arg(long, value_parser = parse_bytes, default_value = "512MiB", value_name = "BYTES")]
     pub max_memory: u64,
-    /// With `--unwind dwarf`: capacity of the unwind tables, rows (12 bytes each, allocated
+    /// With `--unwind dwarf`: capacity of the unwind tables, rows (8 bytes each, allocated
     /// up front); objects that do not fit are walked by frame pointers.
     #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_name = "ROWS")]
     pub unwind_rows: u32,

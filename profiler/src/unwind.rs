@@ -175,14 +175,24 @@ impl UnwindTables {
         entry: &procfs::MapEntry,
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
+        // By path only while that path still names the mapped file: a library upgraded in
+        // place has a new file there, whose rows would misdescribe the old code.
+        let by_path = || {
+            File::open(procfs::path_in_process(pid, &entry.path)).and_then(|file| {
+                match file.metadata()?.ino() == entry.inode {
+                    true => Ok(file),
+                    false => Err(std::io::Error::other("replaced since mapped")),
+                }
+            })
+        };
         let file = File::open(procfs::map_file_path(pid, entry.start, entry.end))
-            .or_else(|_| File::open(procfs::path_in_process(pid, &entry.path)))
+            .or_else(|_| by_path())
             .ok()?;
         self.file_table(file, &entry.path, probes)
     }
 
     /// Forgets what was described for `pid` (it executed a new program, and the kernel
-    /// dropped its mappings).
+    /// dropped its mappings, or it exited).
     pub fn forget(&mut self, pid: u32) {
         self.loaded_maps.remove(&pid);
     }
@@ -245,6 +255,20 @@ impl UnwindTables {
                 Vec::new()
             }
         };
+        if rows.len() > profiler_common::MAX_OBJECT_ROWS as usize {
+            log::warn!(
+                "{path}: {} unwind rows, more than the unwinder searches ({}); walked by frame \
+                 pointers",
+                rows.len(),
+                profiler_common::MAX_OBJECT_ROWS
+            );
+            self.stats.objects_without_tables += 1;
+            return ObjectTable {
+                first_row: self.next_row,
+                row_count: 0,
+                segments,
+            };
+        }
         let fits = u32::try_from(rows.len())
             .ok()
             .filter(|&count| count <= self.capacity - self.next_row);
