@@ -104,22 +104,31 @@ fn validate_pids(pids: &[u32]) -> anyhow::Result<()> {
         {
             bail!("{pid} is a thread of process {tgid}: pass the process id {tgid}");
         }
-        // Its memory map (for unwinding and symbols) is only readable by its own user or with
-        // CAP_SYS_PTRACE: refuse now rather than produce unsymbolized stacks.
-        let owner = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|uids| uids.split_whitespace().nth(1)?.parse::<u32>().ok());
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if let Some(owner) = owner
-            && owner != me
-            && !privileges::can_trace_others()
+        // Its memory map (for unwinding and symbols) is readable by whoever may ptrace it:
+        // its own user (unless it is not dumpable, or Yama says no) or CAP_SYS_PTRACE. Try
+        // it, and refuse now rather than produce unsymbolized stacks.
+        if let Err(err) = std::fs::File::open(procfs::proc_dir(pid).join("maps"))
+            && err.kind() == std::io::ErrorKind::PermissionDenied
         {
+            let owner = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let whose = match owner {
+                // SAFETY: geteuid has no preconditions.
+                Some(owner) if owner != unsafe { libc::geteuid() } => {
+                    format!("belongs to user {owner}")
+                }
+                _ => "is not dumpable or ptrace is restricted (Yama)".to_owned(),
+            };
             bail!(
-                "process {pid} belongs to user {owner}: reading its memory map needs \
-                 CAP_SYS_PTRACE (missing): run with sudo, or `setcap \
-                 cap_bpf,cap_perfmon,cap_sys_ptrace+ep` on the binary"
+                "process {pid} {whose}: reading its memory map needs CAP_SYS_PTRACE{}: run \
+                 with sudo, or `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep` on the binary",
+                if privileges::can_trace_others() {
+                    ""
+                } else {
+                    " (missing)"
+                }
             );
         }
     }
@@ -220,6 +229,16 @@ impl MemoryCollection {
 
 impl Collection {
     fn watch_process(&mut self, pid: u32, comm: Option<String>) {
+        if let Err(err) = std::fs::File::open(procfs::proc_dir(pid).join("maps"))
+            && err.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            // A descendant that changed user (a setuid program): its samples are kept, its
+            // frames stay addresses.
+            log::warn!(
+                "process {pid}: its memory map is closed to the profiler (it changed user); its \
+                 stacks will not be symbolized (CAP_SYS_PTRACE would allow it)"
+            );
+        }
         let _ = self.spaces.refresh(pid);
         self.load_unwind_tables(pid);
         self.processes.note(pid, comm);
@@ -364,6 +383,9 @@ impl Collection {
         let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
         for pid in pids {
             let _ = self.spaces.refresh(pid);
+            // A library unmapped and another mapped in its place leaves the kernel finding
+            // the old rows at those addresses: describe the mappings again when they changed.
+            self.load_unwind_tables(pid);
         }
     }
 
@@ -377,6 +399,12 @@ impl Collection {
             .collect();
         self.probes.remove_targets(&exited)?;
         self.probes.forget_files_of(&exited)?;
+        if let Some(unwind) = self.unwind.as_mut() {
+            self.probes.remove_process_unwind(&exited)?;
+            for &pid in &exited {
+                unwind.forget(pid);
+            }
+        }
         Ok(())
     }
 
@@ -1038,9 +1066,6 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     };
     for pid in collection_pids {
         collection.watch_process(pid, None);
-    }
-    if !privileges::can_trace_others() {
-        log::warn!("without CAP_SYS_PTRACE, processes of other users cannot be symbolized");
     }
 
     let mut child: Option<Child> = None;
