@@ -52,11 +52,7 @@ impl Check {
 pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    checks.push(Check {
-        name: "kernel",
-        verdict: Verdict::Info,
-        detail: format!("Linux {} {}", release.trim(), std::env::consts::ARCH),
-    });
+    checks.push(kernel(release.trim()));
     let privileged = privileges::check();
     checks.push(Check::new(
         "capabilities",
@@ -70,14 +66,14 @@ pub fn run_checks() -> Vec<Check> {
             Ok("CAP_SYS_PTRACE: processes of other users too".into()),
         )
     } else {
-        Check::new(
-            "ptrace",
-            Err(
-                "no CAP_SYS_PTRACE: only your own processes can be attached to; run with \
-                 sudo to profile other users' processes"
-                    .into(),
-            ),
-        )
+        // Not a failure: profiling one's own processes needs no more.
+        Check {
+            name: "ptrace",
+            verdict: Verdict::Info,
+            detail: "no CAP_SYS_PTRACE: other users' processes only where the kernel lets \
+                     CAP_PERFMON read their memory map; run with sudo to be sure"
+                .into(),
+        }
     });
     checks.push(Check::new("BTF", btf()));
     checks.push(Check::new(
@@ -162,6 +158,28 @@ pub fn run_checks() -> Vec<Check> {
     checks
 }
 
+/// Oldest kernel whose verifier takes the programs: `bpf_loop` (5.17) and maps allocated on
+/// demand in perf-event programs (6.1).
+const MIN_KERNEL: (u32, u32) = (6, 1);
+
+fn kernel(release: &str) -> Check {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().ok());
+    let version = (numbers.next().flatten(), numbers.next().flatten());
+    let found = format!("Linux {release} {}", std::env::consts::ARCH);
+    match version {
+        (Some(major), Some(minor)) if (major, minor) < MIN_KERNEL => Check::new(
+            "kernel",
+            Err(format!(
+                "{found}: the eBPF programs need Linux {}.{} or newer; profile on a newer kernel",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            )),
+        ),
+        _ => Check::new("kernel", Ok(found)),
+    }
+}
+
 fn btf() -> Result<String, String> {
     let path = Path::new(crate::kernel_btf::VMLINUX_BTF);
     std::fs::metadata(path)
@@ -240,6 +258,18 @@ pub fn report(checks: &[Check]) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_older_than_6_1_fail() {
+        assert_eq!(kernel("6.18.0-1-amd64").verdict, Verdict::Pass);
+        assert_eq!(kernel("6.1.0-27-amd64").verdict, Verdict::Pass);
+        assert_eq!(kernel("10.0").verdict, Verdict::Pass);
+        let old = kernel("5.15.0-91-generic");
+        assert_eq!(old.verdict, Verdict::Fail);
+        assert!(old.detail.contains("Linux 6.1 or newer"), "{}", old.detail);
+        // Unparseable: let the programs' own check speak.
+        assert_eq!(kernel("").verdict, Verdict::Pass);
+    }
 
     #[test]
     fn report_fails_on_any_failed_check() {

@@ -210,6 +210,8 @@ fn write_results(
                 .context("cannot create a temporary folder for the results")?
                 .keep();
             let fallback_output = OutputDir::prepare(&fallback)?;
+            // Private (0700) and the invoking user's, not root's, under sudo.
+            fallback_output.give_folder_to_owner();
             let written = render::render_all(profile, &fallback_output)
                 .with_context(|| format!("writing results to {}", fallback.display()))?;
             print_result(profile, &fallback_output, &written);

@@ -19,7 +19,7 @@ pub struct OutputDir {
     path: PathBuf,
     /// The folder as opened when checked: files are written through `/proc/self/fd/N`, so a
     /// folder swapped for a symlink after the check is never written through.
-    _dir: fs::File,
+    dir: fs::File,
     /// `/proc/self/fd/N` of `dir`.
     write_path: PathBuf,
     /// Owner to give files to when running under sudo.
@@ -98,6 +98,69 @@ fn system_dir(real: &Path) -> Option<&'static str> {
         .find(|system| real.starts_with(system))
 }
 
+/// Opens a folder without following a symlink in its place.
+fn open_folder(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates the folders from `existing` down to `path` one at a time, each relative to the
+/// descriptor of its parent and given to `owner` through its own descriptor: a folder swapped
+/// for a symlink meanwhile is refused, never followed. Returns the last one, open.
+fn create_folders(existing: &Path, path: &Path, owner: Option<(u32, u32)>) -> io::Result<fs::File> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let missing = if existing == Path::new(".") && !path.starts_with(".") {
+        path
+    } else {
+        path.strip_prefix(existing).map_err(io::Error::other)?
+    };
+    let names = missing
+        .components()
+        .map(|component| match component {
+            std::path::Component::Normal(name) => {
+                std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a folder to create may not contain `..`",
+            )),
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut parent = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(existing)?;
+    for name in names {
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o777) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::AlreadyExists {
+                return Err(err);
+            }
+        }
+        // SAFETY: as above.
+        let fd = unsafe {
+            libc::openat(
+                parent.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor.
+        parent = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if let Some((uid, gid)) = owner {
+            // SAFETY: a valid descriptor. Best effort: root can still read the results.
+            let _ = unsafe { libc::fchown(fd, uid, gid) };
+        }
+    }
+    Ok(parent)
+}
+
 /// The invoking user when run through sudo, to hand results back to.
 fn sudo_owner() -> Option<(u32, u32)> {
     let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
@@ -108,12 +171,6 @@ fn sudo_owner() -> Option<(u32, u32)> {
 impl OutputDir {
     /// Creates `path` (and parents) if needed and checks files can be written there.
     pub fn prepare(path: &Path) -> io::Result<Self> {
-        // Folders this call creates, outermost first, to hand to the sudo user.
-        let missing: Vec<PathBuf> = path
-            .ancestors()
-            .take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists())
-            .map(Path::to_path_buf)
-            .collect();
         // Checked before anything is created: the deepest existing ancestor, resolved.
         let existing = path
             .ancestors()
@@ -127,7 +184,11 @@ impl OutputDir {
                 real.display()
             )));
         }
-        let check_kind = || -> io::Result<()> {
+        let owner = sudo_owner();
+        let created = !path.exists() && !path.is_symlink();
+        let dir = if created {
+            create_folders(existing, path, owner)?
+        } else {
             let metadata = fs::symlink_metadata(path)?;
             if metadata.file_type().is_symlink() {
                 return Err(io::Error::other(
@@ -137,17 +198,8 @@ impl OutputDir {
             if !metadata.is_dir() {
                 return Err(io::Error::other("exists and is not a folder"));
             }
-            Ok(())
+            open_folder(path)?
         };
-        if path.exists() || path.is_symlink() {
-            check_kind()?;
-        }
-        fs::create_dir_all(path)?;
-        check_kind()?;
-        let dir = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(path)?;
         let write_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         // Where it really is, whatever symlinks led there.
         let real = fs::read_link(&write_path)?;
@@ -159,18 +211,19 @@ impl OutputDir {
         }
         // Probe with a real file: permissions, read-only mounts and full disks all show here.
         tempfile::NamedTempFile::new_in(&write_path)?;
-        let out = OutputDir {
+        Ok(OutputDir {
             path: path.to_path_buf(),
-            _dir: dir,
+            dir,
             write_path,
-            owner: sudo_owner(),
-            created: !missing.is_empty(),
+            owner,
+            created,
             used: std::cell::Cell::new(false),
-        };
-        for folder in missing.iter().rev() {
-            out.give_to_owner(folder);
-        }
-        Ok(out)
+        })
+    }
+
+    /// Gives the folder itself to the sudo user (one the profiler made for them elsewhere).
+    pub fn give_folder_to_owner(&self) {
+        self.give_to_owner(&self.dir);
     }
 
     /// The folder.
@@ -189,9 +242,9 @@ impl OutputDir {
         let mut file = tempfile::NamedTempFile::new_in(&self.write_path)?;
         file.write_all(contents)?;
         file.as_file().sync_data()?;
+        self.give_to_owner(file.as_file());
         let target = self.write_path.join(name);
         file.persist(&target).map_err(|err| err.error)?;
-        self.give_to_owner(&target);
         Ok(())
     }
 
@@ -200,10 +253,11 @@ impl OutputDir {
         &self.write_path
     }
 
-    fn give_to_owner(&self, path: &Path) {
+    /// Gives a file to the sudo user, by descriptor (no path to swap).
+    pub fn give_to_owner(&self, file: &fs::File) {
         if let Some((uid, gid)) = self.owner {
-            // Best effort: results stay readable by root even if this fails.
-            let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+            // SAFETY: a valid descriptor. Best effort: results stay readable by root.
+            let _ = unsafe { libc::fchown(file.as_raw_fd(), uid, gid) };
         }
     }
 }
@@ -264,6 +318,19 @@ mod tests {
         // A folder that existed before is never removed.
         drop(OutputDir::prepare(dir.path()).unwrap());
         assert!(dir.path().exists());
+    }
+
+    #[test]
+    fn creates_nested_folders_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c");
+        let out = OutputDir::prepare(&path).unwrap();
+        out.write("x", b"1").unwrap();
+        assert_eq!(fs::read(path.join("x")).unwrap(), b"1");
+        // `..` below a folder that does not exist yet is refused, not resolved.
+        let err = OutputDir::prepare(&dir.path().join("d/../e")).unwrap_err();
+        assert!(err.to_string().contains(".."), "{err}");
+        assert!(!dir.path().join("d").exists());
     }
 
     #[test]
