@@ -276,16 +276,20 @@ pub fn add_samples<'a>(
                 let addresses: Vec<u64> = lookup_addresses(stack).collect();
                 // A return address outside every executable mapping means the frame-pointer
                 // walk went astray (code without frame pointers): what follows is garbage.
-                let valid = 1 + addresses[1..]
-                    .iter()
-                    .take_while(|&&address| !is_unmapped(&user_frames[&(raw.pid, address)]))
-                    .count();
+                let valid = addresses.len().min(
+                    1 + addresses
+                        .iter()
+                        .skip(1)
+                        .take_while(|&&address| !is_unmapped(&user_frames[&(raw.pid, address)]))
+                        .count(),
+                );
                 let end = stacks.user_ends.get(&(raw.user_stack as u32)).copied();
                 if valid < addresses.len() {
                     frames.push(truncated_stack_frame(None));
                 } else if let Some(end) = end
                     && end != stack_end::ENTRY
-                    && !user_frames[&(raw.pid, addresses[valid - 1])]
+                    && let Some(outermost) = valid.checked_sub(1)
+                    && !user_frames[&(raw.pid, addresses[outermost])]
                         .iter()
                         .any(|frame| is_entry_function(&frame.function))
                 {
@@ -524,6 +528,20 @@ pub(crate) mod tests {
             names(&profile, t2.stack),
             ["[user stack lost: stack map collision]"]
         );
+    }
+
+    #[test]
+    fn an_empty_user_stack_is_no_panic() {
+        let stacks = StackTable::from([(0, vec![]), (1, vec![501])]);
+        let counts = HashMap::from([(raw(1, 0, 1), samples(2))]);
+        let profile = assembled(
+            EventKind::Cpu,
+            &counts,
+            &stacks,
+            &mut FakeSymbols { lookups: vec![] },
+        );
+        let sample = &profile.samples[&EventKind::Cpu][0];
+        assert_eq!(names(&profile, sample.stack), ["k501"]);
     }
 
     #[test]
