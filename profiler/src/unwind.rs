@@ -104,18 +104,21 @@ impl UnwindTables {
     pub fn load_process(&mut self, pid: u32, probes: &mut KernelProbes) -> anyhow::Result<usize> {
         let started = Instant::now();
         let text = procfs::read_maps(pid)?;
-        // Asked again with the same maps (the kernel asks for an address it has no table
-        // for): the answer would be the same.
+        let maps = procfs::parse_maps(&text);
+        // Asked again with the same executable mappings (the kernel asks for an address it
+        // has no table for; heaps and thread stacks come and go): the answer would be the same.
         let fingerprint = {
             use std::hash::{Hash as _, Hasher as _};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            text.hash(&mut hasher);
+            for entry in maps.iter().filter(|entry| entry.executable) {
+                (entry.start, entry.end, entry.file_offset, entry.inode).hash(&mut hasher);
+                entry.path.hash(&mut hasher);
+            }
             hasher.finish()
         };
         if self.loaded_maps.get(&pid) == Some(&fingerprint) {
             return Ok(0);
         }
-        let maps = procfs::parse_maps(&text);
         let mut mappings = Vec::new();
         for entry in maps.iter().filter(|entry| entry.executable) {
             // Every executable mapping is described, with rows or without (frame pointers):
