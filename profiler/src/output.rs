@@ -171,6 +171,12 @@ fn sudo_owner() -> Option<(u32, u32)> {
 impl OutputDir {
     /// Creates `path` (and parents) if needed and checks files can be written there.
     pub fn prepare(path: &Path) -> io::Result<Self> {
+        if path.as_os_str().is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty path; give a folder",
+            ));
+        }
         // Checked before anything is created: the deepest existing ancestor, resolved.
         let existing = path
             .ancestors()
@@ -331,6 +337,7 @@ mod tests {
         let err = OutputDir::prepare(&dir.path().join("d/../e")).unwrap_err();
         assert!(err.to_string().contains(".."), "{err}");
         assert!(!dir.path().join("d").exists());
+        assert!(OutputDir::prepare(Path::new("")).is_err());
     }
 
     #[test]
