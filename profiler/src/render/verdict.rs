@@ -32,8 +32,11 @@ pub struct Quality {
     /// Share of sampled frames without a symbol, percent.
     pub unsymbolized_frames_percent: f64,
     /// Share of events (samples, calls) whose user stack reaches the program's entry or a
-    /// thread's start, percent.
+    /// thread's start, percent: the lowest of the event kinds' shares (a million allocation
+    /// calls must not hide a tenth of CPU samples cut short).
     pub complete_stacks_percent: f64,
+    /// The same per event kind.
+    pub complete_stacks_percent_by_kind: std::collections::BTreeMap<String, f64>,
     /// The same in one sentence.
     pub text: String,
 }
@@ -230,10 +233,12 @@ pub fn quality(profile: &Profile) -> Quality {
         })
     };
     let mut cut_short = 0;
-    let (mut user_stacks, mut complete) = (0u64, 0u64);
+    // Per kind: (events with a user stack, of which complete).
+    let mut by_kind: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     let mut frames_seen = 0u64;
     let mut unsymbolized = 0u64;
-    for samples in profile.samples.values() {
+    for (kind, samples) in &profile.samples {
+        let (user_stacks, complete) = by_kind.entry(kind.name().to_owned()).or_default();
         for sample in samples {
             if truncated(sample.stack) {
                 cut_short += 1;
@@ -244,9 +249,9 @@ pub fn quality(profile: &Profile) -> Quality {
             {
                 // Weighted by events (samples, calls), so a rare odd stack weighs little.
                 let events = sample.count.unwrap_or(sample.weight);
-                user_stacks += events;
+                *user_stacks += events;
                 if is_entry_function(&profile.frames[root].function) {
-                    complete += events;
+                    *complete += events;
                 }
             }
             for &frame in &profile.stacks[sample.stack] {
@@ -264,19 +269,38 @@ pub fn quality(profile: &Profile) -> Quality {
         (10000.0 * unsymbolized as f64 / frames_seen as f64).round() / 100.0
     };
     let distinct: usize = profile.samples.values().map(Vec::len).sum();
-    let complete_stacks_percent = if user_stacks == 0 {
-        0.0
+    let complete_stacks_percent_by_kind: std::collections::BTreeMap<String, f64> = by_kind
+        .into_iter()
+        .filter(|(_, (user_stacks, _))| *user_stacks > 0)
+        .map(|(kind, (user_stacks, complete))| {
+            let percent = (1000.0 * complete as f64 / user_stacks as f64).round() / 10.0;
+            (kind, percent)
+        })
+        .collect();
+    let complete_stacks_percent = complete_stacks_percent_by_kind
+        .values()
+        .copied()
+        .reduce(f64::min)
+        .unwrap_or(0.0);
+    let per_kind = if complete_stacks_percent_by_kind.len() > 1 {
+        let parts: Vec<String> = complete_stacks_percent_by_kind
+            .iter()
+            .map(|(kind, percent)| format!("{kind} {percent:.1}%"))
+            .collect();
+        format!(" ({})", parts.join(", "))
     } else {
-        (1000.0 * complete as f64 / user_stacks as f64).round() / 10.0
+        String::new()
     };
     Quality {
         lost_events,
         stacks_cut_short: cut_short,
         unsymbolized_frames_percent,
         complete_stacks_percent,
+        complete_stacks_percent_by_kind,
         text: format!(
             "Profile quality: {lost_events} events lost; {complete_stacks_percent:.1}% of events \
-             with complete user stacks (from the entry point or thread start); {cut_short} of \
+             with complete user stacks (from the entry point or thread start){per_kind}; \
+             {cut_short} of \
              {distinct} \
              distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
              unsymbolized"
@@ -342,6 +366,21 @@ mod tests {
                 "Profile quality: 5 events lost; {expected:.1}% of events with complete user \
                  stacks (from the entry point or thread start); 1 of 2"
             )),
+            "{}",
+            quality.text
+        );
+
+        // A million complete allocation calls do not hide the CPU samples cut short.
+        let mut calls = profile.samples[&EventKind::Cpu][1].clone();
+        calls.count = Some(1_000_000);
+        profile.samples.insert(EventKind::Alloc, vec![calls]);
+        let quality = super::quality(&profile);
+        assert!((quality.complete_stacks_percent - expected).abs() < 0.1);
+        assert_eq!(quality.complete_stacks_percent_by_kind["alloc"], 100.0);
+        assert!(
+            quality
+                .text
+                .contains(&format!("(alloc 100.0%, cpu {expected:.1}%)")),
             "{}",
             quality.text
         );
