@@ -710,6 +710,10 @@ pub struct ProcessUnwind {
     pub mapping_count: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// Where the kernel's uretprobe trampoline is in this process (the start of its
+    /// `[uprobes]` mapping), 0 if none: a return address there stands for one the kernel
+    /// saved when a return probe (the allocation probes') hijacked it.
+    pub uretprobe_trampoline: u64,
     /// Mappings sorted by `start`, not overlapping.
     pub mappings: [UnwindMapping; MAX_PROCESS_MAPPINGS],
 }

@@ -10,8 +10,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -23,6 +23,14 @@ use profiler_common::{
 };
 
 use crate::{bump, send_process_event};
+
+/// Offsets from the current task to the return addresses saved by pending return probes, from
+/// the kernel's BTF: `task_struct.utask`, `uprobe_task.return_instances`,
+/// `return_instance.stack`, `.orig_ret_vaddr`, `.next`. All 0 when this kernel lacks them.
+#[unsafe(no_mangle)]
+static URETPROBE_OFFSETS: [u32; 5] = [0; 5];
+/// Pending return probes looked at per trampoline frame: nested probed calls, newest first.
+const RETURN_INSTANCE_STEPS: u32 = 8;
 
 /// Rows of every loaded object, each object's rows contiguous and sorted by address. Mappable,
 /// so the collector writes a table with one copy instead of a system call per row.
@@ -77,6 +85,8 @@ struct Walk {
     owner: u64,
     missing_table: u32,
     table_frames: u32,
+    /// The process's uretprobe trampoline (0: none).
+    trampoline: u64,
 }
 
 /// The current thread's user stack, walked with the unwind tables, stored in `USER_STACKS`:
@@ -95,14 +105,35 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     if regs.rip == 0 {
         return STACK_ID_NONE;
     }
-    let process = match unsafe { UNWIND_PROCESSES.get(&tgid) } {
-        Some(process) => process as *const ProcessUnwind,
-        None => core::ptr::null(),
+    let (process, trampoline) = match unsafe { UNWIND_PROCESSES.get(&tgid) } {
+        Some(process) => (
+            process as *const ProcessUnwind,
+            process.uretprobe_trampoline,
+        ),
+        None => (core::ptr::null(), 0),
     };
+    // Inside a uprobe's breakpoint trap the saved pc is one past the `int3` that stands in for
+    // the probed instruction, which has not run yet: the frame is as at the probe's address.
+    // Unless the kernel has just emulated a one-byte `push` there (the allocation probe on
+    // glibc's `free`): then the pc is past it for real and the pushed register is on top of
+    // the stack. (A previous instruction that merely ends in 0xcc changes the rule only if it
+    // moves the stack pointer, and none of `push`, `pop`, `sub`, `add` `rsp` end that way.)
+    let mut pc = regs.rip;
+    if read_user_byte(pc.wrapping_sub(1)) == Some(0xcc) {
+        let pushed = read_user(regs.rsp).is_some_and(|top| {
+            [
+                regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
+            ]
+            .contains(&top)
+        });
+        if !pushed {
+            pc -= 1;
+        }
+    }
     let mut walk = Walk {
         stack,
         process,
-        pc: regs.rip,
+        pc,
         sp: regs.rsp,
         bp: regs.rbp,
         hash: 0xcbf2_9ce4_8422_2325,
@@ -110,6 +141,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         owner: unsafe { bpf_ktime_get_ns() },
         missing_table: u32::from(process.is_null()),
         table_frames: 0,
+        trampoline,
     };
     // SAFETY: the scratch slot is this CPU's; a walk that finds it taken over stops (see
     // `Walk::owner`). Until the walk ends, `hash` holds the owner.
@@ -272,10 +304,16 @@ unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
         stack.end = stack_end::NOT_ADVANCING;
         return 1;
     }
-    let Some(return_address) = read_user(cfa - 8) else {
+    let Some(mut return_address) = read_user(cfa - 8) else {
         stack.end = stack_end::READ_FAILED;
         return 1;
     };
+    if walk.trampoline != 0
+        && return_address == walk.trampoline
+        && let Some(saved) = saved_return_address(cfa - 8)
+    {
+        return_address = saved;
+    }
     if return_address == 0 {
         stack.end = stack_end::FRAME_POINTER_END;
         return 1;
@@ -284,6 +322,46 @@ unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
     walk.sp = cfa;
     walk.bp = bp;
     0
+}
+
+/// The return address a return probe replaced with the trampoline in the slot at `slot`: the
+/// kernel keeps it with the task, newest probe first, each with the stack slot it hijacked.
+/// Searched from the newest each time: state carried from frame to frame doubled the
+/// verifier's work.
+#[inline(always)]
+fn saved_return_address(slot: u64) -> Option<u64> {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let offsets = unsafe { core::ptr::read_volatile(&URETPROBE_OFFSETS) };
+    if offsets[0] == 0 {
+        return None;
+    }
+    let read = |address: u64| {
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel(address as *const u64) }.ok()
+    };
+    // SAFETY: a helper valid in every tracing program.
+    let task = unsafe { bpf_get_current_task() };
+    let utask = read(task + u64::from(offsets[0]))?;
+    if utask == 0 {
+        return None;
+    }
+    let mut instance = read(utask + u64::from(offsets[1]))?;
+    for _ in 0..RETURN_INSTANCE_STEPS {
+        if instance == 0 {
+            return None;
+        }
+        if read(instance + u64::from(offsets[2]))? == slot {
+            return read(instance + u64::from(offsets[3]));
+        }
+        instance = read(instance + u64::from(offsets[4]))?;
+    }
+    None
+}
+
+#[inline(always)]
+fn read_user_byte(address: u64) -> Option<u8> {
+    // SAFETY: bpf_probe_read_user checks the address.
+    unsafe { bpf_probe_read_user(address as *const u8) }.ok()
 }
 
 #[inline(always)]

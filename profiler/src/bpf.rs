@@ -391,6 +391,23 @@ impl KernelProbes {
                 *slot = types.member_offset(name, member).map_err(ProbeError::Btf)?;
             }
         }
+        // From the current task to the return addresses its pending return probes saved:
+        // `task_struct.utask`, `uprobe_task.return_instances`, `return_instance.stack`,
+        // `.orig_ret_vaddr`, `.next`. Missing (another kernel's layout): left at 0, and stacks
+        // through a probed function stop at the trampoline as before.
+        let uretprobe_offsets = [
+            ("task_struct", "utask"),
+            ("uprobe_task", "return_instances"),
+            ("return_instance", "stack"),
+            ("return_instance", "orig_ret_vaddr"),
+            ("return_instance", "next"),
+        ]
+        .iter()
+        .map(|(name, member)| types.member_offset(name, member))
+        .collect::<Result<Vec<u32>, _>>()
+        .ok()
+        .and_then(|offsets| <[u32; 5]>::try_from(offsets).ok())
+        .unwrap_or_default();
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
             path: kernel_btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
@@ -407,6 +424,7 @@ impl KernelProbes {
             .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
+            .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
             // Arrays are allocated whole: a single row when tables are off.
             .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)

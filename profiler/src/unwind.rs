@@ -158,9 +158,14 @@ impl UnwindTables {
             );
             mappings.truncate(MAX_PROCESS_MAPPINGS);
         }
+        let uretprobe_trampoline = maps
+            .iter()
+            .find(|entry| entry.path == "[uprobes]")
+            .map_or(0, |entry| entry.start);
         let mut process = Box::new(ProcessUnwind {
             mapping_count: mappings.len() as u32,
             _pad: 0,
+            uretprobe_trampoline,
             mappings: [UnwindMapping::default(); MAX_PROCESS_MAPPINGS],
         });
         process.mappings[..mappings.len()].copy_from_slice(&mappings);

@@ -212,3 +212,49 @@ fn a_library_opened_during_the_run_gets_its_tables() {
         "{share:.1}% of libm samples complete: {stacks:?}"
     );
 }
+
+#[test]
+fn samples_inside_probed_allocator_functions_keep_their_callers() {
+    let _serial = serial();
+    if !have_root("samples_inside_probed_allocator_functions_keep_their_callers") {
+        return;
+    }
+    // Tracking allocations puts a return probe on `malloc` (while it runs, the kernel has
+    // swapped its return address for a trampoline) and a probe on `free`'s first `push` (a
+    // breakpoint the kernel emulates): CPU samples taken inside either must still reach
+    // `main` and the entry, not stop at the trampoline or a half-emulated frame.
+    let (dir, out) = record(
+        &["-e", "cpu,alloc", "-F", "499"],
+        "malloc_free",
+        &["3000000"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    for function in ["__GI___libc_malloc", "__GI___libc_free"] {
+        let through: Vec<&(Vec<String>, u64)> = stacks
+            .iter()
+            .filter(|(frames, _)| frames[1..].iter().any(|frame| frame == function))
+            .collect();
+        let total: u64 = through.iter().map(|(_, weight)| weight).sum();
+        let complete: u64 = through
+            .iter()
+            .filter(|(frames, _)| {
+                ENTRY_FUNCTIONS.contains(&frames[1].as_str())
+                    && frames.iter().any(|frame| frame == "main")
+            })
+            .map(|(_, weight)| weight)
+            .sum();
+        assert!(total > 200, "{function}: only {total} samples");
+        let share = percent(complete, total);
+        let example = through
+            .iter()
+            .find(|(frames, _)| !ENTRY_FUNCTIONS.contains(&frames[1].as_str()));
+        assert!(
+            share >= 93.0,
+            "{function}: {share:.1}% of its samples reach main; e.g. {example:?}"
+        );
+    }
+    let summary = read_summary(dir.path());
+    let by_kind = &summary["quality"]["complete_stacks_percent_by_kind"];
+    assert!(by_kind["cpu"].as_f64().unwrap() >= 90.0, "{by_kind}");
+}
