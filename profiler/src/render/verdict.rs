@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     assemble::is_entry_function,
-    profile::{BlockReason, FrameKind, Profile},
+    profile::{BlockReason, EventKind, FrameKind, Profile},
 };
 
 use super::summary::{Summary, bytes_text};
@@ -238,7 +238,13 @@ pub fn quality(profile: &Profile) -> Quality {
     let mut frames_seen = 0u64;
     let mut unsymbolized = 0u64;
     for (kind, samples) in &profile.samples {
-        let (user_stacks, complete) = by_kind.entry(kind.name().to_owned()).or_default();
+        // Live memory at the end is a view of the allocation events, not events of its own.
+        let mut ignored = (0, 0);
+        let (user_stacks, complete) = if *kind == EventKind::InUse {
+            &mut ignored
+        } else {
+            by_kind.entry(kind.name().to_owned()).or_default()
+        };
         for sample in samples {
             if truncated(sample.stack) {
                 cut_short += 1;
@@ -311,10 +317,7 @@ pub fn quality(profile: &Profile) -> Quality {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        profile::{EventKind, tests::sample_profile},
-        render::summary::summarize,
-    };
+    use crate::{profile::tests::sample_profile, render::summary::summarize};
 
     #[test]
     fn cpu_bound_profile_names_its_hottest_function() {
@@ -373,7 +376,13 @@ mod tests {
         // A million complete allocation calls do not hide the CPU samples cut short.
         let mut calls = profile.samples[&EventKind::Cpu][1].clone();
         calls.count = Some(1_000_000);
-        profile.samples.insert(EventKind::Alloc, vec![calls]);
+        profile
+            .samples
+            .insert(EventKind::Alloc, vec![calls.clone()]);
+        // Live memory is a view of those calls: no share of its own.
+        let mut live = calls;
+        live.stack = profile.samples[&EventKind::Cpu][0].stack;
+        profile.samples.insert(EventKind::InUse, vec![live]);
         let quality = super::quality(&profile);
         assert!((quality.complete_stacks_percent - expected).abs() < 0.1);
         assert_eq!(quality.complete_stacks_percent_by_kind["alloc"], 100.0);
