@@ -94,14 +94,18 @@ impl AddressSpaces {
 
     /// Reads the current maps of `pid` and records mappings not seen before.
     pub fn refresh(&mut self, pid: u32) -> std::io::Result<()> {
-        let text = procfs::read_maps(pid)?;
+        self.update(pid, procfs::read_maps(pid)?);
+        Ok(())
+    }
+
+    /// The same with the text of `/proc/PID/maps` already read.
+    pub fn update(&mut self, pid: u32, text: String) {
         if self.last_maps.get(&pid) == Some(&text) {
-            return Ok(());
+            return;
         }
         let entries = procfs::parse_maps(&text);
         self.last_maps.insert(pid, text);
         self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
-        Ok(())
     }
 
     /// Records the executable mappings among `entries`, opening new files with `open`.
@@ -202,23 +206,17 @@ fn copy_own_vdso() -> Option<tempfile::NamedTempFile> {
 /// `/proc/PID/map_files` reaches the mapped inode even when it was deleted or lives in another
 /// mount namespace; holding the descriptor keeps it reachable after the process exits.
 fn open_mapped_file(pid: u32, entry: &MapEntry) -> (PathBuf, Option<File>) {
-    let candidates = [
-        procfs::map_file_path(pid, entry.start, entry.end),
-        procfs::path_in_process(pid, &entry.path),
-    ];
-    for candidate in candidates {
-        if let Ok(file) = File::open(&candidate) {
-            // Prefer the plain path when it is the same file in our namespace: blazesym then
-            // finds separate debug info (`.gnu_debuglink`) next to it.
-            let plain = Path::new(&entry.path);
-            if !entry.deleted && same_file(&file, plain) {
-                return (plain.to_path_buf(), Some(file));
-            }
-            let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            return (fd_path, Some(file));
-        }
+    let Ok(file) = procfs::open_mapped_file(pid, entry) else {
+        return (PathBuf::from(&entry.path), None);
+    };
+    // Prefer the plain path when it is the same file in our namespace: blazesym then finds
+    // separate debug info (`.gnu_debuglink`) next to it.
+    let plain = Path::new(&entry.path);
+    if !entry.deleted && same_file(&file, plain) {
+        return (plain.to_path_buf(), Some(file));
     }
-    (PathBuf::from(&entry.path), None)
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    (fd_path, Some(file))
 }
 
 fn same_file(file: &File, path: &Path) -> bool {

@@ -273,6 +273,21 @@ fn read_hash_map<K: aya::Pod, V: aya::Pod>(
     Ok(entries)
 }
 
+/// Removes the entries of processes `pids` from hash map `name`, keyed by pid.
+fn remove_pids<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    pids: &[u32],
+) -> Result<(), ProbeError> {
+    let mut map: BpfHashMap<_, u32, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    for pid in pids {
+        let _ = map.remove(pid);
+    }
+    Ok(())
+}
+
 /// Every entry of per-CPU hash map `name`, its CPUs' values added up.
 fn sum_per_cpu<K: aya::Pod, V: aya::Pod + Default + std::ops::AddAssign>(
     ebpf: &Ebpf,
@@ -528,16 +543,7 @@ impl KernelProbes {
     /// Stops profiling processes that no longer exist, so their pids can neither fill the
     /// map nor make a new process that reuses one a target.
     pub fn remove_targets(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
-        let mut targets: BpfHashMap<_, u32, TargetFlags> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("TARGETS")
-                .expect("TARGETS is in the object"),
-        )
-        .map_err(map_error("TARGETS"))?;
-        for pid in pids {
-            let _ = targets.remove(pid);
-        }
-        Ok(())
+        remove_pids::<TargetFlags>(&mut self.ebpf, "TARGETS", pids)
     }
 
     /// Processes being profiled.
@@ -1011,19 +1017,7 @@ impl KernelProbes {
 
     /// Drops the unwinding descriptions of processes that exited (the map is bounded).
     pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
-        if pids.is_empty() {
-            return Ok(());
-        }
-        let mut processes: BpfHashMap<_, u32, ProcessUnwind> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("UNWIND_PROCESSES")
-                .expect("UNWIND_PROCESSES is in the object"),
-        )
-        .map_err(map_error("UNWIND_PROCESSES"))?;
-        for pid in pids {
-            let _ = processes.remove(pid);
-        }
-        Ok(())
+        remove_pids::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
     }
 
     /// Loss counters summed over CPUs.

@@ -229,7 +229,7 @@ impl MemoryCollection {
 
 impl Collection {
     fn watch_process(&mut self, pid: u32, comm: Option<String>) {
-        if let Err(err) = std::fs::File::open(procfs::proc_dir(pid).join("maps"))
+        if let Err(err) = self.read_memory_map(pid)
             && err.kind() == std::io::ErrorKind::PermissionDenied
         {
             // A descendant that changed user (a setuid program): its samples are kept, its
@@ -239,8 +239,6 @@ impl Collection {
                  stacks will not be symbolized (CAP_SYS_PTRACE would allow it)"
             );
         }
-        let _ = self.spaces.refresh(pid);
-        self.load_unwind_tables(pid);
         self.processes.note(pid, comm);
         if self.io_enabled {
             // Descriptors it inherited or opened before the programs saw it.
@@ -251,13 +249,17 @@ impl Collection {
         }
     }
 
-    /// Gives the unwinder the tables of every object `pid` maps.
-    fn load_unwind_tables(&mut self, pid: u32) {
+    /// Reads `pid`'s memory map once, for symbols and, when it changed, for the unwinder (a
+    /// library unmapped and another mapped in its place would leave the kernel the old rows).
+    fn read_memory_map(&mut self, pid: u32) -> std::io::Result<()> {
+        let text = procfs::read_maps(pid)?;
         if let Some(unwind) = self.unwind.as_mut()
-            && let Err(err) = unwind.load_process(pid, &mut self.probes)
+            && let Err(err) = unwind.load_process_maps(pid, &text, &mut self.probes)
         {
             log::debug!("unwind tables of process {pid}: {err:#}");
         }
+        self.spaces.update(pid, text);
+        Ok(())
     }
 
     /// Probes the allocator functions of every allocator object `pid` maps, once each.
@@ -358,7 +360,9 @@ impl Collection {
                             .map(|delay| (now + *delay, event.pid)),
                     );
                 }
-                process_event::UNWIND_TABLES_MISSING => self.load_unwind_tables(event.pid),
+                process_event::UNWIND_TABLES_MISSING => {
+                    let _ = self.read_memory_map(event.pid);
+                }
                 _ => {}
             }
         }
@@ -382,10 +386,7 @@ impl Collection {
     fn refresh_all(&mut self) {
         let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
         for pid in pids {
-            let _ = self.spaces.refresh(pid);
-            // A library unmapped and another mapped in its place leaves the kernel finding
-            // the old rows at those addresses: describe the mappings again when they changed.
-            self.load_unwind_tables(pid);
+            let _ = self.read_memory_map(pid);
         }
     }
 
@@ -1077,7 +1078,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         collection
             .probe_allocators(pid)
             .context("cannot probe the allocator")?;
-        collection.load_unwind_tables(pid);
+        let _ = collection.read_memory_map(pid);
         if let Some(unwind) = collection.unwind.as_mut() {
             // Its libraries are the profiler's (tables loaded by `watch_process`); the program
             // itself is compiled now, before it runs.

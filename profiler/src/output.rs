@@ -153,12 +153,17 @@ fn create_folders(existing: &Path, path: &Path, owner: Option<(u32, u32)>) -> io
         }
         // SAFETY: the kernel just returned this descriptor.
         parent = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        if let Some((uid, gid)) = owner {
-            // SAFETY: a valid descriptor. Best effort: root can still read the results.
-            let _ = unsafe { libc::fchown(fd, uid, gid) };
-        }
+        give_to(owner, &parent);
     }
     Ok(parent)
+}
+
+/// Gives an open file or folder to `owner`, by descriptor (no path to swap).
+fn give_to(owner: Option<(u32, u32)>, file: &fs::File) {
+    if let Some((uid, gid)) = owner {
+        // SAFETY: a valid descriptor. Best effort: results stay readable by root.
+        let _ = unsafe { libc::fchown(file.as_raw_fd(), uid, gid) };
+    }
 }
 
 /// The invoking user when run through sudo, to hand results back to.
@@ -259,12 +264,9 @@ impl OutputDir {
         &self.write_path
     }
 
-    /// Gives a file to the sudo user, by descriptor (no path to swap).
-    pub fn give_to_owner(&self, file: &fs::File) {
-        if let Some((uid, gid)) = self.owner {
-            // SAFETY: a valid descriptor. Best effort: results stay readable by root.
-            let _ = unsafe { libc::fchown(file.as_raw_fd(), uid, gid) };
-        }
+    /// Gives a file to the sudo user.
+    fn give_to_owner(&self, file: &fs::File) {
+        give_to(self.owner, file);
     }
 }
 

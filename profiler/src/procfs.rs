@@ -217,6 +217,21 @@ pub fn map_file_path(pid: u32, start: u64, end: u64) -> PathBuf {
     proc_dir(pid).join(format!("map_files/{start:x}-{end:x}"))
 }
 
+/// Opens the file behind one mapping of `pid`: through `map_files` (deleted files, other mount
+/// namespaces), else by its path as the process sees it, but only while that path still names
+/// the mapped file (a library upgraded in place has a new file there, describing other code).
+pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::File::open(map_file_path(pid, entry.start, entry.end)).or_else(|_| {
+        let file = fs::File::open(path_in_process(pid, &entry.path))?;
+        if file.metadata()?.ino() == entry.inode {
+            Ok(file)
+        } else {
+            Err(io::Error::other("replaced since it was mapped"))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,12 +99,17 @@ impl UnwindTables {
         }
     }
 
-    /// Compiles the tables of every executable object `pid` maps (those not loaded yet) and
-    /// tells the kernel where they are. Returns the number of mappings described.
-    pub fn load_process(&mut self, pid: u32, probes: &mut KernelProbes) -> anyhow::Result<usize> {
+    /// Compiles the tables of every executable object `pid` maps (`text`, its
+    /// `/proc/PID/maps`; objects not loaded yet) and tells the kernel where they are. Returns
+    /// the number of mappings described.
+    pub fn load_process_maps(
+        &mut self,
+        pid: u32,
+        text: &str,
+        probes: &mut KernelProbes,
+    ) -> anyhow::Result<usize> {
         let started = Instant::now();
-        let text = procfs::read_maps(pid)?;
-        let maps = procfs::parse_maps(&text);
+        let maps = procfs::parse_maps(text);
         // Asked again with the same executable mappings (the kernel asks for an address it
         // has no table for; heaps and thread stacks come and go): the answer would be the same.
         let fingerprint = {
@@ -183,19 +188,7 @@ impl UnwindTables {
         entry: &procfs::MapEntry,
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
-        // By path only while that path still names the mapped file: a library upgraded in
-        // place has a new file there, whose rows would misdescribe the old code.
-        let by_path = || {
-            File::open(procfs::path_in_process(pid, &entry.path)).and_then(|file| {
-                match file.metadata()?.ino() == entry.inode {
-                    true => Ok(file),
-                    false => Err(std::io::Error::other("replaced since mapped")),
-                }
-            })
-        };
-        let file = File::open(procfs::map_file_path(pid, entry.start, entry.end))
-            .or_else(|_| by_path())
-            .ok()?;
+        let file = procfs::open_mapped_file(pid, entry).ok()?;
         self.file_table(file, &entry.path, probes)
     }
 
@@ -263,20 +256,17 @@ impl UnwindTables {
                 Vec::new()
             }
         };
-        if rows.len() > profiler_common::MAX_OBJECT_ROWS as usize {
+        let rows = if rows.len() > profiler_common::MAX_OBJECT_ROWS as usize {
             log::warn!(
                 "{path}: {} unwind rows, more than the unwinder searches ({}); walked by frame \
                  pointers",
                 rows.len(),
                 profiler_common::MAX_OBJECT_ROWS
             );
-            self.stats.objects_without_tables += 1;
-            return ObjectTable {
-                first_row: self.next_row,
-                row_count: 0,
-                segments,
-            };
-        }
+            Vec::new()
+        } else {
+            rows
+        };
         let fits = u32::try_from(rows.len())
             .ok()
             .filter(|&count| count <= self.capacity - self.next_row);
