@@ -159,17 +159,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ns" => value / 1e9,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` (use ns, us, ms, s, m or h)"
+                "unknown duration unit `{other}` (use ns, us, ms, s, m, h or d)"
             ));
         }
     };
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err(format!("duration must be positive, got `{text}`"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| format!("duration `{text}` is longer than a year; give at most 365d"))
 }
+
+/// Longest duration accepted: far past any run, far short of overflowing a clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Like [`parse_duration`], but `0` (record every off-CPU period) is allowed.
 fn parse_min_block(text: &str) -> Result<Duration, String> {
@@ -285,6 +292,15 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("abc").is_err());
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        for past_a_year in [
+            "366d",
+            "9223372036854775807",
+            "100000000000000000000",
+            "1e400",
+        ] {
+            assert!(parse_duration(past_a_year).is_err(), "{past_a_year}");
+        }
     }
 
     #[test]

@@ -928,6 +928,22 @@ fn status_line(verbose: bool) -> ProgressBar {
     bar
 }
 
+/// Fails when SIGINT or SIGTERM came before collection started: the programs detach as the
+/// error unwinds, a held command never runs, and no output folder was made.
+fn stopped_while_loading() -> anyhow::Result<()> {
+    match crate::stop_signals::received() {
+        Some(signal) => bail!(
+            "{} while the programs were loading; nothing was profiled",
+            if signal == libc::SIGINT {
+                "interrupted (SIGINT)"
+            } else {
+                "terminated (SIGTERM)"
+            }
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Runs a whole profiling session.
 pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome> {
     let started = Instant::now();
@@ -935,6 +951,10 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     let start_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    // Caught first: a stop asked for while loading is acted on, not fatal.
+    crate::stop_signals::install().context("cannot catch SIGINT and SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     privileges::check().map_err(|message| anyhow!(message))?;
 
     // Validate the target and the output folder before touching the kernel.
@@ -1044,6 +1064,10 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         probes.attach_cpu_sampling(config.frequency)?;
     }
     let attach_ms = elapsed_ms(started);
+    stopped_while_loading()?;
+    if gated.is_none() && !collection_pids.iter().any(|&pid| procfs::is_alive(pid)) {
+        bail!("the target exited while the programs were loading; nothing was profiled");
+    }
     let mut collection = Collection {
         probes,
         spaces: AddressSpaces::default(),
@@ -1090,6 +1114,8 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         if scheduler {
             collection.probes.set_accounting_start(monotonic_ns())?;
         }
+        // Not started at all rather than started and stopped at once.
+        stopped_while_loading()?;
         child = Some(
             gated
                 .release()
@@ -1114,9 +1140,9 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
     ));
     bar.enable_steady_tick(Duration::from_millis(250));
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+    let deadline = config
+        .duration
+        .and_then(|d| tokio::time::Instant::now().checked_add(d));
     let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
     let waiter = child.take().map(|mut child| {
         std::thread::spawn(move || {

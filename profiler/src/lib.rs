@@ -4,6 +4,7 @@
 
 pub mod address_space;
 pub mod assemble;
+pub mod bounded_de;
 pub mod bpf;
 pub mod check;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod profile;
 pub mod render;
+pub mod stop_signals;
 pub mod symbolize;
 pub mod synthetic;
 pub mod tracefs;

@@ -55,14 +55,19 @@ const REGRESSION_EXIT_CODE: u8 = 3;
 /// temporary folder instead (printed).
 const RESULTS_ELSEWHERE_EXIT_CODE: u8 = 4;
 
-/// A saved profile from an output folder or the file itself.
+/// A saved profile from an output folder or the file itself, read with the sudo user's rights.
 fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
-    let file = if path.is_dir() {
+    let path = if path.is_dir() {
         path.join(PROFILE_FILE)
     } else {
         path.to_path_buf()
     };
-    Ok(Profile::load(&file)?)
+    let file = output::open_for_reading(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Profile::read(
+        std::io::BufReader::new(file),
+        &path.display().to_string(),
+    )?)
 }
 
 fn diff(
@@ -123,7 +128,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Report { dir } => {
-            let profile = Profile::load(&dir.join(PROFILE_FILE))?;
+            let profile = load_profile(&dir.join(PROFILE_FILE))?;
             let output = OutputDir::prepare(&dir)
                 .with_context(|| format!("cannot use output folder {}", dir.display()))?;
             let written = render::render_all(&profile, &output)
@@ -203,15 +208,11 @@ fn write_results(
             Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)))
         }
         Err(err) => {
-            // Never lose what was collected: fall back to a private temporary folder.
-            let fallback = tempfile::Builder::new()
-                .prefix("profiler-results-")
-                .tempdir()
-                .context("cannot create a temporary folder for the results")?
-                .keep();
-            let fallback_output = OutputDir::prepare(&fallback)?;
-            // Private (0700) and the invoking user's, not root's, under sudo.
-            fallback_output.give_folder_to_owner();
+            // Never lose what was collected: fall back to a new private (0700) folder, made
+            // like the output folder (the sudo user's, by their rights).
+            let fallback_output = OutputDir::private_temporary()
+                .context("cannot create a temporary folder for the results")?;
+            let fallback = fallback_output.path();
             let written = render::render_all(profile, &fallback_output)
                 .with_context(|| format!("writing results to {}", fallback.display()))?;
             print_result(profile, &fallback_output, &written);

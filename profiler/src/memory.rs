@@ -495,6 +495,40 @@ pub fn peak(rows: &[TimelineRow], value: impl Fn(&TimelineRow) -> f64) -> Option
     rows.iter().max_by(|a, b| value(a).total_cmp(&value(b)))
 }
 
+/// Columns of the chart's series: a day of rows (864 000) draws as fast as a minute's.
+const CHART_BUCKETS: usize = 1000;
+
+/// The points of one series, at most two per bucket of consecutive rows (its lowest and highest,
+/// in time order): the line keeps every peak and dip a pixel column can show.
+fn chart_points(
+    rows: &[TimelineRow],
+    value: impl Fn(&TimelineRow) -> f64,
+    buckets: usize,
+) -> Vec<(f64, f64)> {
+    let per_bucket = rows.len().div_ceil(buckets.max(1)).max(1);
+    if per_bucket <= 2 {
+        return rows.iter().map(|row| (row.time_secs, value(row))).collect();
+    }
+    let mut points = Vec::with_capacity(2 * buckets);
+    for bucket in rows.chunks(per_bucket) {
+        let by_value = |a: &&TimelineRow, b: &&TimelineRow| value(a).total_cmp(&value(b));
+        let (Some(low), Some(high)) = (
+            bucket.iter().min_by(by_value),
+            bucket.iter().max_by(by_value),
+        ) else {
+            continue;
+        };
+        let (first, second) = if low.time_secs <= high.time_secs {
+            (low, high)
+        } else {
+            (high, low)
+        };
+        points.push((first.time_secs, value(first)));
+        points.push((second.time_secs, value(second)));
+    }
+    points
+}
+
 /// The memory timeline as an SVG chart: heap in use and RSS in MiB over seconds, peaks marked.
 pub fn timeline_svg(rows: &[TimelineRow], title: &str) -> Result<String, String> {
     use plotters::prelude::*;
@@ -535,7 +569,7 @@ pub fn timeline_svg(rows: &[TimelineRow], title: &str) -> Result<String, String>
         ] {
             chart
                 .draw_series(LineSeries::new(
-                    rows.iter().map(|row| (row.time_secs, value(row))),
+                    chart_points(rows, value, CHART_BUCKETS),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?
@@ -721,6 +755,34 @@ mod tests {
         assert_eq!((leaked.live_count, leaked.live_bytes), (3, 300));
         assert_eq!((leaked.old_live_count, leaked.old_live_bytes), (2, 200));
         assert_eq!(leaked.oldest_live_secs, 10.0);
+    }
+
+    #[test]
+    fn long_timelines_are_drawn_from_each_columns_extremes() {
+        let rows: Vec<TimelineRow> = (0..100_000)
+            .map(|i| TimelineRow {
+                time_secs: f64::from(i) / 10.0,
+                heap_live_bytes: if i == 54_321 {
+                    1 << 30
+                } else {
+                    i64::from(i % 7)
+                },
+                rss_bytes: 0,
+                alloc_bytes_per_sec: 0.0,
+            })
+            .collect();
+        let points = chart_points(&rows, |row| row.heap_live_bytes as f64, 1000);
+        assert!(points.len() <= 2000, "{}", points.len());
+        assert!(
+            points.contains(&(5432.1, f64::from(1 << 30))),
+            "the spike is kept"
+        );
+        assert!(
+            points.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+            "in time order"
+        );
+        let short = chart_points(&rows[..10], |row| row.heap_live_bytes as f64, 1000);
+        assert_eq!(short.len(), 10);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
-    io::{BufReader, BufWriter, Read as _, Write},
+    io::{BufReader, BufWriter, Write},
     path::Path,
 };
 
@@ -20,8 +20,17 @@ pub const PROFILE_FILE: &str = "profile.json.gz";
 /// Format version of the saved profile; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Largest saved profile `load` accepts once decompressed, so a crafted file cannot exhaust memory.
-const MAX_PROFILE_BYTES: u64 = 4 << 30;
+/// Largest saved profile `read` accepts once decompressed (bounds the time a read takes: about
+/// two seconds for this much whitespace).
+pub const MAX_PROFILE_JSON_BYTES: u64 = 512 << 20;
+
+/// Memory a read profile may keep, as [`crate::bounded_de`] charges it; what it really holds
+/// stays under twice this.
+pub const MAX_PROFILE_MEMORY: u64 = 256 << 20;
+
+/// Largest total weight or count of one kind a saved profile may have: sums of a few such
+/// totals (wall-clock time adds on- and off-CPU time) cannot wrap.
+pub const MAX_TOTAL: u64 = 1 << 60;
 
 /// A kind of event the profiler collects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -610,16 +619,23 @@ impl Profile {
     /// `display` in errors. Truncated, damaged or crafted input is an error, never a panic,
     /// and decompression stops at `MAX_PROFILE_BYTES`.
     pub fn read(compressed: impl std::io::Read, display: &str) -> Result<Self, LoadError> {
-        let decoder = GzDecoder::new(compressed).take(MAX_PROFILE_BYTES);
-        let profile: Profile =
-            serde_json::from_reader(decoder).map_err(|err| LoadError::Invalid {
-                path: display.to_owned(),
-                reason: err.to_string(),
-            })?;
-        profile.validate().map_err(|reason| LoadError::Invalid {
+        let invalid = |reason: String| LoadError::Invalid {
             path: display.to_owned(),
             reason,
-        })?;
+        };
+        let json = BufReader::with_capacity(
+            1 << 16,
+            LimitedReader {
+                inner: GzDecoder::new(compressed),
+                left: MAX_PROFILE_JSON_BYTES,
+            },
+        );
+        let budget = crate::bounded_de::Budget::new(MAX_PROFILE_MEMORY);
+        let mut deserializer = serde_json::Deserializer::from_reader(json);
+        let profile: Profile = crate::bounded_de::deserialize(&mut deserializer, &budget)
+            .and_then(|profile| deserializer.end().map(|()| profile))
+            .map_err(|err| invalid(err.to_string()))?;
+        profile.validate().map_err(invalid)?;
         Ok(profile)
     }
 
@@ -652,8 +668,79 @@ impl Profile {
                     sample.stack
                 ));
             }
+            bounded_total(samples.iter().map(|s| s.weight), kind.name())?;
+            bounded_total(samples.iter().map(|s| s.count.unwrap_or(1)), kind.name())?;
+        }
+        if !(1..=1_000_000).contains(&self.run.frequency_hz) {
+            return Err(format!("frequency {} Hz", self.run.frequency_hz));
+        }
+        // On-CPU samples become microseconds in the wall-clock view.
+        let cpu_us = self
+            .total(EventKind::Cpu)
+            .checked_mul(1_000_000 / self.run.frequency_hz);
+        if cpu_us.is_none_or(|us| us > MAX_TOTAL) {
+            return Err("on-CPU time too large".into());
+        }
+        if !(self.run.duration_secs.is_finite() && self.run.duration_secs >= 0.0) {
+            return Err(format!("duration {}", self.run.duration_secs));
+        }
+        if let Some(memory) = &self.memory {
+            let sites = &memory.sites;
+            let fields: [(&str, fn(&AllocSiteStats) -> u64); 8] = [
+                ("allocated bytes", |s| s.alloc_bytes),
+                ("freed bytes", |s| s.free_bytes),
+                ("live bytes", |s| s.live_bytes),
+                ("old live bytes", |s| s.old_live_bytes),
+                ("allocations", |s| s.alloc_count),
+                ("frees", |s| s.free_count),
+                ("live allocations", |s| s.live_count),
+                ("old live allocations", |s| s.old_live_count),
+            ];
+            for (what, field) in fields {
+                bounded_total(sites.iter().map(field), what)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Checks that `values` add up to at most [`MAX_TOTAL`].
+fn bounded_total(values: impl Iterator<Item = u64>, what: &str) -> Result<(), String> {
+    let mut total: u64 = 0;
+    for value in values {
+        total = total
+            .checked_add(value)
+            .filter(|&total| total <= MAX_TOTAL)
+            .ok_or_else(|| format!("{what}: total past {MAX_TOTAL}"))?;
+    }
+    Ok(())
+}
+
+/// A reader that fails, rather than ends, past `left` bytes: a cut-off profile would only be
+/// reported as damaged, this says why.
+struct LimitedReader<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One byte more tells a file of exactly the limit from a larger one.
+            return match self.inner.read(&mut [0])? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other(format!(
+                    "larger than {} MiB once decompressed",
+                    MAX_PROFILE_JSON_BYTES >> 20
+                ))),
+            };
+        }
+        let len = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut buf[..len])?;
+        self.left -= read as u64;
+        Ok(read)
     }
 }
 

@@ -100,5 +100,32 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
     let html = report::report_html(&summary, &flamegraphs, timeline.as_deref());
     out.write("report.html", html.as_bytes())?;
     written.push("report.html".to_owned());
+    out.remove_other_outputs(&written, is_output_name)?;
     Ok(written)
+}
+
+/// Whether `render_all` writes a file of this name for some profile: a reused folder loses
+/// those this run did not write, so it never shows one run's summary beside another's graphs.
+pub fn is_output_name(name: &str) -> bool {
+    const FIXED: [&str; 8] = [
+        PROFILE_FILE,
+        "memory-timeline.csv",
+        "memory-timeline.svg",
+        "profile.pb.gz",
+        "speedscope.json",
+        "summary.json",
+        "summary.md",
+        "report.html",
+    ];
+    let view = name
+        .strip_suffix(".folded")
+        .or_else(|| name.strip_suffix(".svg"));
+    FIXED.contains(&name)
+        || view.is_some_and(|view| {
+            view == View::Wall.name()
+                || EventKind::ALL
+                    .iter()
+                    .chain(&[EventKind::InUse])
+                    .any(|kind| kind.name() == view)
+        })
 }

@@ -87,6 +87,12 @@ pub struct MemorySummary {
     pub peak_rss_at_secs: f64,
     /// Live allocations at least this old at the end count as leak candidates, seconds.
     pub leak_age_secs: f64,
+    /// Allocations not tracked because the live-allocation map was full: live and leaked
+    /// figures are then lower bounds.
+    pub untracked_allocations: u64,
+    /// Heap growth over the run from the allocator's own byte counts (allocated less freed),
+    /// exact even when allocations went untracked.
+    pub heap_growth_bytes: i64,
     /// Sites by bytes allocated.
     pub top_allocating: Vec<MemorySite>,
     /// Sites with allocations live at the end and older than `leak_age_secs`, by bytes.
@@ -821,6 +827,8 @@ fn memory_summary(profile: &Profile) -> MemorySummary {
     let peak_heap = crate::memory::peak(&memory.timeline, |r| r.heap_live_bytes as f64);
     let peak_rss = crate::memory::peak(&memory.timeline, |r| r.rss_bytes as f64);
     MemorySummary {
+        untracked_allocations: profile.losses.live_map_full,
+        heap_growth_bytes: memory.timeline.last().map_or(0, |row| row.heap_live_bytes),
         sampled_every_bytes: (memory.sample_bytes > 0).then_some(memory.sample_bytes),
         allocated_bytes: total,
         allocations: memory.sites.iter().map(|s| s.alloc_count).sum(),

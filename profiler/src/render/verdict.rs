@@ -177,12 +177,27 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
         let leaked: u64 = memory.leak_candidates.iter().map(|site| site.bytes).sum();
         if let Some(top) = memory.leak_candidates.first() {
             let peak = memory.peak_heap_bytes.max(1) as f64;
+            // Untracked allocations may be leaks too: the tracked figure is a floor, and the
+            // allocator's own counts say how far the heap really grew.
+            let (at_least, untracked) = if memory.untracked_allocations > 0 {
+                (
+                    "at least ",
+                    format!(
+                        "; {} allocations went untracked (live-allocation map full) and the \
+                         heap grew by {} in all",
+                        memory.untracked_allocations,
+                        bytes_text(memory.heap_growth_bytes.max(0).unsigned_abs())
+                    ),
+                )
+            } else {
+                ("", String::new())
+            };
             findings.push(Finding {
                 kind: "memory",
                 score: (100.0 * leaked as f64 / peak).min(100.0),
                 text: format!(
-                    "Memory: {} allocated and still live at the end (older than {:.1} s), \
-                     {} of it{} via `{}`",
+                    "Memory: {at_least}{} allocated and still live at the end (older than \
+                     {:.1} s), {} of it{} via `{}`{untracked}",
                     bytes_text(leaked),
                     memory.leak_age_secs,
                     bytes_text(top.bytes),
@@ -392,6 +407,51 @@ mod tests {
                 .contains(&format!("(alloc 100.0%, cpu {expected:.1}%)")),
             "{}",
             quality.text
+        );
+    }
+
+    #[test]
+    fn leaks_past_a_full_live_map_are_a_lower_bound() {
+        use crate::profile::{AllocSiteStats, MemoryStats, TimelineRow};
+        let mut profile = sample_profile();
+        profile.run.events.push(EventKind::Alloc);
+        let stack = profile.samples[&EventKind::Cpu][0].stack;
+        let tracked = AllocSiteStats {
+            pid: 42,
+            stack,
+            alloc_count: 1 << 20,
+            alloc_bytes: 16 << 20,
+            live_count: 1 << 20,
+            live_bytes: 16 << 20,
+            old_live_count: 1 << 20,
+            old_live_bytes: 16 << 20,
+            ..AllocSiteStats::default()
+        };
+        profile.memory = Some(MemoryStats {
+            sites: vec![tracked],
+            timeline: vec![TimelineRow {
+                time_secs: 2.0,
+                heap_live_bytes: 80 << 20,
+                ..TimelineRow::default()
+            }],
+            ..MemoryStats::default()
+        });
+        let memory = |profile: &Profile| {
+            findings(&summarize(profile))
+                .into_iter()
+                .find(|finding| finding.kind == "memory")
+                .unwrap()
+                .text
+        };
+        let exact = memory(&profile);
+        assert!(exact.starts_with("Memory: 16.0 MiB allocated"), "{exact}");
+        profile.losses.live_map_full = 3_951_424;
+        let floor = memory(&profile);
+        assert!(
+            floor.starts_with("Memory: at least 16.0 MiB allocated")
+                && floor.contains("3951424 allocations went untracked")
+                && floor.contains("heap grew by 80.0 MiB"),
+            "{floor}"
         );
     }
 }
