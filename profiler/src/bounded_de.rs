@@ -14,6 +14,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqA
 /// What an allocation costs at least (glibc's smallest chunk), charged per string and sequence.
 const ALLOCATION: u64 = 32;
 
+/// Longest string accepted: refused before it is copied out of the parser's buffer.
+pub const MAX_STRING: usize = 1 << 20;
+
 /// Bytes a parse may still keep.
 #[derive(Debug)]
 pub struct Budget {
@@ -46,6 +49,15 @@ impl Budget {
                 self.limit >> 20
             ))),
         }
+    }
+
+    fn charge_string<E: de::Error>(&self, len: usize) -> Result<(), E> {
+        if len > MAX_STRING {
+            return Err(E::custom(format_args!(
+                "a string of {len} bytes (at most {MAX_STRING})"
+            )));
+        }
+        self.charge(len as u64 + ALLOCATION)
     }
 
     fn charge_size<T, E: de::Error>(&self) -> Result<(), E> {
@@ -113,9 +125,13 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         deserialize_unit,
         deserialize_seq,
         deserialize_map,
-        deserialize_identifier,
         deserialize_ignored_any,
     );
+
+    /// Field and variant names keep nothing: not charged.
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.inner.deserialize_identifier(visitor)
+    }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
         self,
@@ -212,27 +228,27 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Charged<'_, V> {
     );
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-        self.budget.charge(value.len() as u64 + ALLOCATION)?;
+        self.budget.charge_string(value.len())?;
         self.inner.visit_str(value)
     }
 
     fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
-        self.budget.charge(value.len() as u64 + ALLOCATION)?;
+        self.budget.charge_string(value.len())?;
         self.inner.visit_borrowed_str(value)
     }
 
     fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
-        self.budget.charge(value.len() as u64 + ALLOCATION)?;
+        self.budget.charge_string(value.len())?;
         self.inner.visit_string(value)
     }
 
     fn visit_bytes<E: de::Error>(self, value: &[u8]) -> Result<Self::Value, E> {
-        self.budget.charge(value.len() as u64 + ALLOCATION)?;
+        self.budget.charge_string(value.len())?;
         self.inner.visit_bytes(value)
     }
 
     fn visit_byte_buf<E: de::Error>(self, value: Vec<u8>) -> Result<Self::Value, E> {
-        self.budget.charge(value.len() as u64 + ALLOCATION)?;
+        self.budget.charge_string(value.len())?;
         self.inner.visit_byte_buf(value)
     }
 
@@ -395,8 +411,9 @@ mod tests {
             parse::<Vec<Vec<u64>>>(&bomb, 128 << 20).unwrap().len(),
             1_000_001
         );
-        let long = format!("\"{}\"", "x".repeat(2 << 20));
-        assert!(parse::<String>(&long, 1 << 20).is_err());
+        let long = format!("\"{}\"", "x".repeat(MAX_STRING + 1));
+        let err = parse::<String>(&long, 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("a string of"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,21 @@ impl Check {
     }
 }
 
+/// Whether an error comes from a permission the kernel denied (EPERM, EACCES).
+fn denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// Runs every check, in the order a run would need them.
 pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
@@ -104,13 +119,16 @@ pub fn run_checks() -> Vec<Check> {
     let mut probes = match KernelProbes::load(options) {
         Ok(probes) => probes,
         Err(err) => {
+            // Blame the verifier only when it was the verifier: a tracefs this user cannot
+            // read, or a permission the kernel denied, says so itself.
+            let hint = match &err {
+                crate::bpf::ProbeError::Tracefs(_) => "",
+                _ if denied(&err) => ": permission denied; run as root (sudo)",
+                _ => ": the kernel refused them; `profiler record -v` shows the verifier's log",
+            };
             checks.push(Check::new(
                 "eBPF programs",
-                Err(format!(
-                    "{:#}: the kernel refused them; `profiler record -v` shows the verifier's \
-                     log",
-                    anyhow::Error::from(err)
-                )),
+                Err(format!("{:#}{hint}", anyhow::Error::from(err))),
             ));
             return checks;
         }

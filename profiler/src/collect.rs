@@ -998,6 +998,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
         alloc_sample_bytes: config.alloc_sample_bytes,
         unwind_rows: config.unwind_rows,
     })?;
+    stopped_while_loading()?;
     let mut root_pids = Vec::new();
     let mut gated = None;
     let mut collection_pids = Vec::new();
@@ -1054,6 +1055,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> anyhow::Result<Outcome>
             }
         }
     }
+    stopped_while_loading()?;
     if config.events.contains(&EventKind::Io) || config.events.contains(&EventKind::Alloc) {
         probes.attach_syscalls()?;
     }

@@ -57,12 +57,7 @@ const RESULTS_ELSEWHERE_EXIT_CODE: u8 = 4;
 
 /// A saved profile from an output folder or the file itself, read with the sudo user's rights.
 fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
-    let path = if path.is_dir() {
-        path.join(PROFILE_FILE)
-    } else {
-        path.to_path_buf()
-    };
-    let file = output::open_for_reading(&path)
+    let (file, path) = output::open_for_reading(path, PROFILE_FILE)
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Profile::read(
         std::io::BufReader::new(file),
@@ -128,7 +123,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Report { dir } => {
-            let profile = load_profile(&dir.join(PROFILE_FILE))?;
+            let profile = load_profile(&dir)?;
             let output = OutputDir::prepare(&dir)
                 .with_context(|| format!("cannot use output folder {}", dir.display()))?;
             let written = render::render_all(&profile, &output)

@@ -26,7 +26,11 @@ pub const MAX_PROFILE_JSON_BYTES: u64 = 512 << 20;
 
 /// Memory a read profile may keep, as [`crate::bounded_de`] charges it; what it really holds
 /// stays under twice this.
-pub const MAX_PROFILE_MEMORY: u64 = 256 << 20;
+pub const MAX_PROFILE_MEMORY: u64 = 384 << 20;
+
+/// Largest folded text one kind may render to (the names of every sample's stack, end to end):
+/// a few kilobytes of saved profile must not render gigabytes.
+pub const MAX_RENDERED_TEXT: u64 = 256 << 20;
 
 /// Largest total weight or count of one kind a saved profile may have: sums of a few such
 /// totals (wall-clock time adds on- and off-CPU time) cannot wrap.
@@ -590,12 +594,51 @@ impl Profile {
         pids.any(|pid| pid != first)
     }
 
-    /// Name of a process by pid, falling back to the pid.
-    pub fn process_name(&self, pid: u32) -> String {
-        self.processes
+    /// Checks that no kind's folded text passes [`MAX_RENDERED_TEXT`]; frame indices must be
+    /// valid.
+    fn check_rendered_size(&self) -> Result<(), String> {
+        let stack_text: Vec<u64> = self
+            .stacks
             .iter()
-            .find(|process| process.pid == pid)
-            .map_or_else(|| pid.to_string(), |process| process.name.clone())
+            .map(|stack| {
+                stack.iter().fold(0_u64, |sum, &frame| {
+                    // Each frame: its name, a separator and at most a `_[k]` suffix.
+                    sum.saturating_add(self.frames[frame].function.len() as u64 + 5)
+                })
+            })
+            .collect();
+        let process_prefix = self
+            .processes
+            .iter()
+            .map(|process| process.name.len() as u64 + 16)
+            .max()
+            .unwrap_or(16);
+        for (kind, samples) in &self.samples {
+            let text = samples.iter().fold(0_u64, |sum, sample| {
+                sum.saturating_add(
+                    stack_text[sample.stack] + sample.thread.len() as u64 + process_prefix,
+                )
+            });
+            if text > MAX_RENDERED_TEXT {
+                return Err(format!(
+                    "{} stacks would render to more than {} MiB of text",
+                    kind.name(),
+                    MAX_RENDERED_TEXT >> 20
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Process names by pid, built once for lookups per sample (a saved profile may name a
+    /// million processes).
+    pub fn process_names(&self) -> ProcessNames<'_> {
+        ProcessNames(
+            self.processes
+                .iter()
+                .map(|process| (process.pid, process.name.as_str()))
+                .collect(),
+        )
     }
 
     /// Writes the profile, gzipped JSON, to `writer`.
@@ -671,6 +714,7 @@ impl Profile {
             bounded_total(samples.iter().map(|s| s.weight), kind.name())?;
             bounded_total(samples.iter().map(|s| s.count.unwrap_or(1)), kind.name())?;
         }
+        self.check_rendered_size()?;
         if !(1..=1_000_000).contains(&self.run.frequency_hz) {
             return Err(format!("frequency {} Hz", self.run.frequency_hz));
         }
@@ -686,7 +730,7 @@ impl Profile {
         }
         if let Some(memory) = &self.memory {
             let sites = &memory.sites;
-            let fields: [(&str, fn(&AllocSiteStats) -> u64); 8] = [
+            let fields: [(&str, SiteField); 8] = [
                 ("allocated bytes", |s| s.alloc_bytes),
                 ("freed bytes", |s| s.free_bytes),
                 ("live bytes", |s| s.live_bytes),
@@ -703,6 +747,26 @@ impl Profile {
         Ok(())
     }
 }
+
+/// Process names by pid.
+pub struct ProcessNames<'a>(HashMap<u32, &'a str>);
+
+impl ProcessNames<'_> {
+    /// Name of a process, falling back to the pid.
+    pub fn name(&self, pid: u32) -> String {
+        self.0
+            .get(&pid)
+            .map_or_else(|| pid.to_string(), |name| (*name).to_owned())
+    }
+
+    /// `name (pid)`, the root frame of a process's stacks.
+    pub fn label(&self, pid: u32) -> String {
+        format!("{} ({pid})", self.name(pid))
+    }
+}
+
+/// One count of an allocation site.
+type SiteField = fn(&AllocSiteStats) -> u64;
 
 /// Checks that `values` add up to at most [`MAX_TOTAL`].
 fn bounded_total(values: impl Iterator<Item = u64>, what: &str) -> Result<(), String> {
@@ -782,7 +846,15 @@ pub(crate) mod tests {
         for entry in std::fs::read_dir(&corpus).expect("the fuzz corpus is in the repository") {
             let path = entry.unwrap().path();
             let bytes = std::fs::read(&path).unwrap();
-            if let Ok(profile) = Profile::read(&bytes[..], "corpus") {
+            let read = Profile::read(&bytes[..], "corpus");
+            // Small versions of the bombs of docs/safety.md: these are refused at any size
+            // (the others are valid profiles when small).
+            let name = path.file_name().unwrap().to_string_lossy();
+            let refused = ["nesting", "long-number", "long-string", "huge-weights"];
+            if refused.iter().any(|bomb| name == format!("bomb-{bomb}")) {
+                assert!(read.is_err(), "{name} accepted");
+            }
+            if let Ok(profile) = read {
                 valid += 1;
                 let _ = crate::render::summary::summarize(&profile);
                 for view in crate::render::views(&profile) {

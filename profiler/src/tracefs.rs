@@ -15,6 +15,13 @@ pub enum TracefsError {
          `mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
     NotMounted(String),
+    /// Mounted, but this user may not read it.
+    #[error(
+        "tracefs is mounted at {0} but this user cannot read it (permission denied); run as \
+         root (sudo), or remount it readable by a group of the user \
+         (`mount -o remount,gid=GID,mode=0750 {0}`)"
+    )]
+    Unreadable(String),
     /// The event's format file is missing or unreadable.
     #[error("tracepoint {0} is not available: {1}")]
     NoEvent(String, String),
@@ -46,6 +53,9 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     {
         return Ok(found.to_path_buf());
     }
+    if let Some(mounted) = mounted_at() {
+        return Err(TracefsError::Unreadable(mounted.to_owned()));
+    }
     let target = MOUNT_POINTS[0];
     let c = |text: &str| std::ffi::CString::new(text).expect("no NUL");
     let (source, target_c, kind) = (c("tracefs"), c(target), c("tracefs"));
@@ -66,6 +76,22 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     }
     log::info!("mounted tracefs at {target}");
     Ok(PathBuf::from(target))
+}
+
+/// The documented mount point where tracefs is mounted, per `/proc/self/mounts`.
+fn mounted_at() -> Option<&'static str> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounted_in(&mounts)
+}
+
+fn mounted_in(mounts: &str) -> Option<&'static str> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "tracefs")
+            .then(|| MOUNT_POINTS.into_iter().find(|&known| known == point))
+            .flatten()
+    })
 }
 
 /// Offset and size of `field` in a tracepoint `format` file's text.
@@ -122,6 +148,14 @@ pub fn check_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_tracefs_in_the_mount_table() {
+        let mounts = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw 0 0\n";
+        assert_eq!(mounted_in(mounts), Some("/sys/kernel/tracing"));
+        assert_eq!(mounted_in("tracefs /elsewhere tracefs rw 0 0\n"), None);
+        assert_eq!(mounted_in("sysfs /sys sysfs rw 0 0\n"), None);
+    }
 
     const SWITCH: &str = "name: sched_switch
 ID: 372

@@ -51,13 +51,9 @@ pub struct OutputDir {
 /// Prefix of files being written; what a killed run left under it goes at the next run.
 const PARTIAL_PREFIX: &str = ".profiler-partial-";
 
-/// A file a run was writing when it was killed: ours, or `tempfile`'s `.tmpXXXXXX` (earlier
-/// versions wrote through it).
+/// A file a run was writing when it was killed.
 fn is_partial_file(name: &[u8]) -> bool {
     name.starts_with(PARTIAL_PREFIX.as_bytes())
-        || (name.len() == 10
-            && name.starts_with(b".tmp")
-            && name[4..].iter().all(u8::is_ascii_alphanumeric))
 }
 
 /// `benchmarks/<target>-<YYYYmmdd-HHMMSS>` for a target name and a local time stamp.
@@ -233,12 +229,28 @@ fn write_at(folder: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> io::Result<
     written
 }
 
-/// The names in `folder`.
-fn list(folder: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+/// The regular files in `folder` that `owner` owns and `wanted` picks: a shared folder's
+/// other files, and links planted under our names, are never removed.
+fn owned_files(
+    folder: BorrowedFd<'_>,
+    owner: u32,
+    wanted: impl Fn(&CStr) -> bool,
+) -> io::Result<Vec<CString>> {
     // Read through the descriptor's own path in /proc: the same folder, whatever its name is now.
-    fs::read_dir(format!("/proc/self/fd/{}", folder.as_raw_fd()))?
-        .map(|entry| cstring(&entry?.file_name()))
-        .collect()
+    let mut names = Vec::new();
+    for entry in fs::read_dir(format!("/proc/self/fd/{}", folder.as_raw_fd()))? {
+        let name = cstring(&entry?.file_name())?;
+        if !wanted(&name) {
+            continue;
+        }
+        let Ok(stat) = walk::stat_at(folder, &name) else {
+            continue;
+        };
+        if stat.st_mode & libc::S_IFMT == libc::S_IFREG && stat.st_uid == owner {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 impl OutputDir {
@@ -358,32 +370,36 @@ impl OutputDir {
         self.as_owner(|| write_at(folder, &name, contents))
     }
 
-    /// Removes the files `is_output` recognises that are not in `written`: a reused folder
-    /// holds one run's results, never a mix of two.
+    /// Removes the files `is_output` recognises that are not in `written` (regular files of
+    /// this run's owner only): a reused folder holds one run's results, never a mix of two.
     pub fn remove_other_outputs(
         &self,
         written: &[String],
-        is_output: impl Fn(&str) -> bool + Sync,
+        is_output: impl Fn(&str) -> bool,
     ) -> io::Result<()> {
         let folder = self.folder()?;
-        let stale: Vec<CString> = list(folder)?
-            .into_iter()
-            .filter(|name| {
-                name.to_str()
-                    .is_ok_and(|name| is_output(name) && !written.iter().any(|kept| kept == name))
-            })
-            .collect();
+        let stale = owned_files(folder, self.owner_uid(), |name| {
+            name.to_str()
+                .is_ok_and(|name| is_output(name) && !written.iter().any(|kept| kept == name))
+        })?;
         self.as_owner(|| stale.iter().try_for_each(|name| remove_at(folder, name)))
     }
 
     /// Removes what a killed run left half-written.
     fn remove_partial_files(&self) -> io::Result<()> {
         let folder = self.existing.as_fd();
-        let partial: Vec<CString> = list(folder)?
-            .into_iter()
-            .filter(|name| is_partial_file(name.as_bytes()))
-            .collect();
+        let partial = owned_files(folder, self.owner_uid(), |name| {
+            is_partial_file(name.to_bytes())
+        })?;
         self.as_owner(|| partial.iter().try_for_each(|name| remove_at(folder, name)))
+    }
+
+    /// Who the files this writes belong to.
+    fn owner_uid(&self) -> u32 {
+        // SAFETY: no preconditions.
+        self.invoker
+            .as_ref()
+            .map_or_else(|| unsafe { libc::geteuid() }, |invoker| invoker.uid)
     }
 
     fn as_owner<T: Send>(&self, work: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
@@ -391,20 +407,33 @@ impl OutputDir {
     }
 }
 
-/// Opens a regular file the user named, for reading, with their rights under sudo. A FIFO or
-/// device is refused without blocking on it.
-pub fn open_for_reading(path: &Path) -> io::Result<fs::File> {
+/// Opens a regular file the user named for reading, or `in_folder` inside it when they named a
+/// folder, with their rights under sudo (so even whether a path is a folder is found out as
+/// them). A FIFO or device is refused without blocking on it. Returns the file and its path.
+pub fn open_for_reading(path: &Path, in_folder: &str) -> io::Result<(fs::File, PathBuf)> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let file = as_owner(Invoker::from_env().as_ref(), || {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
+    let (file, path) = as_owner(Invoker::from_env().as_ref(), || {
+        let open = |path: &Path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+        };
+        let file = open(path)?;
+        if !file.metadata()?.is_dir() {
+            return Ok((file, path.to_path_buf()));
+        }
+        // Relative to the folder just opened, not by its path again.
+        let inside = format!("/proc/self/fd/{}/{in_folder}", file.as_raw_fd());
+        Ok((open(Path::new(&inside))?, path.join(in_folder)))
     })?;
     if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
+        return Err(io::Error::other(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
     }
-    Ok(file)
+    Ok((file, path))
 }
 
 /// Runs `work` with the sudo user's rights when there is one.
@@ -488,15 +517,21 @@ mod tests {
         ] {
             fs::write(dir.path().join(name), "old").unwrap();
         }
+        // Not ours to remove: a link under an output's name, another's partial file.
+        std::os::unix::fs::symlink("notes.txt", dir.path().join("io.svg")).unwrap();
         let out = OutputDir::prepare(dir.path()).unwrap();
         assert!(!dir.path().join(".profiler-partial-1-0").exists());
-        assert!(!dir.path().join(".tmpAb12Cd").exists());
+        assert!(
+            dir.path().join(".tmpAb12Cd").exists(),
+            "someone else's temporary file"
+        );
         out.write("cpu.svg", b"new").unwrap();
         out.remove_other_outputs(&["cpu.svg".to_owned()], |name| name.ends_with(".svg"))
             .unwrap();
         assert!(!dir.path().join("offcpu.svg").exists());
         assert!(dir.path().join("cpu.svg").exists());
         assert!(dir.path().join("notes.txt").exists(), "not ours: kept");
+        assert!(dir.path().join("io.svg").is_symlink(), "a link: kept");
     }
 
     #[test]

@@ -73,11 +73,7 @@ pub(super) fn open_folder_at(dir: Option<BorrowedFd<'_>>, name: &CStr) -> io::Re
 pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: `stat` is written by the call; a valid descriptor and name.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    let flags = if name.is_empty() {
-        libc::AT_EMPTY_PATH
-    } else {
-        libc::AT_SYMLINK_NOFOLLOW
-    };
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
     if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut stat, flags) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -459,6 +459,7 @@ pub fn speedscope_json(profile: &Profile) -> String {
         })
     };
     let multi_process = profile.is_multi_process();
+    let names = profile.process_names();
     let mut profiles = Vec::new();
     for kind in kinds(profile) {
         let mut samples = Vec::new();
@@ -466,10 +467,7 @@ pub fn speedscope_json(profile: &Profile) -> String {
         for sample in profile.samples.get(&kind).into_iter().flatten() {
             let mut stack = Vec::new();
             if multi_process {
-                stack.push(root(
-                    format!("{} ({})", profile.process_name(sample.pid), sample.pid),
-                    &mut frames,
-                ));
+                stack.push(root(names.label(sample.pid), &mut frames));
             }
             stack.push(root(sample.thread.clone(), &mut frames));
             stack.extend(profile.stacks[sample.stack].iter().copied());

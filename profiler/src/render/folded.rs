@@ -70,14 +70,11 @@ fn add_lines(
 ) {
     let multi_process = profile.is_multi_process();
     let labels: Vec<String> = profile.frames.iter().map(frame_label).collect();
+    let names = profile.process_names();
     for sample in profile.samples.get(&kind).into_iter().flatten() {
         let mut line = String::new();
         if multi_process {
-            line.push_str(&format!(
-                "{} ({})",
-                profile.process_name(sample.pid),
-                sample.pid
-            ));
+            line.push_str(&names.label(sample.pid));
             line.push(';');
         }
         line.push_str(&sample.thread.replace(';', ":"));

@@ -1061,11 +1061,12 @@ pub fn summarize(profile: &Profile) -> Summary {
     for sample in profile.samples.get(&EventKind::Cpu).into_iter().flatten() {
         *per_process.entry(sample.pid).or_default() += sample.weight;
     }
+    let names = profile.process_names();
     let mut processes: Vec<ProcessShare> = per_process
         .into_iter()
         .map(|(pid, samples)| ProcessShare {
             pid,
-            name: profile.process_name(pid),
+            name: names.name(pid),
             samples,
             percent: percent(samples, total),
         })
