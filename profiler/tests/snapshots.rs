@@ -66,3 +66,21 @@ fn diff_outputs_match_their_snapshots() {
         insta::assert_snapshot!(name.clone(), read(&out, name));
     }
 }
+
+#[test]
+fn saved_profiles_keep_their_format() {
+    // What `report` reads back from older runs: saving the fixture must give its JSON again.
+    let mut saved = Vec::new();
+    fixture().save(&mut saved).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_reader(flate2::read::GzDecoder::new(saved.as_slice())).unwrap();
+    let original: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/etl-profile.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json, original);
+}

@@ -159,6 +159,10 @@ pub fn diff_svg(
         &mut differential,
     )?;
     let differential = String::from_utf8(differential).map_err(std::io::Error::other)?;
+    // inferno writes the stacks in hash order: sorted, the same profiles give the same file.
+    let mut lines: Vec<&str> = differential.lines().collect();
+    lines.sort_unstable();
+    let differential: String = lines.iter().flat_map(|line| [*line, "\n"]).collect();
     let mut svg = Vec::new();
     if differential.trim().is_empty() {
         return Ok((
