@@ -717,6 +717,7 @@ pub struct ProcessUnwind {
     /// Mappings sorted by `start`, not overlapping.
     pub mappings: [UnwindMapping; MAX_PROCESS_MAPPINGS],
 }
+const _: () = assert!(size_of::<ProcessUnwind>() == 16 + 32 * MAX_PROCESS_MAPPINGS);
 
 /// Why the in-kernel unwinder stopped walking a user stack.
 pub mod stack_end {
@@ -746,6 +747,7 @@ pub struct UserStack {
     /// The sampled address, then the return addresses.
     pub frames: [u64; MAX_USER_FRAMES],
 }
+const _: () = assert!(size_of::<UserStack>() == 16 + 8 * MAX_USER_FRAMES);
 
 /// Totals add up field by field: the collector sums per-CPU copies and successive drains.
 macro_rules! add_fields {
