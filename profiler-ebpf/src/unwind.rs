@@ -22,7 +22,10 @@ use profiler_common::{
     UnwindRow, UserStack, counter, process_event, stack_end, unwind_kind,
 };
 
-use crate::{bump, send_process_event};
+use crate::{
+    helpers::{add_to_counter, bump},
+    process::send_process_event,
+};
 
 /// Offsets from the current task to the return addresses saved by pending return probes, from
 /// the kernel's BTF: `task_struct.utask`, `uprobe_task.return_instances`,
@@ -161,10 +164,10 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
             0,
         )
     };
-    crate::add_to_counter(counter::UNWIND_TABLE_FRAMES, u64::from(walk.table_frames));
+    add_to_counter(counter::UNWIND_TABLE_FRAMES, u64::from(walk.table_frames));
     // SAFETY: as above.
     let (len, end) = unsafe { ((*stack).len, (*stack).end) };
-    crate::add_to_counter(
+    add_to_counter(
         counter::UNWIND_FP_FRAMES,
         u64::from(len.saturating_sub(walk.table_frames)),
     );

@@ -1,0 +1,63 @@
+//! Maps and load-time globals shared by several event families: the target processes, the
+//! stack map, the run control and loss counters, how user stacks are walked, the per-thread
+//! scheduler state (made at fork, used by the scheduler programs) and the per-process memory
+//! totals (system calls and allocator probes).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+};
+use profiler_common::{
+    COMM_LEN, CONTROL_ENTRIES, OffCpuStart, ProcessMemory, RUNQ_SLOTS, STACK_ID_NONE,
+    STACK_MAP_ENTRIES, TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter,
+};
+
+/// Non-zero when user stacks are walked with unwind tables (`unwind`) instead of frame pointers.
+#[unsafe(no_mangle)]
+pub(crate) static UNWIND_WITH_TABLES: u32 = 0;
+
+/// Processes (tgid) being profiled, with their `TargetFlags`.
+#[map]
+pub(crate) static TARGETS: HashMap<u32, TargetFlags> =
+    HashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);
+
+/// User and kernel stacks, deduplicated by the kernel.
+#[map]
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+
+/// Run control set by the collector (`CONTROL_*` indices): which map of each double-buffered
+/// pair to write, the first sample's time, the attach time.
+#[map]
+pub(crate) static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_ENTRIES, 0);
+
+/// Losses and activity, per CPU (`counter` indices).
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per target thread: its current off-CPU period and run-queue statistics.
+#[map]
+pub(crate) static THREADS: HashMap<u32, ThreadState> =
+    HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// Initial value of a `THREADS` entry (too large to build on the BPF stack).
+pub(crate) static THREAD_ZERO: ThreadState = ThreadState {
+    off_cpu: OffCpuStart {
+        start_ns: 0,
+        runnable_ns: 0,
+        tgid: 0,
+        user_stack_id: STACK_ID_NONE,
+        kernel_stack_id: STACK_ID_NONE,
+        state: 0,
+        comm: [0; COMM_LEN],
+    },
+    exited: 0,
+    _pad: 0,
+    run_queue_count: 0,
+    run_queue_total_ns: 0,
+    run_queue_max_ns: 0,
+    run_queue_slots: [0; RUNQ_SLOTS],
+};
+
+/// Memory activity per process, per CPU, read by the collector for the memory timeline.
+#[map]
+pub(crate) static PROCESS_MEMORY: PerCpuHashMap<u32, ProcessMemory> =
+    PerCpuHashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);

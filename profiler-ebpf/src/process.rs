@@ -1,0 +1,162 @@
+//! Process bookkeeping: the `sched_process_fork`/`sched_process_exec` programs that keep the
+//! target set and the target threads' `THREADS` entries up to date, and the process events
+//! streamed to the collector.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::RingBuf,
+    programs::BtfTracePointContext,
+};
+use aya_log_ebpf::debug;
+use profiler_common::{
+    COMM_LEN, OFFCPU_STATE_NEW_THREAD, ProcessEvent, TARGET_FOLLOW_CHILDREN, counter, process_event,
+};
+
+use crate::{
+    helpers::{bump, current_tgid_tid},
+    maps::{TARGETS, THREAD_ZERO, THREADS},
+    unwind,
+};
+
+/// Offsets of `pid` and `tgid` in `struct task_struct`, read from the kernel's BTF by the
+/// collector.
+#[unsafe(no_mangle)]
+static TASK_STRUCT_PID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_STRUCT_TGID_OFFSET: u32 = 0;
+
+/// Non-zero when the scheduler programs run: new target threads then get a `THREADS` entry.
+#[unsafe(no_mangle)]
+static TRACK_THREADS: u32 = 0;
+
+/// Target of the programs' log records: the crate's name, as the collector shows them (the
+/// default would be this module's path).
+const LOG_TARGET: &str = "profiler";
+
+/// Forks, execs and unwind-table requests ([`ProcessEvent`]s), streamed to the collector.
+#[map]
+static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Streams a [`ProcessEvent`] to the collector, counting it as lost when the ring is full.
+pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
+    let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
+        bump(counter::PROCESS_EVENTS_LOST);
+        return;
+    };
+    entry.write(ProcessEvent {
+        kind,
+        pid,
+        parent_pid,
+        _pad: 0,
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    });
+    entry.submit(0);
+}
+
+/// Reads a `u32` field of a kernel `task_struct` at a loader-set offset.
+#[inline(always)]
+fn task_field(task: *const u8, offset: &'static u32) -> Option<u32> {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let offset = unsafe { core::ptr::read_volatile(offset) };
+    // SAFETY: `bpf_probe_read_kernel` checks the address.
+    unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize).cast::<u32>()) }.ok()
+}
+
+/// A new thread of a target: with the scheduler programs running it is a target thread from
+/// now on, waiting for its first run.
+#[inline(always)]
+fn add_new_thread(tid: u32, tgid: u32) {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    if unsafe { core::ptr::read_volatile(&TRACK_THREADS) } == 0 {
+        return;
+    }
+    // Any stale entry under this tid is a thread that exited before the collector took it.
+    if THREADS.insert(tid, &THREAD_ZERO, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+        return;
+    }
+    let Some(thread) = THREADS.get_ptr_mut(tid) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the thread has not run yet; nothing else touches its entry.
+    unsafe {
+        let off_cpu = &mut (*thread).off_cpu;
+        off_cpu.start_ns = now;
+        off_cpu.runnable_ns = now;
+        off_cpu.tgid = tgid;
+        off_cpu.state = OFFCPU_STATE_NEW_THREAD;
+    }
+}
+
+/// A task forked. A new thread of a target is a target thread; a new process forked by a
+/// followed target is a target too. Anything else (a child of a target that is not followed)
+/// is not.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_process_fork(ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    let (parent_tgid, _) = current_tgid_tid();
+    let &flags = unsafe { TARGETS.get(parent_tgid) }.ok_or(0)?;
+    let child: *const u8 = ctx.arg(1);
+    let (Some(child_tid), Some(child_tgid)) = (
+        task_field(child, &TASK_STRUCT_PID_OFFSET),
+        task_field(child, &TASK_STRUCT_TGID_OFFSET),
+    ) else {
+        return Err(0);
+    };
+    if child_tgid == parent_tgid {
+        add_new_thread(child_tid, child_tgid);
+        return Ok(0);
+    }
+    if flags & TARGET_FOLLOW_CHILDREN == 0 {
+        return Err(0);
+    }
+    if TARGETS.insert(child_tgid, flags, 0).is_err() {
+        bump(counter::TARGET_MAP_FULL);
+        return Err(0);
+    }
+    add_new_thread(child_tid, child_tgid);
+    debug!(
+        &ctx,
+        target: LOG_TARGET,
+        "following new process {} forked by {}",
+        child_tgid,
+        parent_tgid
+    );
+    send_process_event(process_event::FORK, child_tgid, parent_tgid);
+    Ok(0)
+}
+
+/// A target executed a new program: the collector must read its new memory map.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_process_exec(ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_exec(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    let (tgid, _) = current_tgid_tid();
+    if unsafe { TARGETS.get(tgid) }.is_none() {
+        return Err(0);
+    }
+    // The thread's name changes with the program: read it again at its next switch-out.
+    if let Some(thread) = THREADS.get_ptr_mut(tgid) {
+        // SAFETY: the thread is running here; its switch programs cannot run concurrently.
+        unsafe { (*thread).off_cpu.comm[0] = 0 };
+    }
+    unwind::forget_process(tgid);
+    debug!(&ctx, target: LOG_TARGET, "target {} executed a new program", tgid);
+    send_process_event(process_event::EXEC, tgid, tgid);
+    Ok(0)
+}

@@ -1,0 +1,347 @@
+//! System calls: the `raw_syscalls` `sys_enter`/`sys_exit` programs that time the I/O calls of
+//! target threads (per thread, stack, call and file, with latency histograms), stream the files
+//! they open, and add their memory calls (`mmap`, `munmap`, `brk`) to the process totals.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use profiler_common::{
+    COMM_LEN, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS,
+    OpenEvent, RECORDING_STOPPED, SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter,
+    inode_file_id, io_fields, io_kind, latency_slot,
+};
+
+use crate::{
+    helpers::{active_map, bump, current_tgid_tid, field, process_memory, user_stack},
+    maps::TARGETS,
+    unwind,
+};
+
+/// Offsets that lead from the current task to an fd's inode, from the kernel's BTF:
+/// `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds`, `fdtable.fd`, `file.f_inode`,
+/// `inode.i_mode`, `inode.i_ino`.
+#[unsafe(no_mangle)]
+static FD_INODE_OFFSETS: [u32; 7] = [0; 7];
+
+/// System calls the I/O programs watch: number → `kind << 8 | index`, 0 for the rest. Filled by
+/// the collector from its per-architecture table.
+#[map]
+static SYSCALLS: Array<u32> = Array::with_max_entries(SYSCALL_TABLE_ENTRIES, 0);
+
+/// I/O calls in progress, by tid. One entry per thread, reused call after call (an update in
+/// place costs a fraction of an insertion and a deletion); least recently used entries, of
+/// threads long gone, make room for new ones.
+#[map]
+static IO_PENDING: LruHashMap<u32, IoPending> = LruHashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// Which file each fd of a target names: its open time, the id the collector knows it by.
+#[map]
+static FILES: HashMap<FdKey, u64> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// I/O totals per thread, stack, call and file; double-buffered like the sample maps.
+#[map]
+static IO_0: HashMap<IoKey, IoTotal> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+#[map]
+static IO_1: HashMap<IoKey, IoTotal> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// Latency histogram per call (`index * LATENCY_SLOTS + slot`), per CPU so no update races.
+#[map]
+static IO_LATENCY: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_IO_CALLS * LATENCY_SLOTS, 0);
+
+/// Longest call per call index, ns, per CPU.
+#[map]
+static IO_MAX: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_IO_CALLS, 0);
+
+/// Files opened by targets, with their paths.
+#[map]
+static OPEN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Last heap end returned by `brk`, per process.
+#[map]
+static BRK_END: HashMap<u32, u64> = HashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);
+
+/// The `SYSCALLS` value of system call `id`, if it is one the I/O programs watch.
+#[inline(always)]
+fn io_call(id: i64) -> Option<u32> {
+    if !(0..i64::from(SYSCALL_TABLE_ENTRIES)).contains(&id) {
+        return None;
+    }
+    SYSCALLS.get(id as u32).copied().filter(|&call| call != 0)
+}
+
+/// A system call starts: for an I/O call of a target thread, note when and on what.
+#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    match try_sys_enter(ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_sys_enter(ctx: TracePointContext) -> Result<u32, u32> {
+    let call = io_call(field(&ctx, io_fields::SYSCALL_ID)).ok_or(0u32)?;
+    let (tgid, tid) = current_tgid_tid();
+    if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
+        return Err(0);
+    }
+    if call >> 8 < io_kind::MMAP {
+        bump(counter::IO_CALLS);
+    }
+    let fd: u64 = field(&ctx, io_fields::SYSCALL_ARGS);
+    // A close's file is gone by the exit: identify it now (kept in the unused second argument).
+    let second = if call >> 8 == io_kind::CLOSE {
+        fd_inode(fd as i32).map_or(0, |(mode, inode)| inode_file_id(mode, inode))
+    } else {
+        field(&ctx, io_fields::SYSCALL_ARGS + 8)
+    };
+    let pending = IoPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        args: [fd, second],
+        call,
+        _pad: 0,
+    };
+    match IO_PENDING.get_ptr_mut(tid) {
+        // SAFETY: the entry of the current thread, which is here and nowhere else.
+        Some(entry) => unsafe { *entry = pending },
+        None => {
+            if IO_PENDING.insert(tid, pending, 0).is_err() {
+                bump(counter::IO_PENDING_FULL);
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn add_io(totals: &HashMap<IoKey, IoTotal>, key: &IoKey, ns: u64, bytes: u64, error: bool) {
+    match totals.get_ptr_mut(key) {
+        // SAFETY: the key holds the tid, and a thread is in one system call at a time.
+        Some(total) => unsafe {
+            (*total).count += 1;
+            (*total).total_ns += ns;
+            (*total).bytes += bytes;
+            (*total).errors += u64::from(error);
+        },
+        None => {
+            let total = IoTotal {
+                count: 1,
+                total_ns: ns,
+                bytes,
+                errors: u64::from(error),
+            };
+            if totals.insert(key, total, u64::from(BPF_NOEXIST)).is_err() {
+                bump(counter::IO_MAP_FULL);
+            }
+        }
+    }
+}
+
+/// Reads a kernel value at `base + offset`.
+#[inline(always)]
+fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: `bpf_probe_read_kernel` checks the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
+}
+
+/// Type and number of the inode behind the current task's `fd`, from its file table.
+#[inline(always)]
+fn fd_inode(fd: i32) -> Option<(u16, u64)> {
+    // SAFETY: read_volatile keeps the loader-set constants from being folded at compile time.
+    let [files, fdt, max_fds, fd_array, f_inode, i_mode, i_ino] =
+        unsafe { core::ptr::read_volatile(&FD_INODE_OFFSETS) };
+    if fd < 0 {
+        return None;
+    }
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read_at(task, files)?;
+    let fdt: *const u8 = read_at(files, fdt)?;
+    let max: u32 = read_at(fdt, max_fds)?;
+    if fd as u32 >= max {
+        return None;
+    }
+    let fd_array: *const u8 = read_at(fdt, fd_array)?;
+    let file: *const u8 = read_at(fd_array, fd as u32 * 8)?;
+    let inode: *const u8 = read_at(file, f_inode)?;
+    Some((read_at(inode, i_mode)?, read_at(inode, i_ino)?))
+}
+
+/// Streams a file a target just opened, with the path it passed.
+#[inline(always)]
+fn send_open(tgid: u32, fd: i32, open_ns: u64, dir_fd: i32, path: u64) {
+    let Some(mut entry) = OPEN_EVENTS.reserve::<OpenEvent>(0) else {
+        bump(counter::OPEN_EVENTS_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reservation is ours until submitted; every field is written before that.
+    unsafe {
+        (*event).tgid = tgid;
+        (*event).fd = fd;
+        (*event).open_ns = open_ns;
+        (*event).dir_fd = dir_fd;
+        (*event)._pad = 0;
+        if bpf_probe_read_user_str_bytes(path as *const u8, &mut (*event).path).is_err() {
+            (*event).path[0] = 0;
+        }
+    }
+    entry.submit(0);
+}
+
+/// A memory system call of a target returned: add it to its process's totals.
+#[inline(always)]
+fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let mut growth = 0i64;
+    if kind == io_kind::BRK {
+        let end = ret as u64;
+        if let Some(last) = BRK_END.get_ptr_mut(&tgid) {
+            // SAFETY: one u64 per process; a lost race costs one brk's growth.
+            unsafe {
+                growth = end as i64 - *last as i64;
+                *last = end;
+            }
+        } else {
+            let _ = BRK_END.insert(&tgid, &end, 0);
+        }
+    }
+    let Some(memory) = process_memory(tgid) else {
+        return;
+    };
+    // SAFETY: this CPU's copy.
+    unsafe {
+        match kind {
+            io_kind::MMAP => {
+                (*memory).mmap_count += 1;
+                (*memory).mmap_bytes += length;
+            }
+            io_kind::MUNMAP => {
+                (*memory).munmap_count += 1;
+                (*memory).munmap_bytes += length;
+            }
+            _ => {
+                (*memory).brk_count += 1;
+                (*memory).brk_bytes += growth;
+            }
+        }
+    }
+}
+
+/// A system call returns: account an I/O call of a target thread (time, bytes, file, stack).
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    match try_sys_exit(ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
+    if io_call(field(&ctx, io_fields::SYSCALL_ID)).is_none() {
+        return Err(0);
+    }
+    let (tgid, tid) = current_tgid_tid();
+    let entry = IO_PENDING.get_ptr_mut(tid).ok_or(0u32)?;
+    // SAFETY: the entry of the current thread, which is here and nowhere else.
+    let pending = unsafe { *entry };
+    if pending.start_ns == 0 {
+        return Err(0);
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).start_ns = 0 };
+    let active = active_map();
+    if active == RECORDING_STOPPED {
+        return Err(0);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ns = now.saturating_sub(pending.start_ns);
+    let ret: i64 = field(&ctx, io_fields::SYSCALL_RET);
+    let kind = pending.call >> 8;
+    let index = pending.call & 0xff;
+    if kind >= io_kind::MMAP {
+        record_memory_call(tgid, kind, pending.args[1], ret);
+        return Ok(0);
+    }
+    let mut fd = pending.args[0] as i32;
+    let mut file_id = 0;
+    if kind == io_kind::OPEN || kind == io_kind::OPEN_AT {
+        if ret >= 0 {
+            fd = ret as i32;
+            file_id = now;
+            let _ = FILES.insert(FdKey { tgid, fd }, now, 0);
+            let (dir_fd, path) = if kind == io_kind::OPEN_AT {
+                (pending.args[0] as i32, pending.args[1])
+            } else {
+                (-100, pending.args[0])
+            };
+            send_open(tgid, fd, now, dir_fd, path);
+        } else {
+            fd = -1;
+        }
+    } else {
+        let key = FdKey { tgid, fd };
+        if let Some(&id) = unsafe { FILES.get(&key) } {
+            file_id = id;
+        } else if kind == io_kind::CLOSE {
+            file_id = pending.args[1];
+        } else if let Some((mode, inode)) = fd_inode(fd) {
+            // Not opened during the run: a pipe, a socket, a dup, or older than the attach.
+            file_id = inode_file_id(mode, inode);
+        }
+        if kind == io_kind::CLOSE && ret == 0 {
+            let _ = FILES.remove(&key);
+        }
+    }
+    let user_stack_id = user_stack(
+        &ctx,
+        tgid,
+        unwind::SCRATCH_TASK,
+        counter::USER_STACK_COLLISIONS,
+        counter::USER_STACK_ERRORS,
+    );
+    let key = IoKey {
+        tgid,
+        tid,
+        user_stack_id,
+        call: index,
+        fd,
+        _pad: 0,
+        file_id,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    let bytes = if kind == io_kind::TRANSFER && ret > 0 {
+        ret as u64
+    } else {
+        0
+    };
+    if active == 0 {
+        add_io(&IO_0, &key, ns, bytes, ret < 0);
+    } else {
+        add_io(&IO_1, &key, ns, bytes, ret < 0);
+    }
+    if index < MAX_IO_CALLS
+        && let Some(slot) = IO_LATENCY.get_ptr_mut(index * LATENCY_SLOTS + latency_slot(ns))
+    {
+        // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
+        unsafe { *slot += 1 };
+    }
+    if let Some(max) = IO_MAX.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe {
+            if ns > *max {
+                *max = ns;
+            }
+        }
+    }
+    Ok(0)
+}
