@@ -3,11 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use profiler::{profile::Profile, render};
+use profiler::{analysis, model::Profile, render};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(profile) = Profile::read(data, "fuzz input") {
-        let _ = render::summary::summarize(&profile);
+        let _ = analysis::summarize(&profile);
         for view in render::views(&profile) {
             let _ = render::view_lines(&profile, view);
         }

@@ -5,8 +5,9 @@
 use std::{path::Path, time::Instant};
 
 use crate::{
-    bpf::{KernelProbes, LoadOptions},
-    io, memory, privileges, tracefs,
+    kernel::{KernelProbes, LoadOptions, tracefs},
+    target::{allocators, privileges, procfs},
+    text::error_chain,
 };
 
 /// The outcome of one check.
@@ -72,8 +73,9 @@ pub fn run_checks() -> Vec<Check> {
     checks.push(Check::new(
         "capabilities",
         privileged
-            .clone()
-            .map(|()| "CAP_BPF and CAP_PERFMON (or root)".to_owned()),
+            .as_ref()
+            .map(|()| "CAP_BPF and CAP_PERFMON (or root)".to_owned())
+            .map_err(ToString::to_string),
     ));
     checks.push(if privileges::can_trace_others() {
         Check::new(
@@ -122,13 +124,13 @@ pub fn run_checks() -> Vec<Check> {
             // Blame the verifier only when it was the verifier: a tracefs this user cannot
             // read, or a permission the kernel denied, says so itself.
             let hint = match &err {
-                crate::bpf::ProbeError::Tracefs(_) => "",
+                crate::kernel::ProbeError::Tracefs(_) => "",
                 _ if denied(&err) => ": permission denied; run as root (sudo)",
                 _ => ": the kernel refused them; `profiler record -v` shows the verifier's log",
             };
             checks.push(Check::new(
                 "eBPF programs",
-                Err(format!("{:#}{hint}", anyhow::Error::from(err))),
+                Err(format!("{}{hint}", error_chain(&err))),
             ));
             return checks;
         }
@@ -141,10 +143,10 @@ pub fn run_checks() -> Vec<Check> {
             started.elapsed().as_secs_f64() * 1000.0
         )),
     ));
-    let describe = |result: Result<(), crate::bpf::ProbeError>, ok: &str| {
+    let describe = |result: Result<(), crate::kernel::ProbeError>, ok: &str| {
         result
             .map(|()| ok.to_owned())
-            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+            .map_err(|err| error_chain(&err))
     };
     checks.push(Check::new(
         "perf events",
@@ -199,7 +201,7 @@ fn kernel(release: &str) -> Check {
 }
 
 fn btf() -> Result<String, String> {
-    let path = Path::new(crate::kernel_btf::VMLINUX_BTF);
+    let path = Path::new(crate::kernel::btf::VMLINUX_BTF);
     std::fs::metadata(path)
         .map(|metadata| {
             format!(
@@ -235,27 +237,14 @@ fn kprobes() -> Check {
 /// Attaches the allocation probes to the profiler's own allocator.
 fn uprobes(probes: &mut KernelProbes) -> Result<String, String> {
     let pid = std::process::id();
-    let objects = memory::allocator_objects(&io::proc_root(), pid);
+    let objects = allocators::allocator_objects(&procfs::proc_root(), pid);
     let Some(object) = objects.first() else {
         return Err("no allocator found in the profiler's own memory map to try".into());
     };
-    let functions: Vec<(&str, u64, u64, bool)> = object
-        .functions
-        .iter()
-        .map(|&(index, offset)| {
-            let function = &memory::FUNCTIONS[index];
-            (
-                function.name,
-                offset,
-                memory::cookie(index),
-                function.layout == profiler_common::alloc_layout::FREE,
-            )
-        })
-        .collect();
     probes
-        .attach_allocator(pid, &object.attach_path, &functions)
+        .attach_allocator(pid, &object.attach_path, &object.probe_list())
         .map(|count| format!("{count} allocator functions in {}", object.path))
-        .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+        .map_err(|err| error_chain(&err))
 }
 
 /// The report as text: one line per check, and whether everything needed passed.

@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::profile::EventKind;
+use crate::model::EventKind;
 
 /// Low-overhead eBPF profiler: CPU flamegraphs of a running process or a command.
 #[derive(Debug, Parser)]

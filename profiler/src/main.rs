@@ -7,14 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-
 use profiler::{
+    analysis::{self, Summary},
     check,
     cli::{Cli, Command, RunConfig, TargetSpec},
     collect,
+    model::{PROFILE_FILE, Profile, synthetic},
     output::{self, OutputDir},
-    profile::{PROFILE_FILE, Profile},
-    render, synthetic,
+    render,
 };
 
 fn main() -> ExitCode {
@@ -126,7 +126,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let profile = load_profile(&dir)?;
             let output = OutputDir::prepare(&dir)
                 .with_context(|| format!("cannot use output folder {}", dir.display()))?;
-            let written = render::render_all(&profile, &output)
+            let summary = analysis::summarize(&profile);
+            let written = render::render_all(&profile, &summary, &output)
                 .with_context(|| format!("writing results to {}", dir.display()))?;
             eprintln!(
                 "profiler: rendered {} in {}",
@@ -197,9 +198,11 @@ fn write_results(
     output: &OutputDir,
     exit_code: i32,
 ) -> anyhow::Result<ExitCode> {
-    match render::render_all(profile, output) {
+    // Computed once: the files and the lines printed here say the same.
+    let summary = analysis::summarize(profile);
+    match render::render_all(profile, &summary, output) {
         Ok(written) => {
-            print_result(profile, output, &written);
+            print_result(&summary, output, &written);
             Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)))
         }
         Err(err) => {
@@ -208,9 +211,9 @@ fn write_results(
             let fallback_output = OutputDir::private_temporary()
                 .context("cannot create a temporary folder for the results")?;
             let fallback = fallback_output.path();
-            let written = render::render_all(profile, &fallback_output)
+            let written = render::render_all(profile, &summary, &fallback_output)
                 .with_context(|| format!("writing results to {}", fallback.display()))?;
-            print_result(profile, &fallback_output, &written);
+            print_result(&summary, &fallback_output, &written);
             eprintln!(
                 "profiler: error: cannot write results to {}: {err}; they were saved in {} instead",
                 output.path().display(),
@@ -221,8 +224,7 @@ fn write_results(
     }
 }
 
-fn print_result(profile: &Profile, output: &OutputDir, written: &[String]) {
-    let summary = render::summary::summarize(profile);
+fn print_result(summary: &Summary, output: &OutputDir, written: &[String]) {
     if let Some(cpu) = &summary.cpu {
         let top = cpu
             .top_self
@@ -231,7 +233,7 @@ fn print_result(profile: &Profile, output: &OutputDir, written: &[String]) {
             .unwrap_or_default();
         eprintln!(
             "profiler: {} samples in {:.1} s ({}), {} lost{top}",
-            cpu.samples, summary.duration_secs, summary.stop_reason, cpu.lost_samples
+            cpu.samples, summary.run.duration_secs, summary.run.stop_reason, cpu.lost_samples
         );
     }
     eprintln!(

@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use flate2::{Compression, write::GzEncoder};
-use profiler::{output::OutputDir, profile::Profile, render};
+use profiler::{analysis, model::Profile, output::OutputDir, render};
 
 fn fixture() -> Profile {
     let json = std::fs::read(concat!(
@@ -28,7 +28,8 @@ fn rendered_outputs_match_their_snapshots() {
     let profile = fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = OutputDir::prepare(&dir.path().join("out")).unwrap();
-    let written = render::render_all(&profile, &out).unwrap();
+    let summary = analysis::summarize(&profile);
+    let written = render::render_all(&profile, &summary, &out).unwrap();
     insta::assert_snapshot!("files", written.join("\n"));
     for name in &written {
         let text_output = [".md", ".json", ".folded", ".csv"]

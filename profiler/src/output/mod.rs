@@ -22,8 +22,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-pub use invoker::Invoker;
 use walk::{cstring, open_folder_at};
+
+pub use invoker::Invoker;
 
 /// Root of default output folders, relative to the working directory.
 pub const DEFAULT_ROOT: &str = "benchmarks";

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::{flamegraph::View, folded, views};
 use crate::{
+    model::{EventKind, Frame, Profile},
     output::OutputDir,
-    profile::{EventKind, Profile},
 };
 
 /// One function's share before and after.
@@ -63,39 +63,40 @@ pub struct DiffSummary {
 /// How many functions each list holds.
 const TOP: usize = 15;
 
-/// The function a folded stack's weight belongs to: the leaf for CPU; for kinds whose leaf is
-/// a system call or an allocator function, the code that called it; for off-CPU time, the
-/// innermost user frame (the kernel frames below it are the scheduler's).
-pub fn attributed_function(kind: EventKind, frames: &[&str]) -> String {
+/// The function a stack's weight belongs to (as its folded label): the leaf for CPU; for
+/// kinds whose leaf is a system call or an allocator function, the code that called it; for
+/// off-CPU time, the innermost frame outside the kernel (the kernel frames below it are the
+/// scheduler's).
+pub fn attributed_function(kind: EventKind, frames: &[&Frame]) -> String {
     let found = match kind {
         EventKind::Cpu => frames.last(),
         EventKind::Io | EventKind::Alloc | EventKind::InUse => {
             frames.len().checked_sub(2).and_then(|i| frames.get(i))
         }
-        EventKind::OffCpu => frames.iter().rev().find(|frame| !frame.ends_with("_[k]")),
+        EventKind::OffCpu => frames.iter().rev().find(|frame| !frame.kind.is_kernel()),
     };
-    found.map_or_else(|| "[unknown]".to_owned(), |frame| (*frame).to_owned())
+    found.map_or_else(|| "[unknown]".to_owned(), |frame| frame.label())
 }
 
-fn shares(kind: EventKind, lines: &[(String, u64)]) -> (u64, BTreeMap<String, f64>) {
-    let total: u64 = lines.iter().map(|(_, weight)| weight).sum();
+/// Total weight of one kind, and each attributed function's share of it, percent.
+fn shares(kind: EventKind, profile: &Profile) -> (u64, BTreeMap<String, f64>) {
+    let samples = profile.samples.get(&kind).map_or(&[][..], Vec::as_slice);
+    let total: u64 = samples.iter().map(|sample| sample.weight).sum();
     let mut shares: BTreeMap<String, f64> = BTreeMap::new();
-    for (stack, weight) in lines {
-        // The first frame is the thread (or process): skip it, it owns no code.
-        let frames: Vec<&str> = stack.split(';').skip(1).collect();
+    for sample in samples {
+        let frames: Vec<&Frame> = profile.stacks[sample.stack]
+            .iter()
+            .map(|&frame| &profile.frames[frame])
+            .collect();
         *shares
             .entry(attributed_function(kind, &frames))
-            .or_default() += 100.0 * *weight as f64 / total.max(1) as f64;
+            .or_default() += 100.0 * sample.weight as f64 / total.max(1) as f64;
     }
     (total, shares)
 }
 
 /// Compares the share of each function in one kind.
-pub fn compare_kind(
-    kind: EventKind,
-    before: &[(String, u64)],
-    after: &[(String, u64)],
-) -> KindDiff {
+pub fn compare_kind(kind: EventKind, before: &Profile, after: &Profile) -> KindDiff {
     let (before_total, before_shares) = shares(kind, before);
     let (after_total, after_shares) = shares(kind, after);
     let mut changes: Vec<ShareChange> = before_shares
@@ -209,7 +210,7 @@ pub fn write_diff(
         out.write(&format!("{name}.folded"), folded.as_bytes())?;
         out.write(&format!("{name}.svg"), &svg)?;
         written.extend([format!("{name}.folded"), format!("{name}.svg")]);
-        kinds.push(compare_kind(kind, &before_lines, &after_lines));
+        kinds.push(compare_kind(kind, before, after));
     }
     let regressions = fail_above_points
         .map(|limit| {
@@ -299,36 +300,79 @@ fn diff_markdown(summary: &DiffSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{
+        FrameKind, Interner, Sample,
+        fixtures::{run_info, user_frame},
+    };
 
     fn lines(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
         pairs.iter().map(|(s, w)| ((*s).to_owned(), *w)).collect()
     }
 
+    fn kernel(name: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Kernel,
+            ..user_frame(name)
+        }
+    }
+
+    /// A CPU profile of one thread with these user stacks and weights.
+    fn cpu_profile(stacks: &[(&[&str], u64)]) -> Profile {
+        let mut profile = Profile::new(run_info());
+        let mut interner = Interner::default();
+        let samples = stacks
+            .iter()
+            .map(|&(names, weight)| {
+                let frames = names
+                    .iter()
+                    .map(|name| interner.frame(&mut profile, user_frame(name)))
+                    .collect();
+                Sample {
+                    pid: 42,
+                    tid: 42,
+                    thread: "t".into(),
+                    stack: interner.stack(&mut profile, frames),
+                    weight,
+                    reason: None,
+                    count: None,
+                }
+            })
+            .collect();
+        profile.samples.insert(EventKind::Cpu, samples);
+        profile
+    }
+
     #[test]
     fn attributes_weight_to_the_code_that_matters() {
-        assert_eq!(attributed_function(EventKind::Cpu, &["main", "hot"]), "hot");
+        let [main, hot, flush, cache_insert, malloc, nap] =
+            ["main", "hot", "flush", "cache_insert", "malloc", "nap"].map(user_frame);
+        let [fsync, do_nanosleep, schedule] = ["fsync", "do_nanosleep", "__schedule"].map(kernel);
+        assert_eq!(attributed_function(EventKind::Cpu, &[&main, &hot]), "hot");
         assert_eq!(
-            attributed_function(EventKind::Io, &["main", "flush", "fsync_[k]"]),
+            attributed_function(EventKind::Io, &[&main, &flush, &fsync]),
             "flush"
         );
         assert_eq!(
-            attributed_function(EventKind::Alloc, &["main", "cache_insert", "malloc"]),
+            attributed_function(EventKind::Alloc, &[&main, &cache_insert, &malloc]),
             "cache_insert"
         );
         assert_eq!(
-            attributed_function(
-                EventKind::OffCpu,
-                &["main", "nap", "do_nanosleep_[k]", "__schedule_[k]"]
-            ),
+            attributed_function(EventKind::OffCpu, &[&main, &nap, &do_nanosleep, &schedule]),
             "nap"
         );
     }
 
     #[test]
     fn share_changes_are_in_points_and_sorted() {
+        let parse: &[&str] = &["main", "parse"];
+        let write: &[&str] = &["main", "write"];
+        let diff = compare_kind(
+            EventKind::Cpu,
+            &cpu_profile(&[(parse, 50), (write, 50)]),
+            &cpu_profile(&[(parse, 80), (write, 20)]),
+        );
         let before = lines(&[("t;main;parse", 50), ("t;main;write", 50)]);
         let after = lines(&[("t;main;parse", 80), ("t;main;write", 20)]);
-        let diff = compare_kind(EventKind::Cpu, &before, &after);
         assert_eq!(diff.grew[0].function, "parse");
         assert_eq!(diff.grew[0].delta_points, 30.0);
         assert_eq!(diff.shrank[0].function, "write");

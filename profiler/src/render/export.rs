@@ -6,7 +6,7 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{Compression, write::GzEncoder};
 use serde::Serialize;
 
-use crate::profile::{EventKind, Frame, FrameKind, Profile, Sample};
+use crate::model::{EventKind, Frame, Profile, Sample};
 
 /// The pprof messages, as `profile.proto` (github.com/google/pprof) defines them.
 pub mod pprof {
@@ -259,9 +259,12 @@ pub fn pprof_profile(profile: &Profile) -> pprof::Profile {
     let mut location = Vec::new();
     // One location per interned frame.
     for (index, frame) in profile.frames.iter().enumerate() {
-        let module = frame.module.clone().unwrap_or_else(|| match frame.kind {
-            FrameKind::Kernel => "[kernel]".to_owned(),
-            FrameKind::User => "[unknown]".to_owned(),
+        let module = frame.module.clone().unwrap_or_else(|| {
+            match frame.kind.is_kernel() {
+                true => "[kernel]",
+                false => "[unknown]",
+            }
+            .to_owned()
         });
         let mapping_id = *mappings.entry(module.clone()).or_insert_with(|| {
             mapping.push(pprof::Mapping {
@@ -432,7 +435,7 @@ struct SpeedscopeProfile {
 }
 
 fn frame_name(frame: &Frame) -> String {
-    super::folded::frame_label(frame)
+    frame.label()
 }
 
 /// `speedscope.json`: one sampled profile per event kind over shared frames; each stack starts
@@ -505,7 +508,7 @@ pub fn speedscope_json(profile: &Profile) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::tests::sample_profile;
+    use crate::model::fixtures::sample_profile;
     use prost::Message as _;
 
     #[test]
@@ -514,7 +517,7 @@ mod tests {
         profile.run.events = vec![EventKind::Cpu, EventKind::OffCpu];
         let mut blocked = profile.samples[&EventKind::Cpu][0].clone();
         blocked.weight = 250;
-        blocked.reason = Some(crate::profile::BlockReason::Sleep);
+        blocked.reason = Some(crate::model::BlockReason::Sleep);
         profile.samples.insert(EventKind::OffCpu, vec![blocked]);
         let gz = pprof_gz(&profile).unwrap();
         let mut raw = Vec::new();

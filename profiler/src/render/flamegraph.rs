@@ -2,7 +2,7 @@
 
 use inferno::flamegraph::{self, Options, Palette, color::BasicPalette};
 
-use crate::profile::EventKind;
+use crate::model::EventKind;
 
 /// A flamegraph to draw: one event kind, or the wall-clock view combining on- and off-CPU time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

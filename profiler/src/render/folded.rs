@@ -6,26 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::profile::{EventKind, Frame, FrameKind, Profile, Sample};
-
-/// A frame's name as written in folded stacks.
-pub fn frame_label(frame: &Frame) -> String {
-    // `;` separates frames and a line ends at the weight: keep names from breaking either.
-    let name: String = frame
-        .function
-        .chars()
-        .map(|c| match c {
-            ';' => ':',
-            '\n' | '\r' => ' ',
-            c => c,
-        })
-        .collect();
-    match (frame.kind, frame.inlined) {
-        (FrameKind::Kernel, _) => format!("{name}_[k]"),
-        (FrameKind::User, true) => format!("{name}_[i]"),
-        (FrameKind::User, false) => name,
-    }
-}
+use crate::model::{EventKind, Frame, Profile, Sample};
 
 /// Folded lines of one event kind, merged and sorted by stack.
 pub fn folded_lines(profile: &Profile, kind: EventKind) -> Vec<(String, u64)> {
@@ -69,7 +50,7 @@ fn add_lines(
     leaf: impl Fn(&Sample) -> Option<String>,
 ) {
     let multi_process = profile.is_multi_process();
-    let labels: Vec<String> = profile.frames.iter().map(frame_label).collect();
+    let labels: Vec<String> = profile.frames.iter().map(Frame::label).collect();
     let names = profile.process_names();
     for sample in profile.samples.get(&kind).into_iter().flatten() {
         let mut line = String::new();
@@ -105,7 +86,7 @@ pub fn folded_text(lines: &[(String, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Process, Sample, tests::sample_profile};
+    use crate::model::{FrameKind, Process, Sample, fixtures::sample_profile};
 
     #[test]
     fn folds_one_line_per_stack_root_first() {
@@ -118,7 +99,7 @@ mod tests {
     fn prefixes_process_when_several_and_marks_kernel_and_inlined() {
         let mut profile = sample_profile();
         profile.frames[2].kind = FrameKind::Kernel;
-        profile.frames[3].inlined = true;
+        profile.frames[3].kind = FrameKind::Inlined;
         profile.frames[3].function = "a;b".into();
         profile.processes.push(Process {
             pid: 43,
@@ -155,7 +136,7 @@ mod tests {
         profile.run.frequency_hz = 100; // one sample = 10 000 µs
         let mut blocked = profile.samples[&EventKind::Cpu][0].clone();
         blocked.weight = 5000;
-        blocked.reason = Some(crate::profile::BlockReason::Pipe);
+        blocked.reason = Some(crate::model::BlockReason::Pipe);
         profile.samples.insert(EventKind::OffCpu, vec![blocked]);
         let lines = wall_lines(&profile);
         assert_eq!(

@@ -4,15 +4,17 @@ pub mod diff;
 pub mod export;
 pub mod flamegraph;
 pub mod folded;
+pub mod json;
+pub mod markdown;
 pub mod report;
-pub mod summary;
-pub mod verdict;
+pub mod timeline;
 
 use flamegraph::View;
 
 use crate::{
+    analysis::Summary,
+    model::{EventKind, PROFILE_FILE, Profile},
     output::OutputDir,
-    profile::{EventKind, PROFILE_FILE, Profile},
 };
 
 /// The flamegraph views a profile has: one per collected kind, plus wall-clock time when both
@@ -41,8 +43,13 @@ pub fn view_lines(profile: &Profile, view: View) -> Vec<(String, u64)> {
     }
 }
 
-/// Writes every rendered file and the saved profile into `out`; returns the file names.
-pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<String>> {
+/// Writes every rendered file and the saved profile into `out` (`summary` is the profile's,
+/// computed once by the caller); returns the file names.
+pub fn render_all(
+    profile: &Profile,
+    summary: &Summary,
+    out: &OutputDir,
+) -> std::io::Result<Vec<String>> {
     // The saved profile first: whatever fails later, `profiler report` can redo the rest.
     let mut saved = Vec::new();
     profile.save(&mut saved)?;
@@ -71,15 +78,14 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
     if let Some(memory) = &profile.memory {
         out.write(
             "memory-timeline.csv",
-            crate::memory::timeline_csv(&memory.timeline).as_bytes(),
+            timeline::timeline_csv(&memory.timeline).as_bytes(),
         )?;
         let title = format!(
             "Memory: {} ({:.1} s)",
             profile.run.command.join(" "),
             profile.run.duration_secs
         );
-        let svg =
-            crate::memory::timeline_svg(&memory.timeline, &title).map_err(std::io::Error::other)?;
+        let svg = timeline::timeline_svg(&memory.timeline, &title)?;
         out.write("memory-timeline.svg", svg.as_bytes())?;
         timeline = Some(svg);
         written.extend([
@@ -93,11 +99,10 @@ pub fn render_all(profile: &Profile, out: &OutputDir) -> std::io::Result<Vec<Str
         export::speedscope_json(profile).as_bytes(),
     )?;
     written.extend(["profile.pb.gz".to_owned(), "speedscope.json".to_owned()]);
-    let summary = summary::summarize(profile);
-    out.write("summary.json", summary::summary_json(&summary).as_bytes())?;
-    out.write("summary.md", summary::summary_markdown(&summary).as_bytes())?;
+    out.write("summary.json", json::summary_json(summary).as_bytes())?;
+    out.write("summary.md", markdown::summary_markdown(summary).as_bytes())?;
     written.extend(["summary.json".to_owned(), "summary.md".to_owned()]);
-    let html = report::report_html(&summary, &flamegraphs, timeline.as_deref());
+    let html = report::report_html(summary, &flamegraphs, timeline.as_deref());
     out.write("report.html", html.as_bytes())?;
     written.push("report.html".to_owned());
     out.remove_other_outputs(&written, is_output_name)?;

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use super::{flamegraph::View, summary::Summary};
+use super::flamegraph::View;
+use crate::analysis::Summary;
 
 /// Escapes text for HTML content and attribute values.
 fn escape(text: &str) -> String {
@@ -95,7 +96,7 @@ pub fn report_html(
     timeline: Option<&str>,
 ) -> String {
     let mut html = String::new();
-    let title = format!("Profile of {}", summary.target);
+    let title = format!("Profile of {}", summary.run.target);
     let _ = write!(
         html,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -107,17 +108,18 @@ pub fn report_html(
     let _ = writeln!(
         html,
         "<p class=\"meta\">Command <code>{}</code>; {:.2} s; events {}; stopped: {}</p>",
-        escape(&summary.command.join(" ")),
-        summary.duration_secs,
+        escape(&summary.run.command.join(" ")),
+        summary.run.duration_secs,
         escape(
             &summary
+                .run
                 .events
                 .iter()
                 .map(|kind| kind.name())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        escape(&summary.stop_reason)
+        escape(&summary.run.stop_reason)
     );
     html.push_str("<section id=\"verdict\"><h2>Verdict</h2><ol class=\"verdict\">");
     for finding in &summary.verdict {
@@ -331,8 +333,8 @@ fn svg_height(svg: &[u8]) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::{
-        profile::{EventKind, tests::sample_profile},
-        render::summary::summarize,
+        analysis::summarize,
+        model::{EventKind, fixtures::sample_profile},
     };
 
     #[test]

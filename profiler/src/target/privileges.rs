@@ -39,8 +39,20 @@ fn missing_caps(effective: u64) -> Vec<u32> {
         .collect()
 }
 
+/// This process lacks capabilities loading eBPF programs needs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the profiler needs root or the capabilities CAP_BPF and CAP_PERFMON (missing: {}): run it \
+     with sudo, or `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep` on the binary",
+    missing.join(", ")
+)]
+pub struct MissingCapabilities {
+    /// Names of the capabilities missing.
+    pub missing: Vec<&'static str>,
+}
+
 /// Fails with an explanation when this process lacks what loading eBPF programs needs.
-pub fn check() -> Result<(), String> {
+pub fn check() -> Result<(), MissingCapabilities> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let Some(effective) = effective_caps(&status) else {
         return Ok(()); // Cannot tell; let the kernel decide and report.
@@ -49,12 +61,9 @@ pub fn check() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|&cap| cap_name(cap)).collect();
-    Err(format!(
-        "the profiler needs root or the capabilities CAP_BPF and CAP_PERFMON (missing: {}): \
-         run it with sudo, or `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep` on the binary",
-        names.join(", ")
-    ))
+    Err(MissingCapabilities {
+        missing: missing.iter().map(|&cap| cap_name(cap)).collect(),
+    })
 }
 
 /// Whether this process may read the maps of processes of other users.

@@ -1,147 +1,33 @@
-//! The only module that talks to aya: loads the eBPF programs, attaches them, and reads their
-//! maps into plain data. Dropping [`KernelProbes`] detaches and unloads everything (links and
-//! maps are owned by file descriptors; nothing is pinned), also when the process is killed.
-
-use std::time::Duration;
+//! Loading the programs and attaching them: one event family at a time, after checking
+//! what the kernel offers (tracepoint formats, BTF offsets).
 
 use aya::{
-    Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{
-        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
-        StackTraceMap,
-    },
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapError},
     programs::{
-        BtfTracePoint, PerfEvent, ProgramError, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
 use profiler_common::{
-    AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS,
-    CONTROL_FIRST_SAMPLE_NS, FdKey, IoKey, IoTotal, LATENCY_SLOTS, LiveAlloc, LiveKey,
-    MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, ProcessUnwind,
-    RECORDING_STOPPED, SampleKey, TargetFlags, ThreadState, UnwindRow, UserStack, counter,
+    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, FdKey, ProcessUnwind, RECORDING_STOPPED,
+    TargetFlags, ThreadState, UnwindRow,
 };
 
-use crate::{
-    assemble::StackTable,
-    kernel_btf::{self, KernelTypes},
-    tracefs::{self, TracefsError},
+use super::{
+    error::{
+        FREQUENCY_HINT, PERMISSION_HINT, ProbeError, is_invalid_argument, is_permission_error,
+        map_error, program_error,
+    },
+    probes::{IN_FLIGHT, KernelProbes, remove_pids, take_ring_buffer},
+};
+use crate::kernel::{
+    btf::{self, KernelTypes},
+    tracefs,
 };
 
 /// The eBPF object built by `build.rs` from `profiler-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
-
-/// Errors loading, attaching or reading the eBPF side.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// The kernel exposes no BTF.
-    #[error(
-        "this kernel has no BTF at {path} (needs CONFIG_DEBUG_INFO_BTF=y): the profiler needs it \
-         to attach to scheduler tracepoints"
-    )]
-    NoBtf {
-        /// Where BTF was looked for.
-        path: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The kernel's BTF lacks a field the programs need.
-    #[error("cannot use this kernel's BTF")]
-    Btf(#[source] kernel_btf::BtfError),
-    /// The kernel refused the programs.
-    #[error("loading the eBPF programs failed{hint}")]
-    Load {
-        /// What to do about it.
-        hint: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<EbpfError>,
-    },
-    /// A program could not be loaded or attached.
-    #[error("{what} failed{hint}")]
-    Program {
-        /// What was being done.
-        what: String,
-        /// What to do about it.
-        hint: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// A map could not be read or written.
-    #[error("eBPF map {name}: {source}")]
-    Map {
-        /// The map.
-        name: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<MapError>,
-    },
-    /// The scheduler tracepoints cannot be used.
-    #[error("cannot use the scheduler tracepoints")]
-    Tracefs(#[source] TracefsError),
-    /// The online CPUs could not be listed.
-    #[error("cannot list online CPUs: {0}")]
-    Cpus(String),
-    /// Unwind rows could not be written.
-    #[error("cannot write unwind tables: {0}")]
-    UnwindRows(String),
-}
-
-/// Whether an OS error with one of `codes` is somewhere in the error's source chain.
-fn has_os_error(error: &(dyn std::error::Error + 'static), codes: &[i32]) -> bool {
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && io.raw_os_error().is_some_and(|code| codes.contains(&code))
-        {
-            return true;
-        }
-        source = error.source();
-    }
-    false
-}
-
-fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    has_os_error(error, &[libc::EPERM, libc::EACCES])
-}
-
-fn is_invalid_argument(error: &(dyn std::error::Error + 'static)) -> bool {
-    has_os_error(error, &[libc::EINVAL])
-}
-
-const FREQUENCY_HINT: &str = ": the kernel refused the sampling frequency; it must not exceed \
-     /proc/sys/kernel/perf_event_max_sample_rate";
-
-const PERMISSION_HINT: &str =
-    ": permission denied; run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE";
-
-fn program_error(what: impl Into<String>, source: ProgramError) -> ProbeError {
-    let hint = if is_permission_error(&source) {
-        PERMISSION_HINT
-    } else {
-        ""
-    };
-    ProbeError::Program {
-        what: what.into(),
-        hint,
-        source: Box::new(source),
-    }
-}
-
-fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
-    move |source| ProbeError::Map {
-        name,
-        source: Box::new(source),
-    }
-}
-
-/// How long a program that read the old `CONTROL` value may still be writing.
-const IN_FLIGHT: Duration = Duration::from_millis(2);
-
-/// Per-cause loss counters summed over CPUs, indexed by `profiler_common::counter`.
-pub type Counters = [u64; counter::COUNT as usize];
 
 /// What to load.
 #[derive(Clone, Copy, Debug)]
@@ -165,30 +51,9 @@ pub struct LoadOptions {
     pub unwind_rows: Option<u32>,
 }
 
-/// Counts taken from the kernel by one drain.
-#[derive(Debug, Default)]
-pub struct Drained {
-    /// CPU samples per thread and stacks.
-    pub samples: Vec<(SampleKey, u64)>,
-    /// Off-CPU time per thread, stacks and state.
-    pub offcpu: Vec<(OffCpuKey, OffCpuTime)>,
-    /// I/O totals per thread, stack, call and file.
-    pub io: Vec<(IoKey, IoTotal)>,
-}
-
-/// What the I/O programs gathered besides the drained totals.
-#[derive(Debug, Default)]
-pub struct IoExtras {
-    /// Latency histogram per call index, summed over CPUs.
-    pub latency: Vec<Vec<u64>>,
-    /// Longest call per call index, ns.
-    pub max_ns: Vec<u64>,
-    /// Block requests per device and operation, summed over CPUs.
-    pub block: Vec<(BlockKey, BlockStats)>,
-}
-
 /// The process-tracking programs.
 const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
+
 /// Checks that the classic `sched` tracepoints lay out their records where the programs read.
 fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
     use profiler_common::tracepoint_fields::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID};
@@ -210,9 +75,11 @@ fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
 /// The system-call programs (I/O and memory-mapping calls).
 const SYSCALL_PROGRAMS: [(&str, &str); 2] =
     [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")];
+
 /// The block-request programs.
 const BLOCK_PROGRAMS: [(&str, &str); 2] =
     [("block", "block_rq_issue"), ("block", "block_rq_complete")];
+
 /// The allocator probes: entry, return, and `free`.
 const ALLOC_PROGRAMS: [&str; 3] = ["alloc_enter", "alloc_return", "free_enter"];
 
@@ -250,74 +117,6 @@ fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
 
 /// The scheduler programs (off-CPU time and run-queue delay).
 const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
-
-/// Reads every entry of hash map `name`, removing them with `clear`.
-fn read_hash_map<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    clear: bool,
-) -> Result<Vec<(K, V)>, ProbeError> {
-    let mut map: BpfHashMap<_, K, V> =
-        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
-            .map_err(map_error(name))?;
-    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
-    let mut entries = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Ok(value) = map.get(&key, 0) {
-            entries.push((key, value));
-        }
-        if clear {
-            let _ = map.remove(&key);
-        }
-    }
-    Ok(entries)
-}
-
-/// Removes the entries of processes `pids` from hash map `name`, keyed by pid.
-fn remove_pids<V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    pids: &[u32],
-) -> Result<(), ProbeError> {
-    let mut map: BpfHashMap<_, u32, V> =
-        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
-            .map_err(map_error(name))?;
-    for pid in pids {
-        let _ = map.remove(pid);
-    }
-    Ok(())
-}
-
-/// Every entry of per-CPU hash map `name`, its CPUs' values added up.
-fn sum_per_cpu<K: aya::Pod, V: aya::Pod + Default + std::ops::AddAssign>(
-    ebpf: &Ebpf,
-    name: &'static str,
-) -> Result<Vec<(K, V)>, ProbeError> {
-    let map: PerCpuHashMap<_, K, V> =
-        PerCpuHashMap::try_from(ebpf.map(name).expect("map is in the object"))
-            .map_err(map_error(name))?;
-    Ok(map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(key, per_cpu)| {
-            let mut total = V::default();
-            for value in per_cpu.iter() {
-                total += *value;
-            }
-            (key, total)
-        })
-        .collect())
-}
-
-/// Takes ring buffer `name` out of the object, to be read alongside other maps.
-fn take_ring_buffer(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
-    let map = ebpf.take_map(name).ok_or_else(|| {
-        map_error(name)(MapError::InvalidName {
-            name: name.to_owned(),
-        })
-    })?;
-    RingBuf::try_from(map).map_err(map_error(name))
-}
 
 /// Loads classic tracepoint programs, each named as its tracepoint (`(category, name)`).
 fn load_tracepoints(
@@ -358,31 +157,14 @@ fn attach_classic_tracepoints(
     Ok(())
 }
 
-/// The loaded eBPF programs and their maps.
-pub struct KernelProbes {
-    /// Allocator probes, owned here so they can be detached all at once (see
-    /// [`Self::detach_uprobes`]); declared first, so also dropped first.
-    uprobe_links: Vec<aya::programs::uprobe::UProbeLink>,
-    ebpf: Ebpf,
-    process_events: RingBuf<MapData>,
-    open_events: Option<RingBuf<MapData>>,
-    active_sample_map: u64,
-    /// Whether user stack ids name `USER_STACKS` entries rather than `STACKS` ones.
-    unwind_with_tables: bool,
-    /// Capacity of `UNWIND_ROWS`.
-    unwind_rows: u32,
-    _logger: Option<tokio::task::JoinHandle<()>>,
-}
-
 impl KernelProbes {
     /// Loads the programs into the kernel (nothing is attached yet). With `verbose`, the
     /// programs' own log lines are forwarded to the `log` crate; needs a tokio runtime.
     pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
-        let btf_blob =
-            std::fs::read(kernel_btf::VMLINUX_BTF).map_err(|source| ProbeError::NoBtf {
-                path: kernel_btf::VMLINUX_BTF,
-                source,
-            })?;
+        let btf_blob = std::fs::read(btf::VMLINUX_BTF).map_err(|source| ProbeError::NoBtf {
+            path: btf::VMLINUX_BTF,
+            source,
+        })?;
         let types = KernelTypes::parse(&btf_blob).map_err(ProbeError::Btf)?;
         let tgid_offset = types
             .member_offset("task_struct", "tgid")
@@ -424,7 +206,7 @@ impl KernelProbes {
         .and_then(|offsets| <[u32; 5]>::try_from(offsets).ok())
         .unwrap_or_default();
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
-            path: kernel_btf::VMLINUX_BTF,
+            path: btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
         })?;
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
@@ -480,7 +262,7 @@ impl KernelProbes {
             let mut syscalls: Array<_, u32> =
                 Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS is in the object"))
                     .map_err(map_error("SYSCALLS"))?;
-            for (number, call) in crate::io::syscall_table(options.io, options.alloc) {
+            for (number, call) in super::syscalls::syscall_table(options.io, options.alloc) {
                 syscalls
                     .set(number, call, 0)
                     .map_err(map_error("SYSCALLS"))?;
@@ -640,88 +422,6 @@ impl KernelProbes {
         });
     }
 
-    /// Allocation totals per site, summed over CPUs.
-    pub fn alloc_sites(&self) -> Result<Vec<(AllocSite, AllocStats)>, ProbeError> {
-        sum_per_cpu(&self.ebpf, "ALLOC_SITES")
-    }
-
-    /// Names of the threads that allocated, by tid.
-    pub fn alloc_thread_names(
-        &self,
-    ) -> Result<Vec<(u32, [u8; profiler_common::COMM_LEN])>, ProbeError> {
-        let names: BpfHashMap<_, u32, [u8; profiler_common::COMM_LEN]> = BpfHashMap::try_from(
-            self.ebpf
-                .map("ALLOC_THREAD_NAMES")
-                .expect("ALLOC_THREAD_NAMES is in the object"),
-        )
-        .map_err(map_error("ALLOC_THREAD_NAMES"))?;
-        Ok(names.iter().filter_map(Result::ok).collect())
-    }
-
-    /// Allocations live now.
-    pub fn live_allocations(&self) -> Result<Vec<(LiveKey, LiveAlloc)>, ProbeError> {
-        let live: BpfHashMap<_, LiveKey, LiveAlloc> =
-            BpfHashMap::try_from(self.ebpf.map("LIVE").expect("LIVE is in the object"))
-                .map_err(map_error("LIVE"))?;
-        Ok(live.iter().filter_map(Result::ok).collect())
-    }
-
-    /// Memory activity of each process, summed over CPUs.
-    pub fn process_memory(&self) -> Result<Vec<(u32, ProcessMemory)>, ProbeError> {
-        sum_per_cpu(&self.ebpf, "PROCESS_MEMORY")
-    }
-
-    /// Files the targets opened since the last call: `(pid, fd, open time, dir fd, path)`.
-    pub fn open_events(&mut self) -> Vec<OpenEvent> {
-        let mut events = Vec::new();
-        let Some(ring) = self.open_events.as_mut() else {
-            return events;
-        };
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<OpenEvent>() {
-                // SAFETY: the programs write whole `OpenEvent`s; read unaligned.
-                events.push(unsafe { item.as_ptr().cast::<OpenEvent>().read_unaligned() });
-            }
-        }
-        events
-    }
-
-    /// Latency histograms, longest calls and block statistics, summed over CPUs.
-    pub fn io_extras(&self) -> Result<IoExtras, ProbeError> {
-        if self.open_events.is_none() {
-            return Ok(IoExtras::default());
-        }
-        let latency: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("IO_LATENCY")
-                .expect("IO_LATENCY is in the object"),
-        )
-        .map_err(map_error("IO_LATENCY"))?;
-        let slots = LATENCY_SLOTS as usize;
-        let mut histograms = vec![vec![0u64; slots]; MAX_IO_CALLS as usize];
-        for (index, value) in latency.iter().enumerate() {
-            let per_cpu = value.map_err(map_error("IO_LATENCY"))?;
-            histograms[index / slots][index % slots] = per_cpu.iter().sum();
-        }
-        let max: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("IO_MAX").expect("IO_MAX is in the object"))
-                .map_err(map_error("IO_MAX"))?;
-        let max_ns = max
-            .iter()
-            .map(|value| {
-                value
-                    .map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0))
-                    .map_err(map_error("IO_MAX"))
-            })
-            .collect::<Result<_, _>>()?;
-        let block = sum_per_cpu(&self.ebpf, "BLOCK_STATS")?;
-        Ok(IoExtras {
-            latency: histograms,
-            max_ns,
-            block,
-        })
-    }
-
     /// Forgets the open files of processes that exited.
     pub fn forget_files_of(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
         if pids.is_empty() || self.open_events.is_none() {
@@ -842,50 +542,6 @@ impl KernelProbes {
         Ok(())
     }
 
-    fn set_control(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
-        let mut control: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut("CONTROL")
-                .expect("CONTROL is in the object"),
-        )
-        .map_err(map_error("CONTROL"))?;
-        control.set(index, value, 0).map_err(map_error("CONTROL"))
-    }
-
-    /// Takes the counts gathered since the last drain.
-    ///
-    /// Switches the programs to the other pair of count maps, lets programs already running on
-    /// other CPUs finish, then reads and clears the maps they were writing.
-    pub fn drain(&mut self) -> Result<Drained, ProbeError> {
-        if self.active_sample_map == RECORDING_STOPPED {
-            let mut drained = self.read_counts(0)?;
-            let rest = self.read_counts(1)?;
-            drained.samples.extend(rest.samples);
-            drained.offcpu.extend(rest.offcpu);
-            drained.io.extend(rest.io);
-            return Ok(drained);
-        }
-        let drained = self.active_sample_map;
-        self.active_sample_map = 1 - drained;
-        self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map)?;
-        // A program that read the old index is at most a few microseconds from its update.
-        std::thread::sleep(IN_FLIGHT);
-        self.read_counts(drained as usize)
-    }
-
-    fn read_counts(&mut self, buffer: usize) -> Result<Drained, ProbeError> {
-        const MAPS: [[&str; 3]; 2] = [
-            ["SAMPLES_0", "OFFCPU_0", "IO_0"],
-            ["SAMPLES_1", "OFFCPU_1", "IO_1"],
-        ];
-        let [samples, offcpu, io] = MAPS[buffer];
-        Ok(Drained {
-            samples: read_hash_map(&mut self.ebpf, samples, true)?,
-            offcpu: read_hash_map(&mut self.ebpf, offcpu, true)?,
-            io: read_hash_map(&mut self.ebpf, io, true)?,
-        })
-    }
-
     /// Ends recording: from now on the programs count nothing and leave each thread's state
     /// as it is, for [`Self::drain`] and [`Self::threads`] to read. Unlike detaching, which
     /// takes the kernel a good tenth of a second, this takes effect at once.
@@ -894,66 +550,6 @@ impl KernelProbes {
         self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, RECORDING_STOPPED)?;
         std::thread::sleep(IN_FLIGHT);
         Ok(())
-    }
-
-    /// Scheduler state of every target thread seen, by tid. With `take_exited`, entries of
-    /// threads that exited are removed from the kernel map (and returned), so it does not
-    /// fill up with dead threads.
-    pub fn threads(&mut self, take_exited: bool) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
-        let threads: Vec<(u32, ThreadState)> = read_hash_map(&mut self.ebpf, "THREADS", false)?;
-        if take_exited {
-            let mut map: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
-                self.ebpf
-                    .map_mut("THREADS")
-                    .expect("THREADS is in the object"),
-            )
-            .map_err(map_error("THREADS"))?;
-            for (tid, _) in threads.iter().filter(|(_, state)| state.exited != 0) {
-                // A new thread may have taken the tid since the read: keep its entry.
-                if map.get(tid, 0).is_ok_and(|state| state.exited != 0) {
-                    let _ = map.remove(tid);
-                }
-            }
-        }
-        Ok(threads)
-    }
-
-    /// The given user and kernel stacks; ids not in the maps are left out.
-    pub fn stacks(
-        &self,
-        user_ids: impl IntoIterator<Item = u32>,
-        kernel_ids: impl IntoIterator<Item = u32>,
-    ) -> Result<StackTable, ProbeError> {
-        let kernel_walked: StackTraceMap<_> =
-            StackTraceMap::try_from(self.ebpf.map("STACKS").expect("STACKS is in the object"))
-                .map_err(map_error("STACKS"))?;
-        let from_kernel = |id: u32| {
-            let trace = kernel_walked.get(&id, 0).ok()?;
-            Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
-        };
-        let mut table = StackTable {
-            kernel: kernel_ids.into_iter().filter_map(from_kernel).collect(),
-            ..StackTable::default()
-        };
-        if !self.unwind_with_tables {
-            table.user = user_ids.into_iter().filter_map(from_kernel).collect();
-            return Ok(table);
-        }
-        let walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
-            self.ebpf
-                .map("USER_STACKS")
-                .expect("USER_STACKS is in the object"),
-        )
-        .map_err(map_error("USER_STACKS"))?;
-        for id in user_ids {
-            let Ok(stack) = walked.get(&id, 0) else {
-                continue;
-            };
-            let len = (stack.len as usize).min(stack.frames.len());
-            table.user.insert(id, stack.frames[..len].to_vec());
-            table.user_ends.insert(id, stack.end);
-        }
-        Ok(table)
     }
 
     /// Writes rows of the shared unwind table, from index `first`, through a shared mapping
@@ -1018,48 +614,6 @@ impl KernelProbes {
     /// Drops the unwinding descriptions of processes that exited (the map is bounded).
     pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
         remove_pids::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
-    }
-
-    /// Loss counters summed over CPUs.
-    pub fn counters(&self) -> Result<Counters, ProbeError> {
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("COUNTERS")
-                .expect("COUNTERS is in the object"),
-        )
-        .map_err(map_error("COUNTERS"))?;
-        let mut counters = [0; counter::COUNT as usize];
-        for (index, slot) in counters.iter_mut().enumerate() {
-            *slot = array
-                .get(&(index as u32), 0)
-                .map_err(map_error("COUNTERS"))?
-                .iter()
-                .sum();
-        }
-        Ok(counters)
-    }
-
-    /// `CLOCK_MONOTONIC` time of the first sample, if one was taken.
-    pub fn first_sample_ns(&self) -> Result<Option<u64>, ProbeError> {
-        let control: Array<_, u64> =
-            Array::try_from(self.ebpf.map("CONTROL").expect("CONTROL is in the object"))
-                .map_err(map_error("CONTROL"))?;
-        let first = control
-            .get(&CONTROL_FIRST_SAMPLE_NS, 0)
-            .map_err(map_error("CONTROL"))?;
-        Ok((first != 0).then_some(first))
-    }
-
-    /// Fork and exec notifications since the last call.
-    pub fn process_events(&mut self) -> Vec<ProcessEvent> {
-        let mut events = Vec::new();
-        while let Some(item) = self.process_events.next() {
-            if item.len() >= size_of::<ProcessEvent>() {
-                // SAFETY: the programs write whole `ProcessEvent`s; read unaligned.
-                events.push(unsafe { item.as_ptr().cast::<ProcessEvent>().read_unaligned() });
-            }
-        }
-        events
     }
 }
 

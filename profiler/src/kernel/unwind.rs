@@ -13,7 +13,11 @@ use std::{
 use object::{Object as _, ObjectSegment as _};
 use profiler_common::{MAX_PROCESS_MAPPINGS, ProcessUnwind, UnwindMapping};
 
-use crate::{bpf::KernelProbes, procfs, unwind_table};
+use crate::{
+    kernel::{probes::KernelProbes, unwind_table},
+    model::UnwindStats,
+    target::procfs,
+};
 
 /// Objects larger than this are not read for tables (walked by frame pointers).
 const MAX_OBJECT_BYTES: u64 = 2 << 30;
@@ -36,23 +40,6 @@ struct ObjectTable {
 
 /// How a file is recognised again without reading it.
 type FileIdentity = (u64, u64, u64, i64);
-
-/// What building the tables cost, for the summary and the benchmark.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct UnwindStats {
-    /// Objects compiled.
-    pub objects: u32,
-    /// Rows loaded into the kernel.
-    pub rows: u32,
-    /// Capacity of the row array.
-    pub capacity: u32,
-    /// Objects left to frame pointers: unreadable, without tables, or past the capacity.
-    pub objects_without_tables: u32,
-    /// Time spent reading, compiling and loading tables, ms.
-    pub build_ms: f64,
-    /// Processes whose mappings were described to the kernel (counting reloads).
-    pub process_loads: u32,
-}
 
 /// The tables loaded so far.
 pub struct UnwindTables {
@@ -107,7 +94,7 @@ impl UnwindTables {
         pid: u32,
         text: &str,
         probes: &mut KernelProbes,
-    ) -> anyhow::Result<usize> {
+    ) -> Result<usize, super::ProbeError> {
         let started = Instant::now();
         let maps = procfs::parse_maps(text);
         // Asked again with the same executable mappings (the kernel asks for an address it
@@ -252,7 +239,10 @@ impl UnwindTables {
         let rows = match unwind_table::compile(bytes) {
             Ok(rows) => rows,
             Err(err) => {
-                log::info!("{path}: no unwind table ({err:#}); walked by frame pointers");
+                log::info!(
+                    "{path}: no unwind table ({}); walked by frame pointers",
+                    crate::text::error_chain(&err)
+                );
                 Vec::new()
             }
         };
@@ -274,7 +264,10 @@ impl UnwindTables {
             Some(count) if count > 0 => match probes.write_unwind_rows(self.next_row, &rows) {
                 Ok(()) => count,
                 Err(err) => {
-                    log::warn!("{path}: loading its unwind table failed: {err:#}");
+                    log::warn!(
+                        "{path}: loading its unwind table failed: {}",
+                        crate::text::error_chain(&err)
+                    );
                     0
                 }
             },

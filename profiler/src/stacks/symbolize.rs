@@ -8,8 +8,8 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    address_space::{AddressSpaces, Location},
-    profile::{Frame, FrameKind},
+    model::{Frame, FrameKind},
+    stacks::address_space::{AddressSpaces, Location},
 };
 
 /// Resolves addresses to frames; implemented by [`Blazesym`] and by test doubles.
@@ -93,7 +93,7 @@ impl Symbols for Blazesym<'_> {
                     Some(Symbolized::Sym(sym)) => sym_frames(sym, None, FrameKind::Kernel),
                     _ => {
                         let mut frame = unknown_frame("[unknown]", Some("[kernel]"));
-                        frame.kind = FrameKind::Kernel;
+                        frame.kind = FrameKind::Unsymbolized { kernel: true };
                         vec![frame]
                     }
                 },
@@ -108,9 +108,7 @@ fn unknown_frame(name: &str, module: Option<&str>) -> Frame {
         module: module.map(str::to_owned),
         file: None,
         line: None,
-        kind: FrameKind::User,
-        inlined: false,
-        unsymbolized: true,
+        kind: FrameKind::Unsymbolized { kernel: false },
     }
 }
 
@@ -138,8 +136,6 @@ fn sym_frames(sym: &Sym<'_>, module: Option<&str>, kind: FrameKind) -> Vec<Frame
         file,
         line,
         kind,
-        inlined: false,
-        unsymbolized: false,
     }];
     for inlined in &sym.inlined {
         let (file, line) = code_location(inlined.code_info.as_ref());
@@ -148,9 +144,12 @@ fn sym_frames(sym: &Sym<'_>, module: Option<&str>, kind: FrameKind) -> Vec<Frame
             module: module.clone(),
             file,
             line,
-            kind,
-            inlined: true,
-            unsymbolized: false,
+            // Kernel frames have no inlined kind: their folded label is the same either way.
+            kind: if kind == FrameKind::User {
+                FrameKind::Inlined
+            } else {
+                kind
+            },
         });
     }
     frames
@@ -187,13 +186,14 @@ mod tests {
             exe.file_name().and_then(|n| n.to_str())
         );
         assert_eq!(frames[1][0].function, "[unknown]");
-        assert!(frames[1][0].unsymbolized);
+        assert!(frames[1][0].kind.is_unnamed());
     }
 
     #[test]
     fn symbolizes_vdso_functions() {
         let pid = std::process::id();
-        let maps = crate::procfs::parse_maps(&crate::procfs::read_maps(pid).unwrap());
+        let maps =
+            crate::target::procfs::parse_maps(&crate::target::procfs::read_maps(pid).unwrap());
         let Some(vdso) = maps.iter().find(|entry| entry.path == "[vdso]") else {
             return; // No vDSO on this kernel: nothing to symbolize.
         };

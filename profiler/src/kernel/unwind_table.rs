@@ -6,7 +6,6 @@
 //! Anything else (other registers, other expressions) becomes a `NONE` row, which the unwinder
 //! walks by frame pointer.
 
-use anyhow::{Context as _, bail};
 use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
@@ -25,16 +24,41 @@ struct Span {
     rule: UnwindRow,
 }
 
+/// Why an object has no unwind table (it is then walked by frame pointers).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// Not an ELF object.
+    #[error("not an object file")]
+    NotObject(#[source] object::Error),
+    /// Tables are compiled for x86-64 only.
+    #[error("unwind tables are compiled for x86-64 only")]
+    Architecture,
+    /// A frame section could not be read.
+    #[error("{0} unreadable")]
+    Section(&'static str, #[source] object::Error),
+    /// A frame section could not be parsed.
+    #[error("reading {0}")]
+    Frames(&'static str, #[source] gimli::Error),
+    /// Neither `.eh_frame` nor `.debug_frame`.
+    #[error("no call-frame information")]
+    NoFrames,
+    /// Code above what the 32-bit row addresses cover.
+    #[error("address {0:#x} above 4 GiB")]
+    HighAddress(u64),
+}
+
 /// Unwind rows of one object, sorted by address, consecutive rows differing in their rule.
-pub fn compile(elf: &[u8]) -> anyhow::Result<Vec<UnwindRow>> {
-    let file = object::File::parse(elf).context("not an object file")?;
+pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
+    let file = object::File::parse(elf).map_err(CompileError::NotObject)?;
     if file.architecture() != object::Architecture::X86_64 {
-        bail!("unwind tables are compiled for x86-64 only");
+        return Err(CompileError::Architecture);
     }
     let mut spans = Vec::new();
     // `.eh_frame` first: where both describe an address, its rule wins (kept on ties below).
     if let Some(section) = file.section_by_name(".eh_frame") {
-        let data = section.data().context(".eh_frame unreadable")?;
+        let data = section
+            .data()
+            .map_err(|source| CompileError::Section(".eh_frame", source))?;
         let mut bases = BaseAddresses::default().set_eh_frame(section.address());
         if let Some(text) = file.section_by_name(".text") {
             bases = bases.set_text(text.address());
@@ -43,17 +67,20 @@ pub fn compile(elf: &[u8]) -> anyhow::Result<Vec<UnwindRow>> {
             bases = bases.set_got(got.address());
         }
         let eh_frame = EhFrame::new(data, LittleEndian);
-        collect_spans(&eh_frame, &bases, &mut spans).context("reading .eh_frame")?;
+        collect_spans(&eh_frame, &bases, &mut spans)
+            .map_err(|source| CompileError::Frames(".eh_frame", source))?;
     }
     if let Some(section) = file.section_by_name(".debug_frame") {
-        let data = section.data().context(".debug_frame unreadable")?;
+        let data = section
+            .data()
+            .map_err(|source| CompileError::Section(".debug_frame", source))?;
         let mut debug_frame = DebugFrame::new(data, LittleEndian);
         debug_frame.set_address_size(8);
         collect_spans(&debug_frame, &BaseAddresses::default(), &mut spans)
-            .context("reading .debug_frame")?;
+            .map_err(|source| CompileError::Frames(".debug_frame", source))?;
     }
     if spans.is_empty() {
-        bail!("no call-frame information");
+        return Err(CompileError::NoFrames);
     }
     rows_of(spans)
 }
@@ -189,14 +216,13 @@ fn plt_expression(bytes: &[u8]) -> Option<(i64, i8)> {
 
 /// Flattens rule spans into sorted rows: later-starting spans win where spans overlap, gaps
 /// get a `NONE` row, consecutive equal rules merge.
-fn rows_of(mut spans: Vec<Span>) -> anyhow::Result<Vec<UnwindRow>> {
+fn rows_of(mut spans: Vec<Span>) -> Result<Vec<UnwindRow>, CompileError> {
     // Stable: of two spans starting at one address, the first collected (`.eh_frame`) wins.
     spans.sort_by_key(|span| span.start);
     spans.dedup_by_key(|span| span.start);
     let mut rows: Vec<UnwindRow> = Vec::with_capacity(spans.len());
-    let mut push = |address: u64, rule: UnwindRow| -> anyhow::Result<()> {
-        let address =
-            u32::try_from(address).with_context(|| format!("address {address:#x} above 4 GiB"))?;
+    let mut push = |address: u64, rule: UnwindRow| -> Result<(), CompileError> {
+        let address = u32::try_from(address).map_err(|_| CompileError::HighAddress(address))?;
         let row = UnwindRow { address, ..rule };
         match rows.last_mut() {
             Some(last) if last.address == address => *last = row,

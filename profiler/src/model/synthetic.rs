@@ -2,7 +2,7 @@
 //! bench-render`, through the hidden `profiler synthesize` command): rendering cost depends on
 //! samples, distinct stacks and frames, not on where they came from.
 
-use crate::profile::{EventKind, Frame, FrameKind, Interner, Process, Profile, RunInfo, Sample};
+use crate::model::{EventKind, Frame, FrameKind, Interner, Process, Profile, RunInfo, Sample};
 
 /// A deterministic pseudo-random sequence (xorshift64*), so every run renders the same profile.
 struct Sequence(u64);
@@ -56,11 +56,11 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
                 line: Some(1 + (i % 500) as u32),
                 kind: if i % 10 == 0 {
                     FrameKind::Kernel
+                } else if i % 7 == 0 {
+                    FrameKind::Inlined
                 } else {
                     FrameKind::User
                 },
-                inlined: i % 7 == 0,
-                unsymbolized: false,
             };
             interner.frame(&mut profile, frame)
         })

@@ -232,6 +232,12 @@ pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
     })
 }
 
+/// `/proc`, where descriptors, maps and allocator objects are read in real runs (tests pass
+/// a folder of their own).
+pub fn proc_root() -> std::path::PathBuf {
+    std::path::PathBuf::from("/proc")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

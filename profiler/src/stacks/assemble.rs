@@ -9,8 +9,11 @@ use profiler_common::{
 };
 
 use crate::{
-    profile::{BlockReason, EventKind, Frame, FrameKind, Interner, Profile, Sample},
-    symbolize::Symbols,
+    model::{
+        BlockReason, EventKind, Frame, FrameKind, Interner, Profile, Sample, StackLoss,
+        is_entry_function,
+    },
+    stacks::symbolize::Symbols,
 };
 
 /// A count of samples on one thread and stack pair, as drained from the kernel.
@@ -140,30 +143,18 @@ impl<const N: usize> From<[(u32, Vec<u64>); N]> for StackTable {
 }
 
 /// Name of the frame standing in for a stack that could not be collected.
-fn missing_stack_frame(id: i32, kind: FrameKind) -> Option<Frame> {
-    let what = match kind {
-        FrameKind::User => "user",
-        FrameKind::Kernel => "kernel",
-    };
-    let function = match id {
+fn missing_stack_frame(id: i32, kernel: bool) -> Option<Frame> {
+    let loss = match id {
         STACK_ID_NONE => return None,
-        STACK_ID_COLLISION => format!("[{what} stack lost: stack map collision]"),
-        _ => format!("[{what} stack unavailable]"),
+        STACK_ID_COLLISION => StackLoss::Collision,
+        _ => StackLoss::Unavailable,
     };
-    Some(Frame {
-        function,
-        module: None,
-        file: None,
-        line: None,
-        kind,
-        inlined: false,
-        unsymbolized: true,
-    })
+    Some(Frame::lost_stack(kernel, loss))
 }
 
 /// Whether a symbolized address lies in no mapping at all.
 fn is_unmapped(frames: &[Frame]) -> bool {
-    matches!(frames, [frame] if frame.unsymbolized && frame.module.is_none())
+    matches!(frames, [frame] if frame.kind.is_unnamed() && frame.module.is_none())
 }
 
 /// Whether a kernel function is the tracing machinery that ran the profiler's program.
@@ -181,35 +172,7 @@ fn truncated_stack_frame(end: Option<u32>) -> Frame {
         Some(stack_end::FRAME_POINTER_END) => ": no unwind information",
         _ => "",
     };
-    Frame {
-        function: format!("{TRUNCATED_STACK}{why}]"),
-        module: None,
-        file: None,
-        line: None,
-        kind: FrameKind::User,
-        inlined: false,
-        unsymbolized: true,
-    }
-}
-
-/// How the root frame of a truncated user stack starts.
-pub const TRUNCATED_STACK: &str = "[stack truncated";
-
-/// Functions a complete user stack starts in: the program's entry and thread starts.
-pub fn is_entry_function(function: &str) -> bool {
-    matches!(
-        function,
-        "_start"
-            | "__libc_start_main"
-            | "__libc_start_main_impl"
-            | "__libc_start_call_main"
-            | "clone"
-            | "__clone"
-            | "clone3"
-            | "__clone3"
-            | "start_thread"
-            | "thread_start"
-    )
+    Frame::truncated(why)
 }
 
 /// Addresses to look up for a stack: return addresses point after the call, so one is
@@ -299,7 +262,7 @@ pub fn add_samples<'a>(
                     frames.extend(user_frames[&(raw.pid, *address)].iter().cloned());
                 }
             }
-            None => frames.extend(missing_stack_frame(raw.user_stack, FrameKind::User)),
+            None => frames.extend(missing_stack_frame(raw.user_stack, false)),
         }
         match stack_of(&stacks.kernel, raw.kernel_stack) {
             Some(stack) => {
@@ -319,7 +282,7 @@ pub fn add_samples<'a>(
                     frames.extend(symbolized.iter().cloned());
                 }
             }
-            None => frames.extend(missing_stack_frame(raw.kernel_stack, FrameKind::Kernel)),
+            None => frames.extend(missing_stack_frame(raw.kernel_stack, true)),
         }
         if let Some((function, kind)) = raw.leaf {
             frames.push(Frame {
@@ -328,15 +291,10 @@ pub fn add_samples<'a>(
                 file: None,
                 line: None,
                 kind,
-                inlined: false,
-                unsymbolized: false,
             });
         }
         let reason = raw.state.map(|state| {
-            let kernel: Vec<&Frame> = frames
-                .iter()
-                .filter(|f| f.kind == FrameKind::Kernel)
-                .collect();
+            let kernel: Vec<&Frame> = frames.iter().filter(|f| f.kind.is_kernel()).collect();
             block_reason(state, &kernel)
         });
         let frame_ids = frames
@@ -376,7 +334,7 @@ fn stack_of(stacks: &HashMap<u32, Vec<u64>>, id: i32) -> Option<&Vec<u64>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::profile::tests::{run_info, user_frame};
+    use crate::model::fixtures::{run_info, user_frame};
 
     /// Symbolizes user address N as function `fN` (and N >= 1000 as `fN` plus an inlined
     /// `inlN`), kernel address N as `kN`.
@@ -393,7 +351,7 @@ pub(crate) mod tests {
                     let mut frames = vec![user_frame(&format!("f{a}"))];
                     if *a >= 1000 {
                         let mut inlined = user_frame(&format!("inl{a}"));
-                        inlined.inlined = true;
+                        inlined.kind = FrameKind::Inlined;
                         frames.push(inlined);
                     }
                     frames
@@ -580,7 +538,7 @@ pub(crate) mod tests {
                     if a >= 9000 {
                         frame.function = "[unknown]".into();
                         frame.module = None;
-                        frame.unsymbolized = true;
+                        frame.kind = FrameKind::Unsymbolized { kernel: false };
                     }
                     vec![frame]
                 })

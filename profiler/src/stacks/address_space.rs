@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::procfs::{self, MapEntry};
+use crate::target::procfs::{self, MapEntry};
 
 /// Index into [`AddressSpaces::objects`].
 pub type ObjectId = usize;

@@ -1,0 +1,402 @@
+//! The state of a run between attach and detach: the processes followed, what was drained
+//! from the kernel so far, and the work done every tick (process events, memory maps,
+//! drains).
+
+use std::{collections::HashMap, time::Instant};
+
+use profiler_common::{
+    COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey, ThreadState, process_event,
+};
+
+use super::{AFTER_EXEC_REFRESH, io::FileNames, memory};
+use crate::{
+    cli::RunConfig,
+    kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
+    model::{EventKind, Process, TimelineRow},
+    stacks::address_space::AddressSpaces,
+    target::{
+        allocators::{self, AllocatorObject},
+        procfs,
+    },
+    text::error_chain,
+};
+
+/// Processes seen during the run, with names and command lines read while they lived.
+#[derive(Default)]
+pub(super) struct ProcessTable {
+    pub(super) processes: HashMap<u32, Process>,
+}
+
+impl ProcessTable {
+    pub(super) fn note(&mut self, pid: u32, comm: Option<String>) {
+        let name = comm
+            .filter(|name| !name.is_empty())
+            .or_else(|| procfs::process_name(pid).ok());
+        let command = procfs::command_line(pid).ok().filter(|c| !c.is_empty());
+        let entry = self.processes.entry(pid).or_insert_with(|| Process {
+            pid,
+            name: pid.to_string(),
+            command: Vec::new(),
+        });
+        if let Some(name) = name {
+            entry.name = name;
+        }
+        if let Some(command) = command {
+            entry.command = command;
+        }
+    }
+}
+
+pub(super) fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// State of a run between attach and detach.
+pub(super) struct Collection {
+    pub(super) probes: KernelProbes,
+    pub(super) spaces: AddressSpaces,
+    pub(super) processes: ProcessTable,
+    pub(super) counts: HashMap<SampleKey, u64>,
+    pub(super) offcpu: HashMap<OffCpuKey, OffCpuTime>,
+    /// Whether the scheduler programs run.
+    pub(super) scheduler: bool,
+    /// Scheduler state of threads that exited, taken out of the kernel map, merged per
+    /// (process, name) under the first such thread's id.
+    pub(super) exited_threads: HashMap<(u32, [u8; COMM_LEN]), (u32, ThreadState)>,
+    /// The thread id that exited threads of a (process, name) are folded into.
+    pub(super) representatives: HashMap<(u32, [u8; COMM_LEN]), u32>,
+    /// I/O totals per thread, stack, call and file.
+    pub(super) io: HashMap<IoKey, IoTotal>,
+    /// Whether the I/O programs run.
+    pub(super) io_enabled: bool,
+    /// What the targets' file descriptors name.
+    pub(super) files: FileNames,
+    /// Allocation tracking, when `alloc` runs.
+    pub(super) memory: Option<MemoryCollection>,
+    /// (when, pid): pending re-reads of memory maps.
+    pub(super) refreshes: Vec<(Instant, u32)>,
+    /// Unwind tables, when user stacks are walked with them.
+    pub(super) unwind: Option<UnwindTables>,
+    /// Budget for the counts kept between drains (`--max-memory`), bytes.
+    pub(super) max_state_bytes: u64,
+    /// Events dropped because the counts reached the budget.
+    pub(super) memory_cap_dropped: u64,
+}
+
+/// Allocation tracking state of a run.
+pub(super) struct MemoryCollection {
+    /// `(pid, device, inode)` of the allocator objects probed in each process.
+    pub(super) probed: std::collections::HashSet<(u32, (u64, u64))>,
+    /// The objects probed, for the summary.
+    pub(super) objects: Vec<AllocatorObject>,
+    /// Heap and RSS every tick.
+    pub(super) timeline: Vec<TimelineRow>,
+    /// When the timeline starts.
+    pub(super) start: Instant,
+    /// Bytes allocated at the previous row, for the rate.
+    pub(super) last_alloc_bytes: u64,
+    /// Thread names seen, for allocation sites of threads that exited.
+    pub(super) thread_names: HashMap<u32, String>,
+}
+
+impl MemoryCollection {
+    pub(super) fn new() -> Self {
+        MemoryCollection {
+            probed: std::collections::HashSet::new(),
+            objects: Vec::new(),
+            timeline: Vec::new(),
+            start: Instant::now(),
+            last_alloc_bytes: 0,
+            thread_names: HashMap::new(),
+        }
+    }
+}
+
+impl Collection {
+    /// The state of a run that collects what `config` asks for with `probes`.
+    pub(super) fn new(probes: KernelProbes, config: &RunConfig) -> Self {
+        Collection {
+            probes,
+            spaces: AddressSpaces::default(),
+            processes: ProcessTable::default(),
+            counts: HashMap::new(),
+            offcpu: HashMap::new(),
+            scheduler: config.events.contains(&EventKind::OffCpu),
+            exited_threads: HashMap::new(),
+            representatives: HashMap::new(),
+            io: HashMap::new(),
+            io_enabled: config.events.contains(&EventKind::Io),
+            files: FileNames::default(),
+            memory: config
+                .events
+                .contains(&EventKind::Alloc)
+                .then(MemoryCollection::new),
+            refreshes: Vec::new(),
+            unwind: config.unwind_rows.map(UnwindTables::new),
+            max_state_bytes: config.max_memory,
+            memory_cap_dropped: 0,
+        }
+    }
+
+    pub(super) fn watch_process(&mut self, pid: u32, comm: Option<String>) {
+        if let Err(err) = self.read_memory_map(pid)
+            && err.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            // A descendant that changed user (a setuid program): its samples are kept, its
+            // frames stay addresses.
+            log::warn!(
+                "process {pid}: its memory map is closed to the profiler (it changed user); its \
+                 stacks will not be symbolized (CAP_SYS_PTRACE would allow it)"
+            );
+        }
+        self.processes.note(pid, comm);
+        if self.io_enabled {
+            // Descriptors it inherited or opened before the programs saw it.
+            self.files.scan(&procfs::proc_root(), pid);
+        }
+        if let Err(err) = self.probe_allocators(pid) {
+            log::warn!(
+                "allocations of process {pid} are not tracked: {}",
+                error_chain(&err)
+            );
+        }
+    }
+
+    /// Reads `pid`'s memory map once, for symbols and, when it changed, for the unwinder (a
+    /// library unmapped and another mapped in its place would leave the kernel the old rows).
+    pub(super) fn read_memory_map(&mut self, pid: u32) -> std::io::Result<()> {
+        let text = procfs::read_maps(pid)?;
+        if let Some(unwind) = self.unwind.as_mut()
+            && let Err(err) = unwind.load_process_maps(pid, &text, &mut self.probes)
+        {
+            log::debug!("unwind tables of process {pid}: {}", error_chain(&err));
+        }
+        self.spaces.update(pid, text);
+        Ok(())
+    }
+
+    /// Probes the allocator functions of every allocator object `pid` maps, once each.
+    pub(super) fn probe_allocators(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let Some(memory) = self.memory.as_mut() else {
+            return Ok(());
+        };
+        for object in allocators::allocator_objects(&procfs::proc_root(), pid) {
+            if !memory.probed.insert((pid, object.identity)) {
+                continue;
+            }
+            let attached =
+                self.probes
+                    .attach_allocator(pid, &object.attach_path, &object.probe_list())?;
+            log::info!(
+                "process {pid}: {attached} allocator probes in {}",
+                object.path
+            );
+            if !memory.objects.iter().any(|o| o.identity == object.identity) {
+                memory.objects.push(object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a row to the memory timeline.
+    pub(super) fn sample_memory(&mut self) {
+        let Some(memory) = self.memory.as_mut() else {
+            return;
+        };
+        let Ok(per_process) = self.probes.process_memory() else {
+            return;
+        };
+        let (allocated, freed) = per_process.iter().fold((0u64, 0u64), |(a, f), (_, m)| {
+            (a + m.alloc_bytes, f + m.free_bytes)
+        });
+        let rss: u64 = self
+            .processes
+            .processes
+            .keys()
+            .filter_map(|&pid| memory::rss_bytes(pid))
+            .sum();
+        let time_secs = memory.start.elapsed().as_secs_f64();
+        let since = memory
+            .timeline
+            .last()
+            .map_or(time_secs, |row| time_secs - row.time_secs)
+            .max(1e-3);
+        memory.timeline.push(TimelineRow {
+            time_secs: (time_secs * 1000.0).round() / 1000.0,
+            heap_live_bytes: allocated as i64 - freed as i64,
+            rss_bytes: rss,
+            alloc_bytes_per_sec: (allocated.saturating_sub(memory.last_alloc_bytes) as f64 / since)
+                .round(),
+        });
+        memory.last_alloc_bytes = allocated;
+    }
+
+    /// Remembers the names of the targets' threads while they live.
+    pub(super) fn note_thread_names(&mut self) {
+        let Some(memory) = self.memory.as_mut() else {
+            return;
+        };
+        for &pid in self.processes.processes.keys() {
+            for thread in procfs::threads(pid) {
+                memory.thread_names.insert(thread.tid, thread.name);
+            }
+        }
+    }
+
+    pub(super) fn handle_process_events(&mut self) {
+        let now = Instant::now();
+        for event in self.probes.process_events() {
+            let comm = Some(comm_string(&event.comm));
+            match event.kind {
+                process_event::FORK => self.watch_process(event.pid, None),
+                process_event::EXEC => {
+                    if let Some(unwind) = self.unwind.as_mut() {
+                        unwind.forget(event.pid);
+                    }
+                    self.watch_process(event.pid, comm);
+                    self.refreshes.extend(
+                        AFTER_EXEC_REFRESH
+                            .iter()
+                            .map(|delay| (now + *delay, event.pid)),
+                    );
+                }
+                process_event::UNWIND_TABLES_MISSING => {
+                    let _ = self.read_memory_map(event.pid);
+                }
+                _ => {}
+            }
+        }
+        for event in self.probes.open_events() {
+            self.files.opened(
+                &procfs::proc_root(),
+                event.tgid,
+                event.open_ns,
+                event.dir_fd,
+                &comm_string(&event.path),
+            );
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.refreshes.drain(..).partition(|(at, _)| *at <= now);
+        self.refreshes = later;
+        for (_, pid) in due {
+            self.watch_process(pid, None);
+        }
+    }
+
+    pub(super) fn refresh_all(&mut self) {
+        let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
+        for pid in pids {
+            let _ = self.read_memory_map(pid);
+        }
+    }
+
+    /// Removes processes that exited from the kernel's target map.
+    pub(super) fn forget_exited_targets(&mut self) -> Result<(), ProbeError> {
+        let exited: Vec<u32> = self
+            .probes
+            .targets()?
+            .into_iter()
+            .filter(|&pid| !procfs::is_alive(pid))
+            .collect();
+        self.probes.remove_targets(&exited)?;
+        self.probes.forget_files_of(&exited)?;
+        if let Some(unwind) = self.unwind.as_mut() {
+            self.probes.remove_process_unwind(&exited)?;
+            for &pid in &exited {
+                unwind.forget(pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the counts kept between drains take, roughly: entries times key, value and the
+    /// hash table's own overhead.
+    pub(super) fn state_bytes(&self) -> u64 {
+        const TABLE_OVERHEAD: usize = 16;
+        let size = |entries: usize, key: usize, value: usize| {
+            (entries * (key + value + TABLE_OVERHEAD)) as u64
+        };
+        size(self.counts.len(), size_of::<SampleKey>(), 8)
+            + size(
+                self.offcpu.len(),
+                size_of::<OffCpuKey>(),
+                size_of::<OffCpuTime>(),
+            )
+            + size(self.io.len(), size_of::<IoKey>(), size_of::<IoTotal>())
+    }
+
+    pub(super) fn drain(&mut self) -> Result<(), ProbeError> {
+        let drained = self.probes.drain()?;
+        let pids: Vec<u32> = drained
+            .samples
+            .iter()
+            .map(|(key, _)| key.tgid)
+            .chain(drained.offcpu.iter().map(|(key, _)| key.tgid))
+            .chain(drained.io.iter().map(|(key, _)| key.tgid))
+            .collect();
+        for pid in pids {
+            if !self.spaces.knows(pid) {
+                // A process we were not told about (a notification was lost): read it now.
+                self.watch_process(pid, None);
+            }
+        }
+        // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
+        let full = self.state_bytes() >= self.max_state_bytes;
+        for (key, count) in drained.samples {
+            match self.counts.get_mut(&key) {
+                Some(total) => *total += count,
+                None if full => self.memory_cap_dropped += count,
+                None => {
+                    self.counts.insert(key, count);
+                }
+            }
+        }
+        for (key, time) in drained.offcpu {
+            match self.offcpu.get_mut(&key) {
+                Some(total) => *total += time,
+                None if full => self.memory_cap_dropped += time.count,
+                None => {
+                    self.offcpu.insert(key, time);
+                }
+            }
+        }
+        for (key, io) in drained.io {
+            if full && !self.io.contains_key(&key) {
+                self.memory_cap_dropped += io.count;
+                continue;
+            }
+            // An fd the run has not seen opened: name it while it is (likely) still open.
+            if self.files.needs_scan(&key) {
+                self.files.scan(&procfs::proc_root(), key.tgid);
+            }
+            *self.io.entry(key).or_default() += io;
+        }
+        self.forget_exited_targets()?;
+        if self.scheduler {
+            let exited = self.probes.threads(true)?;
+            for (tid, state) in exited.into_iter().filter(|(_, state)| state.exited != 0) {
+                let key = (state.off_cpu.tgid, state.off_cpu.comm);
+                let tid = *self.representatives.entry(key).or_insert(tid);
+                match self.exited_threads.get_mut(&key) {
+                    Some((_, merged)) => {
+                        merged.run_queue_count += state.run_queue_count;
+                        merged.run_queue_total_ns += state.run_queue_total_ns;
+                        merged.run_queue_max_ns =
+                            merged.run_queue_max_ns.max(state.run_queue_max_ns);
+                        for (slot, count) in
+                            merged.run_queue_slots.iter_mut().zip(state.run_queue_slots)
+                        {
+                            *slot += count;
+                        }
+                    }
+                    None => {
+                        self.exited_threads.insert(key, (tid, state));
+                    }
+                }
+            }
+        }
+        self.fold_exited_threads();
+        Ok(())
+    }
+}

@@ -1,0 +1,460 @@
+//! A profiling run: validate the target, load and attach the probes, collect until a stop
+//! condition, detach, and turn what was collected into a [`Profile`].
+
+mod collected;
+mod collection;
+mod error;
+pub mod io;
+pub mod memory;
+mod progress;
+mod stop;
+mod stop_signals;
+mod threads;
+
+pub use error::CollectError;
+
+use std::{
+    path::PathBuf,
+    process::Child,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use indicatif::ProgressBar;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use self::{
+    collection::Collection,
+    progress::{status_line, status_message},
+    stop::{CommandExit, Stop, exit_code, stop_command, stopped_while_loading},
+};
+use crate::{
+    cli::{RunConfig, TargetSpec},
+    kernel::{KernelProbes, LoadOptions},
+    model::{EventKind, Profile, RunInfo},
+    output::{self, OutputDir},
+    target::{
+        launch::{self, GatedChild},
+        privileges, procfs,
+    },
+};
+
+/// How often process notifications and memory maps are looked at.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How often process notifications (forks, execs, unwind-table requests) are handled.
+const EVENT_TICK: Duration = Duration::from_millis(10);
+
+/// How often sample counts are drained from the kernel.
+const DRAIN_EVERY_TICKS: u32 = 10;
+
+/// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
+/// the exec notification.
+const AFTER_EXEC_REFRESH: [Duration; 3] = [
+    Duration::from_millis(5),
+    Duration::from_millis(30),
+    Duration::from_millis(200),
+];
+
+/// What a finished run produced.
+pub struct Outcome {
+    /// The profile.
+    pub profile: Profile,
+    /// Where its files go.
+    pub output: OutputDir,
+    /// The exit code the profiler should exit with.
+    pub exit_code: i32,
+    /// The thread detaching the programs: join it before exiting.
+    pub detaching: std::thread::JoinHandle<()>,
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs a whole profiling session.
+pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, CollectError> {
+    let started = Instant::now();
+    let started_ns = monotonic_ns();
+    let start_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // Caught first: a stop asked for while loading is acted on, not fatal.
+    stop_signals::install()
+        .map_err(|err| CollectError::Signals("catch SIGINT and SIGTERM", err))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|err| CollectError::Signals("handle SIGINT", err))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|err| CollectError::Signals("handle SIGTERM", err))?;
+    privileges::check()?;
+
+    // Validate the target and the output folder before touching the kernel.
+    let (target_name, command, program) = describe_target(&spec)?;
+    let output_path = config.output.clone().unwrap_or_else(|| {
+        output::default_dir(
+            &target_name,
+            &output::local_stamp((start_unix_ms / 1000) as i64),
+        )
+    });
+    let output = OutputDir::prepare(&output_path).map_err(|source| CollectError::Output {
+        path: output_path.clone(),
+        source,
+    })?;
+
+    let follow = spec.follows_children();
+    let scheduler = config.events.contains(&EventKind::OffCpu);
+    let Attached {
+        probes,
+        root_pids,
+        gated,
+        collection_pids,
+    } = attach(&spec, &config, &target_name, program.as_deref())?;
+    let attach_ms = elapsed_ms(started);
+    stopped_while_loading()?;
+    if gated.is_none() && !collection_pids.iter().any(|&pid| procfs::is_alive(pid)) {
+        return Err(CollectError::TargetExitedWhileLoading);
+    }
+    let mut collection = Collection::new(probes, &config);
+    for pid in collection_pids {
+        collection.watch_process(pid, None);
+    }
+
+    let mut child = match gated {
+        Some(gated) => Some(start_command(
+            &mut collection,
+            gated,
+            program.as_deref(),
+            &command,
+            scheduler,
+        )?),
+        None => None,
+    };
+    let profiling_started = Instant::now();
+
+    let bar = status_line(config.verbose);
+    bar.set_prefix(format!(
+        "{target_name} ({})",
+        root_pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    bar.enable_steady_tick(Duration::from_millis(250));
+
+    let deadline = config
+        .duration
+        .and_then(|d| tokio::time::Instant::now().checked_add(d));
+    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
+    let waiter = child.take().map(|mut child| {
+        std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = exit_tx.send(status);
+        })
+    });
+    let exited = waiter.is_some().then_some(&mut exit_rx);
+    let stop = collect_until_stop(
+        &mut collection,
+        deadline,
+        (&mut sigint, &mut sigterm),
+        exited,
+        &root_pids,
+        &bar,
+    )
+    .await?;
+    let duration_secs = profiling_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let mut collected = collection.finish(config.min_block.as_nanos() as u64)?;
+
+    // In `record`, the command decides the exit code: stop it if the run ended first.
+    let mut exit = None;
+    if let Stop::CommandExited(status) = &stop {
+        exit = Some(exit_code(*status));
+    } else if let Some(waiter) = waiter {
+        exit = stop_command(root_pids[0], &stop, &mut exit_rx)
+            .await
+            .map(exit_code);
+        let _ = waiter.join();
+    }
+
+    let run = RunInfo {
+        target: target_name,
+        command,
+        root_pids,
+        follow_children: follow,
+        start_unix_ms,
+        duration_secs,
+        frequency_hz: config.frequency,
+        min_block_us: config.min_block.as_micros() as u64,
+        events: config.events.clone(),
+        alloc_sample_bytes: config.alloc_sample_bytes,
+        stop_reason: stop.describe(),
+        exit_code: exit,
+        attach_ms: Some(attach_ms),
+        first_sample_ms: collected
+            .first_sample_ns
+            .map(|ns| (ns as f64 - started_ns as f64) / 1e6),
+        unwind: collected.unwind,
+        kernel: kernel_release(),
+        profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let detaching = collected.detaching.take().expect("set by finish");
+    let profile = collected.into_profile(run);
+    let exit_code = match (&spec, exit) {
+        (TargetSpec::Launch { .. }, Some(code)) => code,
+        _ => 0,
+    };
+    Ok(Outcome {
+        profile,
+        output,
+        exit_code,
+        detaching,
+    })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The target's short name and command line, and for `record` the program to run; checks
+/// that pids exist and can be traced, or that the command can be found.
+fn describe_target(
+    spec: &TargetSpec,
+) -> Result<(String, Vec<String>, Option<PathBuf>), CollectError> {
+    Ok(match spec {
+        TargetSpec::Attach { pids, .. } => {
+            crate::target::validate_pids(pids)?;
+            let name = procfs::process_name(pids[0]).unwrap_or_else(|_| pids[0].to_string());
+            let command = procfs::command_line(pids[0]).unwrap_or_default();
+            (name, command, None)
+        }
+        TargetSpec::Launch { argv, .. } => {
+            let program = launch::resolve_program(&argv[0])?;
+            let name = PathBuf::from(&argv[0])
+                .file_name()
+                .map_or_else(|| "command".into(), |n| n.to_string_lossy().into_owned());
+            let command = argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            (name, command, Some(program))
+        }
+    })
+}
+
+/// What `attach` leaves: the loaded, attached programs and the processes they target.
+struct Attached {
+    probes: KernelProbes,
+    /// Processes given (`attach`) or launched (`record`).
+    root_pids: Vec<u32>,
+    /// The launched command, held before exec until the programs are attached.
+    gated: Option<GatedChild>,
+    /// Processes to watch from the start: the attached ones and their descendants.
+    collection_pids: Vec<u32>,
+}
+
+/// Loads the programs, makes the targets known to them and attaches every event family
+/// asked for, in an order that lets no thread or child fall between two steps.
+fn attach(
+    spec: &TargetSpec,
+    config: &RunConfig,
+    target_name: &str,
+    program: Option<&std::path::Path>,
+) -> Result<Attached, CollectError> {
+    let scheduler = config.events.contains(&EventKind::OffCpu);
+    let mut probes = KernelProbes::load(LoadOptions {
+        verbose: config.verbose,
+        min_block_ns: config.min_block.as_nanos() as u64,
+        cpu: config.events.contains(&EventKind::Cpu),
+        scheduler,
+        io: config.events.contains(&EventKind::Io),
+        alloc: config.events.contains(&EventKind::Alloc),
+        alloc_sample_bytes: config.alloc_sample_bytes,
+        unwind_rows: config.unwind_rows,
+    })?;
+    stopped_while_loading()?;
+    let mut root_pids = Vec::new();
+    let mut gated = None;
+    let mut collection_pids = Vec::new();
+    match spec {
+        TargetSpec::Attach { pids, children } => {
+            for &pid in pids {
+                probes.add_target(pid, *children)?;
+            }
+            root_pids.clone_from(pids);
+            collection_pids.clone_from(pids);
+        }
+        TargetSpec::Launch { argv, children } => {
+            let child = GatedChild::spawn(program.expect("resolved"), argv)?;
+            probes.add_target(child.pid(), *children)?;
+            root_pids.push(child.pid());
+            gated = Some(child);
+        }
+    }
+    // Fork tracking first, then the descendants that exist: none falls between the two.
+    probes.attach_process_tracking()?;
+    if let TargetSpec::Attach {
+        pids,
+        children: true,
+    } = spec
+    {
+        for pid in procfs::descendants(pids) {
+            probes.add_target(pid, true)?;
+            collection_pids.push(pid);
+        }
+    }
+    if scheduler {
+        // Off-CPU time is accounted from here; threads found asleep are off-CPU since then.
+        let attach_ns = monotonic_ns();
+        probes.attach_scheduler(attach_ns)?;
+        // The programs know target threads by their `THREADS` entries. Threads created from
+        // now on get one at fork; the ones that exist are added here, after the attach, so
+        // none falls between the two.
+        let pids = match &gated {
+            Some(child) => vec![child.pid()],
+            None => collection_pids.clone(),
+        };
+        for pid in pids {
+            for thread in procfs::threads(pid) {
+                // A sleeping thread is off-CPU from the attach on; a runnable one is
+                // accounted from its first switch. The launched command waits at its gate
+                // until released, and is accounted from then.
+                let blocked_since = (!thread.runnable && gated.is_none()).then_some(attach_ns);
+                let name = if gated.is_some() {
+                    target_name
+                } else {
+                    &thread.name
+                };
+                probes.add_thread(thread.tid, pid, name, blocked_since)?;
+            }
+        }
+    }
+    stopped_while_loading()?;
+    if config.events.contains(&EventKind::Io) || config.events.contains(&EventKind::Alloc) {
+        probes.attach_syscalls()?;
+    }
+    if config.events.contains(&EventKind::Io) {
+        probes.attach_block()?;
+    }
+    if config.events.contains(&EventKind::Cpu) {
+        probes.attach_cpu_sampling(config.frequency)?;
+    }
+    Ok(Attached {
+        probes,
+        root_pids,
+        gated,
+        collection_pids,
+    })
+}
+
+/// Readies the held command (its allocator probed, its program's unwind tables compiled)
+/// and lets it exec.
+fn start_command(
+    collection: &mut Collection,
+    gated: GatedChild,
+    program: Option<&std::path::Path>,
+    command: &[String],
+    scheduler: bool,
+) -> Result<Child, CollectError> {
+    let pid = gated.pid();
+    // Held before exec, it maps what the profiler maps: the system's libc, which the
+    // command will map too. The probes, bound to the process, stay through the exec; an
+    // allocator the command brings is probed when its maps are read after the exec.
+    collection
+        .probe_allocators(pid)
+        .map_err(CollectError::Allocator)?;
+    let _ = collection.read_memory_map(pid);
+    if let Some(unwind) = collection.unwind.as_mut() {
+        // Its libraries are the profiler's (tables loaded by `watch_process`); the program
+        // itself is compiled now, before it runs.
+        unwind.prepare_file(program.expect("resolved"), &mut collection.probes);
+    }
+    if scheduler {
+        collection.probes.set_accounting_start(monotonic_ns())?;
+    }
+    // Not started at all rather than started and stopped at once.
+    stopped_while_loading()?;
+    let child = gated.release().map_err(|source| CollectError::Start {
+        command: command.join(" "),
+        source,
+    })?;
+    collection.refreshes.extend(
+        AFTER_EXEC_REFRESH
+            .iter()
+            .map(|d| (Instant::now() + *d, pid)),
+    );
+    Ok(child)
+}
+
+/// Collects until a stop condition: the duration, SIGINT or SIGTERM, the launched command's
+/// exit (`command_exit`), or every target gone; handles process events, memory samples and
+/// drains on the way.
+async fn collect_until_stop(
+    collection: &mut Collection,
+    deadline: Option<tokio::time::Instant>,
+    signals: (&mut Signal, &mut Signal),
+    mut command_exit: Option<&mut CommandExit>,
+    root_pids: &[u32],
+    bar: &ProgressBar,
+) -> Result<Stop, CollectError> {
+    let mut ticker = tokio::time::interval(TICK);
+    // Process notifications are answered sooner than the rest: unwind tables are asked for
+    // by the first samples of a new program.
+    let mut event_ticker = tokio::time::interval(EVENT_TICK);
+    let mut ticks: u32 = 0;
+    Ok(loop {
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let exited = async {
+            match command_exit.as_mut() {
+                Some(exit) => (&mut **exit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep_until_deadline => break Stop::Duration,
+            _ = signals.0.recv() => break Stop::Interrupted,
+            _ = signals.1.recv() => break Stop::Terminated,
+            status = exited => {
+                let status = status.map_err(CollectError::ExitStatusLost)?.map_err(CollectError::Wait)?;
+                break Stop::CommandExited(status);
+            }
+            _ = event_ticker.tick() => collection.handle_process_events(),
+            _ = ticker.tick() => {
+                ticks += 1;
+                collection.handle_process_events();
+                collection.sample_memory();
+                if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
+                    collection.drain()?;
+                    collection.refresh_all();
+                    collection.note_thread_names();
+                    if let Ok(counters) = collection.probes.counters() {
+                        bar.set_message(status_message(&counters));
+                    }
+                }
+                if command_exit.is_none()
+                    && ticks.is_multiple_of(5)
+                    && !root_pids.iter().chain(collection.processes.processes.keys()).any(|&pid| procfs::is_alive(pid))
+                {
+                    break Stop::TargetExited;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,258 @@
+//! Reading what the programs collected: counts drained from the double-buffered maps,
+//! stacks, thread states, I/O and allocation tables, counters, and the event rings.
+
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, StackTraceMap};
+use profiler_common::{
+    AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
+    CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, LATENCY_SLOTS, LiveAlloc, LiveKey, MAX_IO_CALLS,
+    OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED, SampleKey,
+    ThreadState, UserStack, counter,
+};
+
+use super::{
+    error::{ProbeError, map_error},
+    probes::{Counters, IN_FLIGHT, KernelProbes, read_hash_map, sum_per_cpu},
+};
+use crate::stacks::assemble::StackTable;
+
+/// Counts taken from the kernel by one drain.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// CPU samples per thread and stacks.
+    pub samples: Vec<(SampleKey, u64)>,
+    /// Off-CPU time per thread, stacks and state.
+    pub offcpu: Vec<(OffCpuKey, OffCpuTime)>,
+    /// I/O totals per thread, stack, call and file.
+    pub io: Vec<(IoKey, IoTotal)>,
+}
+
+/// What the I/O programs gathered besides the drained totals.
+#[derive(Debug, Default)]
+pub struct IoExtras {
+    /// Latency histogram per call index, summed over CPUs.
+    pub latency: Vec<Vec<u64>>,
+    /// Longest call per call index, ns.
+    pub max_ns: Vec<u64>,
+    /// Block requests per device and operation, summed over CPUs.
+    pub block: Vec<(BlockKey, BlockStats)>,
+}
+
+impl KernelProbes {
+    /// Allocation totals per site, summed over CPUs.
+    pub fn alloc_sites(&self) -> Result<Vec<(AllocSite, AllocStats)>, ProbeError> {
+        sum_per_cpu(&self.ebpf, "ALLOC_SITES")
+    }
+
+    /// Names of the threads that allocated, by tid.
+    pub fn alloc_thread_names(
+        &self,
+    ) -> Result<Vec<(u32, [u8; profiler_common::COMM_LEN])>, ProbeError> {
+        let names: BpfHashMap<_, u32, [u8; profiler_common::COMM_LEN]> = BpfHashMap::try_from(
+            self.ebpf
+                .map("ALLOC_THREAD_NAMES")
+                .expect("ALLOC_THREAD_NAMES is in the object"),
+        )
+        .map_err(map_error("ALLOC_THREAD_NAMES"))?;
+        Ok(names.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Allocations live now.
+    pub fn live_allocations(&self) -> Result<Vec<(LiveKey, LiveAlloc)>, ProbeError> {
+        let live: BpfHashMap<_, LiveKey, LiveAlloc> =
+            BpfHashMap::try_from(self.ebpf.map("LIVE").expect("LIVE is in the object"))
+                .map_err(map_error("LIVE"))?;
+        Ok(live.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Memory activity of each process, summed over CPUs.
+    pub fn process_memory(&self) -> Result<Vec<(u32, ProcessMemory)>, ProbeError> {
+        sum_per_cpu(&self.ebpf, "PROCESS_MEMORY")
+    }
+
+    /// Files the targets opened since the last call: `(pid, fd, open time, dir fd, path)`.
+    pub fn open_events(&mut self) -> Vec<OpenEvent> {
+        let mut events = Vec::new();
+        let Some(ring) = self.open_events.as_mut() else {
+            return events;
+        };
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<OpenEvent>() {
+                // SAFETY: the programs write whole `OpenEvent`s; read unaligned.
+                events.push(unsafe { item.as_ptr().cast::<OpenEvent>().read_unaligned() });
+            }
+        }
+        events
+    }
+
+    /// Latency histograms, longest calls and block statistics, summed over CPUs.
+    pub fn io_extras(&self) -> Result<IoExtras, ProbeError> {
+        if self.open_events.is_none() {
+            return Ok(IoExtras::default());
+        }
+        let latency: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("IO_LATENCY")
+                .expect("IO_LATENCY is in the object"),
+        )
+        .map_err(map_error("IO_LATENCY"))?;
+        let slots = LATENCY_SLOTS as usize;
+        let mut histograms = vec![vec![0u64; slots]; MAX_IO_CALLS as usize];
+        for (index, value) in latency.iter().enumerate() {
+            let per_cpu = value.map_err(map_error("IO_LATENCY"))?;
+            histograms[index / slots][index % slots] = per_cpu.iter().sum();
+        }
+        let max: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("IO_MAX").expect("IO_MAX is in the object"))
+                .map_err(map_error("IO_MAX"))?;
+        let max_ns = max
+            .iter()
+            .map(|value| {
+                value
+                    .map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0))
+                    .map_err(map_error("IO_MAX"))
+            })
+            .collect::<Result<_, _>>()?;
+        let block = sum_per_cpu(&self.ebpf, "BLOCK_STATS")?;
+        Ok(IoExtras {
+            latency: histograms,
+            max_ns,
+            block,
+        })
+    }
+
+    /// Takes the counts gathered since the last drain.
+    ///
+    /// Switches the programs to the other pair of count maps, lets programs already running on
+    /// other CPUs finish, then reads and clears the maps they were writing.
+    pub fn drain(&mut self) -> Result<Drained, ProbeError> {
+        if self.active_sample_map == RECORDING_STOPPED {
+            let mut drained = self.read_counts(0)?;
+            let rest = self.read_counts(1)?;
+            drained.samples.extend(rest.samples);
+            drained.offcpu.extend(rest.offcpu);
+            drained.io.extend(rest.io);
+            return Ok(drained);
+        }
+        let drained = self.active_sample_map;
+        self.active_sample_map = 1 - drained;
+        self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, self.active_sample_map)?;
+        // A program that read the old index is at most a few microseconds from its update.
+        std::thread::sleep(IN_FLIGHT);
+        self.read_counts(drained as usize)
+    }
+
+    pub(super) fn read_counts(&mut self, buffer: usize) -> Result<Drained, ProbeError> {
+        const MAPS: [[&str; 3]; 2] = [
+            ["SAMPLES_0", "OFFCPU_0", "IO_0"],
+            ["SAMPLES_1", "OFFCPU_1", "IO_1"],
+        ];
+        let [samples, offcpu, io] = MAPS[buffer];
+        Ok(Drained {
+            samples: read_hash_map(&mut self.ebpf, samples, true)?,
+            offcpu: read_hash_map(&mut self.ebpf, offcpu, true)?,
+            io: read_hash_map(&mut self.ebpf, io, true)?,
+        })
+    }
+
+    /// Scheduler state of every target thread seen, by tid. With `take_exited`, entries of
+    /// threads that exited are removed from the kernel map (and returned), so it does not
+    /// fill up with dead threads.
+    pub fn threads(&mut self, take_exited: bool) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
+        let threads: Vec<(u32, ThreadState)> = read_hash_map(&mut self.ebpf, "THREADS", false)?;
+        if take_exited {
+            let mut map: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut("THREADS")
+                    .expect("THREADS is in the object"),
+            )
+            .map_err(map_error("THREADS"))?;
+            for (tid, _) in threads.iter().filter(|(_, state)| state.exited != 0) {
+                // A new thread may have taken the tid since the read: keep its entry.
+                if map.get(tid, 0).is_ok_and(|state| state.exited != 0) {
+                    let _ = map.remove(tid);
+                }
+            }
+        }
+        Ok(threads)
+    }
+
+    /// The given user and kernel stacks; ids not in the maps are left out.
+    pub fn stacks(
+        &self,
+        user_ids: impl IntoIterator<Item = u32>,
+        kernel_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<StackTable, ProbeError> {
+        let kernel_walked: StackTraceMap<_> =
+            StackTraceMap::try_from(self.ebpf.map("STACKS").expect("STACKS is in the object"))
+                .map_err(map_error("STACKS"))?;
+        let from_kernel = |id: u32| {
+            let trace = kernel_walked.get(&id, 0).ok()?;
+            Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
+        };
+        let mut table = StackTable {
+            kernel: kernel_ids.into_iter().filter_map(from_kernel).collect(),
+            ..StackTable::default()
+        };
+        if !self.unwind_with_tables {
+            table.user = user_ids.into_iter().filter_map(from_kernel).collect();
+            return Ok(table);
+        }
+        let walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
+            self.ebpf
+                .map("USER_STACKS")
+                .expect("USER_STACKS is in the object"),
+        )
+        .map_err(map_error("USER_STACKS"))?;
+        for id in user_ids {
+            let Ok(stack) = walked.get(&id, 0) else {
+                continue;
+            };
+            let len = (stack.len as usize).min(stack.frames.len());
+            table.user.insert(id, stack.frames[..len].to_vec());
+            table.user_ends.insert(id, stack.end);
+        }
+        Ok(table)
+    }
+
+    /// Loss counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .expect("COUNTERS is in the object"),
+        )
+        .map_err(map_error("COUNTERS"))?;
+        let mut counters = [0; counter::COUNT as usize];
+        for (index, slot) in counters.iter_mut().enumerate() {
+            *slot = array
+                .get(&(index as u32), 0)
+                .map_err(map_error("COUNTERS"))?
+                .iter()
+                .sum();
+        }
+        Ok(counters)
+    }
+
+    /// `CLOCK_MONOTONIC` time of the first sample, if one was taken.
+    pub fn first_sample_ns(&self) -> Result<Option<u64>, ProbeError> {
+        let control: Array<_, u64> =
+            Array::try_from(self.ebpf.map("CONTROL").expect("CONTROL is in the object"))
+                .map_err(map_error("CONTROL"))?;
+        let first = control
+            .get(&CONTROL_FIRST_SAMPLE_NS, 0)
+            .map_err(map_error("CONTROL"))?;
+        Ok((first != 0).then_some(first))
+    }
+
+    /// Fork and exec notifications since the last call.
+    pub fn process_events(&mut self) -> Vec<ProcessEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.process_events.next() {
+            if item.len() >= size_of::<ProcessEvent>() {
+                // SAFETY: the programs write whole `ProcessEvent`s; read unaligned.
+                events.push(unsafe { item.as_ptr().cast::<ProcessEvent>().read_unaligned() });
+            }
+        }
+        events
+    }
+}

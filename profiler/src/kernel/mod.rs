@@ -1,0 +1,20 @@
+//! The kernel side, seen from user space, and the only code that uses aya: loading and
+//! attaching the eBPF programs (`load`), reading their maps (`maps`), the handle on both
+//! ([`probes`]) and what can fail ([`ProbeError`]); the kernel facts they need (struct
+//! offsets from [`btf`], tracepoint formats from [`tracefs`]), and the unwind tables they walk
+//! user stacks with ([`unwind_table`] compiles an object's CFI, [`unwind`] loads it).
+
+pub mod btf;
+mod error;
+mod load;
+mod maps;
+pub mod probes;
+pub mod syscalls;
+pub mod tracefs;
+pub mod unwind;
+pub mod unwind_table;
+
+pub use error::ProbeError;
+pub use load::LoadOptions;
+pub use maps::{Drained, IoExtras};
+pub use probes::{Counters, KernelProbes};

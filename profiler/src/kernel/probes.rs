@@ -1,0 +1,119 @@
+//! [`KernelProbes`], the handle on the loaded programs and their maps, with the map helpers
+//! [`super::load`] and [`super::maps`] share. Dropping it detaches and unloads everything
+//! (links and maps are owned by file descriptors; nothing is pinned), also when the process
+//! is killed.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, RingBuf},
+};
+use profiler_common::counter;
+
+use super::error::{ProbeError, map_error};
+
+/// How long a program that read the old `CONTROL` value may still be writing.
+pub(super) const IN_FLIGHT: Duration = Duration::from_millis(2);
+
+/// Per-cause loss counters summed over CPUs, indexed by `profiler_common::counter`.
+pub type Counters = [u64; counter::COUNT as usize];
+
+/// The loaded eBPF programs and their maps.
+pub struct KernelProbes {
+    /// Allocator probes, owned here so they can be detached all at once (see
+    /// [`Self::detach_uprobes`]); declared first, so also dropped first.
+    pub(super) uprobe_links: Vec<aya::programs::uprobe::UProbeLink>,
+    pub(super) ebpf: Ebpf,
+    pub(super) process_events: RingBuf<MapData>,
+    pub(super) open_events: Option<RingBuf<MapData>>,
+    pub(super) active_sample_map: u64,
+    /// Whether user stack ids name `USER_STACKS` entries rather than `STACKS` ones.
+    pub(super) unwind_with_tables: bool,
+    /// Capacity of `UNWIND_ROWS`.
+    pub(super) unwind_rows: u32,
+    pub(super) _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl KernelProbes {
+    pub(super) fn set_control(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+        let mut control: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("CONTROL")
+                .expect("CONTROL is in the object"),
+        )
+        .map_err(map_error("CONTROL"))?;
+        control.set(index, value, 0).map_err(map_error("CONTROL"))
+    }
+}
+
+/// Reads every entry of hash map `name`, removing them with `clear`.
+pub(super) fn read_hash_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    clear: bool,
+) -> Result<Vec<(K, V)>, ProbeError> {
+    let mut map: BpfHashMap<_, K, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Ok(value) = map.get(&key, 0) {
+            entries.push((key, value));
+        }
+        if clear {
+            let _ = map.remove(&key);
+        }
+    }
+    Ok(entries)
+}
+
+/// Removes the entries of processes `pids` from hash map `name`, keyed by pid.
+pub(super) fn remove_pids<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    pids: &[u32],
+) -> Result<(), ProbeError> {
+    let mut map: BpfHashMap<_, u32, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    for pid in pids {
+        let _ = map.remove(pid);
+    }
+    Ok(())
+}
+
+/// Every entry of per-CPU hash map `name`, its CPUs' values added up.
+pub(super) fn sum_per_cpu<K: aya::Pod, V: aya::Pod + Default + std::ops::AddAssign>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, ProbeError> {
+    let map: PerCpuHashMap<_, K, V> =
+        PerCpuHashMap::try_from(ebpf.map(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    Ok(map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| {
+            let mut total = V::default();
+            for value in per_cpu.iter() {
+                total += *value;
+            }
+            (key, total)
+        })
+        .collect())
+}
+
+/// Takes ring buffer `name` out of the object, to be read alongside other maps.
+pub(super) fn take_ring_buffer(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<RingBuf<MapData>, ProbeError> {
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        map_error(name)(MapError::InvalidName {
+            name: name.to_owned(),
+        })
+    })?;
+    RingBuf::try_from(map).map_err(map_error(name))
+}

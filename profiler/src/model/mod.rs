@@ -1,0 +1,25 @@
+//! The profile model, at the bottom of the crate: what a run collected, symbolized, as plain
+//! data (no kernel, no procfs), and its saved form. Everything after collection (analysis,
+//! rendering, `report`, `diff`, the fuzzer) reads only this.
+
+pub mod bounded_de;
+mod event;
+#[cfg(test)]
+pub(crate) mod fixtures;
+mod frame;
+mod profile;
+mod saved;
+mod stats;
+pub mod synthetic;
+
+pub use event::{BlockReason, EventKind};
+pub use frame::{Frame, FrameKind, Missing, StackLoss, TRUNCATED_STACK, is_entry_function};
+pub use profile::{Interner, Process, ProcessNames, Profile, RunInfo, Sample};
+pub use saved::{
+    FORMAT_VERSION, LoadError, MAX_PROFILE_JSON_BYTES, MAX_PROFILE_MEMORY, MAX_RENDERED_TEXT,
+    MAX_TOTAL, PROFILE_FILE,
+};
+pub use stats::{
+    AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, Losses, MappingStats, MemoryStats,
+    RunQueue, TimelineRow, UnwindStats,
+};

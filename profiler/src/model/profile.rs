@@ -1,0 +1,221 @@
+//! The profile model: what a run collected, symbolized, in plain data.
+//!
+//! Every rendered file (folded stacks, flamegraphs, summaries) is a function of a [`Profile`],
+//! and the profile is saved next to them (`profile.json.gz`, see [`super::saved`]) so
+//! `profiler report DIR` can render them again, elsewhere and later, without the target or its
+//! binaries.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BlockReason, EventKind, Frame, IoStats, Losses, MemoryStats, RunQueue, saved::FORMAT_VERSION,
+};
+
+/// A process seen during the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Process id.
+    pub pid: u32,
+    /// Program name (`comm` of the process).
+    pub name: String,
+    /// Command line, when it could be read.
+    pub command: Vec<String>,
+}
+
+/// One aggregated sample: a weight on a stack of one thread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub thread: String,
+    /// Index into [`Profile::stacks`].
+    pub stack: usize,
+    /// Weight in the event kind's unit.
+    pub weight: u64,
+    /// Off-CPU samples: why the thread was off-CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<BlockReason>,
+    /// Off-CPU and I/O samples: number of periods or calls merged into this sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// Facts about the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Short name of the target (program name), used in the output folder name.
+    pub target: String,
+    /// The profiled command line (`record`), or the first attached process's.
+    pub command: Vec<String>,
+    /// Processes given on the command line (`attach`) or launched (`record`).
+    pub root_pids: Vec<u32>,
+    /// Whether descendants of the root processes were profiled too.
+    pub follow_children: bool,
+    /// Start of collection, Unix time in milliseconds.
+    pub start_unix_ms: u64,
+    /// Collection time in seconds.
+    pub duration_secs: f64,
+    /// Sampling frequency in Hz.
+    pub frequency_hz: u64,
+    /// Shortest off-CPU period recorded, µs.
+    #[serde(default)]
+    pub min_block_us: u64,
+    /// Event kinds collected.
+    pub events: Vec<EventKind>,
+    /// `--alloc-sample` bytes (0: every allocation recorded).
+    #[serde(default)]
+    pub alloc_sample_bytes: u64,
+    /// Why collection stopped.
+    pub stop_reason: String,
+    /// Exit code of the launched command (`record`), when it exited.
+    pub exit_code: Option<i32>,
+    /// Time from the start of the profiler to the programs being attached, in milliseconds.
+    pub attach_ms: Option<f64>,
+    /// Time from the start of the profiler to the first sample, in milliseconds.
+    pub first_sample_ms: Option<f64>,
+    /// What the unwind tables cost; `None` when user stacks were walked by frame pointers.
+    #[serde(default)]
+    pub unwind: Option<crate::model::UnwindStats>,
+    /// Kernel release the profile was taken on.
+    pub kernel: String,
+    /// Version of the profiler that took it.
+    pub profiler_version: String,
+}
+
+/// A collected, symbolized profile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Saved-format version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Facts about the run.
+    pub run: RunInfo,
+    /// Processes seen.
+    pub processes: Vec<Process>,
+    /// Interned frames.
+    pub frames: Vec<Frame>,
+    /// Interned stacks: indices into `frames`, root (outermost caller) first.
+    pub stacks: Vec<Vec<usize>>,
+    /// Samples per event kind.
+    pub samples: BTreeMap<EventKind, Vec<Sample>>,
+    /// Run-queue delays per thread (collected with `offcpu`).
+    #[serde(default)]
+    pub run_queue: Vec<RunQueue>,
+    /// I/O tables (collected with `io`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoStats>,
+    /// Allocation sites, timeline and mappings (collected with `alloc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStats>,
+    /// What was lost while collecting.
+    pub losses: Losses,
+}
+
+impl Profile {
+    /// An empty profile for a run.
+    pub fn new(run: RunInfo) -> Self {
+        Profile {
+            format_version: FORMAT_VERSION,
+            run,
+            processes: Vec::new(),
+            frames: Vec::new(),
+            stacks: Vec::new(),
+            samples: BTreeMap::new(),
+            run_queue: Vec::new(),
+            io: None,
+            memory: None,
+            losses: Losses::default(),
+        }
+    }
+
+    /// Total weight of one event kind.
+    pub fn total(&self, kind: EventKind) -> u64 {
+        self.samples.get(&kind).map_or(0, |samples| {
+            samples.iter().map(|sample| sample.weight).sum()
+        })
+    }
+
+    /// Whether more than one process contributed samples, in which case stacks are prefixed
+    /// with a `process (pid)` frame.
+    pub fn is_multi_process(&self) -> bool {
+        let mut pids = self.samples.values().flatten().map(|sample| sample.pid);
+        let Some(first) = pids.next() else {
+            return false;
+        };
+        pids.any(|pid| pid != first)
+    }
+
+    /// Process names by pid, built once for lookups per sample (a saved profile may name a
+    /// million processes).
+    pub fn process_names(&self) -> ProcessNames<'_> {
+        ProcessNames(
+            self.processes
+                .iter()
+                .map(|process| (process.pid, process.name.as_str()))
+                .collect(),
+        )
+    }
+}
+
+/// Process names by pid.
+pub struct ProcessNames<'a>(HashMap<u32, &'a str>);
+
+impl ProcessNames<'_> {
+    /// Name of a process, falling back to the pid.
+    pub fn name(&self, pid: u32) -> String {
+        self.0
+            .get(&pid)
+            .map_or_else(|| pid.to_string(), |name| (*name).to_owned())
+    }
+
+    /// `name (pid)`, the root frame of a process's stacks.
+    pub fn label(&self, pid: u32) -> String {
+        format!("{} ({pid})", self.name(pid))
+    }
+}
+
+/// Interns frames and stacks while a profile is built.
+#[derive(Default)]
+pub struct Interner {
+    frames: HashMap<Frame, usize>,
+    stacks: HashMap<Vec<usize>, usize>,
+}
+
+impl Interner {
+    /// Index of `frame` in `profile.frames`, adding it if new.
+    pub fn frame(&mut self, profile: &mut Profile, frame: Frame) -> usize {
+        *self.frames.entry(frame).or_insert_with_key(|frame| {
+            profile.frames.push(frame.clone());
+            profile.frames.len() - 1
+        })
+    }
+
+    /// Index of `stack` in `profile.stacks`, adding it if new.
+    pub fn stack(&mut self, profile: &mut Profile, stack: Vec<usize>) -> usize {
+        *self.stacks.entry(stack).or_insert_with_key(|stack| {
+            profile.stacks.push(stack.clone());
+            profile.stacks.len() - 1
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{run_info, user_frame};
+
+    #[test]
+    fn interner_deduplicates() {
+        let mut profile = Profile::new(run_info());
+        let mut interner = Interner::default();
+        let a = interner.frame(&mut profile, user_frame("a"));
+        assert_eq!(interner.frame(&mut profile, user_frame("a")), a);
+        let s = interner.stack(&mut profile, vec![a]);
+        assert_eq!(interner.stack(&mut profile, vec![a]), s);
+        assert_eq!((profile.frames.len(), profile.stacks.len()), (1, 1));
+    }
+}
