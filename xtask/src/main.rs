@@ -7,6 +7,7 @@
 mod bench;
 mod bench_soak;
 mod bench_unwind;
+mod layout;
 mod setup;
 
 use std::{
@@ -238,6 +239,7 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    layout::check(&root())?;
     run(cargo().args([
         "clippy",
         "--release",
