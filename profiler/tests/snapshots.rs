@@ -85,3 +85,24 @@ fn saved_profiles_keep_their_format() {
     .unwrap();
     assert_eq!(json, original);
 }
+
+#[test]
+fn rendering_twice_gives_the_same_bytes() {
+    // `profiler report` on the same saved profile must give byte-identical files: ties in
+    // every table are broken by name, never by hash order.
+    let profile = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let render = |name: &str| {
+        let out = OutputDir::prepare(&dir.path().join(name)).unwrap();
+        let summary = analysis::summarize(&profile);
+        let written = render::render_all(&profile, &summary, &out).unwrap();
+        (out, written)
+    };
+    let (first, written) = render("first");
+    let (second, _) = render("second");
+    for name in &written {
+        let a = std::fs::read(first.path().join(name)).unwrap();
+        let b = std::fs::read(second.path().join(name)).unwrap();
+        assert!(a == b, "{name} differs between two renderings");
+    }
+}

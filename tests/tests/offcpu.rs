@@ -244,3 +244,36 @@ fn offcpu_covers_child_processes_only_when_they_are_followed() {
     );
     assert_nothing_loaded();
 }
+
+#[test]
+fn device_flush_waits_are_io() {
+    let _serial = serial();
+    if !have_root("device_flush_waits_are_io") {
+        return;
+    }
+    // On the build's own file system (a temporary folder may be tmpfs, where fdatasync waits
+    // for nothing).
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fsync_loop.data");
+    let (dir, out) = record(
+        &["--events", "offcpu"],
+        "fsync_loop",
+        &[path.to_str().unwrap(), "300"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = read_summary(dir.path());
+    let reasons = summary["offcpu"]["reasons"].as_array().unwrap();
+    let share = |label: &str| {
+        reasons
+            .iter()
+            .find(|r| r["reason"] == label)
+            .map_or(0.0, |r| r["percent"].as_f64().unwrap())
+    };
+    // The flush sleeps in `schedule_timeout` under `io_schedule_timeout`: I/O, not sleep.
+    assert!(
+        share("io") >= 80.0,
+        "I/O {:.1}%, sleep {:.1}%: {reasons:?}",
+        share("io"),
+        share("sleep")
+    );
+    assert_nothing_loaded();
+}

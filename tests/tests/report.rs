@@ -169,6 +169,27 @@ fn every_event_kind_reaches_pprof_speedscope_and_the_html_report() {
     }
     let new_page = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert_eq!(verdict_of(&new_page), verdict_of(&old_page));
+
+    // From the saved profile, `report` is byte for byte the same every time: every file.
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let first = files(dir);
+    assert!(output(profiler().arg("report").arg(dir)).status.success());
+    let second = files(dir);
+    assert_eq!(first.len(), second.len());
+    for ((name, a), (_, b)) in first.iter().zip(&second) {
+        assert!(a == b, "{name} differs between two `profiler report` runs");
+    }
     assert_nothing_loaded();
 }
 

@@ -1,6 +1,8 @@
 //! The profile's own quality: events lost, stacks cut short or incomplete, frames without a
 //! symbol.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::model::{EventKind, FrameKind, Profile, is_entry_function};
@@ -15,11 +17,14 @@ pub struct Quality {
     /// Share of sampled frames without a symbol, percent.
     pub unsymbolized_frames_percent: f64,
     /// Share of events (samples, calls) whose user stack reaches the program's entry or a
-    /// thread's start, percent: the lowest of the event kinds' shares (a million allocation
-    /// calls must not hide a tenth of CPU samples cut short).
+    /// thread's start, percent: the lowest of the event kinds' shares, by events and, for
+    /// off-CPU and I/O, by time (a million allocation calls must not hide a tenth of CPU
+    /// samples cut short; a thousand whole short waits must not hide one cut wait of seconds).
     pub complete_stacks_percent: f64,
-    /// The same per event kind.
-    pub complete_stacks_percent_by_kind: std::collections::BTreeMap<String, f64>,
+    /// The share by events, per event kind.
+    pub complete_stacks_percent_by_kind: BTreeMap<String, f64>,
+    /// The share of time, for the kinds weighted by time (`offcpu`, `io`).
+    pub complete_stacks_percent_by_time: BTreeMap<String, f64>,
     /// The same in one sentence.
     pub text: String,
 }
@@ -42,8 +47,9 @@ pub fn quality(profile: &Profile) -> Quality {
             .any(|&frame| matches!(profile.frames[frame].kind, FrameKind::Missing(_)))
     };
     let mut cut_short = 0;
-    // Per kind: (events with a user stack, of which complete).
-    let mut by_kind: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    // Per kind: (events with a user stack, of which complete), and the same in time.
+    let mut by_kind: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut by_time: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut frames_seen = 0u64;
     let mut unsymbolized = 0u64;
     for (kind, samples) in &profile.samples {
@@ -53,6 +59,12 @@ pub fn quality(profile: &Profile) -> Quality {
             &mut ignored
         } else {
             by_kind.entry(kind.name().to_owned()).or_default()
+        };
+        let mut untimed = (0, 0);
+        let (user_time, complete_time) = if matches!(kind, EventKind::OffCpu | EventKind::Io) {
+            by_time.entry(kind.name().to_owned()).or_default()
+        } else {
+            &mut untimed
         };
         for sample in samples {
             if truncated(sample.stack) {
@@ -65,8 +77,10 @@ pub fn quality(profile: &Profile) -> Quality {
                 // Weighted by events (samples, calls), so a rare odd stack weighs little.
                 let events = sample.count.unwrap_or(sample.weight);
                 *user_stacks += events;
+                *user_time += sample.weight;
                 if is_entry_function(&profile.frames[root].function) {
                     *complete += events;
+                    *complete_time += sample.weight;
                 }
             }
             for &frame in &profile.stacks[sample.stack] {
@@ -82,24 +96,37 @@ pub fn quality(profile: &Profile) -> Quality {
         (10000.0 * unsymbolized as f64 / frames_seen as f64).round() / 100.0
     };
     let distinct: usize = profile.samples.values().map(Vec::len).sum();
-    let complete_stacks_percent_by_kind: std::collections::BTreeMap<String, f64> = by_kind
-        .into_iter()
-        .filter(|(_, (user_stacks, _))| *user_stacks > 0)
-        .map(|(kind, (user_stacks, complete))| {
-            let percent = (1000.0 * complete as f64 / user_stacks as f64).round() / 10.0;
-            (kind, percent)
-        })
-        .collect();
+    let shares = |totals: BTreeMap<String, (u64, u64)>| -> BTreeMap<String, f64> {
+        totals
+            .into_iter()
+            .filter(|(_, (all, _))| *all > 0)
+            .map(|(kind, (all, complete))| {
+                let percent = (1000.0 * complete as f64 / all as f64).round() / 10.0;
+                (kind, percent)
+            })
+            .collect()
+    };
+    let complete_stacks_percent_by_kind = shares(by_kind);
+    let complete_stacks_percent_by_time = shares(by_time);
     let complete_stacks_percent = complete_stacks_percent_by_kind
         .values()
+        .chain(complete_stacks_percent_by_time.values())
         .copied()
         .reduce(f64::min)
         .unwrap_or(0.0);
-    let per_kind = if complete_stacks_percent_by_kind.len() > 1 {
-        let parts: Vec<String> = complete_stacks_percent_by_kind
-            .iter()
-            .map(|(kind, percent)| format!("{kind} {percent:.1}%"))
-            .collect();
+    // Each kind's share, and its share of time where that is worse by a point or more.
+    let parts: Vec<String> = complete_stacks_percent_by_kind
+        .iter()
+        .map(
+            |(kind, percent)| match complete_stacks_percent_by_time.get(kind) {
+                Some(time) if *time < percent - 1.0 => {
+                    format!("{kind} {percent:.1}% / {time:.1}% of time")
+                }
+                _ => format!("{kind} {percent:.1}%"),
+            },
+        )
+        .collect();
+    let per_kind = if parts.len() > 1 || parts.iter().any(|part| part.contains(" of time")) {
         format!(" ({})", parts.join(", "))
     } else {
         String::new()
@@ -110,9 +137,11 @@ pub fn quality(profile: &Profile) -> Quality {
         unsymbolized_frames_percent,
         complete_stacks_percent,
         complete_stacks_percent_by_kind,
+        complete_stacks_percent_by_time,
         text: format!(
             "Profile quality: {lost_events} events lost; {complete_stacks_percent:.1}% of events \
-             with complete user stacks (from the entry point or thread start){per_kind}; \
+             (or of time, where worse) with complete user stacks (from the entry point or \
+             thread start){per_kind}; \
              {cut_short} of \
              {distinct} \
              distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
@@ -151,8 +180,8 @@ mod tests {
         assert!((quality.complete_stacks_percent - expected).abs() < 0.1);
         assert!(
             quality.text.starts_with(&format!(
-                "Profile quality: 5 events lost; {expected:.1}% of events with complete user \
-                 stacks (from the entry point or thread start); 1 of 2"
+                "Profile quality: 5 events lost; {expected:.1}% of events (or of time, where \
+                 worse) with complete user stacks (from the entry point or thread start); 1 of 2"
             )),
             "{}",
             quality.text
@@ -175,6 +204,37 @@ mod tests {
             quality
                 .text
                 .contains(&format!("(alloc 100.0%, cpu {expected:.1}%)")),
+            "{}",
+            quality.text
+        );
+    }
+
+    #[test]
+    fn off_cpu_quality_weighs_time_too() {
+        // A thousand whole waits of 1 ms, and one cut wait of 3 s.
+        let mut profile = sample_profile();
+        let whole = profile.samples[&EventKind::Cpu][0].stack;
+        let root = profile.stacks[whole][0];
+        profile.frames[root].function = "_start".into();
+        profile.frames.push(Frame::truncated(": unreadable frame"));
+        let cut = profile.frames.len() - 1;
+        profile.stacks.push(vec![cut, profile.stacks[whole][2]]);
+        let cut_stack = profile.stacks.len() - 1;
+        let mut short = profile.samples[&EventKind::Cpu][0].clone();
+        short.weight = 1_000_000;
+        short.count = Some(1000);
+        let mut long = short.clone();
+        long.stack = cut_stack;
+        long.weight = 3_000_000;
+        long.count = Some(1);
+        profile.samples.clear();
+        profile.samples.insert(EventKind::OffCpu, vec![short, long]);
+        let quality = quality(&profile);
+        assert_eq!(quality.complete_stacks_percent_by_kind["offcpu"], 99.9);
+        assert_eq!(quality.complete_stacks_percent_by_time["offcpu"], 25.0);
+        assert_eq!(quality.complete_stacks_percent, 25.0);
+        assert!(
+            quality.text.contains("(offcpu 99.9% / 25.0% of time)"),
             "{}",
             quality.text
         );

@@ -71,6 +71,9 @@ pub fn flamegraph_svg(
     options.title = title.to_owned();
     options.count_name = view.unit().to_owned();
     options.colors = view.palette();
+    // Colours from the function's name, not a random draw: a function keeps its colour across
+    // graphs and runs, and rendering a saved profile again gives the same bytes.
+    options.hash = true;
     let text: Vec<String> = lines
         .iter()
         .map(|(stack, weight)| format!("{stack} {weight}"))

@@ -83,6 +83,9 @@ const BLOCKING_FUNCTIONS: &[(&str, BlockReason)] = &[
     ("kernel_wait4", BlockReason::ChildWait),
 ];
 
+/// Kernel functions that sleep with the task marked as waiting for I/O.
+const IO_WAIT_FUNCTIONS: [&str; 2] = ["io_schedule", "io_schedule_timeout"];
+
 /// Why a thread was off-CPU: its state, then the innermost telling kernel function.
 pub fn block_reason(state: u32, kernel_frames: &[&Frame]) -> BlockReason {
     const TASK_UNINTERRUPTIBLE: u32 = 0x2;
@@ -92,21 +95,30 @@ pub fn block_reason(state: u32, kernel_frames: &[&Frame]) -> BlockReason {
         OFFCPU_STATE_BEFORE_ATTACH => return BlockReason::BeforeAttach,
         _ => {}
     }
+    let matches = |name: &str, pattern: &str| match pattern.strip_prefix('*') {
+        Some(part) => name.contains(part),
+        None => {
+            name == pattern
+                || name
+                    .strip_prefix(pattern)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        }
+    };
+    // `io_schedule*` marks the task as waiting for I/O (`in_iowait`) whatever it calls next:
+    // a device flush inside fdatasync sleeps in `schedule_timeout`, and is still I/O.
+    if kernel_frames.iter().any(|frame| {
+        IO_WAIT_FUNCTIONS
+            .iter()
+            .any(|pattern| matches(&frame.function, pattern))
+    }) {
+        return BlockReason::Io;
+    }
     // Frames are root first: search from the scheduler outwards.
     for frame in kernel_frames.iter().rev() {
         let name = frame.function.as_str();
-        if let Some((_, reason)) =
-            BLOCKING_FUNCTIONS
-                .iter()
-                .find(|(pattern, _)| match pattern.strip_prefix('*') {
-                    Some(part) => name.contains(part),
-                    None => {
-                        name == *pattern
-                            || name
-                                .strip_prefix(pattern)
-                                .is_some_and(|rest| rest.starts_with('.'))
-                    }
-                })
+        if let Some((_, reason)) = BLOCKING_FUNCTIONS
+            .iter()
+            .find(|(pattern, _)| matches(name, pattern))
         {
             return *reason;
         }
@@ -596,6 +608,17 @@ pub(crate) mod tests {
         let futex = ["do_futex", "futex_wait", "futex_wait_queue", "schedule"];
         assert_eq!(reason(interruptible, &futex), BlockReason::Lock);
         assert_eq!(reason(2, &["submit_bio_wait", "schedule"]), BlockReason::Io);
+        // A device flush: `schedule_timeout` is nearer the scheduler, the wait is still I/O.
+        let flush = [
+            "__x64_sys_fdatasync",
+            "blkdev_issue_flush",
+            "submit_bio_wait",
+            "wait_for_completion_io_timeout",
+            "io_schedule_timeout",
+            "schedule_timeout",
+            "schedule",
+        ];
+        assert_eq!(reason(2, &flush), BlockReason::Io);
         assert_eq!(reason(interruptible, &["schedule"]), BlockReason::OtherWait);
         assert_eq!(
             reason(OFFCPU_STATE_PREEMPTED, &pipe),
