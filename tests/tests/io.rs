@@ -126,6 +126,60 @@ fn pipes_and_sockets_are_named_as_such() {
 }
 
 #[test]
+fn eventfd_calls_are_filed_under_the_eventfd() {
+    let _serial = serial();
+    if !have_root("eventfd_calls_are_filed_under_the_eventfd") {
+        return;
+    }
+    // An epoll fd, then an eventfd: both share the kernel's one anonymous inode.
+    let (dir, out) = record(&["--events", "io"], "eventfd_loop", &["20000"]);
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let files = summary["io"]["files"].as_array().unwrap();
+    let top = &files[0];
+    assert_eq!(top["kind"], "eventfd", "{files:#?}");
+    assert!(
+        top["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("anon_inode:[eventfd]"),
+        "{top}"
+    );
+    assert_eq!(top["reads"], 20000, "{top}");
+    assert_eq!(top["writes"], 20000, "{top}");
+    assert!(
+        files.iter().all(|f| f["kind"] != "eventpoll"),
+        "no call was made on the epoll fd: {files:#?}"
+    );
+    assert_nothing_loaded();
+}
+
+#[test]
+fn sync_file_range_is_not_an_fsync() {
+    let _serial = serial();
+    if !have_root("sync_file_range_is_not_an_fsync") {
+        return;
+    }
+    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = data_dir.path().join("ranges.bin");
+    let (dir, out) = record(
+        &["--events", "io"],
+        "fsync_loop",
+        &[path.to_str().unwrap(), "50", "range"],
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let file = entry(&summary["io"]["files"], "path", path.to_str().unwrap());
+    assert_eq!(file["sync_file_ranges"], 50, "{file}");
+    assert_eq!(file["fsyncs"], 0, "{file}");
+    assert_eq!(
+        entry(&summary["io"]["syscalls"], "name", "sync_file_range")["count"],
+        50
+    );
+    assert_nothing_loaded();
+}
+
+#[test]
 fn attach_names_files_opened_before_it_even_through_dup2() {
     let _serial = serial();
     if !have_root("attach_names_files_opened_before_it_even_through_dup2") {

@@ -31,6 +31,9 @@ pub struct FileNames {
     /// Paths by inode number (the low 48 bits), from `/proc` scans: names an fd whatever its
     /// number became (dup2 onto stdout, say).
     by_inode: HashMap<u64, String>,
+    /// The inode every anonymous-inode file shares (eventfd, epoll, timerfd, signalfd,
+    /// inotify): such files are told apart by fd, not by inode.
+    anon_inodes: std::collections::HashSet<u64>,
 }
 
 impl FileNames {
@@ -67,9 +70,12 @@ impl FileNames {
                 let name = target.to_string_lossy().into_owned();
                 if let Ok(metadata) = std::fs::metadata(entry.path()) {
                     use std::os::unix::fs::MetadataExt as _;
-                    self.by_inode
-                        .entry(metadata.ino() & INODE_MASK)
-                        .or_insert_with(|| name.clone());
+                    let inode = metadata.ino() & INODE_MASK;
+                    if name.starts_with(ANON_INODE) {
+                        self.anon_inodes.insert(inode);
+                    } else {
+                        self.by_inode.entry(inode).or_insert_with(|| name.clone());
+                    }
                 }
                 self.by_fd.entry((pid, fd)).or_insert(name);
             }
@@ -103,6 +109,10 @@ impl FileNames {
             match (key.file_id >> 48) & 0xf {
                 S_IFIFO => Some(format!("pipe:[{inode}]")),
                 S_IFSOCK => Some(format!("socket:[{inode}]")),
+                _ if self.anon_inodes.contains(&inode) => self
+                    .by_fd
+                    .get(&(key.tgid, key.fd))
+                    .map(|name| format!("{name} (fd {} of {})", key.fd, key.tgid)),
                 _ => self.by_inode.get(&inode).cloned(),
             }
         } else {
@@ -111,7 +121,21 @@ impl FileNames {
     }
 }
 
-/// Kind of thing a file name names: `pipe`, `socket`, `file` or `other` (anonymous inodes).
+/// How `/proc` names anonymous-inode files: `anon_inode:[eventfd]`, `anon_inode:[eventpoll]`.
+const ANON_INODE: &str = "anon_inode:";
+
+/// Kinds of anonymous-inode files named apart.
+const ANON_KINDS: [&str; 6] = [
+    "eventfd",
+    "eventpoll",
+    "timerfd",
+    "signalfd",
+    "inotify",
+    "pidfd",
+];
+
+/// Kind of thing a file name names: `pipe`, `socket`, `file`, the kind of an anonymous inode
+/// (`eventfd`, `eventpoll`, `timerfd`, `signalfd`, `inotify`, `pidfd`), or `other`.
 pub fn file_kind(path: &str) -> &'static str {
     if path.starts_with("pipe:") {
         "pipe"
@@ -119,6 +143,12 @@ pub fn file_kind(path: &str) -> &'static str {
         "socket"
     } else if path.starts_with('/') {
         "file"
+    } else if let Some(anon) = path.strip_prefix(ANON_INODE) {
+        let kind = anon.trim_start_matches('[');
+        ANON_KINDS
+            .into_iter()
+            .find(|known| kind.starts_with(known))
+            .unwrap_or("other")
     } else {
         "other"
     }
@@ -206,6 +236,7 @@ pub fn build_stats(totals: &IoTotals, names: &FileNames) -> IoStats {
                 file.write_bytes += total.bytes;
             }
             Direction::Sync => file.fsyncs += total.count,
+            Direction::SyncRange => file.sync_file_ranges += total.count,
             Direction::Open => file.opens += total.count,
             Direction::Close => file.closes += total.count,
         }
@@ -361,6 +392,30 @@ mod tests {
         // A relative path whose directory cannot be read stays as given.
         names.opened(proc.path(), 7, 101, AT_FDCWD, "rel.txt");
         assert_eq!(names.name(&key("read", 4, 101)), "rel.txt");
+    }
+
+    #[test]
+    fn anonymous_inode_files_are_told_apart_by_fd_and_kind() {
+        // eventfd and epoll files share one inode: the fd says which is which.
+        let mut names = FileNames::default();
+        let anon = profiler_common::inode_file_id(0o600, 9);
+        names.anon_inodes.insert(9);
+        names.by_fd.insert((7, 4), "anon_inode:[eventfd]".into());
+        names.by_fd.insert((7, 5), "anon_inode:[eventpoll]".into());
+        let eventfd = names.name(&key("read", 4, anon));
+        assert_eq!(eventfd, "anon_inode:[eventfd] (fd 4 of 7)");
+        assert_eq!(
+            names.name(&key("read", 5, anon)),
+            "anon_inode:[eventpoll] (fd 5 of 7)"
+        );
+        assert!(!names.needs_scan(&key("read", 4, anon)));
+        assert!(
+            names.needs_scan(&key("read", 6, anon)),
+            "an fd no scan has seen"
+        );
+        assert_eq!(file_kind(&eventfd), "eventfd");
+        assert_eq!(file_kind("anon_inode:[timerfd]"), "timerfd");
+        assert_eq!(file_kind("anon_inode:bpf-map"), "other");
     }
 
     #[test]

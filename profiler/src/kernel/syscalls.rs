@@ -11,8 +11,11 @@ pub enum Direction {
     Read,
     /// Moves bytes to the file.
     Write,
-    /// Flushes the file to storage.
+    /// Flushes the file to storage (`fsync`, `fdatasync`).
     Sync,
+    /// Starts or waits for writeback of a range (`sync_file_range`): no durability promise,
+    /// so not counted as an fsync.
+    SyncRange,
     /// Opens the file.
     Open,
     /// Closes the file.
@@ -41,7 +44,7 @@ const fn call(name: &'static str, number: u32, kind: u32, direction: Direction) 
     }
 }
 
-use Direction::{Close, Open, Read, Sync, Write};
+use Direction::{Close, Open, Read, Sync, SyncRange, Write};
 use io_kind::{CLOSE, OPEN, OPEN_AT, SYNC, TRANSFER};
 
 /// The watched calls. Their position + 1 is the index the programs report.
@@ -64,7 +67,7 @@ pub const CALLS: &[IoCall] = &[
     call("fdatasync", 75, SYNC, Sync),
     call("creat", 85, OPEN, Open),
     call("openat", 257, OPEN_AT, Open),
-    call("sync_file_range", 277, SYNC, Sync),
+    call("sync_file_range", 277, SYNC, SyncRange),
     call("preadv", 295, TRANSFER, Read),
     call("pwritev", 296, TRANSFER, Write),
     call("copy_file_range", 326, TRANSFER, Read),
@@ -91,7 +94,7 @@ pub const CALLS: &[IoCall] = &[
     call("fsync", 82, SYNC, Sync),
     call("fdatasync", 83, SYNC, Sync),
     call("openat", 56, OPEN_AT, Open),
-    call("sync_file_range", 84, SYNC, Sync),
+    call("sync_file_range", 84, SYNC, SyncRange),
     call("preadv", 69, TRANSFER, Read),
     call("pwritev", 70, TRANSFER, Write),
     call("copy_file_range", 285, TRANSFER, Read),

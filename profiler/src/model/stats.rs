@@ -205,8 +205,12 @@ pub struct IoFile {
     pub reads: u64,
     /// Write calls.
     pub writes: u64,
-    /// fsync, fdatasync and sync_file_range calls.
+    /// fsync and fdatasync calls.
     pub fsyncs: u64,
+    /// sync_file_range calls (writeback of a range, not an fsync); left out when none, so
+    /// profiles without any keep their saved form.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sync_file_ranges: u64,
     /// Opens.
     pub opens: u64,
     /// Closes.
@@ -289,6 +293,10 @@ pub struct UnwindStats {
     pub build_ms: f64,
     /// Processes whose mappings were described to the kernel (counting reloads).
     pub process_loads: u32,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]
