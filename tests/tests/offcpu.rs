@@ -277,3 +277,27 @@ fn device_flush_waits_are_io() {
     );
     assert_nothing_loaded();
 }
+
+#[test]
+fn one_busy_thread_among_idle_ones_is_cpu_bound() {
+    let _serial = serial();
+    if !have_root("one_busy_thread_among_idle_ones_is_cpu_bound") {
+        return;
+    }
+    // Nine threads live 2 s; one spins: 11% of the threads' time on-CPU, one thread 100%.
+    let (dir, out) = record(&["--events", "cpu,offcpu"], "one_busy", &["2"]);
+    assert!(out.status.success(), "{out:?}");
+    let summary = read_summary(dir.path());
+    let verdict = summary["verdict"].as_array().unwrap();
+    let first = &verdict[0];
+    assert_eq!(first["kind"], "cpu", "{verdict:#?}");
+    let text = first["text"].as_str().unwrap();
+    assert!(
+        text.contains("thread `cruncher`") && text.contains("CPU-bound"),
+        "{text}"
+    );
+    assert!(text.contains("in `crunch`"), "{text}");
+    assert!(first["score"].as_f64().unwrap() >= 80.0, "{first}");
+
+    assert_nothing_loaded();
+}

@@ -49,10 +49,14 @@ pub struct ReasonShare {
 pub struct BlockingStack {
     /// Thread name.
     pub thread: String,
-    /// Innermost symbolized user function: the code that waited.
+    /// The code that waited: the innermost symbolized user function outside the C library
+    /// and runtime (the innermost of theirs when nothing else is known).
     pub function: Option<String>,
     /// The user function that called it.
     pub caller: Option<String>,
+    /// The C library or runtime function it waited through (`pthread_cond_wait`, `read`),
+    /// when that is not `function` itself.
+    pub via: Option<String>,
     /// System call the thread blocked in, when the kernel stack shows one.
     pub syscall: Option<String>,
     /// Why it was off-CPU.
@@ -153,9 +157,24 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
                 .iter()
                 .map(|&f| &profile.frames[f])
                 .collect();
-            let user: Vec<String> = frames
+            // The wait is named by the code that waits: the innermost frames above the C
+            // library's wrappers (which stay on the stack), or the wrappers when nothing else
+            // is known.
+            let code: Vec<&&Frame> = frames
                 .iter()
                 .filter(|f| f.kind.is_program_code() && !f.function.is_empty())
+                .collect();
+            let own: Vec<&&Frame> = code
+                .iter()
+                .copied()
+                .filter(|f| !f.in_system_library())
+                .collect();
+            let via = code
+                .last()
+                .filter(|f| f.in_system_library() && !own.is_empty())
+                .map(|f| f.label());
+            let user: Vec<String> = if own.is_empty() { code } else { own }
+                .iter()
                 .map(|f| f.label())
                 .collect();
             let syscall = frames.iter().find_map(|f| {
@@ -174,6 +193,7 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
             BlockingStack {
                 function: user.last().cloned(),
                 caller: user.len().checked_sub(2).map(|i| user[i].clone()),
+                via,
                 syscall,
                 reason,
                 us,

@@ -21,6 +21,25 @@ pub struct Finding {
     pub text: String,
 }
 
+/// A thread on-CPU at least this share of its life (percent) is CPU-bound.
+const BUSY_THREAD: f64 = 80.0;
+
+/// The thread with the most on-CPU time, and its share of its own life in the run, percent
+/// (its lifetime from the off-CPU accounting, else the run's duration).
+fn busiest_thread(summary: &Summary, us_per_sample: f64) -> Option<(&str, f64)> {
+    let cpu = summary.cpu.as_ref()?;
+    let thread = cpu.threads.first()?;
+    let lifetime_us = summary
+        .offcpu
+        .as_ref()
+        .and_then(|offcpu| offcpu.threads.iter().find(|t| t.tid == thread.tid))
+        .map(|t| t.total_us as f64)
+        .filter(|&us| us > 0.0)
+        .unwrap_or(summary.run.duration_secs * 1e6);
+    let share = (100.0 * thread.samples as f64 * us_per_sample / lifetime_us.max(1.0)).min(100.0);
+    Some((&thread.name, share))
+}
+
 /// Findings below this score are not worth a line.
 const MIN_SCORE: f64 = 5.0;
 
@@ -53,13 +72,33 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
     if let Some(cpu) = &summary.cpu
         && cpu.samples > 0
     {
-        let on_cpu_us = cpu.samples as f64 * 1e6 / summary.run.frequency_hz.max(1) as f64;
-        let score = (100.0 * on_cpu_us / wall_us).min(100.0);
-        let mut text = format!(
-            "CPU: on-CPU {:.0}% of the time ({:.2} CPUs busy on average)",
-            score,
-            on_cpu_us / 1e6 / summary.run.duration_secs.max(1e-9)
-        );
+        let us_per_sample = 1e6 / summary.run.frequency_hz.max(1) as f64;
+        let on_cpu_us = cpu.samples as f64 * us_per_sample;
+        let cpus_busy = on_cpu_us / 1e6 / summary.run.duration_secs.max(1e-9);
+        let of_cpus = match summary.run.cpus {
+            0 => String::new(),
+            cpus => format!(" of {cpus}"),
+        };
+        let share = (100.0 * on_cpu_us / wall_us).min(100.0);
+        // Idle threads dilute the share of the whole: a thread on-CPU nearly all its life is
+        // CPU-bound, however many others wait for work.
+        let busiest = busiest_thread(summary, us_per_sample);
+        let (score, mut text) = match busiest {
+            Some((name, thread_share)) if thread_share >= BUSY_THREAD && share < BUSY_THREAD => (
+                thread_share,
+                format!(
+                    "CPU: thread `{name}` on-CPU {thread_share:.0}% of its time, CPU-bound \
+                     ({cpus_busy:.2}{of_cpus} CPUs busy on average)"
+                ),
+            ),
+            _ => (
+                share,
+                format!(
+                    "CPU: on-CPU {share:.0}% of the time ({cpus_busy:.2}{of_cpus} CPUs busy on \
+                     average)"
+                ),
+            ),
+        };
         if let Some(top) = cpu.top_self.first() {
             let place = top
                 .location
@@ -91,9 +130,14 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
                 .as_deref()
                 .map(|s| format!(" in `{s}`"))
                 .unwrap_or_default();
+            let via = stack
+                .via
+                .as_deref()
+                .map(|v| format!(" via `{v}`"))
+                .unwrap_or_default();
             let from = match (&stack.function, &stack.caller) {
-                (Some(f), Some(c)) => format!(" from `{f}` (called by `{c}`)"),
-                (Some(f), None) => format!(" from `{f}`"),
+                (Some(f), Some(c)) => format!(" from `{f}`{via} (called by `{c}`)"),
+                (Some(f), None) => format!(" from `{f}`{via}"),
                 _ => String::new(),
             };
             findings.push(Finding {
@@ -226,6 +270,30 @@ mod tests {
             "{findings:?}"
         );
         assert!((findings[0].score - 100.0).abs() < 1e-9, "capped at 100");
+    }
+
+    #[test]
+    fn a_busy_thread_among_idle_ones_is_cpu_bound() {
+        // One thread on-CPU its whole 2 s, seven idle ones: 12.5% of the threads' time.
+        let mut profile = sample_profile();
+        profile.run.duration_secs = 10.0 / 99.0;
+        profile.run.events.push(EventKind::OffCpu);
+        let on_cpu_us = 10 * 1_000_000 / 99;
+        let mut idle = profile.samples[&EventKind::Cpu][0].clone();
+        idle.weight = 7 * on_cpu_us;
+        idle.tid = 43;
+        idle.thread = "idle".into();
+        idle.reason = Some(BlockReason::Lock);
+        profile.samples.insert(EventKind::OffCpu, vec![idle]);
+        let summary = summarize(&profile);
+        let findings = findings(&summary);
+        assert_eq!(findings[0].kind, "cpu", "{findings:?}");
+        assert!(
+            findings[0]
+                .text
+                .starts_with("CPU: thread `demo` on-CPU 100% of its time, CPU-bound (1.00 of 2"),
+            "{findings:?}"
+        );
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         unwind: collected.unwind,
         kernel: kernel_release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
     };
     let detaching = collected.detaching.take().expect("set by finish");
     let profile = collected.into_profile(run);

@@ -21,6 +21,7 @@ pub fn run_info() -> RunInfo {
         first_sample_ms: Some(20.0),
         kernel: "6.18.0".into(),
         profiler_version: "0.1.0".into(),
+        cpus: 2,
     }
 }
 

@@ -120,6 +120,24 @@ impl Frame {
         Frame::missing(lost_stack_name(kernel, loss), missing)
     }
 
+    /// Whether the frame is in the C library or the C/C++ runtime (`libc.so.6`,
+    /// `libpthread`, the dynamic loader, `libstdc++`, `libgcc_s`): wrappers around the
+    /// system call a program waits in, rarely the code to look at.
+    pub fn in_system_library(&self) -> bool {
+        const LIBRARIES: [&str; 6] = [
+            "libc.so",
+            "libc-",
+            "libpthread",
+            "ld-linux",
+            "libstdc++",
+            "libgcc_s",
+        ];
+        self.module.as_deref().is_some_and(|module| {
+            let file = module.rsplit('/').next().unwrap_or(module);
+            LIBRARIES.iter().any(|library| file.starts_with(library))
+        })
+    }
+
     /// The frame's name as written in folded stacks: kernel frames carry inferno's `_[k]`
     /// suffix, inlined ones `_[i]`.
     pub fn label(&self) -> String {

@@ -85,6 +85,9 @@ pub struct RunInfo {
     pub kernel: String,
     /// Version of the profiler that took it.
     pub profiler_version: String,
+    /// CPUs online during the run; 0 when not recorded (profiles of older versions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpus: u32,
 }
 
 /// A collected, symbolized profile.
@@ -201,6 +204,10 @@ impl Interner {
             profile.stacks.len() - 1
         })
     }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
         unwind: None,
         kernel: String::new(),
         profiler_version: env!("CARGO_PKG_VERSION").into(),
+        cpus: 0,
     };
     let mut profile = Profile::new(run);
     profile.processes.push(Process {

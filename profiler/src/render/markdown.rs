@@ -198,7 +198,12 @@ fn offcpu_markdown(md: &mut String, offcpu: &OffCpuSummary) {
                 duration_us(stack.us),
                 stack.periods,
                 md_code(&stack.thread),
-                stack.function.as_deref().map(md_code).unwrap_or_default(),
+                match (&stack.function, &stack.via) {
+                    (Some(function), Some(via)) =>
+                        format!("{} via {}", md_code(function), md_code(via)),
+                    (Some(function), None) => md_code(function),
+                    _ => String::new(),
+                },
                 stack.caller.as_deref().map(md_code).unwrap_or_default(),
                 stack.syscall.as_deref().map(md_code).unwrap_or_default(),
                 stack.reason.label()
