@@ -129,7 +129,8 @@ fn chromium() -> PathBuf {
 }
 
 /// The independent readers the integration tests check outputs with: Node.js with the
-/// `pprof-format` decoder and `playwright-core`, and a headless Chromium. Installed from
+/// `pprof-format` decoder and `playwright-core`, and a headless Chromium; and PostgreSQL, the
+/// server the verdict is tested on. Installed from
 /// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
 /// them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
@@ -139,6 +140,15 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     }
     if !chromium().exists() {
         packages.push("chromium");
+    }
+    // A real server under load for the verdict test (tests/tests/postgres.rs).
+    let has_pgbench = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|version| version.path().join("bin/pgbench").exists());
+    if !has_pgbench {
+        packages.push("postgresql");
     }
     if !packages.is_empty() {
         if !as_root {

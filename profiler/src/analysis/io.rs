@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{TOP_STACKS, percent};
+use super::{TOP_STACKS, percent, waiter};
 use crate::model::{EventKind, IoDevice, IoFile, IoSyscall, Profile};
 
 /// The I/O section.
@@ -32,10 +32,13 @@ pub struct IoStack {
     pub thread: String,
     /// The system call (the stack's leaf).
     pub syscall: String,
-    /// Innermost user function.
+    /// The code that made the call: the innermost user function outside the C library and
+    /// runtime (theirs when nothing else is known).
     pub function: Option<String>,
     /// Its caller.
     pub caller: Option<String>,
+    /// The C library or runtime function it called through (`__GI_fdatasync`), if any.
+    pub via: Option<String>,
     /// Time, µs.
     pub us: u64,
     /// Calls.
@@ -67,19 +70,17 @@ pub(super) fn io_summary(profile: &Profile) -> IoSummary {
                 .iter()
                 .map(|&f| &profile.frames[f])
                 .collect();
-            let user: Vec<&str> = frames
-                .iter()
-                .filter(|f| f.kind.is_program_code())
-                .map(|f| f.function.as_str())
-                .collect();
+            let waiter = waiter(&frames);
+            let name = |frame: &crate::model::Frame| frame.function.clone();
             IoStack {
                 thread,
                 syscall: frames
                     .last()
                     .map(|f| f.function.clone())
                     .unwrap_or_default(),
-                function: user.last().map(|f| (*f).to_owned()),
-                caller: user.len().checked_sub(2).map(|i| user[i].to_owned()),
+                function: waiter.function.map(name),
+                caller: waiter.caller.map(name),
+                via: waiter.via.map(name),
                 us,
                 calls,
                 percent: percent(us, total),

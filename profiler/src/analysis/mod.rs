@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::model::{EventKind, Losses, Profile, RunInfo};
+use crate::model::{EventKind, Frame, Losses, Profile, RunInfo};
 
 /// How many stacks the top lists hold.
 const TOP_STACKS: usize = 20;
@@ -111,6 +111,41 @@ pub fn summarize(profile: &Profile) -> Summary {
     };
     summary.verdict = verdict::findings(&summary);
     summary
+}
+
+/// Who waited in a stack: the innermost program frames outside the C library and runtime
+/// (theirs, when nothing else is known), and the wrapper the wait went through.
+pub(super) struct Waiter<'a> {
+    /// The code that waited.
+    pub function: Option<&'a Frame>,
+    /// Its caller.
+    pub caller: Option<&'a Frame>,
+    /// The C library or runtime function between it and the system call, if any.
+    pub via: Option<&'a Frame>,
+}
+
+/// Who waited in `frames` (root first); see [`Waiter`].
+pub(super) fn waiter<'a>(frames: &[&'a Frame]) -> Waiter<'a> {
+    let code: Vec<&'a Frame> = frames
+        .iter()
+        .copied()
+        .filter(|f| f.kind.is_program_code() && !f.function.is_empty())
+        .collect();
+    let own: Vec<&'a Frame> = code
+        .iter()
+        .copied()
+        .filter(|f| !f.in_system_library())
+        .collect();
+    let via = code
+        .last()
+        .copied()
+        .filter(|f| f.in_system_library() && !own.is_empty());
+    let named = if own.is_empty() { code } else { own };
+    Waiter {
+        function: named.last().copied(),
+        caller: named.len().checked_sub(2).map(|i| named[i]),
+        via,
+    }
 }
 
 #[cfg(test)]

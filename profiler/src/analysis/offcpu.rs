@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{TOP_STACKS, percent};
+use super::{TOP_STACKS, percent, waiter};
 use crate::model::{BlockReason, EventKind, Frame, Profile};
 
 /// The off-CPU section: where and why the target's threads waited.
@@ -157,26 +157,9 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
                 .iter()
                 .map(|&f| &profile.frames[f])
                 .collect();
-            // The wait is named by the code that waits: the innermost frames above the C
-            // library's wrappers (which stay on the stack), or the wrappers when nothing else
-            // is known.
-            let code: Vec<&&Frame> = frames
-                .iter()
-                .filter(|f| f.kind.is_program_code() && !f.function.is_empty())
-                .collect();
-            let own: Vec<&&Frame> = code
-                .iter()
-                .copied()
-                .filter(|f| !f.in_system_library())
-                .collect();
-            let via = code
-                .last()
-                .filter(|f| f.in_system_library() && !own.is_empty())
-                .map(|f| f.label());
-            let user: Vec<String> = if own.is_empty() { code } else { own }
-                .iter()
-                .map(|f| f.label())
-                .collect();
+            // The wait is named by the code that waits, past the C library's wrappers (which
+            // stay on the stack).
+            let waiter = waiter(&frames);
             let syscall = frames.iter().find_map(|f| {
                 let name = f.kind.is_kernel().then_some(f.function.as_str())?;
                 [
@@ -191,9 +174,9 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
                 .map(str::to_owned)
             });
             BlockingStack {
-                function: user.last().cloned(),
-                caller: user.len().checked_sub(2).map(|i| user[i].clone()),
-                via,
+                function: waiter.function.map(Frame::label),
+                caller: waiter.caller.map(Frame::label),
+                via: waiter.via.map(Frame::label),
                 syscall,
                 reason,
                 us,

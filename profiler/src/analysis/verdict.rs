@@ -64,10 +64,22 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
         .cpu
         .as_ref()
         .map_or(1, |cpu| cpu.threads.len().max(1));
-    let wall_us = thread_time_us
+    let all_us = thread_time_us
         .filter(|&us| us > 0.0)
         .unwrap_or(summary.run.duration_secs * 1e6 * threads_seen as f64)
         .max(1.0);
+    // Threads waiting for work (in their event loop) or asleep since before the attach are
+    // idle, not contended: the shares below are of the rest of the threads' time, so a
+    // server's bottleneck is not diluted by the workers waiting for clients.
+    let idle_us: f64 = summary.offcpu.as_ref().map_or(0.0, |offcpu| {
+        offcpu
+            .reasons
+            .iter()
+            .filter(|share| is_idle(share.reason))
+            .map(|share| share.us as f64)
+            .sum()
+    });
+    let wall_us = (all_us - idle_us).max(all_us / 100.0).max(1.0);
 
     if let Some(cpu) = &summary.cpu
         && cpu.samples > 0
@@ -118,10 +130,11 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
     }
     if let Some(offcpu) = &summary.offcpu {
         let blocking = offcpu.top_stacks.iter().find(|stack| {
-            !matches!(
-                stack.reason,
-                BlockReason::Preempted | BlockReason::NewThread | BlockReason::BeforeAttach
-            )
+            !is_idle(stack.reason)
+                && !matches!(
+                    stack.reason,
+                    BlockReason::Preempted | BlockReason::NewThread
+                )
         });
         if let Some(stack) = blocking {
             let score = 100.0 * stack.us as f64 / wall_us;
@@ -151,16 +164,23 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
             });
         }
         let runnable: u64 = offcpu.threads.iter().map(|t| t.runnable_us).sum();
+        let on_cpu: u64 = offcpu.threads.iter().filter_map(|t| t.on_cpu_us).sum();
         if let Some(worst) = offcpu.run_queue.iter().max_by_key(|rq| rq.p99_us)
             && worst.p99_us >= 1000
         {
-            let score = 100.0 * runnable as f64 / wall_us;
+            // Of the time the threads could run, how much they waited for a CPU (a wakeup from
+            // an idle wait is runnable too, so this is not a share of the active time).
+            let ready_us = match on_cpu {
+                0 => wall_us,
+                on_cpu => (on_cpu + runnable) as f64,
+            };
+            let score = (100.0 * runnable as f64 / ready_us.max(1.0)).min(100.0);
             findings.push(Finding {
                 kind: "run_queue",
                 score,
                 text: format!(
                     "Run-queue delay p99 {} (thread `{}`): waiting for a CPU {score:.0}% of \
-                     the time; more runnable threads than CPUs",
+                     the time ready to run; more runnable threads than CPUs",
                     duration_us(worst.p99_us),
                     worst.name
                 ),
@@ -241,7 +261,46 @@ pub fn findings(summary: &Summary) -> Vec<Finding> {
     if kept.is_empty() {
         kept.extend(rest.into_iter().take(1));
     }
+    // Idle time is said last, whatever its share: it is what the targets were not doing.
+    let idle_share = 100.0 * idle_us / all_us;
+    if idle_share >= MIN_SCORE {
+        let place = summary
+            .offcpu
+            .as_ref()
+            .and_then(|offcpu| {
+                offcpu
+                    .top_stacks
+                    .iter()
+                    .find(|s| s.reason == BlockReason::Poll)
+            })
+            .map(|stack| {
+                let call = stack
+                    .syscall
+                    .as_deref()
+                    .map(|s| format!(" `{s}`"))
+                    .unwrap_or_default();
+                format!(
+                    " (mostly{call}{})",
+                    where_from(stack.function.as_deref(), stack.caller.as_deref())
+                )
+            })
+            .unwrap_or_default();
+        kept.push(Finding {
+            kind: "idle",
+            score: idle_share,
+            text: format!(
+                "Idle: {idle_share:.0}% of the threads' time waiting for work in an event \
+                 loop{place} or asleep since before the attach; the shares above leave it out"
+            ),
+        });
+    }
     kept
+}
+
+/// Off-CPU reasons that mean waiting for work rather than for a resource: event-loop waits
+/// (epoll, poll, select) and sleeps that began before the attach.
+fn is_idle(reason: BlockReason) -> bool {
+    matches!(reason, BlockReason::Poll | BlockReason::BeforeAttach)
 }
 
 #[cfg(test)]
@@ -292,6 +351,38 @@ mod tests {
             findings[0]
                 .text
                 .starts_with("CPU: thread `demo` on-CPU 100% of its time, CPU-bound (1.00 of 2"),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn idle_waits_are_said_last_and_left_out_of_the_shares() {
+        // A server: 10 s waiting in epoll for clients, 1 s waiting for the disk, 0.1 s on-CPU.
+        let mut profile = sample_profile();
+        profile.run.duration_secs = 11.1;
+        profile.run.events.push(EventKind::OffCpu);
+        let wait = |reason, us| {
+            let mut sample = profile.samples[&EventKind::Cpu][0].clone();
+            sample.weight = us;
+            sample.reason = Some(reason);
+            sample
+        };
+        let offcpu = vec![
+            wait(BlockReason::Poll, 10_000_000),
+            wait(BlockReason::Io, 1_000_000),
+        ];
+        profile.samples.insert(EventKind::OffCpu, offcpu);
+        let summary = summarize(&profile);
+        let findings = findings(&summary);
+        let kinds: Vec<&str> = findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds.first(), Some(&"blocked"), "{findings:?}");
+        assert!(
+            findings[0].text.starts_with("Blocked (I/O) 9"),
+            "{findings:?}"
+        );
+        assert_eq!(kinds.last(), Some(&"idle"), "{findings:?}");
+        assert!(
+            findings.last().unwrap().text.starts_with("Idle: 90%"),
             "{findings:?}"
         );
     }

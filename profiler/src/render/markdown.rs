@@ -198,12 +198,7 @@ fn offcpu_markdown(md: &mut String, offcpu: &OffCpuSummary) {
                 duration_us(stack.us),
                 stack.periods,
                 md_code(&stack.thread),
-                match (&stack.function, &stack.via) {
-                    (Some(function), Some(via)) =>
-                        format!("{} via {}", md_code(function), md_code(via)),
-                    (Some(function), None) => md_code(function),
-                    _ => String::new(),
-                },
+                waiting_in(stack.function.as_deref(), stack.via.as_deref()),
                 stack.caller.as_deref().map(md_code).unwrap_or_default(),
                 stack.syscall.as_deref().map(md_code).unwrap_or_default(),
                 stack.reason.label()
@@ -268,7 +263,7 @@ fn io_markdown(md: &mut String, io: &IoSummary) {
                 duration_us(stack.us),
                 stack.calls,
                 md_code(&stack.syscall),
-                stack.function.as_deref().map_or_else(String::new, md_code),
+                waiting_in(stack.function.as_deref(), stack.via.as_deref()),
                 stack.caller.as_deref().map_or_else(String::new, md_code),
                 md_code(&stack.thread)
             );
@@ -426,4 +421,13 @@ fn memory_markdown(md: &mut String, memory: &MemorySummary) {
         &memory.churn,
         "freed",
     );
+}
+
+/// A waiting function and the wrapper it waited through: `` `XLogFlush` via `fdatasync` ``.
+fn waiting_in(function: Option<&str>, via: Option<&str>) -> String {
+    match (function, via) {
+        (Some(function), Some(via)) => format!("{} via {}", md_code(function), md_code(via)),
+        (Some(function), None) => md_code(function),
+        _ => String::new(),
+    }
 }
