@@ -237,7 +237,7 @@ fn kprobes() -> Check {
 /// Attaches the allocation probes to the profiler's own allocator.
 fn uprobes(probes: &mut KernelProbes) -> Result<String, String> {
     let pid = std::process::id();
-    let objects = allocators::allocator_objects(&procfs::proc_root(), pid);
+    let objects = allocators::allocator_objects(&procfs::proc_root(), pid, None);
     let Some(object) = objects.first() else {
         return Err("no allocator found in the profiler's own memory map to try".into());
     };

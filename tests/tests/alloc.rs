@@ -163,3 +163,19 @@ fn attach_tracks_a_running_process() {
     );
     assert_nothing_loaded();
 }
+
+#[test]
+fn record_probes_the_rare_allocators_its_command_imports() {
+    let _serial = serial();
+    if !have_root("record_probes_the_rare_allocators_its_command_imports") {
+        return;
+    }
+    // memalign and valloc: imported by the command, never by the profiler, whose image the
+    // held child maps until its exec.
+    let (dir, out) = record(&["--events", "alloc"], "rare_alloc", &[]);
+    assert!(out.status.success(), "{out:?}");
+    let in_use = read_folded(&dir.path().join("inuse.folded"));
+    assert_eq!(bytes_in(&in_use, "rare_allocators", "memalign"), 5000);
+    assert_eq!(bytes_in(&in_use, "rare_allocators", "valloc"), 7000);
+    assert_nothing_loaded();
+}

@@ -155,7 +155,7 @@ impl Collection {
             // Descriptors it inherited or opened before the programs saw it.
             self.files.scan(&procfs::proc_root(), pid);
         }
-        if let Err(err) = self.probe_allocators(pid) {
+        if let Err(err) = self.probe_allocators(pid, None) {
             log::warn!(
                 "allocations of process {pid} are not tracked: {}",
                 error_chain(&err)
@@ -177,11 +177,15 @@ impl Collection {
     }
 
     /// Probes the allocator functions of every allocator object `pid` maps, once each.
-    pub(super) fn probe_allocators(&mut self, pid: u32) -> Result<(), ProbeError> {
+    pub(super) fn probe_allocators(
+        &mut self,
+        pid: u32,
+        program: Option<&std::path::Path>,
+    ) -> Result<(), ProbeError> {
         let Some(memory) = self.memory.as_mut() else {
             return Ok(());
         };
-        for object in allocators::allocator_objects(&procfs::proc_root(), pid) {
+        for object in allocators::allocator_objects(&procfs::proc_root(), pid, program) {
             if !memory.probed.insert((pid, object.identity)) {
                 continue;
             }

@@ -372,9 +372,11 @@ fn start_command(
     let pid = gated.pid();
     // Held before exec, it maps what the profiler maps: the system's libc, which the
     // command will map too. The probes, bound to the process, stay through the exec; an
-    // allocator the command brings is probed when its maps are read after the exec.
+    // allocator the command brings is probed when its maps are read after the exec. The
+    // rarely used functions probed are those the command's program imports, not only the
+    // profiler's own.
     collection
-        .probe_allocators(pid)
+        .probe_allocators(pid, program)
         .map_err(CollectError::Allocator)?;
     let _ = collection.read_memory_map(pid);
     if let Some(unwind) = collection.unwind.as_mut() {

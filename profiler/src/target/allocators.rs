@@ -208,14 +208,25 @@ impl AllocatorObject {
 
 /// The allocator objects mapped into process `pid`, from its memory map (`proc_root` is
 /// `/proc` outside tests).
-pub fn allocator_objects(proc_root: &Path, pid: u32) -> Vec<AllocatorObject> {
+/// Rarely used functions are probed when a mapped object imports them, or `program` (the
+/// command a held child will exec) does.
+pub fn allocator_objects(
+    proc_root: &Path,
+    pid: u32,
+    program: Option<&Path>,
+) -> Vec<AllocatorObject> {
     use std::os::unix::fs::MetadataExt as _;
 
     let Ok(maps) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) else {
         return Vec::new();
     };
     let mut seen = HashSet::new();
-    let mut imported = HashSet::new();
+    // A command held before its exec still maps the profiler: the rare functions worth a
+    // probe are those the program it will run imports too.
+    let mut imported: HashSet<String> = program
+        .and_then(|program| std::fs::read(program).ok())
+        .map(|elf| imported_names(&elf))
+        .unwrap_or_default();
     let mut candidates = Vec::new();
     for line in maps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -340,7 +351,7 @@ mod tests {
 
     #[test]
     fn libc_defines_the_allocator_and_the_profiler_does_not() {
-        let objects = allocator_objects(Path::new("/proc"), std::process::id());
+        let objects = allocator_objects(Path::new("/proc"), std::process::id(), None);
         let libc = objects
             .iter()
             .find(|object| object.path.contains("libc.so"))
