@@ -124,6 +124,7 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
         return Err(0);
     }
     add_new_thread(child_tid, child_tgid);
+    unwind::inherit_process(parent_tgid, child_tgid);
     debug!(
         &ctx,
         target: LOG_TARGET,

@@ -233,6 +233,17 @@ pub fn forget_process(tgid: u32) {
     let _ = UNWIND_PROCESSES.remove(&tgid);
 }
 
+/// Gives a forked child its parent's mappings: it maps the same objects at the same places,
+/// so its first samples are walked whole instead of waiting for the collector to read its
+/// maps (which it still does, and replaces these with).
+#[inline(always)]
+pub fn inherit_process(parent: u32, child: u32) {
+    // SAFETY: the value is copied by the update; it is only read here.
+    if let Some(mappings) = unsafe { UNWIND_PROCESSES.get(&parent) } {
+        let _ = UNWIND_PROCESSES.insert(&child, mappings, u64::from(BPF_NOEXIST));
+    }
+}
+
 /// Records the frame at `walk.pc` and steps to its caller. Returns 1 to stop the loop.
 unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given by `user_stack_id`.

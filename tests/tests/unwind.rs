@@ -258,3 +258,32 @@ fn samples_inside_probed_allocator_functions_keep_their_callers() {
     let by_kind = &summary["quality"]["complete_stacks_percent_by_kind"];
     assert!(by_kind["cpu"].as_f64().unwrap() >= 90.0, "{by_kind}");
 }
+
+#[test]
+fn forked_children_are_walked_whole_from_their_first_sample() {
+    let _serial = serial();
+    if !have_root("forked_children_are_walked_whole_from_their_first_sample") {
+        return;
+    }
+    // A hundred children of 4 ms each, no frame pointers: a child's first samples come before
+    // the profiler reads its memory map, and are walked with the mappings it had at fork.
+    let (dir, out) = record(&["-F", "999"], "unwind_forks_nofp", &["100"]);
+    assert!(out.status.success(), "{out:?}");
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    let in_children: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f == "child_work"))
+        .collect();
+    let total: u64 = in_children.iter().map(|(_, weight)| weight).sum();
+    let whole: u64 = in_children
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f == "main"))
+        .map(|(_, weight)| weight)
+        .sum();
+    assert!(total >= 100, "only {total} samples in the children");
+    let share = percent(whole, total);
+    assert!(
+        share >= 90.0,
+        "{share:.1}% of the children's samples reach main"
+    );
+}
