@@ -236,6 +236,9 @@ pub mod process_event {
     /// The unwinder met an address of the process it has no table for (the process is new,
     /// executed a program, or mapped a library): load its tables.
     pub const UNWIND_TABLES_MISSING: u32 = 3;
+    /// A profiled process closed a range of its fds (`close_range`): the files opened during
+    /// the run may no longer be what their fd numbers name.
+    pub const FILES_CLOSED: u32 = 4;
 }
 
 /// A change in the set of profiled processes or their programs, streamed so the collector
@@ -299,6 +302,10 @@ pub mod io_kind {
     pub const MUNMAP: u32 = 7;
     /// `brk(addr)`: moves the heap's end; returns the new end.
     pub const BRK: u32 = 8;
+    /// `dup2`/`dup3(old, new)`: the fd returned now names another file.
+    pub const DUP: u32 = 9;
+    /// `close_range(first, last)`: closes a range of fds.
+    pub const CLOSE_RANGE: u32 = 10;
 }
 
 /// Capacity of the I/O maps (totals, calls in progress, open files).

@@ -1,6 +1,7 @@
 //! System calls: the `raw_syscalls` `sys_enter`/`sys_exit` programs that time the I/O calls of
 //! target threads (per thread, stack, call and file, with latency histograms), stream the files
 //! they open, and add their memory calls (`mmap`, `munmap`, `brk`) to the process totals.
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -14,12 +15,13 @@ use aya_ebpf::{
 use profiler_common::{
     COMM_LEN, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS,
     OpenEvent, RECORDING_STOPPED, SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter,
-    inode_file_id, io_fields, io_kind, latency_slot,
+    inode_file_id, io_fields, io_kind, latency_slot, process_event,
 };
 
 use crate::{
     helpers::{active_map, bump, current_tgid_tid, field, process_memory, user_stack},
     maps::TARGETS,
+    process::send_process_event,
     unwind,
 };
 
@@ -195,6 +197,27 @@ fn send_open(tgid: u32, fd: i32, open_ns: u64, dir_fd: i32, path: u64) {
     entry.submit(0);
 }
 
+/// A target replaced or closed fds without opening anything: the fds no longer name the
+/// files opened under their numbers (later calls name them by inode). A `close_range` of one
+/// fd is forgotten here; a wider one by the collector, told through the process events.
+#[inline(always)]
+fn forget_replaced_fds(tgid: u32, kind: u32, args: [u64; 2], ret: i64) {
+    if kind == io_kind::DUP && ret >= 0 {
+        let _ = FILES.remove(&FdKey {
+            tgid,
+            fd: ret as i32,
+        });
+    } else if kind == io_kind::CLOSE_RANGE && ret == 0 {
+        let _ = FILES.remove(&FdKey {
+            tgid,
+            fd: args[0] as i32,
+        });
+        if args[1] > args[0] {
+            send_process_event(process_event::FILES_CLOSED, tgid, tgid);
+        }
+    }
+}
+
 /// A memory system call of a target returned: add it to its process's totals.
 #[inline(always)]
 fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
@@ -268,6 +291,10 @@ fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
     let ret: i64 = field(&ctx, io_fields::SYSCALL_RET);
     let kind = pending.call >> 8;
     let index = pending.call & 0xff;
+    if kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE {
+        forget_replaced_fds(tgid, kind, pending.args, ret);
+        return Ok(0);
+    }
     if kind >= io_kind::MMAP {
         record_memory_call(tgid, kind, pending.args[1], ret);
         return Ok(0);

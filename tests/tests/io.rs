@@ -180,6 +180,57 @@ fn sync_file_range_is_not_an_fsync() {
 }
 
 #[test]
+fn calls_on_a_replaced_fd_are_not_filed_under_its_old_file() {
+    let _serial = serial();
+    if !have_root("calls_on_a_replaced_fd_are_not_filed_under_its_old_file") {
+        return;
+    }
+    // One file's fd replaced by a pipe (dup2), another's closed (close_range) and reused.
+    let data_dir = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir.path().join("a.bin"), data_dir.path().join("b.bin"));
+    let (dir, out) = record(
+        &["--events", "io"],
+        "fd_reuse",
+        &[a.to_str().unwrap(), b.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = read_summary(dir.path());
+    let files = &summary["io"]["files"];
+    let a = entry(files, "path", a.to_str().unwrap());
+    assert_eq!(
+        (&a["writes"], &a["write_bytes"]),
+        (&1.into(), &4096.into()),
+        "{a}"
+    );
+    let b_reads = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == b.to_str().unwrap())
+        .map_or(0, |f| f["reads"].as_u64().unwrap());
+    assert_eq!(
+        b_reads, 0,
+        "the read on the reused fd is the pipe's: {files:#}"
+    );
+    let pipes: Vec<&serde_json::Value> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "pipe")
+        .collect();
+    let written: u64 = pipes
+        .iter()
+        .map(|p| p["write_bytes"].as_u64().unwrap())
+        .sum();
+    let read: u64 = pipes
+        .iter()
+        .map(|p| p["read_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!((written, read), (1010, 10), "{pipes:#?}");
+    assert_nothing_loaded();
+}
+
+#[test]
 fn attach_names_files_opened_before_it_even_through_dup2() {
     let _serial = serial();
     if !have_root("attach_names_files_opened_before_it_even_through_dup2") {

@@ -248,6 +248,16 @@ impl Collection {
         }
     }
 
+    /// Forgets which files `pid`'s fds opened before `time_ns` were: calls on those fds name
+    /// their files by inode from now.
+    fn forget_open_files(&mut self, pid: u32, time_ns: u64) {
+        if self.io_enabled
+            && let Err(err) = self.probes.forget_files_opened_before(&[pid], time_ns)
+        {
+            log::debug!("open files of process {pid}: {}", error_chain(&err));
+        }
+    }
+
     pub(super) fn handle_process_events(&mut self) {
         let now = Instant::now();
         for event in self.probes.process_events() {
@@ -258,6 +268,8 @@ impl Collection {
                     if let Some(unwind) = self.unwind.as_mut() {
                         unwind.forget(event.pid);
                     }
+                    // Close-on-exec fds are gone: their numbers may name other files now.
+                    self.forget_open_files(event.pid, event.time_ns);
                     self.watch_process(event.pid, comm);
                     self.refreshes.extend(
                         AFTER_EXEC_REFRESH
@@ -268,6 +280,7 @@ impl Collection {
                 process_event::UNWIND_TABLES_MISSING => {
                     let _ = self.read_memory_map(event.pid);
                 }
+                process_event::FILES_CLOSED => self.forget_open_files(event.pid, event.time_ns),
                 _ => {}
             }
         }

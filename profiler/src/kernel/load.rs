@@ -424,6 +424,16 @@ impl KernelProbes {
 
     /// Forgets the open files of processes that exited.
     pub fn forget_files_of(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
+        self.forget_files_opened_before(pids, u64::MAX)
+    }
+
+    /// Forgets the files processes opened before `time_ns` (`CLOCK_MONOTONIC`): their fds
+    /// were closed on exec or by a `close_range`; files opened since stay known.
+    pub fn forget_files_opened_before(
+        &mut self,
+        pids: &[u32],
+        time_ns: u64,
+    ) -> Result<(), ProbeError> {
         if pids.is_empty() || self.open_events.is_none() {
             return Ok(());
         }
@@ -431,9 +441,10 @@ impl KernelProbes {
             BpfHashMap::try_from(self.ebpf.map_mut("FILES").expect("FILES is in the object"))
                 .map_err(map_error("FILES"))?;
         let stale: Vec<FdKey> = files
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|key| pids.contains(&key.tgid))
+            .filter(|(key, open_ns)| pids.contains(&key.tgid) && *open_ns < time_ns)
+            .map(|(key, _)| key)
             .collect();
         for key in stale {
             let _ = files.remove(&key);
