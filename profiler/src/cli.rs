@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::EventKind;
+use crate::{collect::config::RunConfig, model::EventKind};
 
 /// Low-overhead eBPF profiler: CPU flamegraphs of a running process or a command.
 #[derive(Debug, Parser)]
@@ -190,34 +190,6 @@ fn parse_min_block(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
 
-/// What to profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetSpec {
-    /// Running processes.
-    Attach {
-        /// Their ids.
-        pids: Vec<u32>,
-        /// Include descendants.
-        children: bool,
-    },
-    /// A command to launch.
-    Launch {
-        /// Program and arguments.
-        argv: Vec<OsString>,
-        /// Include processes it starts.
-        children: bool,
-    },
-}
-
-impl TargetSpec {
-    /// Whether descendants are profiled.
-    pub fn follows_children(&self) -> bool {
-        match self {
-            TargetSpec::Attach { children, .. } | TargetSpec::Launch { children, .. } => *children,
-        }
-    }
-}
-
 /// How user stacks are walked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Unwind {
@@ -225,30 +197,6 @@ pub enum Unwind {
     Dwarf,
     /// Frame pointers only (the kernel's walker).
     Fp,
-}
-
-/// How to profile, independent of the command line.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunConfig {
-    /// Event kinds, deduplicated.
-    pub events: Vec<EventKind>,
-    /// Sampling frequency in Hz.
-    pub frequency: u64,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-    /// Output folder, or the default.
-    pub output: Option<PathBuf>,
-    /// Forward eBPF logs.
-    pub verbose: bool,
-    /// Shortest off-CPU period recorded.
-    pub min_block: Duration,
-    /// Bytes between sampled allocations; 0 records every allocation.
-    pub alloc_sample_bytes: u64,
-    /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for
-    /// frame pointers only.
-    pub unwind_rows: Option<u32>,
-    /// Budget for the collector's counts, bytes.
-    pub max_memory: u64,
 }
 
 impl From<ProfileArgs> for RunConfig {

@@ -10,8 +10,9 @@ use clap::Parser as _;
 use profiler::{
     analysis::{self, Summary},
     check,
-    cli::{Cli, Command, RunConfig, TargetSpec},
+    cli::{Cli, Command},
     collect,
+    collect::config::{RunConfig, TargetSpec},
     model::{PROFILE_FILE, Profile, synthetic},
     output::{self, OutputDir},
     render,

@@ -10,7 +10,7 @@ use profiler_common::{
 
 use super::{AFTER_EXEC_REFRESH, io::FileNames, memory};
 use crate::{
-    cli::RunConfig,
+    collect::config::RunConfig,
     kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
     model::{EventKind, Process, TimelineRow},
     stacks::address_space::AddressSpaces,

@@ -3,6 +3,7 @@
 
 mod collected;
 mod collection;
+pub mod config;
 mod error;
 pub mod io;
 pub mod memory;
@@ -28,7 +29,7 @@ use self::{
     stop::{CommandExit, Stop, exit_code, stop_command, stopped_while_loading},
 };
 use crate::{
-    cli::{RunConfig, TargetSpec},
+    collect::config::{RunConfig, TargetSpec},
     kernel::{KernelProbes, LoadOptions},
     model::{EventKind, Profile, RunInfo},
     output::{self, OutputDir},

@@ -1,0 +1,58 @@
+//! What a run collects and from whom, as plain data: the command line (`cli.rs`) and any other
+//! front end build these; collection never sees clap.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use crate::model::EventKind;
+
+/// What to profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// Running processes.
+    Attach {
+        /// Their ids.
+        pids: Vec<u32>,
+        /// Include descendants.
+        children: bool,
+    },
+    /// A command to launch.
+    Launch {
+        /// Program and arguments.
+        argv: Vec<OsString>,
+        /// Include processes it starts.
+        children: bool,
+    },
+}
+
+impl TargetSpec {
+    /// Whether descendants are profiled.
+    pub fn follows_children(&self) -> bool {
+        match self {
+            TargetSpec::Attach { children, .. } | TargetSpec::Launch { children, .. } => *children,
+        }
+    }
+}
+
+/// How to profile, independent of the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    /// Event kinds, deduplicated.
+    pub events: Vec<EventKind>,
+    /// Sampling frequency in Hz.
+    pub frequency: u64,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Output folder, or the default.
+    pub output: Option<PathBuf>,
+    /// Forward eBPF logs.
+    pub verbose: bool,
+    /// Shortest off-CPU period recorded.
+    pub min_block: Duration,
+    /// Bytes between sampled allocations; 0 records every allocation.
+    pub alloc_sample_bytes: u64,
+    /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for
+    /// frame pointers only.
+    pub unwind_rows: Option<u32>,
+    /// Budget for the collector's counts, bytes.
+    pub max_memory: u64,
+}
