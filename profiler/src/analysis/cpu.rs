@@ -186,7 +186,12 @@ pub(super) fn cpu_summary(profile: &Profile) -> CpuSummary {
             percent: percent(weight, total),
         })
         .collect();
-    threads.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.tid.cmp(&b.tid)));
+    // Ties broken down to the name: a thread renamed during the run has two rows.
+    threads.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then_with(|| (a.tid, a.pid, &a.name).cmp(&(b.tid, b.pid, &b.name)))
+    });
     CpuSummary {
         samples: total,
         lost_samples: profile.losses.lost_samples(),

@@ -92,7 +92,10 @@ pub(super) fn io_summary(profile: &Profile) -> IoSummary {
             }
         })
         .collect();
-    top_stacks.sort_by(|a, b| b.us.cmp(&a.us).then_with(|| a.stack.cmp(&b.stack)));
+    top_stacks.sort_by(|a, b| {
+        b.us.cmp(&a.us)
+            .then_with(|| (&a.stack, &a.thread).cmp(&(&b.stack, &b.thread)))
+    });
     top_stacks.truncate(TOP_STACKS);
     let stats = profile.io.clone().unwrap_or_default();
     IoSummary {

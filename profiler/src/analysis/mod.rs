@@ -151,7 +151,10 @@ pub(super) fn waiter<'a>(frames: &[&'a Frame]) -> Waiter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::fixtures::sample_profile, render::markdown::summary_markdown};
+    use crate::{
+        model::{Sample, fixtures::sample_profile},
+        render::markdown::summary_markdown,
+    };
 
     #[test]
     fn process_shares_count_cpu_samples_only() {
@@ -171,5 +174,41 @@ mod tests {
         let summary = summarize(&profile);
         assert_eq!(summary.cpu.as_ref().unwrap().samples, 0);
         assert!(summary_markdown(&summary).contains("No samples."));
+    }
+
+    #[test]
+    fn ties_are_broken_the_same_way_every_time() {
+        // Two threads with the same stacks and weights, one of them renamed during the run:
+        // every table has ties, which hash order must not decide.
+        let mut profile = sample_profile();
+        profile.run.events = vec![EventKind::Cpu, EventKind::OffCpu, EventKind::Io];
+        let base = profile.samples[&EventKind::Cpu].clone();
+        let mut all = Vec::new();
+        for (tid, name) in [(42, "demo"), (43, "twin"), (43, "renamed")] {
+            for sample in &base {
+                let mut sample = sample.clone();
+                sample.tid = tid;
+                sample.thread = name.into();
+                all.push(sample);
+            }
+        }
+        let waits: Vec<Sample> = all
+            .iter()
+            .map(|sample| Sample {
+                reason: Some(crate::model::BlockReason::Lock),
+                count: Some(1),
+                ..sample.clone()
+            })
+            .collect();
+        profile.samples.insert(EventKind::Cpu, all);
+        profile.samples.insert(EventKind::OffCpu, waits.clone());
+        profile.samples.insert(EventKind::Io, waits);
+        let first = crate::render::json::summary_json(&summarize(&profile));
+        for _ in 0..20 {
+            assert_eq!(
+                crate::render::json::summary_json(&summarize(&profile)),
+                first
+            );
+        }
     }
 }

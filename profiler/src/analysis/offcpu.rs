@@ -1,7 +1,7 @@
 //! The off-CPU section: why threads were off-CPU, the stacks they blocked in, where each
 //! thread's time went, and run-queue latency.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -122,7 +122,8 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
     let mut reasons: HashMap<BlockReason, u64> = HashMap::new();
     // Per thread, folded stack and reason: (time, periods, one of the profile's stacks).
     let mut stacks: HashMap<(String, String, BlockReason), (u64, u64, usize)> = HashMap::new();
-    let mut off_cpu: HashMap<(u32, u32, String), u64> = HashMap::new();
+    // Ordered: a thread with several names gets the first in order, the same every time.
+    let mut off_cpu: BTreeMap<(u32, u32, String), u64> = BTreeMap::new();
     for sample in samples {
         let reason = sample.reason.unwrap_or(BlockReason::OtherWait);
         *reasons.entry(reason).or_default() += sample.weight;
@@ -187,7 +188,10 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
             }
         })
         .collect();
-    top_stacks.sort_by(|a, b| b.us.cmp(&a.us).then_with(|| a.stack.cmp(&b.stack)));
+    top_stacks.sort_by(|a, b| {
+        b.us.cmp(&a.us)
+            .then_with(|| (&a.stack, &a.thread, a.reason).cmp(&(&b.stack, &b.thread, b.reason)))
+    });
     top_stacks.truncate(TOP_STACKS);
 
     let per_sample_us = 1_000_000 / profile.run.frequency_hz.max(1);
@@ -231,7 +235,7 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
             row
         })
         .collect();
-    threads.sort_by_key(|row| (row.pid, row.tid));
+    threads.sort_by(|a, b| (a.pid, a.tid, &a.name).cmp(&(b.pid, b.tid, &b.name)));
 
     let mut run_queue: Vec<RunQueueLatency> = profile
         .run_queue
@@ -247,7 +251,11 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
             total_us: rq.total_us,
         })
         .collect();
-    run_queue.sort_by(|a, b| b.p99_us.cmp(&a.p99_us).then(a.tid.cmp(&b.tid)));
+    run_queue.sort_by(|a, b| {
+        b.p99_us
+            .cmp(&a.p99_us)
+            .then_with(|| (a.tid, a.pid, &a.name).cmp(&(b.tid, b.pid, &b.name)))
+    });
 
     OffCpuSummary {
         total_us: total,
