@@ -160,6 +160,10 @@ pub(super) fn cpu_summary(profile: &Profile) -> CpuSummary {
     }
     let tallies = |weights: &[u64], lines: &HashMap<(usize, usize), u64>| {
         let mut tallies: HashMap<String, FunctionTally> = HashMap::new();
+        // Heaviest frame first: a name in several modules (`_start` of ld.so and of the
+        // program) is shown with the module of most of its weight, the same every time.
+        let mut lines: Vec<(&(usize, usize), &u64)> = lines.iter().collect();
+        lines.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (&(label, frame_id), &weight) in lines {
             let tally = tallies
                 .entry(labels[label].clone())
