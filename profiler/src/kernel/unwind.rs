@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     fs::File,
-    io::Read as _,
     os::unix::fs::MetadataExt as _,
     time::{Duration, Instant},
 };
@@ -18,9 +17,6 @@ use crate::{
     model::UnwindStats,
     target::procfs,
 };
-
-/// Objects larger than this are not read for tables (walked by frame pointers).
-const MAX_OBJECT_BYTES: u64 = 2 << 30;
 
 /// A loadable segment: where its file bytes go in the object's address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,11 +211,7 @@ impl UnwindTables {
         if let Some(key) = self.identities.get(&identity) {
             return self.objects.get(key).cloned();
         }
-        if metadata.size() > MAX_OBJECT_BYTES {
-            return None;
-        }
-        let mut bytes = Vec::with_capacity(metadata.size() as usize);
-        file.read_to_end(&mut bytes).ok()?;
+        let bytes = procfs::read_object(&mut file)?;
         let key = unwind_table::build_id(&bytes)
             .map(|id| [b"build-id:".as_slice(), &id].concat())
             .unwrap_or_else(|| format!("file:{identity:?}").into_bytes());

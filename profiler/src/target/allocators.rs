@@ -9,6 +9,8 @@ use std::{
 use object::{Object as _, ObjectSymbol as _};
 use profiler_common::alloc_layout;
 
+use super::procfs;
+
 /// An allocator function and how it takes its arguments (`alloc_layout`).
 #[derive(Clone, Copy, Debug)]
 pub struct AllocatorFunction {
@@ -224,7 +226,8 @@ pub fn allocator_objects(
     // A command held before its exec still maps the profiler: the rare functions worth a
     // probe are those the program it will run imports too.
     let mut imported: HashSet<String> = program
-        .and_then(|program| std::fs::read(program).ok())
+        .and_then(|program| std::fs::File::open(program).ok())
+        .and_then(|mut file| procfs::read_object(&mut file))
         .map(|elf| imported_names(&elf))
         .unwrap_or_default();
     let mut candidates = Vec::new();
@@ -253,7 +256,10 @@ pub fn allocator_objects(
             Ok(m) if (m.dev(), m.ino()) == identity => rooted,
             _ => mapped,
         };
-        let Ok(elf) = std::fs::read(&attach_path) else {
+        let Some(elf) = std::fs::File::open(&attach_path)
+            .ok()
+            .and_then(|mut file| procfs::read_object(&mut file))
+        else {
             continue;
         };
         imported.extend(imported_names(&elf));

@@ -232,6 +232,24 @@ pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
     })
 }
 
+/// Largest object file read whole (for unwind tables or allocator symbols): bounds the
+/// memory and time one mapped file can cost.
+pub const MAX_OBJECT_BYTES: u64 = 2 << 30;
+
+/// The bytes of the object file `file`: a regular file of at most [`MAX_OBJECT_BYTES`], read
+/// no further than that (a file that grows meanwhile is cut short, and fails to parse).
+pub fn read_object(file: &mut fs::File) -> Option<Vec<u8>> {
+    use io::Read as _;
+
+    let metadata = file.metadata().ok()?;
+    if !metadata.is_file() || metadata.len() > MAX_OBJECT_BYTES {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_OBJECT_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 /// `/proc`, where descriptors, maps and allocator objects are read in real runs (tests pass
 /// a folder of their own).
 pub fn proc_root() -> std::path::PathBuf {
