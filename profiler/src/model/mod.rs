@@ -23,3 +23,9 @@ pub use stats::{
     AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, Losses, MappingStats, MemoryStats,
     RunQueue, TimelineRow, UnwindStats,
 };
+
+/// Whether a number is zero: fields added to the saved form are left out when zero, so
+/// profiles without them keep their saved form.
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}

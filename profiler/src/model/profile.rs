@@ -86,7 +86,7 @@ pub struct RunInfo {
     /// Version of the profiler that took it.
     pub profiler_version: String,
     /// CPUs online during the run; 0 when not recorded (profiles of older versions).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::is_zero")]
     pub cpus: u32,
 }
 
@@ -204,10 +204,6 @@ impl Interner {
             profile.stacks.len() - 1
         })
     }
-}
-
-fn is_zero(value: &u32) -> bool {
-    *value == 0
 }
 
 #[cfg(test)]

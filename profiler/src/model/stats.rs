@@ -209,7 +209,7 @@ pub struct IoFile {
     pub fsyncs: u64,
     /// sync_file_range calls (writeback of a range, not an fsync); left out when none, so
     /// profiles without any keep their saved form.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::is_zero")]
     pub sync_file_ranges: u64,
     /// Opens.
     pub opens: u64,
@@ -293,10 +293,6 @@ pub struct UnwindStats {
     pub build_ms: f64,
     /// Processes whose mappings were described to the kernel (counting reloads).
     pub process_loads: u32,
-}
-
-fn is_zero(value: &u64) -> bool {
-    *value == 0
 }
 
 #[cfg(test)]
