@@ -655,6 +655,8 @@ pub const MAX_OBJECT_ROWS: u32 = 1 << 23;
 pub const MAX_PROCESS_MAPPINGS: usize = 256;
 /// Capacity of the map of processes with unwind tables.
 pub const UNWIND_PROCESS_ENTRIES: u32 = 4 * 1024;
+/// Capacity of the map of objects with unwind tables, by file.
+pub const UNWIND_OBJECT_ENTRIES: u32 = 8 * 1024;
 
 /// What an [`UnwindRow`] says about the frame of an address it covers (x86-64).
 pub mod unwind_kind {
@@ -708,6 +710,36 @@ pub struct UnwindMapping {
     pub row_count: u32,
 }
 const _: () = assert!(size_of::<UnwindMapping>() == 32);
+
+/// A mapped file as the kernel knows it: its filesystem's device (the kernel's `dev_t`,
+/// `major << 20 | minor`) and its inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Device of the file's filesystem.
+    pub device: u64,
+    /// Inode number.
+    pub inode: u64,
+}
+const _: () = assert!(size_of::<FileKey>() == 16);
+
+/// Where one object's rows are, found from the file behind an address: how the unwinder walks
+/// a process whose mappings it has not been told yet (a new exec, a library just loaded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectUnwind {
+    /// File offsets `[text_start, text_end)` of the object's executable segment.
+    pub text_start: u64,
+    /// End of the executable segment's file range.
+    pub text_end: u64,
+    /// Object address = file offset + `address_delta` (wrapping), in that segment.
+    pub address_delta: u64,
+    /// Index of the object's first row in the shared row array.
+    pub first_row: u32,
+    /// Number of rows of the object (never 0).
+    pub row_count: u32,
+}
+const _: () = assert!(size_of::<ObjectUnwind>() == 32);
 
 /// The executable mappings of one process, sorted by address.
 #[repr(C)]
@@ -822,6 +854,10 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindMapping {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::ProcessUnwind {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::FileKey {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::ObjectUnwind {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::UserStack {}
 }

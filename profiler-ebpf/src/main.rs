@@ -6,7 +6,8 @@
 //! One module per event family, each with its programs and the maps only it uses: [`cpu`]
 //! (CPU sampling), [`sched`] (off-CPU and run-queue time), [`process`] (forks, execs, process
 //! events), [`syscalls`] (I/O and memory system calls), [`block`] (block requests), [`alloc`]
-//! (allocator probes) and [`unwind`] (user stacks from unwind tables). What several families
+//! (allocator probes), [`unwind`] (user stacks from unwind tables) and [`unwind_mappings`]
+//! (mappings the unwinder learns by itself). What several families
 //! share is in [`maps`] and [`helpers`].
 #![no_std]
 #![no_main]
@@ -20,6 +21,7 @@ mod process;
 mod sched;
 mod syscalls;
 mod unwind;
+mod unwind_mappings;
 
 #[cfg(not(test))]
 #[panic_handler]

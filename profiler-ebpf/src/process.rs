@@ -15,7 +15,7 @@ use profiler_common::{
 use crate::{
     helpers::{bump, current_tgid_tid},
     maps::{TARGETS, THREAD_ZERO, THREADS},
-    unwind,
+    unwind, unwind_mappings,
 };
 
 /// Offsets of `pid` and `tgid` in `struct task_struct`, read from the kernel's BTF by the
@@ -157,6 +157,7 @@ fn try_sched_process_exec(ctx: BtfTracePointContext) -> Result<i32, i32> {
         unsafe { (*thread).off_cpu.comm[0] = 0 };
     }
     unwind::forget_process(tgid);
+    unwind_mappings::learn_exec(tgid);
     debug!(&ctx, target: LOG_TARGET, "target {} executed a new program", tgid);
     send_process_event(process_event::EXEC, tgid, tgid);
     Ok(0)

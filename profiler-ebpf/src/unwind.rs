@@ -42,7 +42,7 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_RO
 
 /// Executable mappings of each profiled process (tgid).
 #[map]
-static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> =
+pub(crate) static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> =
     HashMap::with_max_entries(UNWIND_PROCESS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Walked user stacks by id (31 bits of their hash); allocated as stacks appear.

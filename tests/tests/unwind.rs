@@ -1,7 +1,9 @@
 //! Complete user stacks with and without frame pointers: the in-kernel `.eh_frame` unwinder
 //! against programs whose stacks frame-pointer walking gets wrong.
 
-use profiler_tests::{have_root, percent, read_folded, read_summary, record, serial};
+use profiler_tests::{
+    have_root, output, percent, profiler, program, read_folded, read_summary, record, serial,
+};
 
 /// The frames a complete stack starts with, after the thread name: the program's entry or a
 /// thread's start, as glibc names them.
@@ -285,5 +287,95 @@ fn forked_children_are_walked_whole_from_their_first_sample() {
     assert!(
         share >= 90.0,
         "{share:.1}% of the children's samples reach main"
+    );
+}
+
+#[test]
+fn a_wait_begun_right_after_exec_keeps_main() {
+    let _serial = serial();
+    if !have_root("a_wait_begun_right_after_exec_keeps_main") {
+        return;
+    }
+    // main blocks in pthread_join within a millisecond of the exec, for 2 s: the stack taken
+    // as it blocks comes before the profiler has read the new program's memory map, and is
+    // kept for the whole wait. No frame pointers: libc's and the program's tables are needed.
+    let (dir, out) = record(&["-e", "offcpu"], "unwind_join_at_start_nofp", &["2"]);
+    assert!(out.status.success(), "{out:?}");
+    let stacks = read_folded(&dir.path().join("offcpu.folded"));
+    let joining: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.contains("pthread_clockjoin")))
+        .collect();
+    let total: u64 = joining.iter().map(|(_, weight)| weight).sum();
+    let whole: u64 = joining
+        .iter()
+        .filter(|(frames, _)| {
+            frames.get(1).is_some_and(|f| f == "_start")
+                && frames.iter().any(|f| f == "wait_for_sleeper")
+        })
+        .map(|(_, weight)| weight)
+        .sum();
+    // Weights are µs.
+    assert!(total >= 1_500_000, "only {total} µs in pthread_join");
+    let share = percent(whole, total);
+    assert!(
+        share >= 99.0,
+        "{share:.1}% of the join wait reaches _start .. main .. wait_for_sleeper: {joining:?}"
+    );
+}
+
+#[test]
+fn short_processes_are_walked_whole_from_their_first_sample() {
+    let _serial = serial();
+    if !have_root("short_processes_are_walked_whole_from_their_first_sample") {
+        return;
+    }
+    // 200 processes of 3 ms each, one after another, each a new exec of a program without
+    // frame pointers (what `record -- make` looks like): most are gone before the profiler
+    // could read their memory maps.
+    let script = format!(
+        "for i in $(seq 200); do {} 3; done",
+        program("unwind_short_nofp").display()
+    );
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let out = output(
+        profiler()
+            .args(["record", "-F", "999", "-e", "cpu", "-o"])
+            .arg(dir.path())
+            .args(["--", "sh", "-c", &script]),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    // Folded lines of the children: "unwind_short_no (PID);unwind_short_no;...".
+    let children: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames[0].starts_with("unwind_short_no ")
+                && frames.get(1).is_some_and(|f| f == "unwind_short_no")
+        })
+        .collect();
+    let weight = |keep: &dyn Fn(&[String]) -> bool| -> u64 {
+        children
+            .iter()
+            .filter(|(frames, _)| keep(frames))
+            .map(|(_, weight)| weight)
+            .sum()
+    };
+    let all = weight(&|_| true);
+    let from_entry = weight(&|frames| frames.get(2).is_some_and(|f| f == "_start"));
+    let working = weight(&|frames| frames.iter().any(|f| f == "short_work"));
+    let working_whole = weight(&|frames| {
+        frames.get(2).is_some_and(|f| f == "_start")
+            && frames.windows(2).any(|pair| pair == ["main", "short_work"])
+    });
+    assert!(working >= 200, "only {working} samples in short_work");
+    // Samples in the dynamic loader, before main, are whole too: from its `_start`.
+    assert!(
+        percent(from_entry, all) >= 90.0,
+        "{from_entry} of {all} of the children's samples start at _start"
+    );
+    assert!(
+        percent(working_whole, working) >= 90.0,
+        "{working_whole} of {working} samples in short_work reach _start .. main"
     );
 }

@@ -319,6 +319,18 @@ impl Collection {
         self.probes.remove_targets(&exited)?;
         self.probes.forget_files_of(&exited)?;
         if let Some(unwind) = self.unwind.as_mut() {
+            // Gone before its memory map was read (a 3 ms child): its addresses are symbolized
+            // with the mappings the kernel learned by itself.
+            for &pid in &exited {
+                if let Some(process) = self.probes.process_unwind(pid) {
+                    let learned = unwind.learned_mappings(&process);
+                    let files: Vec<_> = learned
+                        .iter()
+                        .map(|(entry, object)| (entry.clone(), &object.file))
+                        .collect();
+                    self.spaces.add_open_files(pid, &files);
+                }
+            }
             self.probes.remove_process_unwind(&exited)?;
             for &pid in &exited {
                 unwind.forget(pid);

@@ -148,6 +148,19 @@ impl<'a> KernelTypes<'a> {
             })
     }
 
+    /// Byte offsets of several members, or all 0 when one is missing (another kernel's
+    /// layout): for features the programs skip when their offsets are 0.
+    pub fn all_or_none<const N: usize>(&self, members: [(&str, &str); N]) -> [u32; N] {
+        let mut offsets = [0; N];
+        for (slot, (name, member)) in offsets.iter_mut().zip(members) {
+            match self.member_offset(name, member) {
+                Ok(offset) => *slot = offset,
+                Err(_) => return [0; N],
+            }
+        }
+        offsets
+    }
+
     fn find_member(&self, type_id: u32, member: &str, base_bits: u32) -> Option<u32> {
         let (_, members) = self.composites.get(&type_id)?;
         for field in members {

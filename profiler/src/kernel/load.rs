@@ -10,8 +10,8 @@ use aya::{
     },
 };
 use profiler_common::{
-    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, FdKey, ProcessUnwind, RECORDING_STOPPED,
-    TargetFlags, ThreadState, UnwindRow,
+    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, FdKey, RECORDING_STOPPED, TargetFlags,
+    ThreadState,
 };
 
 use super::{
@@ -53,6 +53,8 @@ pub struct LoadOptions {
 
 /// The process-tracking programs.
 const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
+/// The program that learns a library's text as it is mapped (unwinding with tables).
+const UNWIND_MAPPING_PROGRAMS: [(&str, &str); 1] = [("syscalls", "sys_exit_mmap")];
 
 /// Checks that the classic `sched` tracepoints lay out their records where the programs read.
 fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
@@ -192,19 +194,28 @@ impl KernelProbes {
         // `task_struct.utask`, `uprobe_task.return_instances`, `return_instance.stack`,
         // `.orig_ret_vaddr`, `.next`. Missing (another kernel's layout): left at 0, and stacks
         // through a probed function stop at the trampoline as before.
-        let uretprobe_offsets = [
+        let uretprobe_offsets = types.all_or_none([
             ("task_struct", "utask"),
             ("uprobe_task", "return_instances"),
             ("return_instance", "stack"),
             ("return_instance", "orig_ret_vaddr"),
             ("return_instance", "next"),
-        ]
-        .iter()
-        .map(|(name, member)| types.member_offset(name, member))
-        .collect::<Result<Vec<u32>, _>>()
-        .ok()
-        .and_then(|offsets| <[u32; 5]>::try_from(offsets).ok())
-        .unwrap_or_default();
+        ]);
+        // From a memory area to the identity of its file, and from a task to its program's
+        // text (`unwind_mappings`). Missing: all 0, and new processes wait for the collector.
+        let vma_file_offsets = types.all_or_none([
+            ("vm_area_struct", "vm_start"),
+            ("vm_area_struct", "vm_end"),
+            ("vm_area_struct", "vm_pgoff"),
+            ("vm_area_struct", "vm_flags"),
+            ("vm_area_struct", "vm_file"),
+            ("file", "f_inode"),
+            ("inode", "i_ino"),
+            ("inode", "i_sb"),
+            ("super_block", "s_dev"),
+            ("task_struct", "mm"),
+            ("mm_struct", "start_code"),
+        ]);
         let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
             path: btf::VMLINUX_BTF,
             source: std::io::Error::other(err),
@@ -222,6 +233,7 @@ impl KernelProbes {
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
             .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
+            .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
             // Arrays are allocated whole: a single row when tables are off.
             .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)
@@ -294,6 +306,16 @@ impl KernelProbes {
                 .load(name, &btf)
                 .map_err(|err| program_error(format!("loading the {name} program"), err))?;
         }
+        // Without the `syscalls` events (CONFIG_FTRACE_SYSCALLS), libraries a new process maps
+        // wait for the collector to describe it, as its first samples did before.
+        let learn_mappings = options.unwind_rows.is_some()
+            && tracefs::ensure_mounted().is_ok_and(|root| {
+                let ret = ("ret", profiler_common::io_fields::SYSCALL_RET, 8);
+                tracefs::check_layout(&root, "syscalls/sys_exit_mmap", &[ret]).is_ok()
+            });
+        if learn_mappings {
+            load_tracepoints(&mut ebpf, UNWIND_MAPPING_PROGRAMS)?;
+        }
         Ok(KernelProbes {
             uprobe_links: Vec::new(),
             ebpf,
@@ -301,6 +323,7 @@ impl KernelProbes {
             open_events,
             active_sample_map: 0,
             unwind_with_tables: options.unwind_rows.is_some(),
+            learn_mappings,
             unwind_rows,
             _logger: logger,
         })
@@ -344,7 +367,11 @@ impl KernelProbes {
 
     /// Attaches the fork/exec tracepoints that follow new processes and program changes.
     pub fn attach_process_tracking(&mut self) -> Result<(), ProbeError> {
-        self.attach_tracepoints(&PROCESS_PROGRAMS)
+        self.attach_tracepoints(&PROCESS_PROGRAMS)?;
+        if self.learn_mappings {
+            attach_classic_tracepoints(&mut self.ebpf, UNWIND_MAPPING_PROGRAMS)?;
+        }
+        Ok(())
     }
 
     /// Starts off-CPU and run-queue accounting of the targets' threads; `now_ns` is the
@@ -561,70 +588,6 @@ impl KernelProbes {
         self.set_control(CONTROL_ACTIVE_SAMPLE_MAP, RECORDING_STOPPED)?;
         std::thread::sleep(IN_FLIGHT);
         Ok(())
-    }
-
-    /// Writes rows of the shared unwind table, from index `first`, through a shared mapping
-    /// of the array (one copy, however many rows).
-    pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-
-        let end = first as usize + rows.len();
-        if end > self.unwind_rows as usize {
-            return Err(ProbeError::UnwindRows(format!(
-                "rows {first}..{end} past the capacity of {}",
-                self.unwind_rows
-            )));
-        }
-        let Some(aya::maps::Map::Array(data)) = self.ebpf.map("UNWIND_ROWS") else {
-            unreachable!("UNWIND_ROWS is an array in the object");
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
-        let len = self.unwind_rows as usize * size_of::<UnwindRow>();
-        // SAFETY: a fresh shared mapping of the map's memory, unmapped below; the kernel
-        // programs read rows concurrently, but only rows the collector has not published yet
-        // (no process mapping points at them) are written.
-        unsafe {
-            let memory = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
-            if memory == libc::MAP_FAILED {
-                return Err(ProbeError::UnwindRows(format!(
-                    "mapping the row array: {}",
-                    std::io::Error::last_os_error()
-                )));
-            }
-            let target = memory.cast::<UnwindRow>().add(first as usize);
-            std::ptr::copy_nonoverlapping(rows.as_ptr(), target, rows.len());
-            libc::munmap(memory, len);
-        }
-        Ok(())
-    }
-
-    /// Tells the unwinder the executable mappings of process `pid`.
-    pub fn set_process_unwind(
-        &mut self,
-        pid: u32,
-        process: &ProcessUnwind,
-    ) -> Result<(), ProbeError> {
-        let mut processes: BpfHashMap<_, u32, ProcessUnwind> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("UNWIND_PROCESSES")
-                .expect("UNWIND_PROCESSES is in the object"),
-        )
-        .map_err(map_error("UNWIND_PROCESSES"))?;
-        processes
-            .insert(pid, process, 0)
-            .map_err(map_error("UNWIND_PROCESSES"))
-    }
-
-    /// Drops the unwinding descriptions of processes that exited (the map is bounded).
-    pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
-        remove_pids::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
     }
 }
 

@@ -2,7 +2,8 @@
 //! attaching the eBPF programs (`load`), reading their maps (`maps`), the handle on both
 //! ([`probes`]) and what can fail ([`ProbeError`]); the kernel facts they need (struct
 //! offsets from [`btf`], tracepoint formats from [`tracefs`]), and the unwind tables they walk
-//! user stacks with ([`unwind_table`] compiles an object's CFI, [`unwind`] loads it).
+//! user stacks with ([`unwind_table`] compiles an object's CFI, [`unwind`] loads it through
+//! the maps of `unwind_maps`).
 
 pub mod btf;
 mod error;
@@ -12,6 +13,7 @@ pub mod probes;
 pub mod syscalls;
 pub mod tracefs;
 pub mod unwind;
+mod unwind_maps;
 pub mod unwind_table;
 
 pub use error::ProbeError;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use object::{Object as _, ObjectSegment as _};
-use profiler_common::{MAX_PROCESS_MAPPINGS, ProcessUnwind, UnwindMapping};
+use profiler_common::{FileKey, MAX_PROCESS_MAPPINGS, ObjectUnwind, ProcessUnwind, UnwindMapping};
 
 use crate::{
     kernel::{probes::KernelProbes, unwind_table},
@@ -24,6 +24,7 @@ struct Segment {
     file_offset: u64,
     address: u64,
     file_size: u64,
+    executable: bool,
 }
 
 /// One compiled object: its rows in the kernel's array and its segments.
@@ -32,6 +33,18 @@ struct ObjectTable {
     first_row: u32,
     row_count: u32,
     segments: Vec<Segment>,
+}
+
+/// An object published to the kernel by file, kept open for symbolization.
+#[derive(Debug)]
+pub struct PublishedObject {
+    /// Path as first seen.
+    pub path: String,
+    /// The file, open.
+    pub file: File,
+    device: u64,
+    inode: u64,
+    address_delta: u64,
 }
 
 /// How a file is recognised again without reading it.
@@ -48,6 +61,9 @@ pub struct UnwindTables {
     build_time: Duration,
     /// Fingerprint of the memory map each process's mappings were last described from.
     loaded_maps: HashMap<u32, u64>,
+    /// The files of the objects published by file, by their first row: what a process the
+    /// kernel described by itself maps (see [`UnwindTables::learned_mappings`]).
+    published: HashMap<u32, PublishedObject>,
     /// (device, inode) of the profiler's own executable, never a target worth a table (a
     /// launched command maps it until its exec).
     own_executable: Option<(u64, u64)>,
@@ -68,6 +84,7 @@ impl UnwindTables {
             },
             build_time: Duration::ZERO,
             loaded_maps: HashMap::new(),
+            published: HashMap::new(),
             own_executable: std::fs::metadata("/proc/self/exe")
                 .ok()
                 .map(|metadata| (metadata.dev(), metadata.ino())),
@@ -216,12 +233,92 @@ impl UnwindTables {
             .map(|id| [b"build-id:".as_slice(), &id].concat())
             .unwrap_or_else(|| format!("file:{identity:?}").into_bytes());
         self.identities.insert(identity, key.clone());
-        if let Some(object) = self.objects.get(&key) {
-            return Some(object.clone());
-        }
-        let table = self.compile(path, &bytes, probes);
-        self.objects.insert(key, table.clone());
+        let table = match self.objects.get(&key) {
+            Some(object) => object.clone(),
+            None => {
+                let table = self.compile(path, &bytes, probes);
+                self.objects.insert(key, table.clone());
+                table
+            }
+        };
+        self.publish_by_file(&file, path, &metadata, &table, probes);
         Some(table)
+    }
+
+    /// Tells the unwinder where an object's rows are by the file it was read from, so a
+    /// process that maps the file is unwound before its mappings are described (a new exec,
+    /// a library just loaded; see the kernel's `unwind_mappings`).
+    fn publish_by_file(
+        &mut self,
+        file: &File,
+        path: &str,
+        metadata: &std::fs::Metadata,
+        table: &ObjectTable,
+        probes: &mut KernelProbes,
+    ) {
+        let Some(text) = table.segments.iter().find(|segment| segment.executable) else {
+            return;
+        };
+        if table.row_count == 0 {
+            return;
+        }
+        let object = ObjectUnwind {
+            text_start: text.file_offset,
+            text_end: text.file_offset + text.file_size,
+            address_delta: text.address.wrapping_sub(text.file_offset),
+            first_row: table.first_row,
+            row_count: table.row_count,
+        };
+        if let Err(err) = probes.set_object_unwind(file_key(metadata), &object) {
+            log::debug!("{path}: unwind table not published by file: {err}");
+            return;
+        }
+        if let Ok(file) = file.try_clone() {
+            self.published
+                .entry(table.first_row)
+                .or_insert_with(|| PublishedObject {
+                    path: path.to_owned(),
+                    file,
+                    device: metadata.dev(),
+                    inode: metadata.ino(),
+                    address_delta: object.address_delta,
+                });
+        }
+    }
+
+    /// The mappings of a process as the kernel described them by itself, with the objects'
+    /// files: how the addresses of a process that exited before its memory map was read are
+    /// symbolized.
+    pub fn learned_mappings(
+        &self,
+        process: &ProcessUnwind,
+    ) -> Vec<(procfs::MapEntry, &PublishedObject)> {
+        let count = (process.mapping_count as usize).min(MAX_PROCESS_MAPPINGS);
+        process.mappings[..count]
+            .iter()
+            .filter_map(|mapping| {
+                let object = self.published.get(&mapping.first_row)?;
+                let entry = procfs::MapEntry {
+                    start: mapping.start,
+                    end: mapping.end,
+                    executable: true,
+                    // The offset in the file of `start`: its object address less the delta.
+                    file_offset: mapping
+                        .start
+                        .wrapping_sub(mapping.bias)
+                        .wrapping_sub(object.address_delta),
+                    device: format!(
+                        "{:02x}:{:02x}",
+                        libc::major(object.device),
+                        libc::minor(object.device)
+                    ),
+                    inode: object.inode,
+                    path: object.path.clone(),
+                    deleted: false,
+                };
+                Some((entry, object))
+            })
+            .collect()
     }
 
     /// Compiles one object and loads its rows; an object without rows is walked by frame
@@ -295,6 +392,16 @@ impl UnwindTables {
     }
 }
 
+/// A file as the kernel names it: the device in the kernel's own `dev_t` encoding
+/// (`major << 20 | minor`), not `stat`'s.
+fn file_key(metadata: &std::fs::Metadata) -> FileKey {
+    let device = metadata.dev();
+    FileKey {
+        device: (u64::from(libc::major(device)) << 20) | u64::from(libc::minor(device)),
+        inode: metadata.ino(),
+    }
+}
+
 /// The loadable segments of an ELF object (empty if it is not one).
 fn segments(bytes: &[u8]) -> Vec<Segment> {
     let Ok(file) = object::File::parse(bytes) else {
@@ -307,6 +414,10 @@ fn segments(bytes: &[u8]) -> Vec<Segment> {
                 file_offset,
                 address: segment.address(),
                 file_size,
+                executable: matches!(
+                    segment.flags(),
+                    object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0
+                ),
             }
         })
         .collect()
@@ -346,11 +457,13 @@ mod tests {
                 file_offset: 0,
                 address: 0,
                 file_size: 0x800,
+                executable: false,
             },
             Segment {
                 file_offset: 0x1000,
                 address: 0x1000,
                 file_size: 0x2345,
+                executable: false,
             },
         ];
         assert_eq!(
@@ -367,6 +480,7 @@ mod tests {
             file_offset: 0x28040,
             address: 0x29040,
             file_size: 0x10000,
+            executable: false,
         }];
         // Mapped from offset 0x28000 at 0x7f00_0002_9000: address 0x29000 is there.
         assert_eq!(
@@ -385,11 +499,13 @@ mod tests {
                 file_offset: 0,
                 address: 0,
                 file_size: 0x16f6c,
+                executable: false,
             },
             Segment {
                 file_offset: 0x16f70,
                 address: 0x17f70,
                 file_size: 0x3fb70,
+                executable: false,
             },
         ];
         assert_eq!(

@@ -108,6 +108,28 @@ impl AddressSpaces {
         self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
     }
 
+    /// Records mappings described without `/proc/PID/maps` (the process is gone), each with
+    /// its file open.
+    pub fn add_open_files(&mut self, pid: u32, mappings: &[(MapEntry, &File)]) {
+        let entries: Vec<MapEntry> = mappings.iter().map(|(entry, _)| entry.clone()).collect();
+        self.add(pid, &entries, |entry| {
+            let Some((_, file)) = mappings.iter().find(|(known, _)| known == entry) else {
+                return (PathBuf::from(&entry.path), None);
+            };
+            let Ok(file) = file.try_clone() else {
+                return (PathBuf::from(&entry.path), None);
+            };
+            let plain = Path::new(&entry.path);
+            if same_file(&file, plain) {
+                return (plain.to_path_buf(), Some(file));
+            }
+            (
+                PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+                Some(file),
+            )
+        });
+    }
+
     /// Records the executable mappings among `entries`, opening new files with `open`.
     fn add(
         &mut self,

@@ -1,0 +1,101 @@
+//! The unwinder's maps: the shared row array, each process's mappings, each object's rows by
+//! file.
+
+use aya::maps::HashMap as BpfHashMap;
+use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, UnwindRow};
+
+use super::{
+    error::{ProbeError, map_error},
+    probes::{KernelProbes, remove_pids},
+};
+
+impl KernelProbes {
+    /// Writes rows of the shared unwind table, from index `first`, through a shared mapping
+    /// of the array (one copy, however many rows).
+    pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+
+        let end = first as usize + rows.len();
+        if end > self.unwind_rows as usize {
+            return Err(ProbeError::UnwindRows(format!(
+                "rows {first}..{end} past the capacity of {}",
+                self.unwind_rows
+            )));
+        }
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map("UNWIND_ROWS") else {
+            unreachable!("UNWIND_ROWS is an array in the object");
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let len = self.unwind_rows as usize * size_of::<UnwindRow>();
+        // SAFETY: a fresh shared mapping of the map's memory, unmapped below; the kernel
+        // programs read rows concurrently, but only rows the collector has not published yet
+        // (no process mapping points at them) are written.
+        unsafe {
+            let memory = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if memory == libc::MAP_FAILED {
+                return Err(ProbeError::UnwindRows(format!(
+                    "mapping the row array: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            let target = memory.cast::<UnwindRow>().add(first as usize);
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), target, rows.len());
+            libc::munmap(memory, len);
+        }
+        Ok(())
+    }
+
+    /// Tells the unwinder the executable mappings of process `pid`.
+    pub fn set_process_unwind(
+        &mut self,
+        pid: u32,
+        process: &ProcessUnwind,
+    ) -> Result<(), ProbeError> {
+        let mut processes: BpfHashMap<_, u32, ProcessUnwind> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("UNWIND_PROCESSES")
+                .expect("UNWIND_PROCESSES is in the object"),
+        )
+        .map_err(map_error("UNWIND_PROCESSES"))?;
+        processes
+            .insert(pid, process, 0)
+            .map_err(map_error("UNWIND_PROCESSES"))
+    }
+
+    /// The unwinder's description of process `pid`, if it has one.
+    pub fn process_unwind(&self, pid: u32) -> Option<ProcessUnwind> {
+        let processes: BpfHashMap<_, u32, ProcessUnwind> =
+            BpfHashMap::try_from(self.ebpf.map("UNWIND_PROCESSES")?).ok()?;
+        processes.get(&pid, 0).ok()
+    }
+
+    /// Tells the unwinder where the rows of the object in `file` are, for processes whose
+    /// mappings it has not been told yet.
+    pub fn set_object_unwind(
+        &mut self,
+        file: FileKey,
+        object: &ObjectUnwind,
+    ) -> Result<(), ProbeError> {
+        let mut objects: BpfHashMap<_, FileKey, ObjectUnwind> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("UNWIND_OBJECTS")
+                .expect("UNWIND_OBJECTS is in the object"),
+        )
+        .map_err(map_error("UNWIND_OBJECTS"))?;
+        objects
+            .insert(file, object, 0)
+            .map_err(map_error("UNWIND_OBJECTS"))
+    }
+
+    /// Drops the unwinding descriptions of processes that exited (the map is bounded).
+    pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
+        remove_pids::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
+    }
+}
