@@ -35,7 +35,7 @@ use crate::{
     output::{self, OutputDir},
     target::{
         launch::{self, GatedChild},
-        privileges, procfs,
+        libraries, privileges, procfs,
     },
 };
 
@@ -381,9 +381,15 @@ fn start_command(
         .map_err(CollectError::Allocator)?;
     let _ = collection.read_memory_map(pid);
     if let Some(unwind) = collection.unwind.as_mut() {
-        // Its libraries are the profiler's (tables loaded by `watch_process`); the program
-        // itself is compiled now, before it runs.
-        unwind.prepare_file(program.expect("resolved"), &mut collection.probes);
+        // The program, its interpreter and its libraries, compiled before it runs: the kernel
+        // finds them by file from its first instruction (the profiler's own libraries were
+        // loaded by `watch_process` already, and are not compiled twice).
+        let program = program.expect("resolved");
+        let library_path = std::env::var("LD_LIBRARY_PATH").ok();
+        unwind.prepare_file(program, &mut collection.probes);
+        for object in libraries::startup_objects(program, library_path.as_deref()) {
+            unwind.prepare_file(&object, &mut collection.probes);
+        }
     }
     if scheduler {
         collection.probes.set_accounting_start(monotonic_ns())?;

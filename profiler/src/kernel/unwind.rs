@@ -202,7 +202,7 @@ impl UnwindTables {
     /// samples after the exec do not wait for them.
     pub fn prepare_file(&mut self, path: &std::path::Path, probes: &mut KernelProbes) {
         let started = Instant::now();
-        if let Ok(file) = File::open(path) {
+        if let Some(file) = crate::target::libraries::open(path) {
             self.file_table(file, &path.to_string_lossy(), probes);
         }
         self.build_time += started.elapsed();

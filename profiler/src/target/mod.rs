@@ -1,9 +1,10 @@
 //! The processes to profile: launching a command held until the programs are attached
-//! ([`launch`]), reading `/proc` ([`procfs`]), whether this process may trace them
-//! ([`privileges`]).
+//! ([`launch`]), the libraries it will load ([`libraries`]), reading `/proc` ([`procfs`]),
+//! whether this process may trace them ([`privileges`]).
 
 pub mod allocators;
 pub mod launch;
+pub mod libraries;
 pub mod privileges;
 pub mod procfs;
 
