@@ -29,6 +29,8 @@ pub const STACK_ID_NONE: i32 = -1;
 pub const STACK_ID_COLLISION: i32 = -2;
 /// Stack id recorded when the kernel could not walk the stack for another reason.
 pub const STACK_ID_ERROR: i32 = -3;
+/// Stack id standing for a stack lost because the stack map was full.
+pub const STACK_ID_MAP_FULL: i32 = -4;
 
 /// Key of the in-kernel sample aggregation: one count per thread, name and stack pair.
 ///
@@ -103,11 +105,13 @@ pub mod counter {
     pub const UNWIND_TABLE_FRAMES: u32 = 21;
     /// Frames the in-kernel unwinder walked by frame pointer (no row for the address).
     pub const UNWIND_FP_FRAMES: u32 = 22;
-    /// User stacks lost because the user-stack map was full or held another stack under the
-    /// same key.
+    /// User stacks lost because another stack of the run has the same id (31 bits of the
+    /// hash).
     pub const USER_STACKS_LOST: u32 = 23;
+    /// User stacks lost because the map of stacks not yet drained by the collector was full.
+    pub const USER_STACK_MAP_FULL: u32 = 24;
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),
@@ -644,8 +648,12 @@ pub const ALLOC_SITE_ENTRIES: u32 = 32 * 1024;
 
 /// Deepest user stack the in-kernel unwinder walks, frames.
 pub const MAX_USER_FRAMES: usize = 512;
-/// Capacity of the map of user stacks walked by the in-kernel unwinder (allocated on demand).
+/// Capacity of the map of user stacks walked by the in-kernel unwinder and not yet drained by
+/// the collector (allocated on demand; drained every second).
 pub const USER_STACK_ENTRIES: u32 = 16 * 1024;
+/// Capacity of the map of every distinct user stack's hash in a run, by id (allocated on
+/// demand, 8 bytes a value): the stacks a run can tell apart.
+pub const USER_STACK_HASH_ENTRIES: u32 = 1 << 20;
 /// Default capacity of the unwind-row array shared by all mapped objects (8 bytes a row).
 pub const DEFAULT_UNWIND_ROWS: u32 = 2 * 1024 * 1024;
 /// Most rows one object's table may have: what the unwinder's binary search covers

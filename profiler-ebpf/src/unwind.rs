@@ -18,8 +18,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     DEFAULT_UNWIND_ROWS, MAX_OBJECT_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind,
-    STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES,
-    UnwindRow, UserStack, counter, process_event, stack_end, unwind_kind,
+    STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES,
+    USER_STACK_ENTRIES, USER_STACK_HASH_ENTRIES, UnwindRow, UserStack, counter, process_event,
+    stack_end, unwind_kind,
 };
 
 use crate::{
@@ -45,10 +46,17 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_RO
 pub(crate) static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> =
     HashMap::with_max_entries(UNWIND_PROCESS_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Walked user stacks by id (31 bits of their hash); allocated as stacks appear.
+/// Walked user stacks by id (31 bits of their hash) until the collector drains them (it keeps
+/// them); allocated as stacks appear.
 #[map]
 static USER_STACKS: HashMap<u32, UserStack> =
     HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The full hash of every user stack stored in the run, by id: a stack seen before is not
+/// stored again (drained or not), and another stack with the same id is told apart.
+#[map]
+static USER_STACK_HASHES: HashMap<u32, u64> =
+    HashMap::with_max_entries(USER_STACK_HASH_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Where a stack is walked before it is stored: too large for the BPF stack. One slot per
 /// context that can interrupt another on a CPU (perf events run in NMI, inside the others);
@@ -186,27 +194,37 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     unsafe { (*stack).hash = hash };
     let id = (hash as u32 & 0x7fff_ffff) as i32;
     let key = id as u32;
-    match unsafe { USER_STACKS.get(&key) } {
-        Some(stored) if stored.hash == hash => id,
+    // SAFETY: a map value, copied.
+    match unsafe { USER_STACK_HASHES.get(&key) }.copied() {
+        Some(stored) if stored == hash => return id,
         Some(_) => {
             bump(counter::USER_STACKS_LOST);
-            STACK_ID_COLLISION
+            return STACK_ID_COLLISION;
         }
-        None => {
-            // SAFETY: `stack` points to this CPU's scratch slot, filled above.
-            match USER_STACKS.insert(&key, unsafe { &*stack }, u64::from(BPF_NOEXIST)) {
-                Ok(()) => id,
-                // Another CPU stored it first: the same stack, or one that collides.
-                Err(_) if matches!(unsafe { USER_STACKS.get(&key) }, Some(stored) if stored.hash == hash) => {
-                    id
-                }
-                Err(_) => {
-                    bump(counter::USER_STACKS_LOST);
-                    STACK_ID_COLLISION
-                }
+        None => {}
+    }
+    // SAFETY: `stack` points to this CPU's scratch slot, filled above.
+    if USER_STACKS
+        .insert(&key, unsafe { &*stack }, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        // SAFETY: a map value, only compared.
+        match unsafe { USER_STACKS.get(&key) } {
+            // Another CPU stored it first.
+            Some(stored) if stored.hash == hash => {}
+            Some(_) => {
+                bump(counter::USER_STACKS_LOST);
+                return STACK_ID_COLLISION;
+            }
+            None => {
+                bump(counter::USER_STACK_MAP_FULL);
+                return STACK_ID_MAP_FULL;
             }
         }
     }
+    // Full: the stack is stored all the same, and is stored again after each drain.
+    let _ = USER_STACK_HASHES.insert(&key, &hash, u64::from(BPF_NOEXIST));
+    id
 }
 
 /// Asks the collector for a process's tables, at most every `REQUEST_INTERVAL_NS`.

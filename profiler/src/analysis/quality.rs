@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{EventKind, FrameKind, Profile, is_entry_function};
+use crate::model::{EventKind, FrameKind, Missing, Profile, is_entry_function};
 
 /// How trustworthy the profile is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -14,6 +14,11 @@ pub struct Quality {
     pub lost_events: u64,
     /// Stacks lost to collisions or errors, or cut short by the unwinder.
     pub stacks_cut_short: u64,
+    /// Events (samples, periods, calls) whose user or kernel stack was lost, over every kind:
+    /// the weight of the `[… stack lost …]` frames in the folded files, by events.
+    pub stacks_lost: u64,
+    /// The same by cause (the lost frame's name).
+    pub stacks_lost_by_cause: BTreeMap<String, u64>,
     /// Share of sampled frames without a symbol, percent.
     pub unsymbolized_frames_percent: f64,
     /// Share of events (samples, calls) whose user stack reaches the program's entry or a
@@ -52,6 +57,7 @@ pub fn quality(profile: &Profile) -> Quality {
     let mut by_time: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut frames_seen = 0u64;
     let mut unsymbolized = 0u64;
+    let mut stacks_lost_by_cause: BTreeMap<String, u64> = BTreeMap::new();
     for (kind, samples) in &profile.samples {
         // Live memory at the end is a view of the allocation events, not events of its own.
         let mut ignored = (0, 0);
@@ -69,6 +75,18 @@ pub fn quality(profile: &Profile) -> Quality {
         for sample in samples {
             if truncated(sample.stack) {
                 cut_short += 1;
+            }
+            if *kind != EventKind::InUse {
+                for &frame in &profile.stacks[sample.stack] {
+                    let frame = &profile.frames[frame];
+                    if let FrameKind::Missing(Missing::UserStack(_) | Missing::KernelStack(_)) =
+                        frame.kind
+                    {
+                        let cause = frame.function.trim_matches(['[', ']']).to_owned();
+                        *stacks_lost_by_cause.entry(cause).or_default() +=
+                            sample.count.unwrap_or(sample.weight);
+                    }
+                }
             }
             let stack = &profile.stacks[sample.stack];
             if let Some(&root) = stack.first()
@@ -131,15 +149,28 @@ pub fn quality(profile: &Profile) -> Quality {
     } else {
         String::new()
     };
+    let stacks_lost: u64 = stacks_lost_by_cause.values().sum();
+    let lost_stacks = if stacks_lost == 0 {
+        String::new()
+    } else {
+        let causes: Vec<String> = stacks_lost_by_cause
+            .iter()
+            .map(|(cause, count)| format!("{count} {cause}"))
+            .collect();
+        format!(", {stacks_lost} stacks lost ({})", causes.join(", "))
+    };
     Quality {
         lost_events,
         stacks_cut_short: cut_short,
+        stacks_lost,
+        stacks_lost_by_cause,
         unsymbolized_frames_percent,
         complete_stacks_percent,
         complete_stacks_percent_by_kind,
         complete_stacks_percent_by_time,
         text: format!(
-            "Profile quality: {lost_events} events lost; {complete_stacks_percent:.1}% of events \
+            "Profile quality: {lost_events} events lost{lost_stacks}; \
+             {complete_stacks_percent:.1}% of events \
              (or of time, where worse) with complete user stacks (from the entry point or \
              thread start){per_kind}; \
              {cut_short} of \

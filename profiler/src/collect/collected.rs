@@ -113,14 +113,21 @@ impl Collection {
                     .iter()
                     .flat_map(|a| a.sites.iter().map(|(site, _)| site.user_stack_id)),
             )
-            .filter_map(|id| u32::try_from(id).ok());
+            .filter_map(|id| u32::try_from(id).ok())
+            .collect::<Vec<u32>>();
         let kernel_ids = self
             .counts
             .keys()
             .map(|key| key.kernel_stack_id)
             .chain(self.offcpu.keys().map(|key| key.kernel_stack_id))
             .filter_map(|id| u32::try_from(id).ok());
-        let stacks = self.probes.stacks(user_ids, kernel_ids)?;
+        let mut stacks = self.probes.stacks(user_ids.iter().copied(), kernel_ids)?;
+        for id in user_ids {
+            if let Some((frames, end)) = self.user_stacks.remove(&id) {
+                stacks.user.insert(id, frames);
+                stacks.user_ends.insert(id, end);
+            }
+        }
         // Detaching takes the kernel about 0.1 s per uprobe: let it happen while the profile
         // is symbolized and written. Recording stopped already, and `main` waits for it.
         let mut probes = self.probes;
@@ -368,6 +375,7 @@ pub(super) fn losses(counters: &Counters) -> Losses {
     let get = |index: u32| counters[index as usize];
     Losses {
         user_stack_collisions: get(counter::USER_STACK_COLLISIONS) + get(counter::USER_STACKS_LOST),
+        user_stack_map_full: get(counter::USER_STACK_MAP_FULL),
         kernel_stack_collisions: get(counter::KERNEL_STACK_COLLISIONS),
         user_stack_errors: get(counter::USER_STACK_ERRORS),
         kernel_stack_errors: get(counter::KERNEL_STACK_ERRORS),

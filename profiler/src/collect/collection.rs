@@ -82,6 +82,8 @@ pub(super) struct Collection {
     pub(super) max_state_bytes: u64,
     /// Events dropped because the counts reached the budget.
     pub(super) memory_cap_dropped: u64,
+    /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
+    pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
 }
 
 /// Allocation tracking state of a run.
@@ -136,6 +138,7 @@ impl Collection {
             unwind: config.unwind_rows.map(UnwindTables::new),
             max_state_bytes: config.max_memory,
             memory_cap_dropped: 0,
+            user_stacks: HashMap::new(),
         }
     }
 
@@ -357,6 +360,15 @@ impl Collection {
 
     pub(super) fn drain(&mut self) -> Result<(), ProbeError> {
         let drained = self.probes.drain()?;
+        if self.unwind.is_some() {
+            // Drained after the counts that name them: a stack is stored before any count.
+            for (id, stack) in self.probes.drain_user_stacks()? {
+                let len = (stack.len as usize).min(stack.frames.len());
+                self.user_stacks
+                    .entry(id)
+                    .or_insert_with(|| (stack.frames[..len].to_vec(), stack.end));
+            }
+        }
         let pids: Vec<u32> = drained
             .samples
             .iter()

@@ -2,7 +2,7 @@
 //! file.
 
 use aya::maps::HashMap as BpfHashMap;
-use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, UnwindRow};
+use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, UnwindRow, UserStack};
 
 use super::{
     error::{ProbeError, map_error},
@@ -97,5 +97,25 @@ impl KernelProbes {
     /// Drops the unwinding descriptions of processes that exited (the map is bounded).
     pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
         remove_pids::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
+    }
+
+    /// Takes the user stacks walked since the last call out of the kernel's map, which the
+    /// kernel refills only with stacks it has not stored before.
+    pub fn drain_user_stacks(&mut self) -> Result<Vec<(u32, UserStack)>, ProbeError> {
+        let mut walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("USER_STACKS")
+                .expect("USER_STACKS is in the object"),
+        )
+        .map_err(map_error("USER_STACKS"))?;
+        let ids: Vec<u32> = walked.keys().filter_map(Result::ok).collect();
+        let mut stacks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(stack) = walked.get(&id, 0) {
+                stacks.push((id, stack));
+                let _ = walked.remove(&id);
+            }
+        }
+        Ok(stacks)
     }
 }

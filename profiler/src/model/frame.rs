@@ -45,6 +45,8 @@ pub enum StackLoss {
     Collision,
     /// The kernel failed to collect it.
     Unavailable,
+    /// The kernel's stack map was full.
+    MapFull,
 }
 
 impl FrameKind {
@@ -166,6 +168,7 @@ fn lost_stack_name(kernel: bool, loss: StackLoss) -> String {
     match loss {
         StackLoss::Collision => format!("[{side} stack lost: stack map collision]"),
         StackLoss::Unavailable => format!("[{side} stack unavailable]"),
+        StackLoss::MapFull => format!("[{side} stack lost: stack map full]"),
     }
 }
 
@@ -222,9 +225,13 @@ impl From<SavedFrame> for Frame {
             _ if saved.unsymbolized => {
                 // The saved form tells missing frames by their names alone.
                 let name = saved.function.as_str();
-                let loss = [StackLoss::Collision, StackLoss::Unavailable]
-                    .into_iter()
-                    .find(|&loss| name == lost_stack_name(kernel, loss));
+                let loss = [
+                    StackLoss::Collision,
+                    StackLoss::Unavailable,
+                    StackLoss::MapFull,
+                ]
+                .into_iter()
+                .find(|&loss| name == lost_stack_name(kernel, loss));
                 match loss {
                     Some(loss) => FrameKind::Missing(lost(loss)),
                     None if name.starts_with(TRUNCATED_STACK) && !kernel => {

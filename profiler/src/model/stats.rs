@@ -47,6 +47,9 @@ pub struct Losses {
     pub user_stack_collisions: u64,
     /// Samples whose kernel stack was lost to a stack-map collision.
     pub kernel_stack_collisions: u64,
+    /// Samples whose user stack was lost because the map of stacks not yet drained was full.
+    #[serde(default, skip_serializing_if = "super::is_zero")]
+    pub user_stack_map_full: u64,
     /// Samples whose user stack the kernel failed to collect.
     pub user_stack_errors: u64,
     /// Samples whose kernel stack the kernel failed to collect.
@@ -273,6 +276,7 @@ impl Losses {
     pub fn damaged_stacks(&self) -> u64 {
         self.user_stack_collisions
             + self.kernel_stack_collisions
+            + self.user_stack_map_full
             + self.user_stack_errors
             + self.kernel_stack_errors
     }
