@@ -362,11 +362,8 @@ impl Collection {
         let drained = self.probes.drain()?;
         if self.unwind.is_some() {
             // Drained after the counts that name them: a stack is stored before any count.
-            for (id, stack) in self.probes.drain_user_stacks()? {
-                let len = (stack.len as usize).min(stack.frames.len());
-                self.user_stacks
-                    .entry(id)
-                    .or_insert_with(|| (stack.frames[..len].to_vec(), stack.end));
+            for (id, frames, end) in self.probes.drain_user_stacks()? {
+                self.user_stacks.entry(id).or_insert((frames, end));
             }
         }
         let pids: Vec<u32> = drained

@@ -100,8 +100,9 @@ impl KernelProbes {
     }
 
     /// Takes the user stacks walked since the last call out of the kernel's map, which the
-    /// kernel refills only with stacks it has not stored before.
-    pub fn drain_user_stacks(&mut self) -> Result<Vec<(u32, UserStack)>, ProbeError> {
+    /// kernel refills only with stacks it has not stored before: id, frames, how the walk
+    /// ended (a `stack_end` value).
+    pub fn drain_user_stacks(&mut self) -> Result<Vec<(u32, Vec<u64>, u32)>, ProbeError> {
         let mut walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("USER_STACKS")
@@ -111,8 +112,10 @@ impl KernelProbes {
         let ids: Vec<u32> = walked.keys().filter_map(Result::ok).collect();
         let mut stacks = Vec::with_capacity(ids.len());
         for id in ids {
+            // Copied out at its length at once: a whole `UserStack` is 4 KiB.
             if let Ok(stack) = walked.get(&id, 0) {
-                stacks.push((id, stack));
+                let len = (stack.len as usize).min(stack.frames.len());
+                stacks.push((id, stack.frames[..len].to_vec(), stack.end));
                 let _ = walked.remove(&id);
             }
         }
