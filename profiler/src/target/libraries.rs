@@ -12,7 +12,7 @@ use std::{
 };
 
 use object::{
-    Endianness,
+    Endianness, ReadCache, ReadRef,
     read::elf::{Dyn as _, ElfFile64, FileHeader as _, ProgramHeader as _},
 };
 
@@ -39,10 +39,11 @@ pub struct Dependencies {
     pub search_paths: Vec<String>,
 }
 
-/// The dependencies an ELF object declares (empty if it is not a 64-bit ELF object).
-pub fn dependencies(bytes: &[u8]) -> Dependencies {
+/// The dependencies an ELF object declares (empty if it is not a 64-bit ELF object). Reads
+/// only the headers, the dynamic section and its strings from `bytes`.
+pub fn dependencies<'data, R: ReadRef<'data>>(bytes: R) -> Dependencies {
     let mut found = Dependencies::default();
-    let Ok(elf) = ElfFile64::<Endianness>::parse(bytes) else {
+    let Ok(elf) = ElfFile64::<Endianness, R>::parse(bytes) else {
         return found;
     };
     let endian = elf.endian();
@@ -65,16 +66,26 @@ pub fn dependencies(bytes: &[u8]) -> Dependencies {
         return found;
     };
     for entry in entries {
-        let Ok(value) = entry.string(endian, strings) else {
+        let tag = entry.tag32(endian);
+        if !matches!(
+            tag,
+            Some(object::elf::DT_NEEDED | object::elf::DT_RPATH | object::elf::DT_RUNPATH)
+        ) {
+            continue;
+        }
+        let Some(value) = entry
+            .val32(endian)
+            .and_then(|offset| strings.get(offset).ok())
+        else {
             continue;
         };
         let value = String::from_utf8_lossy(value).into_owned();
-        match entry.tag32(endian) {
-            Some(object::elf::DT_NEEDED) => found.needed.push(value),
-            Some(object::elf::DT_RPATH | object::elf::DT_RUNPATH) => found
+        if tag == Some(object::elf::DT_NEEDED) {
+            found.needed.push(value);
+        } else {
+            found
                 .search_paths
-                .extend(value.split(':').map(str::to_owned)),
-            _ => {}
+                .extend(value.split(':').map(str::to_owned));
         }
     }
     found
@@ -90,11 +101,16 @@ pub fn startup_objects(program: &Path, library_path: Option<&str>) -> Vec<PathBu
         if objects.len() >= MAX_OBJECTS {
             break;
         }
-        let Some(bytes) = open(&path).and_then(|mut file| super::procfs::read_object(&mut file))
-        else {
+        // Read in pieces, as parsing asks: the object may be large, and its table is compiled
+        // from a full read later only if it is new.
+        let Some(file) = open(&path).filter(|file| {
+            file.metadata().is_ok_and(|metadata| {
+                metadata.is_file() && metadata.len() <= super::procfs::MAX_OBJECT_BYTES
+            })
+        }) else {
             continue;
         };
-        let found = dependencies(&bytes);
+        let found = dependencies(&ReadCache::new(file));
         let origin = path.parent().unwrap_or(Path::new("/"));
         let mut directories: Vec<PathBuf> = library_path
             .into_iter()
@@ -149,7 +165,11 @@ mod tests {
         // The test runner itself: a dynamically linked Rust program.
         let program = std::env::current_exe().unwrap();
         let bytes = std::fs::read(&program).unwrap();
-        let found = dependencies(&bytes);
+        let found = dependencies(bytes.as_slice());
+        assert_eq!(
+            dependencies(&ReadCache::new(File::open(&program).unwrap())),
+            found
+        );
         assert!(
             found.needed.iter().any(|name| name == "libc.so.6"),
             "{found:?}"
@@ -169,9 +189,12 @@ mod tests {
 
     #[test]
     fn garbage_has_no_dependencies() {
-        assert_eq!(dependencies(b"not an ELF file"), Dependencies::default());
         assert_eq!(
-            dependencies(&[0x7f, b'E', b'L', b'F', 2, 1, 1]),
+            dependencies(b"not an ELF file".as_slice()),
+            Dependencies::default()
+        );
+        assert_eq!(
+            dependencies([0x7f, b'E', b'L', b'F', 2, 1, 1].as_slice()),
             Dependencies::default()
         );
     }
