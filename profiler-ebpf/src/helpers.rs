@@ -4,7 +4,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     programs::{TracePointContext, tracing::StackIdContext},
 };
 use profiler_common::{
@@ -93,6 +93,13 @@ pub(crate) fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     // SAFETY: the collector checked the offsets against tracefs before loading, and the
     // verifier bounds-checks context reads.
     unsafe { *(ctx.as_ptr() as *const u8).add(offset).cast::<T>() }
+}
+
+/// Reads a kernel value at `base + offset`.
+#[inline(always)]
+pub(crate) fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: `bpf_probe_read_kernel` checks the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
 /// This CPU's memory totals of process `tgid`, created if new.

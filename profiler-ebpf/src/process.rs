@@ -2,7 +2,7 @@
 //! target set and the target threads' `THREADS` entries up to date, and the process events
 //! streamed to the collector.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::RingBuf,
     programs::BtfTracePointContext,
@@ -13,7 +13,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{bump, current_tgid_tid},
+    helpers::{bump, current_tgid_tid, read_at},
     maps::{TARGETS, THREAD_ZERO, THREADS},
     unwind, unwind_mappings,
 };
@@ -59,8 +59,7 @@ pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
 fn task_field(task: *const u8, offset: &'static u32) -> Option<u32> {
     // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
     let offset = unsafe { core::ptr::read_volatile(offset) };
-    // SAFETY: `bpf_probe_read_kernel` checks the address.
-    unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize).cast::<u32>()) }.ok()
+    read_at(task, offset)
 }
 
 /// A new thread of a target: with the scheduler programs running it is a target thread from

@@ -4,10 +4,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -19,7 +16,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{active_map, bump, current_tgid_tid, field, process_memory, user_stack},
+    helpers::{active_map, bump, current_tgid_tid, field, process_memory, read_at, user_stack},
     maps::TARGETS,
     process::send_process_event,
     unwind,
@@ -144,13 +141,6 @@ fn add_io(totals: &HashMap<IoKey, IoTotal>, key: &IoKey, ns: u64, bytes: u64, er
             }
         }
     }
-}
-
-/// Reads a kernel value at `base + offset`.
-#[inline(always)]
-fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
-    // SAFETY: `bpf_probe_read_kernel` checks the address.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
 /// Type and number of the inode behind the current task's `fd`, from its file table.

@@ -24,7 +24,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{current_tgid_tid, field},
+    helpers::{current_tgid_tid, field, read_at},
     maps::{TARGETS, UNWIND_WITH_TABLES},
     unwind::UNWIND_PROCESSES,
 };
@@ -92,15 +92,11 @@ pub fn learn_exec(tgid: u32) {
         learn(tgid, regs.rip);
     }
     let offsets = offsets();
-    let read = |address: u64| {
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        unsafe { bpf_probe_read_kernel(address as *const u64) }.ok()
-    };
     // SAFETY: a helper valid in every tracing program.
-    let task = unsafe { bpf_get_current_task() };
-    if let Some(mm) = read(task + u64::from(offsets[offset::TASK_MM]))
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if let Some(mm) = read_at::<u64>(task, offsets[offset::TASK_MM])
         && mm != 0
-        && let Some(start_code) = read(mm + u64::from(offsets[offset::MM_START_CODE]))
+        && let Some(start_code) = read_at(mm as *const u8, offsets[offset::MM_START_CODE])
     {
         learn(tgid, start_code);
     }
@@ -177,38 +173,31 @@ unsafe extern "C" fn vma_of(_task: *mut c_void, area: *mut c_void, vma: *mut c_v
     // SAFETY: `learn` passes its `Vma`.
     let vma = unsafe { &mut *(vma as *mut Vma) };
     let offsets = offsets();
-    let read = |address: u64, offset: u32| {
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        unsafe { bpf_probe_read_kernel((address + u64::from(offset)) as *const u64) }.ok()
-    };
-    let area = area as u64;
+    let area = area as *const u8;
     let (Some(start), Some(end), Some(page_offset), Some(flags), Some(file)) = (
-        read(area, offsets[offset::VM_START]),
-        read(area, offsets[offset::VM_END]),
-        read(area, offsets[offset::VM_PGOFF]),
-        read(area, offsets[offset::VM_FLAGS]),
-        read(area, offsets[offset::VM_FILE]),
+        read_at::<u64>(area, offsets[offset::VM_START]),
+        read_at::<u64>(area, offsets[offset::VM_END]),
+        read_at::<u64>(area, offsets[offset::VM_PGOFF]),
+        read_at::<u64>(area, offsets[offset::VM_FLAGS]),
+        read_at::<u64>(area, offsets[offset::VM_FILE]),
     ) else {
         return 1;
     };
     if file == 0 {
         return 1;
     }
-    let Some(inode) = read(file, offsets[offset::FILE_INODE]) else {
+    let Some(inode) = read_at::<u64>(file as *const u8, offsets[offset::FILE_INODE]) else {
         return 1;
     };
+    let inode = inode as *const u8;
     let (Some(number), Some(superblock)) = (
-        read(inode, offsets[offset::INODE_NUMBER]),
-        read(inode, offsets[offset::INODE_SUPERBLOCK]),
+        read_at::<u64>(inode, offsets[offset::INODE_NUMBER]),
+        read_at::<u64>(inode, offsets[offset::INODE_SUPERBLOCK]),
     ) else {
         return 1;
     };
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let Ok(device) = (unsafe {
-        bpf_probe_read_kernel(
-            (superblock + u64::from(offsets[offset::SUPERBLOCK_DEVICE])) as *const u32,
-        )
-    }) else {
+    let Some(device) = read_at::<u32>(superblock as *const u8, offsets[offset::SUPERBLOCK_DEVICE])
+    else {
         return 1;
     };
     *vma = Vma {
