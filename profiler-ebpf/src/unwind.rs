@@ -222,7 +222,8 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
             }
         }
     }
-    // Full: the stack is stored all the same, and is stored again after each drain.
+    // If the map of hashes is full, the stack is kept all the same: stored again (and drained
+    // again) each time it recurs, and a collision with it goes unnoticed.
     let _ = USER_STACK_HASHES.insert(&key, &hash, u64::from(BPF_NOEXIST));
     id
 }

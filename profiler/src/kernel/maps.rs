@@ -6,7 +6,7 @@ use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
     CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, LATENCY_SLOTS, LiveAlloc, LiveKey, MAX_IO_CALLS,
     OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED, SampleKey,
-    ThreadState, UserStack, counter,
+    ThreadState, counter,
 };
 
 use super::{
@@ -176,7 +176,9 @@ impl KernelProbes {
         Ok(threads)
     }
 
-    /// The given user and kernel stacks; ids not in the maps are left out.
+    /// The given kernel stacks, and the given user stacks when the kernel's frame-pointer
+    /// walker took them (the unwinder's are drained as the run goes:
+    /// [`KernelProbes::drain_user_stacks`]); ids not in the maps are left out.
     pub fn stacks(
         &self,
         user_ids: impl IntoIterator<Item = u32>,
@@ -195,21 +197,6 @@ impl KernelProbes {
         };
         if !self.unwind_with_tables {
             table.user = user_ids.into_iter().filter_map(from_kernel).collect();
-            return Ok(table);
-        }
-        let walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
-            self.ebpf
-                .map("USER_STACKS")
-                .expect("USER_STACKS is in the object"),
-        )
-        .map_err(map_error("USER_STACKS"))?;
-        for id in user_ids {
-            let Ok(stack) = walked.get(&id, 0) else {
-                continue;
-            };
-            let len = (stack.len as usize).min(stack.frames.len());
-            table.user.insert(id, stack.frames[..len].to_vec());
-            table.user_ends.insert(id, stack.end);
         }
         Ok(table)
     }
