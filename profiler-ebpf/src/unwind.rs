@@ -399,7 +399,7 @@ fn read_user_byte(address: u64) -> Option<u8> {
 }
 
 #[inline(always)]
-fn read_user(address: u64) -> Option<u64> {
+pub(crate) fn read_user(address: u64) -> Option<u64> {
     // SAFETY: bpf_probe_read_user checks the address.
     unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }

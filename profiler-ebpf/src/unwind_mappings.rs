@@ -1,22 +1,27 @@
 //! Mappings the unwinder learns by itself, before the collector describes a process: at an
-//! exec (the program and its interpreter, which the kernel maps) and at each executable file
-//! mapping (`mmap` of a library's text), the file behind the memory is looked up in the
+//! exec (the program and its interpreter, which the kernel maps) and each time the dynamic
+//! loader tells debuggers its objects changed (`_dl_debug_state`, after it mapped the
+//! libraries at start-up or at a `dlopen`), the file behind the memory is looked up in the
 //! objects whose tables are already compiled, shared by every process that maps them. A new
 //! process is then walked whole from its first sample when it runs known binaries.
 //!
-//! `bpf_find_vma` is only called here, from a tracepoint in process context: in NMI or with
-//! interrupts off (perf events, `sched_switch`) it succeeds once per interrupt at most.
+//! Not at each `mmap`: a `syscalls` tracepoint makes every system call of every process on
+//! the machine take the slow path (about 50 ns a call here), for the whole run.
+//!
+//! `bpf_find_vma` is only called here, in process context: in NMI or with interrupts off
+//! (perf events, `sched_switch`) it succeeds once per interrupt at most.
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_loop,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_find_vma, bpf_get_attach_cookie, bpf_get_current_task, bpf_get_current_task_btf,
+        bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs,
     },
-    macros::{map, tracepoint},
+    macros::{map, uprobe},
     maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::ProbeContext,
 };
 use profiler_common::{
     FileKey, MAX_PROCESS_MAPPINGS, ObjectUnwind, ProcessUnwind, UNWIND_OBJECT_ENTRIES,
@@ -24,9 +29,9 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{current_tgid_tid, field, read_at},
+    helpers::{current_tgid_tid, read_at},
     maps::{TARGETS, UNWIND_WITH_TABLES},
-    unwind::UNWIND_PROCESSES,
+    unwind::{UNWIND_PROCESSES, read_user},
 };
 
 /// Offsets from the kernel's BTF, by the `offset` indices. The `VM_FILE` one is 0 when this
@@ -62,18 +67,78 @@ static UNWIND_OBJECTS: HashMap<FileKey, ObjectUnwind> =
 #[map]
 static EMPTY_PROCESS: PerCpuArray<ProcessUnwind> = PerCpuArray::with_max_entries(1, 0);
 
-/// A target mapped memory: learn it if it is the text of a known object.
-#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
-pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+/// Objects of the loader's list looked at per notification.
+const MAX_LOADED_OBJECTS: u32 = 128;
+/// `r_debug.r_map`, `link_map.l_addr`, `link_map.l_next`: the debugger interface's layout
+/// (`<link.h>`), fixed since 1995 on x86-64.
+const R_MAP: u64 = 8;
+const L_ADDR: u64 = 0;
+const L_NEXT: u64 = 24;
+
+/// The dynamic loader's `_dl_debug_state`: its list of loaded objects changed. Learns the
+/// text of every object on the list that is known. The attach cookie holds the addresses of
+/// `_dl_debug_state` (high half) and `_r_debug` (low half) in the loader's own address space.
+#[uprobe]
+pub fn loader_debug_state(ctx: ProbeContext) -> u32 {
     let (tgid, _) = current_tgid_tid();
     // SAFETY: a map value, only tested.
     if unsafe { TARGETS.get(&tgid) }.is_none() {
         return 0;
     }
-    let address: i64 = field(&ctx, profiler_common::io_fields::SYSCALL_RET);
-    // Errors are small negative numbers.
-    if address > 0 {
-        learn(tgid, address as u64);
+    // SAFETY: a helper valid in uprobes; `regs` is the probe's register set.
+    let (cookie, pc) = unsafe { (bpf_get_attach_cookie(ctx.as_ptr()), (*ctx.regs).rip) };
+    // The pc is the probe's address or one past it; the loader is mapped at a page boundary.
+    let loader = pc.wrapping_sub(cookie >> 32) & !0xfff;
+    let Some(first) = read_user(loader + (cookie & 0xffff_ffff) + R_MAP) else {
+        return 0;
+    };
+    let mut list = LoadedObjects { tgid, next: first };
+    // SAFETY: the callback reads user memory through checked helpers and writes `list`.
+    unsafe {
+        bpf_loop(
+            MAX_LOADED_OBJECTS,
+            learn_loaded_object as *mut c_void,
+            &mut list as *mut LoadedObjects as *mut c_void,
+            0,
+        )
+    };
+    0
+}
+
+/// Where the walk of the loader's list is.
+#[repr(C)]
+struct LoadedObjects {
+    tgid: u32,
+    /// The next `link_map` (0: the end).
+    next: u64,
+}
+
+/// Learns the text of the object at `list.next` and steps to the next. Returns 1 to stop.
+unsafe extern "C" fn learn_loaded_object(_index: u64, list: *mut c_void) -> i64 {
+    // SAFETY: `loader_debug_state` passes its `LoadedObjects`.
+    let list = unsafe { &mut *(list as *mut LoadedObjects) };
+    let entry = list.next;
+    if entry == 0 {
+        return 1;
+    }
+    let (Some(load_bias), Some(next)) = (read_user(entry + L_ADDR), read_user(entry + L_NEXT))
+    else {
+        return 1;
+    };
+    list.next = next;
+    // The object's first page (address 0 of a shared object) names its file; its text is at
+    // the load bias plus the text's address. The program itself (learned at exec) and the
+    // vDSO (no file) are skipped by `learn`.
+    if let Some(start) = vma_at(load_bias)
+        // SAFETY: a map value, copied.
+        && let Some(object) = unsafe { UNWIND_OBJECTS.get(&start.file) }.copied()
+    {
+        learn(
+            list.tgid,
+            load_bias
+                .wrapping_add(object.text_start)
+                .wrapping_add(object.address_delta),
+        );
     }
     0
 }
@@ -123,28 +188,10 @@ struct Vma {
 /// rows are loaded and no described mapping covers it.
 #[inline(always)]
 fn learn(tgid: u32, address: u64) {
-    if offsets()[offset::VM_FILE] == 0 {
+    let Some(vma) = vma_at(address) else {
         return;
-    }
-    let mut vma = Vma {
-        start: 0,
-        end: 0,
-        page_offset: 0,
-        flags: 0,
-        file: FileKey::default(),
-        found: 0,
     };
-    // SAFETY: the callback reads kernel memory with bpf_probe_read_kernel and writes `vma`.
-    unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            address,
-            vma_of as *mut c_void,
-            &mut vma as *mut Vma as *mut c_void,
-            0,
-        )
-    };
-    if vma.found == 0 || vma.flags & VM_EXEC == 0 || vma.end <= vma.start {
+    if vma.flags & VM_EXEC == 0 || vma.end <= vma.start {
         return;
     }
     // SAFETY: a map value, copied.
@@ -166,6 +213,33 @@ fn learn(tgid: u32, address: u64) {
             row_count: object.row_count,
         },
     );
+}
+
+/// The file-backed memory area of the current process holding `address`.
+#[inline(always)]
+fn vma_at(address: u64) -> Option<Vma> {
+    if offsets()[offset::VM_FILE] == 0 {
+        return None;
+    }
+    let mut vma = Vma {
+        start: 0,
+        end: 0,
+        page_offset: 0,
+        flags: 0,
+        file: FileKey::default(),
+        found: 0,
+    };
+    // SAFETY: the callback reads kernel memory with bpf_probe_read_kernel and writes `vma`.
+    unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            address,
+            vma_of as *mut c_void,
+            &mut vma as *mut Vma as *mut c_void,
+            0,
+        )
+    };
+    (vma.found != 0).then_some(vma)
 }
 
 /// `bpf_find_vma` callback: the memory area's range, flags and file.

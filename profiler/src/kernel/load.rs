@@ -53,8 +53,8 @@ pub struct LoadOptions {
 
 /// The process-tracking programs.
 const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
-/// The program that learns a library's text as it is mapped (unwinding with tables).
-const UNWIND_MAPPING_PROGRAMS: [(&str, &str); 1] = [("syscalls", "sys_exit_mmap")];
+/// The program that learns the libraries the dynamic loader mapped (unwinding with tables).
+const LOADER_PROGRAM: &str = "loader_debug_state";
 
 /// Checks that the classic `sched` tracepoints lay out their records where the programs read.
 fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
@@ -306,15 +306,15 @@ impl KernelProbes {
                 .load(name, &btf)
                 .map_err(|err| program_error(format!("loading the {name} program"), err))?;
         }
-        // Without the `syscalls` events (CONFIG_FTRACE_SYSCALLS), libraries a new process maps
-        // wait for the collector to describe it, as its first samples did before.
-        let learn_mappings = options.unwind_rows.is_some()
-            && tracefs::ensure_mounted().is_ok_and(|root| {
-                let ret = ("ret", profiler_common::io_fields::SYSCALL_RET, 8);
-                tracefs::check_layout(&root, "syscalls/sys_exit_mmap", &[ret]).is_ok()
-            });
-        if learn_mappings {
-            load_tracepoints(&mut ebpf, UNWIND_MAPPING_PROGRAMS)?;
+        if options.unwind_rows.is_some() {
+            let program: &mut UProbe = ebpf
+                .program_mut(LOADER_PROGRAM)
+                .expect("uprobe program is in the object")
+                .try_into()
+                .expect("uprobe program");
+            program.load().map_err(|err| {
+                program_error(format!("loading the {LOADER_PROGRAM} program"), err)
+            })?;
         }
         Ok(KernelProbes {
             uprobe_links: Vec::new(),
@@ -323,7 +323,6 @@ impl KernelProbes {
             open_events,
             active_sample_map: 0,
             unwind_with_tables: options.unwind_rows.is_some(),
-            learn_mappings,
             unwind_rows,
             _logger: logger,
         })
@@ -368,10 +367,49 @@ impl KernelProbes {
     /// Attaches the fork/exec tracepoints that follow new processes and program changes.
     pub fn attach_process_tracking(&mut self) -> Result<(), ProbeError> {
         self.attach_tracepoints(&PROCESS_PROGRAMS)?;
-        if self.learn_mappings {
-            attach_classic_tracepoints(&mut self.ebpf, UNWIND_MAPPING_PROGRAMS)?;
+        if self.unwind_with_tables {
+            self.attach_loader_hook();
         }
         Ok(())
+    }
+
+    /// Hooks the system's dynamic loader where it tells debuggers its objects changed, in
+    /// every process (the program filters targets): new processes' libraries are learned as
+    /// they are mapped. Without it (another loader, symbols missing), they wait for the
+    /// collector to describe the process, as their first samples did before.
+    fn attach_loader_hook(&mut self) {
+        use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+
+        let Some(loader) = crate::target::libraries::own_loader() else {
+            return;
+        };
+        let Some(cookie) = crate::target::libraries::loader_debug_cookie(&loader) else {
+            log::info!(
+                "{}: no debugger interface; libraries are learned later",
+                loader.display()
+            );
+            return;
+        };
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(LOADER_PROGRAM)
+            .expect("uprobe program is in the object")
+            .try_into()
+            .expect("uprobe program");
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::SymbolOffset("_dl_debug_state", 0),
+            cookie: Some(cookie),
+        };
+        match program
+            .attach(point, &loader, UProbeScope::AllProcesses)
+            .and_then(|id| program.take_link(id))
+        {
+            Ok(link) => self.uprobe_links.push(link),
+            Err(err) => log::info!(
+                "{}: not hooked ({err}); libraries are learned later",
+                loader.display()
+            ),
+        }
     }
 
     /// Starts off-CPU and run-queue accounting of the targets' threads; `now_ns` is the

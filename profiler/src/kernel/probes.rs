@@ -30,9 +30,6 @@ pub struct KernelProbes {
     pub(super) active_sample_map: u64,
     /// Whether user stack ids name `USER_STACKS` entries rather than `STACKS` ones.
     pub(super) unwind_with_tables: bool,
-    /// Whether `sys_exit_mmap` (learning mapped libraries) is loaded; it is attached with the
-    /// process tracking.
-    pub(super) learn_mappings: bool,
     /// Capacity of `UNWIND_ROWS`.
     pub(super) unwind_rows: u32,
     pub(super) _logger: Option<tokio::task::JoinHandle<()>>,

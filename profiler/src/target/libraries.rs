@@ -147,6 +147,34 @@ pub fn startup_objects(program: &Path, library_path: Option<&str>) -> Vec<PathBu
     objects
 }
 
+/// The dynamic loader this process was started by (`PT_INTERP` of its own executable): the
+/// system's, which nearly every program on the machine uses too.
+pub fn own_loader() -> Option<PathBuf> {
+    let file = File::open("/proc/self/exe").ok()?;
+    dependencies(&ReadCache::new(file))
+        .interpreter
+        .map(PathBuf::from)
+}
+
+/// Where, in the dynamic loader `loader`'s own addresses, its debugger interface is: the
+/// function it calls whenever its list of objects changed (`_dl_debug_state`) and that list's
+/// head (`_r_debug`), packed as the eBPF hook's cookie (function high, list low).
+pub fn loader_debug_cookie(loader: &Path) -> Option<u64> {
+    use object::{Object as _, ObjectSymbol as _};
+
+    let file = open(loader)?;
+    let cache = ReadCache::new(file);
+    let elf = ElfFile64::<Endianness, _>::parse(&cache).ok()?;
+    let address = |name: &str| {
+        elf.dynamic_symbols()
+            .find(|symbol| symbol.name() == Ok(name))
+            .and_then(|symbol| u32::try_from(symbol.address()).ok())
+    };
+    let function = address("_dl_debug_state")?;
+    let list = address("_r_debug")?;
+    Some((u64::from(function) << 32) | u64::from(list))
+}
+
 /// Opens a file for reading without blocking on a FIFO a user left in a search path.
 pub fn open(path: &Path) -> Option<File> {
     std::fs::OpenOptions::new()
@@ -185,6 +213,14 @@ mod tests {
                 .any(|path| path.file_name().is_some_and(|name| name == "libc.so.6")),
             "{objects:?}"
         );
+    }
+
+    #[test]
+    fn the_system_loader_has_a_debugger_interface() {
+        let loader = own_loader().expect("this test runner has an interpreter");
+        let cookie = loader_debug_cookie(&loader).expect("_dl_debug_state and _r_debug");
+        assert_ne!(cookie >> 32, 0);
+        assert_ne!(cookie & 0xffff_ffff, 0);
     }
 
     #[test]
