@@ -62,8 +62,9 @@ pub struct UnwindTables {
     /// Fingerprint of the memory map each process's mappings were last described from.
     loaded_maps: HashMap<u32, u64>,
     /// The files of the objects published by file, by their first row: what a process the
-    /// kernel described by itself maps (see [`UnwindTables::learned_mappings`]).
-    published: HashMap<u32, PublishedObject>,
+    /// kernel described by itself maps (see [`UnwindTables::learned_mappings`]). `None` when
+    /// several files share the rows (one build-id): which one a process mapped is unknown.
+    published: HashMap<u32, Option<PublishedObject>>,
     /// (device, inode) of the profiler's own executable, never a target worth a table (a
     /// launched command maps it until its exec).
     own_executable: Option<(u64, u64)>,
@@ -264,7 +265,7 @@ impl UnwindTables {
         }
         let object = ObjectUnwind {
             text_start: text.file_offset,
-            text_end: text.file_offset + text.file_size,
+            text_end: text.file_offset.wrapping_add(text.file_size),
             address_delta: text.address.wrapping_sub(text.file_offset),
             first_row: table.first_row,
             row_count: table.row_count,
@@ -273,16 +274,27 @@ impl UnwindTables {
             log::debug!("{path}: unwind table not published by file: {err}");
             return;
         }
-        if let Ok(file) = file.try_clone() {
-            self.published
-                .entry(table.first_row)
-                .or_insert_with(|| PublishedObject {
-                    path: path.to_owned(),
-                    file,
-                    device: metadata.dev(),
-                    inode: metadata.ino(),
-                    address_delta: object.address_delta,
+        let published = file.try_clone().ok().map(|file| PublishedObject {
+            path: path.to_owned(),
+            file,
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            address_delta: object.address_delta,
+        });
+        match self.published.entry(table.first_row) {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(published);
+            }
+            // Another file with the same rows: symbolizing with either could name the other's
+            // functions (a private copy, a different path), so neither is used.
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                let same = entry.get().as_ref().is_some_and(|known| {
+                    (known.device, known.inode) == (metadata.dev(), metadata.ino())
                 });
+                if !same {
+                    entry.insert(None);
+                }
+            }
         }
     }
 
@@ -297,7 +309,7 @@ impl UnwindTables {
         process.mappings[..count]
             .iter()
             .filter_map(|mapping| {
-                let object = self.published.get(&mapping.first_row)?;
+                let object = self.published.get(&mapping.first_row)?.as_ref()?;
                 let entry = procfs::MapEntry {
                     start: mapping.start,
                     end: mapping.end,

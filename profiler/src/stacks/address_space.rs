@@ -109,24 +109,23 @@ impl AddressSpaces {
     }
 
     /// Records mappings described without `/proc/PID/maps` (the process is gone), each with
-    /// its file open.
+    /// its file open. Symbolized through that descriptor, never the path: whoever owns the
+    /// path's folder could have put anything there by the end of the run.
     pub fn add_open_files(&mut self, pid: u32, mappings: &[(MapEntry, &File)]) {
         let entries: Vec<MapEntry> = mappings.iter().map(|(entry, _)| entry.clone()).collect();
         self.add(pid, &entries, |entry| {
-            let Some((_, file)) = mappings.iter().find(|(known, _)| known == entry) else {
-                return (PathBuf::from(&entry.path), None);
-            };
-            let Ok(file) = file.try_clone() else {
-                return (PathBuf::from(&entry.path), None);
-            };
-            let plain = Path::new(&entry.path);
-            if same_file(&file, plain) {
-                return (plain.to_path_buf(), Some(file));
+            let file = mappings
+                .iter()
+                .find(|(known, _)| known == entry)
+                .and_then(|(_, file)| file.try_clone().ok());
+            match file {
+                Some(file) => (
+                    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+                    Some(file),
+                ),
+                // Unreachable: every entry comes with its file. Nothing to symbolize with.
+                None => (PathBuf::from("/dev/null"), None),
             }
-            (
-                PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-                Some(file),
-            )
         });
     }
 

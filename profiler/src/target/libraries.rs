@@ -13,6 +13,7 @@ use std::{
 
 use object::{
     Endianness, ReadCache, ReadRef,
+    elf::FileHeader64,
     read::elf::{Dyn as _, ElfFile64, FileHeader as _, ProgramHeader as _},
 };
 
@@ -27,6 +28,10 @@ const SYSTEM_DIRECTORIES: [&str; 6] = [
 ];
 /// At most this many objects: a start-up aid, not a closure of every dependency.
 const MAX_OBJECTS: usize = 64;
+/// Distinct `DT_NEEDED` names, and search directories, taken from one object: a hostile object
+/// could list millions, each a string looked up in every directory.
+const MAX_NEEDED: usize = 128;
+const MAX_SEARCH_PATHS: usize = 32;
 
 /// What an object asks the loader for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,15 +44,17 @@ pub struct Dependencies {
     pub search_paths: Vec<String>,
 }
 
-/// The dependencies an ELF object declares (empty if it is not a 64-bit ELF object). Reads
-/// only the headers, the dynamic section and its strings from `bytes`.
+/// The dependencies an ELF object declares (empty if it is not a 64-bit ELF object), distinct,
+/// at most [`MAX_NEEDED`] names and [`MAX_SEARCH_PATHS`] directories. Reads only the headers,
+/// the dynamic section and its strings from `bytes` (no symbol table).
 pub fn dependencies<'data, R: ReadRef<'data>>(bytes: R) -> Dependencies {
     let mut found = Dependencies::default();
-    let Ok(elf) = ElfFile64::<Endianness, R>::parse(bytes) else {
+    let Ok(header) = FileHeader64::<Endianness>::parse(bytes) else {
         return found;
     };
-    let endian = elf.endian();
-    let header = elf.elf_header();
+    let Ok(endian) = header.endian() else {
+        return found;
+    };
     if let Ok(segments) = header.program_headers(endian, bytes) {
         found.interpreter = segments
             .iter()
@@ -58,7 +65,9 @@ pub fn dependencies<'data, R: ReadRef<'data>>(bytes: R) -> Dependencies {
                     .to_owned()
             });
     }
-    let sections = elf.elf_section_table();
+    let Ok(sections) = header.sections(endian, bytes) else {
+        return found;
+    };
     let Ok(Some((entries, link))) = sections.dynamic(endian, bytes) else {
         return found;
     };
@@ -79,13 +88,19 @@ pub fn dependencies<'data, R: ReadRef<'data>>(bytes: R) -> Dependencies {
         else {
             continue;
         };
-        let value = String::from_utf8_lossy(value).into_owned();
+        let value = String::from_utf8_lossy(value);
         if tag == Some(object::elf::DT_NEEDED) {
-            found.needed.push(value);
+            if found.needed.len() < MAX_NEEDED && !found.needed.iter().any(|name| *name == value) {
+                found.needed.push(value.into_owned());
+            }
         } else {
-            found
-                .search_paths
-                .extend(value.split(':').map(str::to_owned));
+            for directory in value.split(':') {
+                if found.search_paths.len() < MAX_SEARCH_PATHS
+                    && !found.search_paths.iter().any(|known| known == directory)
+                {
+                    found.search_paths.push(directory.to_owned());
+                }
+            }
         }
     }
     found
@@ -103,11 +118,7 @@ pub fn startup_objects(program: &Path, library_path: Option<&str>) -> Vec<PathBu
         }
         // Read in pieces, as parsing asks: the object may be large, and its table is compiled
         // from a full read later only if it is new.
-        let Some(file) = open(&path).filter(|file| {
-            file.metadata().is_ok_and(|metadata| {
-                metadata.is_file() && metadata.len() <= super::procfs::MAX_OBJECT_BYTES
-            })
-        }) else {
+        let Some(file) = open(&path) else {
             continue;
         };
         let found = dependencies(&ReadCache::new(file));
@@ -115,6 +126,7 @@ pub fn startup_objects(program: &Path, library_path: Option<&str>) -> Vec<PathBu
         let mut directories: Vec<PathBuf> = library_path
             .into_iter()
             .flat_map(|paths| paths.split(':'))
+            .take(MAX_SEARCH_PATHS)
             .chain(found.search_paths.iter().map(String::as_str))
             .filter(|directory| !directory.is_empty())
             .map(|directory| {
@@ -175,12 +187,29 @@ pub fn loader_debug_cookie(loader: &Path) -> Option<u64> {
     Some((u64::from(function) << 32) | u64::from(list))
 }
 
-/// Opens a file for reading without blocking on a FIFO a user left in a search path.
+/// Opens an object file for reading: a regular, non-empty file of at most
+/// [`super::procfs::MAX_OBJECT_BYTES`]. Whatever a user put at `path` is looked at first
+/// without opening it for reading (`O_PATH`: a device's open has effects, a FIFO's blocks), and
+/// the same file is then reopened through its descriptor.
 pub fn open(path: &Path) -> Option<File> {
+    use std::os::fd::AsRawFd as _;
+
+    let located = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let metadata = located.metadata().ok()?;
+    if !metadata.is_file()
+        || metadata.len() == 0
+        || metadata.len() > super::procfs::MAX_OBJECT_BYTES
+    {
+        return None;
+    }
     std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", located.as_raw_fd()))
         .ok()
 }
 
@@ -221,6 +250,92 @@ mod tests {
         let cookie = loader_debug_cookie(&loader).expect("_dl_debug_state and _r_debug");
         assert_ne!(cookie >> 32, 0);
         assert_ne!(cookie & 0xffff_ffff, 0);
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let fifo_name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; creates a FIFO in a fresh folder.
+        assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        // Would block (FIFO) or have effects (devices) if opened for reading.
+        for path in [fifo.as_path(), &empty, dir.path(), Path::new("/dev/null")] {
+            assert!(open(path).is_none(), "{}", path.display());
+        }
+        let program = std::env::current_exe().unwrap();
+        assert!(open(&program).is_some());
+    }
+
+    /// A minimal 64-bit ELF shared object whose dynamic section lists `needed` (each a
+    /// `DT_NEEDED`) and `runpaths` (each a `DT_RUNPATH`), with their string table.
+    fn shared_object(needed: &[String], runpaths: &[String]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut entries: Vec<(i64, u64)> = Vec::new();
+        for (tag, values) in [(1, needed), (29, runpaths)] {
+            for value in values {
+                entries.push((tag, strings.len() as u64));
+                strings.extend(value.as_bytes());
+                strings.push(0);
+            }
+        }
+        entries.push((0, 0));
+        let names = b"\0.dynstr\0.dynamic\0";
+        let strings_at = 64;
+        let dynamic_at = (strings_at + strings.len()).next_multiple_of(8);
+        let names_at = dynamic_at + 16 * entries.len();
+        let headers_at = (names_at + names.len()).next_multiple_of(8);
+        let mut out = vec![0u8; headers_at + 4 * 64];
+        out[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
+        put(16, &3u16.to_le_bytes()); // ET_DYN
+        put(18, &62u16.to_le_bytes()); // x86-64
+        put(20, &1u32.to_le_bytes());
+        put(40, &(headers_at as u64).to_le_bytes());
+        put(52, &64u16.to_le_bytes());
+        put(54, &56u16.to_le_bytes());
+        put(58, &64u16.to_le_bytes());
+        put(60, &4u16.to_le_bytes());
+        put(62, &3u16.to_le_bytes());
+        put(strings_at, &strings);
+        for (index, (tag, value)) in entries.iter().enumerate() {
+            put(dynamic_at + 16 * index, &tag.to_le_bytes());
+            put(dynamic_at + 16 * index + 8, &value.to_le_bytes());
+        }
+        put(names_at, names);
+        // Section headers: null, .dynstr, .dynamic (linked to .dynstr), the names.
+        let sections: [(u32, u32, usize, usize, u32, u64); 3] = [
+            (1, 3, strings_at, strings.len(), 0, 0),
+            (9, 6, dynamic_at, 16 * entries.len(), 1, 16),
+            (18, 3, names_at, names.len(), 0, 0),
+        ];
+        for (index, (name, kind, at, size, link, entry_size)) in sections.into_iter().enumerate() {
+            let header = headers_at + 64 * (index + 1);
+            put(header, &name.to_le_bytes());
+            put(header + 4, &kind.to_le_bytes());
+            put(header + 24, &(at as u64).to_le_bytes());
+            put(header + 32, &(size as u64).to_le_bytes());
+            put(header + 40, &link.to_le_bytes());
+            put(header + 56, &entry_size.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn hostile_dependency_lists_are_bounded() {
+        let repeated = vec!["libsame.so".to_owned(); 5000];
+        let many: Vec<String> = (0..5000).map(|i| format!("lib{i}.so")).collect();
+        let long_path = vec![vec!["/a"; 2000].join(":"); 100];
+        let found = dependencies(shared_object(&repeated, &long_path).as_slice());
+        assert_eq!(found.needed, ["libsame.so"]);
+        assert_eq!(found.search_paths, ["/a"]);
+        let found = dependencies(shared_object(&many, &[]).as_slice());
+        assert_eq!(found.needed.len(), MAX_NEEDED);
+        let distinct: Vec<String> = (0..500).map(|i| format!("/d{i}")).collect();
+        let found = dependencies(shared_object(&[], &[distinct.join(":")]).as_slice());
+        assert_eq!(found.search_paths.len(), MAX_SEARCH_PATHS);
     }
 
     #[test]
