@@ -45,6 +45,10 @@ pub enum CompileError {
     /// Code above what the 32-bit row addresses cover.
     #[error("address {0:#x} above 4 GiB")]
     HighAddress(u64),
+    /// More rules than the unwinder searches in one object: not worth building (24 bytes a
+    /// rule while building; a hostile 2 GiB object could describe 2 G of them).
+    #[error("more than {} call-frame rules", profiler_common::MAX_OBJECT_ROWS)]
+    TooManyRules,
 }
 
 /// Unwind rows of one object, sorted by address, consecutive rows differing in their rule.
@@ -68,7 +72,8 @@ pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
         }
         let eh_frame = EhFrame::new(data, LittleEndian);
         collect_spans(&eh_frame, &bases, &mut spans)
-            .map_err(|source| CompileError::Frames(".eh_frame", source))?;
+            .map_err(|source| CompileError::Frames(".eh_frame", source))?
+            .ok_or(CompileError::TooManyRules)?;
     }
     if let Some(section) = file.section_by_name(".debug_frame") {
         let data = section
@@ -77,7 +82,8 @@ pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
         let mut debug_frame = DebugFrame::new(data, LittleEndian);
         debug_frame.set_address_size(8);
         collect_spans(&debug_frame, &BaseAddresses::default(), &mut spans)
-            .map_err(|source| CompileError::Frames(".debug_frame", source))?;
+            .map_err(|source| CompileError::Frames(".debug_frame", source))?
+            .ok_or(CompileError::TooManyRules)?;
     }
     if spans.is_empty() {
         return Err(CompileError::NoFrames);
@@ -85,12 +91,13 @@ pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
     rows_of(spans)
 }
 
-/// Appends the rule spans of every FDE of `section`; FDEs it cannot parse are skipped.
+/// Appends the rule spans of every FDE of `section`; FDEs it cannot parse are skipped. `None`
+/// once there are more spans than an object may have rows.
 fn collect_spans<'a, S: UnwindSection<Slice<'a>>>(
     section: &S,
     bases: &BaseAddresses,
     spans: &mut Vec<Span>,
-) -> gimli::Result<()> {
+) -> gimli::Result<Option<()>> {
     let mut context = Box::new(UnwindContext::new());
     let mut entries = section.entries(bases);
     while let Some(entry) = entries.next()? {
@@ -107,6 +114,9 @@ fn collect_spans<'a, S: UnwindSection<Slice<'a>>>(
             if row.start_address() >= row.end_address() {
                 continue;
             }
+            if spans.len() >= profiler_common::MAX_OBJECT_ROWS as usize {
+                return Ok(None);
+            }
             spans.push(Span {
                 start: row.start_address(),
                 end: row.end_address(),
@@ -114,7 +124,7 @@ fn collect_spans<'a, S: UnwindSection<Slice<'a>>>(
             });
         }
     }
-    Ok(())
+    Ok(Some(()))
 }
 
 /// The unwinder's rule for one CFI row.
@@ -254,6 +264,68 @@ mod tests {
     use object::ObjectSymbol as _;
 
     use super::*;
+
+    /// An x86-64 ELF object whose `.eh_frame` has one FDE of `rules` one-byte
+    /// `DW_CFA_advance_loc` steps: as many rows, from a file of about as many bytes.
+    fn rule_bomb(rules: usize) -> Vec<u8> {
+        let mut cie_body = vec![0, 0, 0, 0, 1, 0, 1, 0x78, 16, 0x0c, 7, 8, 0x90, 1];
+        cie_body.resize((cie_body.len() + 4).next_multiple_of(8) - 4, 0);
+        let mut eh_frame = (cie_body.len() as u32).to_le_bytes().to_vec();
+        eh_frame.extend(&cie_body);
+        let mut fde_body = 0x1000u64.to_le_bytes().to_vec();
+        fde_body.extend((rules as u64 + 16).to_le_bytes());
+        fde_body.resize(fde_body.len() + rules, 0x41);
+        fde_body.resize((fde_body.len() + 8).next_multiple_of(8) - 8, 0);
+        let cie_pointer = eh_frame.len() as u32 + 4;
+        eh_frame.extend((fde_body.len() as u32 + 4).to_le_bytes());
+        eh_frame.extend(cie_pointer.to_le_bytes());
+        eh_frame.extend(&fde_body);
+        eh_frame.extend([0; 4]);
+        let names = b"\0.eh_frame\0.shstrtab\0";
+        let names_at = 64 + eh_frame.len();
+        let headers_at = (names_at + names.len()).next_multiple_of(8);
+        let mut out = vec![0u8; headers_at + 3 * 64];
+        out[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\0");
+        let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
+        put(16, &3u16.to_le_bytes());
+        put(18, &62u16.to_le_bytes());
+        put(20, &1u32.to_le_bytes());
+        put(40, &(headers_at as u64).to_le_bytes());
+        put(52, &64u16.to_le_bytes());
+        put(54, &56u16.to_le_bytes());
+        put(58, &64u16.to_le_bytes());
+        put(60, &3u16.to_le_bytes());
+        put(62, &2u16.to_le_bytes());
+        put(64, &eh_frame);
+        put(names_at, names);
+        // Section headers: null, .eh_frame (address 0x800), the names.
+        for (index, (name, kind, address, at, size)) in [
+            (1u32, 1u32, 0x800u64, 64usize, eh_frame.len()),
+            (11, 3, 0, names_at, names.len()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let header = headers_at + 64 * (index + 1);
+            put(header, &name.to_le_bytes());
+            put(header + 4, &kind.to_le_bytes());
+            put(header + 16, &address.to_le_bytes());
+            put(header + 24, &(at as u64).to_le_bytes());
+            put(header + 32, &(size as u64).to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn a_rule_bomb_stops_at_the_row_limit() {
+        // A thousand rules compile; one more than an object may have stops the build early.
+        assert!(compile(&rule_bomb(1000)).is_ok_and(|rows| !rows.is_empty()));
+        let limit = profiler_common::MAX_OBJECT_ROWS as usize;
+        assert!(matches!(
+            compile(&rule_bomb(limit + 1)),
+            Err(CompileError::TooManyRules)
+        ));
+    }
 
     /// An rsp-based rule, offsets in bytes.
     fn rsp(cfa_offset: i64, rbp_offset: i64) -> UnwindRow {
