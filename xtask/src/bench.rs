@@ -463,6 +463,39 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
             "| {name} | {wall:.3} s | {events:.0} | {per_event} | {total:.3} s | {cpu} |"
         );
     }
+    // Paired by round: each tool against the baseline run just before it, and the profiler
+    // against bpftrace in the same round, so a slow spell of the machine moves both.
+    let per_round = |index: usize| -> Vec<f64> {
+        results[index]
+            .iter()
+            .zip(&results[0])
+            .map(|(run, bare)| (run.0 - bare.0) / run.1 * 1e6)
+            .collect()
+    };
+    let (profiler_costs, bpftrace_costs) = (per_round(1), per_round(2));
+    let ratios: Vec<f64> = profiler_costs
+        .iter()
+        .zip(&bpftrace_costs)
+        .map(|(ours, theirs)| ours / theirs)
+        .collect();
+    let spread = |values: &[f64], unit: &str, digits: usize| {
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!(
+            "median {:.digits$}{unit}, range {low:.digits$}–{high:.digits$}{unit}",
+            median(values.to_vec())
+        )
+    };
+    let _ = write!(
+        table,
+        "\nPer round ({} rounds, each configuration once per round, in turn), added cost per \
+         {singular} against that round's baseline: profiler {}; bpftrace {}. Profiler / \
+         bpftrace in the same round: {}.\n",
+        bench.runs,
+        spread(&profiler_costs, " µs", 2),
+        spread(&bpftrace_costs, " µs", 2),
+        spread(&ratios, "×", 2),
+    );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = format!(
         "# {}: latest results\n\n\
