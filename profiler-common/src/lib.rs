@@ -137,6 +137,10 @@ pub mod tracepoint_fields {
     pub const SWITCH_NEXT_PID: usize = 56;
     /// `sched_wakeup` / `sched_wakeup_new`: `pid_t pid`.
     pub const WAKEUP_PID: usize = 24;
+    /// `task_rename`: `pid_t pid` (the renamed thread, not necessarily the caller).
+    pub const RENAME_PID: usize = 8;
+    /// `task_rename`: `char newcomm[16]`.
+    pub const RENAME_NEWCOMM: usize = 28;
 }
 
 /// Capacity of the per-thread scheduler state map.

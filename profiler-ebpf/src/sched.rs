@@ -112,8 +112,8 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
         } else {
             prev_state as u32
         };
-        // The name is read once per thread: a copy at every switch costs more than renames
-        // (rare, and visible in CPU samples) are worth.
+        // The name is read once per thread, and `task_rename` keeps it current: a copy at
+        // every switch would cost more.
         if off_cpu.comm[0] == 0 {
             off_cpu.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         }
@@ -241,4 +241,30 @@ fn try_sched_wakeup(ctx: TracePointContext) -> Result<u32, u32> {
         }
     }
     Ok(0)
+}
+
+/// A target thread is renamed (`pthread_setname_np`, `prctl(PR_SET_NAME)`, a write to its
+/// `comm` file): its later off-CPU records and its run-queue figures carry the new name. A new
+/// thread often blocks or is preempted before it names itself.
+#[tracepoint(category = "task", name = "task_rename")]
+pub fn task_rename(ctx: TracePointContext) -> u32 {
+    let tid: i32 = field(&ctx, tracepoint_fields::RENAME_PID);
+    let Some(thread) = THREADS.get_ptr_mut(tid as u32) else {
+        return 0;
+    };
+    // Four aligned words: the verifier refuses context reads not aligned to their size, and
+    // `newcomm` sits at an offset that is a multiple of 4 only.
+    let at = tracepoint_fields::RENAME_NEWCOMM;
+    let words: [u32; 4] = [
+        field(&ctx, at),
+        field(&ctx, at + 4),
+        field(&ctx, at + 8),
+        field(&ctx, at + 12),
+    ];
+    // SAFETY: four u32 are sixteen bytes, any bit pattern a valid byte array.
+    let comm: [u8; COMM_LEN] = unsafe { core::mem::transmute(words) };
+    // SAFETY: a plain write to a map value; a switch reading it at the same time sees either
+    // name, or for one record a mix of both.
+    unsafe { (*thread).off_cpu.comm = comm };
+    0
 }

@@ -169,7 +169,7 @@ pub fn run_checks() -> Vec<Check> {
                 .attach_scheduler(0)
                 .and_then(|()| probes.attach_syscalls())
                 .and_then(|()| probes.attach_block()),
-            "sched_switch, sched_wakeup, raw_syscalls, block_rq_issue/complete",
+            "sched_switch, sched_wakeup, task_rename, raw_syscalls, block_rq_issue/complete",
         ),
     ));
     checks.push(Check::new("uprobes", uprobes(&mut probes)));

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -16,6 +17,9 @@ __attribute__((noinline)) void spin(double end) {
 }
 
 static void *busy(void *arg) {
+    /* Off the CPU once before the rename, as a new thread often is: its first switch-out then
+     * sees the process's name, and its figures must still end under "busy-N". */
+    usleep(2000);
     char name[16];
     snprintf(name, sizeof name, "busy-%ld", (long)arg);
     pthread_setname_np(pthread_self(), name);

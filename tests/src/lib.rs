@@ -13,12 +13,14 @@ use std::{
 };
 
 /// Names of the profiler's eBPF programs as the kernel lists them (truncated to 15 bytes).
-pub const PROGRAM_NAMES: [&str; 12] = [
+pub const PROGRAM_NAMES: [&str; 14] = [
     "cpu_sample",
     "sched_process_f",
     "sched_process_e",
     "sched_switch",
     "sched_wakeup",
+    "task_rename",
+    "loader_debug_st",
     "sys_enter",
     "sys_exit",
     "block_rq_issue",

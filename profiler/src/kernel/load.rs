@@ -74,6 +74,27 @@ fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
     check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
 }
 
+/// The program that keeps target threads' names current for the scheduler programs.
+const RENAME_PROGRAM: (&str, &str) = ("task", "task_rename");
+
+/// Whether `task_rename` lays out its record where [`RENAME_PROGRAM`] reads. Without it, a
+/// thread keeps the name it had at its first switch: worth a note, not a failed run.
+fn rename_tracepoint_fits() -> bool {
+    use profiler_common::tracepoint_fields::{RENAME_NEWCOMM, RENAME_PID};
+
+    let fits = tracefs::ensure_mounted().and_then(|root| {
+        tracefs::check_layout(
+            &root,
+            "task/task_rename",
+            &[("pid", RENAME_PID, 4), ("newcomm", RENAME_NEWCOMM, 16)],
+        )
+    });
+    if let Err(err) = &fits {
+        log::info!("thread renames are not followed: {err}");
+    }
+    fits.is_ok()
+}
+
 /// The system-call programs (I/O and memory-mapping calls).
 const SYSCALL_PROGRAMS: [(&str, &str); 2] =
     [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")];
@@ -266,6 +287,9 @@ impl KernelProbes {
         if options.scheduler {
             check_scheduler_tracepoints()?;
             load_tracepoints(&mut ebpf, SCHEDULER_PROGRAMS.map(|name| ("sched", name)))?;
+            if rename_tracepoint_fits() {
+                load_tracepoints(&mut ebpf, [RENAME_PROGRAM])?;
+            }
         }
         let mut open_events = None;
         if options.io || options.alloc {
@@ -419,7 +443,15 @@ impl KernelProbes {
         attach_classic_tracepoints(
             &mut self.ebpf,
             SCHEDULER_PROGRAMS.map(|name| ("sched", name)),
-        )
+        )?;
+        let rename_loaded = self
+            .ebpf
+            .program(RENAME_PROGRAM.1)
+            .is_some_and(|program| program.fd().is_ok());
+        if rename_loaded {
+            attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
+        }
+        Ok(())
     }
 
     /// Starts watching the targets' system calls (I/O or memory-mapping ones, as loaded).
