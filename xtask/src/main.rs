@@ -1,11 +1,12 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | fuzz`.
+//! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | bench-startup | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
 mod bench_soak;
+mod bench_startup;
 mod bench_unwind;
 mod layout;
 mod setup;
@@ -56,6 +57,9 @@ enum Task {
     /// Every event kind for minutes on a service-like load: the profiler's RSS, CPU and
     /// reported losses; writes docs/performance/soak-results.md.
     BenchSoak(bench_soak::SoakBenchArgs),
+    /// Time to the first sample for `record` and `attach`, with CPU sampling alone and every
+    /// event kind, against perf and bpftrace; writes docs/performance/startup-results.md.
+    BenchStartup(bench_startup::StartupBenchArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -99,6 +103,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchSoak(args) => {
             build()?;
             bench_soak::soak(&args)
+        }
+        Task::BenchStartup(args) => {
+            build()?;
+            bench_startup::startup(&args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }

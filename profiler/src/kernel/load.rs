@@ -20,11 +20,13 @@ use super::{
         map_error, program_error,
     },
     probes::{IN_FLIGHT, KernelProbes, remove_pids, take_ring_buffer},
+    programs::{
+        ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
+        SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, check_io_tracepoints, check_scheduler_tracepoints,
+        load_programs, rename_tracepoint_fits,
+    },
 };
-use crate::kernel::{
-    btf::{self, KernelTypes},
-    tracefs,
-};
+use crate::kernel::btf::{self, KernelTypes};
 
 /// The eBPF object built by `build.rs` from `profiler-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -49,114 +51,6 @@ pub struct LoadOptions {
     /// Capacity of the unwind-row array when user stacks are walked with unwind tables;
     /// `None` leaves user stacks to the kernel's frame-pointer walker.
     pub unwind_rows: Option<u32>,
-}
-
-/// The process-tracking programs.
-const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
-/// The program that learns the libraries the dynamic loader mapped (unwinding with tables).
-const LOADER_PROGRAM: &str = "loader_debug_state";
-
-/// Checks that the classic `sched` tracepoints lay out their records where the programs read.
-fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
-    use profiler_common::tracepoint_fields::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID};
-
-    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
-    let check = |event, fields: &[(&str, usize, usize)]| {
-        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
-    };
-    check(
-        "sched/sched_switch",
-        &[
-            ("prev_state", SWITCH_PREV_STATE, 8),
-            ("next_pid", SWITCH_NEXT_PID, 4),
-        ],
-    )?;
-    check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
-}
-
-/// The program that keeps target threads' names current for the scheduler programs.
-const RENAME_PROGRAM: (&str, &str) = ("task", "task_rename");
-
-/// Whether `task_rename` lays out its record where [`RENAME_PROGRAM`] reads. Without it, a
-/// thread keeps the name it had at its first switch: worth a note, not a failed run.
-fn rename_tracepoint_fits() -> bool {
-    use profiler_common::tracepoint_fields::{RENAME_NEWCOMM, RENAME_PID};
-
-    let fits = tracefs::ensure_mounted().and_then(|root| {
-        tracefs::check_layout(
-            &root,
-            "task/task_rename",
-            &[("pid", RENAME_PID, 4), ("newcomm", RENAME_NEWCOMM, 16)],
-        )
-    });
-    if let Err(err) = &fits {
-        log::info!("thread renames are not followed: {err}");
-    }
-    fits.is_ok()
-}
-
-/// The system-call programs (I/O and memory-mapping calls).
-const SYSCALL_PROGRAMS: [(&str, &str); 2] =
-    [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")];
-
-/// The block-request programs.
-const BLOCK_PROGRAMS: [(&str, &str); 2] =
-    [("block", "block_rq_issue"), ("block", "block_rq_complete")];
-
-/// The allocator probes: entry, return, and `free`.
-const ALLOC_PROGRAMS: [&str; 3] = ["alloc_enter", "alloc_return", "free_enter"];
-
-/// Checks that the `raw_syscalls` and `block` tracepoints lay out their records where the I/O
-/// programs read.
-fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
-    use profiler_common::io_fields::{
-        BLOCK_BYTES, BLOCK_DEV, BLOCK_RWBS, BLOCK_SECTOR, SYSCALL_ARGS, SYSCALL_ID, SYSCALL_RET,
-    };
-
-    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
-    let check = |event, fields: &[(&str, usize, usize)]| {
-        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
-    };
-    check(
-        "raw_syscalls/sys_enter",
-        &[("id", SYSCALL_ID, 8), ("args", SYSCALL_ARGS, 48)],
-    )?;
-    check(
-        "raw_syscalls/sys_exit",
-        &[("id", SYSCALL_ID, 8), ("ret", SYSCALL_RET, 8)],
-    )?;
-    if !block {
-        return Ok(());
-    }
-    let block = [
-        ("dev", BLOCK_DEV, 4),
-        ("sector", BLOCK_SECTOR, 8),
-        ("rwbs", BLOCK_RWBS, 0),
-    ];
-    check("block/block_rq_complete", &block)?;
-    check("block/block_rq_issue", &block)?;
-    check("block/block_rq_issue", &[("bytes", BLOCK_BYTES, 4)])
-}
-
-/// The scheduler programs (off-CPU time and run-queue delay).
-const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
-
-/// Loads classic tracepoint programs, each named as its tracepoint (`(category, name)`).
-fn load_tracepoints(
-    ebpf: &mut Ebpf,
-    programs: impl IntoIterator<Item = (&'static str, &'static str)>,
-) -> Result<(), ProbeError> {
-    for (_, name) in programs {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .expect("tracepoint program is in the object")
-            .try_into()
-            .expect("tracepoint program");
-        program
-            .load()
-            .map_err(|err| program_error(format!("loading the {name} program"), err))?;
-    }
-    Ok(())
 }
 
 /// Attaches loaded classic tracepoint programs.
@@ -274,27 +168,21 @@ impl KernelProbes {
         };
         let process_events = take_ring_buffer(&mut ebpf, "PROCESS_EVENTS")?;
         // Only what the run needs: each program costs verification time and kernel memory.
+        let mut names = Vec::from(PROCESS_PROGRAMS);
         if options.cpu {
-            let program: &mut PerfEvent = ebpf
-                .program_mut("cpu_sample")
-                .expect("cpu_sample is in the object")
-                .try_into()
-                .expect("cpu_sample is a perf_event program");
-            program
-                .load()
-                .map_err(|err| program_error("loading the CPU sampling program", err))?;
+            names.push("cpu_sample");
         }
         if options.scheduler {
             check_scheduler_tracepoints()?;
-            load_tracepoints(&mut ebpf, SCHEDULER_PROGRAMS.map(|name| ("sched", name)))?;
+            names.extend(SCHEDULER_PROGRAMS);
             if rename_tracepoint_fits() {
-                load_tracepoints(&mut ebpf, [RENAME_PROGRAM])?;
+                names.push(RENAME_PROGRAM.1);
             }
         }
         let mut open_events = None;
         if options.io || options.alloc {
             check_io_tracepoints(options.io)?;
-            load_tracepoints(&mut ebpf, SYSCALL_PROGRAMS)?;
+            names.extend(SYSCALL_PROGRAMS.map(|(_, name)| name));
             let mut syscalls: Array<_, u32> =
                 Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS is in the object"))
                     .map_err(map_error("SYSCALLS"))?;
@@ -305,41 +193,16 @@ impl KernelProbes {
             }
         }
         if options.io {
-            load_tracepoints(&mut ebpf, BLOCK_PROGRAMS)?;
+            names.extend(BLOCK_PROGRAMS.map(|(_, name)| name));
             open_events = Some(take_ring_buffer(&mut ebpf, "OPEN_EVENTS")?);
         }
         if options.alloc {
-            for name in ALLOC_PROGRAMS {
-                let program: &mut UProbe = ebpf
-                    .program_mut(name)
-                    .expect("uprobe program is in the object")
-                    .try_into()
-                    .expect("uprobe program");
-                program
-                    .load()
-                    .map_err(|err| program_error(format!("loading the {name} program"), err))?;
-            }
-        }
-        for name in PROCESS_PROGRAMS {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .expect("tracepoint program is in the object")
-                .try_into()
-                .expect("tp_btf program");
-            program
-                .load(name, &btf)
-                .map_err(|err| program_error(format!("loading the {name} program"), err))?;
+            names.extend(ALLOC_PROGRAMS);
         }
         if options.unwind_rows.is_some() {
-            let program: &mut UProbe = ebpf
-                .program_mut(LOADER_PROGRAM)
-                .expect("uprobe program is in the object")
-                .try_into()
-                .expect("uprobe program");
-            program.load().map_err(|err| {
-                program_error(format!("loading the {LOADER_PROGRAM} program"), err)
-            })?;
+            names.push(LOADER_PROGRAM);
         }
+        load_programs(&mut ebpf, &names, &btf)?;
         Ok(KernelProbes {
             uprobe_links: Vec::new(),
             ebpf,

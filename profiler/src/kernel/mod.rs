@@ -10,6 +10,7 @@ mod error;
 mod load;
 mod maps;
 pub mod probes;
+mod programs;
 pub mod syscalls;
 pub mod tracefs;
 pub mod unwind;

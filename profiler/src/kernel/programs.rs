@@ -1,0 +1,170 @@
+//! Which programs each event kind needs, whether the kernel's tracepoints lay out their records
+//! where those programs read, and loading (verifying) them.
+
+use std::sync::Mutex;
+
+use aya::{
+    Btf, Ebpf,
+    programs::{Program, ProgramError},
+};
+
+use super::{
+    error::{ProbeError, program_error},
+    tracefs,
+};
+
+/// The process-tracking programs.
+pub(super) const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_process_exec"];
+/// The program that learns the libraries the dynamic loader mapped (unwinding with tables).
+pub(super) const LOADER_PROGRAM: &str = "loader_debug_state";
+
+/// Checks that the classic `sched` tracepoints lay out their records where the programs read.
+pub(super) fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
+    use profiler_common::tracepoint_fields::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID};
+
+    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+    let check = |event, fields: &[(&str, usize, usize)]| {
+        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
+    };
+    check(
+        "sched/sched_switch",
+        &[
+            ("prev_state", SWITCH_PREV_STATE, 8),
+            ("next_pid", SWITCH_NEXT_PID, 4),
+        ],
+    )?;
+    check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
+}
+
+/// The program that keeps target threads' names current for the scheduler programs.
+pub(super) const RENAME_PROGRAM: (&str, &str) = ("task", "task_rename");
+
+/// Whether `task_rename` lays out its record where [`RENAME_PROGRAM`] reads. Without it, a
+/// thread keeps the name it had at its first switch: worth a note, not a failed run.
+pub(super) fn rename_tracepoint_fits() -> bool {
+    use profiler_common::tracepoint_fields::{RENAME_NEWCOMM, RENAME_PID};
+
+    let fits = tracefs::ensure_mounted().and_then(|root| {
+        tracefs::check_layout(
+            &root,
+            "task/task_rename",
+            &[("pid", RENAME_PID, 4), ("newcomm", RENAME_NEWCOMM, 16)],
+        )
+    });
+    if let Err(err) = &fits {
+        log::info!("thread renames are not followed: {err}");
+    }
+    fits.is_ok()
+}
+
+/// The system-call programs (I/O and memory-mapping calls).
+pub(super) const SYSCALL_PROGRAMS: [(&str, &str); 2] =
+    [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")];
+
+/// The block-request programs.
+pub(super) const BLOCK_PROGRAMS: [(&str, &str); 2] =
+    [("block", "block_rq_issue"), ("block", "block_rq_complete")];
+
+/// The allocator probes: entry, return, and `free`.
+pub(super) const ALLOC_PROGRAMS: [&str; 3] = ["alloc_enter", "alloc_return", "free_enter"];
+
+/// Checks that the `raw_syscalls` and `block` tracepoints lay out their records where the I/O
+/// programs read.
+pub(super) fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
+    use profiler_common::io_fields::{
+        BLOCK_BYTES, BLOCK_DEV, BLOCK_RWBS, BLOCK_SECTOR, SYSCALL_ARGS, SYSCALL_ID, SYSCALL_RET,
+    };
+
+    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+    let check = |event, fields: &[(&str, usize, usize)]| {
+        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
+    };
+    check(
+        "raw_syscalls/sys_enter",
+        &[("id", SYSCALL_ID, 8), ("args", SYSCALL_ARGS, 48)],
+    )?;
+    check(
+        "raw_syscalls/sys_exit",
+        &[("id", SYSCALL_ID, 8), ("ret", SYSCALL_RET, 8)],
+    )?;
+    if !block {
+        return Ok(());
+    }
+    let block = [
+        ("dev", BLOCK_DEV, 4),
+        ("sector", BLOCK_SECTOR, 8),
+        ("rwbs", BLOCK_RWBS, 0),
+    ];
+    check("block/block_rq_complete", &block)?;
+    check("block/block_rq_issue", &block)?;
+    check("block/block_rq_issue", &[("bytes", BLOCK_BYTES, 4)])
+}
+
+/// The scheduler programs (off-CPU time and run-queue delay).
+pub(super) const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
+
+/// Loads `names` into the kernel, several at a time. Verification is most of a start-up (a
+/// program that walks user stacks takes 0.2–0.9 s) and the kernel verifies privileged loads
+/// concurrently, so the programs are spread over the CPUs, the slowest ones first.
+pub(super) fn load_programs(
+    ebpf: &mut Ebpf,
+    names: &[&'static str],
+    btf: &Btf,
+) -> Result<(), ProbeError> {
+    let mut programs: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| names.contains(name))
+        .collect();
+    programs.sort_by_key(|(name, _)| {
+        SLOWEST_TO_VERIFY
+            .iter()
+            .position(|slow| slow == name)
+            .unwrap_or(SLOWEST_TO_VERIFY.len())
+    });
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(programs.len());
+    let queue = Mutex::new(programs.into_iter());
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    // The lock is released before the load: the queue only hands out work.
+                    let next = queue.lock().expect("no panics while held").next();
+                    let Some((name, program)) = next else {
+                        break;
+                    };
+                    if let Err(err) = load_program(name, program, btf) {
+                        failures
+                            .lock()
+                            .expect("no panics while held")
+                            .push((name, err));
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("no panics while held");
+    // The first in `names` order: the same error for the same cause, run after run.
+    failures.sort_by_key(|(name, _)| names.iter().position(|wanted| wanted == name));
+    match failures.into_iter().next() {
+        Some((name, err)) => Err(program_error(format!("loading the {name} program"), err)),
+        None => Ok(()),
+    }
+}
+
+/// The programs that take longest to verify, slowest first (measured on 6.18: 850, 500, 410
+/// and 230 ms): started first, they do not end up last on a CPU.
+const SLOWEST_TO_VERIFY: [&str; 4] = ["sys_exit", "sched_switch", "alloc_enter", "cpu_sample"];
+
+fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), ProgramError> {
+    match program {
+        Program::PerfEvent(program) => program.load(),
+        Program::TracePoint(program) => program.load(),
+        Program::UProbe(program) => program.load(),
+        // The BTF tracepoints are named as the kernel's tracepoints they attach to.
+        Program::BtfTracePoint(program) => program.load(name, btf),
+        other => unreachable!("{name}: a {:?} program", other.prog_type()),
+    }
+}
