@@ -103,9 +103,9 @@ pub(super) fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
 /// The scheduler programs (off-CPU time and run-queue delay).
 pub(super) const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
 
-/// Loads `names` into the kernel, several at a time. Verification is most of a start-up (a
-/// program that walks user stacks takes 0.2–0.9 s) and the kernel verifies privileged loads
-/// concurrently, so the programs are spread over the CPUs, the slowest ones first.
+/// Loads `names` into the kernel, several at a time. Verification is most of a start-up and
+/// the kernel verifies privileged loads concurrently, so the programs are spread over the
+/// CPUs, the slowest ones first.
 pub(super) fn load_programs(
     ebpf: &mut Ebpf,
     names: &[&'static str],
@@ -154,8 +154,9 @@ pub(super) fn load_programs(
     }
 }
 
-/// The programs that take longest to verify, slowest first (measured on 6.18: 850, 500, 410
-/// and 230 ms): started first, they do not end up last on a CPU.
+/// The programs that take longest to verify, slowest first (the ones that walk user stacks; on
+/// 6.18 the verifier explores 78 000, 51 000, 45 000 and 28 000 instructions): started first,
+/// they do not end up last on a CPU.
 const SLOWEST_TO_VERIFY: [&str; 4] = ["sys_exit", "sched_switch", "alloc_enter", "cpu_sample"];
 
 fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), ProgramError> {
