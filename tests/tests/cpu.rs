@@ -201,7 +201,14 @@ fn record_follows_child_processes_unless_told_not_to() {
     assert!(out.status.success());
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     assert_eq!(weight_with_frame(&stacks, "child_spin"), 0);
-    assert!(weight_with_frame(&stacks, "parent_spin") > 100);
+    // A share, not a count: the two spinners and the collector share 2 CPUs of a shared VM,
+    // and the parent got half a CPU in one CI run.
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let parent = weight_with_frame(&stacks, "parent_spin");
+    assert!(
+        parent >= 40 && parent * 10 >= total * 9,
+        "parent_spin {parent} of {total} samples"
+    );
     let other_roots: Vec<_> = stacks
         .iter()
         .filter(|(frames, _)| frames[0] != "forker")
