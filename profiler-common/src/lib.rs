@@ -31,6 +31,9 @@ pub const STACK_ID_COLLISION: i32 = -2;
 pub const STACK_ID_ERROR: i32 = -3;
 /// Stack id standing for a stack lost because the stack map was full.
 pub const STACK_ID_MAP_FULL: i32 = -4;
+/// Stack id of events whose stack was not walked, by design (stack sampling of short I/O
+/// calls): counted and timed exactly, in no flamegraph.
+pub const STACK_ID_UNSAMPLED: i32 = -5;
 
 /// Key of the in-kernel sample aggregation: one count per thread, name and stack pair.
 ///
@@ -396,8 +399,12 @@ pub struct IoTotal {
     pub bytes: u64,
     /// Calls that failed.
     pub errors: u64,
+    /// Time the flamegraph gives the key's stack, ns: a walked call's own time, or the
+    /// sampling threshold for a shorter call (walked with probability time / threshold), so
+    /// that it adds up to the calls' time on average. 0 for calls not walked.
+    pub stack_ns: u64,
 }
-const _: () = assert!(size_of::<IoTotal>() == 32);
+const _: () = assert!(size_of::<IoTotal>() == 40);
 
 /// A file a target opened: its fd, open time (the `file_id` of later calls) and path as passed.
 #[repr(C)]
@@ -812,7 +819,7 @@ macro_rules! add_fields {
     };
 }
 add_fields!(OffCpuTime: total_ns, count);
-add_fields!(IoTotal: count, total_ns, bytes, errors);
+add_fields!(IoTotal: count, total_ns, bytes, errors, stack_ns);
 add_fields!(AllocStats: alloc_count, alloc_bytes, free_count, free_bytes, lifetime_ns);
 add_fields!(BlockStats: count, bytes, total_ns; max max_ns);
 add_fields!(ProcessMemory: alloc_bytes, alloc_count, free_bytes, free_count, mmap_count,

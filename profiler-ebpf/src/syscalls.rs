@@ -4,15 +4,17 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_get_current_comm, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes,
+    },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use profiler_common::{
     COMM_LEN, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS,
-    OpenEvent, RECORDING_STOPPED, SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter,
-    inode_file_id, io_fields, io_kind, latency_slot, process_event,
+    OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED, SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES,
+    counter, inode_file_id, io_fields, io_kind, latency_slot, process_event,
 };
 
 use crate::{
@@ -27,6 +29,12 @@ use crate::{
 /// `inode.i_mode`, `inode.i_ino`.
 #[unsafe(no_mangle)]
 static FD_INODE_OFFSETS: [u32; 7] = [0; 7];
+
+/// I/O calls at least this long (ns) always get their user stack; a shorter one gets it with
+/// probability (its time / this), weighted at this, so stacks' times stay right on average
+/// while most short calls skip the walk, most of a call's cost. 0: every call is walked.
+#[unsafe(no_mangle)]
+static IO_STACK_SAMPLE_BELOW_NS: u64 = 0;
 
 /// System calls the I/O programs watch: number → `kind << 8 | index`, 0 for the rest. Filled by
 /// the collector from its per-architecture table.
@@ -120,22 +128,18 @@ fn try_sys_enter(ctx: TracePointContext) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn add_io(totals: &HashMap<IoKey, IoTotal>, key: &IoKey, ns: u64, bytes: u64, error: bool) {
+fn add_io(totals: &HashMap<IoKey, IoTotal>, key: &IoKey, call: &IoTotal) {
     match totals.get_ptr_mut(key) {
         // SAFETY: the key holds the tid, and a thread is in one system call at a time.
         Some(total) => unsafe {
             (*total).count += 1;
-            (*total).total_ns += ns;
-            (*total).bytes += bytes;
-            (*total).errors += u64::from(error);
+            (*total).total_ns += call.total_ns;
+            (*total).bytes += call.bytes;
+            (*total).errors += call.errors;
+            (*total).stack_ns += call.stack_ns;
         },
         None => {
-            let total = IoTotal {
-                count: 1,
-                total_ns: ns,
-                bytes,
-                errors: u64::from(error),
-            };
+            let total = *call;
             if totals.insert(key, total, u64::from(BPF_NOEXIST)).is_err() {
                 bump(counter::IO_MAP_FULL);
             }
@@ -319,13 +323,22 @@ fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
             let _ = FILES.remove(&key);
         }
     }
-    let user_stack_id = user_stack(
-        &ctx,
-        tgid,
-        unwind::SCRATCH_TASK,
-        counter::USER_STACK_COLLISIONS,
-        counter::USER_STACK_ERRORS,
-    );
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let below = unsafe { core::ptr::read_volatile(&IO_STACK_SAMPLE_BELOW_NS) };
+    // SAFETY: a helper valid in every program.
+    let walk = ns >= below || u64::from(unsafe { bpf_get_prandom_u32() }) % below < ns;
+    let (user_stack_id, stack_ns) = if walk {
+        let id = user_stack(
+            &ctx,
+            tgid,
+            unwind::SCRATCH_TASK,
+            counter::USER_STACK_COLLISIONS,
+            counter::USER_STACK_ERRORS,
+        );
+        (id, ns.max(below))
+    } else {
+        (STACK_ID_UNSAMPLED, 0)
+    };
     let key = IoKey {
         tgid,
         tid,
@@ -341,10 +354,17 @@ fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
     } else {
         0
     };
+    let call = IoTotal {
+        count: 1,
+        total_ns: ns,
+        bytes,
+        errors: u64::from(ret < 0),
+        stack_ns,
+    };
     if active == 0 {
-        add_io(&IO_0, &key, ns, bytes, ret < 0);
+        add_io(&IO_0, &key, &call);
     } else {
-        add_io(&IO_1, &key, ns, bytes, ret < 0);
+        add_io(&IO_1, &key, &call);
     }
     if index < MAX_IO_CALLS
         && let Some(slot) = IO_LATENCY.get_ptr_mut(index * LATENCY_SLOTS + latency_slot(ns))

@@ -261,3 +261,48 @@ fn attach_names_files_opened_before_it_even_through_dup2() {
     assert_eq!(file["write_bytes"].as_u64().unwrap(), 3 * writes, "{file}");
     assert_nothing_loaded();
 }
+
+#[test]
+fn sampled_stacks_keep_counts_exact_and_times_right_on_average() {
+    let _serial = serial();
+    if !have_root("sampled_stacks_keep_counts_exact_and_times_right_on_average") {
+        return;
+    }
+    // 64-byte reads of /dev/zero take a microsecond or two: below 200 µs, about one in a
+    // hundred is walked, weighted at 200 µs.
+    let reads = 200_000;
+    let (dir, out) = record(
+        &["--events", "io", "--sample-stacks-below", "200us"],
+        "read_zero",
+        &[&reads.to_string()],
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let zero = entry(&summary["io"]["files"], "path", "/dev/zero");
+    assert_eq!(zero["reads"], reads, "counts stay exact: {zero}");
+    let read_us = zero["total_us"].as_f64().unwrap();
+
+    let sampling = &summary["quality"]["io_stack_sampling"];
+    assert_eq!(sampling["below_us"], 200, "{sampling}");
+    let (walked, calls) = (
+        sampling["walked"].as_u64().unwrap(),
+        sampling["events"].as_u64().unwrap(),
+    );
+    assert!(calls >= reads, "{sampling}");
+    assert!(
+        walked > 0 && walked * 10 < calls,
+        "a sample walked: {sampling}"
+    );
+
+    // Each walked read stands for 200 µs of reads: the stacks add up to the reads' time,
+    // give or take the sampling's spread (a few hundred draws: ±10% typical).
+    let stacks = read_folded(&dir.path().join("io.folded"));
+    let in_main = io_time(&stacks, "main", "read") as f64;
+    assert!(
+        (in_main / read_us - 1.0).abs() < 0.4,
+        "reads from main {in_main} µs in the flamegraph, {read_us} µs measured"
+    );
+    let quality = summary["quality"]["text"].to_string();
+    assert!(quality.contains("I/O stacks walked for"), "{quality}");
+    assert_nothing_loaded();
+}

@@ -368,8 +368,8 @@ struct EventBench<'a> {
     count_field: &'a str,
     count_label: &'a str,
     count_singular: &'a str,
-    /// `profiler record` options.
-    profiler_args: &'a [&'a str],
+    /// `profiler record` options, one configuration each (exact first, then sampled ones).
+    profiler_modes: &'a [&'a [&'a str]],
     /// The bpftrace configuration's name and script.
     bpftrace: (&'a str, String),
     runs: usize,
@@ -389,8 +389,15 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
     }
     workload.push(program.display().to_string());
     workload.extend(bench.program_args.iter().cloned());
-    let profiler_name = format!("profiler {}", bench.profiler_args.join(" "));
-    let configs = ["no profiler", profiler_name.as_str(), bench.bpftrace.0];
+    let mut configs = vec!["no profiler".to_owned()];
+    configs.extend(
+        bench
+            .profiler_modes
+            .iter()
+            .map(|args| format!("profiler {}", args.join(" "))),
+    );
+    configs.push(bench.bpftrace.0.to_owned());
+    let bpftrace_index = configs.len() - 1;
     let mut results: Vec<Vec<(f64, f64, f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
     for run in 0..bench.runs {
         for (index, name) in configs.iter().enumerate() {
@@ -400,10 +407,10 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
                     c.args(&workload[1..]);
                     c
                 }
-                1 => {
+                _ if index < bpftrace_index => {
                     let mut c = Command::new(profiler_bin());
                     c.arg("record")
-                        .args(bench.profiler_args)
+                        .args(bench.profiler_modes[index - 1])
                         .arg("-o")
                         .arg(scratch.join("profile"))
                         .arg("--")
@@ -472,12 +479,7 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
             .map(|(run, bare)| (run.0 - bare.0) / run.1 * 1e6)
             .collect()
     };
-    let (profiler_costs, bpftrace_costs) = (per_round(1), per_round(2));
-    let ratios: Vec<f64> = profiler_costs
-        .iter()
-        .zip(&bpftrace_costs)
-        .map(|(ours, theirs)| ours / theirs)
-        .collect();
+    let bpftrace_costs = per_round(bpftrace_index);
     let spread = |values: &[f64], unit: &str, digits: usize| {
         let low = values.iter().copied().fold(f64::INFINITY, f64::min);
         let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -489,13 +491,25 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
     let _ = write!(
         table,
         "\nPer round ({} rounds, each configuration once per round, in turn), added cost per \
-         {singular} against that round's baseline: profiler {}; bpftrace {}. Profiler / \
-         bpftrace in the same round: {}.\n",
+         {singular} against that round's baseline: bpftrace {}.",
         bench.runs,
-        spread(&profiler_costs, " µs", 2),
         spread(&bpftrace_costs, " µs", 2),
-        spread(&ratios, "×", 2),
     );
+    for (index, name) in configs.iter().enumerate().take(bpftrace_index).skip(1) {
+        let costs = per_round(index);
+        let ratios: Vec<f64> = costs
+            .iter()
+            .zip(&bpftrace_costs)
+            .map(|(ours, theirs)| ours / theirs)
+            .collect();
+        let _ = write!(
+            table,
+            " {name}: {}; against bpftrace in the same round {}.",
+            spread(&costs, " µs", 2),
+            spread(&ratios, "×", 2),
+        );
+    }
+    table.push('\n');
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = format!(
         "# {}: latest results\n\n\
@@ -536,7 +550,7 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
         count_field: "switches",
         count_label: "switches",
         count_singular: "switch",
-        profiler_args: &["--events", "offcpu"],
+        profiler_modes: &[&["--events", "offcpu"]],
         bpftrace: (
             "bpftrace sched_switch + stacks",
             "tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }"
@@ -578,7 +592,10 @@ pub fn io(args: &IoBenchArgs) -> anyhow::Result<()> {
         count_field: "calls",
         count_label: "calls",
         count_singular: "call",
-        profiler_args: &["--events", "io"],
+        profiler_modes: &[
+            &["--events", "io"],
+            &["--events", "io", "--sample-stacks-below", "200us"],
+        ],
         bpftrace: (
             "bpftrace read latency per ustack",
             "tracepoint:syscalls:sys_enter_read /pid == cpid/ { @start[tid] = nsecs; } \
@@ -633,7 +650,7 @@ pub fn alloc(args: &AllocBenchArgs) -> anyhow::Result<()> {
         count_field: "pairs",
         count_label: "pairs",
         count_singular: "pair",
-        profiler_args: &["--events", "alloc"],
+        profiler_modes: &[&["--events", "alloc"]],
         bpftrace: (
             "bpftrace malloc/free tracking + ustack",
             format!(

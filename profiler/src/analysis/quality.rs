@@ -30,8 +30,40 @@ pub struct Quality {
     pub complete_stacks_percent_by_kind: BTreeMap<String, f64>,
     /// The share of time, for the kinds weighted by time (`offcpu`, `io`).
     pub complete_stacks_percent_by_time: BTreeMap<String, f64>,
+    /// How many I/O calls had their stack walked, when short ones were sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_stack_sampling: Option<StackSampling>,
     /// The same in one sentence.
     pub text: String,
+}
+
+/// Stacks walked for a sample of the events (`--sample-stacks-below`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StackSampling {
+    /// Events shorter than this were walked with probability (time / this), µs.
+    pub below_us: u64,
+    /// Events.
+    pub events: u64,
+    /// Events whose stack was walked.
+    pub walked: u64,
+}
+
+/// I/O calls walked out of all, when short calls' stacks were sampled.
+fn io_stack_sampling(profile: &Profile) -> Option<StackSampling> {
+    let below_us = profile.run.sample_stacks_below_us;
+    let io = profile.io.as_ref().filter(|_| below_us > 0)?;
+    let walked = profile
+        .samples
+        .get(&EventKind::Io)
+        .into_iter()
+        .flatten()
+        .map(|sample| sample.count.unwrap_or(1))
+        .sum();
+    Some(StackSampling {
+        below_us,
+        events: io.syscalls.iter().map(|call| call.count).sum(),
+        walked,
+    })
 }
 
 /// The profile-quality line.
@@ -159,6 +191,15 @@ pub fn quality(profile: &Profile) -> Quality {
             .collect();
         format!(", {stacks_lost} stacks lost ({})", causes.join(", "))
     };
+    let io_stack_sampling = io_stack_sampling(profile);
+    let sampled = io_stack_sampling
+        .as_ref()
+        .map_or(String::new(), |sampling| {
+            format!(
+                "; I/O stacks walked for {} of {} calls (below {} µs, a duration-weighted sample)",
+                sampling.walked, sampling.events, sampling.below_us
+            )
+        });
     Quality {
         lost_events,
         stacks_cut_short: cut_short,
@@ -168,6 +209,7 @@ pub fn quality(profile: &Profile) -> Quality {
         complete_stacks_percent,
         complete_stacks_percent_by_kind,
         complete_stacks_percent_by_time,
+        io_stack_sampling,
         text: format!(
             "Profile quality: {lost_events} events lost{lost_stacks}; \
              {complete_stacks_percent:.1}% of events \
@@ -176,7 +218,7 @@ pub fn quality(profile: &Profile) -> Quality {
              {cut_short} of \
              {distinct} \
              distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
-             unsymbolized"
+             unsymbolized{sampled}"
         ),
     }
 }
@@ -266,6 +308,43 @@ mod tests {
         assert_eq!(quality.complete_stacks_percent, 25.0);
         assert!(
             quality.text.contains("(offcpu 99.9% / 25.0% of time)"),
+            "{}",
+            quality.text
+        );
+    }
+
+    #[test]
+    fn sampled_io_stacks_are_stated() {
+        let mut profile = sample_profile();
+        let mut io_samples = profile.samples[&EventKind::Cpu].clone();
+        for sample in &mut io_samples {
+            sample.count = Some(2);
+        }
+        profile.samples.insert(EventKind::Io, io_samples);
+        profile.io = Some(crate::model::IoStats {
+            syscalls: vec![crate::model::IoSyscall {
+                name: "read".into(),
+                count: 1000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        // Every call walked: nothing to state.
+        assert_eq!(quality(&profile).io_stack_sampling, None);
+        profile.run.sample_stacks_below_us = 100;
+        let quality = quality(&profile);
+        assert_eq!(
+            quality.io_stack_sampling,
+            Some(StackSampling {
+                below_us: 100,
+                events: 1000,
+                walked: 4
+            })
+        );
+        assert!(
+            quality.text.ends_with(
+                "; I/O stacks walked for 4 of 1000 calls (below 100 µs, a duration-weighted sample)"
+            ),
             "{}",
             quality.text
         );

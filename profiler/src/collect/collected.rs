@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use profiler_common::{
     AllocSite, AllocStats, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
-    ProcessMemory, STACK_ID_NONE, SampleKey, ThreadState, counter,
+    ProcessMemory, STACK_ID_NONE, STACK_ID_UNSAMPLED, SampleKey, ThreadState, counter,
 };
 
 use super::{
@@ -305,14 +305,20 @@ impl Collected {
         }
         if events.contains(&EventKind::Io) {
             let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
-            for (key, total) in &self.io {
+            // Calls whose stack was not walked (stack sampling) are in the totals only; the
+            // walked ones stand for them, weighted up.
+            let walked = self
+                .io
+                .iter()
+                .filter(|(key, _)| key.user_stack_id != STACK_ID_UNSAMPLED);
+            for (key, total) in walked {
                 let stacks = (key.user_stack_id, STACK_ID_NONE);
                 let mut sample = raw_sample(key.tgid, key.tid, &key.comm, stacks, None);
                 sample.leaf = crate::kernel::syscalls::call_by_index(key.call)
                     .map(|call| (call.name, FrameKind::Kernel));
                 let entry = raw.entry(sample).or_default();
                 // Nanoseconds here, microseconds below.
-                entry.weight += total.total_ns;
+                entry.weight += total.stack_ns;
                 entry.count += total.count;
             }
             for weight in raw.values_mut() {

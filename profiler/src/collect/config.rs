@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub verbose: bool,
     /// Shortest off-CPU period recorded.
     pub min_block: Duration,
+    /// I/O calls shorter than this get their stack walked with probability (time / this),
+    /// weighted up; zero walks every call.
+    pub sample_stacks_below: Duration,
     /// Bytes between sampled allocations; 0 records every allocation.
     pub alloc_sample_bytes: u64,
     /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for

@@ -442,6 +442,7 @@ mod tests {
             total_ns,
             bytes,
             errors: 0,
+            stack_ns: total_ns,
         };
         let (w, f, r) = (t(4, 40_000, 4096), t(2, 3_000_000, 0), t(10, 10_000, 100));
         let mut latency = vec![vec![0u64; LATENCY_SLOTS as usize]; MAX_IO_CALLS as usize];

@@ -197,6 +197,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         duration_secs,
         frequency_hz: config.frequency,
         min_block_us: config.min_block.as_micros() as u64,
+        sample_stacks_below_us: config.sample_stacks_below.as_micros() as u64,
         events: config.events.clone(),
         alloc_sample_bytes: config.alloc_sample_bytes,
         stop_reason: stop.describe(),
@@ -279,6 +280,7 @@ fn attach(
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
         min_block_ns: config.min_block.as_nanos() as u64,
+        io_stack_sample_below_ns: config.sample_stacks_below.as_nanos() as u64,
         cpu: config.events.contains(&EventKind::Cpu),
         scheduler,
         io: config.events.contains(&EventKind::Io),

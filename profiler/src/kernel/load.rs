@@ -38,6 +38,9 @@ pub struct LoadOptions {
     pub verbose: bool,
     /// Shortest off-CPU period to record, ns.
     pub min_block_ns: u64,
+    /// I/O calls shorter than this (ns) get their stack walked with probability (time /
+    /// this), weighted up; 0 walks every call.
+    pub io_stack_sample_below_ns: u64,
     /// Load the CPU sampling program.
     pub cpu: bool,
     /// Load the scheduler (off-CPU) programs.
@@ -146,6 +149,11 @@ impl KernelProbes {
             .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
             .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
+            .override_global(
+                "IO_STACK_SAMPLE_BELOW_NS",
+                &options.io_stack_sample_below_ns,
+                true,
+            )
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
             .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
             .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)

@@ -65,6 +65,10 @@ pub struct RunInfo {
     /// Shortest off-CPU period recorded, µs.
     #[serde(default)]
     pub min_block_us: u64,
+    /// `--sample-stacks-below`, µs: I/O calls shorter than this had their stack walked with
+    /// probability (time / this) and were weighted up; 0 (left out) when every call was walked.
+    #[serde(default, skip_serializing_if = "super::is_zero")]
+    pub sample_stacks_below_us: u64,
     /// Event kinds collected.
     pub events: Vec<EventKind>,
     /// `--alloc-sample` bytes (0: every allocation recorded).
