@@ -419,3 +419,41 @@ fn many_distinct_stacks_are_all_kept() {
         assert!(text.contains(&format!("{lost} stacks lost")), "{text}");
     }
 }
+
+#[test]
+fn objects_left_without_tables_are_named_with_the_reason() {
+    let _serial = serial();
+    if !have_root("objects_left_without_tables_are_named_with_the_reason") {
+        return;
+    }
+    // Room for the program's own few rows, not for libc's thousands.
+    let (dir, out) = record(
+        &["--unwind-rows", "256"],
+        "unwind_stacks_nofp",
+        &["leaf", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = read_summary(dir.path());
+    let unwind = &summary["unwind"];
+    let named = unwind["without_tables"].as_array().expect("objects named");
+    let libc = named
+        .iter()
+        .find(|object| object["path"].as_str().unwrap().ends_with("/libc.so.6"))
+        .unwrap_or_else(|| panic!("libc named: {unwind}"));
+    assert_eq!(libc["reason"], "tables_full", "{libc}");
+    assert!(libc["rows"].as_u64().unwrap() > 256, "{libc}");
+    assert!(
+        unwind["objects_without_tables"].as_u64().unwrap() >= named.len() as u64,
+        "{unwind}"
+    );
+    let quality = summary["quality"]["text"].as_str().unwrap();
+    assert!(
+        quality.contains("for lack of unwind-table room (") && quality.contains("libc.so.6"),
+        "{quality}"
+    );
+    let markdown = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(
+        markdown.contains("libc.so.6`: unwind tables full ("),
+        "{markdown}"
+    );
+}

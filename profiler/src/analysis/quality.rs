@@ -66,6 +66,31 @@ fn io_stack_sampling(profile: &Profile) -> Option<StackSampling> {
     })
 }
 
+/// The objects walked by frame pointers because of a limit of the profiler's, in words.
+fn objects_past_a_limit(profile: &Profile) -> String {
+    let Some(unwind) = &profile.run.unwind else {
+        return String::new();
+    };
+    let names: Vec<&str> = unwind
+        .without_tables
+        .iter()
+        .filter(|object| object.reason.is_a_limit())
+        .map(|object| {
+            let path = object.path.as_str();
+            path.rsplit('/').next().unwrap_or(path)
+        })
+        .collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {} objects walked by frame pointers for lack of unwind-table room ({}; see \
+         --unwind-rows)",
+        names.len(),
+        names.join(", ")
+    )
+}
+
 /// The profile-quality line.
 pub fn quality(profile: &Profile) -> Quality {
     let losses = &profile.losses;
@@ -192,6 +217,7 @@ pub fn quality(profile: &Profile) -> Quality {
         format!(", {stacks_lost} stacks lost ({})", causes.join(", "))
     };
     let io_stack_sampling = io_stack_sampling(profile);
+    let limited = objects_past_a_limit(profile);
     let sampled = io_stack_sampling
         .as_ref()
         .map_or(String::new(), |sampling| {
@@ -218,7 +244,7 @@ pub fn quality(profile: &Profile) -> Quality {
              {cut_short} of \
              {distinct} \
              distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
-             unsymbolized{sampled}"
+             unsymbolized{sampled}{limited}"
         ),
     }
 }

@@ -14,7 +14,7 @@ use profiler_common::{FileKey, MAX_PROCESS_MAPPINGS, ObjectUnwind, ProcessUnwind
 
 use crate::{
     kernel::{probes::KernelProbes, unwind_table},
-    model::UnwindStats,
+    model::{MAX_NAMED_OBJECTS_WITHOUT_TABLES, NoTableReason, ObjectWithoutTable, UnwindStats},
     target::procfs,
 };
 
@@ -96,7 +96,19 @@ impl UnwindTables {
     pub fn stats(&self) -> UnwindStats {
         UnwindStats {
             build_ms: (self.build_time.as_secs_f64() * 1e4).round() / 10.0,
-            ..self.stats
+            ..self.stats.clone()
+        }
+    }
+
+    /// Counts an object walked by frame pointers, naming the first few.
+    fn note_without_table(&mut self, path: &str, reason: NoTableReason, rows: usize) {
+        self.stats.objects_without_tables += 1;
+        if self.stats.without_tables.len() < MAX_NAMED_OBJECTS_WITHOUT_TABLES {
+            self.stats.without_tables.push(ObjectWithoutTable {
+                path: path.to_owned(),
+                reason,
+                rows: rows as u64,
+            });
         }
     }
 
@@ -337,6 +349,7 @@ impl UnwindTables {
     /// pointers.
     fn compile(&mut self, path: &str, bytes: &[u8], probes: &mut KernelProbes) -> ObjectTable {
         let segments = segments(bytes);
+        let mut reason = NoTableReason::NoUnwindInfo;
         let rows = match unwind_table::compile(bytes) {
             Ok(rows) => rows,
             Err(err) => {
@@ -344,6 +357,9 @@ impl UnwindTables {
                     "{path}: no unwind table ({}); walked by frame pointers",
                     crate::text::error_chain(&err)
                 );
+                if matches!(err, unwind_table::CompileError::TooManyRules) {
+                    reason = NoTableReason::TooManyRows;
+                }
                 Vec::new()
             }
         };
@@ -354,10 +370,12 @@ impl UnwindTables {
                 rows.len(),
                 profiler_common::MAX_OBJECT_ROWS
             );
+            reason = NoTableReason::TooManyRows;
             Vec::new()
         } else {
             rows
         };
+        let wanted_rows = rows.len();
         let fits = u32::try_from(rows.len())
             .ok()
             .filter(|&count| count <= self.capacity - self.next_row);
@@ -369,11 +387,13 @@ impl UnwindTables {
                         "{path}: loading its unwind table failed: {}",
                         crate::text::error_chain(&err)
                     );
+                    reason = NoTableReason::LoadFailed;
                     0
                 }
             },
             Some(_) => 0,
             None => {
+                reason = NoTableReason::TablesFull;
                 if !self.warned_full {
                     self.warned_full = true;
                     log::warn!(
@@ -389,7 +409,7 @@ impl UnwindTables {
         };
         log::debug!("{path}: {row_count} unwind rows");
         if row_count == 0 {
-            self.stats.objects_without_tables += 1;
+            self.note_without_table(path, reason, wanted_rows);
         } else {
             self.stats.objects += 1;
             self.stats.rows += row_count;

@@ -20,8 +20,9 @@ pub use saved::{
     MAX_TOTAL, PROFILE_FILE,
 };
 pub use stats::{
-    AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, Losses, MappingStats, MemoryStats,
-    RunQueue, TimelineRow, UnwindStats,
+    AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, Losses, MAX_NAMED_OBJECTS_WITHOUT_TABLES,
+    MappingStats, MemoryStats, NoTableReason, ObjectWithoutTable, RunQueue, TimelineRow,
+    UnwindStats,
 };
 
 /// Whether a number is zero: fields added to the saved form are left out when zero, so

@@ -282,8 +282,53 @@ impl Losses {
     }
 }
 
+/// Why an object's code is walked by frame pointers instead of its unwind table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoTableReason {
+    /// No `.eh_frame` or `.debug_frame`, or one that could not be compiled.
+    NoUnwindInfo,
+    /// More rows than the unwinder searches in one object.
+    TooManyRows,
+    /// The row array (`--unwind-rows`) was full.
+    TablesFull,
+    /// Loading the rows into the kernel failed.
+    LoadFailed,
+}
+
+impl NoTableReason {
+    /// Whether a limit of the profiler's, not the object, left it without a table.
+    pub fn is_a_limit(self) -> bool {
+        matches!(self, NoTableReason::TooManyRows | NoTableReason::TablesFull)
+    }
+
+    /// The reason in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NoTableReason::NoUnwindInfo => "no unwind information",
+            NoTableReason::TooManyRows => "more rows than one object may have",
+            NoTableReason::TablesFull => "unwind tables full",
+            NoTableReason::LoadFailed => "loading its rows failed",
+        }
+    }
+}
+
+/// An object walked by frame pointers, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectWithoutTable {
+    /// Path as mapped.
+    pub path: String,
+    /// Why it has no table.
+    pub reason: NoTableReason,
+    /// Rows its table would have had (0 when it has no unwind information).
+    pub rows: u64,
+}
+
+/// Objects named in [`UnwindStats::without_tables`] at most; the count covers every one.
+pub const MAX_NAMED_OBJECTS_WITHOUT_TABLES: usize = 64;
+
 /// What building the tables cost, for the summary and the benchmark.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnwindStats {
     /// Objects compiled.
     pub objects: u32,
@@ -293,6 +338,9 @@ pub struct UnwindStats {
     pub capacity: u32,
     /// Objects left to frame pointers: unreadable, without tables, or past the capacity.
     pub objects_without_tables: u32,
+    /// The first of them, and why (left out when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without_tables: Vec<ObjectWithoutTable>,
     /// Time spent reading, compiling and loading tables, ms.
     pub build_ms: f64,
     /// Processes whose mappings were described to the kernel (counting reloads).

@@ -64,6 +64,19 @@ pub fn summary_markdown(summary: &Summary) -> String {
                 unwind.build_ms,
                 unwind.objects_without_tables
             );
+            for object in &unwind.without_tables {
+                let rows = if object.rows > 0 {
+                    format!(" ({} rows)", object.rows)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    md,
+                    "  - `{}`: {}{rows}",
+                    object.path,
+                    object.reason.describe()
+                );
+            }
         }
         None => md.push_str("- User stacks: frame pointers only (`--unwind fp`)\n"),
     }
