@@ -88,6 +88,7 @@ pub(crate) fn ensure_tools() -> anyhow::Result<()> {
         ("perf", "linux-perf"),
         ("bpftrace", "bpftrace"),
         ("bpftool", "bpftool"),
+        ("heaptrack", "heaptrack"),
     ]
     .into_iter()
     .filter(|(tool, _)| {
@@ -372,6 +373,8 @@ struct EventBench<'a> {
     profiler_modes: &'a [&'a [&'a str]],
     /// The bpftrace configuration's name and script.
     bpftrace: (&'a str, String),
+    /// Other peers: name, and the command line the workload's is appended to.
+    peers: Vec<(&'a str, Vec<String>)>,
     runs: usize,
     results_file: &'a str,
     write: bool,
@@ -398,6 +401,7 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
     );
     configs.push(bench.bpftrace.0.to_owned());
     let bpftrace_index = configs.len() - 1;
+    configs.extend(bench.peers.iter().map(|(name, _)| (*name).to_owned()));
     let mut results: Vec<Vec<(f64, f64, f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
     for run in 0..bench.runs {
         for (index, name) in configs.iter().enumerate() {
@@ -417,13 +421,19 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
                         .args(&workload);
                     c
                 }
-                _ => {
+                _ if index == bpftrace_index => {
                     let mut c = Command::new("bpftrace");
                     // bpftrace wants an unambiguous path to the binary it starts.
                     c.arg("-e")
                         .arg(&bench.bpftrace.1)
                         .arg("-c")
                         .arg(workload.join(" "));
+                    c
+                }
+                _ => {
+                    let line = &bench.peers[index - bpftrace_index - 1].1;
+                    let mut c = Command::new(&line[0]);
+                    c.args(&line[1..]).args(&workload);
                     c
                 }
             };
@@ -509,6 +519,21 @@ fn event_bench(bench: &EventBench) -> anyhow::Result<()> {
             spread(&ratios, "×", 2),
         );
     }
+    for (index, name) in configs.iter().enumerate().skip(bpftrace_index + 1) {
+        let costs = per_round(index);
+        let ratios: Vec<f64> = per_round(1)
+            .iter()
+            .zip(&costs)
+            .map(|(ours, theirs)| ours / theirs)
+            .collect();
+        let _ = write!(
+            table,
+            " {name}: {}; {} against it in the same round {}.",
+            spread(&costs, " µs", 2),
+            configs[1],
+            spread(&ratios, "×", 2),
+        );
+    }
     table.push('\n');
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = format!(
@@ -556,6 +581,7 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
             "tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }"
                 .to_owned(),
         ),
+        peers: Vec::new(),
         runs: args.runs,
         results_file: "offcpu-results.md",
         write: !args.no_write,
@@ -603,6 +629,7 @@ pub fn io(args: &IoBenchArgs) -> anyhow::Result<()> {
              @us[ustack] = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); }"
                 .to_owned(),
         ),
+        peers: Vec::new(),
         runs: args.runs,
         results_file: "io-results.md",
         write: !args.no_write,
@@ -660,6 +687,19 @@ pub fn alloc(args: &AllocBenchArgs) -> anyhow::Result<()> {
                  uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); }}"
             ),
         ),
+        // heaptrack records every allocation and free with its backtrace, in the process
+        // (LD_PRELOAD), to a file interpreted after the run.
+        peers: vec![(
+            "heaptrack",
+            vec![
+                "heaptrack".to_owned(),
+                "-o".to_owned(),
+                root()
+                    .join("target/bench-events/heaptrack")
+                    .display()
+                    .to_string(),
+            ],
+        )],
         runs: args.runs,
         results_file: "alloc-results.md",
         write: !args.no_write,
