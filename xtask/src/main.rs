@@ -1,10 +1,12 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
-//! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | bench-startup | fuzz`.
+//! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | bench-startup |
+//! bench-longrun | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
+mod bench_longrun;
 mod bench_soak;
 mod bench_startup;
 mod bench_unwind;
@@ -60,6 +62,9 @@ enum Task {
     /// Time to the first sample for `record` and `attach`, with CPU sampling alone and every
     /// event kind, against perf and bpftrace; writes docs/performance/startup-results.md.
     BenchStartup(bench_startup::StartupBenchArgs),
+    /// A minute at 999 Hz over many distinct stacks against perf: stacks kept, CPU, RSS over
+    /// time, stop time; writes docs/performance/longrun-results.md.
+    BenchLongrun(bench_longrun::LongRunBenchArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -107,6 +112,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchStartup(args) => {
             build()?;
             bench_startup::startup(&args)
+        }
+        Task::BenchLongrun(args) => {
+            build()?;
+            bench_longrun::longrun(&args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }
