@@ -134,15 +134,24 @@ impl KernelProbes {
             ("task_struct", "mm"),
             ("mm_struct", "start_code"),
         ]);
-        let btf = Btf::from_sys_fs().map_err(|err| ProbeError::NoBtf {
-            path: btf::VMLINUX_BTF,
-            source: std::io::Error::other(err),
-        })?;
+        // aya parses the kernel's BTF in `EbpfLoader::new` for itself and does not share it; the
+        // BTF tracepoints need a copy of their own, parsed meanwhile on another CPU (20 ms).
+        let sys_btf = std::thread::spawn(Btf::from_sys_fs);
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
         let unwind_with_tables = u32::from(options.unwind_rows.is_some());
         let unwind_rows = options.unwind_rows.unwrap_or(1).max(1);
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+        let mut loader = EbpfLoader::new();
+        // Maps of event kinds not collected get one entry: creating them in full took 20 ms
+        // (the live-allocation map alone 10).
+        if !options.alloc {
+            loader
+                .map_max_entries("LIVE", 1)
+                .map_max_entries("PROCESS_MEMORY", 1);
+        }
+        if !options.io {
+            loader.map_max_entries("IO_LATENCY", 1);
+        }
+        let mut ebpf = loader
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
             .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
             .override_global("TRACK_THREADS", &track_threads, true)
@@ -210,6 +219,13 @@ impl KernelProbes {
         if options.unwind_rows.is_some() {
             names.push(LOADER_PROGRAM);
         }
+        let btf = sys_btf
+            .join()
+            .expect("parsing BTF does not panic")
+            .map_err(|err| ProbeError::NoBtf {
+                path: btf::VMLINUX_BTF,
+                source: std::io::Error::other(err),
+            })?;
         load_programs(&mut ebpf, &names, &btf)?;
         Ok(KernelProbes {
             uprobe_links: Vec::new(),
