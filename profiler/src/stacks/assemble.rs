@@ -241,12 +241,29 @@ pub fn add_samples<'a>(
         kernel_addresses.into_iter().zip(frames).collect()
     };
 
+    // Each symbolized address interned once: a stack is then a list of ids, not of frames
+    // cloned sample by sample (4 million string copies for 117 000 stacks of 35 frames).
+    let mut intern_all = |frames: &[Frame], profile: &mut Profile| -> Vec<usize> {
+        frames
+            .iter()
+            .map(|frame| interner.frame(profile, frame.clone()))
+            .collect()
+    };
+    let user_ids: HashMap<(u32, u64), Vec<usize>> = user_frames
+        .iter()
+        .map(|(key, frames)| (*key, intern_all(frames, profile)))
+        .collect();
+    let kernel_ids: HashMap<u64, Vec<usize>> = kernel_frames
+        .iter()
+        .map(|(address, frames)| (*address, intern_all(frames, profile)))
+        .collect();
+
     let mut samples: HashMap<(u32, u32, String, usize, Option<BlockReason>), RawWeight> =
         HashMap::new();
     for (raw, &weight) in counts {
         // Root first: user frames from the outermost caller, then the kernel frames below
         // the system call or interrupt.
-        let mut frames: Vec<Frame> = Vec::new();
+        let mut frame_ids: Vec<usize> = Vec::new();
         match stack_of(&stacks.user, raw.user_stack) {
             Some(stack) => {
                 let addresses: Vec<u64> = lookup_addresses(stack).collect();
@@ -261,7 +278,7 @@ pub fn add_samples<'a>(
                 );
                 let end = stacks.user_ends.get(&(raw.user_stack as u32)).copied();
                 if valid < addresses.len() {
-                    frames.push(truncated_stack_frame(None));
+                    frame_ids.push(interner.frame(profile, truncated_stack_frame(None)));
                 } else if let Some(end) = end
                     && end != stack_end::ENTRY
                     && let Some(outermost) = valid.checked_sub(1)
@@ -269,13 +286,17 @@ pub fn add_samples<'a>(
                         .iter()
                         .any(|frame| is_entry_function(&frame.function))
                 {
-                    frames.push(truncated_stack_frame(Some(end)));
+                    frame_ids.push(interner.frame(profile, truncated_stack_frame(Some(end))));
                 }
                 for address in addresses[..valid].iter().rev() {
-                    frames.extend(user_frames[&(raw.pid, *address)].iter().cloned());
+                    frame_ids.extend_from_slice(&user_ids[&(raw.pid, *address)]);
                 }
             }
-            None => frames.extend(missing_stack_frame(raw.user_stack, false)),
+            None => {
+                if let Some(frame) = missing_stack_frame(raw.user_stack, false) {
+                    frame_ids.push(interner.frame(profile, frame));
+                }
+            }
         }
         match stack_of(&stacks.kernel, raw.kernel_stack) {
             Some(stack) => {
@@ -284,39 +305,42 @@ pub fn add_samples<'a>(
                     .into_iter()
                     .rev()
                 {
-                    let symbolized = &kernel_frames[&address];
                     // Stacks taken in a tracepoint end in the BPF trampoline: not the target's.
-                    if symbolized
+                    if kernel_frames[&address]
                         .iter()
                         .any(|frame| is_bpf_trampoline(&frame.function))
                     {
                         break;
                     }
-                    frames.extend(symbolized.iter().cloned());
+                    frame_ids.extend_from_slice(&kernel_ids[&address]);
                 }
             }
-            None => frames.extend(missing_stack_frame(raw.kernel_stack, true)),
+            None => {
+                if let Some(frame) = missing_stack_frame(raw.kernel_stack, true) {
+                    frame_ids.push(interner.frame(profile, frame));
+                }
+            }
         }
         if let Some((function, kind)) = raw.leaf {
-            frames.push(Frame {
+            let leaf = Frame {
                 function: function.to_owned(),
                 module: None,
                 file: None,
                 line: None,
                 kind,
-            });
+            };
+            frame_ids.push(interner.frame(profile, leaf));
         }
         let reason = raw.state.map(|state| {
-            let kernel: Vec<&Frame> = frames.iter().filter(|f| f.kind.is_kernel()).collect();
+            let kernel: Vec<&Frame> = frame_ids
+                .iter()
+                .map(|&id| &profile.frames[id])
+                .filter(|frame| frame.kind.is_kernel())
+                .collect();
             block_reason(state, &kernel)
         });
-        // Not `frames.into_iter().map(..).collect()`: that collects in place, into the frames'
-        // buffer (a dozen times the size), which the interner then keeps for every stack: 155
-        // of 217 MiB at the end of a 20 s capture of 40 000 distinct stacks.
-        let mut frame_ids = Vec::with_capacity(frames.len());
-        for frame in frames {
-            frame_ids.push(interner.frame(profile, frame));
-        }
+        // Kept by the interner for every distinct stack: no spare capacity.
+        frame_ids.shrink_to_fit();
         let stack = interner.stack(profile, frame_ids);
         stack_of_raw.insert(raw, stack);
         let merged = samples
