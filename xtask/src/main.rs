@@ -1,12 +1,13 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
 //! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | bench-startup |
-//! bench-longrun | fuzz`.
+//! bench-longrun | bench-server | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
 mod bench_longrun;
+mod bench_server;
 mod bench_soak;
 mod bench_startup;
 mod bench_unwind;
@@ -65,6 +66,9 @@ enum Task {
     /// A minute at 999 Hz over many distinct stacks against perf: stacks kept, CPU, RSS over
     /// time, stop time; writes docs/performance/longrun-results.md.
     BenchLongrun(bench_longrun::LongRunBenchArgs),
+    /// PostgreSQL under pgbench, alone and under the profiler, perf and bpftrace: throughput
+    /// kept; writes docs/performance/server-results.md.
+    BenchServer(bench_server::ServerBenchArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -116,6 +120,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchLongrun(args) => {
             build()?;
             bench_longrun::longrun(&args)
+        }
+        Task::BenchServer(args) => {
+            build()?;
+            bench_server::server(&args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }

@@ -1,0 +1,356 @@
+//! `bench-server`: what profiling costs a busy database. PostgreSQL from Debian's packages,
+//! a cluster in a temporary folder run as the `postgres` account, `pgbench -c 8 -j 2` for a
+//! fixed time; interleaved rounds of pgbench alone and under each tool, throughput (tps)
+//! compared with the round's own baseline.
+
+use std::{
+    fmt::Write as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{profiler_bin, root};
+
+#[derive(clap::Args)]
+pub struct ServerBenchArgs {
+    /// Rounds (every configuration once per round, in turn).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds of pgbench per configuration.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Print the results without writing docs/performance/server-results.md.
+    #[arg(long)]
+    no_write: bool,
+}
+
+/// What watches PostgreSQL while pgbench runs.
+#[derive(Clone, Copy)]
+enum Watcher {
+    Nothing,
+    /// `profiler attach --children -e cpu,offcpu,io` with these extra options.
+    Profiler(&'static [&'static str]),
+    /// `perf record -g -a -F 99` (system-wide: `-p` does not follow backends forked later).
+    Perf,
+    /// bpftrace counting kernel and user stacks at every switch-out of a `postgres` process.
+    Bpftrace,
+}
+
+impl Watcher {
+    fn label(self) -> String {
+        match self {
+            Watcher::Nothing => "pgbench alone".to_owned(),
+            Watcher::Profiler([]) => "profiler `-e cpu,offcpu,io`".to_owned(),
+            Watcher::Profiler(extra) => format!("profiler `-e cpu,offcpu,io {}`", extra.join(" ")),
+            Watcher::Perf => "perf `record -g -a`".to_owned(),
+            Watcher::Bpftrace => "bpftrace off-CPU stacks".to_owned(),
+        }
+    }
+}
+
+const WATCHERS: [Watcher; 5] = [
+    Watcher::Nothing,
+    Watcher::Profiler(&[]),
+    Watcher::Profiler(&["--sample-stacks-below", "200us"]),
+    Watcher::Perf,
+    Watcher::Bpftrace,
+];
+
+/// A cluster in a temporary folder, stopped when dropped.
+struct Cluster {
+    bin: PathBuf,
+    root: PathBuf,
+    user: (u32, u32),
+    port: u16,
+}
+
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    let newest = || {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("pgbench").exists().then_some((version, bin))
+            })
+            .max()
+            .map(|(_, bin)| bin)
+    };
+    if let Some(bin) = newest() {
+        return Ok(bin);
+    }
+    eprintln!("bench: installing postgresql");
+    crate::run(Command::new("apt-get").args(["install", "-y", "-qq", "postgresql"]))?;
+    newest().context("no PostgreSQL under /usr/lib/postgresql after installing it")
+}
+
+fn postgres_user() -> anyhow::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    let fields: Vec<&str> = passwd
+        .lines()
+        .find(|line| line.starts_with("postgres:"))
+        .context("no postgres account (the postgresql package creates it)")?
+        .split(':')
+        .collect();
+    Ok((fields[2].parse()?, fields[3].parse()?))
+}
+
+impl Cluster {
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        command
+            .uid(self.user.0)
+            .gid(self.user.1)
+            .current_dir(&self.root)
+            .env_remove("PGDATA");
+        command
+    }
+
+    fn start(bin: PathBuf) -> anyhow::Result<Self> {
+        // On disk, not tmpfs: fdatasync of the WAL must reach a device.
+        let root = crate::root().join("target/bench-server");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("socket"))?;
+        let user = postgres_user()?;
+        for path in [root.clone(), root.join("socket")] {
+            std::os::unix::fs::chown(&path, Some(user.0), Some(user.1))?;
+        }
+        let cluster = Cluster {
+            bin,
+            root,
+            user,
+            port: 55000 + (std::process::id() % 1000) as u16,
+        };
+        crate::run(
+            cluster
+                .command("initdb")
+                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .arg(cluster.root.join("data"))
+                .stdout(Stdio::null()),
+        )?;
+        let options = format!(
+            "-k {} -p {} -c listen_addresses=''",
+            cluster.root.join("socket").display(),
+            cluster.port
+        );
+        crate::run(
+            cluster
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(cluster.root.join("data"))
+                .args(["-o", &options, "-l"])
+                .arg(cluster.root.join("log"))
+                .args(["-w", "start"])
+                .stdout(Stdio::null()),
+        )?;
+        crate::run(
+            cluster
+                .pgbench()
+                .args(["-i", "-q", "-s", "10", "postgres"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        Ok(cluster)
+    }
+
+    fn pgbench(&self) -> Command {
+        let mut command = self.command("pgbench");
+        command
+            .arg("-h")
+            .arg(self.root.join("socket"))
+            .args(["-p", &self.port.to_string()]);
+        command
+    }
+
+    fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        Ok(
+            std::fs::read_to_string(self.root.join("data/postmaster.pid"))?
+                .lines()
+                .next()
+                .context("empty postmaster.pid")?
+                .parse()?,
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// Starts `watcher` on the cluster; `None` for pgbench alone.
+fn start_watcher(
+    watcher: Watcher,
+    cluster: &Cluster,
+    scratch: &Path,
+) -> anyhow::Result<Option<Child>> {
+    let mut command = match watcher {
+        Watcher::Nothing => return Ok(None),
+        Watcher::Profiler(extra) => {
+            let out = scratch.join("profile");
+            let _ = std::fs::remove_dir_all(&out);
+            let mut command = Command::new(profiler_bin());
+            command
+                .args(["attach", "--children", "-e", "cpu,offcpu,io"])
+                .args(extra)
+                .arg("-o")
+                .arg(out)
+                .arg(cluster.postmaster_pid()?.to_string());
+            command
+        }
+        Watcher::Perf => {
+            let mut command = Command::new("perf");
+            command
+                .args(["record", "-q", "-g", "-a", "-F", "99", "-o"])
+                .arg(scratch.join("perf.data"));
+            command
+        }
+        Watcher::Bpftrace => {
+            let mut command = Command::new("bpftrace");
+            command.arg("-e").arg(
+                "tracepoint:sched:sched_switch /comm == \"postgres\"/ { @[kstack, ustack] = \
+                 count(); }",
+            );
+            command
+        }
+    };
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", watcher.label()))?;
+    // Attached (the profiler's programs verified, perf's and bpftrace's probes in place)
+    // before the measured load starts.
+    std::thread::sleep(Duration::from_secs(3));
+    Ok(Some(child))
+}
+
+/// Stops a watcher the way a user would (Ctrl-C) and waits for it.
+fn stop_watcher(child: Child) -> anyhow::Result<()> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output()?;
+    if !output.status.success() && output.status.code() != Some(130) {
+        bail!("the watcher failed: {}", output.status);
+    }
+    Ok(())
+}
+
+/// pgbench's throughput, from its report.
+fn tps(report: &str) -> anyhow::Result<f64> {
+    report
+        .lines()
+        .find(|line| line.starts_with("tps = "))
+        .and_then(|line| line["tps = ".len()..].split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .with_context(|| format!("no tps in pgbench's report: {report}"))
+}
+
+fn median_and_range(values: &[f64], digits: usize, unit: &str) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match (sorted.first(), sorted.get(sorted.len() / 2), sorted.last()) {
+        (Some(low), Some(median), Some(high)) => {
+            format!("{median:.digits$}{unit} ({low:.digits$}–{high:.digits$}{unit})")
+        }
+        _ => "—".to_owned(),
+    }
+}
+
+pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
+    crate::bench::ensure_tools()?;
+    let cluster = Cluster::start(postgres_bin()?)?;
+    let scratch = root().join("target/bench-server-out");
+    std::fs::create_dir_all(&scratch)?;
+    let mut tps_by_watcher: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
+    for round in 0..args.runs {
+        let mut baseline = None;
+        for (index, watcher) in WATCHERS.iter().enumerate() {
+            let child = start_watcher(*watcher, &cluster, &scratch)?;
+            let report = cluster
+                .pgbench()
+                .args([
+                    "-c",
+                    "8",
+                    "-j",
+                    "2",
+                    "-T",
+                    &args.seconds.to_string(),
+                    "postgres",
+                ])
+                .stderr(Stdio::null())
+                .output()
+                .context("running pgbench")?;
+            if let Some(child) = child {
+                stop_watcher(child)?;
+            }
+            let tps = tps(&String::from_utf8_lossy(&report.stdout))?;
+            let base = *baseline.get_or_insert(tps);
+            eprintln!(
+                "bench: round {}/{} {}: {tps:.0} tps ({:.1}% of pgbench alone)",
+                round + 1,
+                args.runs,
+                watcher.label(),
+                100.0 * tps / base
+            );
+            tps_by_watcher[index].push(tps);
+            ratios[index].push(100.0 * tps / base);
+        }
+    }
+    drop(cluster);
+    let mut table = String::from(
+        "| configuration | tps | % of pgbench alone in the same round |\n|---|---:|---:|\n",
+    );
+    for (index, watcher) in WATCHERS.iter().enumerate() {
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} |",
+            watcher.label(),
+            median_and_range(&tps_by_watcher[index], 0, ""),
+            if index == 0 {
+                "—".to_owned()
+            } else {
+                median_and_range(&ratios[index], 1, "%")
+            },
+        );
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let report = format!(
+        "# A busy database: latest results\n\n\
+         Generated by `cargo xtask bench-server --runs {} --seconds {}` on {date}, kernel {}, \
+         {} CPUs. Method: see [README.md](README.md#a-busy-database-bench-server). PostgreSQL \
+         (Debian's), `pgbench -s 10` data, `pgbench -c 8 -j 2 -T {}`; each configuration once \
+         per round, in turn; median and range of {} rounds.\n\n{table}",
+        args.runs,
+        args.seconds,
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        args.seconds,
+        args.runs,
+    );
+    println!("{report}");
+    if !args.no_write {
+        let path = root().join("docs/performance/server-results.md");
+        std::fs::write(&path, report)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
