@@ -5,7 +5,7 @@
 
 use std::{
     fmt::Write as _,
-    os::unix::process::CommandExt as _,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -241,9 +241,11 @@ fn start_watcher(
 fn stop_watcher(child: Child) -> anyhow::Result<()> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let output = child.wait_with_output()?;
-    if !output.status.success() && output.status.code() != Some(130) {
-        bail!("the watcher failed: {}", output.status);
+    let status = child.wait_with_output()?.status;
+    // perf ends by the signal itself, the others exit 0 or 130.
+    let interrupted = status.signal() == Some(libc::SIGINT) || status.code() == Some(130);
+    if !status.success() && !interrupted {
+        bail!("the watcher failed: {status}");
     }
     Ok(())
 }
