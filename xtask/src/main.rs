@@ -12,6 +12,7 @@ mod bench_soak;
 mod bench_startup;
 mod bench_unwind;
 mod layout;
+mod report;
 mod setup;
 
 use std::{
