@@ -91,13 +91,13 @@ pub struct ProfileArgs {
     #[arg(short, long, value_delimiter = ',', default_value = "cpu")]
     pub events: Vec<EventKind>,
     /// With `offcpu`: shortest off-CPU period to record (shorter ones are only counted).
-    #[arg(long, value_parser = parse_min_block, default_value = "1us", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_or_zero, default_value = "1us", value_name = "DURATION")]
     pub min_block: Duration,
     /// With `io`: a call shorter than this gets its user stack walked with probability (its
     /// time / this) and counts this much in the flamegraph, so stack times stay right on
     /// average while most short calls skip the walk (most of their cost). Per-file and
     /// per-call counts and times stay exact. `0` walks every call.
-    #[arg(long, value_parser = parse_min_block, default_value = "0", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_or_zero, default_value = "0", value_name = "DURATION")]
     pub sample_stacks_below: Duration,
     /// With `alloc`: record about one allocation per this many bytes allocated, weighted up
     /// (e.g. `512KiB`), for programs that allocate millions of times a second; default: every
@@ -184,8 +184,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Longest duration accepted: far past any run, far short of overflowing a clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Like [`parse_duration`], but `0` (record every off-CPU period) is allowed.
-fn parse_min_block(text: &str) -> Result<Duration, String> {
+/// Like [`parse_duration`], but `0` is allowed (`--min-block 0`: every off-CPU period;
+/// `--sample-stacks-below 0`: every stack walked).
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     if text
         .trim()
         .trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == 'µ')

@@ -19,7 +19,7 @@ use super::{
         FREQUENCY_HINT, PERMISSION_HINT, ProbeError, is_invalid_argument, is_permission_error,
         map_error, program_error,
     },
-    probes::{IN_FLIGHT, KernelProbes, remove_pids, take_ring_buffer},
+    probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_pids, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
         SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, check_io_tracepoints, check_scheduler_tracepoints,
@@ -241,18 +241,12 @@ impl KernelProbes {
 
     /// Profiles process `pid` from now on (and its future children if `follow_children`).
     pub fn add_target(&mut self, pid: u32, follow_children: bool) -> Result<(), ProbeError> {
-        let mut targets: BpfHashMap<_, u32, TargetFlags> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("TARGETS")
-                .expect("TARGETS is in the object"),
-        )
-        .map_err(map_error("TARGETS"))?;
-        let flags = if follow_children {
+        let flags: TargetFlags = if follow_children {
             profiler_common::TARGET_FOLLOW_CHILDREN
         } else {
             0
         };
-        targets.insert(pid, flags, 0).map_err(map_error("TARGETS"))
+        insert_entry(&mut self.ebpf, "TARGETS", pid, &flags)
     }
 
     /// Stops profiling processes that no longer exist, so their pids can neither fill the

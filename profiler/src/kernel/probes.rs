@@ -69,6 +69,19 @@ pub(super) fn read_hash_map<K: aya::Pod, V: aya::Pod>(
     Ok(entries)
 }
 
+/// Sets `key` to `value` in hash map `name`.
+pub(super) fn insert_entry<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: K,
+    value: &V,
+) -> Result<(), ProbeError> {
+    let mut map: BpfHashMap<_, K, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
+            .map_err(map_error(name))?;
+    map.insert(key, value, 0).map_err(map_error(name))
+}
+
 /// Removes the entries of processes `pids` from hash map `name`, keyed by pid.
 pub(super) fn remove_pids<V: aya::Pod>(
     ebpf: &mut Ebpf,

@@ -6,7 +6,7 @@ use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, UnwindRow, UserStack
 
 use super::{
     error::{ProbeError, map_error},
-    probes::{KernelProbes, remove_pids},
+    probes::{KernelProbes, insert_entry, remove_pids},
 };
 
 impl KernelProbes {
@@ -58,15 +58,7 @@ impl KernelProbes {
         pid: u32,
         process: &ProcessUnwind,
     ) -> Result<(), ProbeError> {
-        let mut processes: BpfHashMap<_, u32, ProcessUnwind> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("UNWIND_PROCESSES")
-                .expect("UNWIND_PROCESSES is in the object"),
-        )
-        .map_err(map_error("UNWIND_PROCESSES"))?;
-        processes
-            .insert(pid, process, 0)
-            .map_err(map_error("UNWIND_PROCESSES"))
+        insert_entry(&mut self.ebpf, "UNWIND_PROCESSES", pid, process)
     }
 
     /// The unwinder's description of process `pid`, if it has one.
@@ -83,15 +75,7 @@ impl KernelProbes {
         file: FileKey,
         object: &ObjectUnwind,
     ) -> Result<(), ProbeError> {
-        let mut objects: BpfHashMap<_, FileKey, ObjectUnwind> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("UNWIND_OBJECTS")
-                .expect("UNWIND_OBJECTS is in the object"),
-        )
-        .map_err(map_error("UNWIND_OBJECTS"))?;
-        objects
-            .insert(file, object, 0)
-            .map_err(map_error("UNWIND_OBJECTS"))
+        insert_entry(&mut self.ebpf, "UNWIND_OBJECTS", file, object)
     }
 
     /// Drops the unwinding descriptions of processes that exited (the map is bounded).
