@@ -127,20 +127,35 @@ fn run_measured(command: &mut Command) -> anyhow::Result<(String, f64, f64, i64)
         let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
         text
     });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid, and wait4 only writes into the two out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
+    let (status, cpu, max_rss) = wait_rusage(pid)?;
     let total = start.elapsed().as_secs_f64();
     let text = reader.join().unwrap_or_default();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{command:?} failed (status {status}): {text}");
     }
+    Ok((text, total, cpu, max_rss))
+}
+
+/// Waits for child `pid`: its wait status, CPU seconds, and peak RSS in KiB (`wait4`).
+pub(crate) fn wait_rusage(pid: libc::pid_t) -> anyhow::Result<(i32, f64, i64)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid, and wait4 only writes into the two out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        bail!("wait4({pid}) failed: {}", std::io::Error::last_os_error());
+    }
     let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
-    Ok((text, total, cpu, usage.ru_maxrss))
+    Ok((status, cpu, usage.ru_maxrss))
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), while the process lives.
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
 fn field(text: &str, name: &str) -> anyhow::Result<f64> {

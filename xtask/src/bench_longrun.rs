@@ -61,34 +61,6 @@ struct Capture {
     post_s: f64,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Waits for `pid`, returning its CPU seconds and peak RSS in KiB.
-fn wait_rusage(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet waited for; both pointers are valid.
-    let waited = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-    if waited != pid as i32 {
-        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("the tool failed (wait status {status:#x})");
-    }
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok((
-        seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        usage.ru_maxrss as f64,
-    ))
-}
-
 /// Share (percent) and count of the samples in folded `text` whose stack has `frame`.
 fn folded_share(text: &str, frame: &str) -> (f64, f64) {
     let (mut all, mut with) = (0u64, 0u64);
@@ -172,7 +144,7 @@ fn capture(
             let (mut at_10s, mut at_end) = (0, 0);
             let begin = Instant::now();
             while begin.elapsed() < Duration::from_secs(seconds) {
-                if let Some(rss) = rss_kib(child_pid) {
+                if let Some(rss) = crate::bench::status_kib(child_pid, "VmRSS") {
                     if begin.elapsed() <= Duration::from_secs(10) {
                         at_10s = rss;
                     }
@@ -183,17 +155,20 @@ fn capture(
             (at_10s, at_end)
         }
     });
-    let waited = wait_rusage(child_pid);
+    let waited = crate::bench::wait_rusage(child_pid as libc::pid_t);
     // Reaped by wait4: dropping `child` closes nothing that matters and does not wait.
     drop(child);
-    let (cpu_s, peak_kib) = waited?;
+    let (status, cpu_s, peak_kib) = waited?;
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{} failed (wait status {status:#x})", tool.label());
+    }
     let wall = started.elapsed().as_secs_f64();
     let (rss_10s, rss_end) = sampler.join().unwrap_or((0, 0));
     let _ = workload.kill();
     let _ = workload.wait();
     let mut result = Capture {
         cpu_s,
-        peak_rss_mib: peak_kib / 1024.0,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
         rss_10s_mib: rss_10s as f64 / 1024.0,
         rss_end_mib: rss_end as f64 / 1024.0,
         ..Capture::default()

@@ -105,14 +105,6 @@ fn program_stats(name: &str) -> Option<(u64, u64)> {
     ))
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-}
-
 /// Share of the samples in a folded file whose stack starts at an entry function.
 fn folded_complete_percent(path: &Path) -> f64 {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -202,7 +194,7 @@ fn measure(
             attached_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
             stats = Some(reading);
         }
-        rss = rss.max(peak_rss_kib(child.id()).unwrap_or(0));
+        rss = rss.max(crate::bench::status_kib(child.id(), "VmHWM").unwrap_or(0));
         std::thread::sleep(Duration::from_millis(if attached_ms.is_some() {
             200
         } else {
