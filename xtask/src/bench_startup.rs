@@ -224,16 +224,28 @@ pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
         outcome?;
     }
     let mut table = String::from(
-        "| tool | `record` (launches the program) | `attach` (program running) |\n\
-         |---|---:|---:|\n",
+        "| tool | `record` (launches the program) | against perf, same round | `attach` \
+         (program running) | against perf, same round |\n|---|---:|---:|---:|---:|\n",
     );
+    let perf = TOOLS
+        .iter()
+        .position(|tool| matches!(tool, Tool::Perf))
+        .expect("perf is a peer");
     for (tool_index, tool) in TOOLS.iter().enumerate() {
+        let against_perf = |mode: usize| match tool {
+            Tool::Profiler(_) => {
+                report::paired_ratio(&results[mode][tool_index], &results[mode][perf])
+            }
+            _ => "—".to_owned(),
+        };
         let _ = writeln!(
             table,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             tool.label(),
             report::median_and_range(&results[0][tool_index], 0, " ms"),
+            against_perf(0),
             report::median_and_range(&results[1][tool_index], 0, " ms"),
+            against_perf(1),
         );
     }
     let page = format!(

@@ -32,6 +32,13 @@ pub fn median_and_range(values: &[f64], digits: usize, unit: &str) -> String {
     }
 }
 
+/// `median (low–high)×` of the round-by-round ratios `ours[i] / theirs[i]`: a ratio taken
+/// within one round, where a slow spell of the machine moves both, is what reproduces.
+pub fn paired_ratio(ours: &[f64], theirs: &[f64]) -> String {
+    let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
+    median_and_range(&ratios, 2, "×")
+}
+
 /// Prints a results page and, with `write`, saves it as `docs/performance/<file>`.
 pub fn publish(file: &str, page: &str, write: bool) -> anyhow::Result<()> {
     println!("{page}");
