@@ -60,12 +60,13 @@ const WATCHERS: [Watcher; 5] = [
     Watcher::Bpftrace,
 ];
 
-/// A cluster in a temporary folder, stopped when dropped.
+/// A cluster in a temporary folder, stopped when dropped (then the folder is removed).
 struct Cluster {
     bin: PathBuf,
     root: PathBuf,
     user: (u32, u32),
     port: u16,
+    _folder: tempfile::TempDir,
 }
 
 fn postgres_bin() -> anyhow::Result<PathBuf> {
@@ -113,12 +114,17 @@ impl Cluster {
     }
 
     fn start(bin: PathBuf) -> anyhow::Result<Self> {
-        // On disk, not tmpfs: fdatasync of the WAL must reach a device.
-        let root = crate::root().join("target/bench-server");
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("socket"))?;
+        // A new folder of root's in /var/tmp (root's, sticky, and on disk, not tmpfs: the WAL's
+        // fdatasync must reach a device), not in the checkout: chowned by path, it must be a
+        // folder nobody else can swap for a link between its creation and the chown.
+        let folder = tempfile::Builder::new()
+            .prefix("profiler-bench-server-")
+            .tempdir_in("/var/tmp")?;
+        let root = folder.path().to_path_buf();
+        std::fs::create_dir(root.join("socket"))?;
         let user = postgres_user()?;
-        for path in [root.clone(), root.join("socket")] {
+        // The inner folder first, while the outer one is still root's alone.
+        for path in [root.join("socket"), root.clone()] {
             std::os::unix::fs::chown(&path, Some(user.0), Some(user.1))?;
         }
         let cluster = Cluster {
@@ -126,6 +132,7 @@ impl Cluster {
             root,
             user,
             port: 55000 + (std::process::id() % 1000) as u16,
+            _folder: folder,
         };
         crate::run(
             cluster
