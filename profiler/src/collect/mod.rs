@@ -118,13 +118,28 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         root_pids,
         gated,
         collection_pids,
-    } = attach(&spec, &config, &target_name, program.as_deref())?;
+    } = attach_targets(&spec, &config, program.as_deref())?;
+    let mut collection = Collection::new(probes, &config);
+    if gated.is_none() {
+        // Running processes' unwind tables are loaded before any event program is attached:
+        // a stack walked before its process is described is cut short, and a backend blocked
+        // on a lock can be waiting there for the whole run.
+        for &pid in &collection_pids {
+            let _ = collection.read_memory_map(pid);
+        }
+    }
+    attach_events(
+        &mut collection.probes,
+        &config,
+        &target_name,
+        gated.as_ref().map(GatedChild::pid),
+        &collection_pids,
+    )?;
     let attach_ms = elapsed_ms(started);
     stopped_while_loading()?;
     if gated.is_none() && !collection_pids.iter().any(|&pid| procfs::is_alive(pid)) {
         return Err(CollectError::TargetExitedWhileLoading);
     }
-    let mut collection = Collection::new(probes, &config);
     for pid in collection_pids {
         collection.watch_process(pid, None);
     }
@@ -268,21 +283,20 @@ struct Attached {
     collection_pids: Vec<u32>,
 }
 
-/// Loads the programs, makes the targets known to them and attaches every event family
-/// asked for, in an order that lets no thread or child fall between two steps.
-fn attach(
+/// Loads the programs, makes the targets known to them and follows their new processes, in an
+/// order that lets no child fall between two steps. The event programs are attached next
+/// ([`attach_events`]).
+fn attach_targets(
     spec: &TargetSpec,
     config: &RunConfig,
-    target_name: &str,
     program: Option<&std::path::Path>,
 ) -> Result<Attached, CollectError> {
-    let scheduler = config.events.contains(&EventKind::OffCpu);
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
         min_block_ns: config.min_block.as_nanos() as u64,
         io_stack_sample_below_ns: config.sample_stacks_below.as_nanos() as u64,
         cpu: config.events.contains(&EventKind::Cpu),
-        scheduler,
+        scheduler: config.events.contains(&EventKind::OffCpu),
         io: config.events.contains(&EventKind::Io),
         alloc: config.events.contains(&EventKind::Alloc),
         alloc_sample_bytes: config.alloc_sample_bytes,
@@ -319,16 +333,34 @@ fn attach(
             collection_pids.push(pid);
         }
     }
-    if scheduler {
+    Ok(Attached {
+        probes,
+        root_pids,
+        gated,
+        collection_pids,
+    })
+}
+
+/// Attaches every event family asked for; `gated` is the launched command, held before its
+/// exec. Threads that exist are made known after the scheduler programs are attached, so none
+/// falls between the two.
+fn attach_events(
+    probes: &mut KernelProbes,
+    config: &RunConfig,
+    target_name: &str,
+    gated: Option<u32>,
+    collection_pids: &[u32],
+) -> Result<(), CollectError> {
+    if config.events.contains(&EventKind::OffCpu) {
         // Off-CPU time is accounted from here; threads found asleep are off-CPU since then.
         let attach_ns = monotonic_ns();
         probes.attach_scheduler(attach_ns)?;
         // The programs know target threads by their `THREADS` entries. Threads created from
         // now on get one at fork; the ones that exist are added here, after the attach, so
         // none falls between the two.
-        let pids = match &gated {
-            Some(child) => vec![child.pid()],
-            None => collection_pids.clone(),
+        let pids = match gated {
+            Some(pid) => vec![pid],
+            None => collection_pids.to_vec(),
         };
         for pid in pids {
             for thread in procfs::threads(pid) {
@@ -355,12 +387,7 @@ fn attach(
     if config.events.contains(&EventKind::Cpu) {
         probes.attach_cpu_sampling(config.frequency)?;
     }
-    Ok(Attached {
-        probes,
-        root_pids,
-        gated,
-        collection_pids,
-    })
+    Ok(())
 }
 
 /// Readies the held command (its allocator probed, its program's unwind tables compiled)
