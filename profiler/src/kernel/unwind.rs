@@ -321,6 +321,11 @@ impl UnwindTables {
         process.mappings[..count]
             .iter()
             .filter_map(|mapping| {
+                // A mapping without rows (JIT code, the vDSO, frame pointers) names no object:
+                // its `first_row` 0 is not the object published at row 0.
+                if mapping.row_count == 0 {
+                    return None;
+                }
                 let object = self.published.get(&mapping.first_row)?.as_ref()?;
                 let entry = procfs::MapEntry {
                     start: mapping.start,
