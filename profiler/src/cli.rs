@@ -118,6 +118,12 @@ pub struct ProfileArgs {
     /// up front); objects that do not fit are walked by frame pointers.
     #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_name = "ROWS")]
     pub unwind_rows: u32,
+    /// Do not ask HotSpot JVMs for their perf map. By default the profiler asks each JVM it
+    /// profiles, as `jcmd PID Compiler.perfmap` would, to write `/tmp/perf-PID.map` (its
+    /// compiled methods' names), at start, every few seconds and at the end (see
+    /// docs/runtimes.md).
+    #[arg(long)]
+    pub no_jvm_attach: bool,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
@@ -226,6 +232,7 @@ impl From<ProfileArgs> for RunConfig {
             unwind_rows: (args.unwind == Unwind::Dwarf && cfg!(target_arch = "x86_64"))
                 .then_some(args.unwind_rows.max(1)),
             max_memory: args.max_memory,
+            jvm_attach: !args.no_jvm_attach,
         }
     }
 }

@@ -129,8 +129,8 @@ fn chromium() -> PathBuf {
 }
 
 /// The independent readers the integration tests check outputs with: Node.js with the
-/// `pprof-format` decoder and `playwright-core`, and a headless Chromium; and PostgreSQL, the
-/// server the verdict is tested on. Installed from
+/// `pprof-format` decoder and `playwright-core`, and a headless Chromium; PostgreSQL, the
+/// server the verdict is tested on; OpenJDK 17, whose JIT code the runtime tests name. Installed from
 /// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
 /// them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
@@ -140,6 +140,10 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     }
     if !chromium().exists() {
         packages.push("chromium");
+    }
+    // Managed runtimes the JIT tests profile (tests/tests/runtimes.rs): Node.js above, Java.
+    if !works("javac") {
+        packages.push("openjdk-17-jdk-headless");
     }
     // A real server under load for the verdict test (tests/tests/postgres.rs).
     let has_pgbench = std::fs::read_dir("/usr/lib/postgresql")

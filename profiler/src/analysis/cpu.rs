@@ -139,7 +139,7 @@ pub(super) fn cpu_summary(profile: &Profile) -> CpuSummary {
         let stack = &profile.stacks[stack_index];
         for (depth, &frame_id) in stack.iter().enumerate() {
             frames_seen += weight;
-            if profile.frames[frame_id].kind.is_unnamed() {
+            if profile.frames[frame_id].kind.is_unsymbolized() {
                 frames_unsymbolized += weight;
             }
             let label = label_of[frame_id];

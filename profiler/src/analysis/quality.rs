@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{EventKind, FrameKind, Missing, Profile, is_entry_function};
+use crate::model::{EventKind, FrameKind, JIT_MODULE, Missing, Profile, is_entry_function};
 
 /// How trustworthy the profile is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -30,6 +30,9 @@ pub struct Quality {
     pub complete_stacks_percent_by_kind: BTreeMap<String, f64>,
     /// The share of time, for the kinds weighted by time (`offcpu`, `io`).
     pub complete_stacks_percent_by_time: BTreeMap<String, f64>,
+    /// Events whose user stack was cut where it entered JIT code: a runtime that keeps no
+    /// frame pointers in its compiled code (a JVM without `-XX:+PreserveFramePointer`).
+    pub stacks_cut_in_jit_code: u64,
     /// How many I/O calls had their stack walked, when short ones were sampled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_stack_sampling: Option<StackSampling>,
@@ -109,6 +112,16 @@ pub fn quality(profile: &Profile) -> Quality {
             .any(|&frame| matches!(profile.frames[frame].kind, FrameKind::Missing(_)))
     };
     let mut cut_short = 0;
+    let mut cut_in_jit = 0;
+    // A cut stack whose outermost frame is JIT code: the walk stopped in that code.
+    let cut_in_jit_code = |stack: usize| match profile.stacks[stack].as_slice() {
+        [first, second, ..] => {
+            profile.frames[*first].kind == FrameKind::Missing(Missing::Truncated)
+                && (profile.frames[*second].kind == FrameKind::Jit
+                    || profile.frames[*second].module.as_deref() == Some(JIT_MODULE))
+        }
+        _ => false,
+    };
     // Per kind: (events with a user stack, of which complete), and the same in time.
     let mut by_kind: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut by_time: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -132,6 +145,9 @@ pub fn quality(profile: &Profile) -> Quality {
         for sample in samples {
             if truncated(sample.stack) {
                 cut_short += 1;
+                if cut_in_jit_code(sample.stack) {
+                    cut_in_jit += sample.count.unwrap_or(sample.weight);
+                }
             }
             if *kind != EventKind::InUse {
                 for &frame in &profile.stacks[sample.stack] {
@@ -158,10 +174,13 @@ pub fn quality(profile: &Profile) -> Quality {
                     *complete_time += sample.weight;
                 }
             }
+            // By events, as the CPU line counts them: one number wherever it is stated.
+            let events = sample.count.unwrap_or(sample.weight);
             for &frame in &profile.stacks[sample.stack] {
-                let frame = &profile.frames[frame];
-                frames_seen += 1;
-                unsymbolized += u64::from(frame.kind.is_unnamed());
+                frames_seen += events;
+                if profile.frames[frame].kind.is_unsymbolized() {
+                    unsymbolized += events;
+                }
             }
         }
     }
@@ -226,8 +245,16 @@ pub fn quality(profile: &Profile) -> Quality {
                 sampling.walked, sampling.events, sampling.below_us
             )
         });
+    let jit = match cut_in_jit {
+        0 => String::new(),
+        events => format!(
+            "; {events} events with stacks cut in JIT code without frame pointers (start a \
+             JVM with -XX:+PreserveFramePointer; see docs/runtimes.md)"
+        ),
+    };
     Quality {
         lost_events,
+        stacks_cut_in_jit_code: cut_in_jit,
         stacks_cut_short: cut_short,
         stacks_lost,
         stacks_lost_by_cause,
@@ -244,7 +271,7 @@ pub fn quality(profile: &Profile) -> Quality {
              {cut_short} of \
              {distinct} \
              distinct stacks cut short or lost; {unsymbolized_frames_percent:.1}% of frames \
-             unsymbolized{sampled}{limited}"
+             unsymbolized{sampled}{limited}{jit}"
         ),
     }
 }
@@ -272,7 +299,9 @@ mod tests {
         let quality = quality(&profile);
         assert_eq!(quality.lost_events, 5);
         assert_eq!(quality.stacks_cut_short, 1);
-        assert!(quality.unsymbolized_frames_percent > 0.0);
+        // The stand-in for a cut stack's outer frames counts as a cut stack, not as an
+        // unsymbolized frame.
+        assert_eq!(quality.unsymbolized_frames_percent, 0.0);
         let samples = &profile.samples[&EventKind::Cpu];
         let expected =
             100.0 * samples[1].weight as f64 / (samples[0].weight + samples[1].weight) as f64;

@@ -17,8 +17,8 @@ use super::{
 use crate::{
     kernel::{Counters, IoExtras, ProbeError, unwind::UnwindTables},
     model::{
-        EventKind, FrameKind, Interner, Losses, MappingStats, Process, Profile, RunInfo, RunQueue,
-        UnwindStats,
+        EventKind, FrameKind, Interner, JitStats, Losses, MappingStats, Process, Profile, RunInfo,
+        RunQueue, UnwindStats,
     },
     stacks::{
         address_space::AddressSpaces,
@@ -36,6 +36,8 @@ impl Collection {
         self.probes.stop_recording()?;
         self.handle_process_events();
         self.drain()?;
+        self.final_symbol_sources();
+        let jit = self.jit_stats();
         let mut threads = if self.scheduler {
             self.probes.threads(false)?
         } else {
@@ -137,6 +139,7 @@ impl Collection {
             drop(probes);
         });
         Ok(Collected {
+            jit,
             spaces: self.spaces,
             processes: self.processes,
             counts: self.counts,
@@ -181,6 +184,8 @@ pub(super) struct Collected {
     pub(super) first_sample_ns: Option<u64>,
     /// What the unwind tables cost, when user stacks were walked with them.
     pub(super) unwind: Option<UnwindStats>,
+    /// Where JIT code got its names, when a target had any.
+    pub(super) jit: Option<JitStats>,
     /// Events dropped at `--max-memory`.
     pub(super) memory_cap_dropped: u64,
     /// The thread detaching and unloading the programs.

@@ -8,11 +8,11 @@ use profiler_common::{
     COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey, ThreadState, process_event,
 };
 
-use super::{AFTER_EXEC_REFRESH, io::FileNames, memory};
+use super::{AFTER_EXEC_REFRESH, io::FileNames, jvm::JvmMaps, memory};
 use crate::{
     collect::config::RunConfig,
     kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
-    model::{EventKind, Process, TimelineRow},
+    model::{EventKind, JitStats, Process, TimelineRow},
     stacks::address_space::AddressSpaces,
     target::{
         allocators::{self, AllocatorObject},
@@ -84,6 +84,8 @@ pub(super) struct Collection {
     pub(super) memory_cap_dropped: u64,
     /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
     pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
+    /// The JVMs among the targets, asked for their perf maps.
+    pub(super) jvms: JvmMaps,
 }
 
 /// Allocation tracking state of a run.
@@ -139,6 +141,7 @@ impl Collection {
             max_state_bytes: config.max_memory,
             memory_cap_dropped: 0,
             user_stacks: HashMap::new(),
+            jvms: JvmMaps::new(config.jvm_attach),
         }
     }
 
@@ -175,6 +178,7 @@ impl Collection {
         {
             log::debug!("unwind tables of process {pid}: {}", error_chain(&err));
         }
+        self.jvms.note(pid, &text);
         self.spaces.update(pid, text);
         Ok(())
     }
@@ -309,6 +313,32 @@ impl Collection {
         for pid in pids {
             let _ = self.read_memory_map(pid);
         }
+        self.jvms.poll(&mut self.spaces);
+        self.spaces.read_jit_names();
+    }
+
+    /// Where JIT code got its names, when a target had any.
+    pub(super) fn jit_stats(&self) -> Option<JitStats> {
+        let processes = self.spaces.jit_process_count();
+        (processes > 0).then(|| JitStats {
+            processes,
+            functions: self.spaces.jit_function_count() as u64,
+            jvms: self.jvms.count(),
+            jvm_maps_written: self.jvms.maps_written(),
+        })
+    }
+
+    /// The last look at the targets before symbolizing: mappings made since the last read,
+    /// and the JIT names their runtimes wrote (asking JVMs once more).
+    pub(super) fn final_symbol_sources(&mut self) {
+        let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
+        for pid in pids {
+            if procfs::is_alive(pid) {
+                let _ = self.spaces.refresh(pid);
+            }
+        }
+        self.jvms.finish(&mut self.spaces);
+        self.spaces.read_jit_names();
     }
 
     /// Removes processes that exited from the kernel's target map.

@@ -58,4 +58,6 @@ pub struct RunConfig {
     pub unwind_rows: Option<u32>,
     /// Budget for the collector's counts, bytes.
     pub max_memory: u64,
+    /// Ask HotSpot JVMs for their perf map (JIT method names).
+    pub jvm_attach: bool,
 }

@@ -6,6 +6,7 @@ mod collection;
 pub mod config;
 mod error;
 pub mod io;
+mod jvm;
 pub mod memory;
 mod progress;
 mod stop;
@@ -222,6 +223,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
             .first_sample_ns
             .map(|ns| (ns as f64 - started_ns as f64) / 1e6),
         unwind: collected.unwind.take(),
+        jit: collected.jit.take(),
         kernel: kernel_release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),

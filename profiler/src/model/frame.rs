@@ -65,6 +65,11 @@ impl FrameKind {
         matches!(self, FrameKind::Unsymbolized { .. } | FrameKind::Missing(_))
     }
 
+    /// Whether the frame is code no symbol names (not a placeholder for missing frames).
+    pub fn is_unsymbolized(self) -> bool {
+        matches!(self, FrameKind::Unsymbolized { .. })
+    }
+
     /// Whether the frame is a named function of the program (not the kernel, not a
     /// placeholder): where a user would look.
     pub fn is_program_code(self) -> bool {
@@ -91,6 +96,9 @@ pub struct Frame {
     /// What the frame is.
     pub kind: FrameKind,
 }
+
+/// Module of frames in code a runtime compiled (named by it or not).
+pub const JIT_MODULE: &str = "[jit]";
 
 /// Name of the frame standing in for the outer frames of a cut user stack, and how it starts.
 pub const TRUNCATED_STACK: &str = "[stack truncated";

@@ -13,16 +13,18 @@ mod stats;
 pub mod synthetic;
 
 pub use event::{BlockReason, EventKind};
-pub use frame::{Frame, FrameKind, Missing, StackLoss, TRUNCATED_STACK, is_entry_function};
+pub use frame::{
+    Frame, FrameKind, JIT_MODULE, Missing, StackLoss, TRUNCATED_STACK, is_entry_function,
+};
 pub use profile::{Interner, Process, ProcessNames, Profile, RunInfo, Sample};
 pub use saved::{
     FORMAT_VERSION, LoadError, MAX_PROFILE_JSON_BYTES, MAX_PROFILE_MEMORY, MAX_RENDERED_TEXT,
     MAX_TOTAL, PROFILE_FILE,
 };
 pub use stats::{
-    AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, Losses, MAX_NAMED_OBJECTS_WITHOUT_TABLES,
-    MappingStats, MemoryStats, NoTableReason, ObjectWithoutTable, RunQueue, TimelineRow,
-    UnwindStats,
+    AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, JitStats, Losses,
+    MAX_NAMED_OBJECTS_WITHOUT_TABLES, MappingStats, MemoryStats, NoTableReason, ObjectWithoutTable,
+    RunQueue, TimelineRow, UnwindStats,
 };
 
 /// Whether a number is zero: fields added to the saved form are left out when zero, so

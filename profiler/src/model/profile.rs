@@ -85,6 +85,9 @@ pub struct RunInfo {
     /// What the unwind tables cost; `None` when user stacks were walked by frame pointers.
     #[serde(default)]
     pub unwind: Option<crate::model::UnwindStats>,
+    /// Where JIT code got its names; `None` when no target had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jit: Option<crate::model::JitStats>,
     /// Kernel release the profile was taken on.
     pub kernel: String,
     /// Version of the profiler that took it.

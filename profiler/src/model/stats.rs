@@ -327,6 +327,19 @@ pub struct ObjectWithoutTable {
 /// Objects named in [`UnwindStats::without_tables`] at most; the count covers every one.
 pub const MAX_NAMED_OBJECTS_WITHOUT_TABLES: usize = 64;
 
+/// Where the names of JIT code came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JitStats {
+    /// Processes with code compiled at run time (anonymous executable memory).
+    pub processes: u32,
+    /// Functions their perf maps (`/tmp/perf-PID.map`) named.
+    pub functions: u64,
+    /// JVMs asked for their perf map.
+    pub jvms: u32,
+    /// Perf maps those JVMs wrote at the profiler's request.
+    pub jvm_maps_written: u32,
+}
+
 /// What building the tables cost, for the summary and the benchmark.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnwindStats {

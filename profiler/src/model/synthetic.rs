@@ -37,6 +37,7 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
         attach_ms: None,
         first_sample_ms: None,
         unwind: None,
+        jit: None,
         kernel: String::new(),
         profiler_version: env!("CARGO_PKG_VERSION").into(),
         cpus: 0,

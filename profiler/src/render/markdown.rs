@@ -80,6 +80,21 @@ pub fn summary_markdown(summary: &Summary) -> String {
         }
         None => md.push_str("- User stacks: frame pointers only (`--unwind fp`)\n"),
     }
+    if let Some(jit) = &summary.run.jit {
+        let jvms = match jit.jvms {
+            0 => String::new(),
+            jvms => format!(
+                "; {jvms} JVMs asked for theirs, {} maps written",
+                jit.jvm_maps_written
+            ),
+        };
+        let _ = writeln!(
+            md,
+            "- JIT code: {} processes, {} functions named by their runtimes' perf maps{jvms} \
+             (see docs/runtimes.md)",
+            jit.processes, jit.functions
+        );
+    }
     if let Some(cpu) = &summary.cpu {
         let _ = writeln!(
             md,

@@ -8,7 +8,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::target::procfs::{self, MapEntry};
+use crate::{
+    stacks::perf_map::PerfMap,
+    target::{
+        procfs::{self, MapEntry},
+        tmp_dir::TargetTmp,
+    },
+};
 
 /// Index into [`AddressSpaces::objects`].
 pub type ObjectId = usize;
@@ -76,6 +82,56 @@ pub struct AddressSpaces {
     vdso: Option<Option<ObjectId>>,
     /// Temporary files backing objects, deleted when this is dropped.
     kept_files: Vec<tempfile::NamedTempFile>,
+    /// Per process with anonymous executable memory (JIT code), the names its runtime wrote
+    /// for it; `None` when its `/tmp` could not be opened.
+    jit: HashMap<u32, Option<JitNames>>,
+}
+
+/// The JIT symbol map of one process, read from its `/tmp`.
+#[derive(Debug)]
+struct JitNames {
+    tmp: TargetTmp,
+    map: PerfMap,
+    /// Whether a failure to read it was already reported.
+    warned: bool,
+}
+
+impl JitNames {
+    fn file_name(&self) -> String {
+        format!("perf-{}.map", self.tmp.nspid)
+    }
+
+    /// Reads what the map gained since last time.
+    fn read(&mut self, pid: u32) {
+        let name = self.file_name();
+        let result = self
+            .tmp
+            .open_file(&name)
+            .and_then(|mut file| self.map.read_from(&mut file));
+        match result {
+            Ok(()) if self.map.capped && !self.warned => {
+                self.warned = true;
+                log::warn!(
+                    "process {pid}: /tmp/{name} is over {} MiB; the rest is not read",
+                    super::perf_map::MAX_PERF_MAP_BYTES >> 20
+                );
+            }
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) if !self.warned => {
+                self.warned = true;
+                log::warn!("process {pid}: JIT names in /tmp/{name} not read: {err}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Whether a mapping is code a runtime compiled: executable, anonymous, not a kernel page.
+fn is_jit_code(entry: &MapEntry) -> bool {
+    entry.executable
+        && entry.inode == 0
+        && !matches!(entry.path.as_str(), VDSO | "[vsyscall]" | "[uprobes]")
 }
 
 /// Name of the vDSO mapping in `/proc/PID/maps`.
@@ -106,6 +162,61 @@ impl AddressSpaces {
         let entries = procfs::parse_maps(&text);
         self.last_maps.insert(pid, text);
         self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
+        // A process that reused the pid of one that had JIT code is another process.
+        let stale = matches!(self.jit.get(&pid), Some(Some(names)) if !names.tmp.is_alive());
+        if (stale || !self.jit.contains_key(&pid)) && entries.iter().any(is_jit_code) {
+            // Opened while the process lives: its map stays readable after it exits.
+            let names = TargetTmp::open(pid).map(|tmp| JitNames {
+                tmp,
+                map: PerfMap::default(),
+                warned: false,
+            });
+            if let Err(err) = &names {
+                log::debug!("process {pid}: its /tmp: {err}");
+            }
+            self.jit.insert(pid, names.ok());
+        }
+    }
+
+    /// Reads what the runtimes' JIT symbol maps gained.
+    pub fn read_jit_names(&mut self) {
+        for (&pid, names) in &mut self.jit {
+            if let Some(names) = names {
+                names.read(pid);
+            }
+        }
+    }
+
+    /// Reads `pid`'s JIT symbol map again from the start: its runtime rewrote it.
+    pub fn reread_jit_names(&mut self, pid: u32) {
+        if let Some(Some(names)) = self.jit.get_mut(&pid) {
+            names.map.reset();
+            names.read(pid);
+        }
+    }
+
+    /// `pid`'s `/tmp`, when it has JIT code.
+    pub fn jit_tmp(&self, pid: u32) -> Option<&TargetTmp> {
+        self.jit.get(&pid)?.as_ref().map(|names| &names.tmp)
+    }
+
+    /// The name `pid`'s runtime gave the JIT code at `address`.
+    pub fn jit_name(&self, pid: u32, address: u64) -> Option<&str> {
+        self.jit.get(&pid)?.as_ref()?.map.lookup(address)
+    }
+
+    /// Processes with JIT code.
+    pub fn jit_process_count(&self) -> u32 {
+        self.jit.len() as u32
+    }
+
+    /// How many JIT functions are named, over every process.
+    pub fn jit_function_count(&self) -> usize {
+        self.jit
+            .values()
+            .flatten()
+            .map(|names| names.map.len())
+            .sum()
     }
 
     /// Records mappings described without `/proc/PID/maps` (the process is gone), each with

@@ -8,7 +8,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    model::{Frame, FrameKind},
+    model::{Frame, FrameKind, JIT_MODULE},
     stacks::address_space::{AddressSpaces, Location},
 };
 
@@ -53,7 +53,13 @@ impl Symbols for Blazesym<'_> {
                     .entry(object)
                     .or_default()
                     .push((index, file_offset)),
-                Location::Anonymous(name) => result[index] = vec![unknown_frame(name, None)],
+                Location::Anonymous(name) => {
+                    result[index] = vec![anonymous_frame(
+                        name,
+                        address,
+                        self.spaces.jit_name(pid, address),
+                    )]
+                }
                 Location::Unmapped => result[index] = vec![unknown_frame("[unknown]", None)],
             }
         }
@@ -110,6 +116,51 @@ fn unknown_frame(name: &str, module: Option<&str>) -> Frame {
         line: None,
         kind: FrameKind::Unsymbolized { kernel: false },
     }
+}
+
+/// A frame in executable memory without a file: named by the runtime's perf map when it has
+/// the address, else the mapping's name (`[vdso]`) or, for unnamed memory (JIT code), the
+/// address, so distinct code stays distinct and no frame is nameless.
+fn anonymous_frame(mapping: &str, address: u64, jit_name: Option<&str>) -> Frame {
+    match jit_name {
+        Some(name) => {
+            let (function, file, line) = match v8_function(name) {
+                Some((function, file, line)) => (function, Some(file.to_owned()), Some(line)),
+                None => (name, None, None),
+            };
+            Frame {
+                function: function.to_owned(),
+                module: Some(JIT_MODULE.to_owned()),
+                file,
+                line,
+                kind: FrameKind::Jit,
+            }
+        }
+        None if mapping.is_empty() || mapping.starts_with("[anon") => {
+            unknown_frame(&format!("{JIT_MODULE} {address:#x}"), Some(JIT_MODULE))
+        }
+        None => unknown_frame(mapping, Some(mapping)),
+    }
+}
+
+/// V8 names its code `JS:<tier>name file:line:column`, the tier `~` (interpreted), `^`
+/// (baseline) or `+`/`*` (optimized): one frame per function whatever its tier, with its place
+/// in the source. `None` for other runtimes' names.
+fn v8_function(name: &str) -> Option<(&str, &str, u32)> {
+    let rest = ["JS:", "LazyCompile:", "Function:"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))?;
+    let rest = rest.trim_start_matches(['~', '^', '+', '*', '-']);
+    let (function, place) = rest.rsplit_once(' ')?;
+    let mut parts = place.rsplitn(3, ':');
+    let _column = parts.next()?;
+    let line = parts.next()?.parse().ok()?;
+    let file = parts.next().filter(|file| !file.is_empty())?;
+    let function = match function.trim() {
+        "" => "(anonymous)",
+        function => function,
+    };
+    Some((function, file, line))
 }
 
 fn code_location(info: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
@@ -187,6 +238,36 @@ mod tests {
         );
         assert_eq!(frames[1][0].function, "[unknown]");
         assert!(frames[1][0].kind.is_unnamed());
+    }
+
+    #[test]
+    fn anonymous_code_is_named_by_the_runtime_or_by_address() {
+        let named = anonymous_frame("", 0x7f00_0000_1000, Some("void Hot.hotA()"));
+        assert_eq!(named.function, "void Hot.hotA()");
+        assert_eq!(named.kind, FrameKind::Jit);
+        let unnamed = anonymous_frame("", 0x7f00_0000_1000, None);
+        assert_eq!(unnamed.function, "[jit] 0x7f0000001000");
+        assert!(unnamed.kind.is_unnamed());
+        let v8 = anonymous_frame("", 0x1000, Some("JS:*hotA /srv/app/hot.js:2:14"));
+        assert_eq!(v8.function, "hotA");
+        assert_eq!(v8.file.as_deref(), Some("/srv/app/hot.js"));
+        assert_eq!(v8.line, Some(2));
+        let tiers = [
+            "JS:~hotA /srv/app/hot.js:2:14",
+            "JS:^hotA /srv/app/hot.js:2:14",
+        ];
+        assert!(
+            tiers
+                .iter()
+                .all(|name| v8_function(name).map(|f| f.0) == Some("hotA"))
+        );
+        assert_eq!(
+            v8_function("JS:~ node:internal/main/run_main_module:1:1"),
+            Some(("(anonymous)", "node:internal/main/run_main_module", 1))
+        );
+        assert_eq!(v8_function("void Hot.hotA()"), None);
+        let vsyscall = anonymous_frame("[vsyscall]", 0xffff_ffff_ff60_0000, None);
+        assert_eq!(vsyscall.function, "[vsyscall]");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The processes to profile: launching a command held until the programs are attached
 //! ([`launch`]), the libraries it will load ([`libraries`]), reading `/proc` ([`procfs`]),
-//! whether this process may trace them ([`privileges`]).
+//! whether this process may trace them ([`privileges`]), their `/tmp` ([`tmp_dir`]), where
+//! runtimes name their JIT code and the JVM is asked to ([`hotspot`]).
 
 pub mod allocators;
+pub mod hotspot;
 pub mod launch;
 pub mod libraries;
 pub mod privileges;
 pub mod procfs;
+pub mod tmp_dir;
 
 /// Why a pid cannot be attached to.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,261 @@
+//! Managed runtimes: JIT code named from the runtimes' perf maps, stacks whole through it.
+//! Real runtimes: Debian's OpenJDK 17 and Node.js, running `tests/runtimes/` programs whose
+//! two hot functions split the CPU 70/30.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use profiler_tests::*;
+
+/// Whether `program --version` runs. Prints why not and returns false to skip, or panics
+/// under `CI=true`.
+fn have_runtime(test: &str, program: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if found {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!(
+            "{test}: needs {program} (`cargo xtask test` installs it), and CI=true forbids skipping"
+        );
+    }
+    eprintln!("skipping {test}: needs {program} (`sudo -E cargo xtask test` installs it)");
+    false
+}
+
+/// Thousands of samples per run: at 300, a 70/30 share wanders by ±3 points one run in four.
+const SAMPLING_HZ: &str = "999";
+
+fn runtimes_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("runtimes")
+}
+
+/// `Hot.java` compiled into a folder of its own.
+fn compiled_java() -> tempfile::TempDir {
+    let classes = tempfile::tempdir().unwrap();
+    let out = output(
+        Command::new("javac")
+            .arg("-d")
+            .arg(classes.path())
+            .arg(runtimes_dir().join("Hot.java")),
+    );
+    assert!(out.status.success(), "javac failed");
+    classes
+}
+
+fn java(classes: &Path, flags: &[&str], millis: u32) -> Command {
+    let mut command = Command::new("java");
+    command
+        .args(flags)
+        .arg("-cp")
+        .arg(classes)
+        .arg("Hot")
+        .arg(millis.to_string());
+    command
+}
+
+/// Node.js running `hot.js` in `dir` (where V8 writes its own log beside the perf map).
+fn node(dir: &Path, millis: u32) -> Command {
+    let mut command = Command::new("node");
+    command
+        .current_dir(dir)
+        .arg("--perf-basic-prof")
+        .arg(runtimes_dir().join("hot.js"))
+        .arg(millis.to_string());
+    command
+}
+
+fn record_command(args: &[&str], command: &Command) -> (tempfile::TempDir, std::process::Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut profiler = profiler();
+    if let Some(cwd) = command.get_current_dir() {
+        profiler.current_dir(cwd);
+    }
+    let out = output(
+        profiler
+            .args(["record", "-F", SAMPLING_HZ])
+            .args(args)
+            .arg("-o")
+            .arg(dir.path())
+            .arg("--")
+            .arg(command.get_program())
+            .args(command.get_args()),
+    );
+    assert!(out.status.success(), "record failed");
+    (dir, out)
+}
+
+fn attach_for(seconds: u32, pid: u32, args: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["attach", "-F", SAMPLING_HZ, "-d", &seconds.to_string()])
+            .args(args)
+            .arg("-o")
+            .arg(dir.path())
+            .arg(pid.to_string()),
+    );
+    assert!(out.status.success(), "attach failed");
+    dir
+}
+
+/// Removes the perf map runtime `pid` wrote in `/tmp` (it outlives the process).
+fn remove_perf_map(pid: impl std::fmt::Display) {
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+}
+
+/// The pid `record` launched.
+fn recorded_pid(dir: &Path) -> u64 {
+    read_summary(dir)["root_pids"][0]
+        .as_u64()
+        .expect("a root pid")
+}
+
+/// Weight of stacks with a frame whose name contains `part`.
+fn weight_containing(stacks: &[(Vec<String>, u64)], part: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|frame| frame.contains(part)))
+        .map(|(_, weight)| weight)
+        .sum()
+}
+
+/// Asserts the two hot functions (frames named `a`, `b`) split their samples 70/30 within 3
+/// points, and that no frame anywhere is nameless.
+fn assert_split(dir: &Path, a: &str, b: &str) -> Vec<(Vec<String>, u64)> {
+    let stacks = read_folded(&dir.join("cpu.folded"));
+    let (hot_a, hot_b) = (weight_with_frame(&stacks, a), weight_with_frame(&stacks, b));
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let share = percent(hot_a, hot_a + hot_b);
+    eprintln!("{a}: {hot_a}, {b}: {hot_b} of {total} samples: {share:.1}%");
+    assert!(
+        percent(hot_a + hot_b, total) > 80.0,
+        "the hot functions are not named in most samples: {a} {hot_a}, {b} {hot_b} of {total}"
+    );
+    assert!(
+        (share - 70.0).abs() <= 3.0,
+        "{a} has {share:.1}% of the two"
+    );
+    for (frames, _) in &stacks {
+        // The first field is the process's name.
+        assert!(
+            frames[1..].iter().all(|frame| !frame.trim().is_empty()),
+            "a nameless frame in {frames:?}"
+        );
+    }
+    stacks
+}
+
+fn assert_reach(stacks: &[(Vec<String>, u64)], entry: &str, at_least: f64) {
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let reaching = percent(weight_containing(stacks, entry), total);
+    assert!(
+        reaching >= at_least,
+        "{reaching:.1}% of stacks reach {entry}, fewer than {at_least}%"
+    );
+}
+
+#[test]
+fn java_methods_are_named_by_record_without_perf_map_flags() {
+    if !have_root("java record") || !have_runtime("java record", "javac") {
+        return;
+    }
+    let _serial = serial();
+    let classes = compiled_java();
+    let command = java(classes.path(), &["-XX:+PreserveFramePointer"], 4000);
+    let (dir, _) = record_command(&[], &command);
+    let stacks = assert_split(dir.path(), "void Hot.hotA()", "void Hot.hotB()");
+    // Through the JIT code and the interpreter, to the launcher's Java thread.
+    assert_reach(&stacks, "JavaMain", 90.0);
+    let summary = read_summary(dir.path());
+    let jit = &summary["jit"];
+    assert!(jit["jvm_maps_written"].as_u64() >= Some(1), "{jit}");
+    remove_perf_map(recorded_pid(dir.path()));
+    assert_nothing_loaded();
+}
+
+#[test]
+fn java_attach_names_methods_of_a_jvm_started_without_any_flag() {
+    if !have_root("java attach") || !have_runtime("java attach", "javac") {
+        return;
+    }
+    let _serial = serial();
+    let classes = compiled_java();
+    let stdout = tempfile::NamedTempFile::new().unwrap();
+    let mut jvm = Spawned::new(
+        java(classes.path(), &[], 20_000)
+            .stdout(stdout.reopen().unwrap())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = attach_for(3, jvm.pid(), &[]);
+    assert!(jvm.is_running(), "the JVM did not survive being asked");
+    let stacks = assert_split(dir.path(), "void Hot.hotA()", "void Hot.hotB()");
+    assert!(!stacks.is_empty());
+    // Without PreserveFramePointer the walk stops in the JIT code: the summary says why.
+    let summary = read_summary(dir.path());
+    let quality = summary["quality"]["text"].as_str().unwrap_or_default();
+    assert!(quality.contains("-XX:+PreserveFramePointer"), "{quality}");
+    // The attach trigger was removed, and SIGQUIT printed no thread dump.
+    assert!(!Path::new(&format!("/tmp/.attach_pid{}", jvm.pid())).exists());
+    let printed = std::fs::read_to_string(stdout.path()).unwrap();
+    assert!(!printed.contains("Full thread dump"), "{printed}");
+    remove_perf_map(jvm.pid());
+    drop(jvm);
+    assert_nothing_loaded();
+}
+
+#[test]
+fn no_jvm_attach_leaves_the_jvm_alone_and_jit_frames_by_address() {
+    if !have_root("no jvm attach") || !have_runtime("no jvm attach", "javac") {
+        return;
+    }
+    let _serial = serial();
+    let classes = compiled_java();
+    let command = java(classes.path(), &["-XX:+PreserveFramePointer"], 2000);
+    let (dir, _) = record_command(&["--no-jvm-attach"], &command);
+    let pid = recorded_pid(dir.path());
+    assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
+    assert!(!Path::new(&format!("/tmp/.java_pid{pid}")).exists());
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    assert_eq!(weight_containing(&stacks, "Hot.hotA"), 0);
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let by_address = weight_containing(&stacks, "[jit] 0x");
+    assert!(
+        percent(by_address, total) > 50.0,
+        "JIT code not shown by address: {by_address} of {total}"
+    );
+    let summary = read_summary(dir.path());
+    assert_eq!(summary["jit"]["jvms"], 0, "{}", summary["jit"]);
+}
+
+#[test]
+fn node_functions_are_named_from_its_perf_map_by_record_and_attach() {
+    if !have_root("node") || !have_runtime("node", "node") {
+        return;
+    }
+    let _serial = serial();
+    let logs = tempfile::tempdir().unwrap();
+    let (dir, _) = record_command(&[], &node(logs.path(), 4000));
+    let stacks = assert_split(dir.path(), "hotA", "hotB");
+    assert_reach(&stacks, "node::Start", 90.0);
+    let summary = read_summary(dir.path());
+    let verdict = summary["verdict"].to_string();
+    assert!(verdict.contains("hotA"), "{verdict}");
+    remove_perf_map(recorded_pid(dir.path()));
+
+    let process = Spawned::new(node(logs.path(), 20_000).stdout(Stdio::null()));
+    std::thread::sleep(Duration::from_millis(1000));
+    let dir = attach_for(3, process.pid(), &[]);
+    let stacks = assert_split(dir.path(), "hotA", "hotB");
+    assert_reach(&stacks, "node::Start", 90.0);
+    remove_perf_map(process.pid());
+    drop(process);
+    assert_nothing_loaded();
+}
