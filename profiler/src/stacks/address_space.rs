@@ -127,6 +127,9 @@ impl JitNames {
     }
 }
 
+/// Most processes whose JIT names are read in one run.
+const MAX_JIT_PROCESSES: usize = 512;
+
 /// Whether a mapping is code a runtime compiled: executable, anonymous, not a kernel page.
 fn is_jit_code(entry: &MapEntry) -> bool {
     entry.executable
@@ -165,14 +168,22 @@ impl AddressSpaces {
         // A process that reused the pid of one that had JIT code is another process.
         let stale = matches!(self.jit.get(&pid), Some(Some(names)) if !names.tmp.is_alive());
         if (stale || !self.jit.contains_key(&pid)) && entries.iter().any(is_jit_code) {
-            // Opened while the process lives: its map stays readable after it exits.
-            let names = TargetTmp::open(pid).map(|tmp| JitNames {
+            // Opened while the process lives: its map stays readable after it exits. Each
+            // holds three descriptors until the end of the run: a fork-heavy target with
+            // executable anonymous memory (libffi closures) must not exhaust them.
+            let open = |pid| match self.jit.values().flatten().count() < MAX_JIT_PROCESSES {
+                true => TargetTmp::open(pid),
+                false => Err(std::io::Error::other(format!(
+                    "over {MAX_JIT_PROCESSES} processes with JIT code: its names are not read"
+                ))),
+            };
+            let names = open(pid).map(|tmp| JitNames {
                 tmp,
                 map: PerfMap::default(),
                 warned: false,
             });
             if let Err(err) = &names {
-                log::debug!("process {pid}: its /tmp: {err}");
+                log::info!("process {pid}: its /tmp: {err}");
             }
             self.jit.insert(pid, names.ok());
         }
