@@ -1,6 +1,7 @@
 // Decodes a profile.pb.gz with the pprof-format package (independent of the profiler's own
-// encoder) and prints, as JSON: each sample type with its unit and total, and the leaf
-// function of the heaviest sample of each type.
+// encoder) and prints, as JSON: each sample type with its unit and total, the leaf function
+// of the heaviest sample of each type, and the mappings (file, build-id, whether functions are
+// known, addresses of their locations).
 import { readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import { Profile } from "pprof-format";
@@ -27,4 +28,12 @@ const types = profile.sampleType.map((type, column) => {
     heaviest_leaf: heaviest ? leaf(heaviest) : null,
   };
 });
-console.log(JSON.stringify({ samples: profile.sample.length, types }));
+const mappings = profile.mapping.map((mapping) => ({
+  file: strings[Number(mapping.filename)],
+  build_id: strings[Number(mapping.buildId)],
+  has_functions: Boolean(mapping.hasFunctions),
+  addresses: profile.location
+    .filter((l) => Number(l.mappingId) === Number(mapping.id))
+    .map((l) => Number(l.address)),
+}));
+console.log(JSON.stringify({ samples: profile.sample.length, types, mappings }));

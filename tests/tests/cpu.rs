@@ -358,3 +358,91 @@ fn cpp_names_are_demangled_and_inlined_calls_shown() {
         "no mangled names"
     );
 }
+
+#[test]
+fn a_stripped_program_keeps_a_frame_per_function_and_its_build_id() {
+    if !have_root("stripped") || !profiler_tests::have_js_tools("stripped") {
+        return;
+    }
+    let _serial = serial();
+    let folder = tempfile::tempdir().unwrap();
+    let stripped = folder.path().join("cpu_split");
+    let out = output(
+        std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(program("cpu_split")),
+    );
+    assert!(out.status.success(), "strip failed");
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["record", "-F", "999", "-o"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(&stripped)
+            .arg("3"),
+    );
+    assert!(out.status.success());
+    // The two hot functions: two frames `cpu_split+0x…`, 70/30, each at its function's entry.
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    let mut leaves: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (frames, weight) in &stacks {
+        if let Some(leaf) = frames
+            .last()
+            .filter(|leaf| leaf.starts_with("cpu_split+0x"))
+        {
+            *leaves.entry(leaf).or_default() += weight;
+        }
+    }
+    let mut heaviest: Vec<(&str, u64)> = leaves.into_iter().collect();
+    heaviest.sort_by_key(|&(_, weight)| std::cmp::Reverse(weight));
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let [(_, hot), (_, cold), ..] = heaviest[..] else {
+        panic!("fewer than two stripped functions: {heaviest:?}");
+    };
+    assert!(percent(hot + cold, total) > 95.0, "{heaviest:?} of {total}");
+    let share = percent(hot, hot + cold);
+    assert!((share - 70.0).abs() <= 3.0, "{heaviest:?}: {share:.1}%");
+    // Whole stacks (the root is the program's entry point), counted as unsymbolized, not cut;
+    // the same share of unsymbolized frames wherever it is stated.
+    let summary = read_summary(dir.path());
+    let quality = &summary["quality"];
+    assert!(
+        quality["complete_stacks_percent"].as_f64() >= Some(95.0),
+        "{quality}"
+    );
+    assert_eq!(
+        quality["unsymbolized_frames_percent"],
+        summary["cpu"]["unsymbolized_frames_percent"]
+    );
+    assert!(quality["unsymbolized_frames_percent"].as_f64() > Some(30.0));
+    // The pprof export names the program's build-id, with its code as addresses to symbolize.
+    let readelf = output(
+        std::process::Command::new("readelf")
+            .arg("-n")
+            .arg(&stripped),
+    );
+    let notes = String::from_utf8_lossy(&readelf.stdout);
+    let build_id = notes
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: "))
+        .expect("the test program has a build-id");
+    let pprof = profiler_tests::node_json("read-pprof.mjs", &[&dir.path().join("profile.pb.gz")]);
+    let mapping = pprof["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|mapping| mapping["file"] == "cpu_split" && mapping["has_functions"] == false)
+        .unwrap_or_else(|| panic!("no unsymbolized mapping of cpu_split: {pprof}"));
+    assert_eq!(mapping["build_id"], build_id);
+    assert!(
+        mapping["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|address| address.as_u64() > Some(0)),
+        "{mapping}"
+    );
+    assert_nothing_loaded();
+}

@@ -10,11 +10,16 @@ use std::{
 
 use profiler_tests::*;
 
-/// Whether `program --version` runs. Prints why not and returns false to skip, or panics
+/// Whether `program VERSION_FLAG` runs. Prints why not and returns false to skip, or panics
 /// under `CI=true`.
 fn have_runtime(test: &str, program: &str) -> bool {
+    // `go` takes a command, not a flag.
     let found = Command::new(program)
-        .arg("--version")
+        .arg(if program == "go" {
+            "version"
+        } else {
+            "--version"
+        })
         .output()
         .is_ok_and(|out| out.status.success());
     if found {
@@ -256,6 +261,47 @@ fn node_functions_are_named_from_its_perf_map_by_record_and_attach() {
     let stacks = assert_split(dir.path(), "hotA", "hotB");
     assert_reach(&stacks, "node::Start", 90.0);
     remove_perf_map(process.pid());
+    drop(process);
+    assert_nothing_loaded();
+}
+
+/// `hot.go` built into a folder of its own.
+fn built_go() -> (tempfile::TempDir, PathBuf) {
+    let folder = tempfile::tempdir().unwrap();
+    let binary = folder.path().join("hot");
+    let out = output(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(runtimes_dir().join("hot.go"))
+            // Its own cache: nothing written to the user's.
+            .env("GOCACHE", folder.path().join("cache")),
+    );
+    assert!(out.status.success(), "go build failed");
+    (folder, binary)
+}
+
+#[test]
+fn go_functions_are_named_and_goroutine_stacks_whole() {
+    if !have_root("go") || !have_runtime("go", "go") {
+        return;
+    }
+    let _serial = serial();
+    let (_folder, binary) = built_go();
+    let mut command = Command::new(&binary);
+    command.arg("4000");
+    let (dir, _) = record_command(&[], &command);
+    let stacks = assert_split(dir.path(), "main.hotA", "main.hotB");
+    // Through main.main (its compressed .debug_frame is read) to the goroutine's bottom.
+    assert_reach(&stacks, "main.main", 90.0);
+    let quality = read_summary(dir.path())["quality"]["complete_stacks_percent"].clone();
+    assert!(quality.as_f64() >= Some(90.0), "{quality}");
+
+    let process = Spawned::new(Command::new(&binary).arg("20000"));
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = attach_for(3, process.pid(), &[]);
+    let stacks = assert_split(dir.path(), "main.hotA", "main.hotB");
+    assert_reach(&stacks, "main.main", 90.0);
     drop(process);
     assert_nothing_loaded();
 }

@@ -130,7 +130,7 @@ fn chromium() -> PathBuf {
 
 /// The independent readers the integration tests check outputs with: Node.js with the
 /// `pprof-format` decoder and `playwright-core`, and a headless Chromium; PostgreSQL, the
-/// server the verdict is tested on; OpenJDK 17, whose JIT code the runtime tests name. Installed from
+/// server the verdict is tested on; OpenJDK 17 and Go, whose code the runtime tests name. Installed from
 /// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
 /// them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
@@ -141,9 +141,16 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     if !chromium().exists() {
         packages.push("chromium");
     }
-    // Managed runtimes the JIT tests profile (tests/tests/runtimes.rs): Node.js above, Java.
+    // Runtimes the runtime tests profile (tests/tests/runtimes.rs): Node.js above, Java, Go.
     if !works("javac") {
         packages.push("openjdk-17-jdk-headless");
+    }
+    let go = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !go {
+        packages.push("golang-go");
     }
     // A real server under load for the verdict test (tests/tests/postgres.rs).
     let has_pgbench = std::fs::read_dir("/usr/lib/postgresql")

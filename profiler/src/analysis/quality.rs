@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{EventKind, FrameKind, JIT_MODULE, Missing, Profile, is_entry_function};
+use crate::model::{EventKind, FrameKind, JIT_MODULE, Missing, Profile};
 
 /// How trustworthy the profile is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -169,7 +169,7 @@ pub fn quality(profile: &Profile) -> Quality {
                 let events = sample.count.unwrap_or(sample.weight);
                 *user_stacks += events;
                 *user_time += sample.weight;
-                if is_entry_function(&profile.frames[root].function) {
+                if profile.is_entry_frame(&profile.frames[root]) {
                     *complete += events;
                     *complete_time += sample.weight;
                 }

@@ -379,6 +379,7 @@ impl Collected {
         let mut processes: Vec<Process> = self.processes.processes.into_values().collect();
         processes.sort_by_key(|process| process.pid);
         profile.processes = processes;
+        profile.objects = symbols.objects();
         profile
     }
 }

@@ -36,6 +36,10 @@ pub enum CompileError {
     /// A frame section could not be read.
     #[error("{0} unreadable")]
     Section(&'static str, #[source] object::Error),
+    /// A compressed frame section that could not be decompressed (another format than zlib,
+    /// corrupt, or larger than [`MAX_DECOMPRESSED_BYTES`]).
+    #[error("{0} compressed in a way not read")]
+    Compressed(&'static str),
     /// A frame section could not be parsed.
     #[error("reading {0}")]
     Frames(&'static str, #[source] gimli::Error),
@@ -76,10 +80,8 @@ pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
             .ok_or(CompileError::TooManyRules)?;
     }
     if let Some(section) = file.section_by_name(".debug_frame") {
-        let data = section
-            .data()
-            .map_err(|source| CompileError::Section(".debug_frame", source))?;
-        let mut debug_frame = DebugFrame::new(data, LittleEndian);
+        let data = section_bytes(&section, ".debug_frame")?;
+        let mut debug_frame = DebugFrame::new(&data, LittleEndian);
         debug_frame.set_address_size(8);
         collect_spans(&debug_frame, &BaseAddresses::default(), &mut spans)
             .map_err(|source| CompileError::Frames(".debug_frame", source))?
@@ -89,6 +91,37 @@ pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
         return Err(CompileError::NoFrames);
     }
     rows_of(spans)
+}
+
+/// Largest decompressed frame section: bounds what a hostile object's compressed section can
+/// cost (a 100 MB program's `.debug_frame` is a few MB).
+const MAX_DECOMPRESSED_BYTES: u64 = 256 << 20;
+
+/// A section's bytes, decompressed when compressed: Go compresses its DWARF, `.debug_frame`
+/// (its only call-frame information) included.
+fn section_bytes<'a>(
+    section: &object::Section<'a, '_>,
+    name: &'static str,
+) -> Result<std::borrow::Cow<'a, [u8]>, CompileError> {
+    use std::io::Read as _;
+    let compressed = section
+        .compressed_data()
+        .map_err(|source| CompileError::Section(name, source))?;
+    match compressed.format {
+        object::CompressionFormat::None => Ok(std::borrow::Cow::Borrowed(compressed.data)),
+        object::CompressionFormat::Zlib
+            if compressed.uncompressed_size <= MAX_DECOMPRESSED_BYTES =>
+        {
+            let size = compressed.uncompressed_size;
+            let mut bytes = Vec::with_capacity(size as usize);
+            flate2::read::ZlibDecoder::new(compressed.data)
+                .take(size)
+                .read_to_end(&mut bytes)
+                .map_err(|_| CompileError::Compressed(name))?;
+            Ok(std::borrow::Cow::Owned(bytes))
+        }
+        _ => Err(CompileError::Compressed(name)),
+    }
 }
 
 /// Appends the rule spans of every FDE of `section`; FDEs it cannot parse are skipped. `None`

@@ -17,10 +17,14 @@ pub enum FrameKind {
     Jit,
     /// A function of an interpreted language, named by its interpreter.
     Interpreted,
-    /// An address no symbol covers: the function is `[module]` or `[unknown]`.
+    /// An address no symbol covers: the function is `module+0xOFFSET`, `[module]` or
+    /// `[unknown]`.
     Unsymbolized {
         /// Whether the address is kernel code.
         kernel: bool,
+        /// Where the code is in its module's file (the entry of its function when the
+        /// call-frame information tells): what symbolizing it later with debug files needs.
+        file_offset: Option<u64>,
     },
     /// Stands in for frames that could not be collected.
     Missing(Missing),
@@ -55,7 +59,7 @@ impl FrameKind {
         matches!(
             self,
             FrameKind::Kernel
-                | FrameKind::Unsymbolized { kernel: true }
+                | FrameKind::Unsymbolized { kernel: true, .. }
                 | FrameKind::Missing(Missing::KernelStack(_))
         )
     }
@@ -194,6 +198,11 @@ pub fn is_entry_function(function: &str) -> bool {
             | "__clone3"
             | "start_thread"
             | "thread_start"
+            // Go: the bottom of every goroutine's stack, and of a runtime thread's own.
+            | "runtime.goexit"
+            | "runtime.goexit.abi0"
+            | "runtime.mstart"
+            | "runtime.mstart.abi0"
     )
 }
 
@@ -218,6 +227,8 @@ struct SavedFrame {
     kind: SavedKind,
     inlined: bool,
     unsymbolized: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file_offset: Option<u64>,
 }
 
 impl From<SavedFrame> for Frame {
@@ -245,7 +256,10 @@ impl From<SavedFrame> for Frame {
                     None if name.starts_with(TRUNCATED_STACK) && !kernel => {
                         FrameKind::Missing(Missing::Truncated)
                     }
-                    None => FrameKind::Unsymbolized { kernel },
+                    None => FrameKind::Unsymbolized {
+                        kernel,
+                        file_offset: saved.file_offset,
+                    },
                 }
             }
             SavedKind::Kernel => FrameKind::Kernel,
@@ -270,7 +284,12 @@ impl From<Frame> for SavedFrame {
             kind if kind.is_kernel() => SavedKind::Kernel,
             _ => SavedKind::User,
         };
+        let file_offset = match frame.kind {
+            FrameKind::Unsymbolized { file_offset, .. } => file_offset,
+            _ => None,
+        };
         SavedFrame {
+            file_offset,
             inlined: frame.kind == FrameKind::Inlined,
             unsymbolized: frame.kind.is_unnamed(),
             function: frame.function,
@@ -294,8 +313,27 @@ mod tests {
             ("schedule", FrameKind::Kernel),
             ("Hot.hotA", FrameKind::Jit),
             ("parse_row", FrameKind::Interpreted),
-            ("[libz.so.1]", FrameKind::Unsymbolized { kernel: false }),
-            ("[unknown]", FrameKind::Unsymbolized { kernel: true }),
+            (
+                "[libz.so.1]",
+                FrameKind::Unsymbolized {
+                    kernel: false,
+                    file_offset: None,
+                },
+            ),
+            (
+                "prog+0x1139",
+                FrameKind::Unsymbolized {
+                    kernel: false,
+                    file_offset: Some(0x1139),
+                },
+            ),
+            (
+                "[unknown]",
+                FrameKind::Unsymbolized {
+                    kernel: true,
+                    file_offset: None,
+                },
+            ),
             (
                 "[stack truncated: unreadable frame]",
                 FrameKind::Missing(Missing::Truncated),

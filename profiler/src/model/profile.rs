@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BlockReason, EventKind, Frame, IoStats, Losses, MemoryStats, RunQueue, saved::FORMAT_VERSION,
+    BlockReason, EventKind, Frame, FrameKind, IoStats, Losses, MemoryStats, RunQueue,
+    is_entry_function, saved::FORMAT_VERSION,
 };
 
 /// A process seen during the run.
@@ -123,6 +124,22 @@ pub struct Profile {
     pub memory: Option<MemoryStats>,
     /// What was lost while collecting.
     pub losses: Losses,
+    /// The objects frames are in, by module name: what symbolizing the profile later with
+    /// debug files needs (stripped code), and where each program starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objects: BTreeMap<String, ObjectInfo>,
+}
+
+/// An object file frames are in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Its build-id, hexadecimal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The file offset of its entry point (`e_entry`), for an executable: a stack whose root
+    /// is unsymbolized code there is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_offset: Option<u64>,
 }
 
 impl Profile {
@@ -139,6 +156,23 @@ impl Profile {
             io: None,
             memory: None,
             losses: Losses::default(),
+            objects: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `frame` starts a whole user stack: the program's entry or a thread start by
+    /// name, or unsymbolized code at its executable's entry point (a stripped program).
+    pub fn is_entry_frame(&self, frame: &Frame) -> bool {
+        match frame.kind {
+            FrameKind::Unsymbolized {
+                file_offset: Some(offset),
+                kernel: false,
+            } => frame
+                .module
+                .as_ref()
+                .and_then(|module| self.objects.get(module))
+                .is_some_and(|object| object.entry_offset == Some(offset)),
+            _ => is_entry_function(&frame.function),
         }
     }
 

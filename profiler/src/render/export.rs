@@ -6,7 +6,7 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{Compression, write::GzEncoder};
 use serde::Serialize;
 
-use crate::model::{EventKind, Frame, Profile, Sample};
+use crate::model::{EventKind, Frame, FrameKind, Profile, Sample};
 
 /// The pprof messages, as `profile.proto` (github.com/google/pprof) defines them.
 pub mod pprof {
@@ -99,6 +99,9 @@ pub mod pprof {
         /// File name (string index).
         #[prost(int64, tag = "5")]
         pub filename: i64,
+        /// Build-id, hexadecimal (string index).
+        #[prost(int64, tag = "6")]
+        pub build_id: i64,
         /// Whether functions are known.
         #[prost(bool, tag = "7")]
         pub has_functions: bool,
@@ -122,6 +125,9 @@ pub mod pprof {
         /// Its mapping, 0 if none.
         #[prost(uint64, tag = "2")]
         pub mapping_id: u64,
+        /// The address in the mapping (here its file offset), for unsymbolized code.
+        #[prost(uint64, tag = "3")]
+        pub address: u64,
         /// Functions at it, the inlined ones first.
         #[prost(message, repeated, tag = "4")]
         pub line: Vec<Line>,
@@ -252,7 +258,7 @@ pub fn pprof_profile(profile: &Profile) -> pprof::Profile {
         })
         .collect();
 
-    let mut mappings: HashMap<String, u64> = HashMap::new();
+    let mut mappings: HashMap<(String, bool), u64> = HashMap::new();
     let mut mapping = Vec::new();
     let mut functions: HashMap<(String, String), u64> = HashMap::new();
     let mut function = Vec::new();
@@ -266,17 +272,35 @@ pub fn pprof_profile(profile: &Profile) -> pprof::Profile {
             }
             .to_owned()
         });
-        let mapping_id = *mappings.entry(module.clone()).or_insert_with(|| {
+        // Code no symbol named gets a mapping of its own, saying so: pprof symbolizes its
+        // locations later by build-id and address (memory start and file offset 0: the
+        // address is the file offset), and leaves the named ones of the same file alone.
+        let address = match frame.kind {
+            FrameKind::Unsymbolized {
+                file_offset: Some(offset),
+                ..
+            } => Some(offset),
+            _ => None,
+        };
+        let named = address.is_none();
+        let mapping_id = *mappings.entry((module.clone(), named)).or_insert_with(|| {
+            let build_id = profile
+                .objects
+                .get(&module)
+                .and_then(|object| object.build_id.as_deref())
+                .unwrap_or("");
             mapping.push(pprof::Mapping {
                 id: mapping.len() as u64 + 1,
                 filename: strings.get(&module),
-                has_functions: true,
-                has_filenames: true,
-                has_line_numbers: true,
-                has_inline_frames: true,
+                build_id: strings.get(build_id),
+                has_functions: named,
+                has_filenames: named,
+                has_line_numbers: named,
+                has_inline_frames: named,
             });
             mapping.len() as u64
         });
+        let address = address.unwrap_or(0);
         let file = frame.file.clone().unwrap_or_default();
         let function_id = *functions
             .entry((frame.function.clone(), file.clone()))
@@ -293,6 +317,7 @@ pub fn pprof_profile(profile: &Profile) -> pprof::Profile {
         location.push(pprof::Location {
             id: index as u64 + 1,
             mapping_id,
+            address,
             line: vec![pprof::Line {
                 function_id,
                 line: i64::from(frame.line.unwrap_or(0)),

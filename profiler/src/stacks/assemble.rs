@@ -578,7 +578,10 @@ pub(crate) mod tests {
                     if a >= 9000 {
                         frame.function = "[unknown]".into();
                         frame.module = None;
-                        frame.kind = FrameKind::Unsymbolized { kernel: false };
+                        frame.kind = FrameKind::Unsymbolized {
+                            kernel: false,
+                            file_offset: None,
+                        };
                     }
                     vec![frame]
                 })

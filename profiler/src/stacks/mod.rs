@@ -1,9 +1,11 @@
 //! From the kernel's stack addresses to the profile's frames: the address spaces recorded per
-//! process ([`address_space`]) with the names runtimes give their JIT code ([`perf_map`]), blazesym symbolization ([`symbolize`]), and stack assembly
-//! ([`assemble`]: ids to root-first stacks of interned frames, with placeholders for what was
-//! lost).
+//! process ([`address_space`]) with the names runtimes give their JIT code ([`perf_map`]),
+//! blazesym symbolization ([`symbolize`]) with names for code no symbol covers ([`stripped`]),
+//! and stack assembly ([`assemble`]: ids to root-first stacks of interned frames, with
+//! placeholders for what was lost).
 
 pub mod address_space;
 pub mod assemble;
 pub mod perf_map;
+pub mod stripped;
 pub mod symbolize;

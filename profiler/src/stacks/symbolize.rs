@@ -8,8 +8,11 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    model::{Frame, FrameKind, JIT_MODULE},
-    stacks::address_space::{AddressSpaces, Location},
+    model::{Frame, FrameKind, JIT_MODULE, ObjectInfo},
+    stacks::{
+        address_space::{AddressSpaces, Location, ObjectId},
+        stripped::{self, FunctionBounds},
+    },
 };
 
 /// Resolves addresses to frames; implemented by [`Blazesym`] and by test doubles.
@@ -25,6 +28,10 @@ pub trait Symbols {
 pub struct Blazesym<'a> {
     symbolizer: Symbolizer,
     spaces: &'a AddressSpaces,
+    /// Function bounds of objects with code no symbol covers, read when first needed.
+    bounds: HashMap<ObjectId, FunctionBounds>,
+    /// Objects frames were symbolized in.
+    used: std::collections::BTreeSet<ObjectId>,
 }
 
 impl<'a> Blazesym<'a> {
@@ -35,8 +42,50 @@ impl<'a> Blazesym<'a> {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        Blazesym { symbolizer, spaces }
+        Blazesym {
+            symbolizer,
+            spaces,
+            bounds: HashMap::new(),
+            used: Default::default(),
+        }
     }
+
+    /// The objects frames were symbolized in, by module name: build-ids, and the entry point
+    /// of those with code no symbol covers.
+    pub fn objects(&self) -> std::collections::BTreeMap<String, ObjectInfo> {
+        let mut objects = std::collections::BTreeMap::new();
+        for &id in &self.used {
+            let object = &self.spaces.objects()[id];
+            let build_id = blazesym::helper::read_elf_build_id(&object.open_path)
+                .ok()
+                .flatten()
+                .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
+            let entry_offset = self.bounds.get(&id).and_then(FunctionBounds::entry_point);
+            objects
+                .entry(object.name().to_owned())
+                .or_insert(ObjectInfo {
+                    build_id,
+                    entry_offset,
+                });
+        }
+        objects
+    }
+}
+
+/// The function bounds of `object` (its call-frame information), read once.
+fn bounds_of<'b>(
+    bounds: &'b mut HashMap<ObjectId, FunctionBounds>,
+    spaces: &AddressSpaces,
+    object: ObjectId,
+) -> &'b FunctionBounds {
+    bounds.entry(object).or_insert_with(|| {
+        std::fs::File::open(&spaces.objects()[object].open_path)
+            .ok()
+            .and_then(|mut file| crate::target::procfs::read_object(&mut file))
+            .map_or_else(FunctionBounds::default, |bytes| {
+                FunctionBounds::read(&bytes)
+            })
+    })
 }
 
 impl Symbols for Blazesym<'_> {
@@ -72,11 +121,23 @@ impl Symbols for Blazesym<'_> {
             let symbolized = self
                 .symbolizer
                 .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
-            for (position, &(index, _)) in wanted.iter().enumerate() {
+            self.used.insert(object_id);
+            for (position, &(index, offset)) in wanted.iter().enumerate() {
                 result[index] = match symbolized.as_ref().ok().and_then(|s| s.get(position)) {
                     Some(Symbolized::Sym(sym)) => sym_frames(sym, Some(&module), FrameKind::User),
                     _ if module.starts_with('[') => vec![unknown_frame(&module, Some(&module))],
-                    _ => vec![unknown_frame(&format!("[{module}]"), Some(&module))],
+                    _ => {
+                        let entry = bounds_of(&mut self.bounds, self.spaces, object_id)
+                            .entry_of(offset)
+                            .unwrap_or(offset);
+                        let mut frame =
+                            unknown_frame(&stripped::name(&module, entry), Some(&module));
+                        frame.kind = FrameKind::Unsymbolized {
+                            kernel: false,
+                            file_offset: Some(entry),
+                        };
+                        vec![frame]
+                    }
                 };
             }
         }
@@ -99,7 +160,10 @@ impl Symbols for Blazesym<'_> {
                     Some(Symbolized::Sym(sym)) => sym_frames(sym, None, FrameKind::Kernel),
                     _ => {
                         let mut frame = unknown_frame("[unknown]", Some("[kernel]"));
-                        frame.kind = FrameKind::Unsymbolized { kernel: true };
+                        frame.kind = FrameKind::Unsymbolized {
+                            kernel: true,
+                            file_offset: None,
+                        };
                         vec![frame]
                     }
                 },
@@ -114,7 +178,10 @@ fn unknown_frame(name: &str, module: Option<&str>) -> Frame {
         module: module.map(str::to_owned),
         file: None,
         line: None,
-        kind: FrameKind::Unsymbolized { kernel: false },
+        kind: FrameKind::Unsymbolized {
+            kernel: false,
+            file_offset: None,
+        },
     }
 }
 
