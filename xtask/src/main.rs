@@ -6,6 +6,7 @@
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
+mod bench_jit;
 mod bench_longrun;
 mod bench_server;
 mod bench_soak;
@@ -70,6 +71,10 @@ enum Task {
     /// PostgreSQL under pgbench, alone and under the profiler, perf and bpftrace: throughput
     /// kept; writes docs/performance/server-results.md.
     BenchServer(bench_server::ServerBenchArgs),
+    /// A JVM with 20 000+ compiled methods, alone and under the profiler (which asks it for its
+    /// perf map) and perf: throughput kept, map size, time to write and read it; writes
+    /// docs/performance/jit-results.md.
+    BenchJit(bench_jit::JitBenchArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -125,6 +130,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchServer(args) => {
             build()?;
             bench_server::server(&args)
+        }
+        Task::BenchJit(args) => {
+            build()?;
+            bench_jit::jit(&args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }

@@ -325,6 +325,8 @@ impl Collection {
             functions: self.spaces.jit_function_count() as u64,
             jvms: self.jvms.count(),
             jvm_maps_written: self.jvms.maps_written(),
+            jvm_request_ms_max: self.jvms.longest_request().as_secs_f64() * 1e3,
+            read_ms: self.spaces.jit_read_time().as_secs_f64() * 1e3,
         })
     }
 

@@ -33,6 +33,15 @@ const STARTING_GRACE: Duration = Duration::from_secs(10);
 /// Longest the end of a run waits on JVMs, over all of them.
 const FINISH_BUDGET: Duration = Duration::from_secs(10);
 
+/// What one request came to, and how long it took.
+type Answer = (Result<(), JvmError>, Duration);
+
+/// Asks, timing the answer.
+fn ask(pid: u32, tmp: &TargetTmp) -> Answer {
+    let started = Instant::now();
+    (hotspot::request_perf_map(pid, tmp), started.elapsed())
+}
+
 /// The JVMs among the targets.
 pub(super) struct JvmMaps {
     enabled: bool,
@@ -47,11 +56,13 @@ struct Jvm {
     next_ask: Option<Instant>,
     /// Time between requests, doubling.
     interval: Duration,
-    pending: Option<JoinHandle<Result<(), JvmError>>>,
+    pending: Option<JoinHandle<Answer>>,
     /// Asked for the last time: it refused, cannot be asked, or exited.
     given_up: bool,
     /// Maps written at its request.
     written: u32,
+    /// The longest a written map took.
+    longest: Duration,
 }
 
 impl JvmMaps {
@@ -80,6 +91,7 @@ impl JvmMaps {
                     pending: None,
                     given_up: false,
                     written: 0,
+                    longest: Duration::ZERO,
                 },
             );
         }
@@ -100,9 +112,7 @@ impl JvmMaps {
                 continue;
             };
             jvm.next_ask = None;
-            jvm.pending = Some(std::thread::spawn(move || {
-                hotspot::request_perf_map(pid, &tmp)
-            }));
+            jvm.pending = Some(std::thread::spawn(move || ask(pid, &tmp)));
         }
     }
 
@@ -125,14 +135,22 @@ impl JvmMaps {
             let Some(tmp) = jvm.tmp_for(pid, spaces) else {
                 continue;
             };
-            let result = hotspot::request_perf_map(pid, &tmp);
-            jvm.settle(pid, Some(Ok(result)), spaces);
+            jvm.settle(pid, Some(Ok(ask(pid, &tmp))), spaces);
         }
     }
 
     /// JVMs noted.
     pub(super) fn count(&self) -> u32 {
         self.jvms.len() as u32
+    }
+
+    /// The longest a JVM took to write its map and answer.
+    pub(super) fn longest_request(&self) -> Duration {
+        self.jvms
+            .values()
+            .map(|jvm| jvm.longest)
+            .max()
+            .unwrap_or_default()
     }
 
     /// Maps written at the profiler's request, over every JVM.
@@ -159,23 +177,24 @@ impl Jvm {
     fn settle(
         &mut self,
         pid: u32,
-        result: Option<std::thread::Result<Result<(), JvmError>>>,
+        result: Option<std::thread::Result<Answer>>,
         spaces: &mut AddressSpaces,
     ) {
         match result {
-            Some(Ok(Ok(()))) => {
+            Some(Ok((Ok(()), took))) => {
                 self.written += 1;
+                self.longest = self.longest.max(took);
                 spaces.reread_jit_names(pid);
                 self.interval = (self.interval * 2).clamp(ASK_FIRST_AGAIN, ASK_EVERY);
                 self.next_ask = Some(Instant::now() + self.interval);
             }
             // Still starting: its SIGQUIT handler comes with the VM.
-            Some(Ok(Err(JvmError::NoSigquitHandler)))
+            Some(Ok((Err(JvmError::NoSigquitHandler), _)))
                 if self.written == 0 && self.noted.elapsed() < STARTING_GRACE =>
             {
                 self.next_ask = Some(Instant::now() + RETRY_STARTING);
             }
-            Some(Ok(Err(err))) => {
+            Some(Ok((Err(err), _))) => {
                 self.given_up = true;
                 if self.tmp.as_ref().is_some_and(TargetTmp::is_alive) {
                     log::warn!(

@@ -338,6 +338,12 @@ pub struct JitStats {
     pub jvms: u32,
     /// Perf maps those JVMs wrote at the profiler's request.
     pub jvm_maps_written: u32,
+    /// The longest a JVM took to write its map and answer, milliseconds.
+    #[serde(default)]
+    pub jvm_request_ms_max: f64,
+    /// Time the collector spent reading perf maps, over the run, milliseconds.
+    #[serde(default)]
+    pub read_ms: f64,
 }
 
 /// What building the tables cost, for the summary and the benchmark.

@@ -85,6 +85,8 @@ pub struct AddressSpaces {
     /// Per process with anonymous executable memory (JIT code), the names its runtime wrote
     /// for it; `None` when its `/tmp` could not be opened.
     jit: HashMap<u32, Option<JitNames>>,
+    /// Time spent reading those names.
+    jit_read_time: std::time::Duration,
 }
 
 /// The JIT symbol map of one process, read from its `/tmp`.
@@ -191,19 +193,28 @@ impl AddressSpaces {
 
     /// Reads what the runtimes' JIT symbol maps gained.
     pub fn read_jit_names(&mut self) {
+        let started = std::time::Instant::now();
         for (&pid, names) in &mut self.jit {
             if let Some(names) = names {
                 names.read(pid);
             }
         }
+        self.jit_read_time += started.elapsed();
     }
 
     /// Reads `pid`'s JIT symbol map again from the start: its runtime rewrote it.
     pub fn reread_jit_names(&mut self, pid: u32) {
+        let started = std::time::Instant::now();
         if let Some(Some(names)) = self.jit.get_mut(&pid) {
             names.map.reset();
             names.read(pid);
         }
+        self.jit_read_time += started.elapsed();
+    }
+
+    /// Time spent reading JIT names so far.
+    pub fn jit_read_time(&self) -> std::time::Duration {
+        self.jit_read_time
     }
 
     /// `pid`'s `/tmp`, when it has JIT code.
