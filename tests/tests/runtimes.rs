@@ -305,3 +305,26 @@ fn go_functions_are_named_and_goroutine_stacks_whole() {
     drop(process);
     assert_nothing_loaded();
 }
+
+#[test]
+fn node_functions_are_named_from_its_jitdump_file() {
+    if !have_root("node jitdump") || !have_runtime("node jitdump", "node") {
+        return;
+    }
+    let _serial = serial();
+    // `--perf-prof`: V8 writes `jit-PID.dump` in its working folder and maps it, no perf map.
+    let folder = tempfile::tempdir().unwrap();
+    let mut command = Command::new("node");
+    command
+        .current_dir(folder.path())
+        .arg("--perf-prof")
+        .arg(runtimes_dir().join("hot.js"))
+        .arg("4000");
+    let (dir, _) = record_command(&[], &command);
+    let pid = recorded_pid(dir.path());
+    assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
+    assert!(folder.path().join(format!("jit-{pid}.dump")).exists());
+    let stacks = assert_split(dir.path(), "hotA", "hotB");
+    assert_reach(&stacks, "node::Start", 90.0);
+    assert_nothing_loaded();
+}

@@ -314,19 +314,19 @@ impl Collection {
             let _ = self.read_memory_map(pid);
         }
         self.jvms.poll(&mut self.spaces);
-        self.spaces.read_jit_names();
+        self.spaces.jit_mut().read();
     }
 
     /// Where JIT code got its names, when a target had any.
     pub(super) fn jit_stats(&self) -> Option<JitStats> {
-        let processes = self.spaces.jit_process_count();
+        let processes = self.spaces.jit().process_count();
         (processes > 0).then(|| JitStats {
             processes,
-            functions: self.spaces.jit_function_count() as u64,
+            functions: self.spaces.jit().function_count() as u64,
             jvms: self.jvms.count(),
             jvm_maps_written: self.jvms.maps_written(),
             jvm_request_ms_max: self.jvms.longest_request().as_secs_f64() * 1e3,
-            read_ms: self.spaces.jit_read_time().as_secs_f64() * 1e3,
+            read_ms: self.spaces.jit().read_time().as_secs_f64() * 1e3,
         })
     }
 
@@ -340,7 +340,7 @@ impl Collection {
             }
         }
         self.jvms.finish(&mut self.spaces);
-        self.spaces.read_jit_names();
+        self.spaces.jit_mut().read();
     }
 
     /// Removes processes that exited from the kernel's target map.

@@ -164,7 +164,7 @@ impl Jvm {
     /// process it was first seen as is gone.
     fn tmp_for(&mut self, pid: u32, spaces: &AddressSpaces) -> Option<TargetTmp> {
         if self.tmp.is_none() {
-            self.tmp = spaces.jit_tmp(pid).and_then(|tmp| tmp.try_clone().ok());
+            self.tmp = spaces.jit().tmp(pid).and_then(|tmp| tmp.try_clone().ok());
         }
         let tmp = self.tmp.as_ref()?;
         if !tmp.is_alive() {
@@ -184,7 +184,7 @@ impl Jvm {
             Some(Ok((Ok(()), took))) => {
                 self.written += 1;
                 self.longest = self.longest.max(took);
-                spaces.reread_jit_names(pid);
+                spaces.jit_mut().reread(pid);
                 self.interval = (self.interval * 2).clamp(ASK_FIRST_AGAIN, ASK_EVERY);
                 self.next_ask = Some(Instant::now() + self.interval);
             }

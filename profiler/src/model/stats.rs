@@ -332,7 +332,8 @@ pub const MAX_NAMED_OBJECTS_WITHOUT_TABLES: usize = 64;
 pub struct JitStats {
     /// Processes with code compiled at run time (anonymous executable memory).
     pub processes: u32,
-    /// Functions their perf maps (`/tmp/perf-PID.map`) named.
+    /// Functions their perf maps (`/tmp/perf-PID.map`) and jitdump files (`jit-PID.dump`)
+    /// named.
     pub functions: u64,
     /// JVMs asked for their perf map.
     pub jvms: u32,

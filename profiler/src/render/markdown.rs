@@ -90,8 +90,8 @@ pub fn summary_markdown(summary: &Summary) -> String {
         };
         let _ = writeln!(
             md,
-            "- JIT code: {} processes, {} functions named by their runtimes' perf maps{jvms} \
-             (see docs/runtimes.md)",
+            "- JIT code: {} processes, {} functions named by their runtimes' perf maps and \
+             jitdump files{jvms} (see docs/runtimes.md)",
             jit.processes, jit.functions
         );
     }

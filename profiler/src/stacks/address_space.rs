@@ -9,11 +9,8 @@ use std::{
 };
 
 use crate::{
-    stacks::perf_map::PerfMap,
-    target::{
-        procfs::{self, MapEntry},
-        tmp_dir::TargetTmp,
-    },
+    stacks::jit_names::JitNames,
+    target::procfs::{self, MapEntry},
 };
 
 /// Index into [`AddressSpaces::objects`].
@@ -82,61 +79,8 @@ pub struct AddressSpaces {
     vdso: Option<Option<ObjectId>>,
     /// Temporary files backing objects, deleted when this is dropped.
     kept_files: Vec<tempfile::NamedTempFile>,
-    /// Per process with anonymous executable memory (JIT code), the names its runtime wrote
-    /// for it; `None` when its `/tmp` could not be opened.
-    jit: HashMap<u32, Option<JitNames>>,
-    /// Time spent reading those names.
-    jit_read_time: std::time::Duration,
-}
-
-/// The JIT symbol map of one process, read from its `/tmp`.
-#[derive(Debug)]
-struct JitNames {
-    tmp: TargetTmp,
-    map: PerfMap,
-    /// Whether a failure to read it was already reported.
-    warned: bool,
-}
-
-impl JitNames {
-    fn file_name(&self) -> String {
-        format!("perf-{}.map", self.tmp.nspid)
-    }
-
-    /// Reads what the map gained since last time.
-    fn read(&mut self, pid: u32) {
-        let name = self.file_name();
-        let result = self
-            .tmp
-            .open_file(&name)
-            .and_then(|mut file| self.map.read_from(&mut file));
-        match result {
-            Ok(()) if self.map.capped && !self.warned => {
-                self.warned = true;
-                log::warn!(
-                    "process {pid}: /tmp/{name} is over {} MiB; the rest is not read",
-                    super::perf_map::MAX_PERF_MAP_BYTES >> 20
-                );
-            }
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) if !self.warned => {
-                self.warned = true;
-                log::warn!("process {pid}: JIT names in /tmp/{name} not read: {err}");
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// Most processes whose JIT names are read in one run.
-const MAX_JIT_PROCESSES: usize = 512;
-
-/// Whether a mapping is code a runtime compiled: executable, anonymous, not a kernel page.
-fn is_jit_code(entry: &MapEntry) -> bool {
-    entry.executable
-        && entry.inode == 0
-        && !matches!(entry.path.as_str(), VDSO | "[vsyscall]" | "[uprobes]")
+    /// The names runtimes gave the code they compiled, per process.
+    jit: JitNames,
 }
 
 /// Name of the vDSO mapping in `/proc/PID/maps`.
@@ -167,78 +111,17 @@ impl AddressSpaces {
         let entries = procfs::parse_maps(&text);
         self.last_maps.insert(pid, text);
         self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
-        // A process that reused the pid of one that had JIT code is another process.
-        let stale = matches!(self.jit.get(&pid), Some(Some(names)) if !names.tmp.is_alive());
-        if (stale || !self.jit.contains_key(&pid)) && entries.iter().any(is_jit_code) {
-            // Opened while the process lives: its map stays readable after it exits. Each
-            // holds three descriptors until the end of the run: a fork-heavy target with
-            // executable anonymous memory (libffi closures) must not exhaust them.
-            let open = |pid| match self.jit.values().flatten().count() < MAX_JIT_PROCESSES {
-                true => TargetTmp::open(pid),
-                false => Err(std::io::Error::other(format!(
-                    "over {MAX_JIT_PROCESSES} processes with JIT code: its names are not read"
-                ))),
-            };
-            let names = open(pid).map(|tmp| JitNames {
-                tmp,
-                map: PerfMap::default(),
-                warned: false,
-            });
-            if let Err(err) = &names {
-                log::info!("process {pid}: its /tmp: {err}");
-            }
-            self.jit.insert(pid, names.ok());
-        }
+        self.jit.update(pid, &entries);
     }
 
-    /// Reads what the runtimes' JIT symbol maps gained.
-    pub fn read_jit_names(&mut self) {
-        let started = std::time::Instant::now();
-        for (&pid, names) in &mut self.jit {
-            if let Some(names) = names {
-                names.read(pid);
-            }
-        }
-        self.jit_read_time += started.elapsed();
+    /// The names runtimes gave the code they compiled.
+    pub fn jit(&self) -> &JitNames {
+        &self.jit
     }
 
-    /// Reads `pid`'s JIT symbol map again from the start: its runtime rewrote it.
-    pub fn reread_jit_names(&mut self, pid: u32) {
-        let started = std::time::Instant::now();
-        if let Some(Some(names)) = self.jit.get_mut(&pid) {
-            names.map.reset();
-            names.read(pid);
-        }
-        self.jit_read_time += started.elapsed();
-    }
-
-    /// Time spent reading JIT names so far.
-    pub fn jit_read_time(&self) -> std::time::Duration {
-        self.jit_read_time
-    }
-
-    /// `pid`'s `/tmp`, when it has JIT code.
-    pub fn jit_tmp(&self, pid: u32) -> Option<&TargetTmp> {
-        self.jit.get(&pid)?.as_ref().map(|names| &names.tmp)
-    }
-
-    /// The name `pid`'s runtime gave the JIT code at `address`.
-    pub fn jit_name(&self, pid: u32, address: u64) -> Option<&str> {
-        self.jit.get(&pid)?.as_ref()?.map.lookup(address)
-    }
-
-    /// Processes with JIT code.
-    pub fn jit_process_count(&self) -> u32 {
-        self.jit.len() as u32
-    }
-
-    /// How many JIT functions are named, over every process.
-    pub fn jit_function_count(&self) -> usize {
-        self.jit
-            .values()
-            .flatten()
-            .map(|names| names.map.len())
-            .sum()
+    /// The same, to read more of them.
+    pub fn jit_mut(&mut self) -> &mut JitNames {
+        &mut self.jit
     }
 
     /// Records mappings described without `/proc/PID/maps` (the process is gone), each with

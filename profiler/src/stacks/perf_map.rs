@@ -138,14 +138,29 @@ impl PerfMap {
         }
         let line = String::from_utf8_lossy(line);
         if let Some((start, size, name)) = parse_line(&line) {
-            if self.functions.len() >= MAX_PERF_MAP_FUNCTIONS
-                && !self.functions.contains_key(&start)
-            {
-                self.capped = true;
-                return;
-            }
+            self.insert(start, size, name);
+        }
+    }
+
+    /// Adds a function of `size` bytes at `start` (replacing one there), within
+    /// [`MAX_PERF_MAP_FUNCTIONS`] and [`MAX_LINE_BYTES`] of name.
+    pub fn insert(&mut self, start: u64, size: u64, name: &str) {
+        if size == 0 || name.is_empty() || name.len() > MAX_LINE_BYTES {
+            return;
+        }
+        if self.functions.len() >= MAX_PERF_MAP_FUNCTIONS && !self.functions.contains_key(&start) {
+            self.capped = true;
+            return;
+        }
+        self.functions
+            .insert(start, (start.saturating_add(size), name.to_owned()));
+    }
+
+    /// Moves the function at `old` to `new` (the runtime moved its code).
+    pub fn relocate(&mut self, old: u64, new: u64) {
+        if let Some((end, name)) = self.functions.remove(&old) {
             self.functions
-                .insert(start, (start.saturating_add(size), name.to_owned()));
+                .insert(new, (new.saturating_add(end - old), name));
         }
     }
 }

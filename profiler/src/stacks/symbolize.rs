@@ -106,7 +106,7 @@ impl Symbols for Blazesym<'_> {
                     result[index] = vec![anonymous_frame(
                         name,
                         address,
-                        self.spaces.jit_name(pid, address),
+                        self.spaces.jit().lookup(pid, address),
                     )]
                 }
                 Location::Unmapped => result[index] = vec![unknown_frame("[unknown]", None)],
