@@ -417,7 +417,8 @@ fn a_stripped_program_keeps_a_frame_per_function_and_its_build_id() {
         summary["cpu"]["unsymbolized_frames_percent"]
     );
     assert!(quality["unsymbolized_frames_percent"].as_f64() > Some(30.0));
-    // The pprof export names the program's build-id, with its code as addresses to symbolize.
+    // The pprof export names the program (its full path) and its build-id, with its code as
+    // addresses to symbolize.
     let readelf = output(
         std::process::Command::new("readelf")
             .arg("-n")
@@ -433,7 +434,9 @@ fn a_stripped_program_keeps_a_frame_per_function_and_its_build_id() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|mapping| mapping["file"] == "cpu_split" && mapping["has_functions"] == false)
+        .find(|mapping| {
+            mapping["has_functions"] == false && mapping["file"].as_str() == stripped.to_str()
+        })
         .unwrap_or_else(|| panic!("no unsymbolized mapping of cpu_split: {pprof}"));
     assert_eq!(mapping["build_id"], build_id);
     assert!(

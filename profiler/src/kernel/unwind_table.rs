@@ -79,8 +79,20 @@ pub fn compile(elf: &[u8]) -> Result<Vec<UnwindRow>, CompileError> {
             .map_err(|source| CompileError::Frames(".eh_frame", source))?
             .ok_or(CompileError::TooManyRules)?;
     }
-    if let Some(section) = file.section_by_name(".debug_frame") {
-        let data = section_bytes(&section, ".debug_frame")?;
+    // `.debug_frame` adds to `.eh_frame`: when it cannot be read (zstd, damaged), the
+    // `.eh_frame` rows still serve.
+    let debug_frame_data = match file.section_by_name(".debug_frame") {
+        Some(section) => match section_bytes(&section, ".debug_frame") {
+            Ok(data) => Some(data),
+            Err(err) if !spans.is_empty() => {
+                log::debug!("{err}: .eh_frame alone");
+                None
+            }
+            Err(err) => return Err(err),
+        },
+        None => None,
+    };
+    if let Some(data) = debug_frame_data {
         let mut debug_frame = DebugFrame::new(&data, LittleEndian);
         debug_frame.set_address_size(8);
         collect_spans(&debug_frame, &BaseAddresses::default(), &mut spans)

@@ -16,7 +16,7 @@ pub use event::{BlockReason, EventKind};
 pub use frame::{
     Frame, FrameKind, JIT_MODULE, Missing, StackLoss, TRUNCATED_STACK, is_entry_function,
 };
-pub use profile::{Interner, ObjectInfo, Process, ProcessNames, Profile, RunInfo, Sample};
+pub use profile::{Interner, ObjectInfo, Process, ProcessNames, Profile, RunInfo, Sample, Segment};
 pub use saved::{
     FORMAT_VERSION, LoadError, MAX_PROFILE_JSON_BYTES, MAX_PROFILE_MEMORY, MAX_RENDERED_TEXT,
     MAX_TOTAL, PROFILE_FILE,

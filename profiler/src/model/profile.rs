@@ -133,6 +133,9 @@ pub struct Profile {
 /// An object file frames are in.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {
+    /// Its path, as the process named it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
     /// Its build-id, hexadecimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
@@ -140,6 +143,31 @@ pub struct ObjectInfo {
     /// is unsymbolized code there is whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry_offset: Option<u64>,
+    /// Its loadable segments, for objects with code no symbol covers: where file offsets go
+    /// in its address space (what pprof symbolizes by).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+}
+
+/// A loadable segment of an object file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Where its bytes start in the file.
+    pub file_offset: u64,
+    /// Its address in the object's own address space (`p_vaddr`).
+    pub address: u64,
+    /// Its bytes in the file.
+    pub size: u64,
+}
+
+impl ObjectInfo {
+    /// The object-relative address of the code at `file_offset`.
+    pub fn address_of(&self, file_offset: u64) -> Option<u64> {
+        self.segments.iter().find_map(|segment| {
+            let within = file_offset.checked_sub(segment.file_offset)?;
+            (within < segment.size).then(|| segment.address.wrapping_add(within))
+        })
+    }
 }
 
 impl Profile {

@@ -273,25 +273,34 @@ pub fn pprof_profile(profile: &Profile) -> pprof::Profile {
             .to_owned()
         });
         // Code no symbol named gets a mapping of its own, saying so: pprof symbolizes its
-        // locations later by build-id and address (memory start and file offset 0: the
-        // address is the file offset), and leaves the named ones of the same file alone.
+        // locations later by build-id and address (memory start, limit and file offset 0:
+        // the address is the object's own, `p_vaddr`-based), and leaves the named ones of the
+        // same file alone.
+        let object = profile.objects.get(&module);
         let address = match frame.kind {
             FrameKind::Unsymbolized {
                 file_offset: Some(offset),
                 ..
-            } => Some(offset),
+            } => Some(
+                object
+                    .and_then(|object| object.address_of(offset))
+                    .unwrap_or(offset),
+            ),
             _ => None,
         };
         let named = address.is_none();
         let mapping_id = *mappings.entry((module.clone(), named)).or_insert_with(|| {
-            let build_id = profile
-                .objects
-                .get(&module)
+            let build_id = object
                 .and_then(|object| object.build_id.as_deref())
                 .unwrap_or("");
+            // The full path where known: where pprof looks for the file to symbolize.
+            let file = object
+                .map(|object| object.path.as_str())
+                .filter(|path| !named && !path.is_empty())
+                .unwrap_or(&module);
             mapping.push(pprof::Mapping {
                 id: mapping.len() as u64 + 1,
-                filename: strings.get(&module),
+                filename: strings.get(file),
                 build_id: strings.get(build_id),
                 has_functions: named,
                 has_filenames: named,

@@ -28,6 +28,13 @@ pub struct Object {
 }
 
 impl Object {
+    /// A path to the very file mapped (`/proc/self/fd/N` of the descriptor held), for reading
+    /// it whatever its own path names by now.
+    pub fn held_path(&self) -> Option<PathBuf> {
+        let file = self._file.as_ref()?;
+        Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+
     /// The file name, used as the module name of frames.
     pub fn name(&self) -> &str {
         Path::new(&self.path)

@@ -30,6 +30,9 @@ const MAX_PROCESSES: usize = 512;
 pub struct JitNames {
     /// `None` when the process's `/tmp` could not be opened.
     processes: HashMap<u32, Option<ProcessNames>>,
+    /// jitdump files by (device, inode): read once however many processes map one (children
+    /// inherit the mapping).
+    dumps: HashMap<(String, u64), Dump>,
     read_time: Duration,
 }
 
@@ -37,10 +40,17 @@ pub struct JitNames {
 struct ProcessNames {
     tmp: TargetTmp,
     map: PerfMap,
-    /// The jitdump file the process mapped, once seen, and what was read of it.
-    dump: Option<(File, JitDump)>,
+    /// The jitdump file the process mapped, once seen.
+    dump: Option<(String, u64)>,
     /// Whether a failure to read was already reported.
     warned: bool,
+}
+
+#[derive(Debug)]
+struct Dump {
+    /// `None` when it could not be opened, or is not (or no longer) read.
+    file: Option<File>,
+    dump: JitDump,
 }
 
 impl JitNames {
@@ -71,10 +81,18 @@ impl JitNames {
             && names.dump.is_none()
             && let Some(entry) = entries.iter().find(|entry| is_jitdump(entry))
         {
-            match open_dump(pid, entry, names.tmp.owner) {
-                Ok(file) => names.dump = Some((file, JitDump::default())),
-                Err(err) => log::info!("process {pid}: {} not read: {err}", entry.path),
-            }
+            let key = (entry.device.clone(), entry.inode);
+            let owner = names.tmp.owner;
+            names.dump = Some(key.clone());
+            self.dumps.entry(key).or_insert_with(|| {
+                let file = open_dump(pid, entry, owner)
+                    .inspect_err(|err| log::info!("process {pid}: {} not read: {err}", entry.path))
+                    .ok();
+                Dump {
+                    file,
+                    dump: JitDump::default(),
+                }
+            });
         }
     }
 
@@ -84,6 +102,15 @@ impl JitNames {
         for (&pid, names) in &mut self.processes {
             if let Some(names) = names {
                 names.read(pid);
+            }
+        }
+        for ((_, inode), dump) in &mut self.dumps {
+            if let Some(file) = &dump.file
+                && let Err(err) = dump.dump.read_from(file)
+            {
+                // What was read stays; the file is not read further.
+                log::info!("jitdump file (inode {inode}): {err}");
+                dump.file = None;
             }
         }
         self.read_time += started.elapsed();
@@ -113,8 +140,8 @@ impl JitNames {
     pub fn lookup(&self, pid: u32, address: u64) -> Option<&str> {
         let names = self.processes.get(&pid)?.as_ref()?;
         names.map.lookup(address).or_else(|| {
-            let (_, dump) = names.dump.as_ref()?;
-            dump.functions.lookup(address)
+            let dump = self.dumps.get(names.dump.as_ref()?)?;
+            dump.dump.functions.lookup(address)
         })
     }
 
@@ -125,18 +152,23 @@ impl JitNames {
 
     /// Functions named, over every process.
     pub fn function_count(&self) -> usize {
-        self.processes
+        let maps: usize = self
+            .processes
             .values()
             .flatten()
-            .map(|names| {
-                names.map.len() + names.dump.as_ref().map_or(0, |(_, d)| d.functions.len())
-            })
-            .sum()
+            .map(|names| names.map.len())
+            .sum();
+        let dumps: usize = self
+            .dumps
+            .values()
+            .map(|dump| dump.dump.functions.len())
+            .sum();
+        maps + dumps
     }
 }
 
 impl ProcessNames {
-    /// Reads what the perf map and the jitdump file gained since last time.
+    /// Reads what the perf map gained since last time.
     fn read(&mut self, pid: u32) {
         let name = format!("perf-{}.map", self.tmp.nspid);
         let result = self
@@ -160,12 +192,6 @@ impl ProcessNames {
             }
             Err(_) => {}
         }
-        if let Some((file, dump)) = &mut self.dump
-            && let Err(err) = dump.read_from(file)
-        {
-            log::info!("process {pid}: its jitdump file: {err}");
-            self.dump = None;
-        }
     }
 }
 
@@ -188,13 +214,13 @@ fn is_jitdump(entry: &MapEntry) -> bool {
 }
 
 /// Opens the jitdump file the process mapped (the mapped inode itself, through
-/// `/proc/PID/map_files`): a regular file of the process's user.
+/// `/proc/PID/map_files`): a regular file of the process's user, with one name.
 fn open_dump(pid: u32, entry: &MapEntry, owner: u32) -> std::io::Result<File> {
     let file = procfs::open_mapped_file(pid, entry)?;
     let metadata = file.metadata()?;
-    if !metadata.is_file() || metadata.uid() != owner {
+    if !metadata.is_file() || metadata.uid() != owner || metadata.nlink() != 1 {
         return Err(std::io::Error::other(
-            "not a regular file of the process's user",
+            "not a regular file of the process's user with one name",
         ));
     }
     Ok(file)

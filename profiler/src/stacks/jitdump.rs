@@ -3,12 +3,9 @@
 //! executable, which is how it is found among the process's mappings. Only the records that
 //! name code are read: a load (name, address, size) and a move (new address).
 
-use std::{
-    fs::File,
-    io::{self, Read as _, Seek as _},
-};
+use std::{fs::File, io, os::unix::fs::FileExt as _};
 
-use super::perf_map::{MAX_PERF_MAP_BYTES, PerfMap};
+use super::perf_map::PerfMap;
 
 /// `JiTD`, little-endian.
 const MAGIC: u32 = 0x4A69_5444;
@@ -19,27 +16,41 @@ const CODE_MOVE: u32 = 1;
 const CODE_CLOSE: u32 = 3;
 
 /// A record's header: kind, total size, timestamp.
-const RECORD_HEADER: usize = 16;
+const RECORD_HEADER: u64 = 16;
 
-/// Longest record read: a load carries the code itself.
-const MAX_RECORD: usize = 16 << 20;
+/// Most of a record read: a load's fields and name (its code, which follows, is skipped).
+const MAX_RECORD_READ: u64 = 40 + 4096;
 
-/// A jitdump file read incrementally, its functions kept as a perf map is.
+/// Largest file header accepted (it is 40 bytes).
+const MAX_FILE_HEADER: u32 = 4096;
+
+/// Largest function accepted: a bigger "function" would name every address above it.
+const MAX_CODE_SIZE: u64 = 64 << 20;
+
+/// Furthest into a file records are read: they are skipped over, not read whole, so this bounds
+/// time (records per read) more than memory.
+pub const MAX_JITDUMP_BYTES: u64 = 1 << 30;
+
+/// Most records read in one call: a huge file is read over several.
+const MAX_RECORDS_PER_READ: usize = 1 << 20;
+
+/// A jitdump file read incrementally, its functions kept as a perf map's are.
 #[derive(Debug, Default)]
 pub struct JitDump {
     /// Bytes consumed: the file header, then whole records.
     consumed: u64,
-    /// Whether the header was read and the file is a jitdump.
+    /// Whether the header was read and the file is a jitdump; `Some(false)` also after a
+    /// damaged record (what was read before it stays).
     valid: Option<bool>,
     /// The functions named so far.
     pub functions: PerfMap,
 }
 
-/// Why a jitdump file is not read.
+/// Why a jitdump file is not read (further).
 #[derive(Debug, thiserror::Error)]
 pub enum JitDumpError {
-    /// Not the format (or another byte order).
-    #[error("not a jitdump file")]
+    /// Not the format (or another byte order), or a damaged record.
+    #[error("not a jitdump file, or a damaged record")]
     NotJitDump,
     /// Reading failed.
     #[error("{0}")]
@@ -47,58 +58,61 @@ pub enum JitDumpError {
 }
 
 impl JitDump {
-    /// Reads the records `file` gained since last time (whole records only).
-    pub fn read_from(&mut self, file: &mut File) -> Result<(), JitDumpError> {
-        let len = file.metadata()?.len().min(MAX_PERF_MAP_BYTES);
+    /// Reads the whole records `file` gained since last time, skipping their code; starts over
+    /// when the file is shorter than what was read (rewritten).
+    pub fn read_from(&mut self, file: &File) -> Result<(), JitDumpError> {
+        let len = file.metadata()?.len();
+        if len < self.consumed {
+            *self = JitDump::default();
+        }
         if self.valid == Some(false) {
             return Err(JitDumpError::NotJitDump);
         }
-        if len <= self.consumed {
-            return Ok(());
-        }
-        file.seek(io::SeekFrom::Start(self.consumed))?;
-        let mut bytes = Vec::new();
-        file.take(len - self.consumed).read_to_end(&mut bytes)?;
-        let used = self.feed(&bytes)?;
-        self.consumed += used as u64;
-        Ok(())
-    }
-
-    /// Parses what it can of `bytes` (which follow what was consumed); returns the bytes used.
-    fn feed(&mut self, bytes: &[u8]) -> Result<usize, JitDumpError> {
-        let mut at = 0;
+        self.functions.capped |= len > MAX_JITDUMP_BYTES;
+        let len = len.min(MAX_JITDUMP_BYTES);
         if self.valid.is_none() {
             // magic, version, header size, machine, padding, pid, timestamp, flags.
-            let (Some(magic), Some(header_size)) = (u32_at(bytes, 0), u32_at(bytes, 8)) else {
-                return Ok(0);
-            };
-            if magic != MAGIC || (header_size as usize) < 40 {
+            let mut head = [0; 12];
+            if len < 40 || file.read_exact_at(&mut head, 0).is_err() {
+                return Ok(()); // Not written yet.
+            }
+            let (magic, header_size) = (u32_at(&head, 0), u32_at(&head, 8));
+            if magic != Some(MAGIC)
+                || !header_size.is_some_and(|s| (40..=MAX_FILE_HEADER).contains(&s))
+            {
                 self.valid = Some(false);
                 return Err(JitDumpError::NotJitDump);
             }
-            if bytes.len() < header_size as usize {
-                return Ok(0);
-            }
             self.valid = Some(true);
-            at = header_size as usize;
+            self.consumed = u64::from(header_size.unwrap_or(40));
         }
-        while let (Some(kind), Some(size)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) {
-            let size = size as usize;
-            if !(RECORD_HEADER..=MAX_RECORD).contains(&size) {
-                // A damaged file: nothing after this can be trusted.
-                self.valid = Some(false);
+        let mut header = [0; RECORD_HEADER as usize];
+        for _ in 0..MAX_RECORDS_PER_READ {
+            if self.consumed + RECORD_HEADER > len {
                 break;
             }
-            let Some(record) = bytes.get(at..at + size) else {
-                break; // Not whole yet.
+            file.read_exact_at(&mut header, self.consumed)?;
+            let (Some(kind), Some(size)) = (u32_at(&header, 0), u32_at(&header, 4)) else {
+                break;
             };
-            self.record(kind, &record[RECORD_HEADER..]);
-            at += size;
+            let size = u64::from(size);
+            if size < RECORD_HEADER {
+                // Damaged: nothing after this can be trusted.
+                self.valid = Some(false);
+                return Err(JitDumpError::NotJitDump);
+            }
+            if self.consumed + size > len {
+                break; // Not whole yet.
+            }
+            let mut body = vec![0; (size - RECORD_HEADER).min(MAX_RECORD_READ) as usize];
+            file.read_exact_at(&mut body, self.consumed + RECORD_HEADER)?;
+            self.record(kind, &body);
+            self.consumed += size;
             if kind == CODE_CLOSE {
                 break;
             }
         }
-        Ok(at)
+        Ok(())
     }
 
     fn record(&mut self, kind: u32, body: &[u8]) {
@@ -108,6 +122,9 @@ impl JitDump {
                 let (Some(address), Some(size)) = (u64_at(body, 16), u64_at(body, 24)) else {
                     return;
                 };
+                if size > MAX_CODE_SIZE {
+                    return;
+                }
                 let name = body.get(40..).unwrap_or_default();
                 let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
                 self.functions
@@ -161,7 +178,7 @@ mod tests {
     fn record(kind: u32, body: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&kind.to_le_bytes());
-        bytes.extend_from_slice(&((RECORD_HEADER + body.len()) as u32).to_le_bytes());
+        bytes.extend_from_slice(&((RECORD_HEADER as usize + body.len()) as u32).to_le_bytes());
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes.extend_from_slice(body);
         bytes
@@ -177,7 +194,7 @@ mod tests {
         writer.write_all(&header()).unwrap();
         writer.write_all(&first[..first.len() - 5]).unwrap();
         let mut dump = JitDump::default();
-        dump.read_from(&mut File::open(&path).unwrap()).unwrap();
+        dump.read_from(&File::open(&path).unwrap()).unwrap();
         assert!(dump.functions.is_empty(), "a partial record was read");
         writer.write_all(&first[first.len() - 5..]).unwrap();
         let mut moved = Vec::new();
@@ -189,7 +206,7 @@ mod tests {
             .write_all(&load(0x2000, 0x10, "JS:~hotB /srv/hot.js:3:14"))
             .unwrap();
         writer.write_all(&record(CODE_MOVE, &moved)).unwrap();
-        dump.read_from(&mut File::open(&path).unwrap()).unwrap();
+        dump.read_from(&File::open(&path).unwrap()).unwrap();
         assert_eq!(
             dump.functions.lookup(0x2008),
             Some("JS:~hotB /srv/hot.js:3:14")
@@ -203,23 +220,49 @@ mod tests {
 
     #[test]
     fn other_files_and_damaged_records_are_refused_without_panicking() {
-        let mut dump = JitDump::default();
-        assert!(matches!(
-            dump.feed(b"0x1000 0x10 not a jitdump\n"),
-            Err(JitDumpError::NotJitDump)
-        ));
-        let mut dump = JitDump::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit-1.dump");
+        let read = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            let mut dump = JitDump::default();
+            let result = dump.read_from(&File::open(&path).unwrap());
+            (dump, result)
+        };
+        let (_, result) = read(b"0x1000 0x10 not a jitdump, but long enough for a header\n");
+        assert!(matches!(result, Err(JitDumpError::NotJitDump)));
+        // A record smaller than its header: refused, what came before kept.
         let mut bytes = header();
+        bytes.extend_from_slice(&load(0x3000, 0x10, "kept"));
         bytes.extend_from_slice(&CODE_LOAD.to_le_bytes());
-        bytes.extend_from_slice(&3u32.to_le_bytes()); // smaller than a record header
+        bytes.extend_from_slice(&3u32.to_le_bytes());
         bytes.extend_from_slice(&[0; 64]);
-        assert_eq!(dump.feed(&bytes).unwrap(), 40);
-        assert!(dump.functions.is_empty());
-        // A load too short for its fields names nothing.
-        let mut dump = JitDump::default();
+        let (dump, result) = read(&bytes);
+        assert!(result.is_err());
+        assert_eq!(dump.functions.lookup(0x3000), Some("kept"));
+        // A load too short for its fields, or claiming a gigabyte of code, names nothing.
         let mut bytes = header();
         bytes.extend_from_slice(&record(CODE_LOAD, &[1, 2, 3]));
-        dump.feed(&bytes).unwrap();
+        bytes.extend_from_slice(&load(0x5000, 1 << 30, "everything above"));
+        let (dump, result) = read(&bytes);
+        assert!(result.is_ok());
         assert!(dump.functions.is_empty());
+    }
+
+    #[test]
+    fn a_rewritten_file_is_read_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit-1.dump");
+        let mut bytes = header();
+        bytes.extend_from_slice(&load(0x1000, 0x10, "first"));
+        bytes.extend_from_slice(&load(0x2000, 0x10, "second"));
+        std::fs::write(&path, &bytes).unwrap();
+        let mut dump = JitDump::default();
+        dump.read_from(&File::open(&path).unwrap()).unwrap();
+        let mut bytes = header();
+        bytes.extend_from_slice(&load(0x4000, 0x10, "after"));
+        std::fs::write(&path, &bytes).unwrap();
+        dump.read_from(&File::open(&path).unwrap()).unwrap();
+        assert_eq!(dump.functions.lookup(0x1000), None);
+        assert_eq!(dump.functions.lookup(0x4000), Some("after"));
     }
 }

@@ -7,6 +7,8 @@
 use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection as _};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
+use crate::model::Segment;
+
 /// Most functions kept for one object.
 const MAX_FUNCTIONS: usize = 4 << 20;
 
@@ -14,6 +16,8 @@ const MAX_FUNCTIONS: usize = 4 << 20;
 #[derive(Debug, Default)]
 pub struct FunctionBounds {
     ranges: Vec<(u64, u64)>,
+    /// The object's loadable segments.
+    pub segments: Vec<Segment>,
     /// The file offset of the object's entry point (`e_entry`), for an executable.
     entry: Option<u64>,
 }
@@ -35,18 +39,22 @@ impl FunctionBounds {
             bases = bases.set_text(text.address());
         }
         // Addresses to file offsets through the loadable segments.
-        let segments: Vec<(u64, u64, u64)> = file
+        let segments: Vec<Segment> = file
             .segments()
             .filter_map(|segment| {
-                let (offset, size) = segment.file_range();
-                (size > 0).then(|| (segment.address(), size, offset))
+                let (file_offset, size) = segment.file_range();
+                (size > 0).then(|| Segment {
+                    file_offset,
+                    address: segment.address(),
+                    size,
+                })
             })
             .collect();
         let to_offset = |address: u64| {
-            segments
-                .iter()
-                .find(|(start, size, _)| (*start..start + size).contains(&address))
-                .map(|(start, _, offset)| address - start + offset)
+            segments.iter().find_map(|segment| {
+                let within = address.checked_sub(segment.address)?;
+                (within < segment.size).then(|| segment.file_offset.saturating_add(within))
+            })
         };
         let eh_frame = EhFrame::new(data, LittleEndian);
         let mut ranges = Vec::new();
@@ -71,7 +79,11 @@ impl FunctionBounds {
         let entry = (file.kind() == object::ObjectKind::Executable || file.entry() != 0)
             .then(|| to_offset(file.entry()))
             .flatten();
-        FunctionBounds { ranges, entry }
+        FunctionBounds {
+            ranges,
+            segments,
+            entry,
+        }
     }
 
     /// The file offset of the object's entry point, when it has one.
@@ -137,6 +149,7 @@ mod tests {
         );
         let bounds = FunctionBounds {
             ranges: vec![(0x1000, 0x1010), (0x1020, 0x1030)],
+            segments: Vec::new(),
             entry: None,
         };
         assert_eq!(bounds.entry_of(0x1015), None);

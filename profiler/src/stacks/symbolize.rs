@@ -56,17 +56,36 @@ impl<'a> Blazesym<'a> {
         let mut objects = std::collections::BTreeMap::new();
         for &id in &self.used {
             let object = &self.spaces.objects()[id];
-            let build_id = blazesym::helper::read_elf_build_id(&object.open_path)
-                .ok()
+            let build_id = object
+                .held_path()
+                .and_then(|path| blazesym::helper::read_elf_build_id(&path).ok())
                 .flatten()
                 .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect());
-            let entry_offset = self.bounds.get(&id).and_then(FunctionBounds::entry_point);
-            objects
-                .entry(object.name().to_owned())
-                .or_insert(ObjectInfo {
-                    build_id,
-                    entry_offset,
-                });
+            let bounds = self.bounds.get(&id);
+            let info = ObjectInfo {
+                path: object.path.clone(),
+                build_id,
+                entry_offset: bounds.and_then(FunctionBounds::entry_point),
+                segments: bounds.map(|b| b.segments.clone()).unwrap_or_default(),
+            };
+            // Frames name their object by file name: two files of one name (a container's
+            // libc and the host's) cannot be told apart in the profile, so neither is
+            // described rather than one wrongly.
+            match objects.entry(object.name().to_owned()) {
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    vacant.insert(info);
+                }
+                std::collections::btree_map::Entry::Occupied(mut occupied)
+                    if occupied.get().build_id != info.build_id =>
+                {
+                    log::info!(
+                        "two objects named {}: their build-ids are left out of the profile",
+                        object.name()
+                    );
+                    *occupied.get_mut() = ObjectInfo::default();
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            }
         }
         objects
     }
@@ -79,8 +98,11 @@ fn bounds_of<'b>(
     object: ObjectId,
 ) -> &'b FunctionBounds {
     bounds.entry(object).or_insert_with(|| {
-        std::fs::File::open(&spaces.objects()[object].open_path)
-            .ok()
+        // Through the descriptor held since the mapping was seen, not the path: whoever owns
+        // its folder may have put anything there since.
+        spaces.objects()[object]
+            .held_path()
+            .and_then(|path| std::fs::File::open(path).ok())
             .and_then(|mut file| crate::target::procfs::read_object(&mut file))
             .map_or_else(FunctionBounds::default, |bytes| {
                 FunctionBounds::read(&bytes)

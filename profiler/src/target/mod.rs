@@ -7,6 +7,7 @@ pub mod allocators;
 pub mod hotspot;
 pub mod launch;
 pub mod libraries;
+pub mod open;
 pub mod privileges;
 pub mod procfs;
 pub mod tmp_dir;

@@ -218,18 +218,41 @@ pub fn map_file_path(pid: u32, start: u64, end: u64) -> PathBuf {
 }
 
 /// Opens the file behind one mapping of `pid`: through `map_files` (deleted files, other mount
-/// namespaces), else by its path as the process sees it, but only while that path still names
-/// the mapped file (a library upgraded in place has a new file there, describing other code).
+/// namespaces), else by its path inside the process's root, but only while that path still
+/// names the mapped file (a library upgraded in place has a new file there, describing other
+/// code). Either way a regular file, looked at before it is opened, and never through a link
+/// the process's user swapped in at the last step.
 pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
-    use std::os::unix::fs::MetadataExt as _;
-    fs::File::open(map_file_path(pid, entry.start, entry.end)).or_else(|_| {
-        let file = fs::File::open(path_in_process(pid, &entry.path))?;
-        if file.metadata()?.ino() == entry.inode {
-            Ok(file)
-        } else {
-            Err(io::Error::other("replaced since it was mapped"))
+    use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+
+    use crate::target::open::{open_at, open_in_root, reopen_for_reading};
+    let mapped = map_file_path(pid, entry.start, entry.end);
+    let path = match open_at(None, &mapped.to_string_lossy(), libc::O_PATH) {
+        Ok(path) => path,
+        Err(_) => {
+            let root = open_at(
+                None,
+                &format!("/proc/{pid}/root"),
+                libc::O_PATH | libc::O_DIRECTORY,
+            )?;
+            let inside = entry.path.trim_start_matches('/');
+            let path = open_in_root(root.as_fd(), inside, libc::O_PATH | libc::O_NOFOLLOW)?;
+            let metadata = fs::File::from(path.try_clone()?).metadata()?;
+            let device = format!(
+                "{:02x}:{:02x}",
+                libc::major(metadata.dev()),
+                libc::minor(metadata.dev())
+            );
+            if metadata.ino() != entry.inode || device != entry.device {
+                return Err(io::Error::other("replaced since it was mapped"));
+            }
+            path
         }
-    })
+    };
+    if !fs::File::from(path.try_clone()?).metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    reopen_for_reading(&path)
 }
 
 /// Largest object file read whole (for unwind tables or allocator symbols): bounds the

@@ -8,11 +8,12 @@
 //! process's user or root are read, and nothing is created where a file already is.
 
 use std::{
-    ffi::CString,
     fs::File,
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
+
+use crate::target::open::{cstring, open_at, open_in_root, read_small, reopen_for_reading};
 
 /// A target's `/tmp`, open, and the process it belongs to.
 #[derive(Debug)]
@@ -130,12 +131,7 @@ impl TargetTmp {
                 "{name} has other names or is not readable by its owner: not read"
             )));
         }
-        let fd = open_at(
-            None,
-            &format!("/proc/self/fd/{}", path.as_raw_fd()),
-            libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
-        )?;
-        Ok(File::from(fd))
+        reopen_for_reading(&path)
     }
 
     /// A descriptor (`O_PATH`) of the socket `name`, of the process's user or root, not a link.
@@ -195,58 +191,6 @@ impl TargetTmp {
     }
 }
 
-fn cstring(name: &str) -> io::Result<CString> {
-    CString::new(name).map_err(|_| io::Error::other("a name with a NUL byte"))
-}
-
-/// `openat(dir or the current folder, path, flags | O_CLOEXEC)`.
-fn open_at(dir: Option<BorrowedFd<'_>>, path: &str, flags: i32) -> io::Result<OwnedFd> {
-    let path = cstring(path)?;
-    let dir = dir.map_or(libc::AT_FDCWD, |dir| dir.as_raw_fd());
-    // SAFETY: `dir` is open (or AT_FDCWD) and `path` NUL-terminated.
-    let fd = unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Reads a small file under `dir` (a `/proc/PID` entry).
-fn read_small(dir: BorrowedFd<'_>, name: &str) -> io::Result<String> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    File::from(open_at(Some(dir), name, libc::O_RDONLY)?)
-        .take(64 << 10)
-        .read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// `openat2` with `root` as the root of every path and link: `..` and absolute links in the
-/// process's own folders stay in its file system (what they mean to it).
-fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<OwnedFd> {
-    let path = cstring(path)?;
-    // SAFETY: plain data; zero is "no flags".
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `root` is open, `path` NUL-terminated, `how` a valid open_how of the size given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// The innermost pid (`NSpid`, else `Pid`) and the effective uid from `/proc/PID/status`.
 fn status_ids(status: &str) -> Option<(u32, u32)> {
     let field = |name: &str| {
@@ -286,7 +230,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("perf-2.map")).unwrap();
         std::fs::hard_link(tmp.path().join("perf-1.map"), tmp.path().join("perf-3.map")).unwrap();
         std::fs::write(tmp.path().join("perf-4.map"), "0x10 0x10 f\n").unwrap();
-        let fifo = CString::new(tmp.path().join("perf-5.map").to_str().unwrap()).unwrap();
+        let fifo = std::ffi::CString::new(tmp.path().join("perf-5.map").to_str().unwrap()).unwrap();
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert!(target.open_file("perf-4.map").is_ok());
