@@ -258,10 +258,16 @@ fn sigint_and_sigterm_stop_the_run_and_results_are_written() {
                 .arg(dir.path())
                 .arg(target.pid().to_string()),
         );
+        // Attached: the sampling and process programs are in (the loader hook may be too).
         assert!(
-            wait_for(Duration::from_secs(5), || loaded_profiler_programs().len()
-                == 3),
-            "programs loaded while profiling"
+            wait_for(Duration::from_secs(10), || {
+                let loaded = loaded_profiler_programs();
+                ["cpu_sample", "sched_process_f", "sched_process_e"]
+                    .iter()
+                    .all(|name| loaded.contains_key(*name))
+            }),
+            "programs loaded while profiling: {:?}",
+            loaded_profiler_programs()
         );
         std::thread::sleep(Duration::from_millis(1000));
         run.signal(signal);
