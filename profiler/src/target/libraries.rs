@@ -192,8 +192,6 @@ pub fn loader_debug_cookie(loader: &Path) -> Option<u64> {
 /// without opening it for reading (`O_PATH`: a device's open has effects, a FIFO's blocks), and
 /// the same file is then reopened through its descriptor.
 pub fn open(path: &Path) -> Option<File> {
-    use std::os::fd::AsRawFd as _;
-
     let located = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -206,11 +204,7 @@ pub fn open(path: &Path) -> Option<File> {
     {
         return None;
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(format!("/proc/self/fd/{}", located.as_raw_fd()))
-        .ok()
+    super::open::reopen_for_reading(&located.into()).ok()
 }
 
 #[cfg(test)]

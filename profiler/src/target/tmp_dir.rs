@@ -5,7 +5,7 @@
 //! the process lives and kept open, so its maps can still be read after it exits. Its user
 //! owns what is in it: names are opened without following links (a link to `/etc/shadow`
 //! named `perf-PID.map` must not become symbol names in the user's output), only files of the
-//! process's user or root are read, and nothing is created where a file already is.
+//! process's user are used, and nothing is created where a file already is.
 
 use std::{
     fs::File,
@@ -111,19 +111,13 @@ impl TargetTmp {
     /// Opens `name` for reading: a regular file of the process's user, with no other name,
     /// readable by that user, not a link.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
+        use std::os::unix::fs::MetadataExt as _;
         // Looked at before it is opened: opening a device node (a container's root can make
         // one) could act on the device.
-        let path = open_at(
-            Some(self.dir.as_fd()),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-        )?;
-        use std::os::unix::fs::MetadataExt as _;
-        let metadata = File::from(path.try_clone()?).metadata()?;
+        let (path, metadata) = self.look(name)?;
         if !metadata.is_file() {
             return Err(io::Error::other(format!("{name} is not a regular file")));
         }
-        self.check_owner(name, metadata.uid())?;
         // A second name (a hard link to another file of the user's) or a file its owner may
         // not read must not be read by root on the user's behalf.
         if metadata.nlink() != 1 || metadata.mode() & 0o400 == 0 {
@@ -134,20 +128,34 @@ impl TargetTmp {
         reopen_for_reading(&path)
     }
 
-    /// A descriptor (`O_PATH`) of the socket `name`, of the process's user or root, not a link.
+    /// A descriptor (`O_PATH`) of the socket `name`, of the process's user, not a link.
     pub fn socket(&self, name: &str) -> io::Result<OwnedFd> {
+        use std::os::unix::fs::FileTypeExt as _;
+        let (fd, metadata) = self.look(name)?;
+        if !metadata.file_type().is_socket() {
+            return Err(io::Error::other(format!("{name} is not a socket")));
+        }
+        Ok(fd)
+    }
+
+    /// An `O_PATH` descriptor of `name` (never a link) and what it is, when it belongs to the
+    /// process's user.
+    fn look(&self, name: &str) -> io::Result<(OwnedFd, std::fs::Metadata)> {
+        use std::os::unix::fs::MetadataExt as _;
         let fd = open_at(
             Some(self.dir.as_fd()),
             name,
             libc::O_PATH | libc::O_NOFOLLOW,
         )?;
         let metadata = File::from(fd.try_clone()?).metadata()?;
-        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
-        if !metadata.file_type().is_socket() {
-            return Err(io::Error::other(format!("{name} is not a socket")));
+        if metadata.uid() != self.owner {
+            return Err(io::Error::other(format!(
+                "{name} belongs to uid {}, not to the process's user ({}): not used",
+                metadata.uid(),
+                self.owner
+            )));
         }
-        self.check_owner(name, metadata.uid())?;
-        Ok(fd)
+        Ok((fd, metadata))
     }
 
     /// Creates `name`, empty, readable by its owner only; fails if anything is there already.
@@ -177,17 +185,6 @@ impl TargetTmp {
             return Err(io::Error::last_os_error());
         }
         Ok(())
-    }
-
-    fn check_owner(&self, name: &str, uid: u32) -> io::Result<()> {
-        if uid == self.owner {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "{name} belongs to uid {uid}, not to the process's user ({}): not used",
-                self.owner
-            )))
-        }
     }
 }
 
