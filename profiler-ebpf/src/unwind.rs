@@ -28,7 +28,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{add_to_counter, bump},
+    helpers::{add_to_counter, bump, read_at},
     process::send_process_event,
 };
 
@@ -37,6 +37,10 @@ use crate::{
 /// `return_instance.stack`, `.orig_ret_vaddr`, `.next`. All 0 when this kernel lacks them.
 #[unsafe(no_mangle)]
 static URETPROBE_OFFSETS: [u32; 5] = [0; 5];
+/// From the current task to `task_struct.mm` (bytes) and to its `in_execve` bit (bits), from
+/// the kernel's BTF; 0 when this kernel lacks them.
+#[unsafe(no_mangle)]
+static TASK_CONTEXT_OFFSETS: [u32; 2] = [0; 2];
 /// Pending return probes looked at per trampoline frame: nested probed calls, newest first.
 const RETURN_INSTANCE_STEPS: u32 = 8;
 
@@ -119,7 +123,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         return STACK_ID_ERROR;
     };
-    if regs.rip == 0 {
+    if regs.rip == 0 || !has_user_context(regs.rip) {
         return STACK_ID_NONE;
     }
     let (process, trampoline) = match unsafe { UNWIND_PROCESSES.get(&tgid) } {
@@ -396,6 +400,28 @@ fn saved_return_address(slot: u64) -> Option<u64> {
         instance = read(instance + u64::from(offsets[4]))?;
     }
     None
+}
+
+/// Whether the current task's saved user registers belong to the address space it runs in. Not
+/// so while it exits (its memory already released: no `mm`) or between exec replacing its
+/// memory and starting the new program (the old `pc` unmapped): the sample is the kernel's
+/// alone, as perf records it, not a user stack cut at its first frame.
+#[inline(always)]
+fn has_user_context(pc: u64) -> bool {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let [mm, in_execve] = unsafe { core::ptr::read_volatile(&TASK_CONTEXT_OFFSETS) };
+    if mm == 0 {
+        return true;
+    }
+    // SAFETY: a helper valid in every tracing program.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if read_at::<u64>(task, mm) == Some(0) {
+        return false;
+    }
+    let execing = in_execve != 0
+        && read_at::<u8>(task, in_execve / 8)
+            .is_some_and(|byte| byte & (1 << (in_execve % 8)) != 0);
+    !execing || read_user_byte(pc).is_some()
 }
 
 #[inline(always)]

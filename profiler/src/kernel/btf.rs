@@ -137,11 +137,15 @@ impl<'a> KernelTypes<'a> {
 
     /// Byte offset of `member` in struct `name`, looking through anonymous struct/union members.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        self.member_bit_offset(name, member).map(|bits| bits / 8)
+    }
+
+    /// Bit offset of `member` in struct `name`: where a bitfield is.
+    pub fn member_bit_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         self.composites
             .iter()
             .filter(|(_, (name_off, members))| self.name(*name_off) == name && !members.is_empty())
             .find_map(|(&id, _)| self.find_member(id, member, 0))
-            .map(|bits| bits / 8)
             .ok_or_else(|| BtfError::NotFound {
                 name: name.to_owned(),
                 member: member.to_owned(),
@@ -182,9 +186,10 @@ impl<'a> KernelTypes<'a> {
 mod tests {
     use super::*;
 
-    /// BTF with `struct task { int pid; union { int x; int tgid; }; }` (tgid at byte 4).
+    /// BTF with `struct task { int pid; union { int x; int tgid; }; }` (tgid at byte 4) and
+    /// `struct flags { int low: 1; int high: 1; }` (`high` at bit 9).
     fn tiny_btf() -> Vec<u8> {
-        let strings = b"\0int\0task\0pid\0x\0tgid\0";
+        let strings = b"\0int\0task\0pid\0x\0tgid\0flags\0low\0high\0";
         let name = |s: &str| {
             let pos = strings
                 .windows(s.len() + 1)
@@ -199,6 +204,19 @@ mod tests {
         types.extend([0, (5 << 24) | 2, 4, name("x"), 1, 0, name("tgid"), 1, 0]);
         // 3: struct task { int pid; <union> @32 bits }
         types.extend([name("task"), (4 << 24) | 2, 8, name("pid"), 1, 0, 0, 2, 32]);
+        // 4: struct flags, with kind_flag: each member's bitfield size in its top 8 bits
+        let bitfield = |bit: u32| (1 << 24) | bit;
+        types.extend([
+            name("flags"),
+            (1 << 31) | (4 << 24) | 2,
+            4,
+            name("low"),
+            1,
+            bitfield(0),
+            name("high"),
+            1,
+            bitfield(9),
+        ]);
         let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut blob = Vec::new();
         blob.extend(BTF_MAGIC.to_le_bytes());
@@ -223,6 +241,8 @@ mod tests {
         let types = KernelTypes::parse(&blob).unwrap();
         assert_eq!(types.member_offset("task", "pid"), Ok(0));
         assert_eq!(types.member_offset("task", "tgid"), Ok(4));
+        assert_eq!(types.member_bit_offset("flags", "high"), Ok(9));
+        assert_eq!(types.member_offset("flags", "high"), Ok(1));
         assert!(matches!(
             types.member_offset("task", "nope"),
             Err(BtfError::NotFound { .. })

@@ -119,6 +119,18 @@ impl KernelProbes {
             ("return_instance", "orig_ret_vaddr"),
             ("return_instance", "next"),
         ]);
+        // Whether the current task has its own user context to walk: `task_struct.mm` (none
+        // once it is exiting) and the bit offset of `task_struct.in_execve` (while set, the
+        // saved registers may point into the address space exec just replaced). Missing: 0,
+        // and such samples keep their cut user stacks as before.
+        let task_context_offsets = match (
+            types.member_offset("task_struct", "mm"),
+            types.member_bit_offset("task_struct", "in_execve"),
+        ) {
+            (Ok(mm), Ok(in_execve)) => [mm, in_execve],
+            (Ok(mm), Err(_)) => [mm, 0],
+            _ => [0, 0],
+        };
         // From a memory area to the identity of its file, and from a task to its program's
         // text (`unwind_mappings`). Missing: all 0, and new processes wait for the collector.
         let vma_file_offsets = types.all_or_none([
@@ -166,6 +178,7 @@ impl KernelProbes {
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
             .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
             .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
+            .override_global("TASK_CONTEXT_OFFSETS", &task_context_offsets, true)
             // Arrays are allocated whole: a single row when tables are off.
             .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)
