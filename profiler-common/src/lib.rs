@@ -777,6 +777,58 @@ pub struct ProcessUnwind {
 }
 const _: () = assert!(size_of::<ProcessUnwind>() == 16 + 32 * MAX_PROCESS_MAPPINGS);
 
+/// Marks a user-stack entry as a Python frame (the rest is its code object's address) rather
+/// than a native address: the in-kernel unwinder appends a CPython thread's frames, newest
+/// first, after its native frames. User addresses never have this bit.
+pub const PYTHON_FRAME: u64 = 1 << 63;
+/// Marks a Python frame as the first one its evaluation loop (`_PyEval_EvalFrameDefault`)
+/// ran: the native frame it belongs under.
+pub const PYTHON_ENTRY_FRAME: u64 = 1 << 62;
+/// Python frames recorded per stack, at most.
+pub const MAX_PYTHON_FRAMES: u32 = 128;
+/// Threads of a Python process searched for the current one's state, at most.
+pub const MAX_PYTHON_THREADS: u32 = 256;
+/// Capacity of the map of Python processes.
+pub const PYTHON_PROCESS_ENTRIES: u32 = 1024;
+
+/// Where a CPython interpreter keeps its threads' frames, and how to walk to them: offsets
+/// (bytes) into its structures, which change with its minor version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonOffsets {
+    /// `_PyRuntimeState.interpreters.main`.
+    pub runtime_main_interpreter: u32,
+    /// `PyInterpreterState.threads.head`.
+    pub interpreter_threads: u32,
+    /// `PyThreadState.next`.
+    pub thread_next: u32,
+    /// `PyThreadState.native_thread_id`.
+    pub thread_native_id: u32,
+    /// `PyThreadState.cframe`.
+    pub thread_cframe: u32,
+    /// `_PyCFrame.current_frame`.
+    pub cframe_current_frame: u32,
+    /// `_PyInterpreterFrame.f_code`.
+    pub frame_code: u32,
+    /// `_PyInterpreterFrame.previous`.
+    pub frame_previous: u32,
+    /// `_PyInterpreterFrame.is_entry`.
+    pub frame_is_entry: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// A process running CPython: where its `_PyRuntime` is, and its version's offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// How to walk from it to the frames.
+    pub offsets: PythonOffsets,
+}
+const _: () = assert!(size_of::<PythonProcess>() == 48);
+
 /// Why the in-kernel unwinder stopped walking a user stack.
 pub mod stack_end {
     /// It reached the outermost frame (an [`super::unwind_kind::END`] row).
@@ -873,6 +925,8 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindMapping {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::ProcessUnwind {}
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for super::PythonProcess {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::FileKey {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.

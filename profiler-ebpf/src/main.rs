@@ -18,6 +18,7 @@ mod cpu;
 mod helpers;
 mod maps;
 mod process;
+mod python;
 mod sched;
 mod syscalls;
 mod unwind;

@@ -30,6 +30,7 @@ use profiler_common::{
 use crate::{
     helpers::{add_to_counter, bump, read_at},
     process::send_process_event,
+    python,
 };
 
 /// Offsets from the current task to the return addresses saved by pending return probes, from
@@ -185,6 +186,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     add_to_counter(counter::UNWIND_TABLE_FRAMES, u64::from(walk.table_frames));
     // SAFETY: as above.
     let (len, end) = unsafe { ((*stack).len, (*stack).end) };
+    python::append_python_frames(tgid, stack, &mut walk.hash);
     add_to_counter(
         counter::UNWIND_FP_FRAMES,
         u64::from(len.saturating_sub(walk.table_frames)),
@@ -425,7 +427,7 @@ fn has_user_context(pc: u64) -> bool {
 }
 
 #[inline(always)]
-fn read_user_byte(address: u64) -> Option<u8> {
+pub(crate) fn read_user_byte(address: u64) -> Option<u8> {
     // SAFETY: bpf_probe_read_user checks the address.
     unsafe { bpf_probe_read_user(address as *const u8) }.ok()
 }

@@ -124,6 +124,12 @@ pub struct ProfileArgs {
     /// docs/runtimes.md).
     #[arg(long)]
     pub no_jvm_attach: bool,
+    /// Keep the Python interpreter's own frames between and above Python functions (its
+    /// call machinery and bytecode work). By default a Python process's stacks show its
+    /// Python functions where the interpreter ran them, as py-spy does, with C extensions
+    /// and the native frames below the first Python function kept.
+    #[arg(long)]
+    pub python_interpreter_frames: bool,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
@@ -233,6 +239,7 @@ impl From<ProfileArgs> for RunConfig {
                 .then_some(args.unwind_rows.max(1)),
             max_memory: args.max_memory,
             jvm_attach: !args.no_jvm_attach,
+            python_interpreter_frames: args.python_interpreter_frames,
         }
     }
 }

@@ -30,6 +30,8 @@ pub const PROGRAM_NAMES: [&str; 14] = [
     "free_enter",
 ];
 
+pub mod runtimes;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Serializes the tests: they share 2 CPUs and check the kernel's list of loaded programs.

@@ -8,38 +8,7 @@ use std::{
     time::Duration,
 };
 
-use profiler_tests::*;
-
-/// Whether `program VERSION_FLAG` runs. Prints why not and returns false to skip, or panics
-/// under `CI=true`.
-fn have_runtime(test: &str, program: &str) -> bool {
-    // `go` takes a command, not a flag.
-    let found = Command::new(program)
-        .arg(if program == "go" {
-            "version"
-        } else {
-            "--version"
-        })
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!(
-            "{test}: needs {program} (`cargo xtask test` installs it), and CI=true forbids skipping"
-        );
-    }
-    eprintln!("skipping {test}: needs {program} (`sudo -E cargo xtask test` installs it)");
-    false
-}
-
-/// Thousands of samples per run: at 300, a 70/30 share wanders by ±3 points one run in four.
-const SAMPLING_HZ: &str = "999";
-
-fn runtimes_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("runtimes")
-}
+use profiler_tests::{runtimes::*, *};
 
 /// `Hot.java` compiled into a folder of its own.
 fn compiled_java() -> tempfile::TempDir {
@@ -76,40 +45,6 @@ fn node(dir: &Path, millis: u32) -> Command {
     command
 }
 
-fn record_command(args: &[&str], command: &Command) -> (tempfile::TempDir, std::process::Output) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut profiler = profiler();
-    if let Some(cwd) = command.get_current_dir() {
-        profiler.current_dir(cwd);
-    }
-    let out = output(
-        profiler
-            .args(["record", "-F", SAMPLING_HZ])
-            .args(args)
-            .arg("-o")
-            .arg(dir.path())
-            .arg("--")
-            .arg(command.get_program())
-            .args(command.get_args()),
-    );
-    assert!(out.status.success(), "record failed");
-    (dir, out)
-}
-
-fn attach_for(seconds: u32, pid: u32, args: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        profiler()
-            .args(["attach", "-F", SAMPLING_HZ, "-d", &seconds.to_string()])
-            .args(args)
-            .arg("-o")
-            .arg(dir.path())
-            .arg(pid.to_string()),
-    );
-    assert!(out.status.success(), "attach failed");
-    dir
-}
-
 /// Removes the perf map runtime `pid` wrote in `/tmp` (it outlives the process).
 fn remove_perf_map(pid: impl std::fmt::Display) {
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
@@ -120,50 +55,6 @@ fn recorded_pid(dir: &Path) -> u64 {
     read_summary(dir)["root_pids"][0]
         .as_u64()
         .expect("a root pid")
-}
-
-/// Weight of stacks with a frame whose name contains `part`.
-fn weight_containing(stacks: &[(Vec<String>, u64)], part: &str) -> u64 {
-    stacks
-        .iter()
-        .filter(|(frames, _)| frames.iter().any(|frame| frame.contains(part)))
-        .map(|(_, weight)| weight)
-        .sum()
-}
-
-/// Asserts the two hot functions (frames named `a`, `b`) split their samples 70/30 within 3
-/// points, and that no frame anywhere is nameless.
-fn assert_split(dir: &Path, a: &str, b: &str) -> Vec<(Vec<String>, u64)> {
-    let stacks = read_folded(&dir.join("cpu.folded"));
-    let (hot_a, hot_b) = (weight_with_frame(&stacks, a), weight_with_frame(&stacks, b));
-    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
-    let share = percent(hot_a, hot_a + hot_b);
-    eprintln!("{a}: {hot_a}, {b}: {hot_b} of {total} samples: {share:.1}%");
-    assert!(
-        percent(hot_a + hot_b, total) > 80.0,
-        "the hot functions are not named in most samples: {a} {hot_a}, {b} {hot_b} of {total}"
-    );
-    assert!(
-        (share - 70.0).abs() <= 3.0,
-        "{a} has {share:.1}% of the two"
-    );
-    for (frames, _) in &stacks {
-        // The first field is the process's name.
-        assert!(
-            frames[1..].iter().all(|frame| !frame.trim().is_empty()),
-            "a nameless frame in {frames:?}"
-        );
-    }
-    stacks
-}
-
-fn assert_reach(stacks: &[(Vec<String>, u64)], entry: &str, at_least: f64) {
-    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
-    let reaching = percent(weight_containing(stacks, entry), total);
-    assert!(
-        reaching >= at_least,
-        "{reaching:.1}% of stacks reach {entry}, fewer than {at_least}%"
-    );
 }
 
 #[test]

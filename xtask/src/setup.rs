@@ -130,7 +130,8 @@ fn chromium() -> PathBuf {
 
 /// The independent readers the integration tests check outputs with: Node.js with the
 /// `pprof-format` decoder and `playwright-core`, and a headless Chromium; PostgreSQL, the
-/// server the verdict is tested on; OpenJDK 17 and Go, whose code the runtime tests name. Installed from
+/// server the verdict is tested on; OpenJDK 17, Go and CPython 3.11 (with its headers), whose
+/// code the runtime tests name. Installed from
 /// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
 /// them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
@@ -151,6 +152,14 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
         .is_ok_and(|output| output.status.success());
     if !go {
         packages.push("golang-go");
+    }
+    // Debian's CPython and its headers: the Python tests (tests/tests/python.rs) and the
+    // check of the interpreter layout against the headers.
+    if !Path::new("/usr/bin/python3.11").exists() {
+        packages.push("python3.11");
+    }
+    if !Path::new("/usr/include/python3.11/internal/pycore_frame.h").exists() {
+        packages.push("python3.11-dev");
     }
     // A real server under load for the verdict test (tests/tests/postgres.rs).
     let has_pgbench = std::fs::read_dir("/usr/lib/postgresql")

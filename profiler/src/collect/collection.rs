@@ -5,7 +5,8 @@
 use std::{collections::HashMap, time::Instant};
 
 use profiler_common::{
-    COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey, ThreadState, process_event,
+    COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, PythonProcess, SampleKey, ThreadState,
+    process_event,
 };
 
 use super::{AFTER_EXEC_REFRESH, io::FileNames, jvm::JvmMaps, memory};
@@ -13,10 +14,11 @@ use crate::{
     collect::config::RunConfig,
     kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
     model::{EventKind, JitStats, Process, TimelineRow},
-    stacks::address_space::AddressSpaces,
+    stacks::{self, address_space::AddressSpaces},
     target::{
         allocators::{self, AllocatorObject},
         procfs,
+        python::{self, Interpreter},
     },
     text::error_chain,
 };
@@ -84,6 +86,8 @@ pub(super) struct Collection {
     pub(super) memory_cap_dropped: u64,
     /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
     pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
+    /// CPython versions already warned about as unknown.
+    pub(super) python_versions_warned: std::collections::HashSet<(u8, u8)>,
     /// The JVMs among the targets, asked for their perf maps.
     pub(super) jvms: JvmMaps,
 }
@@ -120,7 +124,7 @@ impl MemoryCollection {
 impl Collection {
     /// The state of a run that collects what `config` asks for with `probes`.
     pub(super) fn new(probes: KernelProbes, config: &RunConfig) -> Self {
-        Collection {
+        let mut collection = Collection {
             probes,
             spaces: AddressSpaces::default(),
             processes: ProcessTable::default(),
@@ -141,8 +145,11 @@ impl Collection {
             max_state_bytes: config.max_memory,
             memory_cap_dropped: 0,
             user_stacks: HashMap::new(),
+            python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
-        }
+        };
+        collection.spaces.python_mut().keep_interpreter_frames = config.python_interpreter_frames;
+        collection
     }
 
     pub(super) fn watch_process(&mut self, pid: u32, comm: Option<String>) {
@@ -179,8 +186,67 @@ impl Collection {
             log::debug!("unwind tables of process {pid}: {}", error_chain(&err));
         }
         self.jvms.note(pid, &text);
+        // Python frames are walked with the unwind tables only.
+        if self.unwind.is_some() {
+            let entries = procfs::parse_maps(&text);
+            if let Some(interpreter) = self.spaces.python_mut().update(pid, &entries) {
+                let interpreter = interpreter.clone();
+                self.tell_python(pid, &interpreter);
+            }
+        }
         self.spaces.update(pid, text);
         Ok(())
+    }
+
+    /// Tells the kernel where the frames of `pid`'s interpreter are, or warns (once per
+    /// version) that its version is unknown.
+    fn tell_python(&mut self, pid: u32, interpreter: &Interpreter) {
+        let (major, minor) = interpreter.version;
+        let Some(layout) = interpreter.layout else {
+            if self.python_versions_warned.insert(interpreter.version) {
+                log::warn!(
+                    "process {pid} runs CPython {major}.{minor} ({}), whose frames the profiler \
+                     cannot read (it knows {}): its Python code shows as the interpreter's \
+                     native frames",
+                    interpreter.object,
+                    python::layout::known_versions()
+                );
+            }
+            return;
+        };
+        let process = PythonProcess {
+            runtime: interpreter.runtime,
+            offsets: layout.kernel,
+        };
+        match self.probes.set_python_process(pid, &process) {
+            Ok(()) => log::info!(
+                "process {pid}: CPython {major}.{minor} in {}, Python frames walked",
+                interpreter.object
+            ),
+            Err(err) => log::warn!(
+                "process {pid}: its Python frames are not walked: {}",
+                error_chain(&err)
+            ),
+        }
+    }
+
+    /// Names the code objects in the Python frames of `keys`' stacks (process, user stack id)
+    /// while their processes live.
+    pub(super) fn name_python_code(&mut self, keys: impl Iterator<Item = (u32, i32)>) {
+        if !self.spaces.python().any() {
+            return;
+        }
+        for (pid, id) in keys {
+            let Ok(id) = u32::try_from(id) else {
+                continue;
+            };
+            if let Some((frames, _)) = self.user_stacks.get(&id) {
+                let entries = stacks::python::python_part(frames);
+                if !entries.is_empty() {
+                    self.spaces.python_mut().resolve(pid, entries);
+                }
+            }
+        }
     }
 
     /// Probes the allocator functions of every allocator object `pid` maps, once each.
@@ -275,6 +341,10 @@ impl Collection {
                     if let Some(unwind) = self.unwind.as_mut() {
                         unwind.forget(event.pid);
                     }
+                    if self.spaces.python().interpreter(event.pid).is_some() {
+                        self.spaces.python_mut().forget(event.pid);
+                        let _ = self.probes.remove_python_processes(&[event.pid]);
+                    }
                     // Close-on-exec fds are gone: their numbers may name other files now.
                     self.forget_open_files(event.pid, event.time_ns);
                     self.watch_process(event.pid, comm);
@@ -341,6 +411,14 @@ impl Collection {
         }
         self.jvms.finish(&mut self.spaces);
         self.spaces.jit_mut().read();
+        let keys: Vec<(u32, i32)> = self
+            .counts
+            .keys()
+            .map(|key| (key.tgid, key.user_stack_id))
+            .chain(self.offcpu.keys().map(|key| (key.tgid, key.user_stack_id)))
+            .chain(self.io.keys().map(|key| (key.tgid, key.user_stack_id)))
+            .collect();
+        self.name_python_code(keys.into_iter());
     }
 
     /// Removes processes that exited from the kernel's target map.
@@ -367,6 +445,7 @@ impl Collection {
                 }
             }
             self.probes.remove_process_unwind(&exited)?;
+            self.probes.remove_python_processes(&exited)?;
             for &pid in &exited {
                 unwind.forget(pid);
             }
@@ -411,6 +490,24 @@ impl Collection {
                 self.watch_process(pid, None);
             }
         }
+        let python_keys: Vec<(u32, i32)> = drained
+            .samples
+            .iter()
+            .map(|(key, _)| (key.tgid, key.user_stack_id))
+            .chain(
+                drained
+                    .offcpu
+                    .iter()
+                    .map(|(key, _)| (key.tgid, key.user_stack_id)),
+            )
+            .chain(
+                drained
+                    .io
+                    .iter()
+                    .map(|(key, _)| (key.tgid, key.user_stack_id)),
+            )
+            .collect();
+        self.name_python_code(python_keys.into_iter());
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {

@@ -60,4 +60,6 @@ pub struct RunConfig {
     pub max_memory: u64,
     /// Ask HotSpot JVMs for their perf map (JIT method names).
     pub jvm_attach: bool,
+    /// Keep the Python interpreter's frames among Python functions.
+    pub python_interpreter_frames: bool,
 }

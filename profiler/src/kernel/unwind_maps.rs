@@ -2,7 +2,7 @@
 //! file.
 
 use aya::maps::HashMap as BpfHashMap;
-use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, UnwindRow, UserStack};
+use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, PythonProcess, UnwindRow, UserStack};
 
 use super::{
     error::{ProbeError, map_error},
@@ -76,6 +76,20 @@ impl KernelProbes {
         object: &ObjectUnwind,
     ) -> Result<(), ProbeError> {
         insert_entry(&mut self.ebpf, "UNWIND_OBJECTS", file, object)
+    }
+
+    /// Tells the unwinder that process `pid` runs CPython, and how to find its frames.
+    pub fn set_python_process(
+        &mut self,
+        pid: u32,
+        process: &PythonProcess,
+    ) -> Result<(), ProbeError> {
+        insert_entry(&mut self.ebpf, "PYTHON_PROCESSES", pid, process)
+    }
+
+    /// Forgets the Python processes among `pids` (they exited or executed another program).
+    pub fn remove_python_processes(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
+        remove_pids::<PythonProcess>(&mut self.ebpf, "PYTHON_PROCESSES", pids)
     }
 
     /// Drops the unwinding descriptions of processes that exited (the map is bounded).

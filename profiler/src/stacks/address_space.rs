@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    stacks::jit_names::JitNames,
+    stacks::{jit_names::JitNames, python_names::PythonNames},
     target::procfs::{self, MapEntry},
 };
 
@@ -88,6 +88,8 @@ pub struct AddressSpaces {
     kept_files: Vec<tempfile::NamedTempFile>,
     /// The names runtimes gave the code they compiled, per process.
     jit: JitNames,
+    /// The Python processes and the functions their stacks name.
+    python: PythonNames,
 }
 
 /// Name of the vDSO mapping in `/proc/PID/maps`.
@@ -129,6 +131,16 @@ impl AddressSpaces {
     /// The same, to read more of them.
     pub fn jit_mut(&mut self) -> &mut JitNames {
         &mut self.jit
+    }
+
+    /// The Python processes and their functions.
+    pub fn python(&self) -> &PythonNames {
+        &self.python
+    }
+
+    /// The same, to find interpreters and name functions.
+    pub fn python_mut(&mut self) -> &mut PythonNames {
+        &mut self.python
     }
 
     /// Records mappings described without `/proc/PID/maps` (the process is gone), each with

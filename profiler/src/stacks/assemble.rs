@@ -13,7 +13,7 @@ use crate::{
         BlockReason, EventKind, Frame, FrameKind, Interner, Profile, Sample, StackLoss,
         is_entry_function,
     },
-    stacks::symbolize::Symbols,
+    stacks::{python, symbolize::Symbols},
 };
 
 /// A count of samples on one thread and stack pair, as drained from the kernel.
@@ -219,7 +219,7 @@ pub fn add_samples<'a>(
             user_addresses
                 .entry(raw.pid)
                 .or_default()
-                .extend(lookup_addresses(stack));
+                .extend(lookup_addresses(python::native_part(stack)));
         }
         if let Some(stack) = stack_of(&stacks.kernel, raw.kernel_stack) {
             kernel_addresses.extend(lookup_addresses(stack));
@@ -260,13 +260,14 @@ pub fn add_samples<'a>(
 
     let mut samples: HashMap<(u32, u32, String, usize, Option<BlockReason>), RawWeight> =
         HashMap::new();
+    let mut python_ids: HashMap<(u32, u64), usize> = HashMap::new();
     for (raw, &weight) in counts {
         // Root first: user frames from the outermost caller, then the kernel frames below
         // the system call or interrupt.
         let mut frame_ids: Vec<usize> = Vec::new();
         match stack_of(&stacks.user, raw.user_stack) {
             Some(stack) => {
-                let addresses: Vec<u64> = lookup_addresses(stack).collect();
+                let addresses: Vec<u64> = lookup_addresses(python::native_part(stack)).collect();
                 // A return address outside every executable mapping means the frame-pointer
                 // walk went astray (code without frame pointers): what follows is garbage.
                 let valid = addresses.len().min(
@@ -290,6 +291,18 @@ pub fn add_samples<'a>(
                 }
                 for address in addresses[..valid].iter().rev() {
                     frame_ids.extend_from_slice(&user_ids[&(raw.pid, *address)]);
+                }
+                let entries = python::python_part(stack);
+                if !entries.is_empty() {
+                    frame_ids = python::with_python_frames(
+                        profile,
+                        interner,
+                        symbols,
+                        &mut python_ids,
+                        raw.pid,
+                        entries,
+                        &frame_ids,
+                    );
                 }
             }
             None => {

@@ -11,6 +11,7 @@ use crate::{
     model::{Frame, FrameKind, JIT_MODULE, ObjectInfo},
     stacks::{
         address_space::{AddressSpaces, Location, ObjectId},
+        python_names::PythonNames,
         stripped::{self, FunctionBounds},
     },
 };
@@ -22,6 +23,18 @@ pub trait Symbols {
     fn user(&mut self, pid: u32, addresses: &[u64]) -> Vec<Vec<Frame>>;
     /// The same for kernel addresses.
     fn kernel(&mut self, addresses: &[u64]) -> Vec<Vec<Frame>>;
+    /// The frame of a Python entry of a stack of `pid` (see [`crate::stacks::python`]).
+    fn python(&mut self, pid: u32, entry: u64) -> Frame {
+        PythonNames::default().frame(pid, entry)
+    }
+    /// The file name of the object `pid`'s Python interpreter is in, if it runs one.
+    fn python_interpreter(&self, _pid: u32) -> Option<String> {
+        None
+    }
+    /// Whether the interpreter's frames stay among Python frames.
+    fn keep_interpreter_frames(&self) -> bool {
+        false
+    }
 }
 
 /// [`Symbols`] backed by blazesym, the target's ELF/DWARF files and kallsyms.
@@ -164,6 +177,21 @@ impl Symbols for Blazesym<'_> {
             }
         }
         result
+    }
+
+    fn python(&mut self, pid: u32, entry: u64) -> Frame {
+        self.spaces.python().frame(pid, entry)
+    }
+
+    fn keep_interpreter_frames(&self) -> bool {
+        self.spaces.python().keep_interpreter_frames
+    }
+
+    fn python_interpreter(&self, pid: u32) -> Option<String> {
+        self.spaces
+            .python()
+            .interpreter(pid)
+            .map(|interpreter| interpreter.object.clone())
     }
 
     fn kernel(&mut self, addresses: &[u64]) -> Vec<Vec<Frame>> {

@@ -1,7 +1,8 @@
 //! The processes to profile: launching a command held until the programs are attached
 //! ([`launch`]), the libraries it will load ([`libraries`]), reading `/proc` ([`procfs`]),
 //! whether this process may trace them ([`privileges`]), their `/tmp` ([`tmp_dir`]), where
-//! runtimes name their JIT code and the JVM is asked to ([`hotspot`]).
+//! runtimes name their JIT code and the JVM is asked to ([`hotspot`]), the CPython
+//! interpreters they run ([`python`]).
 
 pub mod allocators;
 pub mod hotspot;
@@ -10,6 +11,7 @@ pub mod libraries;
 pub mod open;
 pub mod privileges;
 pub mod procfs;
+pub mod python;
 pub mod tmp_dir;
 
 /// Why a pid cannot be attached to.

@@ -1,0 +1,178 @@
+//! CPython frames: for a process the collector found running CPython, the current thread's
+//! Python frames (code object addresses, newest first) appended to its walked user stack. The
+//! collector names the code objects and puts each run of frames under the native evaluation
+//! frame that ran it.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{bpf_get_current_pid_tgid, bpf_loop},
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use profiler_common::{
+    MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME, PYTHON_FRAME,
+    PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack,
+};
+
+use crate::unwind::{read_user, read_user_byte};
+
+/// The Python processes among the targets, by tgid.
+#[map]
+static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
+    HashMap::with_max_entries(PYTHON_PROCESS_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Each thread's `PyThreadState` once found (checked on use: a thread state is freed and its
+/// memory reused when its thread ends).
+#[map]
+static PYTHON_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16 * 1024, 0);
+
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+/// What a code object's address keeps: user addresses are below 2^47.
+const ADDRESS_MASK: u64 = (1 << 47) - 1;
+
+/// A search of the interpreter's thread list for the current thread's state.
+#[repr(C)]
+struct ThreadSearch {
+    thread: u64,
+    tid: u64,
+    next: u32,
+    native_id: u32,
+    found: u64,
+}
+
+/// A walk of a thread's Python frames onto a user stack.
+#[repr(C)]
+struct FrameWalk {
+    stack: *mut UserStack,
+    frame: u64,
+    hash: u64,
+    offsets: PythonOffsets,
+}
+
+/// Appends the current thread's Python frames to `stack` (after its native frames), folding
+/// them into `hash`, when process `tgid` runs CPython.
+#[inline(always)]
+pub fn append_python_frames(tgid: u32, stack: *mut UserStack, hash: &mut u64) {
+    // SAFETY: a map value, copied.
+    let Some(process) = (unsafe { PYTHON_PROCESSES.get(&tgid) }).copied() else {
+        return;
+    };
+    let offsets = process.offsets;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(thread) = thread_state(tid, &process) else {
+        return;
+    };
+    let Some(frame) = read_user(thread + u64::from(offsets.thread_cframe))
+        .filter(|&cframe| cframe != 0)
+        .and_then(|cframe| read_user(cframe + u64::from(offsets.cframe_current_frame)))
+    else {
+        return;
+    };
+    let mut walk = FrameWalk {
+        stack,
+        frame,
+        hash: *hash,
+        offsets,
+    };
+    // SAFETY: the callback only touches `walk` and map memory.
+    unsafe {
+        bpf_loop(
+            MAX_PYTHON_FRAMES,
+            frame_step as *mut c_void,
+            &mut walk as *mut FrameWalk as *mut c_void,
+            0,
+        )
+    };
+    *hash = walk.hash;
+}
+
+/// The current thread's `PyThreadState`: remembered, or searched for in the main
+/// interpreter's list by native thread id.
+#[inline(always)]
+fn thread_state(tid: u32, process: &PythonProcess) -> Option<u64> {
+    let offsets = &process.offsets;
+    // SAFETY: a map value, copied.
+    if let Some(thread) = unsafe { PYTHON_THREADS.get(&tid) }.copied()
+        && read_user(thread + u64::from(offsets.thread_native_id)) == Some(u64::from(tid))
+    {
+        return Some(thread);
+    }
+    let interpreter = read_user(process.runtime + u64::from(offsets.runtime_main_interpreter))?;
+    if interpreter == 0 {
+        return None;
+    }
+    let mut search = ThreadSearch {
+        thread: read_user(interpreter + u64::from(offsets.interpreter_threads))?,
+        tid: u64::from(tid),
+        next: offsets.thread_next,
+        native_id: offsets.thread_native_id,
+        found: 0,
+    };
+    // SAFETY: the callback only touches `search`.
+    unsafe {
+        bpf_loop(
+            MAX_PYTHON_THREADS,
+            thread_step as *mut c_void,
+            &mut search as *mut ThreadSearch as *mut c_void,
+            0,
+        )
+    };
+    if search.found == 0 {
+        return None;
+    }
+    let _ = PYTHON_THREADS.insert(&tid, &search.found, 0);
+    Some(search.found)
+}
+
+/// Looks at one thread state of the list. Returns 1 to stop the loop.
+unsafe extern "C" fn thread_step(_index: u64, search: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given by `thread_state`.
+    let search = unsafe { &mut *(search as *mut ThreadSearch) };
+    if search.thread == 0 {
+        return 1;
+    }
+    if read_user(search.thread + u64::from(search.native_id)) == Some(search.tid) {
+        search.found = search.thread;
+        return 1;
+    }
+    match read_user(search.thread + u64::from(search.next)) {
+        Some(next) => {
+            search.thread = next;
+            0
+        }
+        None => 1,
+    }
+}
+
+/// Records one Python frame and steps to the one that called it. Returns 1 to stop the loop.
+unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given by `append_python_frames`.
+    let walk = unsafe { &mut *(walk as *mut FrameWalk) };
+    // SAFETY: `stack` is this CPU's scratch slot (see `unwind::user_stack_id`).
+    let stack = unsafe { &mut *walk.stack };
+    let index = stack.len as usize;
+    if walk.frame == 0 || index >= MAX_USER_FRAMES {
+        return 1;
+    }
+    let Some(code) = read_user(walk.frame + u64::from(walk.offsets.frame_code)) else {
+        return 1;
+    };
+    let entry = match read_user_byte(walk.frame + u64::from(walk.offsets.frame_is_entry)) {
+        Some(0) => 0,
+        Some(_) => PYTHON_ENTRY_FRAME,
+        None => return 1,
+    };
+    let value = PYTHON_FRAME | entry | (code & ADDRESS_MASK);
+    stack.frames[index] = value;
+    stack.len = index as u32 + 1;
+    walk.hash = (walk.hash ^ value).wrapping_mul(FNV_PRIME);
+    match read_user(walk.frame + u64::from(walk.offsets.frame_previous)) {
+        Some(previous) => {
+            walk.frame = previous;
+            0
+        }
+        None => 1,
+    }
+}

@@ -1,0 +1,189 @@
+//! The Python processes of a run: the interpreter each runs, and the functions of the code
+//! objects their stacks name, read while they live.
+
+use std::collections::HashMap;
+
+use profiler_common::{PYTHON_ENTRY_FRAME, PYTHON_FRAME};
+
+use crate::{
+    model::{Frame, FrameKind},
+    target::{
+        procfs::MapEntry,
+        python::{
+            Interpreter, PythonDetector,
+            code::{PythonFunction, read_function},
+        },
+    },
+};
+
+/// Code objects named per process, at most (a bound on memory and reading time).
+const MAX_FUNCTIONS_PER_PROCESS: usize = 100_000;
+
+/// The Python processes of a run and the functions their stacks name.
+#[derive(Debug, Default)]
+pub struct PythonNames {
+    /// Whether the interpreter's frames above the first Python frame are kept.
+    pub keep_interpreter_frames: bool,
+    detector: PythonDetectorCell,
+    interpreters: HashMap<u32, Interpreter>,
+    /// Functions by (process, code object); `None`: not a code object when read.
+    functions: HashMap<(u32, u64), Option<PythonFunction>>,
+    /// Code objects read per process.
+    read: HashMap<u32, usize>,
+}
+
+/// The detector, kept out of `Debug`.
+#[derive(Default)]
+struct PythonDetectorCell(PythonDetector);
+
+impl std::fmt::Debug for PythonDetectorCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PythonDetector")
+    }
+}
+
+/// The Python part of a walked user stack: the entries after the native frames.
+pub fn python_part(stack: &[u64]) -> &[u64] {
+    let native = native_len(stack);
+    &stack[native..]
+}
+
+/// The native part of a walked user stack.
+pub fn native_part(stack: &[u64]) -> &[u64] {
+    &stack[..native_len(stack)]
+}
+
+fn native_len(stack: &[u64]) -> usize {
+    stack
+        .iter()
+        .position(|&entry| entry & PYTHON_FRAME != 0)
+        .unwrap_or(stack.len())
+}
+
+/// A Python entry's code object address and whether it is the first frame its evaluation
+/// loop ran.
+pub fn code_of(entry: u64) -> (u64, bool) {
+    (
+        entry & !(PYTHON_FRAME | PYTHON_ENTRY_FRAME),
+        entry & PYTHON_ENTRY_FRAME != 0,
+    )
+}
+
+impl PythonNames {
+    /// Looks for an interpreter in `pid`'s new memory map. Returns it when it is new for
+    /// the process (to tell the kernel).
+    pub fn update(&mut self, pid: u32, maps: &[MapEntry]) -> Option<&Interpreter> {
+        let found = self.detector.0.detect(pid, maps)?;
+        if self.interpreters.get(&pid) == Some(&found) {
+            return None;
+        }
+        self.interpreters.insert(pid, found);
+        self.interpreters.get(&pid)
+    }
+
+    /// Forgets a process's interpreter (it executed another program).
+    pub fn forget(&mut self, pid: u32) {
+        self.interpreters.remove(&pid);
+    }
+
+    /// The interpreter of `pid`, if it runs one.
+    pub fn interpreter(&self, pid: u32) -> Option<&Interpreter> {
+        self.interpreters.get(&pid)
+    }
+
+    /// Whether any target runs Python.
+    pub fn any(&self) -> bool {
+        !self.interpreters.is_empty()
+    }
+
+    /// Names the code objects of `entries` (Python stack entries of `pid`) not named yet,
+    /// reading them from the process while it lives.
+    pub fn resolve(&mut self, pid: u32, entries: &[u64]) {
+        let Some(interpreter) = self.interpreters.get(&pid) else {
+            return;
+        };
+        let Some(layout) = interpreter.layout else {
+            return;
+        };
+        for &entry in entries {
+            let (code, _) = code_of(entry);
+            if self.functions.contains_key(&(pid, code)) {
+                continue;
+            }
+            let read = self.read.entry(pid).or_default();
+            if *read == MAX_FUNCTIONS_PER_PROCESS {
+                log::warn!(
+                    "process {pid}: {MAX_FUNCTIONS_PER_PROCESS} Python code objects read; \
+                     others show as `[python code]`"
+                );
+            }
+            if *read >= MAX_FUNCTIONS_PER_PROCESS {
+                *read += 1;
+                continue;
+            }
+            *read += 1;
+            let function = read_function(pid, code, interpreter.code_type, layout);
+            self.functions.insert((pid, code), function);
+        }
+    }
+
+    /// Number of Python functions named.
+    pub fn function_count(&self) -> usize {
+        self.functions.values().filter(|f| f.is_some()).count()
+    }
+
+    /// The frame of a Python stack entry of `pid`.
+    pub fn frame(&self, pid: u32, entry: u64) -> Frame {
+        let (code, _) = code_of(entry);
+        match self.functions.get(&(pid, code)) {
+            Some(Some(function)) => Frame {
+                function: function.qualname.clone(),
+                module: None,
+                file: Some(function.file.clone()),
+                line: Some(function.first_line),
+                kind: FrameKind::Interpreted,
+            },
+            _ => Frame {
+                function: "[python code]".to_owned(),
+                module: self
+                    .interpreters
+                    .get(&pid)
+                    .map(|interpreter| interpreter.object.clone()),
+                file: None,
+                line: None,
+                kind: FrameKind::Unsymbolized {
+                    kernel: false,
+                    file_offset: None,
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_parts_split_at_the_first_python_entry() {
+        let stack = [
+            0x10,
+            0x20,
+            PYTHON_FRAME | 0x1000,
+            PYTHON_FRAME | PYTHON_ENTRY_FRAME | 0x2000,
+        ];
+        assert_eq!(native_part(&stack), &[0x10, 0x20]);
+        assert_eq!(python_part(&stack).len(), 2);
+        assert_eq!(code_of(stack[3]), (0x2000, true));
+        assert_eq!(code_of(stack[2]), (0x1000, false));
+        assert_eq!(native_part(&[0x10]), &[0x10]);
+    }
+
+    #[test]
+    fn unnamed_code_is_a_placeholder() {
+        let names = PythonNames::default();
+        let frame = names.frame(1, PYTHON_FRAME | 0x1234);
+        assert_eq!(frame.function, "[python code]");
+        assert!(frame.kind.is_unsymbolized());
+    }
+}
