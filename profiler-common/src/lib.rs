@@ -782,8 +782,15 @@ const _: () = assert!(size_of::<ProcessUnwind>() == 16 + 32 * MAX_PROCESS_MAPPIN
 /// first, after its native frames. User addresses never have this bit.
 pub const PYTHON_FRAME: u64 = 1 << 63;
 /// Marks a Python frame as the first one its evaluation loop (`_PyEval_EvalFrameDefault`)
-/// ran: the native frame it belongs under.
+/// ran: the native frame it belongs under. With no code object (0), the entry stands for a
+/// frame the evaluation loop put on the C stack (3.12 and later): the frame before it was
+/// the loop's first.
 pub const PYTHON_ENTRY_FRAME: u64 = 1 << 62;
+/// [`PythonOffsets::cframe_current_frame`] when the thread state points at its newest frame
+/// itself (3.13 and later).
+pub const PYTHON_FRAME_DIRECT: u32 = u32::MAX;
+/// `_PyInterpreterFrame.owner` of a frame the evaluation loop put on the C stack.
+pub const PYTHON_FRAME_OWNED_BY_CSTACK: u8 = 3;
 /// Python frames recorded per stack, at most.
 pub const MAX_PYTHON_FRAMES: u32 = 128;
 /// Threads of a Python process searched for the current one's state, at most.
@@ -804,18 +811,19 @@ pub struct PythonOffsets {
     pub thread_next: u32,
     /// `PyThreadState.native_thread_id`.
     pub thread_native_id: u32,
-    /// `PyThreadState.cframe`.
-    pub thread_cframe: u32,
-    /// `_PyCFrame.current_frame`.
+    /// `PyThreadState.cframe` (3.11, 3.12), `.current_frame` (3.13).
+    pub thread_frame: u32,
+    /// `_PyCFrame.current_frame`, or [`PYTHON_FRAME_DIRECT`].
     pub cframe_current_frame: u32,
-    /// `_PyInterpreterFrame.f_code`.
+    /// `_PyInterpreterFrame.f_code` (3.11, 3.12), `.f_executable` (3.13).
     pub frame_code: u32,
     /// `_PyInterpreterFrame.previous`.
     pub frame_previous: u32,
-    /// `_PyInterpreterFrame.is_entry`.
+    /// `_PyInterpreterFrame.is_entry` (3.11), else 0.
     pub frame_is_entry: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `_PyInterpreterFrame.owner` (3.12 and later, where entries are frames on the C
+    /// stack), else 0.
+    pub frame_owner: u32,
 }
 
 /// A process running CPython: where its `_PyRuntime` is, and its version's offsets.

@@ -13,7 +13,8 @@ use aya_ebpf::{
 };
 use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME, PYTHON_FRAME,
-    PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack,
+    PYTHON_FRAME_DIRECT, PYTHON_FRAME_OWNED_BY_CSTACK, PYTHON_PROCESS_ENTRIES, PythonOffsets,
+    PythonProcess, UserStack,
 };
 
 use crate::unwind::{read_user, read_user_byte};
@@ -64,10 +65,15 @@ pub fn append_python_frames(tgid: u32, stack: *mut UserStack, hash: &mut u64) {
     let Some(thread) = thread_state(tid, &process) else {
         return;
     };
-    let Some(frame) = read_user(thread + u64::from(offsets.thread_cframe))
-        .filter(|&cframe| cframe != 0)
-        .and_then(|cframe| read_user(cframe + u64::from(offsets.cframe_current_frame)))
-    else {
+    let Some(frame) = read_user(thread + u64::from(offsets.thread_frame)).and_then(|pointer| {
+        if offsets.cframe_current_frame == PYTHON_FRAME_DIRECT {
+            Some(pointer)
+        } else if pointer == 0 {
+            None
+        } else {
+            read_user(pointer + u64::from(offsets.cframe_current_frame))
+        }
+    }) else {
         return;
     };
     let mut walk = FrameWalk {
@@ -156,15 +162,28 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
     if walk.frame == 0 || index >= MAX_USER_FRAMES {
         return 1;
     }
-    let Some(code) = read_user(walk.frame + u64::from(walk.offsets.frame_code)) else {
-        return 1;
+    let offsets = &walk.offsets;
+    let on_c_stack = offsets.frame_owner != 0
+        && read_user_byte(walk.frame + u64::from(offsets.frame_owner))
+            == Some(PYTHON_FRAME_OWNED_BY_CSTACK);
+    let value = if on_c_stack {
+        // The evaluation loop's own frame: marks the frame before it as the loop's first.
+        PYTHON_FRAME | PYTHON_ENTRY_FRAME
+    } else {
+        let Some(code) = read_user(walk.frame + u64::from(offsets.frame_code)) else {
+            return 1;
+        };
+        let entry = if offsets.frame_is_entry == 0 {
+            0
+        } else {
+            match read_user_byte(walk.frame + u64::from(offsets.frame_is_entry)) {
+                Some(0) => 0,
+                Some(_) => PYTHON_ENTRY_FRAME,
+                None => return 1,
+            }
+        };
+        PYTHON_FRAME | entry | (code & ADDRESS_MASK)
     };
-    let entry = match read_user_byte(walk.frame + u64::from(walk.offsets.frame_is_entry)) {
-        Some(0) => 0,
-        Some(_) => PYTHON_ENTRY_FRAME,
-        None => return 1,
-    };
-    let value = PYTHON_FRAME | entry | (code & ADDRESS_MASK);
     stack.frames[index] = value;
     stack.len = index as u32 + 1;
     walk.hash = (walk.hash ^ value).wrapping_mul(FNV_PRIME);

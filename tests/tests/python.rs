@@ -1,5 +1,6 @@
-//! Python frames walked in the kernel: Debian's CPython 3.11 (and any other 3.11 build on the
-//! machine) running `tests/runtimes/` scripts with known behaviour, by `record` and `attach`.
+//! Python frames walked in the kernel: Debian's CPython 3.11 (and the other builds of the
+//! versions the profiler knows found on the machine: pyenv's shared 3.11, 3.12, 3.13) running
+//! `tests/runtimes/` scripts with known behaviour, by `record` and `attach`.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,9 +13,10 @@ use profiler_tests::{runtimes::*, *};
 /// Debian's interpreter, which the set-up installs.
 const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
 
-/// The CPython 3.11 builds on this machine: Debian's (static), and others found on `PATH`
-/// or under pyenv (shared `libpython3.11.so`).
+/// The CPython builds on this machine of the versions the profiler knows: Debian's 3.11
+/// (static), and others found on `PATH` or under pyenv (shared `libpython3.N.so`).
 fn pythons() -> Vec<PathBuf> {
+    const KNOWN: [&str; 3] = ["3.11", "3.12", "3.13"];
     let mut found = vec![PathBuf::from(DEBIAN_PYTHON)];
     let debian = std::fs::canonicalize(DEBIAN_PYTHON).ok();
     let pyenv = std::env::var_os("PYENV_ROOT")
@@ -23,19 +25,22 @@ fn pythons() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)
-                .map(|dir| dir.join("python3.11"))
+                .flat_map(|dir| KNOWN.map(|version| dir.join(format!("python{version}"))))
                 .collect()
         })
         .unwrap_or_default();
     if let Some(versions) = pyenv.map(|root| root.join("versions"))
         && let Ok(entries) = std::fs::read_dir(versions)
     {
-        candidates.extend(
-            entries
-                .flatten()
-                .filter(|entry| entry.file_name().to_string_lossy().starts_with("3.11"))
-                .map(|entry| entry.path().join("bin/python3.11")),
-        );
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(version) = KNOWN
+                .iter()
+                .find(|version| name.starts_with(&format!("{version}.")))
+            {
+                candidates.push(entry.path().join(format!("bin/python{version}")));
+            }
+        }
     }
     for candidate in candidates {
         // pyenv's shims are scripts: only real interpreters, each once.
@@ -194,5 +199,9 @@ fn python_interpreter_frames_are_kept_on_request() {
     assert!(weight_with_frame(&stacks, "hot_a") > 0);
     let (dir, _) = record_command(&[], &python(Path::new(DEBIAN_PYTHON), "hot.py", 1.0));
     let stacks = read_folded(&dir.path().join("cpu.folded"));
-    assert_eq!(weight_containing(&stacks, "_PyEval_EvalFrameDefault"), 0);
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    // Only samples taken before the collector found the interpreter (its start-up, a few
+    // milliseconds) keep the evaluation loop.
+    let kept = weight_containing(&stacks, "_PyEval_EvalFrameDefault");
+    assert!(percent(kept, total) <= 2.0, "{kept} of {total}");
 }

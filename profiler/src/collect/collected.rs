@@ -81,8 +81,14 @@ impl Collection {
                         memory.thread_names.insert(tid, name);
                     }
                 }
+                let sites = self.probes.alloc_sites()?;
+                self.name_python_code(
+                    sites
+                        .iter()
+                        .map(|(site, _)| (site.tgid, site.user_stack_id)),
+                );
                 let mut tracked = AllocationsCollected {
-                    sites: self.probes.alloc_sites()?,
+                    sites,
                     live: self.probes.live_allocations()?,
                     mappings: MappingStats::default(),
                     end_ns,

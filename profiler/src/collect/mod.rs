@@ -224,6 +224,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
             .map(|ns| (ns as f64 - started_ns as f64) / 1e6),
         unwind: collected.unwind.take(),
         jit: collected.jit.take(),
+        python: collected.spaces.python().stats(),
         kernel: kernel_release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),

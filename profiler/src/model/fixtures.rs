@@ -20,6 +20,7 @@ pub fn run_info() -> RunInfo {
         attach_ms: Some(12.0),
         unwind: None,
         jit: None,
+        python: None,
         first_sample_ms: Some(20.0),
         kernel: "6.18.0".into(),
         profiler_version: "0.1.0".into(),

@@ -24,7 +24,7 @@ pub use saved::{
 pub use stats::{
     AllocSiteStats, IoDevice, IoFile, IoStats, IoSyscall, JitStats, Losses,
     MAX_NAMED_OBJECTS_WITHOUT_TABLES, MappingStats, MemoryStats, NoTableReason, ObjectWithoutTable,
-    RunQueue, TimelineRow, UnwindStats,
+    PythonStats, RunQueue, TimelineRow, UnwindStats,
 };
 
 /// Whether a number is zero: fields added to the saved form are left out when zero, so

@@ -89,6 +89,9 @@ pub struct RunInfo {
     /// Where JIT code got its names; `None` when no target had any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jit: Option<crate::model::JitStats>,
+    /// The Python processes; `None` when no target ran CPython.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<crate::model::PythonStats>,
     /// Kernel release the profile was taken on.
     pub kernel: String,
     /// Version of the profiler that took it.

@@ -347,6 +347,21 @@ pub struct JitStats {
     pub read_ms: f64,
 }
 
+/// The Python processes of a run and how their functions were named.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PythonStats {
+    /// Processes running CPython.
+    pub processes: u32,
+    /// Their versions and interpreter objects (`3.11 python3.11`), each once; an unknown
+    /// version is marked `(not walked)`.
+    pub interpreters: Vec<String>,
+    /// Functions named from their code objects.
+    pub functions: u64,
+    /// Code objects that could not be read (the process was gone, or the address no longer
+    /// held one): their frames are `[python code]`.
+    pub unnamed: u64,
+}
+
 /// What building the tables cost, for the summary and the benchmark.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnwindStats {

@@ -38,6 +38,7 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
         first_sample_ms: None,
         unwind: None,
         jit: None,
+        python: None,
         kernel: String::new(),
         profiler_version: env!("CARGO_PKG_VERSION").into(),
         cpus: 0,

@@ -95,6 +95,17 @@ pub fn summary_markdown(summary: &Summary) -> String {
             jit.processes, jit.functions
         );
     }
+    if let Some(python) = &summary.run.python {
+        let _ = writeln!(
+            md,
+            "- Python: {} processes ({}), {} functions named, {} code objects unreadable (see \
+             docs/runtimes.md)",
+            python.processes,
+            python.interpreters.join(", "),
+            python.functions,
+            python.unnamed
+        );
+    }
     if let Some(cpu) = &summary.cpu {
         let _ = writeln!(
             md,

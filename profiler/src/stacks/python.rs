@@ -25,15 +25,21 @@ pub fn with_python_frames(
     entries: &[u64],
     native: &[usize],
 ) -> Vec<usize> {
-    let python: Vec<(usize, bool)> = entries
-        .iter()
-        .map(|&entry| {
-            let id = *interned
-                .entry((pid, entry))
-                .or_insert_with(|| interner.frame(profile, symbols.python(pid, entry)));
-            (id, code_of(entry).1)
-        })
-        .collect();
+    let mut python: Vec<(usize, bool)> = Vec::with_capacity(entries.len());
+    for &entry in entries {
+        let (code, is_entry) = code_of(entry);
+        if code == 0 {
+            // The evaluation loop's frame on the C stack: the frame before was its first.
+            if let Some(last) = python.last_mut() {
+                last.1 = true;
+            }
+            continue;
+        }
+        let id = *interned
+            .entry((pid, entry))
+            .or_insert_with(|| interner.frame(profile, symbols.python(pid, entry)));
+        python.push((id, is_entry));
+    }
     let interpreter = symbols.python_interpreter(pid);
     let frames = &profile.frames;
     splice(

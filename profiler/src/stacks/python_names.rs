@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use profiler_common::{PYTHON_ENTRY_FRAME, PYTHON_FRAME};
 
 use crate::{
-    model::{Frame, FrameKind},
+    model::{Frame, FrameKind, PythonStats},
     target::{
         procfs::MapEntry,
         python::{
@@ -107,7 +107,7 @@ impl PythonNames {
         };
         for &entry in entries {
             let (code, _) = code_of(entry);
-            if self.functions.contains_key(&(pid, code)) {
+            if code == 0 || self.functions.contains_key(&(pid, code)) {
                 continue;
             }
             let read = self.read.entry(pid).or_default();
@@ -127,9 +127,33 @@ impl PythonNames {
         }
     }
 
-    /// Number of Python functions named.
-    pub fn function_count(&self) -> usize {
-        self.functions.values().filter(|f| f.is_some()).count()
+    /// What the summary says of the run's Python processes; `None` without any.
+    pub fn stats(&self) -> Option<PythonStats> {
+        if self.interpreters.is_empty() {
+            return None;
+        }
+        let mut interpreters: Vec<String> = self
+            .interpreters
+            .values()
+            .map(|interpreter| {
+                let (major, minor) = interpreter.version;
+                let walked = if interpreter.layout.is_some() {
+                    ""
+                } else {
+                    " (not walked)"
+                };
+                format!("{major}.{minor} {}{walked}", interpreter.object)
+            })
+            .collect();
+        interpreters.sort();
+        interpreters.dedup();
+        let named = self.functions.values().filter(|f| f.is_some()).count() as u64;
+        Some(PythonStats {
+            processes: self.interpreters.len() as u32,
+            interpreters,
+            functions: named,
+            unnamed: self.functions.len() as u64 - named,
+        })
     }
 
     /// The frame of a Python stack entry of `pid`.
