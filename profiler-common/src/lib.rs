@@ -789,6 +789,8 @@ pub const PYTHON_ENTRY_FRAME: u64 = 1 << 62;
 /// [`PythonOffsets::cframe_current_frame`] when the thread state points at its newest frame
 /// itself (3.13 and later).
 pub const PYTHON_FRAME_DIRECT: u32 = u32::MAX;
+/// [`PythonOffsets::frame_is_entry`] when each frame had an evaluation loop of its own.
+pub const PYTHON_EVERY_FRAME_ENTRY: u32 = u32::MAX;
 /// `_PyInterpreterFrame.owner` of a frame the evaluation loop put on the C stack.
 pub const PYTHON_FRAME_OWNED_BY_CSTACK: u8 = 3;
 /// Python frames recorded per stack, at most.
@@ -809,8 +811,12 @@ pub struct PythonOffsets {
     pub interpreter_threads: u32,
     /// `PyThreadState.next`.
     pub thread_next: u32,
-    /// `PyThreadState.native_thread_id`.
-    pub thread_native_id: u32,
+    /// The thread's id in its `PyThreadState`: `.native_thread_id` (3.11 and later), or
+    /// `.thread_id` (`pthread_self()`, before); see `thread_id_is_pthread`.
+    pub thread_id: u32,
+    /// Whether `thread_id` is `pthread_self()` (the thread's TLS base) rather than its kernel
+    /// thread id.
+    pub thread_id_is_pthread: u32,
     /// `PyThreadState.cframe` (3.11, 3.12), `.current_frame` (3.13).
     pub thread_frame: u32,
     /// `_PyCFrame.current_frame`, or [`PYTHON_FRAME_DIRECT`].
@@ -819,11 +825,14 @@ pub struct PythonOffsets {
     pub frame_code: u32,
     /// `_PyInterpreterFrame.previous`.
     pub frame_previous: u32,
-    /// `_PyInterpreterFrame.is_entry` (3.11), else 0.
+    /// `_PyInterpreterFrame.is_entry` (3.11), [`PYTHON_EVERY_FRAME_ENTRY`] (before 3.11: one
+    /// evaluation loop per `PyFrameObject`), else 0.
     pub frame_is_entry: u32,
     /// `_PyInterpreterFrame.owner` (3.12 and later, where entries are frames on the C
     /// stack), else 0.
     pub frame_owner: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// A process running CPython: where its `_PyRuntime` is, and its version's offsets.
@@ -835,7 +844,7 @@ pub struct PythonProcess {
     /// How to walk from it to the frames.
     pub offsets: PythonOffsets,
 }
-const _: () = assert!(size_of::<PythonProcess>() == 48);
+const _: () = assert!(size_of::<PythonProcess>() == 56);
 
 /// Why the in-kernel unwinder stopped walking a user stack.
 pub mod stack_end {

@@ -7,22 +7,30 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_loop},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_loop},
     macros::map,
     maps::{HashMap, LruHashMap},
 };
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME, PYTHON_FRAME,
-    PYTHON_FRAME_DIRECT, PYTHON_FRAME_OWNED_BY_CSTACK, PYTHON_PROCESS_ENTRIES, PythonOffsets,
-    PythonProcess, UserStack,
+    MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME,
+    PYTHON_EVERY_FRAME_ENTRY, PYTHON_FRAME, PYTHON_FRAME_DIRECT, PYTHON_FRAME_OWNED_BY_CSTACK,
+    PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack,
 };
 
-use crate::unwind::{read_user, read_user_byte};
+use crate::{
+    helpers::read_at,
+    unwind::{read_user, read_user_byte},
+};
 
 /// The Python processes among the targets, by tgid.
 #[map]
 static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
     HashMap::with_max_entries(PYTHON_PROCESS_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Offset of `task_struct.thread.fsbase` (the thread's TLS base, which glibc's
+/// `pthread_self()` returns), from the kernel's BTF; 0 when unknown.
+#[unsafe(no_mangle)]
+static TASK_FSBASE_OFFSET: u32 = 0;
 
 /// Each thread's `PyThreadState` once found (checked on use: a thread state is freed and its
 /// memory reused when its thread ends).
@@ -37,9 +45,10 @@ const ADDRESS_MASK: u64 = (1 << 47) - 1;
 #[repr(C)]
 struct ThreadSearch {
     thread: u64,
-    tid: u64,
+    /// The id the thread state keeps of the current thread.
+    id: u64,
     next: u32,
-    native_id: u32,
+    id_offset: u32,
     found: u64,
 }
 
@@ -95,13 +104,25 @@ pub fn append_python_frames(tgid: u32, stack: *mut UserStack, hash: &mut u64) {
 }
 
 /// The current thread's `PyThreadState`: remembered, or searched for in the main
-/// interpreter's list by native thread id.
+/// interpreter's list by the id it keeps of its thread.
 #[inline(always)]
 fn thread_state(tid: u32, process: &PythonProcess) -> Option<u64> {
     let offsets = &process.offsets;
+    let id = if offsets.thread_id_is_pthread != 0 {
+        // SAFETY: read_volatile keeps the loader-set constant from being folded.
+        let fsbase = unsafe { core::ptr::read_volatile(&TASK_FSBASE_OFFSET) };
+        if fsbase == 0 {
+            return None;
+        }
+        // SAFETY: a helper valid in every tracing program.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        read_at::<u64>(task, fsbase)?
+    } else {
+        u64::from(tid)
+    };
     // SAFETY: a map value, copied.
     if let Some(thread) = unsafe { PYTHON_THREADS.get(&tid) }.copied()
-        && read_user(thread + u64::from(offsets.thread_native_id)) == Some(u64::from(tid))
+        && read_user(thread + u64::from(offsets.thread_id)) == Some(id)
     {
         return Some(thread);
     }
@@ -111,9 +132,9 @@ fn thread_state(tid: u32, process: &PythonProcess) -> Option<u64> {
     }
     let mut search = ThreadSearch {
         thread: read_user(interpreter + u64::from(offsets.interpreter_threads))?,
-        tid: u64::from(tid),
+        id,
         next: offsets.thread_next,
-        native_id: offsets.thread_native_id,
+        id_offset: offsets.thread_id,
         found: 0,
     };
     // SAFETY: the callback only touches `search`.
@@ -139,7 +160,7 @@ unsafe extern "C" fn thread_step(_index: u64, search: *mut c_void) -> i64 {
     if search.thread == 0 {
         return 1;
     }
-    if read_user(search.thread + u64::from(search.native_id)) == Some(search.tid) {
+    if read_user(search.thread + u64::from(search.id_offset)) == Some(search.id) {
         search.found = search.thread;
         return 1;
     }
@@ -175,6 +196,8 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
         };
         let entry = if offsets.frame_is_entry == 0 {
             0
+        } else if offsets.frame_is_entry == PYTHON_EVERY_FRAME_ENTRY {
+            PYTHON_ENTRY_FRAME
         } else {
             match read_user_byte(walk.frame + u64::from(offsets.frame_is_entry)) {
                 Some(0) => 0,

@@ -131,6 +131,14 @@ impl KernelProbes {
             (Ok(mm), Err(_)) => [mm, 0],
             _ => [0, 0],
         };
+        // `task_struct.thread.fsbase`: what CPython before 3.11 knows its threads by.
+        let task_fsbase_offset = match (
+            types.member_offset("task_struct", "thread"),
+            types.member_offset("thread_struct", "fsbase"),
+        ) {
+            (Ok(thread), Ok(fsbase)) => thread + fsbase,
+            _ => 0,
+        };
         // From a memory area to the identity of its file, and from a task to its program's
         // text (`unwind_mappings`). Missing: all 0, and new processes wait for the collector.
         let vma_file_offsets = types.all_or_none([
@@ -179,6 +187,7 @@ impl KernelProbes {
             .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
             .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
             .override_global("TASK_CONTEXT_OFFSETS", &task_context_offsets, true)
+            .override_global("TASK_FSBASE_OFFSET", &task_fsbase_offset, true)
             // Arrays are allocated whole: a single row when tables are off.
             .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)

@@ -2,7 +2,7 @@
 //! structures on x86-64, taken from the release's headers (`Include/internal/pycore_*.h`,
 //! `Include/cpython/*.h`) and checked against the installed headers by the tests.
 
-use profiler_common::{PYTHON_FRAME_DIRECT, PythonOffsets};
+use profiler_common::{PYTHON_EVERY_FRAME_ENTRY, PYTHON_FRAME_DIRECT, PythonOffsets};
 
 /// The offsets of one CPython minor version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,7 +11,7 @@ pub struct Layout {
     pub version: (u8, u8),
     /// What the kernel walks: runtime to thread states to frames.
     pub kernel: PythonOffsets,
-    /// `PyCodeObject.co_qualname`.
+    /// `PyCodeObject.co_qualname` (`co_name` before 3.11).
     pub code_qualname: u32,
     /// `PyCodeObject.co_filename`.
     pub code_filename: u32,
@@ -27,21 +27,56 @@ pub struct Layout {
     pub compact_data: u32,
 }
 
+/// 3.8 to 3.10, alike where the profiler reads: one `PyFrameObject` (and one evaluation loop)
+/// per Python call, thread states known by `pthread_self()`, no qualified names.
+const fn older_layout(minor: u8) -> Layout {
+    Layout {
+        version: (3, minor),
+        kernel: PythonOffsets {
+            runtime_main_interpreter: 40,
+            interpreter_threads: 8,
+            thread_next: 8,
+            thread_id: 176,
+            thread_id_is_pthread: 1,
+            thread_frame: 24,
+            cframe_current_frame: PYTHON_FRAME_DIRECT,
+            frame_code: 32,
+            frame_previous: 24,
+            frame_is_entry: PYTHON_EVERY_FRAME_ENTRY,
+            frame_owner: 0,
+            _pad: 0,
+        },
+        // `co_name`: `co_qualname` came with 3.11.
+        code_qualname: 112,
+        code_filename: 104,
+        code_first_line: 40,
+        unicode_length: 16,
+        unicode_state: 32,
+        ascii_data: 48,
+        compact_data: 72,
+    }
+}
+
 /// The versions whose frames the profiler walks.
 const LAYOUTS: &[Layout] = &[
+    older_layout(8),
+    older_layout(9),
+    older_layout(10),
     Layout {
         version: (3, 11),
         kernel: PythonOffsets {
             runtime_main_interpreter: 48,
             interpreter_threads: 16,
             thread_next: 8,
-            thread_native_id: 160,
+            thread_id: 160,
+            thread_id_is_pthread: 0,
             thread_frame: 56,
             cframe_current_frame: 8,
             frame_code: 32,
             frame_previous: 48,
             frame_is_entry: 68,
             frame_owner: 0,
+            _pad: 0,
         },
         code_qualname: 128,
         code_filename: 112,
@@ -57,13 +92,15 @@ const LAYOUTS: &[Layout] = &[
             runtime_main_interpreter: 48,
             interpreter_threads: 72,
             thread_next: 8,
-            thread_native_id: 144,
+            thread_id: 144,
+            thread_id_is_pthread: 0,
             thread_frame: 56,
             cframe_current_frame: 0,
             frame_code: 0,
             frame_previous: 8,
             frame_is_entry: 0,
             frame_owner: 70,
+            _pad: 0,
         },
         code_qualname: 128,
         code_filename: 112,
@@ -79,13 +116,15 @@ const LAYOUTS: &[Layout] = &[
             runtime_main_interpreter: 640,
             interpreter_threads: 7344,
             thread_next: 8,
-            thread_native_id: 160,
+            thread_id: 160,
+            thread_id_is_pthread: 0,
             thread_frame: 72,
             cframe_current_frame: PYTHON_FRAME_DIRECT,
             frame_code: 0,
             frame_previous: 8,
             frame_is_entry: 0,
             frame_owner: 70,
+            _pad: 0,
         },
         code_qualname: 128,
         code_filename: 112,
@@ -125,74 +164,33 @@ mod tests {
     /// value the table has.
     fn fields(layout: &Layout) -> Vec<(&'static str, String, u32)> {
         let k = &layout.kernel;
-        let (thread_frame, cframe_current_frame, frame_code) = match layout.version {
-            (3, 11) | (3, 12) => (
-                "offsetof(PyThreadState, cframe)",
-                "offsetof(_PyCFrame, current_frame)",
-                "offsetof(_PyInterpreterFrame, f_code)",
-            ),
-            _ => (
-                "offsetof(PyThreadState, current_frame)",
-                "0xffffffffu",
-                "offsetof(_PyInterpreterFrame, f_executable)",
-            ),
-        };
+        let offset = |owner: &str, field: &str| format!("offsetof({owner}, {field})");
+        let (thread, frame) = ("PyThreadState", "_PyInterpreterFrame");
         let mut fields = vec![
             (
                 "runtime_main_interpreter",
-                "offsetof(_PyRuntimeState, interpreters.main)".to_owned(),
+                offset("_PyRuntimeState", "interpreters.main"),
                 k.runtime_main_interpreter,
             ),
-            (
-                "interpreter_threads",
-                "offsetof(PyInterpreterState, threads.head)".to_owned(),
-                k.interpreter_threads,
-            ),
-            (
-                "thread_next",
-                "offsetof(PyThreadState, next)".to_owned(),
-                k.thread_next,
-            ),
-            (
-                "thread_native_id",
-                "offsetof(PyThreadState, native_thread_id)".to_owned(),
-                k.thread_native_id,
-            ),
-            ("thread_frame", thread_frame.to_owned(), k.thread_frame),
-            (
-                "cframe_current_frame",
-                cframe_current_frame.to_owned(),
-                k.cframe_current_frame,
-            ),
-            ("frame_code", frame_code.to_owned(), k.frame_code),
-            (
-                "frame_previous",
-                "offsetof(_PyInterpreterFrame, previous)".to_owned(),
-                k.frame_previous,
-            ),
-            (
-                "code_qualname",
-                "offsetof(PyCodeObject, co_qualname)".to_owned(),
-                layout.code_qualname,
-            ),
+            ("thread_next", offset(thread, "next"), k.thread_next),
             (
                 "code_filename",
-                "offsetof(PyCodeObject, co_filename)".to_owned(),
+                offset("PyCodeObject", "co_filename"),
                 layout.code_filename,
             ),
             (
                 "code_first_line",
-                "offsetof(PyCodeObject, co_firstlineno)".to_owned(),
+                offset("PyCodeObject", "co_firstlineno"),
                 layout.code_first_line,
             ),
             (
                 "unicode_length",
-                "offsetof(PyASCIIObject, length)".to_owned(),
+                offset("PyASCIIObject", "length"),
                 layout.unicode_length,
             ),
             (
                 "unicode_state",
-                "offsetof(PyASCIIObject, state)".to_owned(),
+                offset("PyASCIIObject", "state"),
                 layout.unicode_state,
             ),
             (
@@ -206,35 +204,152 @@ mod tests {
                 layout.compact_data,
             ),
         ];
-        if layout.version == (3, 11) {
-            fields.push((
-                "frame_is_entry",
-                "offsetof(_PyInterpreterFrame, is_entry)".to_owned(),
-                k.frame_is_entry,
-            ));
-        } else {
-            fields.push((
-                "frame_owner",
-                "offsetof(_PyInterpreterFrame, owner)".to_owned(),
-                k.frame_owner,
-            ));
-        }
+        let direct = PYTHON_FRAME_DIRECT.to_string();
+        let every = PYTHON_EVERY_FRAME_ENTRY.to_string();
+        let by_version: [(&'static str, String, u32); 8] = match layout.version {
+            (3, ..=10) => [
+                (
+                    "interpreter_threads",
+                    offset("PyInterpreterState", "tstate_head"),
+                    k.interpreter_threads,
+                ),
+                ("thread_id", offset(thread, "thread_id"), k.thread_id),
+                ("thread_frame", offset(thread, "frame"), k.thread_frame),
+                ("cframe_current_frame", direct, k.cframe_current_frame),
+                (
+                    "frame_code",
+                    offset("PyFrameObject", "f_code"),
+                    k.frame_code,
+                ),
+                (
+                    "frame_previous",
+                    offset("PyFrameObject", "f_back"),
+                    k.frame_previous,
+                ),
+                ("frame_is_entry", every, k.frame_is_entry),
+                (
+                    "code_qualname",
+                    offset("PyCodeObject", "co_name"),
+                    layout.code_qualname,
+                ),
+            ],
+            (3, 11) => [
+                (
+                    "interpreter_threads",
+                    offset("PyInterpreterState", "threads.head"),
+                    k.interpreter_threads,
+                ),
+                ("thread_id", offset(thread, "native_thread_id"), k.thread_id),
+                ("thread_frame", offset(thread, "cframe"), k.thread_frame),
+                (
+                    "cframe_current_frame",
+                    offset("_PyCFrame", "current_frame"),
+                    k.cframe_current_frame,
+                ),
+                ("frame_code", offset(frame, "f_code"), k.frame_code),
+                (
+                    "frame_previous",
+                    offset(frame, "previous"),
+                    k.frame_previous,
+                ),
+                (
+                    "frame_is_entry",
+                    offset(frame, "is_entry"),
+                    k.frame_is_entry,
+                ),
+                (
+                    "code_qualname",
+                    offset("PyCodeObject", "co_qualname"),
+                    layout.code_qualname,
+                ),
+            ],
+            (3, 12) => [
+                (
+                    "interpreter_threads",
+                    offset("PyInterpreterState", "threads.head"),
+                    k.interpreter_threads,
+                ),
+                ("thread_id", offset(thread, "native_thread_id"), k.thread_id),
+                ("thread_frame", offset(thread, "cframe"), k.thread_frame),
+                (
+                    "cframe_current_frame",
+                    offset("_PyCFrame", "current_frame"),
+                    k.cframe_current_frame,
+                ),
+                ("frame_code", offset(frame, "f_code"), k.frame_code),
+                (
+                    "frame_previous",
+                    offset(frame, "previous"),
+                    k.frame_previous,
+                ),
+                ("frame_owner", offset(frame, "owner"), k.frame_owner),
+                (
+                    "code_qualname",
+                    offset("PyCodeObject", "co_qualname"),
+                    layout.code_qualname,
+                ),
+            ],
+            _ => [
+                (
+                    "interpreter_threads",
+                    offset("PyInterpreterState", "threads.head"),
+                    k.interpreter_threads,
+                ),
+                ("thread_id", offset(thread, "native_thread_id"), k.thread_id),
+                (
+                    "thread_frame",
+                    offset(thread, "current_frame"),
+                    k.thread_frame,
+                ),
+                ("cframe_current_frame", direct, k.cframe_current_frame),
+                ("frame_code", offset(frame, "f_executable"), k.frame_code),
+                (
+                    "frame_previous",
+                    offset(frame, "previous"),
+                    k.frame_previous,
+                ),
+                ("frame_owner", offset(frame, "owner"), k.frame_owner),
+                (
+                    "code_qualname",
+                    offset("PyCodeObject", "co_qualname"),
+                    layout.code_qualname,
+                ),
+            ],
+        };
+        fields.extend(by_version);
         fields
+    }
+
+    /// The internal headers declaring what [`fields`] reads, per version.
+    fn includes(version: (u8, u8)) -> &'static [&'static str] {
+        match version {
+            (3, ..=8) => &["internal/pycore_pystate.h", "frameobject.h"],
+            (3, 9 | 10) => &[
+                "internal/pycore_runtime.h",
+                "internal/pycore_interp.h",
+                "frameobject.h",
+            ],
+            _ => &[
+                "internal/pycore_runtime.h",
+                "internal/pycore_interp.h",
+                "internal/pycore_frame.h",
+            ],
+        }
     }
 
     /// Each field's value as the C compiler lays it out from the headers in `include`.
     fn values_from_headers(
         include: &Path,
+        version: (u8, u8),
         fields: &[(&'static str, String, u32)],
     ) -> HashMap<String, u32> {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("offsets.c");
-        let mut program = String::from(
-            "#define Py_BUILD_CORE 1\n#include <Python.h>\n\
-             #include <internal/pycore_runtime.h>\n#include <internal/pycore_interp.h>\n\
-             #include <internal/pycore_frame.h>\n#include <stddef.h>\n#include <stdio.h>\n\
-             int main(void) {\n",
-        );
+        let mut program = String::from("#define Py_BUILD_CORE 1\n#include <Python.h>\n");
+        for header in includes(version) {
+            program.push_str(&format!("#include <{header}>\n"));
+        }
+        program.push_str("#include <stddef.h>\n#include <stdio.h>\nint main(void) {\n");
         for (name, expression, _) in fields {
             program.push_str(&format!(
                 "printf(\"{name} %zu\\n\", (size_t)({expression}));\n"
@@ -289,7 +404,7 @@ mod tests {
         }
         folders
             .into_iter()
-            .filter(|folder| folder.join("internal/pycore_frame.h").exists())
+            .filter(|folder| folder.join("internal").is_dir())
             .collect()
     }
 
@@ -305,7 +420,7 @@ mod tests {
             let fields = fields(layout);
             for include in header_folders(layout.version) {
                 eprintln!("{:?} against {}", layout.version, include.display());
-                let found = values_from_headers(&include, &fields);
+                let found = values_from_headers(&include, layout.version, &fields);
                 for (name, _, value) in &fields {
                     assert_eq!(
                         found.get(*name),
@@ -323,6 +438,8 @@ mod tests {
         assert!(layout((3, 11)).is_some());
         assert!(layout((3, 13)).is_some());
         assert!(layout((2, 7)).is_none());
-        assert_eq!(known_versions(), "3.11, 3.12, 3.13");
+        assert!(layout((3, 8)).is_some());
+        assert!(layout((3, 7)).is_none());
+        assert_eq!(known_versions(), "3.8, 3.9, 3.10, 3.11, 3.12, 3.13");
     }
 }
