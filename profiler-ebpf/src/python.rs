@@ -6,10 +6,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_loop},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_loop},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
 };
 use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME,
@@ -33,9 +33,23 @@ static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
 static TASK_FSBASE_OFFSET: u32 = 0;
 
 /// Each thread's `PyThreadState` once found (checked on use: a thread state is freed and its
-/// memory reused when its thread ends).
+/// memory reused when its thread ends), or when it was last looked for in vain. Preallocated:
+/// updated from the sampling interrupt, where an LRU map's locks are not safe. When full,
+/// threads are searched for at every event.
 #[map]
-static PYTHON_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16 * 1024, 0);
+static PYTHON_THREADS: HashMap<u32, ThreadCache> = HashMap::with_max_entries(16 * 1024, 0);
+
+/// A thread's state, or 0 and when it was not found.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ThreadCache {
+    thread: u64,
+    searched_ns: u64,
+}
+
+/// How long a thread found without a Python thread state (a native worker thread) is not
+/// searched for again.
+const RESEARCH_AFTER_NS: u64 = 100_000_000;
 
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// What a code object's address keeps: user addresses are below 2^47.
@@ -45,6 +59,8 @@ const ADDRESS_MASK: u64 = (1 << 47) - 1;
 #[repr(C)]
 struct ThreadSearch {
     thread: u64,
+    /// The list's first thread state: met again, the list is a loop.
+    head: u64,
     /// The id the thread state keeps of the current thread.
     id: u64,
     next: u32,
@@ -61,17 +77,35 @@ struct FrameWalk {
     offsets: PythonOffsets,
 }
 
-/// Appends the current thread's Python frames to `stack` (after its native frames), folding
-/// them into `hash`, when process `tgid` runs CPython.
+/// How process `tgid` runs CPython, if it does.
 #[inline(always)]
-pub fn append_python_frames(tgid: u32, stack: *mut UserStack, hash: &mut u64) {
+pub fn process(tgid: u32) -> Option<PythonProcess> {
     // SAFETY: a map value, copied.
-    let Some(process) = (unsafe { PYTHON_PROCESSES.get(&tgid) }).copied() else {
-        return;
-    };
+    unsafe { PYTHON_PROCESSES.get(&tgid) }.copied()
+}
+
+/// Forgets a process's interpreter (it executed a new program: until the collector has read
+/// the new one, its memory is not walked as the old one's).
+#[inline(always)]
+pub fn forget_process(tgid: u32) {
+    let _ = PYTHON_PROCESSES.remove(&tgid);
+}
+
+/// Gives a forked child its parent's interpreter: the same memory layout.
+#[inline(always)]
+pub fn inherit_process(parent: u32, child: u32) {
+    if let Some(process) = process(parent) {
+        let _ = PYTHON_PROCESSES.insert(&child, &process, u64::from(BPF_NOEXIST));
+    }
+}
+
+/// Appends the current thread's Python frames to `stack` (after its native frames), folding
+/// them into `hash`.
+#[inline(always)]
+pub fn append_python_frames(process: &PythonProcess, stack: *mut UserStack, hash: &mut u64) {
     let offsets = process.offsets;
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(thread) = thread_state(tid, &process) else {
+    let Some(thread) = thread_state(tid, process) else {
         return;
     };
     let Some(frame) = read_user(thread + u64::from(offsets.thread_frame)).and_then(|pointer| {
@@ -120,18 +154,26 @@ fn thread_state(tid: u32, process: &PythonProcess) -> Option<u64> {
     } else {
         u64::from(tid)
     };
+    // SAFETY: a helper valid in every program.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value, copied.
-    if let Some(thread) = unsafe { PYTHON_THREADS.get(&tid) }.copied()
-        && read_user(thread + u64::from(offsets.thread_id)) == Some(id)
-    {
-        return Some(thread);
+    if let Some(cached) = unsafe { PYTHON_THREADS.get(&tid) }.copied() {
+        if cached.thread == 0 {
+            if now.wrapping_sub(cached.searched_ns) < RESEARCH_AFTER_NS {
+                return None;
+            }
+        } else if read_user(cached.thread + u64::from(offsets.thread_id)) == Some(id) {
+            return Some(cached.thread);
+        }
     }
     let interpreter = read_user(process.runtime + u64::from(offsets.runtime_main_interpreter))?;
     if interpreter == 0 {
         return None;
     }
+    let head = read_user(interpreter + u64::from(offsets.interpreter_threads))?;
     let mut search = ThreadSearch {
-        thread: read_user(interpreter + u64::from(offsets.interpreter_threads))?,
+        thread: head,
+        head,
         id,
         next: offsets.thread_next,
         id_offset: offsets.thread_id,
@@ -146,11 +188,12 @@ fn thread_state(tid: u32, process: &PythonProcess) -> Option<u64> {
             0,
         )
     };
-    if search.found == 0 {
-        return None;
-    }
-    let _ = PYTHON_THREADS.insert(&tid, &search.found, 0);
-    Some(search.found)
+    let cache = ThreadCache {
+        thread: search.found,
+        searched_ns: now,
+    };
+    let _ = PYTHON_THREADS.insert(&tid, &cache, 0);
+    (search.found != 0).then_some(search.found)
 }
 
 /// Looks at one thread state of the list. Returns 1 to stop the loop.
@@ -165,11 +208,11 @@ unsafe extern "C" fn thread_step(_index: u64, search: *mut c_void) -> i64 {
         return 1;
     }
     match read_user(search.thread + u64::from(search.next)) {
-        Some(next) => {
+        Some(next) if next != search.head => {
             search.thread = next;
             0
         }
-        None => 1,
+        _ => 1,
     }
 }
 
@@ -194,6 +237,16 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
         let Some(code) = read_user(walk.frame + u64::from(offsets.frame_code)) else {
             return 1;
         };
+        // Not a code object (yet): nothing to name, and code 0 is the C-stack marker.
+        if code & ADDRESS_MASK == 0 {
+            return match read_user(walk.frame + u64::from(offsets.frame_previous)) {
+                Some(previous) => {
+                    walk.frame = previous;
+                    0
+                }
+                None => 1,
+            };
+        }
         let entry = if offsets.frame_is_entry == 0 {
             0
         } else if offsets.frame_is_entry == PYTHON_EVERY_FRAME_ENTRY {

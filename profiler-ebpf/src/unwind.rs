@@ -21,10 +21,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use profiler_common::{
-    DEFAULT_UNWIND_ROWS, MAX_OBJECT_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind,
-    STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES,
-    USER_STACK_ENTRIES, USER_STACK_HASH_ENTRIES, UnwindRow, UserStack, counter, process_event,
-    stack_end, unwind_kind,
+    DEFAULT_UNWIND_ROWS, MAX_OBJECT_ROWS, MAX_PROCESS_MAPPINGS, MAX_PYTHON_FRAMES, MAX_USER_FRAMES,
+    ProcessUnwind, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_NONE,
+    UNWIND_PROCESS_ENTRIES, USER_STACK_ENTRIES, USER_STACK_HASH_ENTRIES, UnwindRow, UserStack,
+    counter, process_event, stack_end, unwind_kind,
 };
 
 use crate::{
@@ -89,6 +89,8 @@ const MAPPING_SEARCH_STEPS: u32 = MAX_PROCESS_MAPPINGS.trailing_zeros() + 1;
 /// Halvings of the mapping search per callback call: fewer calls, a little more to verify.
 const SEARCH_STEPS_PER_CALL: u32 = 2;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
+/// One past the highest user-space address on x86-64 (47-bit addresses).
+const USER_SPACE_END: u64 = 1 << 47;
 
 /// State of one walk, shared with the per-frame callback.
 #[repr(C)]
@@ -109,6 +111,8 @@ struct Walk {
     table_frames: u32,
     /// The process's uretprobe trampoline (0: none).
     trampoline: u64,
+    /// Native frames walked at most: fewer in a Python process, leaving room for its frames.
+    max_frames: u64,
 }
 
 /// The current thread's user stack, walked with the unwind tables, stored in `USER_STACKS`:
@@ -153,7 +157,13 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
             pc -= 1;
         }
     }
+    let python = python::process(tgid);
     let mut walk = Walk {
+        max_frames: if python.is_some() {
+            (MAX_USER_FRAMES - MAX_PYTHON_FRAMES as usize) as u64
+        } else {
+            MAX_USER_FRAMES as u64
+        },
         stack,
         process,
         pc,
@@ -186,7 +196,9 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     add_to_counter(counter::UNWIND_TABLE_FRAMES, u64::from(walk.table_frames));
     // SAFETY: as above.
     let (len, end) = unsafe { ((*stack).len, (*stack).end) };
-    python::append_python_frames(tgid, stack, &mut walk.hash);
+    if let Some(python) = python {
+        python::append_python_frames(&python, stack, &mut walk.hash);
+    }
     add_to_counter(
         counter::UNWIND_FP_FRAMES,
         u64::from(len.saturating_sub(walk.table_frames)),
@@ -262,6 +274,7 @@ fn request_tables(tgid: u32) {
 #[inline(always)]
 pub fn forget_process(tgid: u32) {
     let _ = UNWIND_PROCESSES.remove(&tgid);
+    python::forget_process(tgid);
 }
 
 /// Gives a forked child its parent's mappings: it maps the same objects at the same places,
@@ -273,6 +286,7 @@ pub fn inherit_process(parent: u32, child: u32) {
     if let Some(mappings) = unsafe { UNWIND_PROCESSES.get(&parent) } {
         let _ = UNWIND_PROCESSES.insert(&child, mappings, u64::from(BPF_NOEXIST));
     }
+    python::inherit_process(parent, child);
 }
 
 /// Records the frame at `walk.pc` and steps to its caller. Returns 1 to stop the loop.
@@ -285,10 +299,16 @@ unsafe extern "C" fn unwind_step(index: u64, walk: *mut c_void) -> i64 {
     if index >= MAX_USER_FRAMES {
         return 1;
     }
+    // Above user space: a garbage return address, never code (and never to be taken for a
+    // Python entry, whose top bit is set).
+    if walk.pc >= USER_SPACE_END {
+        stack.end = stack_end::NOT_ADVANCING;
+        return 1;
+    }
     stack.frames[index] = walk.pc;
     stack.len = index as u32 + 1;
     walk.hash = (walk.hash ^ walk.pc).wrapping_mul(FNV_PRIME);
-    if index + 1 == MAX_USER_FRAMES {
+    if index as u64 + 1 >= walk.max_frames {
         stack.end = stack_end::DEPTH;
         return 1;
     }

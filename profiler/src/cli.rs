@@ -130,6 +130,10 @@ pub struct ProfileArgs {
     /// and the native frames below the first Python function kept.
     #[arg(long)]
     pub python_interpreter_frames: bool,
+    /// Do not read Python frames: CPython processes are profiled as native code (the
+    /// interpreter's evaluation loop), as before the profiler knew them.
+    #[arg(long, conflicts_with = "python_interpreter_frames")]
+    pub no_python_frames: bool,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
@@ -240,6 +244,7 @@ impl From<ProfileArgs> for RunConfig {
             max_memory: args.max_memory,
             jvm_attach: !args.no_jvm_attach,
             python_interpreter_frames: args.python_interpreter_frames,
+            python_frames: !args.no_python_frames,
         }
     }
 }

@@ -87,7 +87,7 @@ fn compile_variant(suffix: &str, flag: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// (run time ns, runs) of the loaded program named `name`, if loaded.
-fn program_stats(name: &str) -> Option<(u64, u64)> {
+pub(crate) fn program_stats(name: &str) -> Option<(u64, u64)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "name", name, "--json"])
         .stderr(Stdio::null())
@@ -261,14 +261,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Turns on the kernel's per-program run statistics for the benchmark's duration.
-struct BpfStats {
+pub(crate) struct BpfStats {
     previous: String,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    fn enable() -> anyhow::Result<Self> {
+    pub(crate) fn enable() -> anyhow::Result<Self> {
         let previous = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
         std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
         Ok(BpfStats { previous })

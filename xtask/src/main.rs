@@ -8,6 +8,7 @@
 mod bench;
 mod bench_jit;
 mod bench_longrun;
+mod bench_python;
 mod bench_server;
 mod bench_soak;
 mod bench_startup;
@@ -75,6 +76,10 @@ enum Task {
     /// perf map) and perf: throughput kept, map size, time to write and read it; writes
     /// docs/performance/jit-results.md.
     BenchJit(bench_jit::JitBenchArgs),
+    /// Debian's python3.11 alone, under the profiler (99 and 999 Hz, with and without Python
+    /// frames) and under py-spy: throughput kept, per-sample cost; writes
+    /// docs/performance/python-results.md.
+    BenchPython(bench_python::PythonBenchArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -134,6 +139,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchJit(args) => {
             build()?;
             bench_jit::jit(&args)
+        }
+        Task::BenchPython(args) => {
+            build()?;
+            bench_python::python(&args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }

@@ -86,6 +86,7 @@ impl Collection {
                     sites
                         .iter()
                         .map(|(site, _)| (site.tgid, site.user_stack_id)),
+                    super::collection::PYTHON_NAMING_AT_END,
                 );
                 let mut tracked = AllocationsCollected {
                     sites,

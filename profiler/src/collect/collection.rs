@@ -54,6 +54,11 @@ pub(super) fn comm_string(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// Time the collector spends reading Python code objects' names per drain (every second),
+/// and at the end of the run.
+const PYTHON_NAMING_PER_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+pub(super) const PYTHON_NAMING_AT_END: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// State of a run between attach and detach.
 pub(super) struct Collection {
     pub(super) probes: KernelProbes,
@@ -86,6 +91,8 @@ pub(super) struct Collection {
     pub(super) memory_cap_dropped: u64,
     /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
     pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
+    /// Whether Python frames are read.
+    pub(super) python_frames: bool,
     /// CPython versions already warned about as unknown.
     pub(super) python_versions_warned: std::collections::HashSet<(u8, u8)>,
     /// The JVMs among the targets, asked for their perf maps.
@@ -145,6 +152,7 @@ impl Collection {
             max_state_bytes: config.max_memory,
             memory_cap_dropped: 0,
             user_stacks: HashMap::new(),
+            python_frames: config.python_frames,
             python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
         };
@@ -187,7 +195,7 @@ impl Collection {
         }
         self.jvms.note(pid, &text);
         // Python frames are walked with the unwind tables only.
-        if self.unwind.is_some() {
+        if self.unwind.is_some() && self.python_frames {
             let entries = procfs::parse_maps(&text);
             if let Some(interpreter) = self.spaces.python_mut().update(pid, &entries) {
                 let interpreter = interpreter.clone();
@@ -231,19 +239,26 @@ impl Collection {
     }
 
     /// Names the code objects in the Python frames of `keys`' stacks (process, user stack id)
-    /// while their processes live.
-    pub(super) fn name_python_code(&mut self, keys: impl Iterator<Item = (u32, i32)>) {
+    /// while their processes live, for at most `budget` (what is left is named at the end).
+    pub(super) fn name_python_code(
+        &mut self,
+        keys: impl Iterator<Item = (u32, i32)>,
+        budget: std::time::Duration,
+    ) {
         if !self.spaces.python().any() {
             return;
         }
+        let deadline = Instant::now() + budget;
         for (pid, id) in keys {
             let Ok(id) = u32::try_from(id) else {
                 continue;
             };
             if let Some((frames, _)) = self.user_stacks.get(&id) {
                 let entries = stacks::python::python_part(frames);
-                if !entries.is_empty() {
-                    self.spaces.python_mut().resolve(pid, entries);
+                if !entries.is_empty() && !self.spaces.python_mut().resolve(pid, entries, deadline)
+                {
+                    log::debug!("Python names: out of time; the rest is named at the end");
+                    return;
                 }
             }
         }
@@ -418,7 +433,7 @@ impl Collection {
             .chain(self.offcpu.keys().map(|key| (key.tgid, key.user_stack_id)))
             .chain(self.io.keys().map(|key| (key.tgid, key.user_stack_id)))
             .collect();
-        self.name_python_code(keys.into_iter());
+        self.name_python_code(keys.into_iter(), PYTHON_NAMING_AT_END);
     }
 
     /// Removes processes that exited from the kernel's target map.
@@ -446,6 +461,9 @@ impl Collection {
             }
             self.probes.remove_process_unwind(&exited)?;
             self.probes.remove_python_processes(&exited)?;
+            for &pid in &exited {
+                self.spaces.python_mut().exited(pid);
+            }
             for &pid in &exited {
                 unwind.forget(pid);
             }
@@ -507,7 +525,7 @@ impl Collection {
                     .map(|(key, _)| (key.tgid, key.user_stack_id)),
             )
             .collect();
-        self.name_python_code(python_keys.into_iter());
+        self.name_python_code(python_keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {

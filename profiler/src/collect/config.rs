@@ -62,4 +62,6 @@ pub struct RunConfig {
     pub jvm_attach: bool,
     /// Keep the Python interpreter's frames among Python functions.
     pub python_interpreter_frames: bool,
+    /// Read the Python frames of CPython processes.
+    pub python_frames: bool,
 }

@@ -13,6 +13,13 @@ use crate::{
 /// The interpreter's evaluation function: one native frame per run of Python frames.
 pub const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
 
+/// Whether a native function is the evaluation loop (or a part the compiler split off it,
+/// `_PyEval_EvalFrameDefault.cold`).
+fn is_eval_function(name: &str) -> bool {
+    name.strip_prefix(EVAL_FUNCTION)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// A stack's frame ids (root first, native frames in `native`) with the frames of its Python
 /// `entries` of process `pid` spliced in (see [`splice`]); each Python frame interned once
 /// per (process, entry) in `interned`.
@@ -45,7 +52,7 @@ pub fn with_python_frames(
     splice(
         native,
         &python,
-        |&id| frames[id].kind == FrameKind::User && frames[id].function == EVAL_FUNCTION,
+        |&id| frames[id].kind == FrameKind::User && is_eval_function(&frames[id].function),
         |&id| interpreter.is_some() && frames[id].module == interpreter,
         symbols.keep_interpreter_frames(),
     )

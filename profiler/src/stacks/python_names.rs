@@ -1,7 +1,7 @@
 //! The Python processes of a run: the interpreter each runs, and the functions of the code
 //! objects their stacks name, read while they live.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Instant};
 
 use profiler_common::{PYTHON_ENTRY_FRAME, PYTHON_FRAME};
 
@@ -11,13 +11,14 @@ use crate::{
         procfs::MapEntry,
         python::{
             Interpreter, PythonDetector,
-            code::{PythonFunction, read_function},
+            code::{ProcessMemory, PythonFunction, read_function},
         },
     },
 };
 
-/// Code objects named per process, at most (a bound on memory and reading time).
-const MAX_FUNCTIONS_PER_PROCESS: usize = 100_000;
+/// Code objects read in a run, at most (a bound on memory and reading time: 256 characters
+/// per name and file name, about 1 KiB a function).
+const MAX_FUNCTIONS: usize = 100_000;
 
 /// The Python processes of a run and the functions their stacks name.
 #[derive(Debug, Default)]
@@ -26,10 +27,12 @@ pub struct PythonNames {
     pub keep_interpreter_frames: bool,
     detector: PythonDetectorCell,
     interpreters: HashMap<u32, Interpreter>,
+    /// Each Python process's memory while it runs the interpreter found.
+    memories: HashMap<u32, ProcessMemory>,
     /// Functions by (process, code object); `None`: not a code object when read.
     functions: HashMap<(u32, u64), Option<PythonFunction>>,
-    /// Code objects read per process.
-    read: HashMap<u32, usize>,
+    /// Code objects not read because of the bound.
+    over_bound: u64,
 }
 
 /// The detector, kept out of `Debug`.
@@ -77,13 +80,28 @@ impl PythonNames {
         if self.interpreters.get(&pid) == Some(&found) {
             return None;
         }
+        match ProcessMemory::open(pid) {
+            Ok(memory) => {
+                self.memories.insert(pid, memory);
+            }
+            Err(err) => log::debug!("process {pid}: its memory: {err}"),
+        }
         self.interpreters.insert(pid, found);
         self.interpreters.get(&pid)
     }
 
-    /// Forgets a process's interpreter (it executed another program).
+    /// Forgets a process's interpreter (it executed another program), and the functions
+    /// named in its old image: a new one's code at the same address must not take their
+    /// names (the old image's samples not named yet show as `[python code]`).
     pub fn forget(&mut self, pid: u32) {
         self.interpreters.remove(&pid);
+        self.memories.remove(&pid);
+        self.functions.retain(|(process, _), _| *process != pid);
+    }
+
+    /// Stops reading a process's memory (it exited); its functions stay named.
+    pub fn exited(&mut self, pid: u32) {
+        self.memories.remove(&pid);
     }
 
     /// The interpreter of `pid`, if it runs one.
@@ -97,34 +115,38 @@ impl PythonNames {
     }
 
     /// Names the code objects of `entries` (Python stack entries of `pid`) not named yet,
-    /// reading them from the process while it lives.
-    pub fn resolve(&mut self, pid: u32, entries: &[u64]) {
-        let Some(interpreter) = self.interpreters.get(&pid) else {
-            return;
+    /// reading them from the process while it lives, until `deadline`. Returns false when
+    /// the deadline stopped it.
+    pub fn resolve(&mut self, pid: u32, entries: &[u64], deadline: Instant) -> bool {
+        let (Some(interpreter), Some(memory)) =
+            (self.interpreters.get(&pid), self.memories.get(&pid))
+        else {
+            return true;
         };
         let Some(layout) = interpreter.layout else {
-            return;
+            return true;
         };
         for &entry in entries {
             let (code, _) = code_of(entry);
             if code == 0 || self.functions.contains_key(&(pid, code)) {
                 continue;
             }
-            let read = self.read.entry(pid).or_default();
-            if *read == MAX_FUNCTIONS_PER_PROCESS {
-                log::warn!(
-                    "process {pid}: {MAX_FUNCTIONS_PER_PROCESS} Python code objects read; \
-                     others show as `[python code]`"
-                );
-            }
-            if *read >= MAX_FUNCTIONS_PER_PROCESS {
-                *read += 1;
+            if self.functions.len() >= MAX_FUNCTIONS {
+                if self.over_bound == 0 {
+                    log::warn!(
+                        "{MAX_FUNCTIONS} Python code objects read; others show as `[python code]`"
+                    );
+                }
+                self.over_bound += 1;
                 continue;
             }
-            *read += 1;
-            let function = read_function(pid, code, interpreter.code_type, layout);
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let function = read_function(memory, code, interpreter.code_type, layout);
             self.functions.insert((pid, code), function);
         }
+        true
     }
 
     /// What the summary says of the run's Python processes; `None` without any.
@@ -152,7 +174,7 @@ impl PythonNames {
             processes: self.interpreters.len() as u32,
             interpreters,
             functions: named,
-            unnamed: self.functions.len() as u64 - named,
+            unnamed: self.functions.len() as u64 - named + self.over_bound,
         })
     }
 

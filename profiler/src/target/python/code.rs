@@ -3,7 +3,7 @@
 use super::layout::Layout;
 
 /// Longest name or file name read, characters: longer ones are cut.
-const MAX_STRING_CHARS: u64 = 1024;
+const MAX_STRING_CHARS: u64 = 256;
 
 /// A Python function as its code object names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,21 +16,30 @@ pub struct PythonFunction {
     pub first_line: u32,
 }
 
-/// Reads `len` bytes at `address` of process `pid`, or nothing if any of them is unreadable.
-fn read_memory(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
-    let mut bytes = vec![0u8; len];
-    let local = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: address as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: `local` covers `bytes`, which outlives the call; the remote side is only read
-    // by the kernel, which checks it.
-    let read = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    (read == len as isize).then_some(bytes)
+/// A process's memory, opened while it ran the interpreter found in it: `/proc/PID/mem` holds
+/// that address space, so reads fail once the process has exited or executed another program
+/// (its pid reused or not), instead of reading whatever has the pid now.
+#[derive(Debug)]
+pub struct ProcessMemory(std::fs::File);
+
+impl ProcessMemory {
+    /// Opens `pid`'s memory for reading.
+    pub fn open(pid: u32) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(format!("/proc/{pid}/mem"))
+            .map(ProcessMemory)
+    }
+
+    /// `len` bytes at `address`, or nothing if any of them is unreadable.
+    fn read(&self, address: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let mut bytes = vec![0u8; len];
+        self.0.read_exact_at(&mut bytes, address).ok()?;
+        Some(bytes)
+    }
 }
 
 fn u64_at(bytes: &[u8], offset: u32) -> Option<u64> {
@@ -47,30 +56,31 @@ fn u32_at(bytes: &[u8], offset: u32) -> Option<u32> {
     ))
 }
 
-/// The function of the code object at `code` in process `pid`, if it is one: its type must
-/// be `code_type` (`PyCode_Type` there), so a freed or reused address names nothing.
+/// The function of the code object at `code` in `memory`, if it is one: its type must be
+/// `code_type` (`PyCode_Type` there), so a freed or reused address names nothing.
 pub fn read_function(
-    pid: u32,
+    memory: &ProcessMemory,
     code: u64,
     code_type: u64,
     layout: &Layout,
 ) -> Option<PythonFunction> {
     const OB_TYPE: u32 = 8;
     let header_len = layout.code_qualname.max(layout.code_filename) + 8;
-    let header = read_memory(pid, code, header_len as usize)?;
+    let header = memory.read(code, header_len as usize)?;
     if u64_at(&header, OB_TYPE)? != code_type {
         return None;
     }
     Some(PythonFunction {
-        qualname: read_string(pid, u64_at(&header, layout.code_qualname)?, layout)?,
-        file: read_string(pid, u64_at(&header, layout.code_filename)?, layout)?,
+        qualname: read_string(memory, u64_at(&header, layout.code_qualname)?, layout)?,
+        file: read_string(memory, u64_at(&header, layout.code_filename)?, layout)?,
         first_line: u32_at(&header, layout.code_first_line)?,
     })
 }
 
-/// A `str` object's text: compact strings only (what the compiler makes of names).
-fn read_string(pid: u32, string: u64, layout: &Layout) -> Option<String> {
-    let header = read_memory(pid, string, layout.compact_data as usize)?;
+/// A `str` object's text: compact strings only (what the compiler makes of names); control
+/// characters, which the target chose and a terminal would act on, replaced.
+fn read_string(memory: &ProcessMemory, string: u64, layout: &Layout) -> Option<String> {
+    let header = memory.read(string, layout.compact_data as usize)?;
     let length = u64_at(&header, layout.unicode_length)?;
     let state = u32_at(&header, layout.unicode_state)?;
     let kind = (state >> 2) & 7;
@@ -88,12 +98,11 @@ fn read_string(pid: u32, string: u64, layout: &Layout) -> Option<String> {
     if !matches!(width, 1 | 2 | 4) {
         return None;
     }
-    let bytes = read_memory(
-        pid,
-        string + u64::from(data),
+    let bytes = memory.read(
+        string.checked_add(u64::from(data))?,
         (chars * u64::from(width)) as usize,
     )?;
-    let text = match width {
+    let text: String = match width {
         1 => bytes.iter().map(|&b| char::from(b)).collect(),
         2 => char::decode_utf16(
             bytes
@@ -110,7 +119,17 @@ fn read_string(pid: u32, string: u64, layout: &Layout) -> Option<String> {
             })
             .collect(),
     };
-    Some(text)
+    Some(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -120,14 +139,36 @@ mod tests {
     #[test]
     fn unreadable_memory_reads_nothing() {
         let layout = super::super::layout::layout((3, 11)).unwrap();
-        assert_eq!(read_memory(std::process::id(), 0, 8), None);
-        assert_eq!(read_function(std::process::id(), 8, 1, layout), None);
+        let memory = ProcessMemory::open(std::process::id()).unwrap();
+        assert_eq!(memory.read(0, 8), None);
+        assert_eq!(read_function(&memory, 8, 1, layout), None);
     }
 
     #[test]
     fn reads_own_memory() {
         let value = 0x1122_3344_5566_7788u64;
-        let bytes = read_memory(std::process::id(), &value as *const u64 as u64, 8).unwrap();
+        let memory = ProcessMemory::open(std::process::id()).unwrap();
+        let bytes = memory.read(&value as *const u64 as u64, 8).unwrap();
         assert_eq!(u64_at(&bytes, 0), Some(value));
+    }
+
+    #[test]
+    fn a_process_gone_reads_nothing() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let memory = ProcessMemory::open(child.id()).unwrap();
+        // The stack of a live process is readable; of one gone, nothing is.
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+        let stack = maps
+            .lines()
+            .find(|line| line.ends_with("[stack]"))
+            .and_then(|line| u64::from_str_radix(line.split('-').next()?, 16).ok())
+            .unwrap();
+        assert!(memory.read(stack, 8).is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(memory.read(stack, 8), None);
     }
 }

@@ -47,13 +47,20 @@ pub struct PythonDetector {
 impl PythonDetector {
     /// The interpreter process `pid` runs, given its memory map, if it runs CPython.
     pub fn detect(&mut self, pid: u32, maps: &[MapEntry]) -> Option<Interpreter> {
-        for entry in maps.iter().filter(|entry| is_interpreter_file(&entry.path)) {
+        for entry in maps
+            .iter()
+            .filter(|entry| entry.executable && is_interpreter_file(&entry.path))
+        {
             let key = (entry.device.clone(), entry.inode);
             let symbols = match self.files.get(&key) {
                 Some(symbols) => *symbols,
                 None => {
                     let symbols = procfs::open_mapped_file(pid, entry)
                         .ok()
+                        .filter(|file| {
+                            file.metadata()
+                                .is_ok_and(|metadata| metadata.len() <= MAX_INTERPRETER_BYTES)
+                        })
                         .and_then(|mut file| procfs::read_object(&mut file))
                         .and_then(|bytes| interpreter_symbols(&bytes, file_name(&entry.path)));
                     self.files.insert(key, symbols);
@@ -88,27 +95,40 @@ impl PythonDetector {
     }
 }
 
+/// Largest interpreter file read (a debug build's `libpython` is tens of MiB).
+const MAX_INTERPRETER_BYTES: u64 = 512 << 20;
+
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Whether a mapped file may hold a CPython interpreter: `python3.N` (a static build, as
-/// Debian's) or `libpython3.N.so` (a shared one).
+/// Debian's) or `libpython3.N.so` (a shared one); not a free-threaded build (`python3.13t`),
+/// whose structures differ.
 fn is_interpreter_file(path: &str) -> bool {
     let name = file_name(path);
-    name.starts_with("python3") || (name.starts_with("libpython3") && name.contains(".so"))
+    let shape = (name.starts_with("python3") && !name.contains(".so"))
+        || (name.starts_with("libpython3") && name.contains(".so"));
+    shape && version_in_name(name).is_some()
 }
 
-/// The version a file name says: `python3.11`, `libpython3.11.so.1.0`.
+/// The version a file name says: `python3.11`, `libpython3.11.so.1.0`, `python3.8d` (ABI
+/// flags `d`, `m`); none for a free-threaded build's `t`.
 fn version_in_name(name: &str) -> Option<(u8, u8)> {
     let rest = name
         .strip_prefix("lib")
         .unwrap_or(name)
         .strip_prefix("python")?;
-    let mut parts = rest.split(['.', 'd', 'm']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
+    let (major, rest) = rest.split_once('.')?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let (minor, flags) = rest.split_at(digits);
+    let flags = flags.split('.').next().unwrap_or("");
+    if !flags.chars().all(|flag| flag == 'd' || flag == 'm') {
+        return None;
+    }
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// The interpreter's symbols in an object file, if it has them (`_PyRuntime` and
@@ -127,7 +147,7 @@ fn interpreter_symbols(bytes: &[u8], name: &str) -> Option<InterpreterSymbols> {
             let section = file.section_by_index(symbol.section_index()?).ok()?;
             let data = section.data().ok()?;
             let at = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
-            let value = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?);
+            let value = u32::from_le_bytes(data.get(at..at.checked_add(4)?)?.try_into().ok()?);
             Some(((value >> 24) as u8, (value >> 16) as u8))
         })
         .or_else(|| version_in_name(name))?;
@@ -153,8 +173,12 @@ mod tests {
         assert_eq!(version_in_name("libpython3.9.so.1.0"), Some((3, 9)));
         assert_eq!(version_in_name("libpython3.8d.so"), Some((3, 8)));
         assert_eq!(version_in_name("python3"), None);
+        assert_eq!(version_in_name("python3.13t"), None);
+        assert_eq!(version_in_name("libpython3.13t.so.1.0"), None);
         assert!(is_interpreter_file("/usr/bin/python3.11"));
         assert!(is_interpreter_file("/opt/lib/libpython3.12.so.1.0"));
+        assert!(!is_interpreter_file("/usr/bin/python3.13t"));
+        assert!(!is_interpreter_file("/usr/bin/python3-config"));
         assert!(!is_interpreter_file("/usr/lib/libpython3-stub.a"));
         assert!(!is_interpreter_file("/usr/bin/perl"));
     }
