@@ -7,7 +7,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_loop},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_loop,
+        bpf_probe_read_user_buf,
+    },
     macros::map,
     maps::HashMap,
 };
@@ -17,10 +20,7 @@ use profiler_common::{
     PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack,
 };
 
-use crate::{
-    helpers::read_at,
-    unwind::{read_user, read_user_byte},
-};
+use crate::{helpers::read_at, unwind::read_user};
 
 /// The Python processes among the targets, by tgid.
 #[map]
@@ -216,7 +216,29 @@ unsafe extern "C" fn thread_step(_index: u64, search: *mut c_void) -> i64 {
     }
 }
 
-/// Records one Python frame and steps to the one that called it. Returns 1 to stop the loop.
+/// Bytes of a frame read at once: every field the walk needs lies in them (the layouts'
+/// offsets are at most 70).
+const FRAME_BYTES: usize = 80;
+
+/// The `u64` at `offset` in a frame's bytes.
+#[inline(always)]
+fn u64_in(frame: &[u8; FRAME_BYTES], offset: u32) -> Option<u64> {
+    let offset = offset as usize;
+    if offset > FRAME_BYTES - 8 {
+        return None;
+    }
+    // SAFETY: in bounds, checked above.
+    Some(unsafe { core::ptr::read_unaligned(frame.as_ptr().add(offset) as *const u64) })
+}
+
+/// The byte at `offset` in a frame's bytes.
+#[inline(always)]
+fn u8_in(frame: &[u8; FRAME_BYTES], offset: u32) -> Option<u8> {
+    frame.get(offset as usize).copied()
+}
+
+/// Records one Python frame and steps to the one that called it, reading the frame once.
+/// Returns 1 to stop the loop.
 unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given by `append_python_frames`.
     let walk = unsafe { &mut *(walk as *mut FrameWalk) };
@@ -226,33 +248,35 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
     if walk.frame == 0 || index >= MAX_USER_FRAMES {
         return 1;
     }
+    let mut frame = [0u8; FRAME_BYTES];
+    // SAFETY: bpf_probe_read_user_buf checks the address.
+    if unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, &mut frame) }.is_err() {
+        return 1;
+    }
     let offsets = &walk.offsets;
+    let Some(previous) = u64_in(&frame, offsets.frame_previous) else {
+        return 1;
+    };
     let on_c_stack = offsets.frame_owner != 0
-        && read_user_byte(walk.frame + u64::from(offsets.frame_owner))
-            == Some(PYTHON_FRAME_OWNED_BY_CSTACK);
+        && u8_in(&frame, offsets.frame_owner) == Some(PYTHON_FRAME_OWNED_BY_CSTACK);
     let value = if on_c_stack {
         // The evaluation loop's own frame: marks the frame before it as the loop's first.
         PYTHON_FRAME | PYTHON_ENTRY_FRAME
     } else {
-        let Some(code) = read_user(walk.frame + u64::from(offsets.frame_code)) else {
+        let Some(code) = u64_in(&frame, offsets.frame_code) else {
             return 1;
         };
         // Not a code object (yet): nothing to name, and code 0 is the C-stack marker.
         if code & ADDRESS_MASK == 0 {
-            return match read_user(walk.frame + u64::from(offsets.frame_previous)) {
-                Some(previous) => {
-                    walk.frame = previous;
-                    0
-                }
-                None => 1,
-            };
+            walk.frame = previous;
+            return 0;
         }
         let entry = if offsets.frame_is_entry == 0 {
             0
         } else if offsets.frame_is_entry == PYTHON_EVERY_FRAME_ENTRY {
             PYTHON_ENTRY_FRAME
         } else {
-            match read_user_byte(walk.frame + u64::from(offsets.frame_is_entry)) {
+            match u8_in(&frame, offsets.frame_is_entry) {
                 Some(0) => 0,
                 Some(_) => PYTHON_ENTRY_FRAME,
                 None => return 1,
@@ -263,11 +287,6 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
     stack.frames[index] = value;
     stack.len = index as u32 + 1;
     walk.hash = (walk.hash ^ value).wrapping_mul(FNV_PRIME);
-    match read_user(walk.frame + u64::from(walk.offsets.frame_previous)) {
-        Some(previous) => {
-            walk.frame = previous;
-            0
-        }
-        None => 1,
-    }
+    walk.frame = previous;
+    0
 }

@@ -447,7 +447,7 @@ fn has_user_context(pc: u64) -> bool {
 }
 
 #[inline(always)]
-pub(crate) fn read_user_byte(address: u64) -> Option<u8> {
+fn read_user_byte(address: u64) -> Option<u8> {
     // SAFETY: bpf_probe_read_user checks the address.
     unsafe { bpf_probe_read_user(address as *const u8) }.ok()
 }
