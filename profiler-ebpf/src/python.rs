@@ -17,7 +17,7 @@ use aya_ebpf::{
 use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME,
     PYTHON_EVERY_FRAME_ENTRY, PYTHON_FRAME, PYTHON_FRAME_DIRECT, PYTHON_FRAME_OWNED_BY_CSTACK,
-    PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack,
+    PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack, stack_end,
 };
 
 use crate::{helpers::read_at, unwind::read_user};
@@ -100,9 +100,18 @@ pub fn inherit_process(parent: u32, child: u32) {
 }
 
 /// Appends the current thread's Python frames to `stack` (after its native frames), folding
-/// them into `hash`.
+/// them into `hash`. A native stack too deep to leave them room loses its outermost frames
+/// (cut, `stack_end::DEPTH`).
 #[inline(always)]
 pub fn append_python_frames(process: &PythonProcess, stack: *mut UserStack, hash: &mut u64) {
+    const NATIVE_ROOM: u32 = MAX_USER_FRAMES as u32 - MAX_PYTHON_FRAMES;
+    // SAFETY: `stack` is this CPU's scratch slot (see `unwind::user_stack_id`).
+    unsafe {
+        if (*stack).len > NATIVE_ROOM {
+            (*stack).len = NATIVE_ROOM;
+            (*stack).end = stack_end::DEPTH;
+        }
+    }
     let offsets = process.offsets;
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(thread) = thread_state(tid, process) else {
