@@ -789,3 +789,17 @@ pub fn render(args: &RenderBenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Rounds per second a workload that prints `rounds N` (bench-jit's, bench-python's) ran,
+/// counted over `seconds`.
+pub(crate) fn rounds_per_second(child: std::process::Child, seconds: f64) -> anyhow::Result<f64> {
+    use anyhow::Context as _;
+    let output = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rounds: f64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|rounds| rounds.parse().ok())
+        .with_context(|| format!("the workload printed no count: {text}"))?;
+    Ok(rounds / seconds)
+}

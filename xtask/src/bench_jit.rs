@@ -102,16 +102,9 @@ fn start_jvm(classes: &Path, seconds: u64) -> anyhow::Result<Child> {
         .context("starting java (openjdk-17-jdk-headless)")
 }
 
-/// Rounds per second the workload printed.
+/// Rounds per second the workload printed, over the time it counted them.
 fn throughput(child: Child, seconds: u64) -> anyhow::Result<f64> {
-    let output = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rounds: f64 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|rounds| rounds.parse().ok())
-        .with_context(|| format!("the workload printed no count: {text}"))?;
-    Ok(rounds / (seconds - WARM_UP_SECS) as f64)
+    crate::bench::rounds_per_second(child, (seconds - WARM_UP_SECS) as f64)
 }
 
 /// What the profiler's summary says of the JIT names.

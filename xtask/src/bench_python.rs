@@ -124,14 +124,7 @@ fn start(script: &Path, seconds: u64) -> anyhow::Result<Child> {
 
 /// Rounds per second the workload printed.
 fn throughput(child: Child, seconds: u64) -> anyhow::Result<f64> {
-    let output = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rounds: f64 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|rounds| rounds.parse().ok())
-        .with_context(|| format!("the workload printed no count: {text}"))?;
-    Ok(rounds / seconds as f64)
+    crate::bench::rounds_per_second(child, seconds as f64)
 }
 
 /// One profiler run: the workload's throughput and the sampling program's ns per run.
