@@ -25,6 +25,7 @@ pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod kernel;
+pub mod le;
 pub mod model;
 pub mod output;
 pub mod render;

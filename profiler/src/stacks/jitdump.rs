@@ -6,6 +6,7 @@
 use std::{fs::File, io, os::unix::fs::FileExt as _};
 
 use super::perf_map::PerfMap;
+use crate::le::{u32_at, u64_at};
 
 /// `JiTD`, little-endian.
 const MAGIC: u32 = 0x4A69_5444;
@@ -139,14 +140,6 @@ impl JitDump {
             _ => {}
         }
     }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Names of Python functions, read from a live interpreter's code objects.
 
 use super::layout::Layout;
+use crate::le;
 
 /// Longest name or file name read, characters: longer ones are cut.
 const MAX_STRING_CHARS: u64 = 256;
@@ -25,12 +26,9 @@ pub struct ProcessMemory(std::fs::File);
 impl ProcessMemory {
     /// Opens `pid`'s memory for reading.
     pub fn open(pid: u32) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(format!("/proc/{pid}/mem"))
-            .map(ProcessMemory)
+        let path = format!("/proc/{pid}/mem");
+        crate::target::open::open_at(None, &path, libc::O_RDONLY | libc::O_NOFOLLOW)
+            .map(|fd| ProcessMemory(fd.into()))
     }
 
     /// `len` bytes at `address`, or nothing if any of them is unreadable.
@@ -42,18 +40,14 @@ impl ProcessMemory {
     }
 }
 
+/// The `u64` at byte `offset` of `bytes`.
 fn u64_at(bytes: &[u8], offset: u32) -> Option<u64> {
-    let offset = offset as usize;
-    Some(u64::from_le_bytes(
-        bytes.get(offset..offset + 8)?.try_into().ok()?,
-    ))
+    le::u64_at(bytes, offset as usize)
 }
 
+/// The `u32` at byte `offset` of `bytes`.
 fn u32_at(bytes: &[u8], offset: u32) -> Option<u32> {
-    let offset = offset as usize;
-    Some(u32::from_le_bytes(
-        bytes.get(offset..offset + 4)?.try_into().ok()?,
-    ))
+    le::u32_at(bytes, offset as usize)
 }
 
 /// The function of the code object at `code` in `memory`, if it is one: its type must be

@@ -39,7 +39,7 @@ struct InterpreterSymbols {
 }
 
 /// Finds the interpreters of processes, reading each interpreter file once.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct PythonDetector {
     files: HashMap<(String, u64), Option<InterpreterSymbols>>,
 }
@@ -147,7 +147,7 @@ fn interpreter_symbols(bytes: &[u8], name: &str) -> Option<InterpreterSymbols> {
             let section = file.section_by_index(symbol.section_index()?).ok()?;
             let data = section.data().ok()?;
             let at = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
-            let value = u32::from_le_bytes(data.get(at..at.checked_add(4)?)?.try_into().ok()?);
+            let value = crate::le::u32_at(data, at)?;
             Some(((value >> 24) as u8, (value >> 16) as u8))
         })
         .or_else(|| version_in_name(name))?;
