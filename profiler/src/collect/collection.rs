@@ -59,6 +59,19 @@ pub(super) fn comm_string(comm: &[u8]) -> String {
 const PYTHON_NAMING_PER_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
 pub(super) const PYTHON_NAMING_AT_END: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// (process, user stack id) of counts of each kind.
+fn user_stack_keys<'a>(
+    samples: impl Iterator<Item = &'a SampleKey>,
+    offcpu: impl Iterator<Item = &'a OffCpuKey>,
+    io: impl Iterator<Item = &'a IoKey>,
+) -> Vec<(u32, i32)> {
+    samples
+        .map(|key| (key.tgid, key.user_stack_id))
+        .chain(offcpu.map(|key| (key.tgid, key.user_stack_id)))
+        .chain(io.map(|key| (key.tgid, key.user_stack_id)))
+        .collect()
+}
+
 /// State of a run between attach and detach.
 pub(super) struct Collection {
     pub(super) probes: KernelProbes,
@@ -91,8 +104,6 @@ pub(super) struct Collection {
     pub(super) memory_cap_dropped: u64,
     /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
     pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
-    /// Whether Python frames are read.
-    pub(super) python_frames: bool,
     /// CPython versions already warned about as unknown.
     pub(super) python_versions_warned: std::collections::HashSet<(u8, u8)>,
     /// The JVMs among the targets, asked for their perf maps.
@@ -152,11 +163,13 @@ impl Collection {
             max_state_bytes: config.max_memory,
             memory_cap_dropped: 0,
             user_stacks: HashMap::new(),
-            python_frames: config.python_frames,
             python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
         };
-        collection.spaces.python_mut().keep_interpreter_frames = config.python_interpreter_frames;
+        let python = collection.spaces.python_mut();
+        // Python frames are walked with the unwind tables only.
+        python.enabled = config.python_frames && config.unwind_rows.is_some();
+        python.keep_interpreter_frames = config.python_interpreter_frames;
         collection
     }
 
@@ -194,15 +207,9 @@ impl Collection {
             log::debug!("unwind tables of process {pid}: {}", error_chain(&err));
         }
         self.jvms.note(pid, &text);
-        // Python frames are walked with the unwind tables only.
-        if self.unwind.is_some() && self.python_frames {
-            let entries = procfs::parse_maps(&text);
-            if let Some(interpreter) = self.spaces.python_mut().update(pid, &entries) {
-                let interpreter = interpreter.clone();
-                self.tell_python(pid, &interpreter);
-            }
+        if let Some(interpreter) = self.spaces.update(pid, text) {
+            self.tell_python(pid, &interpreter);
         }
-        self.spaces.update(pid, text);
         Ok(())
     }
 
@@ -357,7 +364,7 @@ impl Collection {
                         unwind.forget(event.pid);
                     }
                     if self.spaces.python().interpreter(event.pid).is_some() {
-                        self.spaces.python_mut().forget(event.pid);
+                        self.spaces.forget_python(event.pid);
                         let _ = self.probes.remove_python_processes(&[event.pid]);
                     }
                     // Close-on-exec fds are gone: their numbers may name other files now.
@@ -426,13 +433,7 @@ impl Collection {
         }
         self.jvms.finish(&mut self.spaces);
         self.spaces.jit_mut().read();
-        let keys: Vec<(u32, i32)> = self
-            .counts
-            .keys()
-            .map(|key| (key.tgid, key.user_stack_id))
-            .chain(self.offcpu.keys().map(|key| (key.tgid, key.user_stack_id)))
-            .chain(self.io.keys().map(|key| (key.tgid, key.user_stack_id)))
-            .collect();
+        let keys = user_stack_keys(self.counts.keys(), self.offcpu.keys(), self.io.keys());
         self.name_python_code(keys.into_iter(), PYTHON_NAMING_AT_END);
     }
 
@@ -463,8 +464,6 @@ impl Collection {
             self.probes.remove_python_processes(&exited)?;
             for &pid in &exited {
                 self.spaces.python_mut().exited(pid);
-            }
-            for &pid in &exited {
                 unwind.forget(pid);
             }
         }
@@ -508,24 +507,12 @@ impl Collection {
                 self.watch_process(pid, None);
             }
         }
-        let python_keys: Vec<(u32, i32)> = drained
-            .samples
-            .iter()
-            .map(|(key, _)| (key.tgid, key.user_stack_id))
-            .chain(
-                drained
-                    .offcpu
-                    .iter()
-                    .map(|(key, _)| (key.tgid, key.user_stack_id)),
-            )
-            .chain(
-                drained
-                    .io
-                    .iter()
-                    .map(|(key, _)| (key.tgid, key.user_stack_id)),
-            )
-            .collect();
-        self.name_python_code(python_keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
+        let keys = user_stack_keys(
+            drained.samples.iter().map(|(key, _)| key),
+            drained.offcpu.iter().map(|(key, _)| key),
+            drained.io.iter().map(|(key, _)| key),
+        );
+        self.name_python_code(keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {

@@ -10,7 +10,10 @@ use std::{
 
 use crate::{
     stacks::{jit_names::JitNames, python_names::PythonNames},
-    target::procfs::{self, MapEntry},
+    target::{
+        procfs::{self, MapEntry},
+        python::Interpreter,
+    },
 };
 
 /// Index into [`AddressSpaces::objects`].
@@ -112,15 +115,24 @@ impl AddressSpaces {
         Ok(())
     }
 
-    /// The same with the text of `/proc/PID/maps` already read.
-    pub fn update(&mut self, pid: u32, text: String) {
+    /// The same with the text of `/proc/PID/maps` already read. Returns the CPython
+    /// interpreter found in it when it is new for the process (see [`PythonNames::update`]).
+    pub fn update(&mut self, pid: u32, text: String) -> Option<Interpreter> {
         if self.last_maps.get(&pid) == Some(&text) {
-            return;
+            return None;
         }
         let entries = procfs::parse_maps(&text);
         self.last_maps.insert(pid, text);
         self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
         self.jit.update(pid, &entries);
+        self.python.update(pid, &entries).cloned()
+    }
+
+    /// Forgets `pid`'s interpreter (it executed another program): its next memory map is
+    /// looked at again, even if it reads the same.
+    pub fn forget_python(&mut self, pid: u32) {
+        self.python.forget(pid);
+        self.last_maps.remove(&pid);
     }
 
     /// The names runtimes gave the code they compiled.

@@ -23,9 +23,11 @@ const MAX_FUNCTIONS: usize = 100_000;
 /// The Python processes of a run and the functions their stacks name.
 #[derive(Debug, Default)]
 pub struct PythonNames {
+    /// Whether Python frames are read (asked for, and walked with the unwind tables).
+    pub enabled: bool,
     /// Whether the interpreter's frames above the first Python frame are kept.
     pub keep_interpreter_frames: bool,
-    detector: PythonDetectorCell,
+    detector: PythonDetector,
     interpreters: HashMap<u32, Interpreter>,
     /// Each Python process's memory while it runs the interpreter found.
     memories: HashMap<u32, ProcessMemory>,
@@ -33,16 +35,6 @@ pub struct PythonNames {
     functions: HashMap<(u32, u64), Option<PythonFunction>>,
     /// Code objects not read because of the bound.
     over_bound: u64,
-}
-
-/// The detector, kept out of `Debug`.
-#[derive(Default)]
-struct PythonDetectorCell(PythonDetector);
-
-impl std::fmt::Debug for PythonDetectorCell {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PythonDetector")
-    }
 }
 
 /// The Python part of a walked user stack: the entries after the native frames.
@@ -73,10 +65,13 @@ pub fn code_of(entry: u64) -> (u64, bool) {
 }
 
 impl PythonNames {
-    /// Looks for an interpreter in `pid`'s new memory map. Returns it when it is new for
-    /// the process (to tell the kernel).
+    /// Looks for an interpreter in `pid`'s new memory map, when enabled. Returns it when it
+    /// is new for the process (to tell the kernel).
     pub fn update(&mut self, pid: u32, maps: &[MapEntry]) -> Option<&Interpreter> {
-        let found = self.detector.0.detect(pid, maps)?;
+        if !self.enabled {
+            return None;
+        }
+        let found = self.detector.detect(pid, maps)?;
         if self.interpreters.get(&pid) == Some(&found) {
             return None;
         }
