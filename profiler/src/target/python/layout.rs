@@ -165,7 +165,7 @@ mod tests {
     fn fields(layout: &Layout) -> Vec<(&'static str, String, u32)> {
         let k = &layout.kernel;
         let offset = |owner: &str, field: &str| format!("offsetof({owner}, {field})");
-        let (thread, frame) = ("PyThreadState", "_PyInterpreterFrame");
+        let thread = "PyThreadState";
         let mut fields = vec![
             (
                 "runtime_main_interpreter",
@@ -205,117 +205,64 @@ mod tests {
             ),
         ];
         let direct = PYTHON_FRAME_DIRECT.to_string();
-        let every = PYTHON_EVERY_FRAME_ENTRY.to_string();
-        let by_version: [(&'static str, String, u32); 8] = match layout.version {
-            (3, ..=10) => [
-                (
-                    "interpreter_threads",
-                    offset("PyInterpreterState", "tstate_head"),
-                    k.interpreter_threads,
-                ),
-                ("thread_id", offset(thread, "thread_id"), k.thread_id),
-                ("thread_frame", offset(thread, "frame"), k.thread_frame),
-                ("cframe_current_frame", direct, k.cframe_current_frame),
-                (
-                    "frame_code",
-                    offset("PyFrameObject", "f_code"),
-                    k.frame_code,
-                ),
-                (
-                    "frame_previous",
-                    offset("PyFrameObject", "f_back"),
-                    k.frame_previous,
-                ),
-                ("frame_is_entry", every, k.frame_is_entry),
-                (
-                    "code_qualname",
-                    offset("PyCodeObject", "co_name"),
-                    layout.code_qualname,
-                ),
-            ],
-            (3, 11) => [
-                (
-                    "interpreter_threads",
-                    offset("PyInterpreterState", "threads.head"),
-                    k.interpreter_threads,
-                ),
-                ("thread_id", offset(thread, "native_thread_id"), k.thread_id),
-                ("thread_frame", offset(thread, "cframe"), k.thread_frame),
-                (
-                    "cframe_current_frame",
-                    offset("_PyCFrame", "current_frame"),
-                    k.cframe_current_frame,
-                ),
-                ("frame_code", offset(frame, "f_code"), k.frame_code),
-                (
-                    "frame_previous",
-                    offset(frame, "previous"),
-                    k.frame_previous,
-                ),
-                (
-                    "frame_is_entry",
-                    offset(frame, "is_entry"),
-                    k.frame_is_entry,
-                ),
-                (
-                    "code_qualname",
-                    offset("PyCodeObject", "co_qualname"),
-                    layout.code_qualname,
-                ),
-            ],
-            (3, 12) => [
-                (
-                    "interpreter_threads",
-                    offset("PyInterpreterState", "threads.head"),
-                    k.interpreter_threads,
-                ),
-                ("thread_id", offset(thread, "native_thread_id"), k.thread_id),
-                ("thread_frame", offset(thread, "cframe"), k.thread_frame),
-                (
-                    "cframe_current_frame",
-                    offset("_PyCFrame", "current_frame"),
-                    k.cframe_current_frame,
-                ),
-                ("frame_code", offset(frame, "f_code"), k.frame_code),
-                (
-                    "frame_previous",
-                    offset(frame, "previous"),
-                    k.frame_previous,
-                ),
-                ("frame_owner", offset(frame, "owner"), k.frame_owner),
-                (
-                    "code_qualname",
-                    offset("PyCodeObject", "co_qualname"),
-                    layout.code_qualname,
-                ),
-            ],
-            _ => [
-                (
-                    "interpreter_threads",
-                    offset("PyInterpreterState", "threads.head"),
-                    k.interpreter_threads,
-                ),
-                ("thread_id", offset(thread, "native_thread_id"), k.thread_id),
-                (
-                    "thread_frame",
-                    offset(thread, "current_frame"),
-                    k.thread_frame,
-                ),
-                ("cframe_current_frame", direct, k.cframe_current_frame),
-                ("frame_code", offset(frame, "f_executable"), k.frame_code),
-                (
-                    "frame_previous",
-                    offset(frame, "previous"),
-                    k.frame_previous,
-                ),
-                ("frame_owner", offset(frame, "owner"), k.frame_owner),
-                (
-                    "code_qualname",
-                    offset("PyCodeObject", "co_qualname"),
-                    layout.code_qualname,
-                ),
-            ],
+        let older = layout.version < (3, 11);
+        // Before 3.11 a frame is a `PyFrameObject`, a thread state knows its thread by
+        // `pthread_self()`, and a code object has no qualified name.
+        let (frame, previous) = match older {
+            true => ("PyFrameObject", "f_back"),
+            false => ("_PyInterpreterFrame", "previous"),
         };
+        let (threads, thread_id, qualname) = match older {
+            true => ("tstate_head", "thread_id", "co_name"),
+            false => ("threads.head", "native_thread_id", "co_qualname"),
+        };
+        let (thread_frame, cframe_current_frame) = match layout.version {
+            (3, 11 | 12) => (
+                offset(thread, "cframe"),
+                offset("_PyCFrame", "current_frame"),
+            ),
+            (3, ..=10) => (offset(thread, "frame"), direct),
+            _ => (offset(thread, "current_frame"), direct),
+        };
+        let code = match layout.version >= (3, 13) {
+            true => "f_executable",
+            false => "f_code",
+        };
+        let entry = match layout.version {
+            (3, ..=10) => (
+                "frame_is_entry",
+                PYTHON_EVERY_FRAME_ENTRY.to_string(),
+                k.frame_is_entry,
+            ),
+            (3, 11) => (
+                "frame_is_entry",
+                offset(frame, "is_entry"),
+                k.frame_is_entry,
+            ),
+            _ => ("frame_owner", offset(frame, "owner"), k.frame_owner),
+        };
+        let by_version = [
+            (
+                "interpreter_threads",
+                offset("PyInterpreterState", threads),
+                k.interpreter_threads,
+            ),
+            ("thread_id", offset(thread, thread_id), k.thread_id),
+            ("thread_frame", thread_frame, k.thread_frame),
+            (
+                "cframe_current_frame",
+                cframe_current_frame,
+                k.cframe_current_frame,
+            ),
+            ("frame_code", offset(frame, code), k.frame_code),
+            ("frame_previous", offset(frame, previous), k.frame_previous),
+            entry,
+            (
+                "code_qualname",
+                offset("PyCodeObject", qualname),
+                layout.code_qualname,
+            ),
+        ];
         fields.extend(by_version);
         fields
     }
