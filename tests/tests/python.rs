@@ -71,6 +71,24 @@ fn python(interpreter: &Path, script: &str, seconds: f64) -> Command {
     command
 }
 
+/// Weight of stacks where the frame `caller` is above (calls, through whatever) a frame that
+/// `callee` picks.
+fn weight_calling(
+    stacks: &[(Vec<String>, u64)],
+    caller: &str,
+    callee: impl Fn(&str) -> bool,
+) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| {
+            let above = frames.iter().position(|frame| frame == caller);
+            let below = frames.iter().position(|frame| callee(frame));
+            matches!((above, below), (Some(above), Some(below)) if above < below)
+        })
+        .map(|(_, weight)| weight)
+        .sum()
+}
+
 /// Asserts the verdict names `hot_a` with its file and `def` line.
 fn assert_verdict_names_hot_a(dir: &Path) {
     let verdict = read_summary(dir)["verdict"].to_string();
@@ -160,15 +178,7 @@ fn python_threads_sleeps_and_writes_keep_their_functions() {
         .cloned()
         .collect();
     let napper_total: u64 = napper.iter().map(|(_, weight)| weight).sum();
-    let sleeping: u64 = napper
-        .iter()
-        .filter(|(frames, _)| {
-            let nap = frames.iter().position(|frame| frame == "nap");
-            let sleep = frames.iter().position(|frame| frame.contains("nanosleep"));
-            matches!((nap, sleep), (Some(nap), Some(sleep)) if nap < sleep)
-        })
-        .map(|(_, weight)| weight)
-        .sum();
+    let sleeping = weight_calling(&napper, "nap", |frame| frame.contains("nanosleep"));
     let in_nap = weight_with_frame(&napper, "nap");
     assert!(
         percent(in_nap, napper_total) >= 95.0 && percent(sleeping, napper_total) >= 50.0,
@@ -176,15 +186,7 @@ fn python_threads_sleeps_and_writes_keep_their_functions() {
     );
     // The file writes and syncs of `write_out` are I/O under it.
     let io = read_folded(&dir.path().join("io.folded"));
-    let syncs: u64 = io
-        .iter()
-        .filter(|(frames, _)| {
-            let writer = frames.iter().position(|frame| frame == "write_out");
-            let sync = frames.iter().position(|frame| frame.starts_with("fsync"));
-            matches!((writer, sync), (Some(writer), Some(sync)) if writer < sync)
-        })
-        .map(|(_, weight)| weight)
-        .sum();
+    let syncs = weight_calling(&io, "write_out", |frame| frame.starts_with("fsync"));
     let writes: Vec<&(Vec<String>, u64)> = io
         .iter()
         .filter(|(frames, _)| frames.iter().any(|frame| frame == "write_out"))

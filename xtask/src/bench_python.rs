@@ -38,22 +38,13 @@ pub struct PythonBenchArgs {
 const PYTHON: &str = "/usr/bin/python3.11";
 const PY_SPY_VERSION: &str = "0.4.3";
 
-/// Rounds of `hot_a` + `hot_b` calls, through a twelve-frame chain, counted over argv[1]
-/// seconds.
+/// Rounds of `hot_a` + `hot_b` calls (the runtime tests' `tests/runtimes/hot.py`, on
+/// `sys.path` as argv[2]), through a twelve-frame chain, counted over argv[1] seconds.
 const WORKLOAD: &str = r#"
 import sys, time
 
-def hot_a(n):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-def hot_b(n):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
+sys.path.insert(0, sys.argv[2])
+from hot import hot_a, hot_b
 
 def chain(depth):
     if depth == 0:
@@ -114,8 +105,11 @@ fn py_spy() -> anyhow::Result<PathBuf> {
 
 fn start(script: &Path, seconds: u64) -> anyhow::Result<Child> {
     Command::new(PYTHON)
+        // No bytecode cache written into tests/runtimes.
+        .arg("-B")
         .arg(script)
         .arg(seconds.to_string())
+        .arg(root().join("tests/runtimes"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
