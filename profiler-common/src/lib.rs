@@ -34,6 +34,30 @@ pub const STACK_ID_MAP_FULL: i32 = -4;
 /// Stack id of events whose stack was not walked, by design (stack sampling of short I/O
 /// calls): counted and timed exactly, in no flamegraph.
 pub const STACK_ID_UNSAMPLED: i32 = -5;
+/// Stack id of a sampled off-CPU period whose user stack could not be walked: the thread ran
+/// on (left the system call, or returned from a fault) before its stack could be read.
+pub const STACK_ID_RAN_ON: i32 = -6;
+/// Bit set in the ids of kernel stacks of off-CPU periods, read from the sleeping task at its
+/// switch-in (`OFFCPU_KERNEL_STACKS`) rather than by `bpf_get_stackid` (`STACKS`, ids below
+/// [`STACK_MAP_ENTRIES`]).
+pub const KERNEL_STACK_ID_TASK_BIT: u32 = 1 << 30;
+/// Frames kept of an off-CPU period's kernel stack.
+pub const MAX_KERNEL_FRAMES: usize = 64;
+/// Capacity of the map of off-CPU kernel stacks.
+pub const OFFCPU_KERNEL_STACK_ENTRIES: u32 = 4096;
+
+/// A kernel stack read from a sleeping task, by the hash of its frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelStack {
+    /// Hash of the frames; tells two stacks of one id apart.
+    pub hash: u64,
+    /// Frames in use.
+    pub len: u64,
+    /// Return addresses, innermost first.
+    pub frames: [u64; MAX_KERNEL_FRAMES],
+}
+const _: () = assert!(size_of::<KernelStack>() == 16 + 8 * MAX_KERNEL_FRAMES);
 
 /// Key of the in-kernel sample aggregation: one count per thread, name and stack pair.
 ///
@@ -113,8 +137,11 @@ pub mod counter {
     pub const USER_STACKS_LOST: u32 = 23;
     /// User stacks lost because the map of stacks not yet drained by the collector was full.
     pub const USER_STACK_MAP_FULL: u32 = 24;
+    /// Sampled off-CPU periods whose user stack could not be walked: the thread ran on
+    /// before its next system-call exit or switch-out.
+    pub const OFFCPU_STACKS_RAN_ON: u32 = 25;
     /// Number of counters.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),
@@ -128,16 +155,18 @@ pub const RECORDING_STOPPED: u64 = 2;
 pub const CONTROL_FIRST_SAMPLE_NS: u32 = 1;
 /// Index in the `CONTROL` array of the `CLOCK_MONOTONIC` time the programs were attached, ns.
 pub const CONTROL_ATTACH_NS: u32 = 2;
+/// Index in the `CONTROL` array of the off-CPU stack-sampling threshold, ns: a period at least
+/// this long gets its stacks; a shorter one with probability (its time / this), weighted at
+/// this. 0: every period. Set, and changed during the run, by the collector's overhead budget.
+pub const CONTROL_OFFCPU_SAMPLE_BELOW_NS: u32 = 3;
+/// Index in the `CONTROL` array of the same threshold for I/O calls, ns.
+pub const CONTROL_IO_SAMPLE_BELOW_NS: u32 = 4;
 /// Number of `CONTROL` entries.
-pub const CONTROL_ENTRIES: u32 = 3;
+pub const CONTROL_ENTRIES: u32 = 5;
 
 /// Offsets of the fields the scheduler programs read from the classic `sched` tracepoint
 /// records, checked against tracefs' `format` files by the collector before loading.
 pub mod tracepoint_fields {
-    /// `sched_switch`: `long prev_state` (a `TASK_REPORT` bit mask).
-    pub const SWITCH_PREV_STATE: usize = 32;
-    /// `sched_switch`: `pid_t next_pid`.
-    pub const SWITCH_NEXT_PID: usize = 56;
     /// `sched_wakeup` / `sched_wakeup_new`: `pid_t pid`.
     pub const WAKEUP_PID: usize = 24;
     /// `task_rename`: `pid_t pid` (the renamed thread, not necessarily the caller).
@@ -181,8 +210,33 @@ pub struct OffCpuStart {
     pub state: u32,
     /// Thread name.
     pub comm: [u8; COMM_LEN],
+    /// User stack pointer at switch-out: the stack of a sampled period is walked later, in
+    /// the thread's own context, only if it still stands where it blocked.
+    pub user_sp: u64,
+    /// User instruction pointer at switch-out.
+    pub user_ip: u64,
 }
-const _: () = assert!(size_of::<OffCpuStart>() == 48);
+const _: () = assert!(size_of::<OffCpuStart>() == 64);
+
+/// A sampled off-CPU period whose user stack is still to be walked, at the thread's next
+/// system-call exit or switch-out (the walk needs the thread's own context).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingWalk {
+    /// The period's time, ns; 0 when nothing is pending.
+    pub total_ns: u64,
+    /// Its flamegraph weight, ns.
+    pub stack_ns: u64,
+    /// User stack pointer and instruction pointer the thread blocked with.
+    pub user_sp: u64,
+    /// See `user_sp`.
+    pub user_ip: u64,
+    /// Kernel stack id, read at switch-in.
+    pub kernel_stack_id: i32,
+    /// Task state at switch-out, see [`OffCpuStart::state`].
+    pub state: u32,
+}
+const _: () = assert!(size_of::<PendingWalk>() == 40);
 
 /// Key of the in-kernel off-CPU aggregation: time per thread, stack pair and state.
 #[repr(C)]
@@ -213,8 +267,11 @@ pub struct OffCpuTime {
     pub total_ns: u64,
     /// Number of off-CPU periods.
     pub count: u64,
+    /// Flamegraph weight, ns: the period's own time when every stack is walked; with stack
+    /// sampling, at least the threshold for a walked period and 0 for the others.
+    pub stack_ns: u64,
 }
-const _: () = assert!(size_of::<OffCpuTime>() == 16);
+const _: () = assert!(size_of::<OffCpuTime>() == 24);
 
 /// Everything the scheduler programs keep about one target thread, in one map entry so a
 /// context switch costs a single lookup per thread.
@@ -223,6 +280,8 @@ const _: () = assert!(size_of::<OffCpuTime>() == 16);
 pub struct ThreadState {
     /// The current (or last) off-CPU period.
     pub off_cpu: OffCpuStart,
+    /// A sampled period waiting for its user stack.
+    pub pending: PendingWalk,
     /// Non-zero once the thread exited; the collector then takes the entry out.
     pub exited: u32,
     /// Explicit padding.
@@ -236,7 +295,7 @@ pub struct ThreadState {
     /// Log2 histogram of the delays in µs, see [`RUNQ_SLOTS`].
     pub run_queue_slots: [u64; RUNQ_SLOTS],
 }
-const _: () = assert!(size_of::<ThreadState>() == 48 + 8 + 24 + 8 * RUNQ_SLOTS);
+const _: () = assert!(size_of::<ThreadState>() == 64 + 40 + 8 + 24 + 8 * RUNQ_SLOTS);
 
 /// Kinds of [`ProcessEvent`].
 pub mod process_event {
@@ -887,7 +946,7 @@ macro_rules! add_fields {
         }
     };
 }
-add_fields!(OffCpuTime: total_ns, count);
+add_fields!(OffCpuTime: total_ns, count, stack_ns);
 add_fields!(IoTotal: count, total_ns, bytes, errors, stack_ns);
 add_fields!(AllocStats: alloc_count, alloc_bytes, free_count, free_bytes, lifetime_ns);
 add_fields!(BlockStats: count, bytes, total_ns; max max_ns);
@@ -950,6 +1009,7 @@ mod pod {
     unsafe impl aya::Pod for super::ObjectUnwind {}
     // SAFETY: plain `#[repr(C)]` integers with no padding.
     unsafe impl aya::Pod for super::UserStack {}
+    unsafe impl aya::Pod for super::KernelStack {}
 }
 
 #[cfg(test)]

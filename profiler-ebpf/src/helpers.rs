@@ -4,7 +4,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_kernel},
     programs::{TracePointContext, tracing::StackIdContext},
 };
 use profiler_common::{
@@ -85,6 +85,15 @@ pub(crate) fn user_stack<C: StackIdContext>(
             errors,
         )
     }
+}
+
+/// Whether an event of `ns` (an off-CPU period, an I/O call) gets its stacks: always at or
+/// above `below`, else with probability `ns / below`, so each walked one stands for
+/// `max(ns, below)` and stacks' times stay right on average.
+#[inline(always)]
+pub(crate) fn stack_sampled(ns: u64, below: u64) -> bool {
+    // SAFETY: a helper valid in every program.
+    below == 0 || ns >= below || u64::from(unsafe { bpf_get_prandom_u32() }) % below < ns
 }
 
 /// Reads a field of a classic tracepoint record at a verified constant offset.

@@ -4,7 +4,8 @@
 //! the kernel, count every loss. Everything else happens in userspace.
 //!
 //! One module per event family, each with its programs and the maps only it uses: [`cpu`]
-//! (CPU sampling), [`sched`] (off-CPU and run-queue time), [`process`] (forks, execs, process
+//! (CPU sampling), [`sched`] (off-CPU and run-queue time) with [`offcpu_stacks`] (the
+//! stacks of sampled periods), [`process`] (forks, execs, process
 //! events), [`syscalls`] (I/O and memory system calls), [`block`] (block requests), [`alloc`]
 //! (allocator probes), [`unwind`] (user stacks from unwind tables) and [`unwind_mappings`]
 //! (mappings the unwinder learns by itself). What several families
@@ -17,6 +18,7 @@ mod block;
 mod cpu;
 mod helpers;
 mod maps;
+mod offcpu_stacks;
 mod process;
 mod python;
 mod sched;

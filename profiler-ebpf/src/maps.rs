@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
 };
 use profiler_common::{
-    COMM_LEN, CONTROL_ENTRIES, OffCpuStart, ProcessMemory, RUNQ_SLOTS, STACK_ID_NONE,
+    COMM_LEN, CONTROL_ENTRIES, OffCpuStart, PendingWalk, ProcessMemory, RUNQ_SLOTS, STACK_ID_NONE,
     STACK_MAP_ENTRIES, TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter,
 };
 
@@ -48,6 +48,16 @@ pub(crate) static THREAD_ZERO: ThreadState = ThreadState {
         kernel_stack_id: STACK_ID_NONE,
         state: 0,
         comm: [0; COMM_LEN],
+        user_sp: 0,
+        user_ip: 0,
+    },
+    pending: PendingWalk {
+        total_ns: 0,
+        stack_ns: 0,
+        user_sp: 0,
+        user_ip: 0,
+        kernel_stack_id: STACK_ID_NONE,
+        state: 0,
     },
     exited: 0,
     _pad: 0,

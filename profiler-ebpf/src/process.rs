@@ -21,7 +21,7 @@ use crate::{
 /// Offsets of `pid` and `tgid` in `struct task_struct`, read from the kernel's BTF by the
 /// collector.
 #[unsafe(no_mangle)]
-static TASK_STRUCT_PID_OFFSET: u32 = 0;
+pub(crate) static TASK_STRUCT_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_STRUCT_TGID_OFFSET: u32 = 0;
 
@@ -56,7 +56,7 @@ pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
 
 /// Reads a `u32` field of a kernel `task_struct` at a loader-set offset.
 #[inline(always)]
-fn task_field(task: *const u8, offset: &'static u32) -> Option<u32> {
+pub(crate) fn task_field(task: *const u8, offset: &'static u32) -> Option<u32> {
     // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
     let offset = unsafe { core::ptr::read_volatile(offset) };
     read_at(task, offset)

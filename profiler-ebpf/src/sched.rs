@@ -1,22 +1,27 @@
 //! Off-CPU and run-queue time: the `sched_switch`/`sched_wakeup` programs that time each target
-//! thread's off-CPU periods (with the stacks it left the CPU with) and run-queue delays, and
-//! the double-buffered off-CPU time maps.
+//! thread's off-CPU periods (with the stacks it left the CPU with, every period's or a
+//! sample's) and run-queue delays, and the double-buffered off-CPU time maps.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
     COMM_LEN, CONTROL_ATTACH_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
-    OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuTime, RECORDING_STOPPED, STACK_ID_NONE, ThreadState,
-    counter, floor_log2, tracepoint_fields,
+    OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuTime, PendingWalk, RECORDING_STOPPED, STACK_ID_NONE,
+    STACK_ID_UNSAMPLED, ThreadState, counter, floor_log2, tracepoint_fields,
 };
 
 use crate::{
-    helpers::{active_map, add_to_counter, bump, current_tgid_tid, field, stack_id, user_stack},
+    helpers::{
+        active_map, add_to_counter, bump, current_tgid_tid, field, stack_id, stack_sampled,
+        user_stack,
+    },
     maps::{CONTROL, STACKS, THREADS},
+    offcpu_stacks,
+    process::{TASK_STRUCT_PID_OFFSET, task_field},
     unwind,
 };
 
@@ -30,19 +35,18 @@ static OFFCPU_0: HashMap<OffCpuKey, OffCpuTime> = HashMap::with_max_entries(OFFC
 #[map]
 static OFFCPU_1: HashMap<OffCpuKey, OffCpuTime> = HashMap::with_max_entries(OFFCPU_MAP_ENTRIES, 0);
 
+/// Adds `time` to `key`'s total in the active map of the pair.
 #[inline(always)]
-fn add_offcpu(times: &HashMap<OffCpuKey, OffCpuTime>, key: &OffCpuKey, ns: u64) {
+pub(crate) fn add_offcpu_time(active: u64, key: &OffCpuKey, time: &OffCpuTime) {
+    let times = if active == 0 { &OFFCPU_0 } else { &OFFCPU_1 };
     match times.get_ptr_mut(key) {
-        // SAFETY: the key holds the tid, and a thread switches in on one CPU at a time.
-        Some(time) => unsafe {
-            (*time).total_ns += ns;
-            (*time).count += 1;
+        // SAFETY: the key holds the tid, and a thread's periods are accounted one at a time.
+        Some(total) => unsafe {
+            (*total).total_ns += time.total_ns;
+            (*total).count += time.count;
+            (*total).stack_ns += time.stack_ns;
         },
         None => {
-            let time = OffCpuTime {
-                total_ns: ns,
-                count: 1,
-            };
             if times.insert(key, time, u64::from(BPF_NOEXIST)).is_err() {
                 bump(counter::OFFCPU_MAP_FULL);
             }
@@ -50,10 +54,12 @@ fn add_offcpu(times: &HashMap<OffCpuKey, OffCpuTime>, key: &OffCpuKey, ns: u64) 
     }
 }
 
-/// `TASK_REPORT` bits of `sched_switch`'s `prev_state`: exited (`X`, `Z`).
-const STATE_EXITED: u64 = 0x10 | 0x20;
-/// `TASK_REPORT_MAX`, set in `prev_state` when the task was preempted.
-const STATE_PREEMPTED: u64 = 0x100;
+/// `TASK_DEAD`: the task's last switch-out.
+const TASK_DEAD: u32 = 0x80;
+/// `TASK_NOLOAD`: with `TASK_UNINTERRUPTIBLE`, an idle wait (`TASK_IDLE`), not I/O.
+const TASK_NOLOAD: u32 = 0x400;
+/// `TASK_REPORT_IDLE`, how `sched_switch`'s record reports an idle wait.
+const TASK_REPORT_IDLE: u32 = 0x80;
 
 /// The live `THREADS` entry of a target thread, if it is one.
 #[inline(always)]
@@ -66,9 +72,11 @@ fn target_thread(tid: u32) -> Option<*mut ThreadState> {
 /// A target thread leaves the CPU: remember when, where and why.
 ///
 /// Every target thread has a `THREADS` entry (made by the collector for threads that existed
-/// at attach, at fork for later ones), so one lookup both filters and finds.
+/// at attach, at fork for later ones), so one lookup both filters and finds. With stack
+/// sampling on, nothing is walked here (the period's length, which decides, is not known
+/// yet): only where the thread stands is noted.
 #[inline(always)]
-fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
+fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32, active: u64) {
     let (tgid, tid) = current_tgid_tid();
     if tid == 0 {
         return;
@@ -76,7 +84,33 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
     let Some(thread) = target_thread(tid) else {
         return;
     };
-    if prev_state & STATE_EXITED != 0 {
+    let below = offcpu_stacks::sample_below_ns();
+    // A sampled period still pending (the thread ran no system call since) and a new period
+    // with every stack walked share one walk: the stack is the same.
+    let pending = offcpu_stacks::take_pending(thread);
+    let walk = below == 0 || matches!(pending, Some((_, true)));
+    let user = if walk {
+        user_stack(
+            ctx,
+            tgid,
+            unwind::SCRATCH_TASK,
+            counter::OFFCPU_STACK_COLLISIONS,
+            counter::USER_STACK_ERRORS,
+        )
+    } else {
+        STACK_ID_UNSAMPLED
+    };
+    if let Some((pending, in_place)) = pending {
+        offcpu_stacks::record_pending(
+            thread,
+            tgid,
+            tid,
+            active,
+            &pending,
+            in_place.then_some(user),
+        );
+    }
+    if state & TASK_DEAD != 0 {
         // An exiting thread is gone, not off-CPU; the collector keeps its run-queue figures.
         // SAFETY: only this thread's own switches and wakeups touch its entry.
         unsafe {
@@ -86,19 +120,21 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
         return;
     }
     // Preempted, or still running: runnable, waiting for a CPU from now on.
-    let preempted = prev_state & STATE_PREEMPTED != 0 || prev_state == 0;
-    let user_stack_id = user_stack(
-        ctx,
-        tgid,
-        unwind::SCRATCH_TASK,
-        counter::OFFCPU_STACK_COLLISIONS,
-        counter::USER_STACK_ERRORS,
-    );
-    let kernel_stack_id = stack_id(
-        ctx.get_stackid(&STACKS, 0),
-        counter::OFFCPU_STACK_COLLISIONS,
-        counter::KERNEL_STACK_ERRORS,
-    );
+    let preempted = preempted || state == 0;
+    let (user_stack_id, kernel_stack_id, (user_sp, user_ip)) = if below == 0 {
+        let kernel = stack_id(
+            ctx.get_stackid(&STACKS, 0),
+            counter::OFFCPU_STACK_COLLISIONS,
+            counter::KERNEL_STACK_ERRORS,
+        );
+        (user, kernel, (0, 0))
+    } else {
+        (
+            STACK_ID_UNSAMPLED,
+            STACK_ID_NONE,
+            offcpu_stacks::current_user_position(),
+        )
+    };
     // SAFETY: only this thread's own switches and wakeups touch its entry.
     unsafe {
         let off_cpu = &mut (*thread).off_cpu;
@@ -107,10 +143,14 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
         off_cpu.tgid = tgid;
         off_cpu.user_stack_id = user_stack_id;
         off_cpu.kernel_stack_id = kernel_stack_id;
+        off_cpu.user_sp = user_sp;
+        off_cpu.user_ip = user_ip;
         off_cpu.state = if preempted {
             OFFCPU_STATE_PREEMPTED
+        } else if state & TASK_NOLOAD != 0 {
+            TASK_REPORT_IDLE
         } else {
-            prev_state as u32
+            state & 0x7f
         };
         // The name is read once per thread, and `task_rename` keeps it current: a copy at
         // every switch would cost more.
@@ -121,49 +161,76 @@ fn switch_out(ctx: &TracePointContext, now: u64, prev_state: u64) {
 }
 
 /// A thread gets the CPU back: if it is a target thread, account its off-CPU period and
-/// run-queue delay.
+/// run-queue delay. Its kernel stack is read here, from the task still asleep, and only for
+/// a period that is sampled; its user stack, if not walked at switch-out, is walked once the
+/// thread runs (see [`offcpu_stacks::settle_pending`]).
 #[inline(always)]
-fn switch_in(now: u64, tid: u32, active: u64) {
+fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
     let Some(thread) = target_thread(tid) else {
         return;
     };
     // SAFETY: only this thread's own switches and wakeups touch its entry.
     let start = unsafe { (*thread).off_cpu };
     let tgid = start.tgid;
-    let (key, since) = if start.start_ns != 0 {
-        let key = OffCpuKey {
-            tgid,
-            tid,
-            user_stack_id: start.user_stack_id,
-            kernel_stack_id: start.kernel_stack_id,
-            state: start.state,
-            _pad: 0,
-            comm: start.comm,
-        };
-        (key, start.start_ns)
+    let mut key = OffCpuKey {
+        tgid,
+        tid,
+        user_stack_id: STACK_ID_NONE,
+        kernel_stack_id: STACK_ID_NONE,
+        state: OFFCPU_STATE_BEFORE_ATTACH,
+        _pad: 0,
+        comm: start.comm,
+    };
+    // Off-CPU since before the programs were attached: stack unknown, nothing to sample.
+    let since = if start.start_ns != 0 {
+        start.start_ns
     } else {
-        // Off-CPU since before the programs were attached: stack unknown.
-        let key = OffCpuKey {
-            tgid,
-            tid,
-            user_stack_id: STACK_ID_NONE,
-            kernel_stack_id: STACK_ID_NONE,
-            state: OFFCPU_STATE_BEFORE_ATTACH,
-            _pad: 0,
-            comm: start.comm,
-        };
-        (key, CONTROL.get(CONTROL_ATTACH_NS).copied().unwrap_or(now))
+        CONTROL.get(CONTROL_ATTACH_NS).copied().unwrap_or(now)
     };
     let off_cpu = now.saturating_sub(since);
+    let mut walk_later = false;
+    let below = offcpu_stacks::sample_below_ns();
+    let mut stack_ns = off_cpu;
+    if start.start_ns != 0 {
+        key.state = start.state;
+        if start.user_stack_id != STACK_ID_UNSAMPLED {
+            // Walked at switch-out: the threshold was 0 then.
+            key.user_stack_id = start.user_stack_id;
+            key.kernel_stack_id = start.kernel_stack_id;
+        } else if stack_sampled(off_cpu, below) {
+            key.kernel_stack_id = offcpu_stacks::sleeping_task_stack(task);
+            stack_ns = off_cpu.max(below);
+            walk_later = true;
+        } else {
+            key.user_stack_id = STACK_ID_UNSAMPLED;
+            key.kernel_stack_id = STACK_ID_UNSAMPLED;
+            stack_ns = 0;
+        }
+    }
     // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
     let min_block = unsafe { core::ptr::read_volatile(&MIN_BLOCK_NS) };
     if off_cpu < min_block {
         bump(counter::OFFCPU_FILTERED);
         add_to_counter(counter::OFFCPU_FILTERED_NS, off_cpu);
-    } else if active == 0 {
-        add_offcpu(&OFFCPU_0, &key, off_cpu);
+    } else if walk_later {
+        // SAFETY: as above; the thread is not running, so its own programs are not either.
+        unsafe {
+            (*thread).pending = PendingWalk {
+                total_ns: off_cpu.max(1),
+                stack_ns,
+                user_sp: start.user_sp,
+                user_ip: start.user_ip,
+                kernel_stack_id: key.kernel_stack_id,
+                state: key.state,
+            };
+        }
     } else {
-        add_offcpu(&OFFCPU_1, &key, off_cpu);
+        let time = OffCpuTime {
+            total_ns: off_cpu,
+            count: 1,
+            stack_ns,
+        };
+        add_offcpu_time(active, &key, &time);
     }
     // SAFETY: as above.
     unsafe {
@@ -187,34 +254,27 @@ fn switch_in(now: u64, tid: u32, active: u64) {
 }
 
 /// Every context switch: the outgoing target thread starts an off-CPU period, the incoming one
-/// ends its own. A classic tracepoint, not a BTF one: the kernel then walks stacks from the
-/// tracepoint itself rather than from inside the BPF program, a few frames (and a good part of
-/// the cost) fewer.
-#[tracepoint(category = "sched", name = "sched_switch")]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
-    match try_sched_switch(ctx) {
-        Ok(ret) => ret,
-        Err(ret) => ret,
-    }
-}
-
-#[inline(always)]
-fn try_sched_switch(ctx: TracePointContext) -> Result<u32, u32> {
+/// ends its own. A BTF tracepoint: it hands over the incoming task itself, whose kernel stack
+/// is read while it still sleeps.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let active = active_map();
     if active == RECORDING_STOPPED {
-        return Err(0);
+        return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    switch_out(
-        &ctx,
-        now,
-        field::<i64>(&ctx, tracepoint_fields::SWITCH_PREV_STATE) as u64,
-    );
-    let next: i32 = field(&ctx, tracepoint_fields::SWITCH_NEXT_PID);
-    if next > 0 {
-        switch_in(now, next as u32, active);
+    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+    // unsigned int prev_state)
+    let preempt: u64 = ctx.arg(0);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    switch_out(&ctx, now, preempt & 0xff != 0, prev_state as u32, active);
+    if let Some(next_tid) = task_field(next, &TASK_STRUCT_PID_OFFSET)
+        && next_tid != 0
+    {
+        switch_in(now, next_tid, next, active);
     }
-    Ok(0)
+    0
 }
 
 /// A target thread becomes runnable: its run-queue delay starts.

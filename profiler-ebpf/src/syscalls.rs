@@ -4,22 +4,24 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use profiler_common::{
-    COMM_LEN, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS, MAX_IO_CALLS,
-    OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED, SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES,
-    counter, inode_file_id, io_fields, io_kind, latency_slot, process_event,
+    COMM_LEN, CONTROL_IO_SAMPLE_BELOW_NS, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal,
+    LATENCY_SLOTS, MAX_IO_CALLS, OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED,
+    SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter, inode_file_id, io_fields, io_kind,
+    latency_slot, process_event,
 };
 
 use crate::{
-    helpers::{active_map, bump, current_tgid_tid, field, process_memory, read_at, user_stack},
-    maps::TARGETS,
+    helpers::{
+        active_map, bump, current_tgid_tid, field, process_memory, read_at, stack_sampled,
+        user_stack,
+    },
+    maps::{CONTROL, TARGETS},
     process::send_process_event,
     unwind,
 };
@@ -29,12 +31,6 @@ use crate::{
 /// `inode.i_mode`, `inode.i_ino`.
 #[unsafe(no_mangle)]
 static FD_INODE_OFFSETS: [u32; 7] = [0; 7];
-
-/// I/O calls at least this long (ns) always get their user stack; a shorter one gets it with
-/// probability (its time / this), weighted at this, so stacks' times stay right on average
-/// while most short calls skip the walk, most of a call's cost. 0: every call is walked.
-#[unsafe(no_mangle)]
-static IO_STACK_SAMPLE_BELOW_NS: u64 = 0;
 
 /// System calls the I/O programs watch: number → `kind << 8 | index`, 0 for the rest. Filled by
 /// the collector from its per-architecture table.
@@ -323,10 +319,14 @@ fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
             let _ = FILES.remove(&key);
         }
     }
-    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
-    let below = unsafe { core::ptr::read_volatile(&IO_STACK_SAMPLE_BELOW_NS) };
-    // SAFETY: a helper valid in every program.
-    let walk = ns >= below || u64::from(unsafe { bpf_get_prandom_u32() }) % below < ns;
+    // Calls at least this long always get their user stack; a shorter one with probability
+    // (its time / this), weighted at this: stacks' times stay right on average while most
+    // short calls skip the walk, most of a call's cost. 0: every call is walked.
+    let below = CONTROL
+        .get(CONTROL_IO_SAMPLE_BELOW_NS)
+        .copied()
+        .unwrap_or(0);
+    let walk = stack_sampled(ns, below);
     let (user_stack_id, stack_ns) = if walk {
         let id = user_stack(
             &ctx,

@@ -111,7 +111,7 @@ pub fn run_checks() -> Vec<Check> {
     let options = LoadOptions {
         verbose: false,
         min_block_ns: 1000,
-        io_stack_sample_below_ns: 0,
+        offcpu_stack_sampling: true,
         cpu: true,
         scheduler: true,
         io: true,

@@ -4,7 +4,10 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{collect::config::RunConfig, model::EventKind};
+use crate::{
+    collect::config::{RunConfig, StackSampling},
+    model::EventKind,
+};
 
 /// Low-overhead eBPF profiler: CPU flamegraphs of a running process or a command.
 #[derive(Debug, Parser)]
@@ -93,12 +96,19 @@ pub struct ProfileArgs {
     /// With `offcpu`: shortest off-CPU period to record (shorter ones are only counted).
     #[arg(long, value_parser = parse_duration_or_zero, default_value = "1us", value_name = "DURATION")]
     pub min_block: Duration,
-    /// With `io`: a call shorter than this gets its user stack walked with probability (its
-    /// time / this) and counts this much in the flamegraph, so stack times stay right on
-    /// average while most short calls skip the walk (most of their cost). Per-file and
-    /// per-call counts and times stay exact. `0` walks every call.
-    #[arg(long, value_parser = parse_duration_or_zero, default_value = "0", value_name = "DURATION")]
-    pub sample_stacks_below: Duration,
+    /// With `offcpu` and `io`: the most the programs may cost, as a share of the CPUs' busy
+    /// time (their kernel time as the kernel measures it). Walking stacks is most of an
+    /// event's cost: over budget, an off-CPU period or I/O call shorter than a threshold gets
+    /// its stacks with probability (its time / the threshold) and counts the threshold in
+    /// the flamegraph, so stack times stay right on average. Every period and call is still
+    /// counted and timed exactly. `100` walks every stack, whatever the cost.
+    #[arg(long, default_value_t = DEFAULT_MAX_OVERHEAD, value_parser = parse_percent, value_name = "PERCENT")]
+    pub max_overhead: f64,
+    /// With `offcpu` and `io`: a fixed stack-sampling threshold instead of the budget's
+    /// (`--max-overhead`): shorter periods and calls get their stacks with probability (time
+    /// / this). `0` walks every stack.
+    #[arg(long, value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub sample_stacks_below: Option<Duration>,
     /// With `alloc`: record about one allocation per this many bytes allocated, weighted up
     /// (e.g. `512KiB`), for programs that allocate millions of times a second; default: every
     /// allocation.
@@ -216,6 +226,23 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
 /// Longest `--sample-stacks-below`: the kernel draws a 32-bit random number of nanoseconds.
 const MAX_STACK_SAMPLE_BELOW: Duration = Duration::from_secs(4);
 
+/// Default `--max-overhead`, percent: see docs/performance/server-results.md for how it
+/// holds on a busy database.
+const DEFAULT_MAX_OVERHEAD: f64 = 3.0;
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{text}` is not a percentage (e.g. 3, 0.5 or 100)"))?;
+    if value.is_finite() && value > 0.0 && value <= 100.0 {
+        Ok(value)
+    } else {
+        Err(format!("`{text}`: a percentage above 0, at most 100"))
+    }
+}
+
 /// How user stacks are walked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Unwind {
@@ -237,7 +264,12 @@ impl From<ProfileArgs> for RunConfig {
             output: args.output,
             verbose: args.verbose,
             min_block: args.min_block,
-            sample_stacks_below: args.sample_stacks_below.min(MAX_STACK_SAMPLE_BELOW),
+            stack_sampling: match args.sample_stacks_below {
+                Some(below) if below.is_zero() => StackSampling::Exact,
+                Some(below) => StackSampling::Below(below.min(MAX_STACK_SAMPLE_BELOW)),
+                None if args.max_overhead >= 100.0 => StackSampling::Exact,
+                None => StackSampling::Budget(args.max_overhead),
+            },
             alloc_sample_bytes: args.alloc_sample.unwrap_or(0),
             unwind_rows: (args.unwind == Unwind::Dwarf && cfg!(target_arch = "x86_64"))
                 .then_some(args.unwind_rows.max(1)),

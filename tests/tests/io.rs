@@ -282,11 +282,11 @@ fn sampled_stacks_keep_counts_exact_and_times_right_on_average() {
     assert_eq!(zero["reads"], reads, "counts stay exact: {zero}");
     let read_us = zero["total_us"].as_f64().unwrap();
 
-    let sampling = &summary["quality"]["io_stack_sampling"];
-    assert_eq!(sampling["below_us"], 200, "{sampling}");
+    let sampling = &summary["quality"]["stack_sampling"];
+    assert_eq!(sampling["max_below_us"], 200, "{sampling}");
     let (walked, calls) = (
-        sampling["walked"].as_u64().unwrap(),
-        sampling["events"].as_u64().unwrap(),
+        sampling["io"]["walked"].as_u64().unwrap(),
+        sampling["io"]["events"].as_u64().unwrap(),
     );
     assert!(calls >= reads, "{sampling}");
     assert!(

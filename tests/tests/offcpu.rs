@@ -301,3 +301,79 @@ fn one_busy_thread_among_idle_ones_is_cpu_bound() {
 
     assert_nothing_loaded();
 }
+
+#[test]
+fn sampled_offcpu_stacks_keep_shares_and_totals() {
+    let _serial = serial();
+    if !have_root("sampled_offcpu_stacks_keep_shares_and_totals") {
+        return;
+    }
+    // Naps (20 ms) are at the threshold: always walked. Pipe waits (about 10 ms) are walked
+    // one time in two and weigh 20 ms each: the split stays 2/3 to 1/3 on average.
+    let (dir, out) = record(
+        &["--events", "offcpu", "--sample-stacks-below", "20ms"],
+        "sleep_pipe",
+        &["5"],
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let sampling = &summary["quality"]["stack_sampling"]["offcpu"];
+    let (walked, periods) = (
+        sampling["walked"].as_u64().unwrap(),
+        sampling["events"].as_u64().unwrap(),
+    );
+    assert!(
+        walked > 100 && walked < periods,
+        "a sample walked: {sampling}"
+    );
+    assert_eq!(summary["offcpu"]["periods"], periods, "exact count");
+    let stacks = read_folded(&dir.path().join("offcpu.folded"));
+    let nap = blocked_in(&stacks, "waiter", "nap");
+    let pipe = blocked_in(&stacks, "waiter", "wait_pipe");
+    let share = percent(nap, nap + pipe);
+    assert!(
+        (58.0..=75.0).contains(&share),
+        "nap {nap} µs, wait_pipe {pipe} µs: {share:.1}%"
+    );
+    // The weighted sample adds up to the exact total, give or take its spread.
+    let weighted: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let exact = summary["offcpu"]["total_us"].as_f64().unwrap();
+    assert!(
+        (weighted as f64 / exact - 1.0).abs() < 0.15,
+        "flamegraph {weighted} µs, measured {exact} µs"
+    );
+    let quality = summary["quality"]["text"].to_string();
+    assert!(
+        quality.contains("off-CPU stacks walked for 1 in"),
+        "{quality}"
+    );
+    assert_nothing_loaded();
+}
+
+#[test]
+fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
+    let _serial = serial();
+    if !have_root("a_small_overhead_budget_samples_stacks_of_a_busy_program") {
+        return;
+    }
+    // Two threads passing a byte back and forth switch hundreds of thousands of times a
+    // second: far over a budget of 0.1%.
+    let (dir, out) = record(
+        &["--events", "offcpu", "--max-overhead", "0.1"],
+        "pingpong",
+        &["400000"],
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let sampling = &summary["quality"]["stack_sampling"];
+    assert_eq!(sampling["max_overhead_percent"], 0.1, "{sampling}");
+    assert!(sampling["adjustments"].as_u64().unwrap() >= 1, "{sampling}");
+    let offcpu = &sampling["offcpu"];
+    let (walked, periods) = (
+        offcpu["walked"].as_u64().unwrap(),
+        offcpu["events"].as_u64().unwrap(),
+    );
+    assert!(periods >= 400_000, "every switch counted: {offcpu}");
+    assert!(walked * 4 < periods, "most stacks not walked: {offcpu}");
+    assert_nothing_loaded();
+}

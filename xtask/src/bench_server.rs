@@ -54,8 +54,10 @@ impl Watcher {
 
 const WATCHERS: [Watcher; 5] = [
     Watcher::Nothing,
+    // The default: stacks sampled within the overhead budget (`--max-overhead`).
     Watcher::Profiler(&[]),
-    Watcher::Profiler(&["--sample-stacks-below", "200us"]),
+    // Every stack walked, whatever the cost.
+    Watcher::Profiler(&["--max-overhead", "100"]),
     Watcher::Perf,
     Watcher::Bpftrace,
 ];
@@ -257,6 +259,36 @@ fn stop_watcher(child: Child) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a profiler run said of its stack sampling (summary.json), in a few words.
+fn own_account(summary: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(summary) else {
+        return "no summary.json".to_owned();
+    };
+    let Ok(summary) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return "unreadable summary.json".to_owned();
+    };
+    let sampling = &summary["quality"]["stack_sampling"];
+    if sampling.is_null() {
+        return "every stack walked".to_owned();
+    }
+    let kind = |name: &str| {
+        let events = &sampling[name];
+        match (events["events"].as_u64(), events["walked"].as_u64()) {
+            (Some(all), Some(walked)) => format!("{name} {walked} of {all} walked"),
+            _ => String::new(),
+        }
+    };
+    format!(
+        "{}, {}; threshold up to {} µs; programs' measured cost {:.1}% of busy CPU time",
+        kind("offcpu"),
+        kind("io"),
+        sampling["max_below_us"],
+        sampling["measured_overhead_percent"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    )
+}
+
 /// pgbench's throughput, from its report.
 fn tps(report: &str) -> anyhow::Result<f64> {
     report
@@ -274,6 +306,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let mut tps_by_watcher: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
+    let mut accounts: Vec<String> = vec![String::new(); WATCHERS.len()];
     for round in 0..args.runs {
         let mut baseline = None;
         for (index, watcher) in WATCHERS.iter().enumerate() {
@@ -296,6 +329,9 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
                 stop_watcher(child)?;
             }
             let tps = tps(&String::from_utf8_lossy(&report.stdout))?;
+            if let Watcher::Profiler(_) = watcher {
+                accounts[index] = own_account(&scratch.join("profile/summary.json"));
+            }
             let base = *baseline.get_or_insert(tps);
             eprintln!(
                 "bench: round {}/{} {}: {tps:.0} tps ({:.1}% of pgbench alone)",
@@ -310,12 +346,13 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
     }
     drop(cluster);
     let mut table = String::from(
-        "| configuration | tps | % of pgbench alone in the same round |\n|---|---:|---:|\n",
+        "| configuration | tps | % of pgbench alone in the same round | the profiler's own \
+         account (last round) |\n|---|---:|---:|---|\n",
     );
     for (index, watcher) in WATCHERS.iter().enumerate() {
         let _ = writeln!(
             table,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             watcher.label(),
             report::median_and_range(&tps_by_watcher[index], 0, ""),
             if index == 0 {
@@ -323,6 +360,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             } else {
                 report::median_and_range(&ratios[index], 1, "%")
             },
+            accounts[index],
         );
     }
     let page = format!(

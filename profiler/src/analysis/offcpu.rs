@@ -11,9 +11,9 @@ use crate::model::{BlockReason, EventKind, Frame, Profile};
 /// The off-CPU section: where and why the target's threads waited.
 #[derive(Clone, Debug, Serialize)]
 pub struct OffCpuSummary {
-    /// Off-CPU time recorded, µs.
+    /// Off-CPU time recorded, µs (exact, also under stack sampling).
     pub total_us: u64,
-    /// Off-CPU periods recorded.
+    /// Off-CPU periods recorded (exact).
     pub periods: u64,
     /// Shortest period recorded (`--min-block`), µs.
     pub min_block_us: u64,
@@ -257,9 +257,19 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
             .then_with(|| (a.tid, a.pid, &a.name).cmp(&(b.tid, b.pid, &b.name)))
     });
 
+    // Under stack sampling the samples are the walked periods, weighted up: the totals are
+    // the exact ones, the shares an estimate from the sample.
+    let exact = profile
+        .run
+        .stack_sampling
+        .as_ref()
+        .and_then(|sampling| sampling.offcpu);
     OffCpuSummary {
-        total_us: total,
-        periods: samples.iter().map(|s| s.count.unwrap_or(1)).sum(),
+        total_us: exact.map_or(total, |exact| exact.total_us),
+        periods: exact.map_or_else(
+            || samples.iter().map(|s| s.count.unwrap_or(1)).sum(),
+            |exact| exact.events,
+        ),
         min_block_us: profile.run.min_block_us,
         filtered_periods: profile.losses.offcpu_filtered,
         filtered_us: profile.losses.offcpu_filtered_us,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{EventKind, FrameKind, JIT_MODULE, Missing, Profile};
+use crate::model::{EventKind, FrameKind, JIT_MODULE, Missing, Profile, StackSamplingRun};
 
 /// How trustworthy the profile is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,40 +33,50 @@ pub struct Quality {
     /// Events whose user stack was cut where it entered JIT code: a runtime that keeps no
     /// frame pointers in its compiled code (a JVM without `-XX:+PreserveFramePointer`).
     pub stacks_cut_in_jit_code: u64,
-    /// How many I/O calls had their stack walked, when short ones were sampled.
+    /// How off-CPU periods and I/O calls had their stacks sampled, when some were not walked.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_stack_sampling: Option<StackSampling>,
+    pub stack_sampling: Option<StackSamplingRun>,
     /// The same in one sentence.
     pub text: String,
 }
 
-/// Stacks walked for a sample of the events (`--sample-stacks-below`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StackSampling {
-    /// Events shorter than this were walked with probability (time / this), µs.
-    pub below_us: u64,
-    /// Events.
-    pub events: u64,
-    /// Events whose stack was walked.
-    pub walked: u64,
-}
-
-/// I/O calls walked out of all, when short calls' stacks were sampled.
-fn io_stack_sampling(profile: &Profile) -> Option<StackSampling> {
-    let below_us = profile.run.sample_stacks_below_us;
-    let io = profile.io.as_ref().filter(|_| below_us > 0)?;
-    let walked = profile
-        .samples
-        .get(&EventKind::Io)
-        .into_iter()
-        .flatten()
-        .map(|sample| sample.count.unwrap_or(1))
-        .sum();
-    Some(StackSampling {
-        below_us,
-        events: io.syscalls.iter().map(|call| call.count).sum(),
-        walked,
+/// The stack sampling of off-CPU periods and I/O calls, in words.
+fn stack_sampling_text(sampling: &StackSamplingRun) -> String {
+    let kinds: Vec<String> = [
+        ("off-CPU", "periods", sampling.offcpu),
+        ("I/O", "calls", sampling.io),
+    ]
+    .into_iter()
+    .filter_map(|(kind, unit, events)| {
+        let events = events?;
+        (events.walked < events.events).then(|| {
+            format!(
+                "{kind} stacks walked for 1 in {} {unit} ({} of {})",
+                events.one_in(),
+                events.walked,
+                events.events
+            )
+        })
     })
+    .collect();
+    if kinds.is_empty() {
+        return String::new();
+    }
+    let why = match (
+        sampling.max_overhead_percent,
+        sampling.measured_overhead_percent,
+    ) {
+        (Some(budget), Some(measured)) => {
+            format!("to stay under {budget}% overhead; measured {measured:.1}%")
+        }
+        (Some(budget), None) => format!("to stay under {budget}% overhead"),
+        (None, _) => "--sample-stacks-below".to_owned(),
+    };
+    format!(
+        "; {}: a duration-weighted sample, shorter than {} µs at most ({why}), times exact",
+        kinds.join(", "),
+        sampling.max_below_us
+    )
 }
 
 /// The objects walked by frame pointers because of a limit of the profiler's, in words.
@@ -235,16 +245,11 @@ pub fn quality(profile: &Profile) -> Quality {
             .collect();
         format!(", {stacks_lost} stacks lost ({})", causes.join(", "))
     };
-    let io_stack_sampling = io_stack_sampling(profile);
+    let stack_sampling = profile.run.stack_sampling.clone();
     let limited = objects_past_a_limit(profile);
-    let sampled = io_stack_sampling
+    let sampled = stack_sampling
         .as_ref()
-        .map_or(String::new(), |sampling| {
-            format!(
-                "; I/O stacks walked for {} of {} calls (below {} µs, a duration-weighted sample)",
-                sampling.walked, sampling.events, sampling.below_us
-            )
-        });
+        .map_or(String::new(), stack_sampling_text);
     let jit = match cut_in_jit {
         0 => String::new(),
         events => format!(
@@ -262,7 +267,7 @@ pub fn quality(profile: &Profile) -> Quality {
         complete_stacks_percent,
         complete_stacks_percent_by_kind,
         complete_stacks_percent_by_time,
-        io_stack_sampling,
+        stack_sampling,
         text: format!(
             "Profile quality: {lost_events} events lost{lost_stacks}; \
              {complete_stacks_percent:.1}% of events \
@@ -369,39 +374,52 @@ mod tests {
     }
 
     #[test]
-    fn sampled_io_stacks_are_stated() {
+    fn sampled_stacks_are_stated() {
         let mut profile = sample_profile();
-        let mut io_samples = profile.samples[&EventKind::Cpu].clone();
-        for sample in &mut io_samples {
-            sample.count = Some(2);
-        }
-        profile.samples.insert(EventKind::Io, io_samples);
-        profile.io = Some(crate::model::IoStats {
-            syscalls: vec![crate::model::IoSyscall {
-                name: "read".into(),
-                count: 1000,
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        // Every call walked: nothing to state.
-        assert_eq!(quality(&profile).io_stack_sampling, None);
-        profile.run.sample_stacks_below_us = 100;
-        let quality = quality(&profile);
-        assert_eq!(
-            quality.io_stack_sampling,
-            Some(StackSampling {
-                below_us: 100,
-                events: 1000,
-                walked: 4
-            })
-        );
+        // Every stack walked: nothing to state.
+        assert_eq!(quality(&profile).stack_sampling, None);
+        let mut sampling = crate::model::StackSamplingRun {
+            max_overhead_percent: Some(3.0),
+            measured_overhead_percent: Some(2.44),
+            max_below_us: 2000,
+            last_below_us: 1000,
+            adjustments: 3,
+            offcpu: Some(crate::model::SampledEvents {
+                events: 1200,
+                walked: 100,
+                total_us: 5_000_000,
+            }),
+            io: Some(crate::model::SampledEvents {
+                events: 10,
+                walked: 10,
+                total_us: 50,
+            }),
+        };
+        profile.run.stack_sampling = Some(sampling.clone());
+        let text = quality(&profile).text;
         assert!(
-            quality.text.ends_with(
-                "; I/O stacks walked for 4 of 1000 calls (below 100 µs, a duration-weighted sample)"
+            text.ends_with(
+                "; off-CPU stacks walked for 1 in 12 periods (100 of 1200): a duration-weighted \
+                 sample, shorter than 2000 µs at most (to stay under 3% overhead; measured \
+                 2.4%), times exact"
             ),
-            "{}",
-            quality.text
+            "{text}"
+        );
+        sampling.max_overhead_percent = None;
+        sampling.offcpu = None;
+        sampling.io = Some(crate::model::SampledEvents {
+            events: 1000,
+            walked: 4,
+            total_us: 50,
+        });
+        profile.run.stack_sampling = Some(sampling);
+        let text = quality(&profile).text;
+        assert!(
+            text.ends_with(
+                "; I/O stacks walked for 1 in 250 calls (4 of 1000): a duration-weighted \
+                 sample, shorter than 2000 µs at most (--sample-stacks-below), times exact"
+            ),
+            "{text}"
         );
     }
 }

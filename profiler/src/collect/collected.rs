@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use profiler_common::{
     AllocSite, AllocStats, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
-    ProcessMemory, STACK_ID_NONE, STACK_ID_UNSAMPLED, SampleKey, ThreadState, counter,
+    ProcessMemory, STACK_ID_NONE, STACK_ID_RAN_ON, STACK_ID_UNSAMPLED, SampleKey, ThreadState,
+    counter,
 };
 
 use super::{
@@ -18,7 +19,7 @@ use crate::{
     kernel::{Counters, IoExtras, ProbeError, unwind::UnwindTables},
     model::{
         EventKind, FrameKind, Interner, JitStats, Losses, MappingStats, Process, Profile, RunInfo,
-        RunQueue, UnwindStats,
+        RunQueue, SampledEvents, StackSamplingRun, UnwindStats,
     },
     stacks::{
         address_space::AddressSpaces,
@@ -43,9 +44,28 @@ impl Collection {
         } else {
             Vec::new()
         };
-        // Threads off-CPU at the end: their period so far.
+        // Threads off-CPU at the end: their period so far. Under stack sampling, its stacks
+        // were to be read at its end, which did not come: it counts, without them.
         for (tid, state) in &threads {
             let start = &state.off_cpu;
+            let pending = &state.pending;
+            if pending.total_ns != 0 {
+                // Sampled, but the run ended before the thread's stack could be walked.
+                let key = OffCpuKey {
+                    tgid: start.tgid,
+                    tid: *tid,
+                    user_stack_id: STACK_ID_RAN_ON,
+                    kernel_stack_id: pending.kernel_stack_id,
+                    state: pending.state,
+                    _pad: 0,
+                    comm: start.comm,
+                };
+                *self.offcpu.entry(key).or_default() += OffCpuTime {
+                    total_ns: pending.total_ns,
+                    count: 1,
+                    stack_ns: pending.stack_ns,
+                };
+            }
             if state.exited != 0 || start.start_ns == 0 {
                 continue;
             }
@@ -53,19 +73,42 @@ impl Collection {
             if blocked < min_block_ns {
                 continue;
             }
+            let user_stack_id = match start.user_stack_id {
+                STACK_ID_UNSAMPLED => STACK_ID_NONE,
+                id => id,
+            };
             let key = OffCpuKey {
                 tgid: start.tgid,
                 tid: *tid,
-                user_stack_id: start.user_stack_id,
+                user_stack_id,
                 kernel_stack_id: start.kernel_stack_id,
                 state: start.state,
                 _pad: 0,
                 comm: start.comm,
             };
-            let total = self.offcpu.entry(key).or_default();
-            total.total_ns += blocked;
-            total.count += 1;
+            *self.offcpu.entry(key).or_default() += OffCpuTime {
+                total_ns: blocked,
+                count: 1,
+                stack_ns: blocked,
+            };
         }
+        let stack_sampling = self.sampler.run().map(|mut run| {
+            run.offcpu = self.scheduler.then(|| {
+                sampled_events(
+                    self.offcpu
+                        .iter()
+                        .map(|(key, time)| (key.user_stack_id, time.count, time.total_ns)),
+                )
+            });
+            run.io = self.io_enabled.then(|| {
+                sampled_events(
+                    self.io
+                        .iter()
+                        .map(|(key, total)| (key.user_stack_id, total.count, total.total_ns)),
+                )
+            });
+            run
+        });
         threads.extend(self.exited_threads.drain().map(|(_, thread)| thread));
         let counters = self.probes.counters()?;
         let first_sample_ns = self.probes.first_sample_ns()?;
@@ -146,6 +189,7 @@ impl Collection {
             drop(probes);
         });
         Ok(Collected {
+            stack_sampling,
             jit,
             spaces: self.spaces,
             processes: self.processes,
@@ -175,8 +219,25 @@ pub(super) struct AllocationsCollected {
     pub(super) memory: MemoryCollection,
 }
 
+/// Events, walked ones and time, from `(user stack id, count, ns)` entries.
+fn sampled_events(entries: impl Iterator<Item = (i32, u64, u64)>) -> SampledEvents {
+    let mut events = SampledEvents::default();
+    let mut total_ns = 0;
+    for (user_stack_id, count, ns) in entries {
+        events.events += count;
+        total_ns += ns;
+        if user_stack_id != STACK_ID_UNSAMPLED {
+            events.walked += count;
+        }
+    }
+    events.total_us = total_ns / 1000;
+    events
+}
+
 /// Everything collected, detached from the kernel.
 pub(super) struct Collected {
+    /// How stacks were sampled, when some were not walked.
+    pub(super) stack_sampling: Option<StackSamplingRun>,
     pub(super) spaces: AddressSpaces,
     pub(super) processes: ProcessTable,
     pub(super) counts: HashMap<SampleKey, u64>,
@@ -273,7 +334,13 @@ impl Collected {
         }
         if events.contains(&EventKind::OffCpu) {
             let mut raw: HashMap<RawSample, RawWeight> = HashMap::new();
-            for (key, time) in &self.offcpu {
+            // Periods whose stacks were not walked (stack sampling) are in the totals only;
+            // the walked ones stand for them, weighted up.
+            let walked = self
+                .offcpu
+                .iter()
+                .filter(|(key, _)| key.user_stack_id != STACK_ID_UNSAMPLED);
+            for (key, time) in walked {
                 let stacks = (key.user_stack_id, key.kernel_stack_id);
                 let entry = raw
                     .entry(raw_sample(
@@ -285,7 +352,7 @@ impl Collected {
                     ))
                     .or_default();
                 // Nanoseconds here, microseconds below.
-                entry.weight += time.total_ns;
+                entry.weight += time.stack_ns;
                 entry.count += time.count;
             }
             for weight in raw.values_mut() {

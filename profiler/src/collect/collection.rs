@@ -9,7 +9,7 @@ use profiler_common::{
     process_event,
 };
 
-use super::{AFTER_EXEC_REFRESH, io::FileNames, jvm::JvmMaps, memory};
+use super::{AFTER_EXEC_REFRESH, budget::StackSampler, io::FileNames, jvm::JvmMaps, memory};
 use crate::{
     collect::config::RunConfig,
     kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
@@ -75,6 +75,8 @@ fn user_stack_keys<'a>(
 /// State of a run between attach and detach.
 pub(super) struct Collection {
     pub(super) probes: KernelProbes,
+    /// The stack-sampling threshold and the budget that sets it.
+    pub(super) sampler: StackSampler,
     pub(super) spaces: AddressSpaces,
     pub(super) processes: ProcessTable,
     pub(super) counts: HashMap<SampleKey, u64>,
@@ -144,6 +146,7 @@ impl Collection {
     pub(super) fn new(probes: KernelProbes, config: &RunConfig) -> Self {
         let mut collection = Collection {
             probes,
+            sampler: StackSampler::new(config.stack_sampling),
             spaces: AddressSpaces::default(),
             processes: ProcessTable::default(),
             counts: HashMap::new(),
@@ -484,6 +487,32 @@ impl Collection {
                 size_of::<OffCpuTime>(),
             )
             + size(self.io.len(), size_of::<IoKey>(), size_of::<IoTotal>())
+    }
+
+    /// Sets the first stack-sampling threshold, and has the programs' run time measured when
+    /// a budget adapts it.
+    pub(super) fn start_stack_sampling(&mut self) -> Result<(), ProbeError> {
+        let below = self.sampler.below_ns();
+        self.probes.set_stack_sampling(below, below)?;
+        if self.sampler.measures() && !self.probes.measure_run_time() {
+            log::warn!(
+                "the kernel does not measure the programs' run time: every stack is walked, \
+                 whatever --max-overhead says"
+            );
+        }
+        Ok(())
+    }
+
+    /// Measures what the programs cost since the last call and moves the stack-sampling
+    /// threshold to stay within the budget.
+    pub(super) fn adjust_stack_sampling(&mut self) -> Result<(), ProbeError> {
+        if !self.sampler.measures() {
+            return Ok(());
+        }
+        if let Some(below) = self.sampler.update(self.probes.programs_run_time()) {
+            self.probes.set_stack_sampling(below, below)?;
+        }
+        Ok(())
     }
 
     pub(super) fn drain(&mut self) -> Result<(), ProbeError> {

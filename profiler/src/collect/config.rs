@@ -48,9 +48,8 @@ pub struct RunConfig {
     pub verbose: bool,
     /// Shortest off-CPU period recorded.
     pub min_block: Duration,
-    /// I/O calls shorter than this get their stack walked with probability (time / this),
-    /// weighted up; zero walks every call.
-    pub sample_stacks_below: Duration,
+    /// Which off-CPU periods and I/O calls get their stacks walked.
+    pub stack_sampling: StackSampling,
     /// Bytes between sampled allocations; 0 records every allocation.
     pub alloc_sample_bytes: u64,
     /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for
@@ -64,4 +63,17 @@ pub struct RunConfig {
     pub python_interpreter_frames: bool,
     /// Read the Python frames of CPython processes.
     pub python_frames: bool,
+}
+
+/// Which off-CPU periods and I/O calls get their stacks walked. Every one is counted and timed
+/// exactly; a walked one shorter than the threshold stands for `threshold / its time` of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StackSampling {
+    /// Every stack walked.
+    Exact,
+    /// A fixed threshold: events shorter are walked with probability (time / threshold).
+    Below(Duration),
+    /// A threshold the collector adapts during the run so the programs' kernel time stays
+    /// under this share of the CPUs' busy time, percent.
+    Budget(f64),
 }

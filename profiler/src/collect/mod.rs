@@ -1,6 +1,7 @@
 //! A profiling run: validate the target, load and attach the probes, collect until a stop
 //! condition, detach, and turn what was collected into a [`Profile`].
 
+mod budget;
 mod collected;
 mod collection;
 pub mod config;
@@ -30,7 +31,7 @@ use self::{
     stop::{CommandExit, Stop, exit_code, stop_command, stopped_while_loading},
 };
 use crate::{
-    collect::config::{RunConfig, TargetSpec},
+    collect::config::{RunConfig, StackSampling, TargetSpec},
     kernel::{KernelProbes, LoadOptions},
     model::{EventKind, Profile, RunInfo},
     output::{self, OutputDir},
@@ -48,6 +49,10 @@ const EVENT_TICK: Duration = Duration::from_millis(10);
 
 /// How often sample counts are drained from the kernel.
 const DRAIN_EVERY_TICKS: u32 = 10;
+
+/// Ticks between two readings of what the programs cost (`--max-overhead`): a busy server is
+/// brought within budget in a fraction of a second.
+const BUDGET_EVERY_TICKS: u32 = 2;
 
 /// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
 /// the exec notification.
@@ -121,6 +126,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         collection_pids,
     } = attach_targets(&spec, &config, program.as_deref())?;
     let mut collection = Collection::new(probes, &config);
+    collection.start_stack_sampling()?;
     if gated.is_none() {
         // Running processes' unwind tables are loaded before any event program is attached:
         // a stack walked before its process is described is cut short, and a backend blocked
@@ -213,7 +219,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         duration_secs,
         frequency_hz: config.frequency,
         min_block_us: config.min_block.as_micros() as u64,
-        sample_stacks_below_us: config.sample_stacks_below.as_micros() as u64,
+        stack_sampling: collected.stack_sampling.take(),
         events: config.events.clone(),
         alloc_sample_bytes: config.alloc_sample_bytes,
         stop_reason: stop.describe(),
@@ -297,7 +303,7 @@ fn attach_targets(
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
         min_block_ns: config.min_block.as_nanos() as u64,
-        io_stack_sample_below_ns: config.sample_stacks_below.as_nanos() as u64,
+        offcpu_stack_sampling: config.stack_sampling != StackSampling::Exact,
         cpu: config.events.contains(&EventKind::Cpu),
         scheduler: config.events.contains(&EventKind::OffCpu),
         io: config.events.contains(&EventKind::Io),
@@ -482,6 +488,9 @@ async fn collect_until_stop(
                 ticks += 1;
                 collection.handle_process_events();
                 collection.sample_memory();
+                if ticks.is_multiple_of(BUDGET_EVERY_TICKS) {
+                    collection.adjust_stack_sampling()?;
+                }
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain()?;
                     collection.refresh_all();

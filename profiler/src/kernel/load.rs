@@ -10,8 +10,8 @@ use aya::{
     },
 };
 use profiler_common::{
-    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, FdKey, RECORDING_STOPPED, TargetFlags,
-    ThreadState,
+    CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_IO_SAMPLE_BELOW_NS,
+    CONTROL_OFFCPU_SAMPLE_BELOW_NS, FdKey, RECORDING_STOPPED, TargetFlags, ThreadState,
 };
 
 use super::{
@@ -21,9 +21,9 @@ use super::{
     },
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_pids, take_ring_buffer},
     programs::{
-        ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
-        SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, check_io_tracepoints, check_scheduler_tracepoints,
-        load_programs, rename_tracepoint_fits,
+        ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, OFFCPU_STACKS_PROGRAM, PROCESS_PROGRAMS,
+        RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, check_io_tracepoints,
+        check_scheduler_tracepoints, load_programs, rename_tracepoint_fits,
     },
 };
 use crate::kernel::btf::{self, KernelTypes};
@@ -38,9 +38,9 @@ pub struct LoadOptions {
     pub verbose: bool,
     /// Shortest off-CPU period to record, ns.
     pub min_block_ns: u64,
-    /// I/O calls shorter than this (ns) get their stack walked with probability (time /
-    /// this), weighted up; 0 walks every call.
-    pub io_stack_sample_below_ns: u64,
+    /// Off-CPU periods may have their stacks sampled: their user stacks are then walked at
+    /// system-call exits, which the `sys_exit` program watches.
+    pub offcpu_stack_sampling: bool,
     /// Load the CPU sampling program.
     pub cpu: bool,
     /// Load the scheduler (off-CPU) programs.
@@ -171,6 +171,9 @@ impl KernelProbes {
         if !options.io {
             loader.map_max_entries("IO_LATENCY", 1);
         }
+        if !options.scheduler {
+            loader.map_max_entries("OFFCPU_KERNEL_STACKS", 1);
+        }
         let mut ebpf = loader
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
             .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
@@ -178,11 +181,6 @@ impl KernelProbes {
             .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
             .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
-            .override_global(
-                "IO_STACK_SAMPLE_BELOW_NS",
-                &options.io_stack_sample_below_ns,
-                true,
-            )
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
             .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
             .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
@@ -214,6 +212,9 @@ impl KernelProbes {
         if options.scheduler {
             check_scheduler_tracepoints()?;
             names.extend(SCHEDULER_PROGRAMS);
+            if options.offcpu_stack_sampling {
+                names.push(OFFCPU_STACKS_PROGRAM);
+            }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
             }
@@ -258,6 +259,7 @@ impl KernelProbes {
             unwind_with_tables: options.unwind_rows.is_some(),
             unwind_rows,
             _logger: logger,
+            run_time_stats: None,
         })
     }
 
@@ -343,10 +345,8 @@ impl KernelProbes {
     /// `CLOCK_MONOTONIC` time from which threads already off-CPU are accounted.
     pub fn attach_scheduler(&mut self, now_ns: u64) -> Result<(), ProbeError> {
         self.set_control(CONTROL_ATTACH_NS, now_ns)?;
-        attach_classic_tracepoints(
-            &mut self.ebpf,
-            SCHEDULER_PROGRAMS.map(|name| ("sched", name)),
-        )?;
+        self.attach_tracepoints(&[SCHEDULER_PROGRAMS[0]])?;
+        attach_classic_tracepoints(&mut self.ebpf, [("sched", SCHEDULER_PROGRAMS[1])])?;
         let rename_loaded = self
             .ebpf
             .program(RENAME_PROGRAM.1)
@@ -354,7 +354,30 @@ impl KernelProbes {
         if rename_loaded {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
+        let offcpu_stacks_loaded = self
+            .ebpf
+            .program(OFFCPU_STACKS_PROGRAM)
+            .is_some_and(|program| program.fd().is_ok());
+        if offcpu_stacks_loaded {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(OFFCPU_STACKS_PROGRAM)
+                .expect("loaded above")
+                .try_into()
+                .expect("tracepoint program");
+            program.attach("raw_syscalls", "sys_exit").map_err(|err| {
+                program_error("attaching to the raw_syscalls:sys_exit tracepoint", err)
+            })?;
+        }
         Ok(())
+    }
+
+    /// Sets the stack-sampling thresholds, ns (0: every stack walked): off-CPU periods and
+    /// I/O calls shorter than theirs get their stacks with probability (time / threshold).
+    /// Takes effect at once, run-time adjustable.
+    pub fn set_stack_sampling(&mut self, offcpu_ns: u64, io_ns: u64) -> Result<(), ProbeError> {
+        self.set_control(CONTROL_OFFCPU_SAMPLE_BELOW_NS, offcpu_ns)?;
+        self.set_control(CONTROL_IO_SAMPLE_BELOW_NS, io_ns)
     }
 
     /// Starts watching the targets' system calls (I/O or memory-mapping ones, as loaded).
@@ -480,6 +503,12 @@ impl KernelProbes {
                 kernel_stack_id: profiler_common::STACK_ID_NONE,
                 state: profiler_common::OFFCPU_STATE_BEFORE_ATTACH,
                 comm: name,
+                user_sp: 0,
+                user_ip: 0,
+            },
+            pending: profiler_common::PendingWalk {
+                kernel_stack_id: profiler_common::STACK_ID_NONE,
+                ..Default::default()
             },
             exited: 0,
             _pad: 0,

@@ -4,9 +4,9 @@
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, StackTraceMap};
 use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
-    CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, LATENCY_SLOTS, LiveAlloc, LiveKey, MAX_IO_CALLS,
-    OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED, SampleKey,
-    ThreadState, counter,
+    CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, KERNEL_STACK_ID_TASK_BIT, KernelStack, LATENCY_SLOTS,
+    LiveAlloc, LiveKey, MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent,
+    ProcessMemory, RECORDING_STOPPED, SampleKey, ThreadState, counter,
 };
 
 use super::{
@@ -191,8 +191,26 @@ impl KernelProbes {
             let trace = kernel_walked.get(&id, 0).ok()?;
             Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
         };
+        // Stacks of sleeping tasks (sampled off-CPU periods) are in a map of their own.
+        let task_read: BpfHashMap<_, u32, KernelStack> = BpfHashMap::try_from(
+            self.ebpf
+                .map("OFFCPU_KERNEL_STACKS")
+                .expect("OFFCPU_KERNEL_STACKS is in the object"),
+        )
+        .map_err(map_error("OFFCPU_KERNEL_STACKS"))?;
+        let kernel = kernel_ids
+            .into_iter()
+            .filter_map(|id| {
+                if id & KERNEL_STACK_ID_TASK_BIT == 0 {
+                    return from_kernel(id);
+                }
+                let stack = task_read.get(&id, 0).ok()?;
+                let len = (stack.len as usize).min(stack.frames.len());
+                Some((id, stack.frames[..len].to_vec()))
+            })
+            .collect();
         let mut table = StackTable {
-            kernel: kernel_ids.into_iter().filter_map(from_kernel).collect(),
+            kernel,
             ..StackTable::default()
         };
         if !self.unwind_with_tables {

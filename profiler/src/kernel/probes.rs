@@ -33,9 +33,33 @@ pub struct KernelProbes {
     /// Capacity of `UNWIND_ROWS`.
     pub(super) unwind_rows: u32,
     pub(super) _logger: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the kernel's per-program run-time statistics on while held (see
+    /// [`Self::measure_run_time`]).
+    pub(super) run_time_stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl KernelProbes {
+    /// Has the kernel time every program run (`BPF_STATS_RUN_TIME`, two clock reads per
+    /// run), for [`Self::programs_run_time`]. Returns whether it could.
+    pub fn measure_run_time(&mut self) -> bool {
+        if self.run_time_stats.is_none() {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => self.run_time_stats = Some(fd),
+                Err(err) => log::info!("the programs' run time is not measured: {err}"),
+            }
+        }
+        self.run_time_stats.is_some()
+    }
+
+    /// Kernel time the loaded programs have taken so far, all CPUs, while measured.
+    pub fn programs_run_time(&self) -> Duration {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok())
+            .map(|info| info.run_time())
+            .sum()
+    }
+
     pub(super) fn set_control(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
         let mut control: Array<_, u64> = Array::try_from(
             self.ebpf

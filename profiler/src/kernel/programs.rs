@@ -18,22 +18,14 @@ pub(super) const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_pro
 /// The program that learns the libraries the dynamic loader mapped (unwinding with tables).
 pub(super) const LOADER_PROGRAM: &str = "loader_debug_state";
 
-/// Checks that the classic `sched` tracepoints lay out their records where the programs read.
+/// Checks that the classic `sched_wakeup` tracepoint lays out its record where the program
+/// reads (`sched_switch` is a BTF tracepoint: its arguments are typed).
 pub(super) fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
-    use profiler_common::tracepoint_fields::{SWITCH_NEXT_PID, SWITCH_PREV_STATE, WAKEUP_PID};
+    use profiler_common::tracepoint_fields::WAKEUP_PID;
 
     let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
-    let check = |event, fields: &[(&str, usize, usize)]| {
-        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
-    };
-    check(
-        "sched/sched_switch",
-        &[
-            ("prev_state", SWITCH_PREV_STATE, 8),
-            ("next_pid", SWITCH_NEXT_PID, 4),
-        ],
-    )?;
-    check("sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
+    tracefs::check_layout(&root, "sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
+        .map_err(ProbeError::Tracefs)
 }
 
 /// The program that keeps target threads' names current for the scheduler programs.
@@ -100,7 +92,11 @@ pub(super) fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
     check("block/block_rq_issue", &[("bytes", BLOCK_BYTES, 4)])
 }
 
-/// The scheduler programs (off-CPU time and run-queue delay).
+/// The program that walks the user stacks of sampled off-CPU periods at system-call exits.
+pub(super) const OFFCPU_STACKS_PROGRAM: &str = "sys_exit_offcpu";
+
+/// The scheduler programs (off-CPU time and run-queue delay): the `sched_switch` BTF
+/// tracepoint, the classic `sched_wakeup` one.
 pub(super) const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
 
 /// Loads `names` into the kernel, several at a time. Verification is most of a start-up and
@@ -157,7 +153,13 @@ pub(super) fn load_programs(
 /// The programs that take longest to verify, slowest first (the ones that walk user stacks; on
 /// 6.18 the verifier explores 96 000, 71 000, 65 000 and 40 000 instructions): started first,
 /// they do not end up last on a CPU.
-const SLOWEST_TO_VERIFY: [&str; 4] = ["sys_exit", "sched_switch", "alloc_enter", "cpu_sample"];
+const SLOWEST_TO_VERIFY: [&str; 5] = [
+    "sys_exit",
+    "sched_switch",
+    "sys_exit_offcpu",
+    "alloc_enter",
+    "cpu_sample",
+];
 
 fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), ProgramError> {
     match program {

@@ -12,7 +12,7 @@ pub fn run_info() -> RunInfo {
         duration_secs: 2.0,
         frequency_hz: 99,
         min_block_us: 1,
-        sample_stacks_below_us: 0,
+        stack_sampling: None,
         events: vec![EventKind::Cpu],
         alloc_sample_bytes: 0,
         stop_reason: "target exited".into(),

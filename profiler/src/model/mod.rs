@@ -8,6 +8,7 @@ mod event;
 pub(crate) mod fixtures;
 mod frame;
 mod profile;
+mod sampling;
 mod saved;
 mod stats;
 pub mod synthetic;
@@ -17,6 +18,7 @@ pub use frame::{
     Frame, FrameKind, JIT_MODULE, Missing, StackLoss, TRUNCATED_STACK, is_entry_function,
 };
 pub use profile::{Interner, ObjectInfo, Process, ProcessNames, Profile, RunInfo, Sample, Segment};
+pub use sampling::{SampledEvents, StackSamplingRun};
 pub use saved::{
     FORMAT_VERSION, LoadError, MAX_PROFILE_JSON_BYTES, MAX_PROFILE_MEMORY, MAX_RENDERED_TEXT,
     MAX_TOTAL, PROFILE_FILE,

@@ -66,10 +66,9 @@ pub struct RunInfo {
     /// Shortest off-CPU period recorded, µs.
     #[serde(default)]
     pub min_block_us: u64,
-    /// `--sample-stacks-below`, µs: I/O calls shorter than this had their stack walked with
-    /// probability (time / this) and were weighted up; 0 (left out) when every call was walked.
-    #[serde(default, skip_serializing_if = "super::is_zero")]
-    pub sample_stacks_below_us: u64,
+    /// Stack sampling of off-CPU periods and I/O calls; `None` when every stack was walked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_sampling: Option<super::StackSamplingRun>,
     /// Event kinds collected.
     pub events: Vec<EventKind>,
     /// `--alloc-sample` bytes (0: every allocation recorded).

@@ -29,7 +29,7 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
         duration_secs: samples as f64 / 999.0,
         frequency_hz: 999,
         min_block_us: 1,
-        sample_stacks_below_us: 0,
+        stack_sampling: None,
         events: vec![EventKind::Cpu],
         alloc_sample_bytes: 0,
         stop_reason: "synthetic".into(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use profiler_common::{
     OFFCPU_STATE_BEFORE_ATTACH, OFFCPU_STATE_NEW_THREAD, OFFCPU_STATE_PREEMPTED,
-    STACK_ID_COLLISION, STACK_ID_MAP_FULL, STACK_ID_NONE, stack_end,
+    STACK_ID_COLLISION, STACK_ID_MAP_FULL, STACK_ID_NONE, STACK_ID_RAN_ON, stack_end,
 };
 
 use crate::{
@@ -160,6 +160,7 @@ fn missing_stack_frame(id: i32, kernel: bool) -> Option<Frame> {
         STACK_ID_NONE => return None,
         STACK_ID_COLLISION => StackLoss::Collision,
         STACK_ID_MAP_FULL => StackLoss::MapFull,
+        STACK_ID_RAN_ON => StackLoss::RanOn,
         _ => StackLoss::Unavailable,
     };
     Some(Frame::lost_stack(kernel, loss))

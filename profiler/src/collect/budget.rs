@@ -1,0 +1,229 @@
+//! The overhead budget (`--max-overhead`): the stack-sampling threshold of off-CPU periods and
+//! I/O calls, adapted as the run goes so the programs' kernel time stays under a share of the
+//! CPUs' busy time.
+//!
+//! Walking stacks is most of what an event costs; the count and time of every event are kept
+//! whatever the threshold. A walked event shorter than the threshold stands for (threshold /
+//! its time) of them, so the threshold trades flamegraph precision for cost, never totals.
+
+use std::{
+    io::{BufRead, Read as _},
+    time::Duration,
+};
+
+use super::config::StackSampling;
+use crate::model::StackSamplingRun;
+
+/// Threshold set first when the budget is exceeded, before it is scaled: short enough that a
+/// quiet program is barely sampled.
+const FIRST_THRESHOLD_NS: f64 = 100_000.0;
+/// Below this the threshold goes back to 0: every stack walked.
+const MIN_THRESHOLD_NS: u64 = 10_000;
+/// At most this: the kernel draws a 32-bit random number of nanoseconds.
+const MAX_THRESHOLD_NS: u64 = 1_000_000_000;
+
+/// The threshold and what it was adapted from.
+#[derive(Debug)]
+pub(super) struct StackSampler {
+    policy: StackSampling,
+    below_ns: u64,
+    max_below_ns: u64,
+    /// The last reading: programs' run time and the CPUs' busy time, ns.
+    last: Option<(u64, u64)>,
+    /// Totals over the readings.
+    program_ns: u64,
+    busy_ns: u64,
+    adjustments: u32,
+    /// Lowest overhead measured, percent: what the programs cost with few stacks walked
+    /// (counting and timing every event), which no threshold brings lower.
+    floor_percent: f64,
+}
+
+impl StackSampler {
+    pub(super) fn new(policy: StackSampling) -> Self {
+        let below_ns = match policy {
+            StackSampling::Below(below) => (below.as_nanos() as u64).min(MAX_THRESHOLD_NS),
+            StackSampling::Exact | StackSampling::Budget(_) => 0,
+        };
+        StackSampler {
+            policy,
+            below_ns,
+            max_below_ns: below_ns,
+            last: None,
+            program_ns: 0,
+            busy_ns: 0,
+            adjustments: 0,
+            floor_percent: f64::INFINITY,
+        }
+    }
+
+    /// Whether the programs' run time should be measured.
+    pub(super) fn measures(&self) -> bool {
+        matches!(self.policy, StackSampling::Budget(_))
+    }
+
+    /// The threshold now, ns (0: every stack walked).
+    pub(super) fn below_ns(&self) -> u64 {
+        self.below_ns
+    }
+
+    /// Takes a reading (the programs' run time so far); returns the new threshold when it
+    /// changes.
+    pub(super) fn update(&mut self, program_time: Duration) -> Option<u64> {
+        let program_ns = program_time.as_nanos() as u64;
+        let busy_ns = busy_cpu_ns()?;
+        let (last_program, last_busy) = self.last.replace((program_ns, busy_ns))?;
+        let program = program_ns.saturating_sub(last_program);
+        let busy = busy_ns.saturating_sub(last_busy);
+        self.program_ns += program;
+        self.busy_ns += busy;
+        let StackSampling::Budget(percent) = self.policy else {
+            return None;
+        };
+        if busy == 0 {
+            return None;
+        }
+        let overhead = 100.0 * program as f64 / busy as f64;
+        self.floor_percent = self.floor_percent.min(overhead);
+        // A budget under what counting every event costs cannot be met by walking fewer
+        // stacks: walks are then held to half again that cost, not pushed to nothing.
+        let target = percent.max(1.5 * self.floor_percent);
+        let next = next_threshold(self.below_ns, overhead / target);
+        if next == self.below_ns {
+            return None;
+        }
+        log::debug!(
+            "programs took {overhead:.2}% of busy CPU time (budget {percent}%): stack-sampling \
+             threshold {} -> {} µs",
+            self.below_ns / 1000,
+            next / 1000
+        );
+        self.below_ns = next;
+        self.max_below_ns = self.max_below_ns.max(next);
+        self.adjustments += 1;
+        Some(next)
+    }
+
+    /// What the run did, for the profile; `None` when every stack was walked throughout.
+    pub(super) fn run(&self) -> Option<StackSamplingRun> {
+        if self.max_below_ns == 0 {
+            return None;
+        }
+        Some(StackSamplingRun {
+            max_overhead_percent: match self.policy {
+                StackSampling::Budget(percent) => Some(percent),
+                _ => None,
+            },
+            measured_overhead_percent: (self.busy_ns > 0)
+                .then(|| 100.0 * self.program_ns as f64 / self.busy_ns as f64),
+            max_below_us: self.max_below_ns / 1000,
+            last_below_us: self.below_ns / 1000,
+            adjustments: self.adjustments,
+            offcpu: None,
+            io: None,
+        })
+    }
+}
+
+/// The next threshold, from the present one and (measured overhead / target). Over, it grows
+/// with the excess (a walked share falls about as 1 / threshold); well under, it halves, back
+/// to walking every stack.
+pub(super) fn next_threshold(below_ns: u64, ratio: f64) -> u64 {
+    if !ratio.is_finite() {
+        return below_ns;
+    }
+    if ratio > 1.0 {
+        let next = if below_ns == 0 {
+            FIRST_THRESHOLD_NS * ratio * ratio
+        } else {
+            below_ns as f64 * ratio.powf(1.5).min(16.0)
+        };
+        (next as u64).clamp(MIN_THRESHOLD_NS, MAX_THRESHOLD_NS)
+    } else if ratio < 0.75 && below_ns > 0 {
+        let next = below_ns / 2;
+        if next < MIN_THRESHOLD_NS { 0 } else { next }
+    } else {
+        below_ns
+    }
+}
+
+/// Busy time of all CPUs so far, ns: `/proc/stat`'s first line less idle and I/O wait.
+fn busy_cpu_ns() -> Option<u64> {
+    let file = std::fs::File::open("/proc/stat").ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(file)
+        .take(4096)
+        .read_line(&mut line)
+        .ok()?;
+    busy_ns_of(&line, clock_ticks_per_second())
+}
+
+fn busy_ns_of(line: &str, ticks_per_second: u64) -> Option<u64> {
+    let mut fields = line.split_ascii_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields.map_while(|field| field.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let &[user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks.as_slice() else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(busy.saturating_mul(1_000_000_000 / ticks_per_second.max(1)))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_grows_over_budget_and_comes_back_under_it() {
+        // Every stack walked, six times the budget: straight to milliseconds.
+        let first = next_threshold(0, 6.0);
+        assert_eq!(first, 3_600_000);
+        // Still twice over: grows, at most 16-fold.
+        assert_eq!(
+            next_threshold(first, 2.0),
+            (3_600_000.0 * 2f64.powf(1.5)) as u64
+        );
+        assert_eq!(next_threshold(1_000_000, 1000.0), 16_000_000);
+        assert_eq!(next_threshold(600_000_000, 1000.0), MAX_THRESHOLD_NS);
+        // Within budget: kept.
+        assert_eq!(next_threshold(first, 0.8), first);
+        assert_eq!(next_threshold(0, 0.9), 0);
+        // Well under: halves, then every stack walked again.
+        assert_eq!(next_threshold(first, 0.7), first / 2);
+        assert_eq!(next_threshold(first, 0.2), first / 2);
+        assert_eq!(next_threshold(15_000, 0.2), 0);
+        // A reading that says nothing changes nothing.
+        assert_eq!(next_threshold(first, f64::NAN), first);
+    }
+
+    #[test]
+    fn busy_time_leaves_out_idle_and_io_wait() {
+        let line = "cpu  100 5 50 1000 30 7 3 2 0 0\n";
+        assert_eq!(busy_ns_of(line, 100), Some(167 * 10_000_000));
+        assert_eq!(busy_ns_of("cpu0 1 2 3 4 5 6 7 8", 100), None);
+        assert_eq!(busy_ns_of("cpu 1 2 3", 100), None);
+    }
+
+    #[test]
+    fn a_fixed_threshold_is_reported_and_exact_runs_are_not() {
+        let fixed = StackSampler::new(StackSampling::Below(Duration::from_micros(200)));
+        assert_eq!(fixed.below_ns(), 200_000);
+        let run = fixed.run().expect("sampled");
+        assert_eq!((run.max_below_us, run.max_overhead_percent), (200, None));
+        assert!(StackSampler::new(StackSampling::Exact).run().is_none());
+        assert!(
+            StackSampler::new(StackSampling::Budget(3.0))
+                .run()
+                .is_none()
+        );
+    }
+}
