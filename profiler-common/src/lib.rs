@@ -331,15 +331,9 @@ pub struct ProcessEvent {
 }
 const _: () = assert!(size_of::<ProcessEvent>() == 40);
 
-/// Offsets of the fields the I/O programs read from the classic `raw_syscalls` and `block`
-/// tracepoint records, checked against tracefs' `format` files before loading.
+/// Offsets of the fields the block-request programs read from the classic `block` tracepoint
+/// records, checked against tracefs' `format` files before loading.
 pub mod io_fields {
-    /// `sys_enter` / `sys_exit`: `long id`, the system call number.
-    pub const SYSCALL_ID: usize = 8;
-    /// `sys_enter`: `unsigned long args[6]`.
-    pub const SYSCALL_ARGS: usize = 16;
-    /// `sys_exit`: `long ret`.
-    pub const SYSCALL_RET: usize = 16;
     /// `block_rq_issue` / `block_rq_complete`: `dev_t dev`.
     pub const BLOCK_DEV: usize = 8;
     /// `block_rq_issue` / `block_rq_complete`: `sector_t sector`.

@@ -7,9 +7,9 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
         generated::bpf_get_task_stack,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
 use profiler_common::{
     CONTROL_OFFCPU_SAMPLE_BELOW_NS, KERNEL_STACK_ID_TASK_BIT, KernelStack, MAX_KERNEL_FRAMES,
@@ -181,8 +181,13 @@ pub(crate) fn record_pending(
 /// walked here, where it stands as it blocked (most periods are spent in a system call).
 /// Attached only when off-CPU stacks may be sampled; separate from the I/O program so each
 /// has one stack walk.
-#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
-pub fn sys_exit_offcpu(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
+    // With every stack walked at switch-out, nothing is pending (a period left pending when
+    // the threshold went back to 0 is settled at the thread's next switch-out).
+    if sample_below_ns() == 0 {
+        return 0;
+    }
     let (tgid, tid) = current_tgid_tid();
     let Some(thread) = THREADS.get_ptr_mut(tid) else {
         return 0;

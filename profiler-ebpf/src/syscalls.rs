@@ -3,23 +3,25 @@
 //! they open, and add their memory calls (`mmap`, `munmap`, `brk`) to the process totals.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
-    macros::{map, tracepoint},
+    bindings::{BPF_NOEXIST, pt_regs},
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
 use profiler_common::{
     COMM_LEN, CONTROL_IO_SAMPLE_BELOW_NS, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal,
     LATENCY_SLOTS, MAX_IO_CALLS, OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED,
-    SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter, inode_file_id, io_fields, io_kind,
-    latency_slot, process_event,
+    SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter, inode_file_id, io_kind, latency_slot,
+    process_event,
 };
 
 use crate::{
     helpers::{
-        active_map, bump, current_tgid_tid, field, process_memory, read_at, stack_sampled,
-        user_stack,
+        active_map, bump, current_tgid_tid, process_memory, read_at, stack_sampled, user_stack,
     },
     maps::{CONTROL, TARGETS},
     process::send_process_event,
@@ -79,9 +81,19 @@ fn io_call(id: i64) -> Option<u32> {
     SYSCALLS.get(id as u32).copied().filter(|&call| call != 0)
 }
 
-/// A system call starts: for an I/O call of a target thread, note when and on what.
-#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
+/// Reads a saved user register of the system call's `regs` (a trusted kernel pointer).
+#[inline(always)]
+fn register(regs: *const pt_regs, field: fn(&pt_regs) -> &u64) -> u64 {
+    // SAFETY: only the field's address is computed from `regs`; the read is checked.
+    unsafe { bpf_probe_read_kernel(field(&*regs) as *const u64) }.unwrap_or(0)
+}
+
+/// A system call starts: for an I/O call of a target thread, note when and on what. A BTF
+/// tracepoint, like the other system-call programs: it runs for every system call of the
+/// machine, and the kernel then hands over its arguments without first copying them into a
+/// trace record.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     match try_sys_enter(ctx) {
         Ok(ret) => ret,
         Err(ret) => ret,
@@ -89,8 +101,10 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_sys_enter(ctx: TracePointContext) -> Result<u32, u32> {
-    let call = io_call(field(&ctx, io_fields::SYSCALL_ID)).ok_or(0u32)?;
+fn try_sys_enter(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    // sys_enter(struct pt_regs *regs, long id)
+    let id: i64 = ctx.arg(1);
+    let call = io_call(id).ok_or(0)?;
     let (tgid, tid) = current_tgid_tid();
     if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
         return Err(0);
@@ -98,12 +112,13 @@ fn try_sys_enter(ctx: TracePointContext) -> Result<u32, u32> {
     if call >> 8 < io_kind::MMAP {
         bump(counter::IO_CALLS);
     }
-    let fd: u64 = field(&ctx, io_fields::SYSCALL_ARGS);
+    let regs: *const pt_regs = ctx.arg(0);
+    let fd = register(regs, |regs| &regs.rdi);
     // A close's file is gone by the exit: identify it now (kept in the unused second argument).
     let second = if call >> 8 == io_kind::CLOSE {
         fd_inode(fd as i32).map_or(0, |(mode, inode)| inode_file_id(mode, inode))
     } else {
-        field(&ctx, io_fields::SYSCALL_ARGS + 8)
+        register(regs, |regs| &regs.rsi)
     };
     let pending = IoPending {
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -250,8 +265,8 @@ fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
 }
 
 /// A system call returns: account an I/O call of a target thread (time, bytes, file, stack).
-#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     match try_sys_exit(ctx) {
         Ok(ret) => ret,
         Err(ret) => ret,
@@ -259,12 +274,14 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
-    if io_call(field(&ctx, io_fields::SYSCALL_ID)).is_none() {
+fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    // sys_exit(struct pt_regs *regs, long ret); the call's number is in `orig_ax`.
+    let regs: *const pt_regs = ctx.arg(0);
+    if io_call(register(regs, |regs| &regs.orig_rax) as i64).is_none() {
         return Err(0);
     }
     let (tgid, tid) = current_tgid_tid();
-    let entry = IO_PENDING.get_ptr_mut(tid).ok_or(0u32)?;
+    let entry = IO_PENDING.get_ptr_mut(tid).ok_or(0)?;
     // SAFETY: the entry of the current thread, which is here and nowhere else.
     let pending = unsafe { *entry };
     if pending.start_ns == 0 {
@@ -278,7 +295,7 @@ fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let ns = now.saturating_sub(pending.start_ns);
-    let ret: i64 = field(&ctx, io_fields::SYSCALL_RET);
+    let ret: i64 = ctx.arg(1);
     let kind = pending.call >> 8;
     let index = pending.call & 0xff;
     if kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE {
@@ -313,7 +330,10 @@ fn try_sys_exit(ctx: TracePointContext) -> Result<u32, u32> {
             file_id = pending.args[1];
         } else if let Some((mode, inode)) = fd_inode(fd) {
             // Not opened during the run: a pipe, a socket, a dup, or older than the attach.
+            // Kept for the fd's next calls (a server's socket is read and written thousands
+            // of times); forgotten like the others when the fd is closed or replaced.
             file_id = inode_file_id(mode, inode);
+            let _ = FILES.insert(key, file_id, u64::from(BPF_NOEXIST));
         }
         if kind == io_kind::CLOSE && ret == 0 {
             let _ = FILES.remove(&key);

@@ -86,8 +86,8 @@ impl StackSampler {
         let overhead = 100.0 * program as f64 / busy as f64;
         self.floor_percent = self.floor_percent.min(overhead);
         // A budget under what counting every event costs cannot be met by walking fewer
-        // stacks: walks are then held to half again that cost, not pushed to nothing.
-        let target = percent.max(1.5 * self.floor_percent);
+        // stacks: walks are then held to a quarter of that cost, not pushed to nothing.
+        let target = percent.max(1.25 * self.floor_percent);
         let next = next_threshold(self.below_ns, overhead / target);
         if next == self.below_ns {
             return None;
@@ -139,7 +139,7 @@ pub(super) fn next_threshold(below_ns: u64, ratio: f64) -> u64 {
             below_ns as f64 * ratio.powf(1.5).min(16.0)
         };
         (next as u64).clamp(MIN_THRESHOLD_NS, MAX_THRESHOLD_NS)
-    } else if ratio < 0.75 && below_ns > 0 {
+    } else if ratio < 0.85 && below_ns > 0 {
         let next = below_ns / 2;
         if next < MIN_THRESHOLD_NS { 0 } else { next }
     } else {
@@ -195,10 +195,10 @@ mod tests {
         assert_eq!(next_threshold(1_000_000, 1000.0), 16_000_000);
         assert_eq!(next_threshold(600_000_000, 1000.0), MAX_THRESHOLD_NS);
         // Within budget: kept.
-        assert_eq!(next_threshold(first, 0.8), first);
+        assert_eq!(next_threshold(first, 0.9), first);
         assert_eq!(next_threshold(0, 0.9), 0);
         // Well under: halves, then every stack walked again.
-        assert_eq!(next_threshold(first, 0.7), first / 2);
+        assert_eq!(next_threshold(first, 0.8), first / 2);
         assert_eq!(next_threshold(first, 0.2), first / 2);
         assert_eq!(next_threshold(15_000, 0.2), 0);
         // A reading that says nothing changes nothing.

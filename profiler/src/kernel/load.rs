@@ -11,7 +11,8 @@ use aya::{
 };
 use profiler_common::{
     CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_IO_SAMPLE_BELOW_NS,
-    CONTROL_OFFCPU_SAMPLE_BELOW_NS, FdKey, RECORDING_STOPPED, TargetFlags, ThreadState,
+    CONTROL_OFFCPU_SAMPLE_BELOW_NS, FILE_ID_INODE, FdKey, RECORDING_STOPPED, TargetFlags,
+    ThreadState,
 };
 
 use super::{
@@ -222,7 +223,7 @@ impl KernelProbes {
         let mut open_events = None;
         if options.io || options.alloc {
             check_io_tracepoints(options.io)?;
-            names.extend(SYSCALL_PROGRAMS.map(|(_, name)| name));
+            names.extend(SYSCALL_PROGRAMS);
             let mut syscalls: Array<_, u32> =
                 Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS is in the object"))
                     .map_err(map_error("SYSCALLS"))?;
@@ -359,15 +360,7 @@ impl KernelProbes {
             .program(OFFCPU_STACKS_PROGRAM)
             .is_some_and(|program| program.fd().is_ok());
         if offcpu_stacks_loaded {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(OFFCPU_STACKS_PROGRAM)
-                .expect("loaded above")
-                .try_into()
-                .expect("tracepoint program");
-            program.attach("raw_syscalls", "sys_exit").map_err(|err| {
-                program_error("attaching to the raw_syscalls:sys_exit tracepoint", err)
-            })?;
+            self.attach_tracepoints(&[OFFCPU_STACKS_PROGRAM])?;
         }
         Ok(())
     }
@@ -382,7 +375,7 @@ impl KernelProbes {
 
     /// Starts watching the targets' system calls (I/O or memory-mapping ones, as loaded).
     pub fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
-        attach_classic_tracepoints(&mut self.ebpf, SYSCALL_PROGRAMS)
+        self.attach_tracepoints(&SYSCALL_PROGRAMS)
     }
 
     /// Starts timing the block requests the targets issue.
@@ -466,7 +459,11 @@ impl KernelProbes {
         let stale: Vec<FdKey> = files
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, open_ns)| pids.contains(&key.tgid) && *open_ns < time_ns)
+            // Opened before `time_ns`, or known by inode (a socket's or pipe's, kept by the
+            // programs since its first call).
+            .filter(|(key, id)| {
+                pids.contains(&key.tgid) && (*id & FILE_ID_INODE != 0 || *id < time_ns)
+            })
             .map(|(key, _)| key)
             .collect();
         for key in stale {

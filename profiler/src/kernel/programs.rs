@@ -49,9 +49,9 @@ pub(super) fn rename_tracepoint_fits() -> bool {
     fits.is_ok()
 }
 
-/// The system-call programs (I/O and memory-mapping calls).
-pub(super) const SYSCALL_PROGRAMS: [(&str, &str); 2] =
-    [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")];
+/// The system-call programs (I/O and memory-mapping calls), BTF tracepoints of
+/// `raw_syscalls`.
+pub(super) const SYSCALL_PROGRAMS: [&str; 2] = ["sys_enter", "sys_exit"];
 
 /// The block-request programs.
 pub(super) const BLOCK_PROGRAMS: [(&str, &str); 2] =
@@ -60,28 +60,18 @@ pub(super) const BLOCK_PROGRAMS: [(&str, &str); 2] =
 /// The allocator probes: entry, return, and `free`.
 pub(super) const ALLOC_PROGRAMS: [&str; 3] = ["alloc_enter", "alloc_return", "free_enter"];
 
-/// Checks that the `raw_syscalls` and `block` tracepoints lay out their records where the I/O
-/// programs read.
+/// Checks that the `block` tracepoints lay out their records where the I/O programs read (the
+/// system-call programs are BTF tracepoints: their arguments are typed).
 pub(super) fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
-    use profiler_common::io_fields::{
-        BLOCK_BYTES, BLOCK_DEV, BLOCK_RWBS, BLOCK_SECTOR, SYSCALL_ARGS, SYSCALL_ID, SYSCALL_RET,
-    };
+    use profiler_common::io_fields::{BLOCK_BYTES, BLOCK_DEV, BLOCK_RWBS, BLOCK_SECTOR};
 
+    if !block {
+        return Ok(());
+    }
     let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
     let check = |event, fields: &[(&str, usize, usize)]| {
         tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
     };
-    check(
-        "raw_syscalls/sys_enter",
-        &[("id", SYSCALL_ID, 8), ("args", SYSCALL_ARGS, 48)],
-    )?;
-    check(
-        "raw_syscalls/sys_exit",
-        &[("id", SYSCALL_ID, 8), ("ret", SYSCALL_RET, 8)],
-    )?;
-    if !block {
-        return Ok(());
-    }
     let block = [
         ("dev", BLOCK_DEV, 4),
         ("sector", BLOCK_SECTOR, 8),
@@ -166,8 +156,15 @@ fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), Prog
         Program::PerfEvent(program) => program.load(),
         Program::TracePoint(program) => program.load(),
         Program::UProbe(program) => program.load(),
-        // The BTF tracepoints are named as the kernel's tracepoints they attach to.
-        Program::BtfTracePoint(program) => program.load(name, btf),
+        // The BTF tracepoints are named as the kernel's tracepoints they attach to, but one.
+        Program::BtfTracePoint(program) => {
+            let tracepoint = if name == OFFCPU_STACKS_PROGRAM {
+                "sys_exit"
+            } else {
+                name
+            };
+            program.load(tracepoint, btf)
+        }
         other => unreachable!("{name}: a {:?} program", other.prog_type()),
     }
 }

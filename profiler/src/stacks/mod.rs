@@ -7,6 +7,7 @@
 
 pub mod address_space;
 pub mod assemble;
+pub mod block_reason;
 pub mod jit_names;
 pub mod jitdump;
 pub mod perf_map;
