@@ -590,7 +590,11 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
         count_field: "switches",
         count_label: "switches",
         count_singular: "switch",
-        profiler_modes: &[&["--events", "offcpu"]],
+        // The default (stacks sampled within the overhead budget) and every stack walked.
+        profiler_modes: &[
+            &["--events", "offcpu"],
+            &["--events", "offcpu", "--max-overhead", "100"],
+        ],
         bpftrace: (
             "bpftrace sched_switch + stacks",
             "tracepoint:sched:sched_switch /pid == cpid/ { @[kstack, ustack] = count(); }"
@@ -635,7 +639,7 @@ pub fn io(args: &IoBenchArgs) -> anyhow::Result<()> {
         count_singular: "call",
         profiler_modes: &[
             &["--events", "io"],
-            &["--events", "io", "--sample-stacks-below", "200us"],
+            &["--events", "io", "--max-overhead", "100"],
         ],
         bpftrace: (
             "bpftrace read latency per ustack",
