@@ -161,8 +161,11 @@ pub const CONTROL_ATTACH_NS: u32 = 2;
 pub const CONTROL_OFFCPU_SAMPLE_BELOW_NS: u32 = 3;
 /// Index in the `CONTROL` array of the same threshold for I/O calls, ns.
 pub const CONTROL_IO_SAMPLE_BELOW_NS: u32 = 4;
+/// Index in the `CONTROL` array of a flag the collector sets once the off-CPU threshold has
+/// been above 0: periods may be pending their user stack from then on, even at threshold 0.
+pub const CONTROL_OFFCPU_SAMPLED: u32 = 5;
 /// Number of `CONTROL` entries.
-pub const CONTROL_ENTRIES: u32 = 5;
+pub const CONTROL_ENTRIES: u32 = 6;
 
 /// Offsets of the fields the scheduler programs read from the classic `sched` tracepoint
 /// records, checked against tracefs' `format` files by the collector before loading.

@@ -92,8 +92,10 @@ pub(crate) fn user_stack<C: StackIdContext>(
 /// `max(ns, below)` and stacks' times stay right on average.
 #[inline(always)]
 pub(crate) fn stack_sampled(ns: u64, below: u64) -> bool {
+    // A uniform draw in [0, below): a 32-bit random number scaled, not taken modulo (which
+    // favours small values when `below` is not a power of two). `below` < 2^32.
     // SAFETY: a helper valid in every program.
-    below == 0 || ns >= below || u64::from(unsafe { bpf_get_prandom_u32() }) % below < ns
+    below == 0 || ns >= below || (u64::from(unsafe { bpf_get_prandom_u32() }) * below) >> 32 < ns
 }
 
 /// Reads a field of a classic tracepoint record at a verified constant offset.

@@ -12,9 +12,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use profiler_common::{
-    CONTROL_OFFCPU_SAMPLE_BELOW_NS, KERNEL_STACK_ID_TASK_BIT, KernelStack, MAX_KERNEL_FRAMES,
-    OFFCPU_KERNEL_STACK_ENTRIES, OffCpuKey, OffCpuTime, PendingWalk, RECORDING_STOPPED,
-    STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_RAN_ON, ThreadState, counter,
+    CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, KERNEL_STACK_ID_TASK_BIT, KernelStack,
+    MAX_KERNEL_FRAMES, OFFCPU_KERNEL_STACK_ENTRIES, OffCpuKey, OffCpuTime, PendingWalk,
+    RECORDING_STOPPED, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_RAN_ON,
+    ThreadState, counter,
 };
 
 use crate::{
@@ -118,10 +119,14 @@ pub(crate) fn sleeping_task_stack(task: *const u8) -> i32 {
 pub(crate) fn current_user_position() -> (u64, u64) {
     // SAFETY: helpers valid in every tracing program; the registers are read with
     // bpf_probe_read_kernel, not dereferenced.
+    // Two words, not the whole 168-byte frame: this runs beside a stack walk that holds one.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    match unsafe { bpf_probe_read_kernel(regs) } {
-        Ok(regs) => (regs.rsp, regs.rip),
-        Err(_) => (0, 0),
+    // SAFETY: only field addresses are computed; the reads are checked.
+    unsafe {
+        (
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).unwrap_or(0),
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)).unwrap_or(0),
+        )
     }
 }
 
@@ -183,9 +188,8 @@ pub(crate) fn record_pending(
 /// has one stack walk.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
-    // With every stack walked at switch-out, nothing is pending (a period left pending when
-    // the threshold went back to 0 is settled at the thread's next switch-out).
-    if sample_below_ns() == 0 {
+    // Nothing can be pending while every stack is walked at switch-out, and has been all run.
+    if sample_below_ns() == 0 && CONTROL.get(CONTROL_OFFCPU_SAMPLED).copied().unwrap_or(0) == 0 {
         return 0;
     }
     let (tgid, tid) = current_tgid_tid();

@@ -49,6 +49,14 @@ static IO_PENDING: LruHashMap<u32, IoPending> = LruHashMap::with_max_entries(IO_
 #[map]
 static FILES: HashMap<FdKey, u64> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
 
+/// Which inode fds of targets not opened during the run name (sockets, pipes, older files),
+/// learnt at their first call: least recently used ones make room.
+#[map]
+static FD_INODES: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(IO_MAP_ENTRIES, 0);
+
+/// `-EBADF`: a close of no fd.
+const EBADF: i64 = -9;
+
 /// I/O totals per thread, stack, call and file; double-buffered like the sample maps.
 #[map]
 static IO_0: HashMap<IoKey, IoTotal> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
@@ -208,15 +216,19 @@ fn send_open(tgid: u32, fd: i32, open_ns: u64, dir_fd: i32, path: u64) {
 #[inline(always)]
 fn forget_replaced_fds(tgid: u32, kind: u32, args: [u64; 2], ret: i64) {
     if kind == io_kind::DUP && ret >= 0 {
-        let _ = FILES.remove(&FdKey {
+        let key = FdKey {
             tgid,
             fd: ret as i32,
-        });
+        };
+        let _ = FILES.remove(&key);
+        let _ = FD_INODES.remove(&key);
     } else if kind == io_kind::CLOSE_RANGE && ret == 0 {
-        let _ = FILES.remove(&FdKey {
+        let key = FdKey {
             tgid,
             fd: args[0] as i32,
-        });
+        };
+        let _ = FILES.remove(&key);
+        let _ = FD_INODES.remove(&key);
         if args[1] > args[0] {
             send_process_event(process_event::FILES_CLOSED, tgid, tgid);
         }
@@ -328,15 +340,19 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
             file_id = id;
         } else if kind == io_kind::CLOSE {
             file_id = pending.args[1];
+        } else if let Some(&id) = unsafe { FD_INODES.get(&key) } {
+            file_id = id;
         } else if let Some((mode, inode)) = fd_inode(fd) {
             // Not opened during the run: a pipe, a socket, a dup, or older than the attach.
             // Kept for the fd's next calls (a server's socket is read and written thousands
-            // of times); forgotten like the others when the fd is closed or replaced.
+            // of times); forgotten when the fd is closed or replaced.
             file_id = inode_file_id(mode, inode);
-            let _ = FILES.insert(key, file_id, u64::from(BPF_NOEXIST));
+            let _ = FD_INODES.insert(&key, &file_id, 0);
         }
-        if kind == io_kind::CLOSE && ret == 0 {
+        // A failed close frees the fd all the same, unless there was none.
+        if kind == io_kind::CLOSE && ret != EBADF {
             let _ = FILES.remove(&key);
+            let _ = FD_INODES.remove(&key);
         }
     }
     // Calls at least this long always get their user stack; a shorter one with probability

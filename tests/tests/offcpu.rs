@@ -357,11 +357,11 @@ fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
         return;
     }
     // Two threads passing a byte back and forth switch hundreds of thousands of times a
-    // second: far over a budget of 0.1%.
+    // second, for a few seconds: far over a budget of 0.1%, which is read twice a second.
     let (dir, out) = record(
         &["--events", "offcpu", "--max-overhead", "0.1"],
         "pingpong",
-        &["400000"],
+        &["150000"],
     );
     assert!(out.status.success());
     let summary = read_summary(dir.path());
@@ -373,7 +373,8 @@ fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
         offcpu["walked"].as_u64().unwrap(),
         offcpu["events"].as_u64().unwrap(),
     );
-    assert!(periods >= 400_000, "every switch counted: {offcpu}");
+    // Two switches a round, give or take the first and last.
+    assert!(periods >= 290_000, "every switch counted: {offcpu}");
     assert!(walked * 4 < periods, "most stacks not walked: {offcpu}");
     assert_nothing_loaded();
 }

@@ -21,6 +21,9 @@ const FIRST_THRESHOLD_NS: f64 = 100_000.0;
 const MIN_THRESHOLD_NS: u64 = 10_000;
 /// At most this: the kernel draws a 32-bit random number of nanoseconds.
 const MAX_THRESHOLD_NS: u64 = 1_000_000_000;
+/// From this threshold on, few stacks are walked: what the programs cost then is mostly what
+/// counting and timing every event costs, which no threshold lowers.
+const FEW_WALKS_THRESHOLD_NS: u64 = 10_000_000;
 
 /// The threshold and what it was adapted from.
 #[derive(Debug)]
@@ -34,15 +37,16 @@ pub(super) struct StackSampler {
     program_ns: u64,
     busy_ns: u64,
     adjustments: u32,
-    /// Lowest overhead measured, percent: what the programs cost with few stacks walked
-    /// (counting and timing every event), which no threshold brings lower.
+    /// Lowest overhead measured with few stacks walked, percent: what counting and timing
+    /// every event costs, which no threshold brings lower.
     floor_percent: f64,
 }
 
 impl StackSampler {
     pub(super) fn new(policy: StackSampling) -> Self {
         let below_ns = match policy {
-            StackSampling::Below(below) => (below.as_nanos() as u64).min(MAX_THRESHOLD_NS),
+            // The command line caps it (the kernel draws 32 random bits).
+            StackSampling::Below(below) => below.as_nanos() as u64,
             StackSampling::Exact | StackSampling::Budget(_) => 0,
         };
         StackSampler {
@@ -70,8 +74,11 @@ impl StackSampler {
     /// Takes a reading (the programs' run time so far); returns the new threshold when it
     /// changes.
     pub(super) fn update(&mut self, program_time: Duration) -> Option<u64> {
-        let program_ns = program_time.as_nanos() as u64;
-        let busy_ns = busy_cpu_ns()?;
+        self.reading(program_time.as_nanos() as u64, busy_cpu_ns()?)
+    }
+
+    /// [`Self::update`] with the CPUs' busy time given: both totals so far, ns.
+    fn reading(&mut self, program_ns: u64, busy_ns: u64) -> Option<u64> {
         let (last_program, last_busy) = self.last.replace((program_ns, busy_ns))?;
         let program = program_ns.saturating_sub(last_program);
         let busy = busy_ns.saturating_sub(last_busy);
@@ -84,10 +91,16 @@ impl StackSampler {
             return None;
         }
         let overhead = 100.0 * program as f64 / busy as f64;
-        self.floor_percent = self.floor_percent.min(overhead);
+        if self.below_ns >= FEW_WALKS_THRESHOLD_NS {
+            self.floor_percent = self.floor_percent.min(overhead);
+        }
         // A budget under what counting every event costs cannot be met by walking fewer
         // stacks: walks are then held to a quarter of that cost, not pushed to nothing.
-        let target = percent.max(1.25 * self.floor_percent);
+        let target = if self.floor_percent.is_finite() {
+            percent.max(1.25 * self.floor_percent)
+        } else {
+            percent
+        };
         let next = next_threshold(self.below_ns, overhead / target);
         if next == self.below_ns {
             return None;
@@ -203,6 +216,50 @@ mod tests {
         assert_eq!(next_threshold(15_000, 0.2), 0);
         // A reading that says nothing changes nothing.
         assert_eq!(next_threshold(first, f64::NAN), first);
+    }
+
+    /// Feeds `sampler` readings of a program cost of `percent(threshold)` of 1 s busy each,
+    /// returning the thresholds it chose.
+    fn run_budget(
+        sampler: &mut StackSampler,
+        percent: impl Fn(u64) -> f64,
+        readings: u32,
+    ) -> Vec<u64> {
+        let (mut program, mut busy) = (0u64, 0u64);
+        sampler.reading(program, busy);
+        (0..readings)
+            .map(|_| {
+                busy += 1_000_000_000;
+                program += (percent(sampler.below_ns()) * 1e7) as u64;
+                sampler.reading(program, busy);
+                sampler.below_ns()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn budget_is_met_where_walks_are_the_cost() {
+        // 1% counting every event, plus walks worth 19% at threshold 0, falling as 1/threshold
+        // past the events' length (100 µs).
+        let cost = |below: u64| 1.0 + 19.0 * (100_000.0 / below.max(100_000) as f64);
+        let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        let thresholds = run_budget(&mut sampler, cost, 20);
+        let last = *thresholds.last().unwrap();
+        assert!(cost(last) <= 3.0 && cost(last) > 1.5, "{thresholds:?}");
+        let run = sampler.run().expect("sampled");
+        assert!(run.measured_overhead_percent.unwrap() < 5.0, "{run:?}");
+    }
+
+    #[test]
+    fn counting_alone_over_budget_does_not_push_the_threshold_to_the_top() {
+        // 6% counting every event, over a 3% budget whatever the threshold: walks are held to
+        // about a quarter of that, not cut to nothing.
+        let cost = |below: u64| 6.0 + 19.0 * (100_000.0 / below.max(100_000) as f64);
+        let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        let thresholds = run_budget(&mut sampler, cost, 30);
+        let last = *thresholds.last().unwrap();
+        assert!(last < MAX_THRESHOLD_NS, "{thresholds:?}");
+        assert!(cost(last) <= 6.0 * 1.3, "{thresholds:?}");
     }
 
     #[test]

@@ -44,8 +44,7 @@ impl Collection {
         } else {
             Vec::new()
         };
-        // Threads off-CPU at the end: their period so far. Under stack sampling, its stacks
-        // were to be read at its end, which did not come: it counts, without them.
+        // Threads off-CPU at the end: their period so far.
         for (tid, state) in &threads {
             let start = &state.off_cpu;
             let pending = &state.pending;
@@ -73,8 +72,10 @@ impl Collection {
             if blocked < min_block_ns {
                 continue;
             }
+            // Under stack sampling its stacks were to be read at its end: the time counts,
+            // in the flamegraph too (the longest periods), marked as not walked.
             let user_stack_id = match start.user_stack_id {
-                STACK_ID_UNSAMPLED => STACK_ID_NONE,
+                STACK_ID_UNSAMPLED => STACK_ID_RAN_ON,
                 id => id,
             };
             let key = OffCpuKey {
@@ -226,7 +227,7 @@ fn sampled_events(entries: impl Iterator<Item = (i32, u64, u64)>) -> SampledEven
     for (user_stack_id, count, ns) in entries {
         events.events += count;
         total_ns += ns;
-        if user_stack_id != STACK_ID_UNSAMPLED {
+        if user_stack_id != STACK_ID_UNSAMPLED && user_stack_id != STACK_ID_RAN_ON {
             events.walked += count;
         }
     }

@@ -494,11 +494,16 @@ impl Collection {
     pub(super) fn start_stack_sampling(&mut self) -> Result<(), ProbeError> {
         let below = self.sampler.below_ns();
         self.probes.set_stack_sampling(below, below)?;
-        if self.sampler.measures() && !self.probes.measure_run_time() {
-            log::warn!(
-                "the kernel does not measure the programs' run time: every stack is walked, \
-                 whatever --max-overhead says"
-            );
+        if self.sampler.measures() {
+            if self.probes.measure_run_time() {
+                // The first reading: the first decision comes one interval later.
+                self.sampler.update(self.probes.programs_run_time());
+            } else {
+                log::warn!(
+                    "the kernel does not measure the programs' run time: every stack is \
+                     walked, whatever --max-overhead says"
+                );
+            }
         }
         Ok(())
     }

@@ -50,9 +50,10 @@ const EVENT_TICK: Duration = Duration::from_millis(10);
 /// How often sample counts are drained from the kernel.
 const DRAIN_EVERY_TICKS: u32 = 10;
 
-/// Ticks between two readings of what the programs cost (`--max-overhead`): a busy server is
-/// brought within budget in a fraction of a second.
-const BUDGET_EVERY_TICKS: u32 = 2;
+/// Ticks between two readings of what the programs cost (`--max-overhead`): long enough for
+/// the CPUs' busy time (counted in 10 ms units) to be read within a few percent, short enough
+/// that a busy server is within budget a second after the attach.
+const BUDGET_EVERY_TICKS: u32 = 5;
 
 /// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
 /// the exec notification.

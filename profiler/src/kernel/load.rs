@@ -11,7 +11,7 @@ use aya::{
 };
 use profiler_common::{
     CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_IO_SAMPLE_BELOW_NS,
-    CONTROL_OFFCPU_SAMPLE_BELOW_NS, FILE_ID_INODE, FdKey, RECORDING_STOPPED, TargetFlags,
+    CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, FdKey, RECORDING_STOPPED, TargetFlags,
     ThreadState,
 };
 
@@ -170,7 +170,9 @@ impl KernelProbes {
                 .map_max_entries("PROCESS_MEMORY", 1);
         }
         if !options.io {
-            loader.map_max_entries("IO_LATENCY", 1);
+            loader
+                .map_max_entries("IO_LATENCY", 1)
+                .map_max_entries("FD_INODES", 1);
         }
         if !options.scheduler {
             loader.map_max_entries("OFFCPU_KERNEL_STACKS", 1);
@@ -369,6 +371,9 @@ impl KernelProbes {
     /// I/O calls shorter than theirs get their stacks with probability (time / threshold).
     /// Takes effect at once, run-time adjustable.
     pub fn set_stack_sampling(&mut self, offcpu_ns: u64, io_ns: u64) -> Result<(), ProbeError> {
+        if offcpu_ns > 0 {
+            self.set_control(CONTROL_OFFCPU_SAMPLED, 1)?;
+        }
         self.set_control(CONTROL_OFFCPU_SAMPLE_BELOW_NS, offcpu_ns)?;
         self.set_control(CONTROL_IO_SAMPLE_BELOW_NS, io_ns)
     }
@@ -459,15 +464,26 @@ impl KernelProbes {
         let stale: Vec<FdKey> = files
             .iter()
             .filter_map(Result::ok)
-            // Opened before `time_ns`, or known by inode (a socket's or pipe's, kept by the
-            // programs since its first call).
-            .filter(|(key, id)| {
-                pids.contains(&key.tgid) && (*id & FILE_ID_INODE != 0 || *id < time_ns)
-            })
+            .filter(|(key, open_ns)| pids.contains(&key.tgid) && *open_ns < time_ns)
             .map(|(key, _)| key)
             .collect();
         for key in stale {
             let _ = files.remove(&key);
+        }
+        // The fds known by inode (sockets, pipes), learnt at their first call: all of them.
+        let mut inodes: BpfHashMap<_, FdKey, u64> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("FD_INODES")
+                .expect("FD_INODES is in the object"),
+        )
+        .map_err(map_error("FD_INODES"))?;
+        let stale: Vec<FdKey> = inodes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| pids.contains(&key.tgid))
+            .collect();
+        for key in stale {
+            let _ = inodes.remove(&key);
         }
         Ok(())
     }

@@ -52,8 +52,8 @@ pub enum StackLoss {
     /// The kernel's stack map was full.
     MapFull,
     /// A sampled off-CPU period's user stack, not walked: the thread ran on before it could
-    /// be (or the run ended first).
-    RanOn,
+    /// be, or the run ended first.
+    NotWalked,
 }
 
 impl FrameKind {
@@ -184,7 +184,7 @@ fn lost_stack_name(kernel: bool, loss: StackLoss) -> String {
         StackLoss::Collision => format!("[{side} stack lost: stack map collision]"),
         StackLoss::Unavailable => format!("[{side} stack unavailable]"),
         StackLoss::MapFull => format!("[{side} stack lost: stack map full]"),
-        StackLoss::RanOn => format!("[{side} stack not walked: the thread ran on]"),
+        StackLoss::NotWalked => format!("[{side} stack not walked under stack sampling]"),
     }
 }
 
@@ -252,7 +252,7 @@ impl From<SavedFrame> for Frame {
                     StackLoss::Collision,
                     StackLoss::Unavailable,
                     StackLoss::MapFull,
-                    StackLoss::RanOn,
+                    StackLoss::NotWalked,
                 ]
                 .into_iter()
                 .find(|&loss| name == lost_stack_name(kernel, loss));

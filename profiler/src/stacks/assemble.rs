@@ -74,7 +74,7 @@ fn missing_stack_frame(id: i32, kernel: bool) -> Option<Frame> {
         STACK_ID_NONE => return None,
         STACK_ID_COLLISION => StackLoss::Collision,
         STACK_ID_MAP_FULL => StackLoss::MapFull,
-        STACK_ID_RAN_ON => StackLoss::RanOn,
+        STACK_ID_RAN_ON => StackLoss::NotWalked,
         _ => StackLoss::Unavailable,
     };
     Some(Frame::lost_stack(kernel, loss))
