@@ -299,7 +299,17 @@ fn story_table(exact: &serde_json::Value, sampled: &serde_json::Value, kind: &st
                 stacks
                     .iter()
                     .map(|stack| {
-                        let key = format!("{}|{}", stack["thread"], stack["stack"]);
+                        // What a reader takes from a line: who waited, called by whom, why.
+                        // Not the whole stack: a sampled period's kernel stack is read from
+                        // the sleeping task, without the scheduler's own (`__sched`) frames.
+                        let key = format!(
+                            "{}|{}|{}|{}|{}",
+                            stack["thread"],
+                            stack["function"],
+                            stack["caller"],
+                            stack["reason"],
+                            stack["syscall"]
+                        );
                         let label = match stack["function"].as_str() {
                             Some(function) => format!(
                                 "{function} ({})",
@@ -316,12 +326,24 @@ fn story_table(exact: &serde_json::Value, sampled: &serde_json::Value, kind: &st
             })
             .unwrap_or_default()
     };
-    let sampled = shares(sampled);
+    // Lines of one story merged (a stack string may differ where the story does not).
+    let merge = |lines: Vec<(String, String, f64)>| {
+        let mut merged: Vec<(String, String, f64)> = Vec::new();
+        for (key, label, share) in lines {
+            match merged.iter_mut().find(|(other, _, _)| *other == key) {
+                Some(line) => line.2 += share,
+                None => merged.push((key, label, share)),
+            }
+        }
+        merged.sort_by(|a, b| b.2.total_cmp(&a.2));
+        merged
+    };
+    let sampled = merge(shares(sampled));
     let mut table = format!(
         "| {kind} stack (exact run's top 5) | exact | sampled | difference |\n|---|---:|---:|---:|\n"
     );
     let mut largest: f64 = 0.0;
-    for (key, label, exact_share) in shares(exact).into_iter().take(5) {
+    for (key, label, exact_share) in merge(shares(exact)).into_iter().take(5) {
         let sampled_share = sampled
             .iter()
             .find(|(other, _, _)| *other == key)
