@@ -312,7 +312,8 @@ fn story_table(exact: &serde_json::Value, sampled: &serde_json::Value, kind: &st
                         );
                         let label = match stack["function"].as_str() {
                             Some(function) => format!(
-                                "{function} ({})",
+                                "{function} ← {} ({})",
+                                stack["caller"].as_str().unwrap_or("?"),
                                 stack["reason"]
                                     .as_str()
                                     .or(stack["syscall"].as_str())

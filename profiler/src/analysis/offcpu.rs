@@ -226,9 +226,18 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
         });
         row.off_cpu_us += off;
     }
+    // Under stack sampling, each thread's exact time rather than its samples' estimate.
+    let exact_by_thread = profile
+        .run
+        .stack_sampling
+        .as_ref()
+        .map(|sampling| &sampling.offcpu_us_by_thread);
     let mut threads: Vec<ThreadTime> = threads
         .into_values()
         .map(|mut row| {
+            if let Some(&exact) = exact_by_thread.and_then(|by_thread| by_thread.get(&row.tid)) {
+                row.off_cpu_us = exact;
+            }
             row.runnable_us = row.runnable_us.min(row.off_cpu_us);
             row.blocked_us = row.off_cpu_us - row.runnable_us;
             row.total_us = row.off_cpu_us + row.on_cpu_us.unwrap_or(0);

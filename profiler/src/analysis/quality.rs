@@ -245,7 +245,11 @@ pub fn quality(profile: &Profile) -> Quality {
             .collect();
         format!(", {stacks_lost} stacks lost ({})", causes.join(", "))
     };
-    let stack_sampling = profile.run.stack_sampling.clone();
+    let stack_sampling = profile.run.stack_sampling.clone().map(|mut sampling| {
+        // Per thread, it is in the off-CPU section.
+        sampling.offcpu_us_by_thread.clear();
+        sampling
+    });
     let limited = objects_past_a_limit(profile);
     let sampled = stack_sampling
         .as_ref()
@@ -394,6 +398,7 @@ mod tests {
                 walked: 10,
                 total_us: 50,
             }),
+            offcpu_us_by_thread: Default::default(),
         };
         profile.run.stack_sampling = Some(sampling.clone());
         let text = quality(&profile).text;

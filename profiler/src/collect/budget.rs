@@ -31,8 +31,9 @@ pub(super) struct StackSampler {
     policy: StackSampling,
     below_ns: u64,
     max_below_ns: u64,
-    /// The last reading: programs' run time and the CPUs' busy time, ns.
-    last: Option<(u64, u64)>,
+    /// The last reading: programs' run time, the CPUs' busy time and the wall time, ns.
+    last: Option<(u64, u64, u64)>,
+    started: std::time::Instant,
     /// Totals over the readings.
     program_ns: u64,
     busy_ns: u64,
@@ -54,6 +55,7 @@ impl StackSampler {
             below_ns,
             max_below_ns: below_ns,
             last: None,
+            started: std::time::Instant::now(),
             program_ns: 0,
             busy_ns: 0,
             adjustments: 0,
@@ -74,19 +76,25 @@ impl StackSampler {
     /// Takes a reading (the programs' run time so far); returns the new threshold when it
     /// changes.
     pub(super) fn update(&mut self, program_time: Duration) -> Option<u64> {
-        self.reading(program_time.as_nanos() as u64, busy_cpu_ns()?)
+        let wall_ns = self.started.elapsed().as_nanos() as u64;
+        self.reading(program_time.as_nanos() as u64, busy_cpu_ns()?, wall_ns)
     }
 
-    /// [`Self::update`] with the CPUs' busy time given: both totals so far, ns.
-    fn reading(&mut self, program_ns: u64, busy_ns: u64) -> Option<u64> {
-        let (last_program, last_busy) = self.last.replace((program_ns, busy_ns))?;
+    /// [`Self::update`] with the CPUs' busy time and the wall time given: totals so far, ns.
+    fn reading(&mut self, program_ns: u64, busy_ns: u64, wall_ns: u64) -> Option<u64> {
+        let (last_program, last_busy, last_wall) =
+            self.last.replace((program_ns, busy_ns, wall_ns))?;
         let program = program_ns.saturating_sub(last_program);
         let busy = busy_ns.saturating_sub(last_busy);
+        let wall = wall_ns.saturating_sub(last_wall);
         self.program_ns += program;
         self.busy_ns += busy;
         let StackSampling::Budget(percent) = self.policy else {
             return None;
         };
+        // Against a quarter of a CPU at least: on an idle machine a quiet program's few
+        // events would otherwise weigh a lot against next to no busy time.
+        let busy = busy.max(wall / 4);
         if busy == 0 {
             return None;
         }
@@ -134,6 +142,7 @@ impl StackSampler {
             adjustments: self.adjustments,
             offcpu: None,
             io: None,
+            offcpu_us_by_thread: Default::default(),
         })
     }
 }
@@ -226,12 +235,12 @@ mod tests {
         readings: u32,
     ) -> Vec<u64> {
         let (mut program, mut busy) = (0u64, 0u64);
-        sampler.reading(program, busy);
+        sampler.reading(program, busy, busy);
         (0..readings)
             .map(|_| {
                 busy += 1_000_000_000;
                 program += (percent(sampler.below_ns()) * 1e7) as u64;
-                sampler.reading(program, busy);
+                sampler.reading(program, busy, busy);
                 sampler.below_ns()
             })
             .collect()
@@ -260,6 +269,22 @@ mod tests {
         let last = *thresholds.last().unwrap();
         assert!(last < MAX_THRESHOLD_NS, "{thresholds:?}");
         assert!(cost(last) <= 6.0 * 1.3, "{thresholds:?}");
+    }
+
+    #[test]
+    fn a_quiet_program_on_an_idle_machine_keeps_every_stack() {
+        // 2 ms of programs a second, on a machine busy 5 ms a second: 40% of busy time, but
+        // under 1% of a quarter of a CPU.
+        let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        sampler.reading(0, 0, 0);
+        for second in 1..10u64 {
+            sampler.reading(
+                second * 2_000_000,
+                second * 5_000_000,
+                second * 1_000_000_000,
+            );
+        }
+        assert_eq!(sampler.below_ns(), 0);
     }
 
     #[test]

@@ -101,6 +101,12 @@ impl Collection {
                         .map(|(key, time)| (key.user_stack_id, time.count, time.total_ns)),
                 )
             });
+            for (key, time) in &self.offcpu {
+                *run.offcpu_us_by_thread.entry(key.tid).or_default() += time.total_ns;
+            }
+            for ns in run.offcpu_us_by_thread.values_mut() {
+                *ns /= 1000;
+            }
             run.io = self.io_enabled.then(|| {
                 sampled_events(
                     self.io

@@ -121,7 +121,10 @@ pub(super) fn load_programs(
                     let Some((name, program)) = next else {
                         break;
                     };
-                    if let Err(err) = load_program(name, program, btf) {
+                    let started = std::time::Instant::now();
+                    let loaded = load_program(name, program, btf);
+                    log::debug!("{name}: verified and loaded in {:?}", started.elapsed());
+                    if let Err(err) = loaded {
                         failures
                             .lock()
                             .expect("no panics while held")

@@ -1,5 +1,7 @@
 //! Stack sampling of off-CPU periods and I/O calls: what a run walked and why.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// How a run sampled the stacks of off-CPU periods and I/O calls (each one still counted and
@@ -22,6 +24,9 @@ pub struct StackSamplingRun {
     pub offcpu: Option<SampledEvents>,
     /// I/O calls, when collected.
     pub io: Option<SampledEvents>,
+    /// Exact off-CPU time per thread id, µs (the samples' per-thread sums are estimates).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offcpu_us_by_thread: BTreeMap<u32, u64>,
 }
 
 /// Events of one kind and how many had their stacks walked.
