@@ -3,7 +3,7 @@
 //! per-process memory totals.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_kernel},
     programs::{TracePointContext, tracing::StackIdContext},
 };
@@ -15,6 +15,10 @@ use crate::{
     maps::{CONTROL, COUNTERS, PROCESS_MEMORY, STACKS, UNWIND_WITH_TABLES},
     unwind,
 };
+
+/// FNV-1a, the hash of the stacks the programs store by hash.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 const EEXIST: i32 = 17;
 const EFAULT: i32 = 14;
@@ -85,6 +89,13 @@ pub(crate) fn user_stack<C: StackIdContext>(
             errors,
         )
     }
+}
+
+/// Reads one word of a saved register set (`regs` a kernel pointer), not the whole set.
+#[inline(always)]
+pub(crate) fn register(regs: *const pt_regs, field: fn(&pt_regs) -> &u64) -> u64 {
+    // SAFETY: only the field's address is computed from `regs`; the read is checked.
+    unsafe { bpf_probe_read_kernel(field(&*regs) as *const u64) }.unwrap_or(0)
 }
 
 /// Whether an event of `ns` (an off-CPU period, an I/O call) gets its stacks: always at or

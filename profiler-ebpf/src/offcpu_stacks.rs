@@ -3,10 +3,7 @@
 //! later, in the thread's own context, at its next system-call exit or switch-out.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
-    helpers::{
-        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
-        generated::bpf_get_task_stack,
-    },
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs, generated::bpf_get_task_stack},
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -19,14 +16,11 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{active_map, bump, current_tgid_tid, user_stack},
+    helpers::{FNV_OFFSET, FNV_PRIME, active_map, bump, current_tgid_tid, register, user_stack},
     maps::{CONTROL, THREADS},
     sched::add_offcpu_time,
     unwind,
 };
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// Kernel stacks of off-CPU periods, by id (`KERNEL_STACK_ID_TASK_BIT` | hash bits).
 #[map]
@@ -116,17 +110,13 @@ pub(crate) fn sleeping_task_stack(task: *const u8) -> i32 {
 /// The current thread's user stack and instruction pointers, `(sp, ip)`.
 #[inline(always)]
 pub(crate) fn current_user_position() -> (u64, u64) {
-    // SAFETY: helpers valid in every tracing program; the registers are read with
-    // bpf_probe_read_kernel, not dereferenced.
-    // Two words, not the whole 168-byte frame: this runs beside a stack walk that holds one.
+    // SAFETY: helpers valid in every tracing program.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    // SAFETY: only field addresses are computed; the reads are checked.
-    unsafe {
-        (
-            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).unwrap_or(0),
-            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)).unwrap_or(0),
-        )
-    }
+    // Two words, not the whole 168-byte frame: this runs beside a stack walk that holds one.
+    (
+        register(regs, |regs| &regs.rsp),
+        register(regs, |regs| &regs.rip),
+    )
 }
 
 /// Takes the current thread's pending sampled period, if it has one, with whether the thread

@@ -20,7 +20,10 @@ use profiler_common::{
     PYTHON_PROCESS_ENTRIES, PythonOffsets, PythonProcess, UserStack, stack_end,
 };
 
-use crate::{helpers::read_at, unwind::read_user};
+use crate::{
+    helpers::{FNV_PRIME, read_at},
+    unwind::read_user,
+};
 
 /// The Python processes among the targets, by tgid.
 #[map]
@@ -51,7 +54,6 @@ struct ThreadCache {
 /// searched for again.
 const RESEARCH_AFTER_NS: u64 = 100_000_000;
 
-const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// What a code object's address keeps: user addresses are below 2^47.
 const ADDRESS_MASK: u64 = (1 << 47) - 1;
 

@@ -4,10 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
-    helpers::{
-        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
@@ -21,7 +18,8 @@ use profiler_common::{
 
 use crate::{
     helpers::{
-        active_map, bump, current_tgid_tid, process_memory, read_at, stack_sampled, user_stack,
+        active_map, bump, current_tgid_tid, process_memory, read_at, register, stack_sampled,
+        user_stack,
     },
     maps::{CONTROL, TARGETS},
     process::send_process_event,
@@ -87,13 +85,6 @@ fn io_call(id: i64) -> Option<u32> {
         return None;
     }
     SYSCALLS.get(id as u32).copied().filter(|&call| call != 0)
-}
-
-/// Reads a saved user register of the system call's `regs` (a trusted kernel pointer).
-#[inline(always)]
-fn register(regs: *const pt_regs, field: fn(&pt_regs) -> &u64) -> u64 {
-    // SAFETY: only the field's address is computed from `regs`; the read is checked.
-    unsafe { bpf_probe_read_kernel(field(&*regs) as *const u64) }.unwrap_or(0)
 }
 
 /// A system call starts: for an I/O call of a target thread, note when and on what. A BTF

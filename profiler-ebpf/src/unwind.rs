@@ -28,7 +28,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{add_to_counter, bump, read_at},
+    helpers::{FNV_OFFSET, FNV_PRIME, add_to_counter, bump, read_at},
     process::send_process_event,
     python,
 };
@@ -88,7 +88,6 @@ const ROW_SEARCH_STEPS: u32 = MAX_OBJECT_ROWS.trailing_zeros();
 const MAPPING_SEARCH_STEPS: u32 = MAX_PROCESS_MAPPINGS.trailing_zeros() + 1;
 /// Halvings of the mapping search per callback call: fewer calls, a little more to verify.
 const SEARCH_STEPS_PER_CALL: u32 = 2;
-const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// One past the highest user-space address on x86-64 (47-bit addresses).
 const USER_SPACE_END: u64 = 1 << 47;
 
@@ -161,7 +160,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         pc,
         sp: regs.rsp,
         bp: regs.rbp,
-        hash: 0xcbf2_9ce4_8422_2325,
+        hash: FNV_OFFSET,
         // SAFETY: a helper valid in every program.
         owner: unsafe { bpf_ktime_get_ns() },
         missing_table: u32::from(process.is_null()),

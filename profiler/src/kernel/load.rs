@@ -350,21 +350,21 @@ impl KernelProbes {
         self.set_control(CONTROL_ATTACH_NS, now_ns)?;
         self.attach_tracepoints(&[SCHEDULER_PROGRAMS[0]])?;
         attach_classic_tracepoints(&mut self.ebpf, [("sched", SCHEDULER_PROGRAMS[1])])?;
-        let rename_loaded = self
-            .ebpf
-            .program(RENAME_PROGRAM.1)
-            .is_some_and(|program| program.fd().is_ok());
-        if rename_loaded {
+        // Loaded only when they apply (the tracepoint's layout fits; stacks may be sampled).
+        if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
-        let offcpu_stacks_loaded = self
-            .ebpf
-            .program(OFFCPU_STACKS_PROGRAM)
-            .is_some_and(|program| program.fd().is_ok());
-        if offcpu_stacks_loaded {
+        if self.is_loaded(OFFCPU_STACKS_PROGRAM) {
             self.attach_tracepoints(&[OFFCPU_STACKS_PROGRAM])?;
         }
         Ok(())
+    }
+
+    /// Whether program `name` was loaded (verified) for this run.
+    fn is_loaded(&self, name: &str) -> bool {
+        self.ebpf
+            .program(name)
+            .is_some_and(|program| program.fd().is_ok())
     }
 
     /// Sets the stack-sampling thresholds, ns (0: every stack walked): off-CPU periods and
