@@ -119,6 +119,14 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
         .get(&EventKind::OffCpu)
         .map_or(&[][..], Vec::as_slice);
     let total = profile.total(EventKind::OffCpu);
+    // When some periods' stacks were not walked, the samples are the walked ones weighted
+    // up: the totals are the exact ones, the shares an estimate from the sample. When every
+    // one was walked, the samples are the totals (to the rounding of each to µs).
+    let sampling = profile
+        .run
+        .stack_sampling
+        .as_ref()
+        .filter(|sampling| sampling.offcpu.is_some_and(|o| o.walked < o.events));
     let mut reasons: HashMap<BlockReason, u64> = HashMap::new();
     // Per thread, folded stack and reason: (time, periods, one of the profile's stacks).
     let mut stacks: HashMap<(String, String, BlockReason), (u64, u64, usize)> = HashMap::new();
@@ -227,11 +235,7 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
         row.off_cpu_us += off;
     }
     // Under stack sampling, each thread's exact time rather than its samples' estimate.
-    let exact_by_thread = profile
-        .run
-        .stack_sampling
-        .as_ref()
-        .map(|sampling| &sampling.offcpu_us_by_thread);
+    let exact_by_thread = sampling.map(|sampling| &sampling.offcpu_us_by_thread);
     let mut threads: Vec<ThreadTime> = threads
         .into_values()
         .map(|mut row| {
@@ -266,13 +270,7 @@ pub(super) fn offcpu_summary(profile: &Profile) -> OffCpuSummary {
             .then_with(|| (a.tid, a.pid, &a.name).cmp(&(b.tid, b.pid, &b.name)))
     });
 
-    // Under stack sampling the samples are the walked periods, weighted up: the totals are
-    // the exact ones, the shares an estimate from the sample.
-    let exact = profile
-        .run
-        .stack_sampling
-        .as_ref()
-        .and_then(|sampling| sampling.offcpu);
+    let exact = sampling.and_then(|sampling| sampling.offcpu);
     OffCpuSummary {
         total_us: exact.map_or(total, |exact| exact.total_us),
         periods: exact.map_or_else(

@@ -497,7 +497,8 @@ impl Collection {
         if self.sampler.measures() {
             if self.probes.measure_run_time() {
                 // The first reading: the first decision comes one interval later.
-                self.sampler.update(self.probes.programs_run_time());
+                self.sampler
+                    .update(self.probes.stack_sampled_programs_run_time());
             } else {
                 log::warn!(
                     "the kernel does not measure the programs' run time: every stack is \
@@ -514,7 +515,10 @@ impl Collection {
         if !self.sampler.measures() {
             return Ok(());
         }
-        if let Some(below) = self.sampler.update(self.probes.programs_run_time()) {
+        if let Some(below) = self
+            .sampler
+            .update(self.probes.stack_sampled_programs_run_time())
+        {
             self.probes.set_stack_sampling(below, below)?;
         }
         Ok(())

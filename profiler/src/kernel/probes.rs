@@ -11,7 +11,19 @@ use aya::{
 };
 use profiler_common::counter;
 
-use super::error::{ProbeError, map_error};
+use super::{
+    error::{ProbeError, map_error},
+    programs::{OFFCPU_STACKS_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS},
+};
+
+/// The programs whose stack walks the stack-sampling threshold decides.
+const STACK_SAMPLED_PROGRAMS: [&str; 5] = [
+    SCHEDULER_PROGRAMS[0],
+    SCHEDULER_PROGRAMS[1],
+    OFFCPU_STACKS_PROGRAM,
+    SYSCALL_PROGRAMS[0],
+    SYSCALL_PROGRAMS[1],
+];
 
 /// How long a program that read the old `CONTROL` value may still be writing.
 pub(super) const IN_FLIGHT: Duration = Duration::from_millis(2);
@@ -40,7 +52,7 @@ pub struct KernelProbes {
 
 impl KernelProbes {
     /// Has the kernel time every program run (`BPF_STATS_RUN_TIME`, two clock reads per
-    /// run), for [`Self::programs_run_time`]. Returns whether it could.
+    /// run), for [`Self::stack_sampled_programs_run_time`]. Returns whether it could.
     pub fn measure_run_time(&mut self) -> bool {
         if self.run_time_stats.is_none() {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -51,10 +63,13 @@ impl KernelProbes {
         self.run_time_stats.is_some()
     }
 
-    /// Kernel time the loaded programs have taken so far, all CPUs, while measured.
-    pub fn programs_run_time(&self) -> Duration {
+    /// Kernel time the off-CPU and I/O programs have taken so far, all CPUs, while measured:
+    /// the cost the stack-sampling threshold governs (CPU sampling and the allocator probes
+    /// cost what they cost whatever it is).
+    pub fn stack_sampled_programs_run_time(&self) -> Duration {
         self.ebpf
             .programs()
+            .filter(|(name, _)| STACK_SAMPLED_PROGRAMS.contains(name))
             .filter_map(|(_, program)| program.info().ok())
             .map(|info| info.run_time())
             .sum()
