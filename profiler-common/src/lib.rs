@@ -334,17 +334,20 @@ pub struct ProcessEvent {
 }
 const _: () = assert!(size_of::<ProcessEvent>() == 40);
 
-/// Offsets of the fields the block-request programs read from the classic `block` tracepoint
-/// records, checked against tracefs' `format` files before loading.
-pub mod io_fields {
+/// Indices of the block-request programs' `BLOCK_FIELD_OFFSETS` global: where the classic
+/// `block` tracepoint records hold the fields read, taken from tracefs' `format` files at load
+/// (6.x kernels added `ioprio` before `rwbs`).
+pub mod block_field {
     /// `block_rq_issue` / `block_rq_complete`: `dev_t dev`.
-    pub const BLOCK_DEV: usize = 8;
+    pub const DEV: usize = 0;
     /// `block_rq_issue` / `block_rq_complete`: `sector_t sector`.
-    pub const BLOCK_SECTOR: usize = 16;
+    pub const SECTOR: usize = 1;
     /// `block_rq_issue`: `unsigned int bytes`.
-    pub const BLOCK_BYTES: usize = 28;
+    pub const BYTES: usize = 2;
     /// `block_rq_issue` / `block_rq_complete`: `char rwbs[]` (operation letters).
-    pub const BLOCK_RWBS: usize = 34;
+    pub const RWBS: usize = 3;
+    /// Entries.
+    pub const COUNT: usize = 4;
 }
 
 /// Entries of the `SYSCALLS` array: system call numbers the I/O programs look at.

@@ -7,14 +7,29 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use profiler_common::{
-    BlockKey, BlockPending, BlockRequest, BlockStats, IO_MAP_ENTRIES, RECORDING_STOPPED, counter,
-    io_fields,
+    BlockKey, BlockPending, BlockRequest, BlockStats, IO_MAP_ENTRIES, RECORDING_STOPPED,
+    block_field, counter,
 };
 
 use crate::{
-    helpers::{active_map, bump, current_tgid_tid, field},
+    helpers::{active_map, bump, current_tgid_tid},
     maps::TARGETS,
 };
+
+/// Offsets of the record fields read (`block_field` indices), set by the collector from
+/// tracefs: they differ between kernels.
+#[unsafe(no_mangle)]
+static BLOCK_FIELD_OFFSETS: [u32; block_field::COUNT] = [0; block_field::COUNT];
+
+/// A field of the tracepoint record, at the offset the collector found. A run-time offset
+/// cannot index the context directly: the verifier only allows constant ones.
+#[inline(always)]
+fn field<T: Copy + Default>(ctx: &TracePointContext, index: usize) -> T {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    let offset = unsafe { core::ptr::read_volatile(&BLOCK_FIELD_OFFSETS[index]) } as usize;
+    // SAFETY: checked read of the record, which the kernel holds while the program runs.
+    unsafe { ctx.read_at::<T>(offset) }.unwrap_or_default()
+}
 
 /// Block requests issued by target threads, in flight.
 #[map]
@@ -41,18 +56,18 @@ fn try_block_rq_issue(ctx: TracePointContext) -> Result<u32, u32> {
     if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
         return Err(0);
     }
-    let dev: u32 = field(&ctx, io_fields::BLOCK_DEV);
+    let dev: u32 = field(&ctx, block_field::DEV);
     let request = BlockRequest {
         dev,
         _pad: 0,
-        sector: field(&ctx, io_fields::BLOCK_SECTOR),
+        sector: field(&ctx, block_field::SECTOR),
     };
     let pending = BlockPending {
         start_ns: unsafe { bpf_ktime_get_ns() },
-        bytes: u64::from(field::<u32>(&ctx, io_fields::BLOCK_BYTES)),
+        bytes: u64::from(field::<u32>(&ctx, block_field::BYTES)),
         key: BlockKey {
             dev,
-            rwbs: field(&ctx, io_fields::BLOCK_RWBS),
+            rwbs: field(&ctx, block_field::RWBS),
         },
     };
     if BLOCK_PENDING.insert(&request, &pending, 0).is_err() {
@@ -73,9 +88,9 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_block_rq_complete(ctx: TracePointContext) -> Result<u32, u32> {
     let request = BlockRequest {
-        dev: field(&ctx, io_fields::BLOCK_DEV),
+        dev: field(&ctx, block_field::DEV),
         _pad: 0,
-        sector: field(&ctx, io_fields::BLOCK_SECTOR),
+        sector: field(&ctx, block_field::SECTOR),
     };
     let &pending = unsafe { BLOCK_PENDING.get(&request) }.ok_or(0u32)?;
     let _ = BLOCK_PENDING.remove(&request);

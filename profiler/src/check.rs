@@ -126,6 +126,7 @@ pub fn run_checks() -> Vec<Check> {
             // read, or a permission the kernel denied, says so itself.
             let hint = match &err {
                 crate::kernel::ProbeError::Tracefs(_) => "",
+                _ if err.refused_by_verifier() => "",
                 _ if denied(&err) => ": permission denied; run as root (sudo)",
                 _ => ": the kernel refused them; `profiler record -v` shows the verifier's log",
             };
@@ -183,6 +184,18 @@ pub fn run_checks() -> Vec<Check> {
 /// demand in perf-event programs (6.1).
 const MIN_KERNEL: (u32, u32) = (6, 1);
 
+/// Kernel series the project tests, and how: `cargo xtask vm-test` boots Debian's 6.1 and 6.12
+/// packages and runs `check` and a test of every event kind and both unwinders in each; the
+/// whole suite runs on the development machines' 6.18.
+const TESTED_KERNELS: &[((u32, u32), &str)] = &[
+    ((6, 1), "Debian 12's kernel, by cargo xtask vm-test"),
+    (
+        (6, 12),
+        "Debian 12 backports' kernel, by cargo xtask vm-test",
+    ),
+    ((6, 18), "the whole test suite"),
+];
+
 fn kernel(release: &str) -> Check {
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
@@ -197,6 +210,26 @@ fn kernel(release: &str) -> Check {
                 MIN_KERNEL.0, MIN_KERNEL.1
             )),
         ),
+        (Some(major), Some(minor)) => {
+            let tested = TESTED_KERNELS
+                .iter()
+                .find(|(series, _)| *series == (major, minor));
+            Check::new(
+                "kernel",
+                Ok(match tested {
+                    Some((_, how)) => format!("{found}; a tested series ({how})"),
+                    None => format!(
+                        "{found}; not a tested series (tested: {}); the checks below say what \
+                         works here",
+                        TESTED_KERNELS
+                            .iter()
+                            .map(|((major, minor), _)| format!("{major}.{minor}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+            )
+        }
         _ => Check::new("kernel", Ok(found)),
     }
 }
@@ -271,6 +304,16 @@ mod tests {
     fn kernels_older_than_6_1_fail() {
         assert_eq!(kernel("6.18.0-1-amd64").verdict, Verdict::Pass);
         assert_eq!(kernel("6.1.0-27-amd64").verdict, Verdict::Pass);
+        assert!(kernel("6.1.0-27-amd64").detail.contains("a tested series"));
+        let untested = kernel("6.8.0-1-generic");
+        assert_eq!(untested.verdict, Verdict::Pass);
+        assert!(
+            untested
+                .detail
+                .contains("not a tested series (tested: 6.1, 6.12, 6.18)"),
+            "{}",
+            untested.detail
+        );
         assert_eq!(kernel("10.0").verdict, Verdict::Pass);
         let old = kernel("5.15.0-91-generic");
         assert_eq!(old.verdict, Verdict::Fail);

@@ -51,8 +51,8 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
-    /// The scheduler tracepoints cannot be used.
-    #[error("cannot use the scheduler tracepoints")]
+    /// A tracepoint the programs need cannot be used (the source names it).
+    #[error("cannot use a tracepoint")]
     Tracefs(#[source] TracefsError),
     /// The online CPUs could not be listed.
     #[error("cannot list online CPUs: {0}")]
@@ -60,6 +60,13 @@ pub enum ProbeError {
     /// Unwind rows could not be written.
     #[error("cannot write unwind tables: {0}")]
     UnwindRows(String),
+}
+
+impl ProbeError {
+    /// Whether the kernel's verifier refused a program (its hint says so already).
+    pub fn refused_by_verifier(&self) -> bool {
+        matches!(self, ProbeError::Program { hint, .. } if *hint == VERIFIER_HINT)
+    }
 }
 
 /// Whether an OS error with one of `codes` is somewhere in the error's source chain.
@@ -90,8 +97,16 @@ pub(super) const FREQUENCY_HINT: &str = ": the kernel refused the sampling frequ
 pub(super) const PERMISSION_HINT: &str =
     ": permission denied; run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE";
 
+/// The verifier refuses a program with EACCES too: its log, not the error code, tells.
+pub(super) const VERIFIER_HINT: &str = ": this kernel's verifier refused the program; \
+     `profiler check` lists what works here, and the README which kernels were tested";
+
 pub(super) fn program_error(what: impl Into<String>, source: ProgramError) -> ProbeError {
-    let hint = if is_permission_error(&source) {
+    let refused = matches!(&source, ProgramError::LoadError { verifier_log, .. }
+        if !verifier_log.to_string().trim().is_empty());
+    let hint = if refused {
+        VERIFIER_HINT
+    } else if is_permission_error(&source) {
         PERMISSION_HINT
     } else {
         ""

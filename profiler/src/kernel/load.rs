@@ -23,7 +23,7 @@ use super::{
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_pids, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, OFFCPU_STACKS_PROGRAM, PROCESS_PROGRAMS,
-        RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, check_io_tracepoints,
+        RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets,
         check_scheduler_tracepoints, load_programs, rename_tracepoint_fits,
     },
 };
@@ -158,6 +158,11 @@ impl KernelProbes {
         // aya parses the kernel's BTF in `EbpfLoader::new` for itself and does not share it; the
         // BTF tracepoints need a copy of their own, parsed meanwhile on another CPU (20 ms).
         let sys_btf = std::thread::spawn(Btf::from_sys_fs);
+        let block_field_offsets = if options.io {
+            block_field_offsets()?
+        } else {
+            [0; profiler_common::block_field::COUNT]
+        };
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
         let unwind_with_tables = u32::from(options.unwind_rows.is_some());
         let unwind_rows = options.unwind_rows.unwrap_or(1).max(1);
@@ -189,6 +194,7 @@ impl KernelProbes {
             .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
             .override_global("TASK_CONTEXT_OFFSETS", &task_context_offsets, true)
             .override_global("TASK_FSBASE_OFFSET", &task_fsbase_offset, true)
+            .override_global("BLOCK_FIELD_OFFSETS", &block_field_offsets, true)
             // Arrays are allocated whole: a single row when tables are off.
             .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)
@@ -224,7 +230,6 @@ impl KernelProbes {
         }
         let mut open_events = None;
         if options.io || options.alloc {
-            check_io_tracepoints(options.io)?;
             names.extend(SYSCALL_PROGRAMS);
             let mut syscalls: Array<_, u32> =
                 Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS is in the object"))

@@ -8,6 +8,8 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
+use profiler_common::block_field;
+
 use super::{
     error::{ProbeError, program_error},
     tracefs,
@@ -60,26 +62,30 @@ pub(super) const BLOCK_PROGRAMS: [(&str, &str); 2] =
 /// The allocator probes: entry, return, and `free`.
 pub(super) const ALLOC_PROGRAMS: [&str; 3] = ["alloc_enter", "alloc_return", "free_enter"];
 
-/// Checks that the `block` tracepoints lay out their records where the I/O programs read (the
-/// system-call programs are BTF tracepoints: their arguments are typed).
-pub(super) fn check_io_tracepoints(block: bool) -> Result<(), ProbeError> {
-    use profiler_common::io_fields::{BLOCK_BYTES, BLOCK_DEV, BLOCK_RWBS, BLOCK_SECTOR};
-
-    if !block {
-        return Ok(());
-    }
+/// Where the `block` tracepoints hold the fields the block programs read, in
+/// `profiler_common::block_field` order. Both events must agree on the fields they share (the
+/// programs read them at one offset); `rwbs` must hold the 4 letters read.
+pub(super) fn block_field_offsets() -> Result<[u32; block_field::COUNT], ProbeError> {
     let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
-    let check = |event, fields: &[(&str, usize, usize)]| {
-        tracefs::check_layout(&root, event, fields).map_err(ProbeError::Tracefs)
-    };
-    let block = [
-        ("dev", BLOCK_DEV, 4),
-        ("sector", BLOCK_SECTOR, 8),
-        ("rwbs", BLOCK_RWBS, 0),
-    ];
-    check("block/block_rq_complete", &block)?;
-    check("block/block_rq_issue", &block)?;
-    check("block/block_rq_issue", &[("bytes", BLOCK_BYTES, 4)])
+    let issue = tracefs::read_format(&root, "block/block_rq_issue").map_err(ProbeError::Tracefs)?;
+    let complete =
+        tracefs::read_format(&root, "block/block_rq_complete").map_err(ProbeError::Tracefs)?;
+    let mut offsets = [0; block_field::COUNT];
+    for (index, field, size) in [
+        (block_field::DEV, "dev", 4..=4),
+        (block_field::SECTOR, "sector", 8..=8),
+        (block_field::RWBS, "rwbs", 4..=usize::MAX),
+    ] {
+        let offset = issue
+            .field(field, size.clone())
+            .map_err(ProbeError::Tracefs)?;
+        complete
+            .expect_field(field, offset, size)
+            .map_err(ProbeError::Tracefs)?;
+        offsets[index] = offset as u32;
+    }
+    offsets[block_field::BYTES] = issue.field("bytes", 4..=4).map_err(ProbeError::Tracefs)? as u32;
+    Ok(offsets)
 }
 
 /// The program that walks the user stacks of sampled off-CPU periods at system-call exits.

@@ -27,8 +27,8 @@ pub enum TracefsError {
     NoEvent(String, String),
     /// A field is not where the programs read it.
     #[error(
-        "tracepoint {event}: field `{field}` is {found} here, the profiler reads it at offset \
-         {offset} (size {size}); this kernel's record layout is not supported"
+        "tracepoint {event}: field `{field}` is {found} here, the profiler needs it {expected}; \
+         this kernel's record layout is not supported"
     )]
     Layout {
         /// The event.
@@ -37,10 +37,8 @@ pub enum TracefsError {
         field: String,
         /// What the format file says.
         found: String,
-        /// Expected offset.
-        offset: usize,
-        /// Expected size.
-        size: usize,
+        /// Where and how large the programs need it.
+        expected: String,
     },
 }
 
@@ -117,6 +115,75 @@ pub fn field_layout(format: &str, field: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// An event's `format` file.
+pub struct EventFormat {
+    event: String,
+    text: String,
+}
+
+/// Reads the `format` file of `event` (`category/name`).
+pub fn read_format(root: &Path, event: &str) -> Result<EventFormat, TracefsError> {
+    let path = root.join("events").join(event).join("format");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| TracefsError::NoEvent(event.to_owned(), err.to_string()))?;
+    Ok(EventFormat {
+        event: event.to_owned(),
+        text,
+    })
+}
+
+impl EventFormat {
+    /// The offset of `field`, whose size must be in `sizes`.
+    pub fn field(
+        &self,
+        field: &str,
+        sizes: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, TracefsError> {
+        match field_layout(&self.text, field) {
+            Some((offset, size)) if sizes.contains(&size) => Ok(offset),
+            found => Err(self.layout_error(field, found, None, sizes)),
+        }
+    }
+
+    /// Checks that `field` is at `offset`, with a size in `sizes`.
+    pub fn expect_field(
+        &self,
+        field: &str,
+        offset: usize,
+        sizes: std::ops::RangeInclusive<usize>,
+    ) -> Result<(), TracefsError> {
+        match field_layout(&self.text, field) {
+            Some((o, size)) if o == offset && sizes.contains(&size) => Ok(()),
+            found => Err(self.layout_error(field, found, Some(offset), sizes)),
+        }
+    }
+
+    fn layout_error(
+        &self,
+        field: &str,
+        found: Option<(usize, usize)>,
+        offset: Option<usize>,
+        sizes: std::ops::RangeInclusive<usize>,
+    ) -> TracefsError {
+        TracefsError::Layout {
+            event: self.event.clone(),
+            field: field.to_owned(),
+            found: found.map_or_else(
+                || "missing".to_owned(),
+                |(o, s)| format!("at offset {o} (size {s})"),
+            ),
+            expected: {
+                let at = offset.map_or_else(String::new, |o| format!("at offset {o}, "));
+                match (sizes.start(), sizes.end()) {
+                    (low, high) if low == high => format!("{at}size {low}"),
+                    (low, &usize::MAX) => format!("{at}size {low} or more"),
+                    (low, high) => format!("{at}size {low} to {high}"),
+                }
+            },
+        }
+    }
+}
+
 /// Checks that `event` (`category/name`) has each `(field, offset, size)`; size 0 accepts any
 /// size (arrays whose length varies between kernels, read only in part).
 pub fn check_layout(
@@ -124,23 +191,14 @@ pub fn check_layout(
     event: &str,
     fields: &[(&str, usize, usize)],
 ) -> Result<(), TracefsError> {
-    let path = root.join("events").join(event).join("format");
-    let format = std::fs::read_to_string(&path)
-        .map_err(|err| TracefsError::NoEvent(event.to_owned(), err.to_string()))?;
+    let format = read_format(root, event)?;
     for &(field, offset, size) in fields {
-        let found = field_layout(&format, field);
-        if !found.is_some_and(|(o, s)| o == offset && (size == 0 || s == size)) {
-            return Err(TracefsError::Layout {
-                event: event.to_owned(),
-                field: field.to_owned(),
-                found: found.map_or_else(
-                    || "missing".to_owned(),
-                    |(o, s)| format!("at offset {o} (size {s})"),
-                ),
-                offset,
-                size,
-            });
-        }
+        let sizes = if size == 0 {
+            1..=usize::MAX
+        } else {
+            size..=size
+        };
+        format.expect_field(field, offset, sizes)?;
     }
     Ok(())
 }
