@@ -119,56 +119,59 @@ pub(crate) fn current_user_position() -> (u64, u64) {
     )
 }
 
-/// Takes the current thread's pending sampled period, if it has one, with whether the thread
-/// still stands where it blocked (a system call's exit, or a switch-out before it ran any user
-/// code): only then is its user stack the one it blocked with.
+/// Whether the current thread has a sampled period pending, and if so whether it still stands
+/// where it blocked (a system call's exit, or a switch-out before it ran any user code): only
+/// then is its user stack the one it blocked with. The period stays in the thread's entry
+/// until [`record_pending`]: a copy held across the stack walk would take 48 bytes of a stack
+/// that kernels before 6.13 limit to 512 for a program and its callbacks together.
 #[inline(always)]
-pub(crate) fn take_pending(thread: *mut ThreadState) -> Option<(PendingWalk, bool)> {
-    // SAFETY: only this thread's own programs touch its pending walk.
-    let pending = unsafe { (*thread).pending };
-    if pending.total_ns == 0 {
+pub(crate) fn pending_in_place(thread: *const ThreadState) -> Option<bool> {
+    // SAFETY: only this thread's own programs touch its pending walk (it is switched in, which
+    // writes it, only while it is not running).
+    let pending = unsafe { &raw const (*thread).pending };
+    // SAFETY: as above.
+    if unsafe { (*pending).total_ns } == 0 {
         return None;
     }
-    // SAFETY: as above.
-    unsafe { (*thread).pending = PendingWalk::default() };
     let (sp, ip) = current_user_position();
-    Some((pending, sp == pending.user_sp && ip == pending.user_ip))
+    // SAFETY: as above.
+    Some(unsafe { sp == (*pending).user_sp && ip == (*pending).user_ip })
 }
 
-/// Accounts a pending period taken by [`take_pending`], with the user stack walked for it
-/// (`None`: the thread ran on, nothing to walk).
+/// Accounts and clears the current thread's pending period (see [`pending_in_place`]), with
+/// the user stack walked for it (`None`: the thread ran on, nothing to walk).
 #[inline(always)]
 pub(crate) fn record_pending(
-    thread: *const ThreadState,
+    thread: *mut ThreadState,
     tgid: u32,
     tid: u32,
     active: u64,
-    pending: &PendingWalk,
     user_stack_id: Option<i32>,
 ) {
     let user_stack_id = user_stack_id.unwrap_or_else(|| {
         bump(counter::OFFCPU_STACKS_RAN_ON);
         STACK_ID_RAN_ON
     });
-    let key = OffCpuKey {
-        tgid,
-        tid,
-        user_stack_id,
-        kernel_stack_id: pending.kernel_stack_id,
-        state: pending.state,
-        _pad: 0,
-        // SAFETY: a plain read of a map value.
-        comm: unsafe { (*thread).off_cpu.comm },
-    };
-    add_offcpu_time(
-        active,
-        &key,
-        &OffCpuTime {
-            total_ns: pending.total_ns,
+    // SAFETY: as in `pending_in_place`; plain reads and writes of a map value.
+    unsafe {
+        let pending = &raw mut (*thread).pending;
+        let key = OffCpuKey {
+            tgid,
+            tid,
+            user_stack_id,
+            kernel_stack_id: (*pending).kernel_stack_id,
+            state: (*pending).state,
+            _pad: 0,
+            comm: (*thread).off_cpu.comm,
+        };
+        let time = OffCpuTime {
+            total_ns: (*pending).total_ns,
             count: 1,
-            stack_ns: pending.stack_ns,
-        },
-    );
+            stack_ns: (*pending).stack_ns,
+        };
+        *pending = PendingWalk::default();
+        add_offcpu_time(active, &key, &time);
+    }
 }
 
 /// A system call returns: a target thread with a sampled period pending gets its user stack
@@ -189,7 +192,7 @@ pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
     if active == RECORDING_STOPPED {
         return 0;
     }
-    let Some((pending, in_place)) = take_pending(thread) else {
+    let Some(in_place) = pending_in_place(thread) else {
         return 0;
     };
     let user_stack_id = in_place.then(|| {
@@ -201,6 +204,6 @@ pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
             counter::USER_STACK_ERRORS,
         )
     });
-    record_pending(thread, tgid, tid, active, &pending, user_stack_id);
+    record_pending(thread, tgid, tid, active, user_stack_id);
     0
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf,
     },
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
 };
 use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_USER_FRAMES, PYTHON_ENTRY_FRAME,
@@ -70,10 +70,18 @@ struct ThreadSearch {
     found: u64,
 }
 
+/// Where each Python frame is read, one slot per unwind scratch slot: on the frame callback's
+/// stack it made the callback 128 bytes deep, and kernels before 6.13 allow 512 for a program
+/// and the callbacks it calls together.
+#[map]
+static FRAME_SCRATCH: PerCpuArray<[u8; FRAME_BYTES]> = PerCpuArray::with_max_entries(2, 0);
+
 /// A walk of a thread's Python frames onto a user stack.
 #[repr(C)]
 struct FrameWalk {
     stack: *mut UserStack,
+    /// This CPU's `FRAME_SCRATCH` slot.
+    frame_bytes: *mut [u8; FRAME_BYTES],
     frame: u64,
     hash: u64,
     offsets: PythonOffsets,
@@ -105,7 +113,12 @@ pub fn inherit_process(parent: u32, child: u32) {
 /// them into `hash`. A native stack too deep to leave them room loses its outermost frames
 /// (cut, `stack_end::DEPTH`).
 #[inline(always)]
-pub fn append_python_frames(process: &PythonProcess, stack: *mut UserStack, hash: &mut u64) {
+pub fn append_python_frames(
+    process: &PythonProcess,
+    stack: *mut UserStack,
+    scratch_slot: u32,
+    hash: &mut u64,
+) {
     const NATIVE_ROOM: u32 = MAX_USER_FRAMES as u32 - MAX_PYTHON_FRAMES;
     // SAFETY: `stack` is this CPU's scratch slot (see `unwind::user_stack_id`).
     unsafe {
@@ -130,8 +143,12 @@ pub fn append_python_frames(process: &PythonProcess, stack: *mut UserStack, hash
     }) else {
         return;
     };
+    let Some(frame_bytes) = FRAME_SCRATCH.get_ptr_mut(scratch_slot) else {
+        return;
+    };
     let mut walk = FrameWalk {
         stack,
+        frame_bytes,
         frame,
         hash: *hash,
         offsets,
@@ -259,22 +276,23 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
     if walk.frame == 0 || index >= MAX_USER_FRAMES {
         return 1;
     }
-    let mut frame = [0u8; FRAME_BYTES];
+    // SAFETY: this CPU's scratch slot, used by this walk only.
+    let frame = unsafe { &mut *walk.frame_bytes };
     // SAFETY: bpf_probe_read_user_buf checks the address.
-    if unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, &mut frame) }.is_err() {
+    if unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, frame) }.is_err() {
         return 1;
     }
     let offsets = &walk.offsets;
-    let Some(previous) = u64_in(&frame, offsets.frame_previous) else {
+    let Some(previous) = u64_in(frame, offsets.frame_previous) else {
         return 1;
     };
     let on_c_stack = offsets.frame_owner != 0
-        && u8_in(&frame, offsets.frame_owner) == Some(PYTHON_FRAME_OWNED_BY_CSTACK);
+        && u8_in(frame, offsets.frame_owner) == Some(PYTHON_FRAME_OWNED_BY_CSTACK);
     let value = if on_c_stack {
         // The evaluation loop's own frame: marks the frame before it as the loop's first.
         PYTHON_FRAME | PYTHON_ENTRY_FRAME
     } else {
-        let Some(code) = u64_in(&frame, offsets.frame_code) else {
+        let Some(code) = u64_in(frame, offsets.frame_code) else {
             return 1;
         };
         // Not a code object (yet): nothing to name, and code 0 is the C-stack marker.
@@ -287,7 +305,7 @@ unsafe extern "C" fn frame_step(_index: u64, walk: *mut c_void) -> i64 {
         } else if offsets.frame_is_entry == PYTHON_EVERY_FRAME_ENTRY {
             PYTHON_ENTRY_FRAME
         } else {
-            match u8_in(&frame, offsets.frame_is_entry) {
+            match u8_in(frame, offsets.frame_is_entry) {
                 Some(0) => 0,
                 Some(_) => PYTHON_ENTRY_FRAME,
                 None => return 1,

@@ -87,8 +87,8 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     let below = offcpu_stacks::sample_below_ns();
     // A sampled period still pending (the thread ran no system call since) and a new period
     // with every stack walked share one walk: the stack is the same.
-    let pending = offcpu_stacks::take_pending(thread);
-    let walk = below == 0 || matches!(pending, Some((_, true)));
+    let pending = offcpu_stacks::pending_in_place(thread);
+    let walk = below == 0 || pending == Some(true);
     let user = if walk {
         user_stack(
             ctx,
@@ -100,15 +100,8 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     } else {
         STACK_ID_UNSAMPLED
     };
-    if let Some((pending, in_place)) = pending {
-        offcpu_stacks::record_pending(
-            thread,
-            tgid,
-            tid,
-            active,
-            &pending,
-            in_place.then_some(user),
-        );
+    if let Some(in_place) = pending {
+        offcpu_stacks::record_pending(thread, tgid, tid, active, in_place.then_some(user));
     }
     if state & TASK_DEAD != 0 {
         // An exiting thread is gone, not off-CPU; the collector keeps its run-queue figures.
@@ -169,9 +162,11 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
     let Some(thread) = target_thread(tid) else {
         return;
     };
+    // Read field by field, not copied whole: kernels before 6.13 allow 512 bytes of stack for
+    // a program and the callbacks it calls, and a copy took 72 of them.
+    let start = unsafe { &raw const (*thread).off_cpu };
     // SAFETY: only this thread's own switches and wakeups touch its entry.
-    let start = unsafe { (*thread).off_cpu };
-    let tgid = start.tgid;
+    let (start_ns, tgid) = unsafe { ((*start).start_ns, (*start).tgid) };
     let mut key = OffCpuKey {
         tgid,
         tid,
@@ -179,11 +174,12 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
         kernel_stack_id: STACK_ID_NONE,
         state: OFFCPU_STATE_BEFORE_ATTACH,
         _pad: 0,
-        comm: start.comm,
+        // SAFETY: as above.
+        comm: unsafe { (*start).comm },
     };
     // Off-CPU since before the programs were attached: stack unknown, nothing to sample.
-    let since = if start.start_ns != 0 {
-        start.start_ns
+    let since = if start_ns != 0 {
+        start_ns
     } else {
         CONTROL.get(CONTROL_ATTACH_NS).copied().unwrap_or(now)
     };
@@ -191,12 +187,15 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
     let mut walk_later = false;
     let below = offcpu_stacks::sample_below_ns();
     let mut stack_ns = off_cpu;
-    if start.start_ns != 0 {
-        key.state = start.state;
-        if start.user_stack_id != STACK_ID_UNSAMPLED {
+    if start_ns != 0 {
+        // SAFETY: as above.
+        let (state, user_stack_id) = unsafe { ((*start).state, (*start).user_stack_id) };
+        key.state = state;
+        if user_stack_id != STACK_ID_UNSAMPLED {
             // Walked at switch-out: the threshold was 0 then.
-            key.user_stack_id = start.user_stack_id;
-            key.kernel_stack_id = start.kernel_stack_id;
+            key.user_stack_id = user_stack_id;
+            // SAFETY: as above.
+            key.kernel_stack_id = unsafe { (*start).kernel_stack_id };
         } else if stack_sampled(off_cpu, below) {
             key.kernel_stack_id = offcpu_stacks::sleeping_task_stack(task);
             stack_ns = off_cpu.max(below);
@@ -218,8 +217,8 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
             (*thread).pending = PendingWalk {
                 total_ns: off_cpu.max(1),
                 stack_ns,
-                user_sp: start.user_sp,
-                user_ip: start.user_ip,
+                user_sp: (*start).user_sp,
+                user_ip: (*start).user_ip,
                 kernel_stack_id: key.kernel_stack_id,
                 state: key.state,
             };
@@ -234,10 +233,11 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
     }
     // SAFETY: as above.
     unsafe {
+        let runnable_ns = (*start).runnable_ns;
         (*thread).off_cpu.start_ns = 0;
         (*thread).off_cpu.runnable_ns = 0;
-        if start.runnable_ns != 0 {
-            let delay = now.saturating_sub(start.runnable_ns);
+        if runnable_ns != 0 {
+            let delay = now.saturating_sub(runnable_ns);
             (*thread).run_queue_count += 1;
             (*thread).run_queue_total_ns += delay;
             if delay > (*thread).run_queue_max_ns {

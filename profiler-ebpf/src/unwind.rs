@@ -28,7 +28,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{FNV_OFFSET, FNV_PRIME, add_to_counter, bump, read_at},
+    helpers::{FNV_OFFSET, FNV_PRIME, add_to_counter, bump, read_at, register},
     process::send_process_event,
     python,
 };
@@ -119,13 +119,13 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     let Some(stack) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot) else {
         return STACK_ID_ERROR;
     };
-    // SAFETY: helpers valid in every tracing program; the registers are read with
-    // bpf_probe_read_kernel, not dereferenced.
+    // SAFETY: a helper valid in every tracing program; the registers are read word by word
+    // with bpf_probe_read_kernel, not dereferenced. A copy of the whole set took 168 bytes of
+    // the 512-byte stack, which kernels before 6.13 (no private stacks) count for every
+    // program that walks user stacks together with the walk's callbacks.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
-        return STACK_ID_ERROR;
-    };
-    if regs.rip == 0 || !has_user_context(regs.rip) {
+    let rip = register(regs, |r| &r.rip);
+    if rip == 0 || !has_user_context(rip) {
         return STACK_ID_NONE;
     }
     let (process, trampoline) = match unsafe { UNWIND_PROCESSES.get(&tgid) } {
@@ -135,6 +135,8 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         ),
         None => (core::ptr::null(), 0),
     };
+    let sp = register(regs, |r| &r.rsp);
+    let bp = register(regs, |r| &r.rbp);
     // A pc right after an `int3` is either a uprobe's trap (one past the breakpoint standing in
     // for the probed instruction, which has not run: unwind from the probe's address) or the
     // first instruction of a function after clang's or rustc's `int3` padding, which is 16-byte
@@ -142,13 +144,16 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     // this check). Except when the kernel has just emulated a one-byte `push` at the probe
     // (glibc's `free`): the pc is then past it for real, the pushed register on top of the
     // stack. Looking up the row at pc - 1 instead cost a third more verification.
-    let mut pc = regs.rip;
+    let mut pc = rip;
     if pc % 16 != 0 && read_user_byte(pc.wrapping_sub(1)) == Some(0xcc) {
-        let pushed = read_user(regs.rsp).is_some_and(|top| {
-            [
-                regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
-            ]
-            .contains(&top)
+        let pushed = read_user(sp).is_some_and(|top| {
+            top == bp
+                || top == register(regs, |r| &r.rax)
+                || top == register(regs, |r| &r.rbx)
+                || top == register(regs, |r| &r.rcx)
+                || top == register(regs, |r| &r.rdx)
+                || top == register(regs, |r| &r.rsi)
+                || top == register(regs, |r| &r.rdi)
         });
         if !pushed {
             pc -= 1;
@@ -158,8 +163,8 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         stack,
         process,
         pc,
-        sp: regs.rsp,
-        bp: regs.rbp,
+        sp,
+        bp,
         hash: FNV_OFFSET,
         // SAFETY: a helper valid in every program.
         owner: unsafe { bpf_ktime_get_ns() },
@@ -190,7 +195,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     // Looked up after the native walk: a value held across it doubled what the verifier
     // explores in every program that walks stacks (start-up 0.6 -> 1.1 s with every kind).
     if let Some(python) = python::process(tgid) {
-        python::append_python_frames(&python, stack, &mut walk.hash);
+        python::append_python_frames(&python, stack, scratch_slot, &mut walk.hash);
     }
     // SAFETY: as above (the Python frames may have cut the native ones).
     let end = unsafe { (*stack).end };
