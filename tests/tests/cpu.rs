@@ -78,7 +78,9 @@ fn record_splits_cpu_70_30_under_a_common_caller() {
     );
     assert_eq!(summary["exit_code"], 5);
     assert_eq!(summary["cpu"]["lost_samples"], 0);
-    assert!(summary["first_sample_ms"].as_f64().unwrap() < 1000.0);
+    // When, not how soon: start-up is measured by `cargo xtask bench-startup`, and the tests
+    // also run in emulated VMs (`cargo xtask vm-test`), several times slower.
+    assert!(summary["first_sample_ms"].as_f64().unwrap() > 0.0);
     for file in ["cpu.svg", "summary.md", "profile.json.gz"] {
         assert!(
             dir.path().join(file).metadata().unwrap().len() > 0,
@@ -87,6 +89,21 @@ fn record_splits_cpu_70_30_under_a_common_caller() {
     }
     let svg = std::fs::read_to_string(dir.path().join("cpu.svg")).unwrap();
     assert!(svg.contains("hot_path") && svg.contains("run_work"));
+    assert_nothing_loaded();
+}
+
+#[test]
+fn frame_pointer_unwinding_splits_cpu_70_30_under_a_common_caller() {
+    let _serial = serial();
+    if !have_root("frame_pointer_unwinding_splits_cpu_70_30_under_a_common_caller") {
+        return;
+    }
+    // The kernel's frame-pointer walker instead of the unwind tables.
+    let (dir, out) = record(&["-F", "499", "--unwind", "fp"], "cpu_split", &["3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_cpu_split(dir.path());
+    let summary = read_summary(dir.path());
+    assert_eq!(summary["cpu"]["lost_samples"], 0);
     assert_nothing_loaded();
 }
 

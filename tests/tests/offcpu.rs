@@ -32,11 +32,23 @@ fn blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time() {
     let stacks = read_folded(&dir.path().join("offcpu.folded"));
     let nap = blocked_in(&stacks, "waiter", "nap");
     let pipe = blocked_in(&stacks, "waiter", "wait_pipe");
-    // 20 ms of sleep, then about 10 ms waiting for the writer's next byte.
+    // 20 ms of sleep, then about 10 ms waiting for the writer's next byte: about 2/3 in nap,
+    // within a point or two of what the program measured itself (in an emulated VM its sleeps
+    // overshoot: 73% seen).
     let share = percent(nap, nap + pipe);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let measured: Vec<f64> = stdout
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    let [measured_nap, measured_pipe] = measured[..] else {
+        panic!("sleep_pipe printed {stdout:?}");
+    };
+    let measured_share = measured_nap * 100.0 / (measured_nap + measured_pipe);
     assert!(
-        (60.0..=73.0).contains(&share),
-        "nap {nap} µs, wait_pipe {pipe} µs: {share:.1}%"
+        (60.0..=80.0).contains(&measured_share) && (share - measured_share).abs() <= 3.0,
+        "nap {nap} µs, wait_pipe {pipe} µs: {share:.1}%; the program measured \
+         {measured_share:.1}% ({stdout})"
     );
     assert!(
         nap + pipe > 2_500_000,
