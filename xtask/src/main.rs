@@ -1,6 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
 //! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | bench-startup |
-//! bench-longrun | bench-server | fuzz`.
+//! bench-longrun | bench-server | bench-jit | bench-python | vm-test | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
@@ -16,6 +16,7 @@ mod bench_unwind;
 mod layout;
 mod report;
 mod setup;
+mod vm_test;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,7 +41,8 @@ enum Task {
     Build,
     /// Set up, build, and profile the bundled demo program; prints where the results are.
     Demo,
-    /// Set up, build, and run every check: formatting, clippy, unit and integration tests.
+    /// Set up, build, and run every check: formatting, clippy, unit and integration tests, and
+    /// (as root) vm-test.
     Test,
     /// Formatting and clippy only.
     Lint,
@@ -80,6 +82,10 @@ enum Task {
     /// frames) and under py-spy: throughput kept, per-sample cost; writes
     /// docs/performance/python-results.md.
     BenchPython(bench_python::PythonBenchArgs),
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run, inside, `profiler check` and the
+    /// integration tests that cover every event kind and both unwinders; prints PASS/FAIL per
+    /// kernel and check.
+    VmTest(vm_test::VmTestArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.
     Fuzz {
@@ -144,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             build()?;
             bench_python::python(&args)
         }
+        Task::VmTest(args) => vm_test::vm_test(&args),
         Task::Fuzz { seconds } => fuzz(seconds),
     }
 }
@@ -318,7 +325,14 @@ fn test() -> anyhow::Result<()> {
                 "profiler-ebpf",
             ])
             .env("PROFILER_BIN", profiler_bin()),
-    )
+    )?;
+    // The kernel matrix: about a minute and a half per kernel under emulation.
+    if is_root() {
+        vm_test::vm_test(&vm_test::VmTestArgs::every_kernel())
+    } else {
+        eprintln!("xtask: not root: vm-test skipped (it fetches kernel packages with apt-get)");
+        Ok(())
+    }
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one line totalling every test

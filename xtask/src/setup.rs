@@ -197,3 +197,28 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// qemu and a static busybox, for `vm-test` (as root, from Debian's packages).
+pub fn install_vm_tools() -> anyhow::Result<()> {
+    let mut packages = Vec::new();
+    if !works("qemu-system-x86_64") {
+        packages.push("qemu-system-x86");
+    }
+    // The static build: the VM has no libraries for it.
+    let busybox_static = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "busybox-static"])
+        .output()
+        .is_ok_and(|output| output.stdout.starts_with(b"install ok installed"));
+    if !busybox_static {
+        packages.push("busybox-static");
+    }
+    if packages.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {} (for vm-test)", packages.join(", "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
