@@ -8,14 +8,6 @@
 /// Length of a kernel task name (`TASK_COMM_LEN`), NUL-padded.
 pub const COMM_LEN: usize = 16;
 
-/// Capacity of the stack-trace map shared by user and kernel stacks.
-///
-/// `bpf_get_stackid` hashes a stack into one bucket and fails with `-EEXIST` when a different
-/// stack already occupies it, so this bounds both the number of distinct stacks and the collision
-/// rate (about `distinct_stacks / STACK_MAP_ENTRIES` per new stack). Each entry costs
-/// `PERF_MAX_STACK_DEPTH * 8` bytes of kernel memory.
-pub const STACK_MAP_ENTRIES: u32 = 16 * 1024;
-
 /// Capacity of each of the two sample-count maps (see [`SampleKey`]).
 pub const SAMPLE_MAP_ENTRIES: u32 = 32 * 1024;
 
@@ -37,16 +29,19 @@ pub const STACK_ID_UNSAMPLED: i32 = -5;
 /// Stack id of a sampled off-CPU period whose user stack could not be walked: the thread ran
 /// on (left the system call, or returned from a fault) before its stack could be read.
 pub const STACK_ID_RAN_ON: i32 = -6;
-/// Bit set in the ids of kernel stacks of off-CPU periods, read from the sleeping task at its
-/// switch-in (`OFFCPU_KERNEL_STACKS`) rather than by `bpf_get_stackid` (`STACKS`, ids below
-/// [`STACK_MAP_ENTRIES`]).
-pub const KERNEL_STACK_ID_TASK_BIT: u32 = 1 << 30;
-/// Frames kept of an off-CPU period's kernel stack.
-pub const MAX_KERNEL_FRAMES: usize = 64;
-/// Capacity of the map of off-CPU kernel stacks.
-pub const OFFCPU_KERNEL_STACK_ENTRIES: u32 = 4096;
+/// Frames kept of a kernel stack (`PERF_MAX_STACK_DEPTH`, as the kernel's stack-trace map kept).
+pub const MAX_KERNEL_FRAMES: usize = 127;
+/// Capacity of the map of kernel stacks not yet drained by the collector (allocated on
+/// demand; drained every second).
+pub const KERNEL_STACK_ENTRIES: u32 = 16 * 1024;
+/// Capacity of the map of every distinct kernel stack's hash in a run, by id (allocated on
+/// demand): a stack seen before is not stored again.
+pub const KERNEL_STACK_HASH_ENTRIES: u32 = 1 << 18;
+/// Frames the kernel's frame-pointer walker returns at most (`kernel.perf_event_max_stack`'s
+/// default, `PERF_MAX_STACK_DEPTH`): user stacks under `--unwind fp`.
+pub const MAX_FP_FRAMES: usize = 127;
 
-/// A kernel stack read from a sleeping task, by the hash of its frames.
+/// A kernel stack, by the hash of its frames.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelStack {
@@ -88,13 +83,16 @@ pub const TARGET_FOLLOW_CHILDREN: TargetFlags = 1;
 pub mod counter {
     /// CPU samples taken from target threads.
     pub const CPU_SAMPLES: u32 = 0;
-    /// User stacks lost to a stack-map bucket collision.
+    /// User stacks lost because another stack of the run has the same id (kept apart from
+    /// [`USER_STACKS_LOST`] for the CPU samples' share).
     pub const USER_STACK_COLLISIONS: u32 = 1;
-    /// Kernel stacks lost to a stack-map bucket collision.
+    /// Kernel stacks lost because another kernel stack of the run has the same id (31 bits of
+    /// the hash).
     pub const KERNEL_STACK_COLLISIONS: u32 = 2;
     /// User stacks the kernel failed to collect for another reason.
     pub const USER_STACK_ERRORS: u32 = 3;
-    /// Kernel stacks the kernel failed to collect for another reason.
+    /// Kernel stacks the kernel failed to collect, or lost because the map of kernel stacks
+    /// not yet drained by the collector was full.
     pub const KERNEL_STACK_ERRORS: u32 = 4;
     /// Samples dropped because the sample-count map was full.
     pub const SAMPLE_MAP_FULL: u32 = 5;
@@ -108,7 +106,7 @@ pub mod counter {
     pub const OFFCPU_FILTERED_NS: u32 = 9;
     /// Off-CPU periods or run-queue delays dropped because a map was full.
     pub const OFFCPU_MAP_FULL: u32 = 10;
-    /// Stacks of switch-outs lost to a stack-map collision.
+    /// Stacks of off-CPU periods lost because another stack of the run has the same id.
     pub const OFFCPU_STACK_COLLISIONS: u32 = 11;
     /// I/O calls dropped because the I/O totals map was full.
     pub const IO_MAP_FULL: u32 = 12;
@@ -912,12 +910,16 @@ pub mod stack_end {
     /// A frame-pointer walk reached a zero frame pointer or return address (probably the
     /// outermost frame, but nothing says so).
     pub const FRAME_POINTER_END: u32 = 1;
-    /// It walked [`super::MAX_USER_FRAMES`] frames.
+    /// It walked [`super::MAX_USER_FRAMES`] frames (the kernel's frame-pointer walker:
+    /// [`super::MAX_FP_FRAMES`]).
     pub const DEPTH: u32 = 2;
     /// Reading the stack failed (a bad frame pointer or CFA).
     pub const READ_FAILED: u32 = 3;
     /// The next frame was not above the current one (corrupt stack or wrong unwind rule).
     pub const NOT_ADVANCING: u32 = 4;
+    /// The kernel's frame-pointer walker (`--unwind fp`) stopped short of its depth limit; it
+    /// does not say why.
+    pub const KERNEL_WALKER: u32 = 5;
 }
 
 /// A user stack walked by the in-kernel unwinder: return addresses, innermost first.

@@ -141,13 +141,7 @@ fn try_alloc_enter(ctx: ProbeContext) -> Result<u32, u32> {
         (*entry).weight = weight;
         if weight != 0 {
             (*entry).ret_addr = caller_address(&ctx);
-            (*entry).user_stack_id = user_stack(
-                &ctx,
-                tgid,
-                unwind::SCRATCH_TASK,
-                counter::USER_STACK_COLLISIONS,
-                counter::USER_STACK_ERRORS,
-            );
+            (*entry).user_stack_id = user_stack(&ctx, tgid, unwind::SCRATCH_TASK);
         }
     }
     Ok(0)

@@ -5,16 +5,16 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{map, perf_event},
     maps::HashMap,
-    programs::{PerfEventContext, tracing::StackIdContext as _},
+    programs::PerfEventContext,
 };
 use profiler_common::{
     COMM_LEN, CONTROL_FIRST_SAMPLE_NS, RECORDING_STOPPED, SAMPLE_MAP_ENTRIES, SampleKey, counter,
 };
 
 use crate::{
-    helpers::{active_map, bump, current_tgid_tid, stack_id, user_stack},
-    maps::{CONTROL, STACKS, TARGETS},
-    unwind,
+    helpers::{active_map, bump, current_tgid_tid, user_stack},
+    maps::{CONTROL, TARGETS},
+    stack_store, unwind,
 };
 
 /// Sample counts, double-buffered: programs write the map `CONTROL[0]` names while the
@@ -67,17 +67,11 @@ fn try_cpu_sample(ctx: PerfEventContext) -> Result<u32, u32> {
             }
         }
     }
-    let user_stack_id = user_stack(
+    let user_stack_id = user_stack(&ctx, tgid, unwind::SCRATCH_NMI);
+    let kernel_stack_id = stack_store::current_kernel_stack(
         &ctx,
-        tgid,
         unwind::SCRATCH_NMI,
-        counter::USER_STACK_COLLISIONS,
-        counter::USER_STACK_ERRORS,
-    );
-    let kernel_stack_id = stack_id(
-        ctx.get_stackid(&STACKS, 0),
         counter::KERNEL_STACK_COLLISIONS,
-        counter::KERNEL_STACK_ERRORS,
     );
     let key = SampleKey {
         tgid,

@@ -1,27 +1,78 @@
 //! Helpers shared by the event families: loss counters, the recording switch, the current
 //! task's ids, stack ids (kernel walker or unwind tables), classic tracepoint fields and the
 //! per-process memory totals.
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_kernel},
-    programs::{TracePointContext, tracing::StackIdContext},
+    EbpfContext,
+    bindings::{BPF_NOEXIST, pt_regs},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_loop, bpf_probe_read_kernel},
+    programs::TracePointContext,
 };
-use profiler_common::{
-    CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_NONE,
-};
+use profiler_common::{CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory};
 
 use crate::{
-    maps::{CONTROL, COUNTERS, PROCESS_MEMORY, STACKS, UNWIND_WITH_TABLES},
-    unwind,
+    maps::{CONTROL, COUNTERS, PROCESS_MEMORY, UNWIND_WITH_TABLES},
+    stack_store, unwind,
 };
 
 /// FNV-1a, the hash of the stacks the programs store by hash.
 pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub(crate) const FNV_PRIME: u64 = 0x100_0000_01b3;
 
-const EEXIST: i32 = 17;
-const EFAULT: i32 = 14;
+/// Most frames [`hash_frames`] reads: the kernel's walker returns at most as many
+/// (`PERF_MAX_STACK_DEPTH`), for user and kernel stacks alike.
+const HASHED_FRAMES: usize = profiler_common::MAX_FP_FRAMES;
+const _: () = assert!(profiler_common::MAX_KERNEL_FRAMES == HASHED_FRAMES);
+/// Frames hashed per callback call.
+const FRAMES_PER_STEP: usize = 4;
+
+/// A hash of frames in progress, shared with [`hash_step`].
+#[repr(C)]
+struct FrameHash {
+    frames: *const [u64; HASHED_FRAMES],
+    len: u64,
+    hash: u64,
+}
+
+/// The FNV-1a hash of the first `len` of `frames` (and of `len`), in a `bpf_loop`: the
+/// verifier checks the callback once, where an unrolled loop over every word cost seconds of
+/// verification across the programs, and only the frames in use are read.
+#[inline(always)]
+pub(crate) fn hash_frames(frames: *const [u64; HASHED_FRAMES], len: u64) -> u64 {
+    let len = len.min(HASHED_FRAMES as u64);
+    let mut state = FrameHash {
+        frames,
+        len,
+        hash: FNV_OFFSET,
+    };
+    // SAFETY: the callback only reads `state` and the frames it points to.
+    unsafe {
+        bpf_loop(
+            len.div_ceil(FRAMES_PER_STEP as u64) as u32,
+            hash_step as *mut c_void,
+            &mut state as *mut FrameHash as *mut c_void,
+            0,
+        )
+    };
+    (state.hash ^ len).wrapping_mul(FNV_PRIME)
+}
+
+/// Folds the next `FRAMES_PER_STEP` frames into the hash. Returns 1 to stop the loop.
+unsafe extern "C" fn hash_step(index: u64, state: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given by `hash_frames`.
+    let state = unsafe { &mut *(state as *mut FrameHash) };
+    for step in 0..FRAMES_PER_STEP {
+        let at = index as usize * FRAMES_PER_STEP + step;
+        if at as u64 >= state.len || at >= HASHED_FRAMES {
+            return 1;
+        }
+        // SAFETY: a map value of `HASHED_FRAMES` words, `at` in bounds.
+        let frame = unsafe { (*state.frames)[at] };
+        state.hash = (state.hash ^ frame).wrapping_mul(FNV_PRIME);
+    }
+    0
+}
 
 #[inline(always)]
 pub(crate) fn bump(index: u32) {
@@ -51,43 +102,15 @@ pub(crate) fn current_tgid_tid() -> (u32, u32) {
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
-/// Turns a `bpf_get_stackid` result into a stack id, counting what went wrong.
-#[inline(always)]
-pub(crate) fn stack_id(result: Result<i64, i32>, collisions: u32, errors: u32) -> i32 {
-    match result {
-        Ok(id) => id as i32,
-        // No stack of this kind at this point (user-mode sample has no kernel stack).
-        Err(err) if err == -EFAULT => STACK_ID_NONE,
-        Err(err) if err == -EEXIST => {
-            bump(collisions);
-            STACK_ID_COLLISION
-        }
-        Err(_) => {
-            bump(errors);
-            STACK_ID_ERROR
-        }
-    }
-}
-
 /// The current thread's user stack id: walked with the unwind tables when the collector
-/// loaded them (ids in `USER_STACKS`), else by the kernel's frame-pointer walker (`STACKS`).
+/// loaded them, else by the kernel's frame-pointer walker; stored in `USER_STACKS` either way.
 #[inline(always)]
-pub(crate) fn user_stack<C: StackIdContext>(
-    ctx: &C,
-    tgid: u32,
-    scratch_slot: u32,
-    collisions: u32,
-    errors: u32,
-) -> i32 {
+pub(crate) fn user_stack<C: EbpfContext>(ctx: &C, tgid: u32, scratch_slot: u32) -> i32 {
     // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
     if unsafe { core::ptr::read_volatile(&UNWIND_WITH_TABLES) } != 0 {
         unwind::user_stack_id(tgid, scratch_slot)
     } else {
-        stack_id(
-            ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)),
-            collisions,
-            errors,
-        )
+        stack_store::fp_user_stack_id(ctx, scratch_slot)
     }
 }
 

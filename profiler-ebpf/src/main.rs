@@ -22,6 +22,7 @@ mod offcpu_stacks;
 mod process;
 mod python;
 mod sched;
+mod stack_store;
 mod syscalls;
 mod unwind;
 mod unwind_mappings;

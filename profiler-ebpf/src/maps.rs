@@ -1,14 +1,14 @@
 //! Maps and load-time globals shared by several event families: the target processes, the
-//! stack map, the run control and loss counters, how user stacks are walked, the per-thread
+//! run control and loss counters, how user stacks are walked, the per-thread
 //! scheduler state (made at fork, used by the scheduler programs) and the per-process memory
 //! totals (system calls and allocator probes).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use profiler_common::{
     COMM_LEN, CONTROL_ENTRIES, OffCpuStart, PendingWalk, ProcessMemory, RUNQ_SLOTS, STACK_ID_NONE,
-    STACK_MAP_ENTRIES, TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter,
+    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter,
 };
 
 /// Non-zero when user stacks are walked with unwind tables (`unwind`) instead of frame pointers.
@@ -19,10 +19,6 @@ pub(crate) static UNWIND_WITH_TABLES: u32 = 0;
 #[map]
 pub(crate) static TARGETS: HashMap<u32, TargetFlags> =
     HashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);
-
-/// User and kernel stacks, deduplicated by the kernel.
-#[map]
-pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 
 /// Run control set by the collector (`CONTROL_*` indices): which map of each double-buffered
 /// pair to write, the first sample's time, the attach time.

@@ -1,35 +1,24 @@
 //! Stacks of off-CPU periods under stack sampling: the kernel stack read from the sleeping
-//! task when it is switched back in (its length known by then), and the user stack walked
-//! later, in the thread's own context, at its next system-call exit or switch-out.
+//! task when it is switched back in (its length known by then: `stack_store`), and the user
+//! stack walked later, in the thread's own context, at its next system-call exit or
+//! switch-out.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, pt_regs},
-    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs, generated::bpf_get_task_stack},
-    macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use profiler_common::{
-    CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, KERNEL_STACK_ID_TASK_BIT, KernelStack,
-    MAX_KERNEL_FRAMES, OFFCPU_KERNEL_STACK_ENTRIES, OffCpuKey, OffCpuTime, PendingWalk,
-    RECORDING_STOPPED, STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_RAN_ON,
-    ThreadState, counter,
+    CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, OffCpuKey, OffCpuTime, PendingWalk,
+    RECORDING_STOPPED, STACK_ID_RAN_ON, ThreadState, counter,
 };
 
 use crate::{
-    helpers::{FNV_OFFSET, FNV_PRIME, active_map, bump, current_tgid_tid, register, user_stack},
+    helpers::{active_map, bump, current_tgid_tid, register, user_stack},
     maps::{CONTROL, THREADS},
     sched::add_offcpu_time,
     unwind,
 };
-
-/// Kernel stacks of off-CPU periods, by id (`KERNEL_STACK_ID_TASK_BIT` | hash bits).
-#[map]
-static OFFCPU_KERNEL_STACKS: HashMap<u32, KernelStack> =
-    HashMap::with_max_entries(OFFCPU_KERNEL_STACK_ENTRIES, 0);
-
-/// One stack per CPU to read a task's stack into (too large for the BPF stack).
-#[map]
-static KERNEL_STACK_SCRATCH: PerCpuArray<KernelStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// The off-CPU stack-sampling threshold, ns (0: every period walked).
 #[inline(always)]
@@ -38,73 +27,6 @@ pub(crate) fn sample_below_ns() -> u64 {
         .get(CONTROL_OFFCPU_SAMPLE_BELOW_NS)
         .copied()
         .unwrap_or(0)
-}
-
-/// The kernel stack `task` sleeps in, stored by hash: its id, or a `STACK_ID_*` value. `task`
-/// must be off its CPU (the stack is read from its saved frame).
-#[inline(always)]
-pub(crate) fn sleeping_task_stack(task: *const u8) -> i32 {
-    let Some(stack) = KERNEL_STACK_SCRATCH.get_ptr_mut(0) else {
-        return STACK_ID_ERROR;
-    };
-    // SAFETY: `task` is the tracepoint's trusted task pointer; the buffer is this CPU's
-    // scratch value, `MAX_KERNEL_FRAMES` words long.
-    let bytes = unsafe {
-        bpf_get_task_stack(
-            task as *mut _,
-            (*stack).frames.as_mut_ptr().cast(),
-            (MAX_KERNEL_FRAMES * 8) as u32,
-            0,
-        )
-    };
-    if bytes <= 0 {
-        bump(counter::KERNEL_STACK_ERRORS);
-        return STACK_ID_ERROR;
-    }
-    let len = bytes as u64 / 8;
-    // Every word, without a branch on the length (one the verifier would follow at each of
-    // them): the helper zeroes the buffer past the stack.
-    let mut hash = FNV_OFFSET;
-    for index in 0..MAX_KERNEL_FRAMES {
-        // SAFETY: this CPU's scratch value, index in bounds.
-        hash = (hash ^ unsafe { (*stack).frames[index] }).wrapping_mul(FNV_PRIME);
-    }
-    hash = (hash ^ len).wrapping_mul(FNV_PRIME);
-    // SAFETY: as above.
-    unsafe {
-        (*stack).hash = hash;
-        (*stack).len = len;
-    }
-    let id = KERNEL_STACK_ID_TASK_BIT | (hash as u32 & (KERNEL_STACK_ID_TASK_BIT - 1));
-    // SAFETY: a map value, only compared.
-    match unsafe { OFFCPU_KERNEL_STACKS.get(&id) } {
-        Some(stored) if stored.hash == hash => return id as i32,
-        Some(_) => {
-            bump(counter::KERNEL_STACK_COLLISIONS);
-            return STACK_ID_COLLISION;
-        }
-        None => {}
-    }
-    // SAFETY: filled above.
-    if OFFCPU_KERNEL_STACKS
-        .insert(&id, unsafe { &*stack }, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        // SAFETY: as above.
-        return match unsafe { OFFCPU_KERNEL_STACKS.get(&id) } {
-            // Another CPU stored it first.
-            Some(stored) if stored.hash == hash => id as i32,
-            Some(_) => {
-                bump(counter::KERNEL_STACK_COLLISIONS);
-                STACK_ID_COLLISION
-            }
-            None => {
-                bump(counter::KERNEL_STACK_ERRORS);
-                STACK_ID_MAP_FULL
-            }
-        };
-    }
-    id as i32
 }
 
 /// The current thread's user stack and instruction pointers, `(sp, ip)`.
@@ -138,20 +60,29 @@ pub(crate) fn pending_in_place(thread: *const ThreadState) -> Option<bool> {
     Some(unsafe { sp == (*pending).user_sp && ip == (*pending).user_ip })
 }
 
-/// Accounts and clears the current thread's pending period (see [`pending_in_place`]), with
-/// the user stack walked for it (`None`: the thread ran on, nothing to walk).
+/// The user stack id of a pending period: the one walked for it (`None`: the thread ran on,
+/// nothing to walk).
 #[inline(always)]
+pub(crate) fn walked_or_ran_on(user_stack_id: Option<i32>) -> i32 {
+    user_stack_id.unwrap_or_else(|| {
+        bump(counter::OFFCPU_STACKS_RAN_ON);
+        STACK_ID_RAN_ON
+    })
+}
+
+/// Accounts and clears the current thread's pending period (see [`pending_in_place`]) with
+/// its user stack id (see [`walked_or_ran_on`]).
+///
+/// A function of its own, not inlined: its records would take 64 bytes of the scheduler
+/// program's frame, which kernels before 6.13 limit with the callbacks' to 512 bytes.
+#[inline(never)]
 pub(crate) fn record_pending(
     thread: *mut ThreadState,
     tgid: u32,
     tid: u32,
     active: u64,
-    user_stack_id: Option<i32>,
+    user_stack_id: i32,
 ) {
-    let user_stack_id = user_stack_id.unwrap_or_else(|| {
-        bump(counter::OFFCPU_STACKS_RAN_ON);
-        STACK_ID_RAN_ON
-    });
     // SAFETY: as in `pending_in_place`; plain reads and writes of a map value.
     unsafe {
         let pending = &raw mut (*thread).pending;
@@ -195,15 +126,7 @@ pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
     let Some(in_place) = pending_in_place(thread) else {
         return 0;
     };
-    let user_stack_id = in_place.then(|| {
-        user_stack(
-            &ctx,
-            tgid,
-            unwind::SCRATCH_TASK,
-            counter::OFFCPU_STACK_COLLISIONS,
-            counter::USER_STACK_ERRORS,
-        )
-    });
-    record_pending(thread, tgid, tid, active, user_stack_id);
+    let user_stack_id = in_place.then(|| user_stack(&ctx, tgid, unwind::SCRATCH_TASK));
+    record_pending(thread, tgid, tid, active, walked_or_ran_on(user_stack_id));
     0
 }

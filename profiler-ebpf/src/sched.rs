@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
-    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext as _},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use profiler_common::{
     COMM_LEN, CONTROL_ATTACH_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
@@ -16,13 +16,12 @@ use profiler_common::{
 
 use crate::{
     helpers::{
-        active_map, add_to_counter, bump, current_tgid_tid, field, stack_id, stack_sampled,
-        user_stack,
+        active_map, add_to_counter, bump, current_tgid_tid, field, stack_sampled, user_stack,
     },
-    maps::{CONTROL, STACKS, THREADS},
+    maps::{CONTROL, THREADS},
     offcpu_stacks,
     process::{TASK_STRUCT_PID_OFFSET, task_field},
-    unwind,
+    stack_store, unwind,
 };
 
 /// Off-CPU periods shorter than this are counted but not recorded, ns.
@@ -90,18 +89,13 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     let pending = offcpu_stacks::pending_in_place(thread);
     let walk = below == 0 || pending == Some(true);
     let user = if walk {
-        user_stack(
-            ctx,
-            tgid,
-            unwind::SCRATCH_TASK,
-            counter::OFFCPU_STACK_COLLISIONS,
-            counter::USER_STACK_ERRORS,
-        )
+        user_stack(ctx, tgid, unwind::SCRATCH_TASK)
     } else {
         STACK_ID_UNSAMPLED
     };
     if let Some(in_place) = pending {
-        offcpu_stacks::record_pending(thread, tgid, tid, active, in_place.then_some(user));
+        let user = offcpu_stacks::walked_or_ran_on(in_place.then_some(user));
+        offcpu_stacks::record_pending(thread, tgid, tid, active, user);
     }
     if state & TASK_DEAD != 0 {
         // An exiting thread is gone, not off-CPU; the collector keeps its run-queue figures.
@@ -115,10 +109,10 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     // Preempted, or still running: runnable, waiting for a CPU from now on.
     let preempted = preempted || state == 0;
     let (user_stack_id, kernel_stack_id, (user_sp, user_ip)) = if below == 0 {
-        let kernel = stack_id(
-            ctx.get_stackid(&STACKS, 0),
+        let kernel = stack_store::current_kernel_stack(
+            ctx,
+            unwind::SCRATCH_TASK,
             counter::OFFCPU_STACK_COLLISIONS,
-            counter::KERNEL_STACK_ERRORS,
         );
         (user, kernel, (0, 0))
     } else {
@@ -197,7 +191,7 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
             // SAFETY: as above.
             key.kernel_stack_id = unsafe { (*start).kernel_stack_id };
         } else if stack_sampled(off_cpu, below) {
-            key.kernel_stack_id = offcpu_stacks::sleeping_task_stack(task);
+            key.kernel_stack_id = stack_store::sleeping_task_stack(task, unwind::SCRATCH_TASK);
             stack_ns = off_cpu.max(below);
             walk_later = true;
         } else {

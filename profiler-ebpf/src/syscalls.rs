@@ -355,13 +355,7 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
         .unwrap_or(0);
     let walk = stack_sampled(ns, below);
     let (user_stack_id, stack_ns) = if walk {
-        let id = user_stack(
-            &ctx,
-            tgid,
-            unwind::SCRATCH_TASK,
-            counter::USER_STACK_COLLISIONS,
-            counter::USER_STACK_ERRORS,
-        );
+        let id = user_stack(&ctx, tgid, unwind::SCRATCH_TASK);
         (id, ns.max(below))
     } else {
         (STACK_ID_UNSAMPLED, 0)

@@ -16,21 +16,21 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        generated::bpf_probe_read_kernel as probe_read_kernel_into,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use profiler_common::{
     DEFAULT_UNWIND_ROWS, MAX_OBJECT_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind,
-    STACK_ID_COLLISION, STACK_ID_ERROR, STACK_ID_MAP_FULL, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES,
-    USER_STACK_ENTRIES, USER_STACK_HASH_ENTRIES, UnwindRow, UserStack, counter, process_event,
-    stack_end, unwind_kind,
+    STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, UnwindRow, UserStack, counter,
+    process_event, stack_end, unwind_kind,
 };
 
 use crate::{
-    helpers::{FNV_OFFSET, FNV_PRIME, add_to_counter, bump, read_at, register},
+    helpers::{FNV_OFFSET, FNV_PRIME, add_to_counter, bump, read_at},
     process::send_process_event,
-    python,
+    python, stack_store,
 };
 
 /// Offsets from the current task to the return addresses saved by pending return probes, from
@@ -55,23 +55,17 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_RO
 pub(crate) static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> =
     HashMap::with_max_entries(UNWIND_PROCESS_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Walked user stacks by id (31 bits of their hash) until the collector drains them (it keeps
-/// them); allocated as stacks appear.
-#[map]
-static USER_STACKS: HashMap<u32, UserStack> =
-    HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// The full hash of every user stack stored in the run, by id: a stack seen before is not
-/// stored again (drained or not), and another stack with the same id is told apart.
-#[map]
-static USER_STACK_HASHES: HashMap<u32, u64> =
-    HashMap::with_max_entries(USER_STACK_HASH_ENTRIES, BPF_F_NO_PREALLOC);
-
 /// Where a stack is walked before it is stored: too large for the BPF stack. One slot per
 /// context that can interrupt another on a CPU (perf events run in NMI, inside the others);
 /// preemptible programs sharing the task slot detect a takeover (`Walk::owner`).
 #[map]
-static UNWIND_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(2, 0);
+pub(crate) static UNWIND_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(2, 0);
+
+/// The registers a walk starts from, one slot per `UNWIND_SCRATCH` slot: on the BPF stack they
+/// took 168 of the 512 bytes that kernels before 6.13 allow a program and its callbacks
+/// together; read word by word, they made every walking program 3 to 10 times slower to verify.
+#[map]
+static REGS_SCRATCH: PerCpuArray<pt_regs> = PerCpuArray::with_max_entries(2, 0);
 
 /// When the collector was last asked to load a process's tables, ns (asks at most every 20 ms).
 #[map]
@@ -119,13 +113,21 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     let Some(stack) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot) else {
         return STACK_ID_ERROR;
     };
-    // SAFETY: a helper valid in every tracing program; the registers are read word by word
-    // with bpf_probe_read_kernel, not dereferenced. A copy of the whole set took 168 bytes of
-    // the 512-byte stack, which kernels before 6.13 (no private stacks) count for every
-    // program that walks user stacks together with the walk's callbacks.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    let rip = register(regs, |r| &r.rip);
-    if rip == 0 || !has_user_context(rip) {
+    let Some(regs) = REGS_SCRATCH.get_ptr_mut(scratch_slot) else {
+        return STACK_ID_ERROR;
+    };
+    // SAFETY: helpers valid in every tracing program; the registers are copied with
+    // bpf_probe_read_kernel into this CPU's scratch slot, not dereferenced.
+    let copied = unsafe {
+        let task_regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const c_void;
+        probe_read_kernel_into(regs.cast(), size_of::<pt_regs>() as u32, task_regs)
+    };
+    if copied != 0 {
+        return STACK_ID_ERROR;
+    }
+    // SAFETY: filled above.
+    let regs = unsafe { &*regs };
+    if regs.rip == 0 || !has_user_context(regs.rip) {
         return STACK_ID_NONE;
     }
     let (process, trampoline) = match unsafe { UNWIND_PROCESSES.get(&tgid) } {
@@ -135,8 +137,6 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         ),
         None => (core::ptr::null(), 0),
     };
-    let sp = register(regs, |r| &r.rsp);
-    let bp = register(regs, |r| &r.rbp);
     // A pc right after an `int3` is either a uprobe's trap (one past the breakpoint standing in
     // for the probed instruction, which has not run: unwind from the probe's address) or the
     // first instruction of a function after clang's or rustc's `int3` padding, which is 16-byte
@@ -144,21 +144,19 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
     // this check). Except when the kernel has just emulated a one-byte `push` at the probe
     // (glibc's `free`): the pc is then past it for real, the pushed register on top of the
     // stack. Looking up the row at pc - 1 instead cost a third more verification.
-    let mut pc = rip;
+    let mut pc = regs.rip;
     if pc % 16 != 0 && read_user_byte(pc.wrapping_sub(1)) == Some(0xcc) {
-        let pushed = read_user(sp).is_some_and(|top| {
-            top == bp
-                || top == register(regs, |r| &r.rax)
-                || top == register(regs, |r| &r.rbx)
-                || top == register(regs, |r| &r.rcx)
-                || top == register(regs, |r| &r.rdx)
-                || top == register(regs, |r| &r.rsi)
-                || top == register(regs, |r| &r.rdi)
+        let pushed = read_user(regs.rsp).is_some_and(|top| {
+            [
+                regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
+            ]
+            .contains(&top)
         });
         if !pushed {
             pc -= 1;
         }
     }
+    let (sp, bp) = (regs.rsp, regs.rbp);
     let mut walk = Walk {
         stack,
         process,
@@ -213,43 +211,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         bump(counter::USER_STACK_ERRORS);
         return STACK_ID_ERROR;
     }
-    let hash = (walk.hash ^ u64::from(end)).wrapping_mul(FNV_PRIME);
-    // SAFETY: as above.
-    unsafe { (*stack).hash = hash };
-    let id = (hash as u32 & 0x7fff_ffff) as i32;
-    let key = id as u32;
-    // SAFETY: a map value, copied.
-    match unsafe { USER_STACK_HASHES.get(&key) }.copied() {
-        Some(stored) if stored == hash => return id,
-        Some(_) => {
-            bump(counter::USER_STACKS_LOST);
-            return STACK_ID_COLLISION;
-        }
-        None => {}
-    }
-    // SAFETY: `stack` points to this CPU's scratch slot, filled above.
-    if USER_STACKS
-        .insert(&key, unsafe { &*stack }, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        // SAFETY: a map value, only compared.
-        match unsafe { USER_STACKS.get(&key) } {
-            // Another CPU stored it first.
-            Some(stored) if stored.hash == hash => {}
-            Some(_) => {
-                bump(counter::USER_STACKS_LOST);
-                return STACK_ID_COLLISION;
-            }
-            None => {
-                bump(counter::USER_STACK_MAP_FULL);
-                return STACK_ID_MAP_FULL;
-            }
-        }
-    }
-    // If the map of hashes is full, the stack is kept all the same: stored again (and drained
-    // again) each time it recurs, and a collision with it goes unnoticed.
-    let _ = USER_STACK_HASHES.insert(&key, &hash, u64::from(BPF_NOEXIST));
-    id
+    stack_store::store_user_stack(stack, (walk.hash ^ u64::from(end)).wrapping_mul(FNV_PRIME))
 }
 
 /// Asks the collector for a process's tables, at most every `REQUEST_INTERVAL_NS`.

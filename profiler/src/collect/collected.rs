@@ -180,8 +180,13 @@ impl Collection {
             .map(|key| key.kernel_stack_id)
             .chain(self.offcpu.keys().map(|key| key.kernel_stack_id))
             .filter_map(|id| u32::try_from(id).ok());
-        // The unwinder's stacks were all drained (`drain` above, after recording stopped).
-        let mut stacks = self.probes.stacks(user_ids.iter().copied(), kernel_ids)?;
+        // Every stack was drained (`drain` above, after recording stopped).
+        let mut stacks = StackTable::default();
+        for id in kernel_ids {
+            if let Some(frames) = self.kernel_stacks.remove(&id) {
+                stacks.kernel.insert(id, frames);
+            }
+        }
         for id in user_ids {
             if let Some((frames, end)) = self.user_stacks.remove(&id) {
                 stacks.user.insert(id, frames);

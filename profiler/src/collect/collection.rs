@@ -106,6 +106,8 @@ pub(super) struct Collection {
     pub(super) memory_cap_dropped: u64,
     /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
     pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
+    /// Kernel stacks drained from the kernel's map, by id.
+    pub(super) kernel_stacks: HashMap<u32, Vec<u64>>,
     /// CPython versions already warned about as unknown.
     pub(super) python_versions_warned: std::collections::HashSet<(u8, u8)>,
     /// The JVMs among the targets, asked for their perf maps.
@@ -166,6 +168,7 @@ impl Collection {
             max_state_bytes: config.max_memory,
             memory_cap_dropped: 0,
             user_stacks: HashMap::new(),
+            kernel_stacks: HashMap::new(),
             python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
         };
@@ -526,11 +529,12 @@ impl Collection {
 
     pub(super) fn drain(&mut self) -> Result<(), ProbeError> {
         let drained = self.probes.drain()?;
-        if self.unwind.is_some() {
-            // Drained after the counts that name them: a stack is stored before any count.
-            for (id, frames, end) in self.probes.drain_user_stacks()? {
-                self.user_stacks.entry(id).or_insert((frames, end));
-            }
+        // Drained after the counts that name them: a stack is stored before any count.
+        for (id, frames, end) in self.probes.drain_user_stacks()? {
+            self.user_stacks.entry(id).or_insert((frames, end));
+        }
+        for (id, frames) in self.probes.drain_kernel_stacks()? {
+            self.kernel_stacks.entry(id).or_insert(frames);
         }
         let pids: Vec<u32> = drained
             .samples

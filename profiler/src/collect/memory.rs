@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{AllocSite, AllocStats, LiveAlloc, LiveKey, STACK_MAP_ENTRIES};
+use profiler_common::{AllocSite, AllocStats, LiveAlloc, LiveKey};
 
 use crate::{
     model::{AllocSiteStats, EventKind, FrameKind, Interner, MemoryStats, Profile},
@@ -129,7 +129,7 @@ pub fn add_allocations(
     stacks: &StackTable,
     thread_name: impl Fn(u32, u32) -> String,
 ) -> MemoryStats {
-    // Each (stack, caller) pair becomes a stack of its own, numbered past the kernel's ids.
+    // Each (stack, caller) pair becomes a stack of its own, numbered in a table of its own.
     let mut table = StackTable::default();
     let mut synthetic: HashMap<(i32, u64), i32> = HashMap::new();
     let mut raw_of_site: HashMap<AllocSite, RawSample> = HashMap::new();
@@ -142,7 +142,7 @@ pub fn add_allocations(
         if raw_of_site.contains_key(site) {
             continue;
         }
-        let next = (STACK_MAP_ENTRIES + synthetic.len() as u32) as i32;
+        let next = synthetic.len() as i32;
         let id = *synthetic
             .entry((site.user_stack_id, site.ret_addr))
             .or_insert_with(|| {

@@ -179,9 +179,6 @@ impl KernelProbes {
                 .map_max_entries("IO_LATENCY", 1)
                 .map_max_entries("FD_INODES", 1);
         }
-        if !options.scheduler {
-            loader.map_max_entries("OFFCPU_KERNEL_STACKS", 1);
-        }
         let mut ebpf = loader
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
             .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)

@@ -1,19 +1,18 @@
 //! Reading what the programs collected: counts drained from the double-buffered maps,
-//! stacks, thread states, I/O and allocation tables, counters, and the event rings.
+//! kernel stacks, thread states, I/O and allocation tables, counters, and the event rings.
 
-use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, StackTraceMap};
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
 use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
-    CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, KERNEL_STACK_ID_TASK_BIT, KernelStack, LATENCY_SLOTS,
-    LiveAlloc, LiveKey, MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent,
-    ProcessMemory, RECORDING_STOPPED, SampleKey, ThreadState, counter,
+    CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, KernelStack, LATENCY_SLOTS, LiveAlloc, LiveKey,
+    MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED,
+    SampleKey, ThreadState, counter,
 };
 
 use super::{
     error::{ProbeError, map_error},
     probes::{Counters, IN_FLIGHT, KernelProbes, read_hash_map, sum_per_cpu},
 };
-use crate::stacks::assemble::StackTable;
 
 /// Counts taken from the kernel by one drain.
 #[derive(Debug, Default)]
@@ -176,47 +175,25 @@ impl KernelProbes {
         Ok(threads)
     }
 
-    /// The given kernel stacks, and the given user stacks when the kernel's frame-pointer
-    /// walker took them (the unwinder's are drained as the run goes:
-    /// [`KernelProbes::drain_user_stacks`]); ids not in the maps are left out.
-    pub fn stacks(
-        &self,
-        user_ids: impl IntoIterator<Item = u32>,
-        kernel_ids: impl IntoIterator<Item = u32>,
-    ) -> Result<StackTable, ProbeError> {
-        let kernel_walked: StackTraceMap<_> =
-            StackTraceMap::try_from(self.ebpf.map("STACKS").expect("STACKS is in the object"))
-                .map_err(map_error("STACKS"))?;
-        let from_kernel = |id: u32| {
-            let trace = kernel_walked.get(&id, 0).ok()?;
-            Some((id, trace.frames().iter().map(|frame| frame.ip).collect()))
-        };
-        // Stacks of sleeping tasks (sampled off-CPU periods) are in a map of their own.
-        let task_read: BpfHashMap<_, u32, KernelStack> = BpfHashMap::try_from(
+    /// Takes the kernel stacks stored since the last call out of the kernel's map, which the
+    /// kernel refills only with stacks it has not stored before: id and frames.
+    pub fn drain_kernel_stacks(&mut self) -> Result<Vec<(u32, Vec<u64>)>, ProbeError> {
+        let mut stored: BpfHashMap<_, u32, KernelStack> = BpfHashMap::try_from(
             self.ebpf
-                .map("OFFCPU_KERNEL_STACKS")
-                .expect("OFFCPU_KERNEL_STACKS is in the object"),
+                .map_mut("KERNEL_STACKS")
+                .expect("KERNEL_STACKS is in the object"),
         )
-        .map_err(map_error("OFFCPU_KERNEL_STACKS"))?;
-        let kernel = kernel_ids
-            .into_iter()
-            .filter_map(|id| {
-                if id & KERNEL_STACK_ID_TASK_BIT == 0 {
-                    return from_kernel(id);
-                }
-                let stack = task_read.get(&id, 0).ok()?;
+        .map_err(map_error("KERNEL_STACKS"))?;
+        let ids: Vec<u32> = stored.keys().filter_map(Result::ok).collect();
+        let mut stacks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(stack) = stored.get(&id, 0) {
                 let len = (stack.len as usize).min(stack.frames.len());
-                Some((id, stack.frames[..len].to_vec()))
-            })
-            .collect();
-        let mut table = StackTable {
-            kernel,
-            ..StackTable::default()
-        };
-        if !self.unwind_with_tables {
-            table.user = user_ids.into_iter().filter_map(from_kernel).collect();
+                stacks.push((id, stack.frames[..len].to_vec()));
+                let _ = stored.remove(&id);
+            }
         }
-        Ok(table)
+        Ok(stacks)
     }
 
     /// Loss counters summed over CPUs.

@@ -40,7 +40,7 @@ pub struct KernelProbes {
     pub(super) process_events: RingBuf<MapData>,
     pub(super) open_events: Option<RingBuf<MapData>>,
     pub(super) active_sample_map: u64,
-    /// Whether user stack ids name `USER_STACKS` entries rather than `STACKS` ones.
+    /// Whether user stacks are walked with unwind tables (else by frame pointers).
     pub(super) unwind_with_tables: bool,
     /// Capacity of `UNWIND_ROWS`.
     pub(super) unwind_rows: u32,

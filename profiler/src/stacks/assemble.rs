@@ -197,6 +197,7 @@ pub fn add_samples<'a>(
                     frame_ids.push(interner.frame(profile, truncated_stack_frame(None)));
                 } else if let Some(end) = end
                     && end != stack_end::ENTRY
+                    && end != stack_end::KERNEL_WALKER
                     && let Some(outermost) = valid.checked_sub(1)
                     && !user_frames[&(raw.pid, addresses[outermost])]
                         .iter()
