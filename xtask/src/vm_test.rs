@@ -52,11 +52,20 @@ const CHECKS: &[(&str, &str)] = &[
         "cpu",
         "frame_pointer_unwinding_splits_cpu_70_30_under_a_common_caller",
     ),
+    (
+        "cpu",
+        "attach_profiles_a_running_process_for_a_duration_and_leaves_it_running",
+    ),
     ("unwind", "leaf_function_keeps_its_caller"),
+    (
+        "unwind",
+        "short_processes_are_walked_whole_from_their_first_sample",
+    ),
     (
         "offcpu",
         "blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time",
     ),
+    ("offcpu", "sampled_offcpu_stacks_keep_shares_and_totals"),
     (
         "io",
         "file_io_is_counted_exactly_per_path_and_fsync_dominates",
@@ -190,7 +199,7 @@ fn build_initramfs(work: &Path, built: &BuiltTests) -> anyhow::Result<PathBuf> {
     for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
         std::fs::create_dir_all(tree.join(dir))?;
     }
-    let mut files = vec![PathBuf::from(BUSYBOX), profiler_bin()];
+    let mut files = vec![PathBuf::from(BUSYBOX), PathBuf::from(DASH), profiler_bin()];
     files.extend(built.binaries.iter().map(|(_, path)| path.clone()));
     for entry in std::fs::read_dir(&built.programs)? {
         let path = entry?.path();
@@ -208,9 +217,22 @@ fn build_initramfs(work: &Path, built: &BuiltTests) -> anyhow::Result<PathBuf> {
     for library in &libraries {
         copy_into(&tree, library)?;
     }
+    // The host's detached debug symbols of those objects (Debian's libc6-dbg, when installed):
+    // without them the dynamic loader's `_start` has no name, and a stack that ends there
+    // looks cut short.
+    for object in files.iter().chain(&libraries) {
+        if let Some(debug) = detached_debug_file(object)
+            && debug.exists()
+        {
+            copy_into(&tree, &debug)?;
+        }
+    }
     // The tests' scratch folder (`CARGO_TARGET_TMPDIR`), compiled into them.
     std::fs::create_dir_all(tree.join(root().join("target/tmp").strip_prefix("/")?))?;
-    std::os::unix::fs::symlink("busybox", tree.join("bin/sh"))?;
+    // Debian's own shell, as on the host: the tests' `sh -c` loops start dynamically linked
+    // programs from a dynamically linked shell, whose loader and libc the profiler prepares
+    // before the command starts (busybox is static).
+    std::os::unix::fs::symlink("dash", tree.join("bin/sh"))?;
     let init = tree.join("init");
     std::fs::write(&init, init_script(built))?;
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -242,6 +264,8 @@ fn run_in(dir: &Path, command: &mut Command) -> anyhow::Result<()> {
 
 /// Debian's static busybox (package busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
+/// Debian's `/bin/sh`.
+const DASH: &str = "/bin/dash";
 
 /// Copies `file` into `tree` at its own absolute path, following symbolic links.
 fn copy_into(tree: &Path, file: &Path) -> anyhow::Result<()> {
@@ -249,6 +273,28 @@ fn copy_into(tree: &Path, file: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(target.parent().context("a file has a folder")?)?;
     std::fs::copy(file, &target).with_context(|| format!("cannot copy {}", file.display()))?;
     Ok(())
+}
+
+/// Where Debian keeps the detached debug symbols of `object`, by its build id
+/// (`/usr/lib/debug/.build-id/xx/yyyy.debug`).
+fn detached_debug_file(object: &Path) -> Option<PathBuf> {
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(object)
+        .output()
+        .ok()?;
+    let notes = String::from_utf8_lossy(&notes.stdout);
+    let id = notes
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: "))?
+        .trim();
+    (id.len() > 2 && id.is_ascii()).then(|| {
+        PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &id[..2],
+            &id[2..]
+        ))
+    })
 }
 
 /// The shared libraries (and dynamic loader) an ELF file loads, by `ldd`; none for other files
@@ -276,7 +322,7 @@ fn init_script(built: &BuiltTests) -> String {
     let mut script = String::from(
         "#!/bin/sh\n\
          export PATH=/bin\n\
-         for applet in mount uname poweroff cat insmod; do /bin/busybox ln -s busybox /bin/$applet; done\n\
+         for applet in mount uname poweroff cat insmod seq; do /bin/busybox ln -s busybox /bin/$applet; done\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs dev /dev\n\
