@@ -83,8 +83,9 @@ pub const TARGET_FOLLOW_CHILDREN: TargetFlags = 1;
 pub mod counter {
     /// CPU samples taken from target threads.
     pub const CPU_SAMPLES: u32 = 0;
-    /// User stacks lost because another stack of the run has the same id (kept apart from
-    /// [`USER_STACKS_LOST`] for the CPU samples' share).
+    /// No longer counted (it was the kernel stack-trace map's bucket collisions for user
+    /// stacks); user stacks lost to an id collision are in [`USER_STACKS_LOST`]. Kept so that
+    /// the indices stay put.
     pub const USER_STACK_COLLISIONS: u32 = 1;
     /// Kernel stacks lost because another kernel stack of the run has the same id (31 bits of
     /// the hash).

@@ -24,6 +24,9 @@ use crate::{
     unwind,
 };
 
+/// What `bpf_get_stack` returns, negated, for a task without a user context to walk.
+const EFAULT: i32 = 14;
+
 /// Walked user stacks by id (31 bits of their hash) until the collector drains them (it keeps
 /// them); allocated as stacks appear.
 #[map]
@@ -172,9 +175,13 @@ pub fn fp_user_stack_id<C: EbpfContext>(ctx: &C, scratch_slot: u32) -> i32 {
             u64::from(BPF_F_USER_STACK),
         )
     };
-    if bytes <= 0 {
+    if bytes == 0 || bytes == -i64::from(EFAULT) {
         // No user context (a kernel thread, an exiting task): no user stack.
         return STACK_ID_NONE;
+    }
+    if bytes < 0 {
+        bump(counter::USER_STACK_ERRORS);
+        return STACK_ID_ERROR;
     }
     let len = (bytes as u64 / 8).min(MAX_FP_FRAMES as u64);
     let end = if len == MAX_FP_FRAMES as u64 {

@@ -123,6 +123,7 @@ pub fn user_stack_id(tgid: u32, scratch_slot: u32) -> i32 {
         probe_read_kernel_into(regs.cast(), size_of::<pt_regs>() as u32, task_regs)
     };
     if copied != 0 {
+        bump(counter::USER_STACK_ERRORS);
         return STACK_ID_ERROR;
     }
     // SAFETY: filled above.
