@@ -120,39 +120,16 @@ fn store(stack: *mut KernelStack, bytes: i64, collisions: u32) -> i32 {
         (*stack).hash = hash;
         (*stack).len = len;
     }
-    let id = hash as u32 & 0x7fff_ffff;
-    // SAFETY: a map value, copied.
-    match unsafe { KERNEL_STACK_HASHES.get(&id) }.copied() {
-        Some(stored) if stored == hash => return id as i32,
-        Some(_) => {
-            bump(collisions);
-            return STACK_ID_COLLISION;
-        }
-        None => {}
-    }
     // SAFETY: filled above.
-    if KERNEL_STACKS
-        .insert(&id, unsafe { &*stack }, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        // SAFETY: a map value, only compared.
-        match unsafe { KERNEL_STACKS.get(&id) } {
-            // Another CPU stored it first.
-            Some(stored) if stored.hash == hash => {}
-            Some(_) => {
-                bump(collisions);
-                return STACK_ID_COLLISION;
-            }
-            None => {
-                bump(counter::KERNEL_STACK_ERRORS);
-                return STACK_ID_MAP_FULL;
-            }
-        }
-    }
-    // If the map of hashes is full, the stack is kept all the same: stored again (and drained
-    // again) each time it recurs, and a collision with it goes unnoticed.
-    let _ = KERNEL_STACK_HASHES.insert(&id, &hash, u64::from(BPF_NOEXIST));
-    id as i32
+    store_by_hash(
+        &KERNEL_STACKS,
+        &KERNEL_STACK_HASHES,
+        unsafe { &*stack },
+        hash,
+        |stored| stored.hash,
+        collisions,
+        counter::KERNEL_STACK_ERRORS,
+    )
 }
 
 /// The current thread's user stack by the kernel's frame-pointer walker (`--unwind fp`),
@@ -210,38 +187,58 @@ pub fn fp_user_stack_id<C: EbpfContext>(ctx: &C, scratch_slot: u32) -> i32 {
 pub(crate) fn store_user_stack(stack: *mut UserStack, hash: u64) -> i32 {
     // SAFETY: `stack` is this CPU's scratch slot, walked into by the caller.
     unsafe { (*stack).hash = hash };
-    let id = (hash as u32 & 0x7fff_ffff) as i32;
-    let key = id as u32;
+    // SAFETY: as above.
+    store_by_hash(
+        &USER_STACKS,
+        &USER_STACK_HASHES,
+        unsafe { &*stack },
+        hash,
+        |stored| stored.hash,
+        counter::USER_STACKS_LOST,
+        counter::USER_STACK_MAP_FULL,
+    )
+}
+
+/// Stores `stack`, whose frames hash to `hash` (`hash_of` reads a stored stack's), in `stacks`
+/// under 31 bits of the hash, unless the run stored it before (`hashes`): its id, or a
+/// `STACK_ID_*` value, counting a collision in `collisions` and a full map in `full`.
+#[inline(always)]
+fn store_by_hash<V>(
+    stacks: &HashMap<u32, V>,
+    hashes: &HashMap<u32, u64>,
+    stack: &V,
+    hash: u64,
+    hash_of: fn(&V) -> u64,
+    collisions: u32,
+    full: u32,
+) -> i32 {
+    let id = hash as u32 & 0x7fff_ffff;
     // SAFETY: a map value, copied.
-    match unsafe { USER_STACK_HASHES.get(&key) }.copied() {
-        Some(stored) if stored == hash => return id,
+    match unsafe { hashes.get(&id) }.copied() {
+        Some(stored) if stored == hash => return id as i32,
         Some(_) => {
-            bump(counter::USER_STACKS_LOST);
+            bump(collisions);
             return STACK_ID_COLLISION;
         }
         None => {}
     }
-    // SAFETY: `stack` points to this CPU's scratch slot, filled above.
-    if USER_STACKS
-        .insert(&key, unsafe { &*stack }, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
+    if stacks.insert(&id, stack, u64::from(BPF_NOEXIST)).is_err() {
         // SAFETY: a map value, only compared.
-        match unsafe { USER_STACKS.get(&key) } {
+        match unsafe { stacks.get(&id) } {
             // Another CPU stored it first.
-            Some(stored) if stored.hash == hash => {}
+            Some(stored) if hash_of(stored) == hash => {}
             Some(_) => {
-                bump(counter::USER_STACKS_LOST);
+                bump(collisions);
                 return STACK_ID_COLLISION;
             }
             None => {
-                bump(counter::USER_STACK_MAP_FULL);
+                bump(full);
                 return STACK_ID_MAP_FULL;
             }
         }
     }
     // If the map of hashes is full, the stack is kept all the same: stored again (and drained
     // again) each time it recurs, and a collision with it goes unnoticed.
-    let _ = USER_STACK_HASHES.insert(&key, &hash, u64::from(BPF_NOEXIST));
-    id
+    let _ = hashes.insert(&id, &hash, u64::from(BPF_NOEXIST));
+    id as i32
 }

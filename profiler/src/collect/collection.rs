@@ -12,7 +12,7 @@ use profiler_common::{
 use super::{AFTER_EXEC_REFRESH, budget::StackSampler, io::FileNames, jvm::JvmMaps, memory};
 use crate::{
     collect::config::RunConfig,
-    kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
+    kernel::{ProbeError, WalkedStack, probes::KernelProbes, unwind::UnwindTables},
     model::{EventKind, JitStats, Process, TimelineRow},
     stacks::{self, address_space::AddressSpaces},
     target::{
@@ -105,7 +105,7 @@ pub(super) struct Collection {
     /// Events dropped because the counts reached the budget.
     pub(super) memory_cap_dropped: u64,
     /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
-    pub(super) user_stacks: HashMap<u32, (Vec<u64>, u32)>,
+    pub(super) user_stacks: HashMap<u32, WalkedStack>,
     /// Kernel stacks drained from the kernel's map, by id.
     pub(super) kernel_stacks: HashMap<u32, Vec<u64>>,
     /// CPython versions already warned about as unknown.
@@ -530,8 +530,8 @@ impl Collection {
     pub(super) fn drain(&mut self) -> Result<(), ProbeError> {
         let drained = self.probes.drain()?;
         // Drained after the counts that name them: a stack is stored before any count.
-        for (id, frames, end) in self.probes.drain_user_stacks()? {
-            self.user_stacks.entry(id).or_insert((frames, end));
+        for (id, stack) in self.probes.drain_user_stacks()? {
+            self.user_stacks.entry(id).or_insert(stack);
         }
         for (id, frames) in self.probes.drain_kernel_stacks()? {
             self.kernel_stacks.entry(id).or_insert(frames);

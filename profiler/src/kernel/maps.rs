@@ -11,7 +11,7 @@ use profiler_common::{
 
 use super::{
     error::{ProbeError, map_error},
-    probes::{Counters, IN_FLIGHT, KernelProbes, read_hash_map, sum_per_cpu},
+    probes::{Counters, IN_FLIGHT, KernelProbes, read_hash_map, read_hash_map_as, sum_per_cpu},
 };
 
 /// Counts taken from the kernel by one drain.
@@ -178,22 +178,15 @@ impl KernelProbes {
     /// Takes the kernel stacks stored since the last call out of the kernel's map, which the
     /// kernel refills only with stacks it has not stored before: id and frames.
     pub fn drain_kernel_stacks(&mut self) -> Result<Vec<(u32, Vec<u64>)>, ProbeError> {
-        let mut stored: BpfHashMap<_, u32, KernelStack> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("KERNEL_STACKS")
-                .expect("KERNEL_STACKS is in the object"),
-        )
-        .map_err(map_error("KERNEL_STACKS"))?;
-        let ids: Vec<u32> = stored.keys().filter_map(Result::ok).collect();
-        let mut stacks = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Ok(stack) = stored.get(&id, 0) {
+        read_hash_map_as(
+            &mut self.ebpf,
+            "KERNEL_STACKS",
+            true,
+            |stack: KernelStack| {
                 let len = (stack.len as usize).min(stack.frames.len());
-                stacks.push((id, stack.frames[..len].to_vec()));
-                let _ = stored.remove(&id);
-            }
-        }
-        Ok(stacks)
+                stack.frames[..len].to_vec()
+            },
+        )
     }
 
     /// Loss counters summed over CPUs.

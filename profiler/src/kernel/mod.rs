@@ -21,3 +21,4 @@ pub use error::ProbeError;
 pub use load::LoadOptions;
 pub use maps::{Drained, IoExtras};
 pub use probes::{Counters, KernelProbes};
+pub use unwind_maps::WalkedStack;

@@ -92,6 +92,17 @@ pub(super) fn read_hash_map<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     clear: bool,
 ) -> Result<Vec<(K, V)>, ProbeError> {
+    read_hash_map_as(ebpf, name, clear, |value| value)
+}
+
+/// [`read_hash_map`], each value turned into what the caller keeps as it is read (a stack's
+/// frames in use, not the whole fixed-size value).
+pub(super) fn read_hash_map_as<K: aya::Pod, V: aya::Pod, T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    clear: bool,
+    mut keep: impl FnMut(V) -> T,
+) -> Result<Vec<(K, T)>, ProbeError> {
     let mut map: BpfHashMap<_, K, V> =
         BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
             .map_err(map_error(name))?;
@@ -99,7 +110,7 @@ pub(super) fn read_hash_map<K: aya::Pod, V: aya::Pod>(
     let mut entries = Vec::with_capacity(keys.len());
     for key in keys {
         if let Ok(value) = map.get(&key, 0) {
-            entries.push((key, value));
+            entries.push((key, keep(value)));
         }
         if clear {
             let _ = map.remove(&key);

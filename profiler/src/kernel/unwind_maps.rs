@@ -5,9 +5,13 @@ use aya::maps::HashMap as BpfHashMap;
 use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, PythonProcess, UnwindRow, UserStack};
 
 use super::{
-    error::{ProbeError, map_error},
-    probes::{KernelProbes, insert_entry, remove_pids},
+    error::ProbeError,
+    probes::{KernelProbes, insert_entry, read_hash_map_as, remove_pids},
 };
+
+/// A user stack drained from the kernel: its frames, and how its walk ended (a `stack_end`
+/// value).
+pub type WalkedStack = (Vec<u64>, u32);
 
 impl KernelProbes {
     /// Writes rows of the shared unwind table, from index `first`, through a shared mapping
@@ -100,23 +104,11 @@ impl KernelProbes {
     /// Takes the user stacks walked since the last call out of the kernel's map, which the
     /// kernel refills only with stacks it has not stored before: id, frames, how the walk
     /// ended (a `stack_end` value).
-    pub fn drain_user_stacks(&mut self) -> Result<Vec<(u32, Vec<u64>, u32)>, ProbeError> {
-        let mut walked: BpfHashMap<_, u32, UserStack> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("USER_STACKS")
-                .expect("USER_STACKS is in the object"),
-        )
-        .map_err(map_error("USER_STACKS"))?;
-        let ids: Vec<u32> = walked.keys().filter_map(Result::ok).collect();
-        let mut stacks = Vec::with_capacity(ids.len());
-        for id in ids {
-            // Copied out at its length at once: a whole `UserStack` is 4 KiB.
-            if let Ok(stack) = walked.get(&id, 0) {
-                let len = (stack.len as usize).min(stack.frames.len());
-                stacks.push((id, stack.frames[..len].to_vec(), stack.end));
-                let _ = walked.remove(&id);
-            }
-        }
-        Ok(stacks)
+    pub fn drain_user_stacks(&mut self) -> Result<Vec<(u32, WalkedStack)>, ProbeError> {
+        // Each copied out at its length as it is read: a whole `UserStack` is 4 KiB.
+        read_hash_map_as(&mut self.ebpf, "USER_STACKS", true, |stack: UserStack| {
+            let len = (stack.len as usize).min(stack.frames.len());
+            (stack.frames[..len].to_vec(), stack.end)
+        })
     }
 }
