@@ -256,7 +256,10 @@ impl ProcessNames<'_> {
 #[derive(Default)]
 pub struct Interner {
     frames: HashMap<Frame, usize>,
-    stacks: HashMap<Vec<usize>, usize>,
+    /// Indices into `profile.stacks`, found by the stack's hash: each stack is kept once, in
+    /// the profile (a map keyed by the stack held a second copy of every one).
+    stacks: hashbrown::HashTable<usize>,
+    hasher: std::hash::RandomState,
 }
 
 impl Interner {
@@ -270,10 +273,18 @@ impl Interner {
 
     /// Index of `stack` in `profile.stacks`, adding it if new.
     pub fn stack(&mut self, profile: &mut Profile, stack: Vec<usize>) -> usize {
-        *self.stacks.entry(stack).or_insert_with_key(|stack| {
-            profile.stacks.push(stack.clone());
-            profile.stacks.len() - 1
-        })
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one(&stack);
+        let stacks = &profile.stacks;
+        if let Some(&index) = self.stacks.find(hash, |&index| stacks[index] == stack) {
+            return index;
+        }
+        profile.stacks.push(stack);
+        let (stacks, hasher) = (&profile.stacks, &self.hasher);
+        let index = stacks.len() - 1;
+        self.stacks
+            .insert_unique(hash, index, |&index| hasher.hash_one(&stacks[index]));
+        index
     }
 }
 
@@ -291,5 +302,15 @@ mod tests {
         let s = interner.stack(&mut profile, vec![a]);
         assert_eq!(interner.stack(&mut profile, vec![a]), s);
         assert_eq!((profile.frames.len(), profile.stacks.len()), (1, 1));
+        // Past many growths of the table, every stack is still found, at its first index.
+        let first: Vec<usize> = (0..5000)
+            .map(|n| interner.stack(&mut profile, vec![a, n, n % 7]))
+            .collect();
+        let again: Vec<usize> = (0..5000)
+            .map(|n| interner.stack(&mut profile, vec![a, n, n % 7]))
+            .collect();
+        assert_eq!(first, again);
+        assert_eq!(profile.stacks.len(), 5001);
+        assert_eq!(profile.stacks[first[4321]], vec![a, 4321, 4321 % 7]);
     }
 }

@@ -74,13 +74,78 @@ pub fn flamegraph_svg(
     // Colours from the function's name, not a random draw: a function keeps its colour across
     // graphs and runs, and rendering a saved profile again gives the same bytes.
     options.hash = true;
-    let text: Vec<String> = lines
-        .iter()
+    let text: Vec<String> = drawn_lines(lines, options.min_width)
+        .into_iter()
         .map(|(stack, weight)| format!("{stack} {weight}"))
         .collect();
     flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg)
         .map_err(std::io::Error::other)?;
     Ok(svg)
+}
+
+/// `lines` cut to what inferno draws: a frame narrower than `min_width` percent of the whole
+/// is not drawn, nor anything above it, so each stack ends below its first such frame, and the
+/// stacks so cut that are equal are merged (their weight stays, in the frames below). inferno
+/// itself keeps every frame of the merged stacks before it drops the narrow ones: for a profile
+/// of a million distinct stacks that was gigabytes, for a picture of a few thousand frames.
+///
+/// Frames are merged as inferno merges them, over the lines in byte order: a frame's weight is
+/// that of the run of consecutive lines that share it and everything below it.
+fn drawn_lines(lines: &[(String, u64)], min_width: f64) -> Vec<(&str, u64)> {
+    let mut order: Vec<&(String, u64)> = lines.iter().collect();
+    order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let total: u64 = order.iter().map(|(_, weight)| *weight).sum();
+    // inferno's own test (it drops a frame below this), to the same floating-point result.
+    let narrowest = min_width / (100.0 / total as f64);
+    let drawn = |weight: u64| weight as f64 >= narrowest;
+    // Frames drawn per line, as differences: a drawn frame adds one to each line of its run.
+    let mut depth_change = vec![0i64; order.len() + 1];
+    // The frames of the current line's stack still open: (weight so far, first line).
+    let mut open: Vec<(u64, usize)> = Vec::new();
+    let mut close = |open: &mut Vec<(u64, usize)>, depth: usize, at: usize| {
+        while open.len() > depth {
+            let (weight, first) = open.pop().expect("deeper than depth");
+            if drawn(weight) {
+                depth_change[first] += 1;
+                depth_change[at] -= 1;
+            }
+            if let Some(parent) = open.last_mut() {
+                parent.0 += weight;
+            }
+        }
+    };
+    let mut previous = "";
+    for (at, (stack, weight)) in order.iter().enumerate() {
+        let shared = previous
+            .split(';')
+            .zip(stack.split(';'))
+            .take_while(|(a, b)| a == b)
+            .count();
+        let shared = if at == 0 { 0 } else { shared };
+        close(&mut open, shared, at);
+        let depth = stack.split(';').count();
+        open.extend(std::iter::repeat_n((0, at), depth - shared));
+        if let Some(leaf) = open.last_mut() {
+            leaf.0 += weight;
+        }
+        previous = stack;
+    }
+    close(&mut open, 0, order.len());
+    let mut merged: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut frames = 0i64;
+    for (at, (stack, weight)) in order.iter().enumerate() {
+        frames += depth_change[at];
+        // At least the root, so the whole keeps its weight (inferno does not draw it either).
+        let keep = usize::try_from(frames).unwrap_or(0).max(1);
+        let end = stack
+            .match_indices(';')
+            .nth(keep - 1)
+            .map_or(stack.len(), |(end, _)| end);
+        *merged.entry(&stack[..end]).or_default() += weight;
+    }
+    let mut drawn: Vec<(&str, u64)> = merged.into_iter().collect();
+    drawn.sort_unstable();
+    drawn
 }
 
 pub(crate) fn empty_svg(title: &str) -> String {
@@ -114,5 +179,63 @@ mod tests {
         let weightless = vec![("t;main;nap".to_owned(), 0)];
         let zero = flamegraph_svg(&weightless, View::Wall, "zero").unwrap();
         assert!(String::from_utf8(zero).unwrap().contains("no samples"));
+    }
+
+    /// The `<title>` of every frame drawn, sorted: name, weight and share.
+    fn frame_titles(svg: &[u8]) -> Vec<String> {
+        let svg = String::from_utf8(svg.to_vec()).unwrap();
+        let mut titles: Vec<String> = svg
+            .split("<title>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</title>").map(|(t, _)| t.to_owned()))
+            .collect();
+        titles.sort();
+        titles
+    }
+
+    #[test]
+    fn narrow_frames_are_cut_before_inferno_with_the_same_picture() {
+        // Many distinct stacks, a few heavy: most of the tree is too narrow to draw.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut merged = std::collections::BTreeMap::new();
+        for i in 0..20_000 {
+            let depth = 1 + (next() % 14) as usize;
+            let mut stack = String::from("t");
+            for _ in 0..depth {
+                stack.push(';');
+                stack.push(char::from(b'a' + (next() % 6) as u8));
+            }
+            let weight = if i % 500 == 0 { 2_000 } else { 1 + next() % 3 };
+            *merged.entry(stack).or_insert(0) += weight;
+        }
+        let lines: Vec<(String, u64)> = merged.into_iter().collect();
+        let drawn = drawn_lines(&lines, Options::default().min_width);
+        assert!(
+            drawn.len() * 4 < lines.len(),
+            "{} of {} lines left",
+            drawn.len(),
+            lines.len()
+        );
+        let total = |lines: &[(&str, u64)]| lines.iter().map(|(_, w)| w).sum::<u64>();
+        let all: Vec<(&str, u64)> = lines.iter().map(|(s, w)| (s.as_str(), *w)).collect();
+        assert_eq!(total(&drawn), total(&all), "no weight lost");
+        let render = |lines: &[(&str, u64)]| {
+            let text: Vec<String> = lines.iter().map(|(s, w)| format!("{s} {w}")).collect();
+            let mut options = Options::default();
+            options.hash = true;
+            let mut svg = Vec::new();
+            flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg)
+                .unwrap();
+            svg
+        };
+        let (whole, cut) = (render(&all), render(&drawn));
+        assert!(frame_titles(&whole).len() > 100);
+        assert_eq!(frame_titles(&whole), frame_titles(&cut));
     }
 }
