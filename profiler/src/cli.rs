@@ -119,9 +119,11 @@ pub struct ProfileArgs {
     /// walker only: no start-up work, but truncated stacks for code without frame pointers).
     #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
     pub unwind: Unwind,
-    /// Budget for the counts the collector keeps between drains (distinct thread × stack
-    /// keys); past it, new keys are dropped and counted as lost. Kernel maps have fixed sizes
-    /// (see docs/design.md).
+    /// Budget for the counts the collector keeps (distinct thread × stack keys); past it,
+    /// new keys are dropped and counted as lost. While collecting, the stacks and counts
+    /// past a sixteenth of it (8 MiB at most) wait in an unnamed file in /var/tmp, so memory
+    /// stays flat; the budget holds when they come back at the end. Kernel maps have fixed
+    /// sizes (see docs/design.md).
     #[arg(long, value_parser = parse_bytes, default_value = "512MiB", value_name = "BYTES")]
     pub max_memory: u64,
     /// With `--unwind dwarf`: capacity of the unwind tables, rows (8 bytes each, allocated

@@ -1,9 +1,11 @@
 //! Complete user stacks with and without frame pointers: the in-kernel `.eh_frame` unwinder
 //! against programs whose stacks frame-pointer walking gets wrong.
 
+use std::process::Stdio;
+
 use profiler_tests::{
-    have_root, output, percent, profiler, program, read_folded, read_summary, record, serial,
-    weight_with_frame,
+    Spawned, have_root, output, percent, profiler, program, read_folded, read_summary, record,
+    serial, weight_with_frame,
 };
 
 /// The frames a complete stack starts with, after the thread name: the program's entry or a
@@ -426,7 +428,14 @@ fn assert_many_distinct_stacks_kept(unwind: &str, program: &str, min_reaching: f
         &["8"],
     );
     assert!(out.status.success(), "{out:?}");
-    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    assert_many_distinct_stacks_in(dir.path(), min_reaching);
+}
+
+/// The profile in `dir` of 8 s of `unwind_random_paths` at 4999 Hz: tens of thousands of
+/// distinct stacks, `min_reaching` percent of the samples reaching the thread function, and
+/// every lost stack counted.
+fn assert_many_distinct_stacks_in(dir: &std::path::Path, min_reaching: f64) {
+    let stacks = read_folded(&dir.join("cpu.folded"));
     let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
     let distinct = stacks.len();
     let reaching = weight_with_frame(&stacks, "walker");
@@ -441,7 +450,7 @@ fn assert_many_distinct_stacks_kept(unwind: &str, program: &str, min_reaching: f
         share >= min_reaching && percent(lost, total) <= 1.0,
         "{share:.2}% of {total} samples reach the thread function ({lost} lost)"
     );
-    let quality = &read_summary(dir.path())["quality"];
+    let quality = &read_summary(dir)["quality"];
     assert_eq!(quality["stacks_lost"].as_u64(), Some(lost), "{quality}");
     if lost > 0 {
         let text = quality["text"].as_str().unwrap();
@@ -470,6 +479,58 @@ fn many_distinct_frame_pointer_stacks_are_all_kept() {
     // caller of a function sampled before it pushed its frame: the thread function itself,
     // under its many one-call paths (98.9% reach it).
     assert_many_distinct_stacks_kept("fp", "unwind_random_paths_fp", 97.0);
+}
+
+#[test]
+fn stacks_and_counts_past_memory_wait_on_disk_and_all_come_back() {
+    let _serial = serial();
+    if !have_root("stacks_and_counts_past_memory_wait_on_disk_and_all_come_back") {
+        return;
+    }
+    // A sixteenth of 16 MiB stays in memory: the run's 70 000 stacks and their counts go to
+    // the spool many times over, and must all be in the profile.
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Spawned::new(
+        profiler()
+            .args([
+                "record",
+                "-F",
+                "4999",
+                "-e",
+                "cpu",
+                "--max-memory",
+                "16MiB",
+                "-o",
+            ])
+            .arg(dir.path())
+            .arg("--")
+            .arg(program("unwind_random_paths_nofp"))
+            .arg("8")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // The spool is an unnamed file the profiler holds open: its descriptor says where.
+    let fds = format!("/proc/{}/fd", run.pid());
+    let mut spooled = false;
+    while run.is_running() {
+        spooled |= std::fs::read_dir(&fds)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with("/var/tmp"))
+            });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(run.0.wait().unwrap().success());
+    assert!(spooled, "no spool file in /var/tmp was seen open");
+    assert_many_distinct_stacks_in(dir.path(), 99.0);
+    let summary = read_summary(dir.path());
+    assert_eq!(
+        summary["losses"]["memory_cap_dropped"], 0,
+        "{}",
+        summary["losses"]
+    );
 }
 
 #[test]

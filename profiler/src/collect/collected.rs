@@ -37,6 +37,8 @@ impl Collection {
         self.probes.stop_recording()?;
         self.handle_process_events();
         self.drain()?;
+        // Everything back from the spool, for the naming below and the profile.
+        self.take_back_spooled();
         self.final_symbol_sources();
         let jit = self.jit_stats();
         let mut threads = if self.scheduler {
@@ -132,7 +134,7 @@ impl Collection {
                     }
                 }
                 let sites = self.probes.alloc_sites()?;
-                self.name_python_code(
+                let _ = self.name_python_code(
                     sites
                         .iter()
                         .map(|(site, _)| (site.tgid, site.user_stack_id)),
@@ -183,12 +185,12 @@ impl Collection {
         // Every stack was drained (`drain` above, after recording stopped).
         let mut stacks = StackTable::default();
         for id in kernel_ids {
-            if let Some(frames) = self.kernel_stacks.remove(&id) {
+            if let Some(frames) = self.stacks.kernel.remove(&id) {
                 stacks.kernel.insert(id, frames);
             }
         }
         for id in user_ids {
-            if let Some((frames, end)) = self.user_stacks.remove(&id) {
+            if let Some((frames, end)) = self.stacks.user.remove(&id) {
                 stacks.user.insert(id, frames);
                 stacks.user_ends.insert(id, end);
             }

@@ -9,10 +9,17 @@ use profiler_common::{
     process_event,
 };
 
-use super::{AFTER_EXEC_REFRESH, budget::StackSampler, io::FileNames, jvm::JvmMaps, memory};
+use super::{
+    AFTER_EXEC_REFRESH,
+    budget::StackSampler,
+    io::FileNames,
+    jvm::JvmMaps,
+    memory,
+    spool::{Spool, Stacks},
+};
 use crate::{
     collect::config::RunConfig,
-    kernel::{ProbeError, WalkedStack, probes::KernelProbes, unwind::UnwindTables},
+    kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
     model::{EventKind, JitStats, Process, TimelineRow},
     stacks::{self, address_space::AddressSpaces},
     target::{
@@ -57,6 +64,10 @@ pub(super) fn comm_string(comm: &[u8]) -> String {
 /// Time the collector spends reading Python code objects' names per drain (every second),
 /// and at the end of the run.
 const PYTHON_NAMING_PER_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// Stacks, and counts, kept in memory between drains before they go to the spool (at most;
+/// a sixteenth of `--max-memory` when that is less).
+const IN_MEMORY_BYTES: u64 = 8 << 20;
+
 pub(super) const PYTHON_NAMING_AT_END: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// (process, user stack id) of counts of each kind.
@@ -102,12 +113,15 @@ pub(super) struct Collection {
     pub(super) unwind: Option<UnwindTables>,
     /// Budget for the counts kept between drains (`--max-memory`), bytes.
     pub(super) max_state_bytes: u64,
+    /// Stacks, and counts, kept in memory before they go to the spool, bytes.
+    pub(super) in_memory_bytes: u64,
     /// Events dropped because the counts reached the budget.
     pub(super) memory_cap_dropped: u64,
-    /// User stacks drained from the kernel's map, by id: frames and how the walk ended.
-    pub(super) user_stacks: HashMap<u32, WalkedStack>,
-    /// Kernel stacks drained from the kernel's map, by id.
-    pub(super) kernel_stacks: HashMap<u32, Vec<u64>>,
+    /// Stacks drained from the kernel's maps, until they go to the spool and after they come
+    /// back from it (at the end).
+    pub(super) stacks: Stacks,
+    /// The stacks and counts of the run that outgrew memory.
+    pub(super) spool: Spool,
     /// CPython versions already warned about as unknown.
     pub(super) python_versions_warned: std::collections::HashSet<(u8, u8)>,
     /// The JVMs among the targets, asked for their perf maps.
@@ -166,9 +180,10 @@ impl Collection {
             refreshes: Vec::new(),
             unwind: config.unwind_rows.map(UnwindTables::new),
             max_state_bytes: config.max_memory,
+            in_memory_bytes: (config.max_memory / 16).min(IN_MEMORY_BYTES),
             memory_cap_dropped: 0,
-            user_stacks: HashMap::new(),
-            kernel_stacks: HashMap::new(),
+            stacks: Stacks::default(),
+            spool: Spool::new(),
             python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
         };
@@ -252,29 +267,31 @@ impl Collection {
     }
 
     /// Names the code objects in the Python frames of `keys`' stacks (process, user stack id)
-    /// while their processes live, for at most `budget` (what is left is named at the end).
+    /// while their processes live, for at most `budget` (what is left is named at the end);
+    /// false if the time ran out.
     pub(super) fn name_python_code(
         &mut self,
         keys: impl Iterator<Item = (u32, i32)>,
         budget: std::time::Duration,
-    ) {
+    ) -> bool {
         if !self.spaces.python().any() {
-            return;
+            return true;
         }
         let deadline = Instant::now() + budget;
         for (pid, id) in keys {
             let Ok(id) = u32::try_from(id) else {
                 continue;
             };
-            if let Some((frames, _)) = self.user_stacks.get(&id) {
+            if let Some((frames, _)) = self.stacks.user.get(&id) {
                 let entries = stacks::python::python_part(frames);
                 if !entries.is_empty() && !self.spaces.python_mut().resolve(pid, entries, deadline)
                 {
                     log::debug!("Python names: out of time; the rest is named at the end");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Probes the allocator functions of every allocator object `pid` maps, once each.
@@ -440,7 +457,8 @@ impl Collection {
         self.jvms.finish(&mut self.spaces);
         self.spaces.jit_mut().read();
         let keys = user_stack_keys(self.counts.keys(), self.offcpu.keys(), self.io.keys());
-        self.name_python_code(keys.into_iter(), PYTHON_NAMING_AT_END);
+        // At the end, what is not named in time is shown unnamed.
+        let _ = self.name_python_code(keys.into_iter(), PYTHON_NAMING_AT_END);
     }
 
     /// Removes processes that exited from the kernel's target map.
@@ -474,22 +492,6 @@ impl Collection {
             }
         }
         Ok(())
-    }
-
-    /// What the counts kept between drains take, roughly: entries times key, value and the
-    /// hash table's own overhead.
-    pub(super) fn state_bytes(&self) -> u64 {
-        const TABLE_OVERHEAD: usize = 16;
-        let size = |entries: usize, key: usize, value: usize| {
-            (entries * (key + value + TABLE_OVERHEAD)) as u64
-        };
-        size(self.counts.len(), size_of::<SampleKey>(), 8)
-            + size(
-                self.offcpu.len(),
-                size_of::<OffCpuKey>(),
-                size_of::<OffCpuTime>(),
-            )
-            + size(self.io.len(), size_of::<IoKey>(), size_of::<IoTotal>())
     }
 
     /// Sets the first stack-sampling threshold, and has the programs' run time measured when
@@ -531,10 +533,10 @@ impl Collection {
         let drained = self.probes.drain()?;
         // Drained after the counts that name them: a stack is stored before any count.
         for (id, stack) in self.probes.drain_user_stacks()? {
-            self.user_stacks.entry(id).or_insert(stack);
+            self.stacks.user.entry(id).or_insert(stack);
         }
         for (id, frames) in self.probes.drain_kernel_stacks()? {
-            self.kernel_stacks.entry(id).or_insert(frames);
+            self.stacks.kernel.entry(id).or_insert(frames);
         }
         let pids: Vec<u32> = drained
             .samples
@@ -554,37 +556,21 @@ impl Collection {
             drained.offcpu.iter().map(|(key, _)| key),
             drained.io.iter().map(|(key, _)| key),
         );
-        self.name_python_code(keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
+        let named = self.name_python_code(keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {
-            match self.counts.get_mut(&key) {
-                Some(total) => *total += count,
-                None if full => self.memory_cap_dropped += count,
-                None => {
-                    self.counts.insert(key, count);
-                }
-            }
+            self.add_sample(key, count, full);
         }
         for (key, time) in drained.offcpu {
-            match self.offcpu.get_mut(&key) {
-                Some(total) => *total += time,
-                None if full => self.memory_cap_dropped += time.count,
-                None => {
-                    self.offcpu.insert(key, time);
-                }
-            }
+            self.add_offcpu(key, time, full);
         }
         for (key, io) in drained.io {
-            if full && !self.io.contains_key(&key) {
-                self.memory_cap_dropped += io.count;
-                continue;
-            }
             // An fd the run has not seen opened: name it while it is (likely) still open.
             if self.files.needs_scan(&key) {
                 self.files.scan(&procfs::proc_root(), key.tgid);
             }
-            *self.io.entry(key).or_default() += io;
+            self.add_io(key, io, full);
         }
         self.forget_exited_targets()?;
         if self.scheduler {
@@ -611,6 +597,16 @@ impl Collection {
             }
         }
         self.fold_exited_threads();
+        // Nothing reads a stack or a count again before the end: past a few megabytes they go
+        // to disk. Stacks wait until their Python frames are named (a stack is stored once,
+        // with its first sample, so naming meets it again only if it stays).
+        if named && self.stacks.bytes() >= self.in_memory_bytes {
+            self.spool.keep_stacks(&mut self.stacks);
+        }
+        if self.state_bytes() >= self.in_memory_bytes {
+            self.spool
+                .keep_counts(&mut self.counts, &mut self.offcpu, &mut self.io);
+        }
         Ok(())
     }
 }

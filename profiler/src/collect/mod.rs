@@ -10,8 +10,10 @@ pub mod io;
 mod jvm;
 pub mod memory;
 mod progress;
+mod spool;
 mod stop;
 mod stop_signals;
+mod tables;
 mod threads;
 
 pub use error::CollectError;
