@@ -134,7 +134,7 @@ impl Collection {
                     }
                 }
                 let sites = self.probes.alloc_sites()?;
-                let _ = self.name_python_code(
+                self.name_python_code(
                     sites
                         .iter()
                         .map(|(site, _)| (site.tgid, site.user_stack_id)),

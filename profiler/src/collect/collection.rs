@@ -15,7 +15,7 @@ use super::{
     io::FileNames,
     jvm::JvmMaps,
     memory,
-    spool::{Spool, Stacks},
+    spool::{HotKeys, Spool, Stacks},
 };
 use crate::{
     collect::config::RunConfig,
@@ -183,7 +183,8 @@ impl Collection {
             in_memory_bytes: (config.max_memory / 16).min(IN_MEMORY_BYTES),
             memory_cap_dropped: 0,
             stacks: Stacks::default(),
-            spool: Spool::new(),
+            // On disk at most twice the memory budget: past it, memory and the budget again.
+            spool: Spool::new(config.max_memory.saturating_mul(2)),
             python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
         };
@@ -267,15 +268,14 @@ impl Collection {
     }
 
     /// Names the code objects in the Python frames of `keys`' stacks (process, user stack id)
-    /// while their processes live, for at most `budget` (what is left is named at the end);
-    /// false if the time ran out.
+    /// while their processes live, for at most `budget` (what is left is named at the end).
     pub(super) fn name_python_code(
         &mut self,
         keys: impl Iterator<Item = (u32, i32)>,
         budget: std::time::Duration,
-    ) -> bool {
+    ) {
         if !self.spaces.python().any() {
-            return true;
+            return;
         }
         let deadline = Instant::now() + budget;
         for (pid, id) in keys {
@@ -287,11 +287,10 @@ impl Collection {
                 if !entries.is_empty() && !self.spaces.python_mut().resolve(pid, entries, deadline)
                 {
                     log::debug!("Python names: out of time; the rest is named at the end");
-                    return false;
+                    return;
                 }
             }
         }
-        true
     }
 
     /// Probes the allocator functions of every allocator object `pid` maps, once each.
@@ -457,8 +456,7 @@ impl Collection {
         self.jvms.finish(&mut self.spaces);
         self.spaces.jit_mut().read();
         let keys = user_stack_keys(self.counts.keys(), self.offcpu.keys(), self.io.keys());
-        // At the end, what is not named in time is shown unnamed.
-        let _ = self.name_python_code(keys.into_iter(), PYTHON_NAMING_AT_END);
+        self.name_python_code(keys.into_iter(), PYTHON_NAMING_AT_END);
     }
 
     /// Removes processes that exited from the kernel's target map.
@@ -556,7 +554,17 @@ impl Collection {
             drained.offcpu.iter().map(|(key, _)| key),
             drained.io.iter().map(|(key, _)| key),
         );
-        let named = self.name_python_code(keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
+        self.name_python_code(keys.into_iter(), PYTHON_NAMING_PER_DRAIN);
+        // The keys of this drain stay in memory if the counts go to the spool (`state_bytes`
+        // counts no more than 128 bytes a key).
+        let incoming = (drained.samples.len() + drained.offcpu.len() + drained.io.len()) as u64;
+        let may_spool =
+            self.spool.accepts() && self.state_bytes() + 128 * incoming >= self.in_memory_bytes;
+        let hot = may_spool.then(|| HotKeys {
+            samples: drained.samples.iter().map(|(key, _)| *key).collect(),
+            offcpu: drained.offcpu.iter().map(|(key, _)| *key).collect(),
+            io: drained.io.iter().map(|(key, _)| *key).collect(),
+        });
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {
@@ -597,15 +605,20 @@ impl Collection {
             }
         }
         self.fold_exited_threads();
-        // Nothing reads a stack or a count again before the end: past a few megabytes they go
-        // to disk. Stacks wait until their Python frames are named (a stack is stored once,
-        // with its first sample, so naming meets it again only if it stays).
-        if named && self.stacks.bytes() >= self.in_memory_bytes {
-            self.spool.keep_stacks(&mut self.stacks);
+        // Nothing reads a stack or a count again before the end, past a few megabytes they go
+        // to disk; but stacks with Python frames, which later drains may name (a stack is
+        // stored once, and other processes and later keys name it by its id).
+        if self.spool.accepts() && self.stacks.bytes() >= self.in_memory_bytes {
+            let python = self.spaces.python().any();
+            self.spool.keep_stacks(&mut self.stacks, |frames| {
+                python && !stacks::python::python_part(frames).is_empty()
+            });
         }
-        if self.state_bytes() >= self.in_memory_bytes {
+        if let Some(hot) = hot
+            && self.state_bytes() >= self.in_memory_bytes
+        {
             self.spool
-                .keep_counts(&mut self.counts, &mut self.offcpu, &mut self.io);
+                .keep_counts(&mut self.counts, &mut self.offcpu, &mut self.io, &hot);
         }
         Ok(())
     }

@@ -22,39 +22,55 @@ impl Collection {
             + size(self.io.len(), size_of::<IoKey>(), size_of::<IoTotal>())
     }
 
-    /// Takes back what the spool holds, the earliest first, as the drains would have kept it:
-    /// past `--max-memory`, new keys are dropped and counted.
+    /// Takes back what the spool holds, the earliest first, then what is still in memory,
+    /// as the drains would have kept it: exited threads folded, and past `--max-memory` new
+    /// keys dropped and counted.
     pub(super) fn take_back_spooled(&mut self) {
         if !self.spool.holds_any() {
             return;
         }
-        // What is still in memory came last: through the spool too, to keep the order.
-        self.spool.keep_stacks(&mut self.stacks);
-        self.spool
-            .keep_counts(&mut self.counts, &mut self.offcpu, &mut self.io);
         let mut spool = std::mem::take(&mut self.spool);
-        spool.replay(|record| match record {
+        let recent = (
+            std::mem::take(&mut self.stacks),
+            std::mem::take(&mut self.counts),
+            std::mem::take(&mut self.offcpu),
+            std::mem::take(&mut self.io),
+        );
+        let live = self.live_threads();
+        let add = |this: &mut Self, record: Record| match record {
             Record::UserStack(id, stack) => {
-                self.stacks.user.entry(id).or_insert(stack);
+                this.stacks.user.entry(id).or_insert(stack);
             }
             Record::KernelStack(id, frames) => {
-                self.stacks.kernel.entry(id).or_insert(frames);
+                this.stacks.kernel.entry(id).or_insert(frames);
             }
             Record::Sample(key, count) => {
-                let full = self.state_bytes() >= self.max_state_bytes;
-                self.add_sample(key, count, full);
+                let key = this.folded(&live, key);
+                let full = this.state_bytes() >= this.max_state_bytes;
+                this.add_sample(key, count, full);
             }
             Record::OffCpu(key, time) => {
-                let full = self.state_bytes() >= self.max_state_bytes;
-                self.add_offcpu(key, time, full);
+                let key = this.folded(&live, key);
+                let full = this.state_bytes() >= this.max_state_bytes;
+                this.add_offcpu(key, time, full);
             }
             Record::Io(key, total) => {
-                let full = self.state_bytes() >= self.max_state_bytes;
-                self.add_io(key, total, full);
+                let key = this.folded(&live, key);
+                let full = this.state_bytes() >= this.max_state_bytes;
+                this.add_io(key, total, full);
             }
-        });
-        // Threads that exited since their counts were spooled.
-        self.fold_exited_threads();
+        };
+        spool.replay(|record| add(self, record));
+        let (stacks, samples, offcpu, io) = recent;
+        let records = (stacks.user.into_iter())
+            .map(|(id, stack)| Record::UserStack(id, stack))
+            .chain((stacks.kernel.into_iter()).map(|(id, frames)| Record::KernelStack(id, frames)))
+            .chain(samples.into_iter().map(|(key, n)| Record::Sample(key, n)))
+            .chain(offcpu.into_iter().map(|(key, t)| Record::OffCpu(key, t)))
+            .chain(io.into_iter().map(|(key, t)| Record::Io(key, t)));
+        for record in records {
+            add(self, record);
+        }
     }
 
     /// Adds to a key's count; a new key is dropped (counted) when `full`.

@@ -14,7 +14,7 @@ use crate::target::procfs;
 
 /// A key of the per-thread tables the kernel fills: whose thread it counts, and the same key
 /// for another thread.
-trait ThreadKey: Copy + Eq + Hash {
+pub(super) trait ThreadKey: Copy + Eq + Hash {
     fn thread(&self) -> (u32, u32, [u8; COMM_LEN]);
     fn with_tid(self, tid: u32) -> Self;
 }
@@ -60,17 +60,36 @@ fn fold<K: ThreadKey, V: AddAssign + Default>(
     }
 }
 
+/// The targets' threads alive at one moment.
+pub(super) struct LiveThreads(HashSet<u32>);
+
 impl Collection {
+    /// The targets' threads alive now.
+    pub(super) fn live_threads(&self) -> LiveThreads {
+        LiveThreads(
+            self.processes
+                .processes
+                .keys()
+                .flat_map(|&pid| procfs::threads(pid).into_iter().map(|thread| thread.tid))
+                .collect(),
+        )
+    }
+
+    /// `key`, or the same key for the thread the counts of its thread are folded into, if
+    /// its thread is not in `live`.
+    pub(super) fn folded<K: ThreadKey>(&mut self, live: &LiveThreads, key: K) -> K {
+        let (tgid, tid, comm) = key.thread();
+        if tid == tgid || live.0.contains(&tid) {
+            return key;
+        }
+        key.with_tid(*self.representatives.entry((tgid, comm)).or_insert(tid))
+    }
+
     /// Folds the counts of threads that exited into one thread per (process, name), the first
     /// seen: a service that starts a thread per request would otherwise grow the collector's
     /// state by a key per thread, forever. Exited threads' samples stay, under that thread.
     pub(super) fn fold_exited_threads(&mut self) {
-        let live: HashSet<u32> = self
-            .processes
-            .processes
-            .keys()
-            .flat_map(|&pid| procfs::threads(pid).into_iter().map(|thread| thread.tid))
-            .collect();
+        let live = self.live_threads().0;
         let exited = |tgid: u32, tid: u32| tid != tgid && !live.contains(&tid);
         let representatives = &mut self.representatives;
         let mut into = |tgid: u32, tid: u32, comm: [u8; COMM_LEN]| {

@@ -89,11 +89,15 @@ pub fn flamegraph_svg(
 /// itself keeps every frame of the merged stacks before it drops the narrow ones: for a profile
 /// of a million distinct stacks that was gigabytes, for a picture of a few thousand frames.
 ///
-/// Frames are merged as inferno merges them, over the lines in byte order: a frame's weight is
-/// that of the run of consecutive lines that share it and everything below it.
+/// Frames are merged as inferno merges them, over the lines (`stack weight`, trimmed) in byte
+/// order: a frame's weight is that of the run of consecutive lines that share it and
+/// everything below it.
 fn drawn_lines(lines: &[(String, u64)], min_width: f64) -> Vec<(&str, u64)> {
-    let mut order: Vec<&(String, u64)> = lines.iter().collect();
-    order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut order: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|(stack, weight)| (stack.trim_start(), *weight))
+        .collect();
+    order.sort_unstable_by(|a, b| line_order(*a, *b));
     let total: u64 = order.iter().map(|(_, weight)| *weight).sum();
     // inferno's own test (it drops a frame below this), to the same floating-point result.
     let narrowest = min_width / (100.0 / total as f64);
@@ -115,7 +119,7 @@ fn drawn_lines(lines: &[(String, u64)], min_width: f64) -> Vec<(&str, u64)> {
         }
     };
     let mut previous = "";
-    for (at, (stack, weight)) in order.iter().enumerate() {
+    for (at, &(stack, weight)) in order.iter().enumerate() {
         let shared = previous
             .split(';')
             .zip(stack.split(';'))
@@ -133,7 +137,7 @@ fn drawn_lines(lines: &[(String, u64)], min_width: f64) -> Vec<(&str, u64)> {
     close(&mut open, 0, order.len());
     let mut merged: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     let mut frames = 0i64;
-    for (at, (stack, weight)) in order.iter().enumerate() {
+    for (at, &(stack, weight)) in order.iter().enumerate() {
         frames += depth_change[at];
         // At least the root, so the whole keeps its weight (inferno does not draw it either).
         let keep = usize::try_from(frames).unwrap_or(0).max(1);
@@ -141,11 +145,41 @@ fn drawn_lines(lines: &[(String, u64)], min_width: f64) -> Vec<(&str, u64)> {
             .match_indices(';')
             .nth(keep - 1)
             .map_or(stack.len(), |(end, _)| end);
-        *merged.entry(&stack[..end]).or_default() += weight;
+        // A line inferno would skip (an empty root) is left whole, as it was.
+        let drawn = Some(&stack[..end])
+            .filter(|cut| !cut.trim().is_empty())
+            .unwrap_or(stack);
+        *merged.entry(drawn).or_default() += weight;
     }
     let mut drawn: Vec<(&str, u64)> = merged.into_iter().collect();
     drawn.sort_unstable();
     drawn
+}
+
+/// The order of folded lines `stack weight` as text, which is inferno's.
+fn line_order(a: (&str, u64), b: (&str, u64)) -> std::cmp::Ordering {
+    let decimal = |mut n: u64| {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return (digits, at);
+            }
+        }
+    };
+    let ((a_digits, a_at), (b_digits, b_at)) = (decimal(a.1), decimal(b.1));
+    let a_line =
+        a.0.bytes()
+            .chain([b' '])
+            .chain(a_digits[a_at..].iter().copied());
+    let b_line =
+        b.0.bytes()
+            .chain([b' '])
+            .chain(b_digits[b_at..].iter().copied());
+    a_line.cmp(b_line)
 }
 
 pub(crate) fn empty_svg(title: &str) -> String {
@@ -237,5 +271,34 @@ mod tests {
         let (whole, cut) = (render(&all), render(&drawn));
         assert!(frame_titles(&whole).len() > 100);
         assert_eq!(frame_titles(&whole), frame_titles(&cut));
+
+        // inferno orders whole lines: `f (x) 9000` comes between `f 6` and `f;g 6`' stacks
+        // only by stack, so `f` is one run of 12, drawn, not two of 6.
+        let lines = vec![
+            ("t;f".to_owned(), 6),
+            ("t;f (x)".to_owned(), 9000),
+            ("t;f;g".to_owned(), 6),
+            ("t;h".to_owned(), 100_000),
+        ];
+        let narrow = 100.0 * 10.0 / 109_012.0;
+        let drawn = drawn_lines(&lines, narrow);
+        assert!(drawn.contains(&("t;f", 12)), "{drawn:?}");
+        let all: Vec<(&str, u64)> = lines.iter().map(|(s, w)| (s.as_str(), *w)).collect();
+        let render_at = |lines: &[(&str, u64)]| {
+            let text: Vec<String> = lines.iter().map(|(s, w)| format!("{s} {w}")).collect();
+            let mut options = Options::default();
+            options.min_width = narrow;
+            let mut svg = Vec::new();
+            flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg)
+                .unwrap();
+            svg
+        };
+        assert_eq!(
+            frame_titles(&render_at(&all)),
+            frame_titles(&render_at(&drawn))
+        );
+        // A line with an empty root is left as it is.
+        let empty_root = vec![(";a;b".to_owned(), 1), ("t;c".to_owned(), 1_000_000)];
+        assert!(drawn_lines(&empty_root, 0.01).contains(&(";a;b", 1)));
     }
 }
