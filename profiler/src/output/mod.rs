@@ -205,10 +205,13 @@ fn remove_at(folder: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 
 /// Writes `contents` under `name` in `folder`: a new file of ours, synced, renamed into place
 /// (which replaces, never follows, whatever had that name).
-fn write_at(folder: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> io::Result<()> {
+fn write_at(
+    folder: BorrowedFd<'_>,
+    name: &CStr,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let (partial, mut file) = create_partial(folder)?;
-    let written = file
-        .write_all(contents)
+    let written = fill(&mut file)
         .and_then(|()| file.sync_data())
         .and_then(|()| {
             // SAFETY: valid descriptors and NUL-terminated names.
@@ -363,12 +366,28 @@ impl OutputDir {
 
     /// Writes `name` in full or not at all.
     pub fn write(&self, name: &str, contents: &[u8]) -> io::Result<()> {
+        self.write_with(name, |file| file.write_all(contents))
+    }
+
+    /// Writes the file `name` with what `fill` writes, as [`Self::write`] does: a large file
+    /// is written as it is made, never held whole in memory.
+    pub fn write_with(
+        &self,
+        name: &str,
+        fill: impl FnOnce(&mut dyn io::Write) -> io::Result<()> + Send,
+    ) -> io::Result<()> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(io::Error::other(format!("{name}: not a file name")));
         }
         let name = cstring(OsStr::new(name))?;
         let folder = self.folder()?;
-        self.as_owner(|| write_at(folder, &name, contents))
+        self.as_owner(|| {
+            write_at(folder, &name, |file| {
+                let mut writer = io::BufWriter::with_capacity(1 << 16, file);
+                fill(&mut writer)?;
+                writer.flush()
+            })
+        })
     }
 
     /// Removes the files `is_output` recognises that are not in `written` (regular files of

@@ -433,7 +433,7 @@ struct Speedscope<'a> {
     #[serde(rename = "$schema")]
     schema: &'static str,
     shared: Shared,
-    profiles: Vec<SpeedscopeProfile>,
+    profiles: Vec<SpeedscopeProfile<'a>>,
     name: String,
     #[serde(rename = "activeProfileIndex")]
     active_profile_index: usize,
@@ -455,7 +455,7 @@ struct SpeedscopeFrame {
 }
 
 #[derive(Serialize)]
-struct SpeedscopeProfile {
+struct SpeedscopeProfile<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     name: String,
@@ -464,8 +464,33 @@ struct SpeedscopeProfile {
     start_value: u64,
     #[serde(rename = "endValue")]
     end_value: u64,
-    samples: Vec<Vec<usize>>,
+    samples: SampleStacks<'a>,
     weights: Vec<u64>,
+}
+
+/// Each sample's frames, its roots (process, thread) first, written as they are read from the
+/// profile's stacks: a copy of every stack was, for a long capture, hundreds of megabytes.
+struct SampleStacks<'a> {
+    stacks: &'a [Vec<usize>],
+    /// Per sample: the process's root frame (when several), the thread's, and its stack.
+    samples: Vec<(Option<usize>, usize, usize)>,
+}
+
+impl Serialize for SampleStacks<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Frames<'b>(&'b [Vec<usize>], (Option<usize>, usize, usize));
+        impl Serialize for Frames<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let (process, thread, stack) = self.1;
+                serializer.collect_seq(process.iter().chain([&thread]).chain(self.0[stack].iter()))
+            }
+        }
+        serializer.collect_seq(
+            self.samples
+                .iter()
+                .map(|&sample| Frames(self.stacks, sample)),
+        )
+    }
 }
 
 fn frame_name(frame: &Frame) -> String {
@@ -474,7 +499,8 @@ fn frame_name(frame: &Frame) -> String {
 
 /// `speedscope.json`: one sampled profile per event kind over shared frames; each stack starts
 /// with its thread (and process, when there are several) like the folded files.
-pub fn speedscope_json(profile: &Profile) -> String {
+/// Writes the profile in speedscope's format (<https://www.speedscope.app>).
+pub fn write_speedscope(profile: &Profile, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut frames: Vec<SpeedscopeFrame> = profile
         .frames
         .iter()
@@ -502,13 +528,9 @@ pub fn speedscope_json(profile: &Profile) -> String {
         let mut samples = Vec::new();
         let mut weights = Vec::new();
         for sample in profile.samples.get(&kind).into_iter().flatten() {
-            let mut stack = Vec::new();
-            if multi_process {
-                stack.push(root(names.label(sample.pid), &mut frames));
-            }
-            stack.push(root(sample.thread.clone(), &mut frames));
-            stack.extend(profile.stacks[sample.stack].iter().copied());
-            samples.push(stack);
+            let process = multi_process.then(|| root(names.label(sample.pid), &mut frames));
+            let thread = root(sample.thread.clone(), &mut frames);
+            samples.push((process, thread, sample.stack));
             weights.push(sample.weight);
         }
         let unit = match kind.unit() {
@@ -522,7 +544,10 @@ pub fn speedscope_json(profile: &Profile) -> String {
             unit,
             start_value: 0,
             end_value: weights.iter().sum(),
-            samples,
+            samples: SampleStacks {
+                stacks: &profile.stacks,
+                samples,
+            },
             weights,
         });
     }
@@ -534,9 +559,8 @@ pub fn speedscope_json(profile: &Profile) -> String {
         active_profile_index: 0,
         exporter: concat!("profiler ", env!("CARGO_PKG_VERSION")),
     };
-    let mut json = serde_json::to_string(&speedscope).expect("speedscope serializes");
-    json.push('\n');
-    json
+    serde_json::to_writer(&mut *out, &speedscope)?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -579,7 +603,9 @@ mod tests {
     #[test]
     fn speedscope_shares_frames_and_has_a_profile_per_kind() {
         let profile = sample_profile();
-        let json: serde_json::Value = serde_json::from_str(&speedscope_json(&profile)).unwrap();
+        let mut written = Vec::new();
+        write_speedscope(&profile, &mut written).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&written).unwrap();
         assert_eq!(
             json["$schema"],
             "https://www.speedscope.app/file-format-schema.json"

@@ -71,6 +71,14 @@ fn add_lines(
     }
 }
 
+/// Writes the folded file.
+pub fn write_folded(lines: &[(String, u64)], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    for (stack, weight) in lines {
+        writeln!(out, "{stack} {weight}")?;
+    }
+    Ok(())
+}
+
 /// The folded file's text.
 pub fn folded_text(lines: &[(String, u64)]) -> String {
     let mut text = String::new();
@@ -91,8 +99,12 @@ mod tests {
     #[test]
     fn folds_one_line_per_stack_root_first() {
         let profile = sample_profile();
-        let text = folded_text(&folded_lines(&profile, EventKind::Cpu));
+        let lines = folded_lines(&profile, EventKind::Cpu);
+        let text = folded_text(&lines);
         assert_eq!(text, "demo;main;work;cold 3\ndemo;main;work;hot 7\n");
+        let mut written = Vec::new();
+        write_folded(&lines, &mut written).unwrap();
+        assert_eq!(written, text.as_bytes());
     }
 
     #[test]

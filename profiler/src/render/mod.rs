@@ -51,18 +51,15 @@ pub fn render_all(
     out: &OutputDir,
 ) -> std::io::Result<Vec<String>> {
     // The saved profile first: whatever fails later, `profiler report` can redo the rest.
-    let mut saved = Vec::new();
-    profile.save(&mut saved)?;
-    out.write(PROFILE_FILE, &saved)?;
+    out.write_with(PROFILE_FILE, |file| profile.save(file))?;
     let mut written = vec![PROFILE_FILE.to_owned()];
     let mut flamegraphs = Vec::new();
     for view in views(profile) {
         let lines = view_lines(profile, view);
         let name = view.name();
-        out.write(
-            &format!("{name}.folded"),
-            folded::folded_text(&lines).as_bytes(),
-        )?;
+        out.write_with(&format!("{name}.folded"), |file| {
+            folded::write_folded(&lines, file)
+        })?;
         let title = format!(
             "{}: {} ({:.1} s)",
             view.label(),
@@ -94,10 +91,9 @@ pub fn render_all(
         ]);
     }
     out.write("profile.pb.gz", &export::pprof_gz(profile)?)?;
-    out.write(
-        "speedscope.json",
-        export::speedscope_json(profile).as_bytes(),
-    )?;
+    out.write_with("speedscope.json", |file| {
+        export::write_speedscope(profile, file)
+    })?;
     written.extend(["profile.pb.gz".to_owned(), "speedscope.json".to_owned()]);
     out.write("summary.json", json::summary_json(summary).as_bytes())?;
     out.write("summary.md", markdown::summary_markdown(summary).as_bytes())?;
