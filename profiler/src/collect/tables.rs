@@ -1,6 +1,8 @@
 //! The collection's count tables: drained counts added within the `--max-memory` budget, and
 //! what went to the spool taken back at the end.
 
+use std::{collections::HashMap, hash::Hash, ops::AddAssign};
+
 use profiler_common::{IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey};
 
 use super::{collection::Collection, spool::Record};
@@ -75,32 +77,36 @@ impl Collection {
 
     /// Adds to a key's count; a new key is dropped (counted) when `full`.
     pub(super) fn add_sample(&mut self, key: SampleKey, count: u64, full: bool) {
-        match self.counts.get_mut(&key) {
-            Some(total) => *total += count,
-            None if full => self.memory_cap_dropped += count,
-            None => {
-                self.counts.insert(key, count);
-            }
-        }
+        let dropped = &mut self.memory_cap_dropped;
+        add_to(&mut self.counts, dropped, key, count, count, full);
     }
 
     pub(super) fn add_offcpu(&mut self, key: OffCpuKey, time: OffCpuTime, full: bool) {
-        match self.offcpu.get_mut(&key) {
-            Some(total) => *total += time,
-            None if full => self.memory_cap_dropped += time.count,
-            None => {
-                self.offcpu.insert(key, time);
-            }
-        }
+        let dropped = &mut self.memory_cap_dropped;
+        add_to(&mut self.offcpu, dropped, key, time, time.count, full);
     }
 
     pub(super) fn add_io(&mut self, key: IoKey, io: IoTotal, full: bool) {
-        match self.io.get_mut(&key) {
-            Some(total) => *total += io,
-            None if full => self.memory_cap_dropped += io.count,
-            None => {
-                self.io.insert(key, io);
-            }
+        let dropped = &mut self.memory_cap_dropped;
+        add_to(&mut self.io, dropped, key, io, io.count, full);
+    }
+}
+
+/// Adds `value` to `key`'s in `table`; a new key is dropped when `full`, and its `events`
+/// added to `dropped`.
+fn add_to<K: Eq + Hash, V: AddAssign>(
+    table: &mut HashMap<K, V>,
+    dropped: &mut u64,
+    key: K,
+    value: V,
+    events: u64,
+    full: bool,
+) {
+    match table.get_mut(&key) {
+        Some(total) => *total += value,
+        None if full => *dropped += events,
+        None => {
+            table.insert(key, value);
         }
     }
 }

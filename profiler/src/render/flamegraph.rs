@@ -215,6 +215,17 @@ mod tests {
         assert!(String::from_utf8(zero).unwrap().contains("no samples"));
     }
 
+    /// inferno's SVG of `lines` as they are, frames narrower than `min_width` percent left out.
+    fn render(lines: &[(&str, u64)], min_width: f64) -> Vec<u8> {
+        let text: Vec<String> = lines.iter().map(|(s, w)| format!("{s} {w}")).collect();
+        let mut options = Options::default();
+        options.min_width = min_width;
+        options.hash = true;
+        let mut svg = Vec::new();
+        flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg).unwrap();
+        svg
+    }
+
     /// The `<title>` of every frame drawn, sorted: name, weight and share.
     fn frame_titles(svg: &[u8]) -> Vec<String> {
         let svg = String::from_utf8(svg.to_vec()).unwrap();
@@ -259,16 +270,8 @@ mod tests {
         let total = |lines: &[(&str, u64)]| lines.iter().map(|(_, w)| w).sum::<u64>();
         let all: Vec<(&str, u64)> = lines.iter().map(|(s, w)| (s.as_str(), *w)).collect();
         assert_eq!(total(&drawn), total(&all), "no weight lost");
-        let render = |lines: &[(&str, u64)]| {
-            let text: Vec<String> = lines.iter().map(|(s, w)| format!("{s} {w}")).collect();
-            let mut options = Options::default();
-            options.hash = true;
-            let mut svg = Vec::new();
-            flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg)
-                .unwrap();
-            svg
-        };
-        let (whole, cut) = (render(&all), render(&drawn));
+        let min_width = Options::default().min_width;
+        let (whole, cut) = (render(&all, min_width), render(&drawn, min_width));
         assert!(frame_titles(&whole).len() > 100);
         assert_eq!(frame_titles(&whole), frame_titles(&cut));
 
@@ -284,18 +287,9 @@ mod tests {
         let drawn = drawn_lines(&lines, narrow);
         assert!(drawn.contains(&("t;f", 12)), "{drawn:?}");
         let all: Vec<(&str, u64)> = lines.iter().map(|(s, w)| (s.as_str(), *w)).collect();
-        let render_at = |lines: &[(&str, u64)]| {
-            let text: Vec<String> = lines.iter().map(|(s, w)| format!("{s} {w}")).collect();
-            let mut options = Options::default();
-            options.min_width = narrow;
-            let mut svg = Vec::new();
-            flamegraph::from_lines(&mut options, text.iter().map(String::as_str), &mut svg)
-                .unwrap();
-            svg
-        };
         assert_eq!(
-            frame_titles(&render_at(&all)),
-            frame_titles(&render_at(&drawn))
+            frame_titles(&render(&all, narrow)),
+            frame_titles(&render(&drawn, narrow))
         );
         // A line with an empty root is left as it is.
         let empty_root = vec![(";a;b".to_owned(), 1), ("t;c".to_owned(), 1_000_000)];
