@@ -170,16 +170,23 @@ fn line_order(a: (&str, u64), b: (&str, u64)) -> std::cmp::Ordering {
             }
         }
     };
+    // The stacks decide, but where one is the other's start.
+    let (a_stack, b_stack) = (a.0.as_bytes(), b.0.as_bytes());
+    let common = a_stack.len().min(b_stack.len());
+    let order = a_stack[..common].cmp(&b_stack[..common]);
+    if order.is_ne() {
+        return order;
+    }
     let ((a_digits, a_at), (b_digits, b_at)) = (decimal(a.1), decimal(b.1));
-    let a_line =
-        a.0.bytes()
-            .chain([b' '])
-            .chain(a_digits[a_at..].iter().copied());
-    let b_line =
-        b.0.bytes()
-            .chain([b' '])
-            .chain(b_digits[b_at..].iter().copied());
-    a_line.cmp(b_line)
+    let a_rest = a_stack[common..]
+        .iter()
+        .chain(b" ")
+        .chain(&a_digits[a_at..]);
+    let b_rest = b_stack[common..]
+        .iter()
+        .chain(b" ")
+        .chain(&b_digits[b_at..]);
+    a_rest.cmp(b_rest)
 }
 
 pub(crate) fn empty_svg(title: &str) -> String {
@@ -213,6 +220,26 @@ mod tests {
         let weightless = vec![("t;main;nap".to_owned(), 0)];
         let zero = flamegraph_svg(&weightless, View::Wall, "zero").unwrap();
         assert!(String::from_utf8(zero).unwrap().contains("no samples"));
+    }
+
+    #[test]
+    fn lines_are_ordered_as_their_text() {
+        let lines = [
+            ("t;f", 6),
+            ("t;f", 60),
+            ("t;f (x)", 9000),
+            ("t;f;g", 6),
+            ("t;f0", 1),
+            ("t", 18_446_744_073_709_551_615),
+            ("t", 0),
+            ("", 5),
+        ];
+        for a in lines {
+            for b in lines {
+                let text = |(stack, weight): (&str, u64)| format!("{stack} {weight}");
+                assert_eq!(line_order(a, b), text(a).cmp(&text(b)), "{a:?} {b:?}");
+            }
+        }
     }
 
     /// inferno's SVG of `lines` as they are, frames narrower than `min_width` percent left out.
