@@ -39,27 +39,27 @@ impl Collection {
             std::mem::take(&mut self.io),
         );
         let live = self.live_threads();
-        let add = |this: &mut Self, record: Record| match record {
-            Record::UserStack(id, stack) => {
-                this.stacks.user.entry(id).or_insert(stack);
-            }
-            Record::KernelStack(id, frames) => {
-                this.stacks.kernel.entry(id).or_insert(frames);
-            }
-            Record::Sample(key, count) => {
-                let key = this.folded(&live, key);
-                let full = this.state_bytes() >= this.max_state_bytes;
-                this.add_sample(key, count, full);
-            }
-            Record::OffCpu(key, time) => {
-                let key = this.folded(&live, key);
-                let full = this.state_bytes() >= this.max_state_bytes;
-                this.add_offcpu(key, time, full);
-            }
-            Record::Io(key, total) => {
-                let key = this.folded(&live, key);
-                let full = this.state_bytes() >= this.max_state_bytes;
-                this.add_io(key, total, full);
+        let add = |this: &mut Self, record: Record| {
+            let full = this.state_bytes() >= this.max_state_bytes;
+            match record {
+                Record::UserStack(id, stack) => {
+                    this.stacks.user.entry(id).or_insert(stack);
+                }
+                Record::KernelStack(id, frames) => {
+                    this.stacks.kernel.entry(id).or_insert(frames);
+                }
+                Record::Sample(key, count) => {
+                    let key = live.folded(&mut this.representatives, key);
+                    this.add_sample(key, count, full);
+                }
+                Record::OffCpu(key, time) => {
+                    let key = live.folded(&mut this.representatives, key);
+                    this.add_offcpu(key, time, full);
+                }
+                Record::Io(key, total) => {
+                    let key = live.folded(&mut this.representatives, key);
+                    this.add_io(key, total, full);
+                }
             }
         };
         spool.replay(|record| add(self, record));

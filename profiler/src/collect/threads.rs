@@ -35,33 +35,43 @@ macro_rules! thread_key {
 
 thread_key!(SampleKey, OffCpuKey, IoKey);
 
-/// Moves the values of exited threads' keys to the thread `into` names for them.
+/// Moves the values of the keys `folded` maps to another key there.
 fn fold<K: ThreadKey, V: AddAssign + Default>(
     table: &mut HashMap<K, V>,
-    exited: impl Fn(u32, u32) -> bool,
-    mut into: impl FnMut(u32, u32, [u8; COMM_LEN]) -> u32,
+    mut folded: impl FnMut(K) -> K,
 ) {
-    let moved: Vec<K> = table
+    let moved: Vec<(K, K)> = table
         .keys()
-        .filter(|key| {
-            let (tgid, tid, _) = key.thread();
-            exited(tgid, tid)
+        .filter_map(|&key| {
+            let into = folded(key);
+            (into != key).then_some((key, into))
         })
-        .copied()
         .collect();
-    for key in moved {
-        let (tgid, tid, comm) = key.thread();
-        let target = into(tgid, tid, comm);
-        if target != tid
-            && let Some(value) = table.remove(&key)
-        {
-            *table.entry(key.with_tid(target)).or_default() += value;
+    for (key, into) in moved {
+        if let Some(value) = table.remove(&key) {
+            *table.entry(into).or_default() += value;
         }
     }
 }
 
 /// The targets' threads alive at one moment.
 pub(super) struct LiveThreads(HashSet<u32>);
+
+impl LiveThreads {
+    /// `key`, or, if its thread is not alive, the same key for the thread its counts are
+    /// folded into: the first of its process and name in `representatives`.
+    pub(super) fn folded<K: ThreadKey>(
+        &self,
+        representatives: &mut HashMap<(u32, [u8; COMM_LEN]), u32>,
+        key: K,
+    ) -> K {
+        let (tgid, tid, comm) = key.thread();
+        if tid == tgid || self.0.contains(&tid) {
+            return key;
+        }
+        key.with_tid(*representatives.entry((tgid, comm)).or_insert(tid))
+    }
+}
 
 impl Collection {
     /// The targets' threads alive now.
@@ -75,28 +85,14 @@ impl Collection {
         )
     }
 
-    /// `key`, or the same key for the thread the counts of its thread are folded into, if
-    /// its thread is not in `live`.
-    pub(super) fn folded<K: ThreadKey>(&mut self, live: &LiveThreads, key: K) -> K {
-        let (tgid, tid, comm) = key.thread();
-        if tid == tgid || live.0.contains(&tid) {
-            return key;
-        }
-        key.with_tid(*self.representatives.entry((tgid, comm)).or_insert(tid))
-    }
-
     /// Folds the counts of threads that exited into one thread per (process, name), the first
     /// seen: a service that starts a thread per request would otherwise grow the collector's
     /// state by a key per thread, forever. Exited threads' samples stay, under that thread.
     pub(super) fn fold_exited_threads(&mut self) {
-        let live = self.live_threads().0;
-        let exited = |tgid: u32, tid: u32| tid != tgid && !live.contains(&tid);
+        let live = self.live_threads();
         let representatives = &mut self.representatives;
-        let mut into = |tgid: u32, tid: u32, comm: [u8; COMM_LEN]| {
-            *representatives.entry((tgid, comm)).or_insert(tid)
-        };
-        fold(&mut self.counts, exited, &mut into);
-        fold(&mut self.offcpu, exited, &mut into);
-        fold(&mut self.io, exited, &mut into);
+        fold(&mut self.counts, |key| live.folded(representatives, key));
+        fold(&mut self.offcpu, |key| live.folded(representatives, key));
+        fold(&mut self.io, |key| live.folded(representatives, key));
     }
 }
