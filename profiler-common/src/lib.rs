@@ -163,14 +163,16 @@ pub const CONTROL_IO_SAMPLE_BELOW_NS: u32 = 4;
 /// Index in the `CONTROL` array of a flag the collector sets once the off-CPU threshold has
 /// been above 0: periods may be pending their user stack from then on, even at threshold 0.
 pub const CONTROL_OFFCPU_SAMPLED: u32 = 5;
+/// Index in the `CONTROL` array of the target set's stamp: a new random value written after
+/// every change of `TARGETS` (by the collector, and by the fork program), so the per-CPU
+/// cache of whether the current thread is a target knows when it is stale.
+pub const CONTROL_TARGETS_STAMP: u32 = 6;
 /// Number of `CONTROL` entries.
-pub const CONTROL_ENTRIES: u32 = 6;
+pub const CONTROL_ENTRIES: u32 = 7;
 
-/// Offsets of the fields the scheduler programs read from the classic `sched` tracepoint
-/// records, checked against tracefs' `format` files by the collector before loading.
+/// Offsets of the fields the thread-name program reads from the classic `task_rename`
+/// tracepoint record, checked against tracefs' `format` file by the collector before loading.
 pub mod tracepoint_fields {
-    /// `sched_wakeup` / `sched_wakeup_new`: `pid_t pid`.
-    pub const WAKEUP_PID: usize = 24;
     /// `task_rename`: `pid_t pid` (the renamed thread, not necessarily the caller).
     pub const RENAME_PID: usize = 8;
     /// `task_rename`: `char newcomm[16]`.
@@ -212,13 +214,8 @@ pub struct OffCpuStart {
     pub state: u32,
     /// Thread name.
     pub comm: [u8; COMM_LEN],
-    /// User stack pointer at switch-out: the stack of a sampled period is walked later, in
-    /// the thread's own context, only if it still stands where it blocked.
-    pub user_sp: u64,
-    /// User instruction pointer at switch-out.
-    pub user_ip: u64,
 }
-const _: () = assert!(size_of::<OffCpuStart>() == 64);
+const _: () = assert!(size_of::<OffCpuStart>() == 48);
 
 /// A sampled off-CPU period whose user stack is still to be walked, at the thread's next
 /// system-call exit or switch-out (the walk needs the thread's own context).
@@ -297,7 +294,7 @@ pub struct ThreadState {
     /// Log2 histogram of the delays in µs, see [`RUNQ_SLOTS`].
     pub run_queue_slots: [u64; RUNQ_SLOTS],
 }
-const _: () = assert!(size_of::<ThreadState>() == 64 + 40 + 8 + 24 + 8 * RUNQ_SLOTS);
+const _: () = assert!(size_of::<ThreadState>() == 48 + 40 + 8 + 24 + 8 * RUNQ_SLOTS);
 
 /// Kinds of [`ProcessEvent`].
 pub mod process_event {

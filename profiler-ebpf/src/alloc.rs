@@ -16,8 +16,8 @@ use profiler_common::{
 };
 
 use crate::{
+    current,
     helpers::{active_map, bump, current_tgid_tid, process_memory, user_stack},
-    maps::TARGETS,
     unwind,
 };
 
@@ -85,7 +85,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn try_alloc_enter(ctx: ProbeContext) -> Result<u32, u32> {
     let (tgid, tid) = current_tgid_tid();
-    if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
+    if !current::is_target(tgid, tid) || active_map() == RECORDING_STOPPED {
         return Err(0);
     }
     bump(counter::ALLOC_CALLS);

@@ -16,6 +16,7 @@
 mod alloc;
 mod block;
 mod cpu;
+mod current;
 mod helpers;
 mod maps;
 mod offcpu_stacks;

@@ -44,8 +44,6 @@ pub(crate) static THREAD_ZERO: ThreadState = ThreadState {
         kernel_stack_id: STACK_ID_NONE,
         state: 0,
         comm: [0; COMM_LEN],
-        user_sp: 0,
-        user_ip: 0,
     },
     pending: PendingWalk {
         total_ns: 0,

@@ -14,6 +14,7 @@ use profiler_common::{
 };
 
 use crate::{
+    current::{self, Known},
     helpers::{active_map, bump, current_tgid_tid, register, user_stack},
     maps::{CONTROL, THREADS},
     sched::add_offcpu_time,
@@ -31,9 +32,18 @@ pub(crate) fn sample_below_ns() -> u64 {
 
 /// The current thread's user stack and instruction pointers, `(sp, ip)`.
 #[inline(always)]
-pub(crate) fn current_user_position() -> (u64, u64) {
-    // SAFETY: helpers valid in every tracing program.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+fn current_user_position() -> (u64, u64) {
+    // SAFETY: a helper valid in every tracing program.
+    user_position(unsafe { bpf_get_current_task_btf() } as *const u8)
+}
+
+/// Task `task`'s user stack and instruction pointers, `(sp, ip)`, as saved when it last
+/// entered the kernel. `task` must be a trusted task pointer (the current task's, or one a
+/// BTF tracepoint hands over).
+#[inline(always)]
+pub(crate) fn user_position(task: *const u8) -> (u64, u64) {
+    // SAFETY: a helper valid in every tracing program, given a trusted task pointer.
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const pt_regs;
     // Two words, not the whole 168-byte frame: this runs beside a stack walk that holds one.
     (
         register(regs, |regs| &regs.rsp),
@@ -116,6 +126,14 @@ pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let (tgid, tid) = current_tgid_tid();
+    // Most system calls are not a target's, and few of a target's have a walk pending: known
+    // from the per-CPU cache, mostly, before any lookup.
+    match current::known(tid) {
+        Some(Known::NotTarget | Known::NothingPending) => return 0,
+        Some(Known::Target | Known::Pending) => {}
+        None if !current::is_target(tgid, tid) => return 0,
+        None => {}
+    }
     let Some(thread) = THREADS.get_ptr_mut(tid) else {
         return 0;
     };
@@ -124,9 +142,11 @@ pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let Some(in_place) = pending_in_place(thread) else {
+        current::remember(tid, Known::NothingPending);
         return 0;
     };
     let user_stack_id = in_place.then(|| user_stack(&ctx, tgid, unwind::SCRATCH_TASK));
     record_pending(thread, tgid, tid, active, walked_or_ran_on(user_stack_id));
+    current::remember(tid, Known::NothingPending);
     0
 }

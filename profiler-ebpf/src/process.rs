@@ -13,6 +13,7 @@ use profiler_common::{
 };
 
 use crate::{
+    current,
     helpers::{bump, current_tgid_tid, read_at},
     maps::{TARGETS, THREAD_ZERO, THREADS},
     unwind, unwind_mappings,
@@ -113,6 +114,8 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
     };
     if child_tgid == parent_tgid {
         add_new_thread(child_tid, child_tgid);
+        // A new tid may be one a CPU's cache knows as an older thread's, not a target's.
+        current::targets_changed();
         return Ok(0);
     }
     if flags & TARGET_FOLLOW_CHILDREN == 0 {
@@ -122,6 +125,7 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
         bump(counter::TARGET_MAP_FULL);
         return Err(0);
     }
+    current::targets_changed();
     add_new_thread(child_tid, child_tgid);
     unwind::inherit_process(parent_tgid, child_tgid);
     debug!(

@@ -15,6 +15,7 @@ use profiler_common::{
 };
 
 use crate::{
+    current::{self, Known},
     helpers::{
         active_map, add_to_counter, bump, current_tgid_tid, field, stack_sampled, user_stack,
     },
@@ -77,7 +78,7 @@ fn target_thread(tid: u32) -> Option<*mut ThreadState> {
 #[inline(always)]
 fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32, active: u64) {
     let (tgid, tid) = current_tgid_tid();
-    if tid == 0 {
+    if tid == 0 || current::known_not_target(tid) {
         return;
     }
     let Some(thread) = target_thread(tid) else {
@@ -108,19 +109,17 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     }
     // Preempted, or still running: runnable, waiting for a CPU from now on.
     let preempted = preempted || state == 0;
-    let (user_stack_id, kernel_stack_id, (user_sp, user_ip)) = if below == 0 {
+    // Under stack sampling nothing more is read here, in the scheduler with its run queue
+    // locked: where the thread stands is read at switch-in, for a sampled period only.
+    let (user_stack_id, kernel_stack_id) = if below == 0 {
         let kernel = stack_store::current_kernel_stack(
             ctx,
             unwind::SCRATCH_TASK,
             counter::OFFCPU_STACK_COLLISIONS,
         );
-        (user, kernel, (0, 0))
+        (user, kernel)
     } else {
-        (
-            STACK_ID_UNSAMPLED,
-            STACK_ID_NONE,
-            offcpu_stacks::current_user_position(),
-        )
+        (STACK_ID_UNSAMPLED, STACK_ID_NONE)
     };
     // SAFETY: only this thread's own switches and wakeups touch its entry.
     unsafe {
@@ -130,8 +129,6 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
         off_cpu.tgid = tgid;
         off_cpu.user_stack_id = user_stack_id;
         off_cpu.kernel_stack_id = kernel_stack_id;
-        off_cpu.user_sp = user_sp;
-        off_cpu.user_ip = user_ip;
         off_cpu.state = if preempted {
             OFFCPU_STATE_PREEMPTED
         } else if state & TASK_NOLOAD != 0 {
@@ -206,13 +203,16 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
         bump(counter::OFFCPU_FILTERED);
         add_to_counter(counter::OFFCPU_FILTERED_NS, off_cpu);
     } else if walk_later {
+        // Its user registers, saved as it entered the kernel, are where it stood as it left
+        // the CPU: it has not been back in user mode since.
+        let (user_sp, user_ip) = offcpu_stacks::user_position(task);
         // SAFETY: as above; the thread is not running, so its own programs are not either.
         unsafe {
             (*thread).pending = PendingWalk {
                 total_ns: off_cpu.max(1),
                 stack_ns,
-                user_sp: (*start).user_sp,
-                user_ip: (*start).user_ip,
+                user_sp,
+                user_ip,
                 kernel_stack_id: key.kernel_stack_id,
                 state: key.state,
             };
@@ -245,6 +245,18 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
             }
         }
     }
+    // The thread about to run here is a target, with or without a walk pending: its system
+    // calls need not look it up.
+    // SAFETY: as above.
+    let pending = unsafe { (*thread).pending.total_ns } != 0;
+    current::remember(
+        tid,
+        if pending {
+            Known::Pending
+        } else {
+            Known::NothingPending
+        },
+    );
 }
 
 /// Every context switch: the outgoing target thread starts an off-CPU period, the incoming one
@@ -271,9 +283,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A target thread becomes runnable: its run-queue delay starts.
-#[tracepoint(category = "sched", name = "sched_wakeup")]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+/// A target thread becomes runnable: its run-queue delay starts. A BTF tracepoint: the classic
+/// one first copies a record at every wakeup of the machine, a cost no program statistics show.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     match try_sched_wakeup(ctx) {
         Ok(ret) => ret,
         Err(ret) => ret,
@@ -281,9 +294,11 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_sched_wakeup(ctx: TracePointContext) -> Result<u32, u32> {
-    let tid: i32 = field(&ctx, tracepoint_fields::WAKEUP_PID);
-    let thread = target_thread(tid as u32).ok_or(0u32)?;
+fn try_sched_wakeup(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    // sched_wakeup(struct task_struct *p)
+    let task: *const u8 = ctx.arg(0);
+    let tid = task_field(task, &TASK_STRUCT_PID_OFFSET).ok_or(0)?;
+    let thread = target_thread(tid).ok_or(0)?;
     if active_map() == RECORDING_STOPPED {
         return Err(0);
     }

@@ -17,11 +17,12 @@ use profiler_common::{
 };
 
 use crate::{
+    current,
     helpers::{
         active_map, bump, current_tgid_tid, process_memory, read_at, register, stack_sampled,
         user_stack,
     },
-    maps::{CONTROL, TARGETS},
+    maps::CONTROL,
     process::send_process_event,
     unwind,
 };
@@ -105,7 +106,7 @@ fn try_sys_enter(ctx: BtfTracePointContext) -> Result<i32, i32> {
     let id: i64 = ctx.arg(1);
     let call = io_call(id).ok_or(0)?;
     let (tgid, tid) = current_tgid_tid();
-    if unsafe { TARGETS.get(tgid) }.is_none() || active_map() == RECORDING_STOPPED {
+    if !current::is_target(tgid, tid) || active_map() == RECORDING_STOPPED {
         return Err(0);
     }
     if call >> 8 < io_kind::MMAP {
@@ -278,12 +279,16 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    // Most system calls are not a target's: known from the per-CPU cache before anything else.
+    let (tgid, tid) = current_tgid_tid();
+    if current::known_not_target(tid) {
+        return Err(0);
+    }
     // sys_exit(struct pt_regs *regs, long ret); the call's number is in `orig_ax`.
     let regs: *const pt_regs = ctx.arg(0);
     if io_call(register(regs, |regs| &regs.orig_rax) as i64).is_none() {
         return Err(0);
     }
-    let (tgid, tid) = current_tgid_tid();
     let entry = IO_PENDING.get_ptr_mut(tid).ok_or(0)?;
     // SAFETY: the entry of the current thread, which is here and nowhere else.
     let pending = unsafe { *entry };
@@ -315,7 +320,10 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
         if ret >= 0 {
             fd = ret as i32;
             file_id = now;
-            let _ = FILES.insert(FdKey { tgid, fd }, now, 0);
+            let key = FdKey { tgid, fd };
+            // The two maps never both hold an fd, so a later call finds it in either order.
+            let _ = FD_INODES.remove(&key);
+            let _ = FILES.insert(key, now, 0);
             let (dir_fd, path) = if kind == io_kind::OPEN_AT {
                 (pending.args[0] as i32, pending.args[1])
             } else {
@@ -327,12 +335,14 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
         }
     } else {
         let key = FdKey { tgid, fd };
-        if let Some(&id) = unsafe { FILES.get(&key) } {
+        // The fds a long-running server uses most (sockets, files opened before the attach)
+        // are in `FD_INODES`: looked up first, most calls take one lookup.
+        if let Some(&id) = unsafe { FD_INODES.get(&key) } {
+            file_id = id;
+        } else if let Some(&id) = unsafe { FILES.get(&key) } {
             file_id = id;
         } else if kind == io_kind::CLOSE {
             file_id = pending.args[1];
-        } else if let Some(&id) = unsafe { FD_INODES.get(&key) } {
-            file_id = id;
         } else if let Some((mode, inode)) = fd_inode(fd) {
             // Not opened during the run: a pipe, a socket, a dup, or older than the attach.
             // Kept for the fd's next calls (a server's socket is read and written thousands

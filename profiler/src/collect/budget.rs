@@ -25,14 +25,18 @@ const MAX_THRESHOLD_NS: u64 = 1_000_000_000;
 /// counting and timing every event costs, which no threshold lowers.
 const FEW_WALKS_THRESHOLD_NS: u64 = 10_000_000;
 
+/// Programs' run time, the CPUs' busy time and the wall time so far, ns.
+type Reading = (u64, u64, u64);
+
 /// The threshold and what it was adapted from.
 #[derive(Debug)]
 pub(super) struct StackSampler {
     policy: StackSampling,
     below_ns: u64,
     max_below_ns: u64,
-    /// The last reading: programs' run time, the CPUs' busy time and the wall time, ns.
-    last: Option<(u64, u64, u64)>,
+    /// The reading that opened the measuring window: programs' run time, the CPUs' busy time
+    /// and the wall time, ns.
+    window_start: Option<Reading>,
     started: std::time::Instant,
     /// Totals over the readings.
     program_ns: u64,
@@ -54,7 +58,7 @@ impl StackSampler {
             policy,
             below_ns,
             max_below_ns: below_ns,
-            last: None,
+            window_start: None,
             started: std::time::Instant::now(),
             program_ns: 0,
             busy_ns: 0,
@@ -73,20 +77,31 @@ impl StackSampler {
         self.below_ns
     }
 
-    /// Takes a reading (the programs' run time so far); returns the new threshold when it
-    /// changes.
-    pub(super) fn update(&mut self, program_time: Duration) -> Option<u64> {
-        let wall_ns = self.started.elapsed().as_nanos() as u64;
-        self.reading(program_time.as_nanos() as u64, busy_cpu_ns()?, wall_ns)
+    fn reading(&self, program_time: Duration) -> Option<Reading> {
+        Some((
+            program_time.as_nanos() as u64,
+            busy_cpu_ns()?,
+            self.started.elapsed().as_nanos() as u64,
+        ))
     }
 
-    /// [`Self::update`] with the CPUs' busy time and the wall time given: totals so far, ns.
-    fn reading(&mut self, program_ns: u64, busy_ns: u64, wall_ns: u64) -> Option<u64> {
-        let (last_program, last_busy, last_wall) =
-            self.last.replace((program_ns, busy_ns, wall_ns))?;
-        let program = program_ns.saturating_sub(last_program);
-        let busy = busy_ns.saturating_sub(last_busy);
-        let wall = wall_ns.saturating_sub(last_wall);
+    /// Opens a measuring window: the programs' run time so far (measured from now on).
+    pub(super) fn open_window(&mut self, program_time: Duration) {
+        self.window_start = self.reading(program_time);
+    }
+
+    /// Closes the measuring window with the programs' run time so far (measured since it was
+    /// opened); returns the new threshold when it changes.
+    pub(super) fn close_window(&mut self, program_time: Duration) -> Option<u64> {
+        let start = self.window_start.take()?;
+        self.measured(start, self.reading(program_time)?)
+    }
+
+    /// Decides from what the programs took between two readings (totals so far, ns).
+    fn measured(&mut self, start: Reading, end: Reading) -> Option<u64> {
+        let program = end.0.saturating_sub(start.0);
+        let busy = end.1.saturating_sub(start.1);
+        let wall = end.2.saturating_sub(start.2);
         self.program_ns += program;
         self.busy_ns += busy;
         let StackSampling::Budget(percent) = self.policy else {
@@ -235,12 +250,12 @@ mod tests {
         readings: u32,
     ) -> Vec<u64> {
         let (mut program, mut busy) = (0u64, 0u64);
-        sampler.reading(program, busy, busy);
         (0..readings)
             .map(|_| {
+                let start = (program, busy, busy);
                 busy += 1_000_000_000;
                 program += (percent(sampler.below_ns()) * 1e7) as u64;
-                sampler.reading(program, busy, busy);
+                sampler.measured(start, (program, busy, busy));
                 sampler.below_ns()
             })
             .collect()
@@ -276,13 +291,15 @@ mod tests {
         // 2 ms of programs a second, on a machine busy 5 ms a second: 40% of busy time, but
         // under 1% of a quarter of a CPU.
         let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
-        sampler.reading(0, 0, 0);
-        for second in 1..10u64 {
-            sampler.reading(
+        let at = |second: u64| {
+            (
                 second * 2_000_000,
                 second * 5_000_000,
                 second * 1_000_000_000,
-            );
+            )
+        };
+        for second in 1..10u64 {
+            sampler.measured(at(second - 1), at(second));
         }
         assert_eq!(sampler.below_ns(), 0);
     }

@@ -492,16 +492,15 @@ impl Collection {
         Ok(())
     }
 
-    /// Sets the first stack-sampling threshold, and has the programs' run time measured when
-    /// a budget adapts it.
+    /// Sets the first stack-sampling threshold, and when a budget adapts it, opens the first
+    /// window in which the programs' run time is measured.
     pub(super) fn start_stack_sampling(&mut self) -> Result<(), ProbeError> {
         let below = self.sampler.below_ns();
         self.probes.set_stack_sampling(below, below)?;
         if self.sampler.measures() {
             if self.probes.measure_run_time() {
-                // The first reading: the first decision comes one interval later.
                 self.sampler
-                    .update(self.probes.stack_sampled_programs_run_time());
+                    .open_window(self.probes.stack_sampled_programs_run_time());
             } else {
                 log::warn!(
                     "the kernel does not measure the programs' run time: every stack is \
@@ -512,16 +511,26 @@ impl Collection {
         Ok(())
     }
 
-    /// Measures what the programs cost since the last call and moves the stack-sampling
-    /// threshold to stay within the budget.
+    /// Opens a window in which the programs' run time is measured, closed by
+    /// [`Self::adjust_stack_sampling`].
+    pub(super) fn measure_stack_sampling_cost(&mut self) {
+        if self.sampler.measures() && self.probes.measure_run_time() {
+            self.sampler
+                .open_window(self.probes.stack_sampled_programs_run_time());
+        }
+    }
+
+    /// Takes what the programs cost in the window opened last, stops measuring until the
+    /// next, and moves the stack-sampling threshold to stay within the budget.
     pub(super) fn adjust_stack_sampling(&mut self) -> Result<(), ProbeError> {
         if !self.sampler.measures() {
             return Ok(());
         }
-        if let Some(below) = self
+        let below = self
             .sampler
-            .update(self.probes.stack_sampled_programs_run_time())
-        {
+            .close_window(self.probes.stack_sampled_programs_run_time());
+        self.probes.stop_measuring_run_time();
+        if let Some(below) = below {
             self.probes.set_stack_sampling(below, below)?;
         }
         Ok(())

@@ -52,10 +52,14 @@ const EVENT_TICK: Duration = Duration::from_millis(10);
 /// How often sample counts are drained from the kernel.
 const DRAIN_EVERY_TICKS: u32 = 10;
 
-/// Ticks between two readings of what the programs cost (`--max-overhead`): long enough for
-/// the CPUs' busy time (counted in 10 ms units) to be read within a few percent, short enough
-/// that a busy server is within budget a second after the attach.
+/// Ticks between two decisions of the overhead budget (`--max-overhead`): short enough that a
+/// busy server is within budget a second after the attach.
 const BUDGET_EVERY_TICKS: u32 = 5;
+/// What the programs cost is measured over the last tick before each decision only: the
+/// kernel's timing of every program run costs two clock reads a run, as much as the cheapest
+/// programs take. A tick is long enough for the CPUs' busy time (counted in 10 ms units) to be
+/// read within about a tenth.
+const BUDGET_MEASURED_TICKS: u32 = 1;
 
 /// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
 /// the exec notification.
@@ -493,6 +497,8 @@ async fn collect_until_stop(
                 collection.sample_memory();
                 if ticks.is_multiple_of(BUDGET_EVERY_TICKS) {
                     collection.adjust_stack_sampling()?;
+                } else if (ticks + BUDGET_MEASURED_TICKS).is_multiple_of(BUDGET_EVERY_TICKS) {
+                    collection.measure_stack_sampling_cost();
                 }
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain()?;

@@ -11,8 +11,8 @@ use aya::{
 };
 use profiler_common::{
     CONTROL_ACTIVE_SAMPLE_MAP, CONTROL_ATTACH_NS, CONTROL_IO_SAMPLE_BELOW_NS,
-    CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, FdKey, RECORDING_STOPPED, TargetFlags,
-    ThreadState,
+    CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, CONTROL_TARGETS_STAMP, FdKey,
+    RECORDING_STOPPED, TargetFlags, ThreadState,
 };
 
 use super::{
@@ -23,8 +23,8 @@ use super::{
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_pids, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, OFFCPU_STACKS_PROGRAM, PROCESS_PROGRAMS,
-        RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets,
-        check_scheduler_tracepoints, load_programs, rename_tracepoint_fits,
+        RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
+        rename_tracepoint_fits,
     },
 };
 use crate::kernel::btf::{self, KernelTypes};
@@ -216,7 +216,6 @@ impl KernelProbes {
             names.push("cpu_sample");
         }
         if options.scheduler {
-            check_scheduler_tracepoints()?;
             names.extend(SCHEDULER_PROGRAMS);
             if options.offcpu_stack_sampling {
                 names.push(OFFCPU_STACKS_PROGRAM);
@@ -275,13 +274,25 @@ impl KernelProbes {
         } else {
             0
         };
-        insert_entry(&mut self.ebpf, "TARGETS", pid, &flags)
+        insert_entry(&mut self.ebpf, "TARGETS", pid, &flags)?;
+        self.targets_changed()
     }
 
     /// Stops profiling processes that no longer exist, so their pids can neither fill the
     /// map nor make a new process that reuses one a target.
     pub fn remove_targets(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
-        remove_pids::<TargetFlags>(&mut self.ebpf, "TARGETS", pids)
+        if pids.is_empty() {
+            return Ok(());
+        }
+        remove_pids::<TargetFlags>(&mut self.ebpf, "TARGETS", pids)?;
+        self.targets_changed()
+    }
+
+    /// After a change of `TARGETS`: what the programs' per-CPU caches learnt of it before is
+    /// stale. A random stamp, as the fork program writes, so neither side can write the value
+    /// a cache already holds.
+    fn targets_changed(&mut self) -> Result<(), ProbeError> {
+        self.set_control(CONTROL_TARGETS_STAMP, fastrand::u64(..))
     }
 
     /// Processes being profiled.
@@ -350,8 +361,7 @@ impl KernelProbes {
     /// `CLOCK_MONOTONIC` time from which threads already off-CPU are accounted.
     pub fn attach_scheduler(&mut self, now_ns: u64) -> Result<(), ProbeError> {
         self.set_control(CONTROL_ATTACH_NS, now_ns)?;
-        self.attach_tracepoints(&[SCHEDULER_PROGRAMS[0]])?;
-        attach_classic_tracepoints(&mut self.ebpf, [("sched", SCHEDULER_PROGRAMS[1])])?;
+        self.attach_tracepoints(&SCHEDULER_PROGRAMS)?;
         // Loaded only when they apply (the tracepoint's layout fits; stacks may be sampled).
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
@@ -518,8 +528,6 @@ impl KernelProbes {
                 kernel_stack_id: profiler_common::STACK_ID_NONE,
                 state: profiler_common::OFFCPU_STATE_BEFORE_ATTACH,
                 comm: name,
-                user_sp: 0,
-                user_ip: 0,
             },
             pending: profiler_common::PendingWalk {
                 kernel_stack_id: profiler_common::STACK_ID_NONE,

@@ -52,7 +52,8 @@ pub struct KernelProbes {
 
 impl KernelProbes {
     /// Has the kernel time every program run (`BPF_STATS_RUN_TIME`, two clock reads per
-    /// run), for [`Self::stack_sampled_programs_run_time`]. Returns whether it could.
+    /// run), for [`Self::stack_sampled_programs_run_time`], until
+    /// [`Self::stop_measuring_run_time`]. Returns whether it could.
     pub fn measure_run_time(&mut self) -> bool {
         if self.run_time_stats.is_none() {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -61,6 +62,12 @@ impl KernelProbes {
             }
         }
         self.run_time_stats.is_some()
+    }
+
+    /// Stops the kernel timing every program run (unless something else has it on): the
+    /// clock reads cost as much as the cheapest programs.
+    pub fn stop_measuring_run_time(&mut self) {
+        self.run_time_stats = None;
     }
 
     /// Kernel time the off-CPU and I/O programs have taken so far, all CPUs, while measured:

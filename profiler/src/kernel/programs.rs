@@ -20,16 +20,6 @@ pub(super) const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_fork", "sched_pro
 /// The program that learns the libraries the dynamic loader mapped (unwinding with tables).
 pub(super) const LOADER_PROGRAM: &str = "loader_debug_state";
 
-/// Checks that the classic `sched_wakeup` tracepoint lays out its record where the program
-/// reads (`sched_switch` is a BTF tracepoint: its arguments are typed).
-pub(super) fn check_scheduler_tracepoints() -> Result<(), ProbeError> {
-    use profiler_common::tracepoint_fields::WAKEUP_PID;
-
-    let root = tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
-    tracefs::check_layout(&root, "sched/sched_wakeup", &[("pid", WAKEUP_PID, 4)])
-        .map_err(ProbeError::Tracefs)
-}
-
 /// The program that keeps target threads' names current for the scheduler programs.
 pub(super) const RENAME_PROGRAM: (&str, &str) = ("task", "task_rename");
 
@@ -91,8 +81,7 @@ pub(super) fn block_field_offsets() -> Result<[u32; block_field::COUNT], ProbeEr
 /// The program that walks the user stacks of sampled off-CPU periods at system-call exits.
 pub(super) const OFFCPU_STACKS_PROGRAM: &str = "sys_exit_offcpu";
 
-/// The scheduler programs (off-CPU time and run-queue delay): the `sched_switch` BTF
-/// tracepoint, the classic `sched_wakeup` one.
+/// The scheduler programs (off-CPU time and run-queue delay), BTF tracepoints.
 pub(super) const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
 
 /// Loads `names` into the kernel, several at a time. Verification is most of a start-up and
