@@ -4,9 +4,11 @@
 //!
 //! The word holds a tid, what is known of it, and the target set's stamp
 //! (`CONTROL_TARGETS_STAMP`) when that was learnt. Whoever changes `TARGETS` writes a new
-//! random stamp afterwards, so a word learnt before the change no longer matches. One word,
-//! written whole: a program preempted between a read and a write still leaves a consistent
-//! word, true of the tid it names.
+//! random stamp afterwards, so a word learnt before the change no longer matches; so does every
+//! fork, since a new thread may take the tid of one a word still names. One word, written
+//! whole: what a program writes is true of the tid it names. Only `sched_switch`, which no
+//! task switch can interrupt, writes what it knows of a pending walk; the other programs may
+//! be preempted between their read and their write, and only write what the stamp guards.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::PerCpuArray};
 use profiler_common::CONTROL_TARGETS_STAMP;
 
@@ -66,11 +68,17 @@ fn remember_at(tid: u32, known: Known, stamp: u64) {
     }
 }
 
-/// Notes what is known of thread `tid`, the current one or the one about to run here, from
-/// its `THREADS` entry (not from `TARGETS`, which the stamp guards).
+/// Notes what `sched_switch` knows of target thread `tid`, about to run here, from its
+/// `THREADS` entry (not from `TARGETS`, which the stamp guards): whether it has a walk pending.
+/// Without a branch: each one here doubles what the verifier explores of the scheduler program.
 #[inline(always)]
-pub(crate) fn remember(tid: u32, known: Known) {
-    remember_at(tid, known, stamp());
+pub(crate) fn remember_target_thread(tid: u32, pending: bool) {
+    const _: () = assert!(Known::Pending as u64 == Known::NothingPending as u64 + 1);
+    let known = Known::NothingPending as u64 + u64::from(pending);
+    if let Some(word) = ON_CPU.get_ptr_mut(0) {
+        // SAFETY: this CPU's word, written whole.
+        unsafe { *word = u64::from(tid) << 32 | known << 30 | stamp() };
+    }
 }
 
 /// Whether the current process is a target: from the cache, else from `TARGETS` (and then
@@ -92,9 +100,9 @@ pub(crate) fn is_target(tgid: u32, tid: u32) -> bool {
     target
 }
 
-/// After a change of `TARGETS` in the kernel: words learnt before it are stale. A random stamp,
-/// not a count: BPF programs have no atomic add, and two CPUs' increments could write the same
-/// value.
+/// After a change of `TARGETS` in the kernel, or a fork: words learnt before it are stale. A
+/// random stamp, not a count: the collector writes its stamp whole, and a count it wrote could
+/// be one a word already holds.
 #[inline(always)]
 pub(crate) fn targets_changed() {
     if let Some(stamp) = CONTROL.get_ptr_mut(CONTROL_TARGETS_STAMP) {

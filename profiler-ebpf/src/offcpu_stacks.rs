@@ -141,12 +141,13 @@ pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
     if active == RECORDING_STOPPED {
         return 0;
     }
+    // The cache's word is left as it is: written here, it could overwrite the Pending that a
+    // switch-in wrote while this program was preempted. Until the next switch-in, this
+    // thread's system calls look the entry up.
     let Some(in_place) = pending_in_place(thread) else {
-        current::remember(tid, Known::NothingPending);
         return 0;
     };
     let user_stack_id = in_place.then(|| user_stack(&ctx, tgid, unwind::SCRATCH_TASK));
     record_pending(thread, tgid, tid, active, walked_or_ran_on(user_stack_id));
-    current::remember(tid, Known::NothingPending);
     0
 }

@@ -103,6 +103,9 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    // Any fork: the child's tid may be one a CPU's cache still names, of a thread gone. Once,
+    // before the child can run: no word can name it between this and its entry below.
+    current::targets_changed();
     let (parent_tgid, _) = current_tgid_tid();
     let &flags = unsafe { TARGETS.get(parent_tgid) }.ok_or(0)?;
     let child: *const u8 = ctx.arg(1);
@@ -114,8 +117,6 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
     };
     if child_tgid == parent_tgid {
         add_new_thread(child_tid, child_tgid);
-        // A new tid may be one a CPU's cache knows as an older thread's, not a target's.
-        current::targets_changed();
         return Ok(0);
     }
     if flags & TARGET_FOLLOW_CHILDREN == 0 {
@@ -125,7 +126,6 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
         bump(counter::TARGET_MAP_FULL);
         return Err(0);
     }
-    current::targets_changed();
     add_new_thread(child_tid, child_tgid);
     unwind::inherit_process(parent_tgid, child_tgid);
     debug!(

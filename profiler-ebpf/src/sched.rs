@@ -15,7 +15,7 @@ use profiler_common::{
 };
 
 use crate::{
-    current::{self, Known},
+    current,
     helpers::{
         active_map, add_to_counter, bump, current_tgid_tid, field, stack_sampled, user_stack,
     },
@@ -249,14 +249,7 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
     // calls need not look it up.
     // SAFETY: as above.
     let pending = unsafe { (*thread).pending.total_ns } != 0;
-    current::remember(
-        tid,
-        if pending {
-            Known::Pending
-        } else {
-            Known::NothingPending
-        },
-    );
+    current::remember_target_thread(tid, pending);
 }
 
 /// Every context switch: the outgoing target thread starts an off-CPU period, the incoming one

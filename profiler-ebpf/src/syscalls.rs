@@ -321,9 +321,10 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
             fd = ret as i32;
             file_id = now;
             let key = FdKey { tgid, fd };
-            // The two maps never both hold an fd, so a later call finds it in either order.
-            let _ = FD_INODES.remove(&key);
+            // The two maps never both hold an fd, so a later call finds it in either order
+            // (a call of another thread on the new fd checks `FILES` after its insert below).
             let _ = FILES.insert(key, now, 0);
+            let _ = FD_INODES.remove(&key);
             let (dir_fd, path) = if kind == io_kind::OPEN_AT {
                 (pending.args[0] as i32, pending.args[1])
             } else {
@@ -349,6 +350,10 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
             // of times); forgotten when the fd is closed or replaced.
             file_id = inode_file_id(mode, inode);
             let _ = FD_INODES.insert(&key, &file_id, 0);
+            // Opened by another thread meanwhile: that open's entry stands alone.
+            if unsafe { FILES.get(&key) }.is_some() {
+                let _ = FD_INODES.remove(&key);
+            }
         }
         // A failed close frees the fd all the same, unless there was none.
         if kind == io_kind::CLOSE && ret != EBADF {

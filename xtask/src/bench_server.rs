@@ -32,8 +32,8 @@ pub struct ServerBenchArgs {
 #[derive(Clone, Copy)]
 enum Watcher {
     Nothing,
-    /// `profiler attach --children -e cpu,offcpu,io` with these extra options.
-    Profiler(&'static [&'static str]),
+    /// `profiler attach --children -e EVENTS` with these extra options.
+    Profiler(&'static str, &'static [&'static str]),
     /// `perf record -g -a -F 99` (system-wide: `-p` does not follow backends forked later).
     Perf,
     /// bpftrace counting kernel and user stacks at every switch-out of a `postgres` process.
@@ -44,23 +44,34 @@ impl Watcher {
     fn label(self) -> String {
         match self {
             Watcher::Nothing => "pgbench alone".to_owned(),
-            Watcher::Profiler([]) => "profiler `-e cpu,offcpu,io`".to_owned(),
-            Watcher::Profiler(extra) => format!("profiler `-e cpu,offcpu,io {}`", extra.join(" ")),
+            Watcher::Profiler(events, []) => format!("profiler `-e {events}`"),
+            Watcher::Profiler(events, extra) => {
+                format!("profiler `-e {events} {}`", extra.join(" "))
+            }
             Watcher::Perf => "perf `record -g -a`".to_owned(),
             Watcher::Bpftrace => "bpftrace off-CPU stacks".to_owned(),
         }
     }
 }
 
-const WATCHERS: [Watcher; 5] = [
+const WATCHERS: [Watcher; 8] = [
     Watcher::Nothing,
     // The default: stacks sampled within the overhead budget (`--max-overhead`).
-    Watcher::Profiler(&[]),
+    Watcher::Profiler(EVERY_KIND, &[]),
     // Every stack walked, whatever the cost.
-    Watcher::Profiler(&["--max-overhead", "100"]),
+    Watcher::Profiler(EVERY_KIND, &["--max-overhead", "100"]),
     Watcher::Perf,
     Watcher::Bpftrace,
+    // Where the default's cost is: each kind alone.
+    Watcher::Profiler("cpu", &[]),
+    Watcher::Profiler("offcpu", &[]),
+    Watcher::Profiler("io", &[]),
 ];
+
+const EVERY_KIND: &str = "cpu,offcpu,io";
+/// `WATCHERS` indices of the default and of the exact profiler run.
+const DEFAULT: usize = 1;
+const EXACT: usize = 2;
 
 /// A cluster in a temporary folder, stopped when dropped (then the folder is removed).
 struct Cluster {
@@ -207,12 +218,12 @@ fn start_watcher(
 ) -> anyhow::Result<Option<Child>> {
     let mut command = match watcher {
         Watcher::Nothing => return Ok(None),
-        Watcher::Profiler(extra) => {
+        Watcher::Profiler(events, extra) => {
             let out = scratch.join("profile");
             let _ = std::fs::remove_dir_all(&out);
             let mut command = Command::new(profiler_bin());
             command
-                .args(["attach", "--children", "-e", "cpu,offcpu,io"])
+                .args(["attach", "--children", "-e", events])
                 .args(extra)
                 .arg("-o")
                 .arg(out)
@@ -260,7 +271,7 @@ fn stop_watcher(child: Child) -> anyhow::Result<()> {
 }
 
 /// What a profiler run said of its stack sampling (summary.json), in a few words.
-fn own_account(summary: &Path) -> String {
+fn own_account(watcher: Watcher, summary: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(summary) else {
         return "no summary.json".to_owned();
     };
@@ -269,19 +280,27 @@ fn own_account(summary: &Path) -> String {
     };
     let sampling = &summary["quality"]["stack_sampling"];
     if sampling.is_null() {
-        return "every stack walked".to_owned();
-    }
-    let kind = |name: &str| {
-        let events = &sampling[name];
-        match (events["events"].as_u64(), events["walked"].as_u64()) {
-            (Some(all), Some(walked)) => format!("{name} {walked} of {all} walked"),
+        return match watcher {
+            Watcher::Profiler(events, _) if events.contains("offcpu") || events.contains("io") => {
+                "every stack walked".to_owned()
+            }
             _ => String::new(),
-        }
-    };
+        };
+    }
+    let kinds: Vec<String> = ["offcpu", "io"]
+        .into_iter()
+        .filter_map(|name| {
+            let events = &sampling[name];
+            Some(format!(
+                "{name} {} of {} walked",
+                events["walked"].as_u64()?,
+                events["events"].as_u64()?
+            ))
+        })
+        .collect();
     format!(
-        "{}, {}; threshold up to {} µs; programs' measured cost {:.1}% of busy CPU time",
-        kind("offcpu"),
-        kind("io"),
+        "{}; threshold up to {} µs; programs' measured cost {:.1}% of busy CPU time",
+        kinds.join(", "),
         sampling["max_below_us"],
         sampling["measured_overhead_percent"]
             .as_f64()
@@ -401,9 +420,9 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
                 stop_watcher(child)?;
             }
             let tps = tps(&String::from_utf8_lossy(&report.stdout))?;
-            if let Watcher::Profiler(_) = watcher {
+            if let Watcher::Profiler(..) = watcher {
                 let summary = scratch.join("profile/summary.json");
-                accounts[index] = own_account(&summary);
+                accounts[index] = own_account(*watcher, &summary);
                 summaries[index] = std::fs::read_to_string(&summary)
                     .ok()
                     .and_then(|text| serde_json::from_str(&text).ok());
@@ -439,8 +458,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             accounts[index],
         );
     }
-    // Index 1 is the default (sampled) profiler, index 2 the exact one.
-    let story = match (&summaries[1], &summaries[2]) {
+    let story = match (&summaries[DEFAULT], &summaries[EXACT]) {
         (Some(sampled), Some(exact)) => format!(
             "\n\nThe same story, sampled and exact (last round): the exact run's top blocking \
              and I/O stacks, with their share of off-CPU or I/O time in each run.\n\n{}\n{}",

@@ -35,6 +35,8 @@ impl Collection {
     pub(super) fn finish(mut self, min_block_ns: u64) -> Result<Collected, ProbeError> {
         let end_ns = monotonic_ns();
         self.probes.stop_recording()?;
+        // The programs stay attached until the end: not timed meanwhile.
+        self.probes.stop_measuring_run_time();
         self.handle_process_events();
         self.drain()?;
         // Everything back from the spool, for the naming below and the profile.

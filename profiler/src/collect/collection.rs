@@ -493,7 +493,8 @@ impl Collection {
     }
 
     /// Sets the first stack-sampling threshold, and when a budget adapts it, opens the first
-    /// window in which the programs' run time is measured.
+    /// window in which the programs' run time is measured (from before the programs are
+    /// attached to the first decision).
     pub(super) fn start_stack_sampling(&mut self) -> Result<(), ProbeError> {
         let below = self.sampler.below_ns();
         self.probes.set_stack_sampling(below, below)?;
@@ -502,6 +503,7 @@ impl Collection {
                 self.sampler
                     .open_window(self.probes.stack_sampled_programs_run_time());
             } else {
+                self.sampler.unmeasured();
                 log::warn!(
                     "the kernel does not measure the programs' run time: every stack is \
                      walked, whatever --max-overhead says"
@@ -514,16 +516,21 @@ impl Collection {
     /// Opens a window in which the programs' run time is measured, closed by
     /// [`Self::adjust_stack_sampling`].
     pub(super) fn measure_stack_sampling_cost(&mut self) {
-        if self.sampler.measures() && self.probes.measure_run_time() {
+        if !self.sampler.measures() {
+            return;
+        }
+        if self.probes.measure_run_time() {
             self.sampler
                 .open_window(self.probes.stack_sampled_programs_run_time());
+        } else {
+            self.sampler.unmeasured();
         }
     }
 
     /// Takes what the programs cost in the window opened last, stops measuring until the
     /// next, and moves the stack-sampling threshold to stay within the budget.
     pub(super) fn adjust_stack_sampling(&mut self) -> Result<(), ProbeError> {
-        if !self.sampler.measures() {
+        if !self.sampler.measures() || self.sampler.window_too_short() {
             return Ok(());
         }
         let below = self

@@ -60,6 +60,7 @@ const BUDGET_EVERY_TICKS: u32 = 5;
 /// programs take. A tick is long enough for the CPUs' busy time (counted in 10 ms units) to be
 /// read within about a tenth.
 const BUDGET_MEASURED_TICKS: u32 = 1;
+const _: () = assert!(BUDGET_MEASURED_TICKS >= 1 && BUDGET_MEASURED_TICKS < BUDGET_EVERY_TICKS);
 
 /// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
 /// the exec notification.
