@@ -118,6 +118,7 @@ pub fn run_checks() -> Vec<Check> {
         alloc: true,
         alloc_sample_bytes: 0,
         unwind_rows: Some(1024),
+        sample_first: false,
     };
     let mut probes = match KernelProbes::load(options) {
         Ok(probes) => probes,

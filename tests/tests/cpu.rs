@@ -136,6 +136,53 @@ fn attach_profiles_a_running_process_for_a_duration_and_leaves_it_running() {
 }
 
 #[test]
+fn attach_with_every_kind_samples_cpu_while_the_other_programs_are_verified() {
+    let _serial = serial();
+    if !have_root("attach_with_every_kind_samples_cpu_while_the_other_programs_are_verified") {
+        return;
+    }
+    let log = tempfile::tempdir().unwrap();
+    let mut target = Spawned::new(
+        std::process::Command::new(program("demo"))
+            .arg("30")
+            .arg(log.path().join("demo.log")),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["attach", "-d", "3", "-e", "cpu,offcpu,io,alloc", "-o"])
+            .arg(dir.path())
+            .arg(target.pid().to_string()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(target.is_running(), "the target survives profiling");
+    let summary = read_summary(dir.path());
+    // Sampled from before every program was verified and attached: the scheduler, system-call
+    // and allocator programs take most of a start-up to verify.
+    let first_sample = summary["first_sample_ms"].as_f64().expect("a first sample");
+    let attached = summary["attach_ms"].as_f64().expect("an attach time");
+    assert!(
+        first_sample < attached,
+        "first sample at {first_sample:.0} ms, every program attached at {attached:.0} ms"
+    );
+    // And every kind still sees the program.
+    assert_eq!(summary["cpu"]["top_self"][0]["function"], "parse_row");
+    for (file, frame) in [
+        ("offcpu.folded", "flush_log"),
+        ("io.folded", "flush_log"),
+        ("alloc.folded", "cache_insert"),
+    ] {
+        let stacks = read_folded(&dir.path().join(file));
+        assert!(
+            weight_with_frame(&stacks, frame) > 0,
+            "no {frame} in {file}: {stacks:?}"
+        );
+    }
+    assert_nothing_loaded();
+}
+
+#[test]
 fn threads_are_named_and_shared() {
     let _serial = serial();
     if !have_root("threads_are_named_and_shared") {

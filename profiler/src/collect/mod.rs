@@ -143,12 +143,24 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
             let _ = collection.read_memory_map(pid);
         }
     }
+    let sampling = samples_first(&spec, &config);
+    if sampling {
+        collection.probes.attach_cpu_sampling(config.frequency)?;
+        stopped_while_loading()?;
+        let started = Instant::now();
+        collection.probes.load_deferred()?;
+        log::debug!(
+            "sampling while the other programs were verified ({:.0} ms)",
+            elapsed_ms(started)
+        );
+    }
     attach_events(
         &mut collection.probes,
         &config,
         &target_name,
         gated.as_ref().map(GatedChild::pid),
         &collection_pids,
+        sampling,
     )?;
     let attach_ms = elapsed_ms(started);
     stopped_while_loading()?;
@@ -318,6 +330,7 @@ fn attach_targets(
         alloc: config.events.contains(&EventKind::Alloc),
         alloc_sample_bytes: config.alloc_sample_bytes,
         unwind_rows: config.unwind_rows,
+        sample_first: samples_first(spec, config),
     })?;
     stopped_while_loading()?;
     let mut root_pids = Vec::new();
@@ -358,8 +371,17 @@ fn attach_targets(
     })
 }
 
-/// Attaches every event family asked for; `gated` is the launched command, held before its
-/// exec. Threads that exist are made known after the scheduler programs are attached, so none
+/// Whether CPU sampling starts before the other event families' programs are verified: for a
+/// running process, sampled at once. A launched command waits for every family instead, so
+/// that each sees it from its first instruction.
+fn samples_first(spec: &TargetSpec, config: &RunConfig) -> bool {
+    matches!(spec, TargetSpec::Attach { .. })
+        && config.events.contains(&EventKind::Cpu)
+        && config.events.len() > 1
+}
+
+/// Attaches every event family asked for (CPU sampling unless `sampling` already runs);
+/// `gated` is the launched command, held before its exec. Threads that exist are made known after the scheduler programs are attached, so none
 /// falls between the two.
 fn attach_events(
     probes: &mut KernelProbes,
@@ -367,6 +389,7 @@ fn attach_events(
     target_name: &str,
     gated: Option<u32>,
     collection_pids: &[u32],
+    sampling: bool,
 ) -> Result<(), CollectError> {
     if config.events.contains(&EventKind::OffCpu) {
         // Off-CPU time is accounted from here; threads found asleep are off-CPU since then.
@@ -401,7 +424,7 @@ fn attach_events(
     if config.events.contains(&EventKind::Io) {
         probes.attach_block()?;
     }
-    if config.events.contains(&EventKind::Cpu) {
+    if config.events.contains(&EventKind::Cpu) && !sampling {
         probes.attach_cpu_sampling(config.frequency)?;
     }
     Ok(())

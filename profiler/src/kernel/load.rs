@@ -55,7 +55,20 @@ pub struct LoadOptions {
     /// Capacity of the unwind-row array when user stacks are walked with unwind tables;
     /// `None` leaves user stacks to the kernel's frame-pointer walker.
     pub unwind_rows: Option<u32>,
+    /// Verify only what CPU sampling needs before returning; the other programs wait for
+    /// [`KernelProbes::load_deferred`]. A running process is then sampled while they are
+    /// verified, most of a start-up.
+    pub sample_first: bool,
 }
+
+/// The programs CPU sampling needs: the sampler, process tracking, and the loader hook that
+/// describes new libraries.
+const SAMPLING_PROGRAMS: [&str; 4] = [
+    PROCESS_PROGRAMS[0],
+    PROCESS_PROGRAMS[1],
+    "cpu_sample",
+    LOADER_PROGRAM,
+];
 
 /// Attaches loaded classic tracepoint programs.
 fn attach_classic_tracepoints(
@@ -253,7 +266,17 @@ impl KernelProbes {
                 path: btf::VMLINUX_BTF,
                 source: std::io::Error::other(err),
             })?;
+        let later: Vec<&'static str> = if options.sample_first {
+            let (now, later) = names
+                .into_iter()
+                .partition(|name| SAMPLING_PROGRAMS.contains(name));
+            names = now;
+            later
+        } else {
+            Vec::new()
+        };
         load_programs(&mut ebpf, &names, &btf)?;
+        let deferred = (!later.is_empty()).then_some((later, btf));
         Ok(KernelProbes {
             uprobe_links: Vec::new(),
             ebpf,
@@ -264,7 +287,16 @@ impl KernelProbes {
             unwind_rows,
             _logger: logger,
             run_time_stats: None,
+            deferred,
         })
+    }
+
+    /// Verifies the programs [`LoadOptions::sample_first`] left for later.
+    pub fn load_deferred(&mut self) -> Result<(), ProbeError> {
+        match self.deferred.take() {
+            Some((names, btf)) => load_programs(&mut self.ebpf, &names, &btf),
+            None => Ok(()),
+        }
     }
 
     /// Profiles process `pid` from now on (and its future children if `follow_children`).

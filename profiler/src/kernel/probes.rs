@@ -48,6 +48,9 @@ pub struct KernelProbes {
     /// Keeps the kernel's per-program run-time statistics on while held (see
     /// [`Self::measure_run_time`]).
     pub(super) run_time_stats: Option<std::os::fd::OwnedFd>,
+    /// Programs not verified yet, and the kernel's BTF they are verified against (see
+    /// [`super::LoadOptions::sample_first`]).
+    pub(super) deferred: Option<(Vec<&'static str>, aya::Btf)>,
 }
 
 impl KernelProbes {
