@@ -78,7 +78,8 @@ pub struct RunInfo {
     pub stop_reason: String,
     /// Exit code of the launched command (`record`), when it exited.
     pub exit_code: Option<i32>,
-    /// Time from the start of the profiler to the programs being attached, in milliseconds.
+    /// Time from the start of the profiler to every program being attached (CPU sampling may
+    /// start before, see `first_sample_ms`), in milliseconds.
     pub attach_ms: Option<f64>,
     /// Time from the start of the profiler to the first sample, in milliseconds.
     pub first_sample_ms: Option<f64>,
