@@ -59,12 +59,12 @@ pub(crate) fn known_not_target(tid: u32) -> bool {
     known(tid) == Some(Known::NotTarget)
 }
 
-/// Notes what is known of the current thread `tid`, learnt after the stamp was `stamp`.
+/// Notes what is known of thread `tid` (a `Known` value), learnt after the stamp was `stamp`.
 #[inline(always)]
-fn remember_at(tid: u32, known: Known, stamp: u64) {
+fn remember_at(tid: u32, known: u64, stamp: u64) {
     if let Some(word) = ON_CPU.get_ptr_mut(0) {
         // SAFETY: this CPU's word, written whole.
-        unsafe { *word = u64::from(tid) << 32 | (known as u64) << 30 | stamp };
+        unsafe { *word = u64::from(tid) << 32 | known << 30 | stamp };
     }
 }
 
@@ -74,11 +74,11 @@ fn remember_at(tid: u32, known: Known, stamp: u64) {
 #[inline(always)]
 pub(crate) fn remember_target_thread(tid: u32, pending: bool) {
     const _: () = assert!(Known::Pending as u64 == Known::NothingPending as u64 + 1);
-    let known = Known::NothingPending as u64 + u64::from(pending);
-    if let Some(word) = ON_CPU.get_ptr_mut(0) {
-        // SAFETY: this CPU's word, written whole.
-        unsafe { *word = u64::from(tid) << 32 | known << 30 | stamp() };
-    }
+    remember_at(
+        tid,
+        Known::NothingPending as u64 + u64::from(pending),
+        stamp(),
+    );
 }
 
 /// Whether the current process is a target: from the cache, else from `TARGETS` (and then
@@ -96,7 +96,7 @@ pub(crate) fn is_target(tgid: u32, tid: u32) -> bool {
     } else {
         Known::NotTarget
     };
-    remember_at(tid, known, stamp);
+    remember_at(tid, known as u64, stamp);
     target
 }
 

@@ -46,7 +46,10 @@ pub fn summary_markdown(summary: &Summary) -> String {
     }
     md.push('\n');
     if let Some(attach) = summary.run.attach_ms {
-        let _ = write!(md, "- Start-up: every program attached after {attach:.0} ms");
+        let _ = write!(
+            md,
+            "- Start-up: every program attached after {attach:.0} ms"
+        );
         if let Some(first) = summary.run.first_sample_ms {
             let _ = write!(md, ", first sample after {first:.0} ms");
         }
