@@ -9,6 +9,7 @@ mod bench;
 mod bench_jit;
 mod bench_longrun;
 mod bench_python;
+mod bench_rustc;
 mod bench_server;
 mod bench_soak;
 mod bench_startup;
