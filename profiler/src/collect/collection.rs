@@ -498,23 +498,13 @@ impl Collection {
     pub(super) fn start_stack_sampling(&mut self) -> Result<(), ProbeError> {
         let below = self.sampler.below_ns();
         self.probes.set_stack_sampling(below, below)?;
-        if self.sampler.measures() {
-            if self.probes.measure_run_time() {
-                self.sampler
-                    .open_window(self.probes.stack_sampled_programs_run_time());
-            } else {
-                self.sampler.unmeasured();
-                log::warn!(
-                    "the kernel does not measure the programs' run time: every stack is \
-                     walked, whatever --max-overhead says"
-                );
-            }
-        }
+        self.measure_stack_sampling_cost();
         Ok(())
     }
 
     /// Opens a window in which the programs' run time is measured, closed by
-    /// [`Self::adjust_stack_sampling`].
+    /// [`Self::adjust_stack_sampling`]. If the kernel will not measure it, every stack is
+    /// walked from then on.
     pub(super) fn measure_stack_sampling_cost(&mut self) {
         if !self.sampler.measures() {
             return;
@@ -524,6 +514,10 @@ impl Collection {
                 .open_window(self.probes.stack_sampled_programs_run_time());
         } else {
             self.sampler.unmeasured();
+            log::warn!(
+                "the kernel does not measure the programs' run time: every stack is walked, \
+                 whatever --max-overhead says"
+            );
         }
     }
 

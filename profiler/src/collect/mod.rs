@@ -127,12 +127,13 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
 
     let follow = spec.follows_children();
     let scheduler = config.events.contains(&EventKind::OffCpu);
+    let sampling = samples_first(&spec, &config);
     let Attached {
         probes,
         root_pids,
         gated,
         collection_pids,
-    } = attach_targets(&spec, &config, program.as_deref())?;
+    } = attach_targets(&spec, &config, program.as_deref(), sampling)?;
     let mut collection = Collection::new(probes, &config);
     collection.start_stack_sampling()?;
     if gated.is_none() {
@@ -143,7 +144,6 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
             let _ = collection.read_memory_map(pid);
         }
     }
-    let sampling = samples_first(&spec, &config);
     if sampling {
         collection.probes.attach_cpu_sampling(config.frequency)?;
         stopped_while_loading()?;
@@ -319,6 +319,7 @@ fn attach_targets(
     spec: &TargetSpec,
     config: &RunConfig,
     program: Option<&std::path::Path>,
+    sample_first: bool,
 ) -> Result<Attached, CollectError> {
     let mut probes = KernelProbes::load(LoadOptions {
         verbose: config.verbose,
@@ -330,7 +331,7 @@ fn attach_targets(
         alloc: config.events.contains(&EventKind::Alloc),
         alloc_sample_bytes: config.alloc_sample_bytes,
         unwind_rows: config.unwind_rows,
-        sample_first: samples_first(spec, config),
+        sample_first,
     })?;
     stopped_while_loading()?;
     let mut root_pids = Vec::new();
@@ -381,8 +382,8 @@ fn samples_first(spec: &TargetSpec, config: &RunConfig) -> bool {
 }
 
 /// Attaches every event family asked for (CPU sampling unless `sampling` already runs);
-/// `gated` is the launched command, held before its exec. Threads that exist are made known after the scheduler programs are attached, so none
-/// falls between the two.
+/// `gated` is the launched command, held before its exec. Threads that exist are made known
+/// after the scheduler programs are attached, so none falls between the two.
 fn attach_events(
     probes: &mut KernelProbes,
     config: &RunConfig,
