@@ -111,6 +111,10 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
             println!("{verdict:<5} {series:<5} {check}");
             if !verdict.starts_with("PASS") {
                 failed.push(format!("{series} {check}"));
+                // CI keeps the job's output, not target/: the failing test's own words go there.
+                if let Some(output) = results.output_of(check) {
+                    eprintln!("--- {series} {check}: what the test printed ---\n{output}\n---");
+                }
             }
         }
     }
@@ -347,9 +351,10 @@ fn init_script(built: &BuiltTests) -> String {
             .find(|(name, _)| name == binary)
             .map(|(_, path)| path.display().to_string())
             .unwrap_or_default();
+        // What each test measured goes to the console, printed again when it fails.
         let _ = writeln!(
             script,
-            "{executable} --exact {test} --test-threads 1\necho \"{RESULT_MARK}{test} $?\""
+            "{executable} --exact {test} --test-threads 1 --nocapture\necho \"{RESULT_MARK}{test} $?\""
         );
     }
     script.push_str("poweroff -f\n");
@@ -559,6 +564,18 @@ fn ext4_disk(path: &Path) -> anyhow::Result<PathBuf> {
 struct Results {
     kernel: Option<String>,
     checks: Vec<(String, bool)>,
+    /// Each check's console lines, before its result line.
+    outputs: Vec<(String, String)>,
+}
+
+impl Results {
+    /// The last lines `check` printed, at most a screenful.
+    fn output_of(&self, check: &str) -> Option<String> {
+        const LINES: usize = 60;
+        let (_, output) = self.outputs.iter().find(|(name, _)| name == check)?;
+        let lines: Vec<&str> = output.lines().collect();
+        Some(lines[lines.len().saturating_sub(LINES)..].join("\n"))
+    }
 }
 
 /// Boots the VM under qemu's emulation, the console written to `log`,
@@ -601,15 +618,24 @@ fn parse_console(console: &str) -> Results {
     let mut results = Results {
         kernel: None,
         checks: Vec::new(),
+        outputs: Vec::new(),
     };
+    let mut output = String::new();
     for line in console.lines().map(str::trim) {
         if let Some(release) = line.strip_prefix(KERNEL_MARK) {
             results.kernel = Some(release.to_owned());
+            output.clear();
         } else if let Some((name, status)) = line
             .strip_prefix(RESULT_MARK)
             .and_then(|rest| rest.rsplit_once(' '))
         {
             results.checks.push((name.to_owned(), status == "0"));
+            results
+                .outputs
+                .push((name.to_owned(), std::mem::take(&mut output)));
+        } else {
+            output.push_str(line);
+            output.push('\n');
         }
     }
     results
@@ -637,5 +663,7 @@ mod tests {
             results.checks,
             [("check".to_owned(), true), ("leaf".to_owned(), false)]
         );
+        assert_eq!(results.output_of("leaf").as_deref(), Some(""));
+        assert_eq!(results.output_of("check").as_deref(), Some("test x ... ok"));
     }
 }
