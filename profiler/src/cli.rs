@@ -41,6 +41,12 @@ pub enum Command {
         #[arg(required = true, last = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
+    /// Profile continuously, sending a profile every `--interval` to an OpenTelemetry
+    /// collector (OTLP/HTTP, the development profiles signal). Windows that cannot be sent
+    /// wait (in `--spool`, across restarts) and go, in order, when the backend is back. Runs
+    /// until SIGTERM or SIGINT, which send or spool the last window, or until every PID named
+    /// has exited.
+    Agent(AgentArgs),
     /// Check what this kernel and this user can do: BTF, perf events, tracepoints, uprobes,
     /// ring buffers, tracefs, capabilities; one PASS/FAIL line each, with what to do.
     Check,
@@ -90,6 +96,83 @@ pub struct ProfileArgs {
     /// Output folder (default: `benchmarks/<target>-<YYYYmmdd-HHMMSS>`).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub collect: CollectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Processes to profile, with the processes they start.
+    #[arg(
+        value_name = "PID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub pids: Vec<u32>,
+    /// Every process on the host but the profiler's own, and every process started later.
+    #[arg(long)]
+    pub all: bool,
+    /// How often a profile is sent: the length of a window (at least 1 s).
+    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Sampling frequency in Hz: low by default, for continuous use.
+    #[arg(short = 'F', long, default_value_t = 19, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+    /// An OpenTelemetry collector's OTLP/HTTP address (e.g. `http://localhost:4318`): each
+    /// window is POSTed to `URL/v1development/profiles`.
+    #[arg(long, value_name = "URL")]
+    pub otlp: String,
+    /// How requests are compressed.
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    pub compression: Compression,
+    /// Folder where windows not yet sent wait, and survive a restart of the agent (created
+    /// if missing, as output folders are); by default they wait in memory.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Most the windows waiting to be sent may take; past it the oldest are dropped, and
+    /// counted.
+    #[arg(long, value_parser = parse_bytes, default_value = "256MiB", value_name = "BYTES")]
+    pub spool_max: u64,
+    /// A resource attribute for every profile, `KEY=VALUE` (repeatable): `service.name=NAME`
+    /// names the service (by default each process's executable).
+    #[arg(long = "label", value_parser = parse_label, value_name = "KEY=VALUE")]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub collect: CollectArgs,
+}
+
+/// How the agent's requests are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// `Content-Encoding: gzip`.
+    Gzip,
+    /// Uncompressed.
+    None,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!("`{text}`: give at least 1s"));
+    }
+    Ok(interval)
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{text}`: give KEY=VALUE, e.g. service.name=checkout"
+        )),
+    }
+}
+
+/// What to collect and how: the options `attach`, `record` and `agent` share.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
     /// Event kinds to collect, comma-separated: cpu, offcpu, io, alloc.
     #[arg(short, long, value_delimiter = ',', default_value = "cpu")]
     pub events: Vec<EventKind>,
@@ -256,14 +339,28 @@ pub enum Unwind {
 
 impl From<ProfileArgs> for RunConfig {
     fn from(args: ProfileArgs) -> Self {
+        args.collect
+            .run_config(args.frequency, args.duration, args.output)
+    }
+}
+
+impl CollectArgs {
+    /// The run's configuration, with the options the commands do not share.
+    pub fn run_config(
+        self,
+        frequency: u64,
+        duration: Option<Duration>,
+        output: Option<PathBuf>,
+    ) -> RunConfig {
+        let args = self;
         let mut events = args.events;
         events.sort();
         events.dedup();
         RunConfig {
             events,
-            frequency: args.frequency,
-            duration: args.duration,
-            output: args.output,
+            frequency,
+            duration,
+            output,
             verbose: args.verbose,
             min_block: args.min_block,
             stack_sampling: match args.sample_stacks_below {
@@ -352,5 +449,53 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["profiler", "attach", "1", "-F", "0"]).is_err());
         assert!(Cli::try_parse_from(["profiler", "attach"]).is_err());
+    }
+
+    #[test]
+    fn agent_takes_pids_or_all_and_labels() {
+        let cli = Cli::try_parse_from([
+            "profiler",
+            "agent",
+            "--all",
+            "--otlp",
+            "http://localhost:4318",
+            "--label",
+            "service.name=checkout",
+            "--label",
+            "env=a=b",
+        ])
+        .unwrap();
+        let Command::Agent(agent) = cli.command else {
+            panic!("not agent");
+        };
+        assert!(agent.all && agent.pids.is_empty());
+        assert_eq!(agent.frequency, 19);
+        assert_eq!(agent.interval, Duration::from_secs(15));
+        assert_eq!(
+            agent.labels,
+            [
+                ("service.name".to_owned(), "checkout".to_owned()),
+                ("env".to_owned(), "a=b".to_owned())
+            ]
+        );
+        for wrong in [
+            &["profiler", "agent", "--otlp", "http://x"][..],
+            &["profiler", "agent", "1", "--all", "--otlp", "http://x"],
+            &["profiler", "agent", "1"],
+            &[
+                "profiler", "agent", "1", "--otlp", "http://x", "--label", "novalue",
+            ],
+            &[
+                "profiler",
+                "agent",
+                "1",
+                "--otlp",
+                "http://x",
+                "--interval",
+                "100ms",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(wrong).is_err(), "{wrong:?}");
+        }
     }
 }

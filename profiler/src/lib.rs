@@ -15,11 +15,13 @@
 //! - [`render`]: the files of an output folder: folded stacks, flamegraphs, summary.md/json,
 //!   report.html, exports, the memory timeline, diffs.
 //! - [`output`]: output folders, created and written safely under sudo.
+//! - [`agent`]: `profiler agent`, continuous collection in windows sent as OTLP profiles.
 //!
 //! Everything from [`stacks`] down takes plain data, so unit tests and the fuzzer reach it
 //! without a kernel. The `profiler` binary ([`cli`], [`check`] and `main.rs`) is a thin command
 //! line on top.
 
+pub mod agent;
 pub mod analysis;
 pub mod check;
 pub mod cli;

@@ -21,7 +21,10 @@ use profiler::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
-        Command::Attach { options, .. } | Command::Record { options, .. } => options.verbose,
+        Command::Attach { options, .. } | Command::Record { options, .. } => {
+            options.collect.verbose
+        }
+        Command::Agent(args) => args.collect.verbose,
         Command::Report { .. }
         | Command::Diff { .. }
         | Command::Synthesize { .. }
@@ -155,6 +158,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             output,
             fail_above,
         } => return diff(&before, &after, output, fail_above),
+        Command::Agent(args) => return profiler::agent::run(args),
         Command::Attach {
             pids,
             children,

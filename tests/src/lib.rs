@@ -30,6 +30,7 @@ pub const PROGRAM_NAMES: [&str; 14] = [
     "free_enter",
 ];
 
+pub mod otlp;
 pub mod runtimes;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -178,6 +179,34 @@ impl Spawned {
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to exit (killing it after `timeout`) and returns its output: what it
+    /// wrote to the pipes it was given (a few lines: the pipes are read once it exited).
+    pub fn wait_with_output(mut self, timeout: Duration) -> Output {
+        if !wait_for(timeout, || !self.is_running()) {
+            self.signal(libc::SIGKILL);
+        }
+        let read = |pipe: Option<&mut dyn std::io::Read>| {
+            let mut bytes = Vec::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        };
+        let stdout = read(self.0.stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
+        let stderr = read(self.0.stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
+        let status = self.0.wait().expect("its status");
+        eprintln!(
+            "{:?} -> {status}\nstderr: {}",
+            self.0,
+            String::from_utf8_lossy(&stderr)
+        );
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
     }
 }
 

@@ -131,7 +131,7 @@ fn chromium() -> PathBuf {
 /// The independent readers the integration tests check outputs with: Node.js with the
 /// `pprof-format` decoder and `playwright-core`, and a headless Chromium; PostgreSQL, the
 /// server the verdict is tested on; OpenJDK 17, Go and CPython 3.11 (with its headers), whose
-/// code the runtime tests name. Installed from
+/// code the runtime tests name; the OTLP receiver's Python environment. Installed from
 /// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
 /// them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
@@ -161,6 +161,14 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     if !Path::new("/usr/include/python3.11/internal/pycore_frame.h").exists() {
         packages.push("python3.11-dev");
     }
+    // The agent tests' OTLP receiver runs in a virtual environment of Debian's Python.
+    let venv_works = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !venv_works {
+        packages.push("python3-venv");
+    }
     // A real server under load for the verdict test (tests/tests/postgres.rs).
     let has_pgbench = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -185,6 +193,7 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
             .args(&packages)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    install_otlp_receiver(root)?;
     let js = root.join("tests/js");
     let lock = js.join("package-lock.json");
     let installed = js.join("node_modules/.package-lock.json");
@@ -195,6 +204,30 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
             .arg(&js))?;
     }
+    Ok(())
+}
+
+/// Debian's Python, which the OTLP receiver's virtual environment is made with.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// The agent tests' OTLP receiver (tests/otlp/receiver.py): a virtual environment with the
+/// official opentelemetry-proto classes from PyPI, at the versions `requirements.txt` pins;
+/// made again when those change.
+fn install_otlp_receiver(root: &Path) -> anyhow::Result<()> {
+    let otlp = root.join("tests/otlp");
+    let venv = otlp.join("venv");
+    let requirements = otlp.join("requirements.txt");
+    let installed = venv.join("installed-requirements.txt");
+    if std::fs::read(&installed).ok() == std::fs::read(&requirements).ok() {
+        return Ok(());
+    }
+    eprintln!("setup: installing the OTLP receiver's Python packages (tests/otlp/venv)");
+    let _ = std::fs::remove_dir_all(&venv);
+    run(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::copy(&requirements, &installed)?;
     Ok(())
 }
 

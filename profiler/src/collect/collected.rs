@@ -1,7 +1,7 @@
 //! What a run collected once the programs stopped, and how it becomes a [`Profile`]: stacks
 //! symbolized and assembled, run queues, I/O and memory tables, losses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use profiler_common::{
     AllocSite, AllocStats, IoKey, IoTotal, LiveAlloc, LiveKey, OffCpuKey, OffCpuTime,
@@ -165,38 +165,11 @@ impl Collection {
             }
             None => None,
         };
-        let user_ids = self
-            .counts
-            .keys()
-            .map(|key| key.user_stack_id)
-            .chain(self.offcpu.keys().map(|key| key.user_stack_id))
-            .chain(self.io.keys().map(|key| key.user_stack_id))
-            .chain(
-                allocations
-                    .iter()
-                    .flat_map(|a| a.sites.iter().map(|(site, _)| site.user_stack_id)),
-            )
-            .filter_map(|id| u32::try_from(id).ok())
-            .collect::<Vec<u32>>();
-        let kernel_ids = self
-            .counts
-            .keys()
-            .map(|key| key.kernel_stack_id)
-            .chain(self.offcpu.keys().map(|key| key.kernel_stack_id))
-            .filter_map(|id| u32::try_from(id).ok());
         // Every stack was drained (`drain` above, after recording stopped).
-        let mut stacks = StackTable::default();
-        for id in kernel_ids {
-            if let Some(frames) = self.stacks.kernel.remove(&id) {
-                stacks.kernel.insert(id, frames);
-            }
-        }
-        for id in user_ids {
-            if let Some((frames, end)) = self.stacks.user.remove(&id) {
-                stacks.user.insert(id, frames);
-                stacks.user_ends.insert(id, end);
-            }
-        }
+        let alloc_ids = allocations
+            .iter()
+            .flat_map(|a| a.sites.iter().map(|(site, _)| site.user_stack_id));
+        let stacks = self.referenced_stacks(alloc_ids, true);
         // Detaching takes the kernel about 0.1 s per uprobe: let it happen while the profile
         // is symbolized and written. Recording stopped already, and `main` waits for it.
         let mut probes = self.probes;
@@ -223,6 +196,54 @@ impl Collection {
             memory_cap_dropped: self.memory_cap_dropped,
             detaching: Some(detaching),
         })
+    }
+}
+
+impl Collection {
+    /// The stacks the counts (and `more_user_ids`) name, taken out of the drained ones, or
+    /// copied when `take` is false (later counts may name them again).
+    pub(super) fn referenced_stacks(
+        &mut self,
+        more_user_ids: impl Iterator<Item = i32>,
+        take: bool,
+    ) -> StackTable {
+        let user_ids = self
+            .counts
+            .keys()
+            .map(|key| key.user_stack_id)
+            .chain(self.offcpu.keys().map(|key| key.user_stack_id))
+            .chain(self.io.keys().map(|key| key.user_stack_id))
+            .chain(more_user_ids)
+            .filter_map(|id| u32::try_from(id).ok())
+            .collect::<HashSet<u32>>();
+        let kernel_ids = self
+            .counts
+            .keys()
+            .map(|key| key.kernel_stack_id)
+            .chain(self.offcpu.keys().map(|key| key.kernel_stack_id))
+            .filter_map(|id| u32::try_from(id).ok())
+            .collect::<HashSet<u32>>();
+        let mut stacks = StackTable::default();
+        for id in kernel_ids {
+            let frames = match take {
+                true => self.stacks.kernel.remove(&id),
+                false => self.stacks.kernel.get(&id).cloned(),
+            };
+            if let Some(frames) = frames {
+                stacks.kernel.insert(id, frames);
+            }
+        }
+        for id in user_ids {
+            let stack = match take {
+                true => self.stacks.user.remove(&id),
+                false => self.stacks.user.get(&id).cloned(),
+            };
+            if let Some((frames, end)) = stack {
+                stacks.user.insert(id, frames);
+                stacks.user_ends.insert(id, end);
+            }
+        }
+        stacks
     }
 }
 
@@ -301,7 +322,7 @@ impl Collected {
     }
 
     /// Symbolizes and assembles the profile.
-    pub(super) fn into_profile(self, run: RunInfo) -> Profile {
+    pub(super) fn profile(&self, run: RunInfo) -> Profile {
         let names = self.thread_names();
         let thread_name = |pid: u32, tid: u32, comm: &[u8]| -> String {
             let name = comm_string(comm);
@@ -466,7 +487,7 @@ impl Collected {
             stats.probed = allocators::probed_names(&allocations.memory.objects);
             profile.memory = Some(stats);
         }
-        let mut processes: Vec<Process> = self.processes.processes.into_values().collect();
+        let mut processes: Vec<Process> = self.processes.processes.values().cloned().collect();
         processes.sort_by_key(|process| process.pid);
         profile.processes = processes;
         profile.objects = symbols.objects();

@@ -46,6 +46,7 @@ impl ProcessTable {
             pid,
             name: pid.to_string(),
             command: Vec::new(),
+            container: procfs::container_id(pid),
         });
         if let Some(name) = name {
             entry.name = name;

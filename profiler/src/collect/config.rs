@@ -15,6 +15,8 @@ pub enum TargetSpec {
         /// Include descendants.
         children: bool,
     },
+    /// Every process on the host but the profiler, and every process started later.
+    System,
     /// A command to launch.
     Launch {
         /// Program and arguments.
@@ -29,6 +31,7 @@ impl TargetSpec {
     pub fn follows_children(&self) -> bool {
         match self {
             TargetSpec::Attach { children, .. } | TargetSpec::Launch { children, .. } => *children,
+            TargetSpec::System => true,
         }
     }
 }

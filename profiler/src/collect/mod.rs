@@ -15,8 +15,10 @@ mod stop;
 mod stop_signals;
 mod tables;
 mod threads;
+mod windows;
 
 pub use error::CollectError;
+pub use windows::{Window, run_windows};
 
 use std::{
     path::PathBuf,
@@ -96,28 +98,53 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs a whole profiling session.
-pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, CollectError> {
-    let started = Instant::now();
-    let started_ns = monotonic_ns();
-    let start_unix_ms = SystemTime::now()
+/// When a run started, by the clocks its figures are read with.
+struct Clock {
+    started: Instant,
+    /// `CLOCK_MONOTONIC`, the kernel's clock.
+    started_ns: u64,
+    start_unix_ms: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            started: Instant::now(),
+            started_ns: monotonic_ns(),
+            start_unix_ms: unix_ms(),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    // Caught first: a stop asked for while loading is acted on, not fatal.
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// SIGINT and SIGTERM, caught first: a stop asked for while loading is acted on, not fatal.
+fn stop_signals() -> Result<(Signal, Signal), CollectError> {
     stop_signals::install()
         .map_err(|err| CollectError::Signals("catch SIGINT and SIGTERM", err))?;
-    let mut sigint = signal(SignalKind::interrupt())
+    let sigint = signal(SignalKind::interrupt())
         .map_err(|err| CollectError::Signals("handle SIGINT", err))?;
-    let mut sigterm = signal(SignalKind::terminate())
+    let sigterm = signal(SignalKind::terminate())
         .map_err(|err| CollectError::Signals("handle SIGTERM", err))?;
+    Ok((sigint, sigterm))
+}
+
+/// Runs a whole profiling session.
+pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, CollectError> {
+    let clock = Clock::now();
+    let (mut sigint, mut sigterm) = stop_signals()?;
     privileges::check()?;
 
     // Validate the target and the output folder before touching the kernel.
-    let (target_name, command, program) = describe_target(&spec)?;
+    let target = describe_target(&spec)?;
     let output_path = config.output.clone().unwrap_or_else(|| {
         output::default_dir(
-            &target_name,
-            &output::local_stamp((start_unix_ms / 1000) as i64),
+            &target.name,
+            &output::local_stamp((clock.start_unix_ms / 1000) as i64),
         )
     });
     let output = OutputDir::prepare(&output_path).map_err(|source| CollectError::Output {
@@ -125,67 +152,18 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         source,
     })?;
 
-    let follow = spec.follows_children();
-    let scheduler = config.events.contains(&EventKind::OffCpu);
-    let sampling = samples_first(&spec, &config);
-    let Attached {
-        probes,
+    let Started {
+        mut collection,
         root_pids,
-        gated,
-        collection_pids,
-    } = attach_targets(&spec, &config, program.as_deref(), sampling)?;
-    let mut collection = Collection::new(probes, &config);
-    collection.start_stack_sampling()?;
-    if gated.is_none() {
-        // Running processes' unwind tables are loaded before any event program is attached:
-        // a stack walked before its process is described is cut short, and a backend blocked
-        // on a lock can be waiting there for the whole run.
-        for &pid in &collection_pids {
-            let _ = collection.read_memory_map(pid);
-        }
-    }
-    if sampling {
-        collection.probes.attach_cpu_sampling(config.frequency)?;
-        stopped_while_loading()?;
-        let started = Instant::now();
-        collection.probes.load_deferred()?;
-        log::debug!(
-            "sampling while the other programs were verified ({:.0} ms)",
-            elapsed_ms(started)
-        );
-    }
-    attach_events(
-        &mut collection.probes,
-        &config,
-        &target_name,
-        gated.as_ref().map(GatedChild::pid),
-        &collection_pids,
-        sampling,
-    )?;
-    let attach_ms = elapsed_ms(started);
-    stopped_while_loading()?;
-    if gated.is_none() && !collection_pids.iter().any(|&pid| procfs::is_alive(pid)) {
-        return Err(CollectError::TargetExitedWhileLoading);
-    }
-    for pid in collection_pids {
-        collection.watch_process(pid, None);
-    }
-
-    let mut child = match gated {
-        Some(gated) => Some(start_command(
-            &mut collection,
-            gated,
-            program.as_deref(),
-            &command,
-            scheduler,
-        )?),
-        None => None,
-    };
+        mut child,
+        attach_ms,
+    } = start(&spec, &config, &target, &clock)?;
     let profiling_started = Instant::now();
 
     let bar = status_line(config.verbose);
     bar.set_prefix(format!(
-        "{target_name} ({})",
+        "{} ({})",
+        target.name,
         root_pids
             .iter()
             .map(u32::to_string)
@@ -231,11 +209,11 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
     }
 
     let run = RunInfo {
-        target: target_name,
-        command,
+        target: target.name,
+        command: target.command,
         root_pids,
-        follow_children: follow,
-        start_unix_ms,
+        follow_children: spec.follows_children(),
+        start_unix_ms: clock.start_unix_ms,
         duration_secs,
         frequency_hz: config.frequency,
         min_block_us: config.min_block.as_micros() as u64,
@@ -247,7 +225,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         attach_ms: Some(attach_ms),
         first_sample_ms: collected
             .first_sample_ns
-            .map(|ns| (ns as f64 - started_ns as f64) / 1e6),
+            .map(|ns| (ns as f64 - clock.started_ns as f64) / 1e6),
         unwind: collected.unwind.take(),
         jit: collected.jit.take(),
         python: collected.spaces.python().stats(),
@@ -256,7 +234,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
     };
     let detaching = collected.detaching.take().expect("set by finish");
-    let profile = collected.into_profile(run);
+    let profile = collected.profile(run);
     let exit_code = match (&spec, exit) {
         (TargetSpec::Launch { .. }, Some(code)) => code,
         _ => 0,
@@ -269,34 +247,133 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
     })
 }
 
+/// What [`start`] leaves: the programs attached, the targets known and watched.
+struct Started {
+    collection: Collection,
+    /// Processes given (`attach`) or launched (`record`).
+    root_pids: Vec<u32>,
+    /// The launched command, running.
+    child: Option<Child>,
+    /// From the start to every program attached, ms.
+    attach_ms: f64,
+}
+
+/// Loads and attaches the programs for `spec`, makes its processes known, and for `record`
+/// starts the command.
+fn start(
+    spec: &TargetSpec,
+    config: &RunConfig,
+    target: &Target,
+    clock: &Clock,
+) -> Result<Started, CollectError> {
+    let scheduler = config.events.contains(&EventKind::OffCpu);
+    let sampling = samples_first(spec, config);
+    let Attached {
+        probes,
+        root_pids,
+        gated,
+        collection_pids,
+    } = attach_targets(spec, config, target.program.as_deref(), sampling)?;
+    let mut collection = Collection::new(probes, config);
+    collection.start_stack_sampling()?;
+    if gated.is_none() {
+        // Running processes' unwind tables are loaded before any event program is attached:
+        // a stack walked before its process is described is cut short, and a backend blocked
+        // on a lock can be waiting there for the whole run.
+        for &pid in &collection_pids {
+            let _ = collection.read_memory_map(pid);
+        }
+    }
+    if sampling {
+        collection.probes.attach_cpu_sampling(config.frequency)?;
+        stopped_while_loading()?;
+        let started = Instant::now();
+        collection.probes.load_deferred()?;
+        log::debug!(
+            "sampling while the other programs were verified ({:.0} ms)",
+            elapsed_ms(started)
+        );
+    }
+    attach_events(
+        &mut collection.probes,
+        config,
+        &target.name,
+        gated.as_ref().map(GatedChild::pid),
+        &collection_pids,
+        sampling,
+    )?;
+    let attach_ms = elapsed_ms(clock.started);
+    stopped_while_loading()?;
+    if gated.is_none() && !collection_pids.iter().any(|&pid| procfs::is_alive(pid)) {
+        return Err(CollectError::TargetExitedWhileLoading);
+    }
+    for pid in collection_pids {
+        collection.watch_process(pid, None);
+    }
+
+    let child = match gated {
+        Some(gated) => Some(start_command(
+            &mut collection,
+            gated,
+            target.program.as_deref(),
+            &target.command,
+            scheduler,
+        )?),
+        None => None,
+    };
+    Ok(Started {
+        collection,
+        root_pids,
+        child,
+        attach_ms,
+    })
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|release| release.trim().to_owned())
         .unwrap_or_default()
 }
 
+/// What is profiled, as the profile names it.
+struct Target {
+    /// Short name: the first process's, or the command's program.
+    name: String,
+    /// Command line: the first process's, or the command's.
+    command: Vec<String>,
+    /// For `record`, the program to run.
+    program: Option<PathBuf>,
+}
+
 /// The target's short name and command line, and for `record` the program to run; checks
 /// that pids exist and can be traced, or that the command can be found.
-fn describe_target(
-    spec: &TargetSpec,
-) -> Result<(String, Vec<String>, Option<PathBuf>), CollectError> {
+fn describe_target(spec: &TargetSpec) -> Result<Target, CollectError> {
     Ok(match spec {
         TargetSpec::Attach { pids, .. } => {
             crate::target::validate_pids(pids)?;
-            let name = procfs::process_name(pids[0]).unwrap_or_else(|_| pids[0].to_string());
-            let command = procfs::command_line(pids[0]).unwrap_or_default();
-            (name, command, None)
+            Target {
+                name: procfs::process_name(pids[0]).unwrap_or_else(|_| pids[0].to_string()),
+                command: procfs::command_line(pids[0]).unwrap_or_default(),
+                program: None,
+            }
         }
+        TargetSpec::System => Target {
+            name: "system".to_owned(),
+            command: Vec::new(),
+            program: None,
+        },
         TargetSpec::Launch { argv, .. } => {
             let program = launch::resolve_program(&argv[0])?;
-            let name = PathBuf::from(&argv[0])
-                .file_name()
-                .map_or_else(|| "command".into(), |n| n.to_string_lossy().into_owned());
-            let command = argv
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            (name, command, Some(program))
+            Target {
+                name: PathBuf::from(&argv[0])
+                    .file_name()
+                    .map_or_else(|| "command".into(), |n| n.to_string_lossy().into_owned()),
+                command: argv
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+                program: Some(program),
+            }
         }
     })
 }
@@ -351,6 +428,7 @@ fn attach_targets(
             root_pids.push(child.pid());
             gated = Some(child);
         }
+        TargetSpec::System => {}
     }
     // Fork tracking first, then the descendants that exist: none falls between the two.
     probes.attach_process_tracking()?;
@@ -360,6 +438,14 @@ fn attach_targets(
     } = spec
     {
         for pid in procfs::descendants(pids) {
+            probes.add_target(pid, true)?;
+            collection_pids.push(pid);
+        }
+    }
+    if let TargetSpec::System = spec {
+        // After fork tracking, as descendants are: a process started meanwhile is in the list
+        // or the child of one that is.
+        for pid in procfs::user_processes_but_self() {
             probes.add_target(pid, true)?;
             collection_pids.push(pid);
         }
@@ -376,7 +462,7 @@ fn attach_targets(
 /// running process, sampled at once. A launched command waits for every family instead, so
 /// that each sees it from its first instruction.
 fn samples_first(spec: &TargetSpec, config: &RunConfig) -> bool {
-    matches!(spec, TargetSpec::Attach { .. })
+    matches!(spec, TargetSpec::Attach { .. } | TargetSpec::System)
         && config.events.contains(&EventKind::Cpu)
         && config.events.len() > 1
 }

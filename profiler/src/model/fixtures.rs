@@ -61,6 +61,7 @@ pub fn sample_profile() -> Profile {
         pid: 42,
         name: "demo".into(),
         command: vec!["demo".into()],
+        container: None,
     });
     profile.samples.insert(
         EventKind::Cpu,

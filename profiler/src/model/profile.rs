@@ -23,6 +23,9 @@ pub struct Process {
     pub name: String,
     /// Command line, when it could be read.
     pub command: Vec<String>,
+    /// The container it ran in (the id its cgroup is named by), when it ran in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// One aggregated sample: a weight on a stack of one thread.

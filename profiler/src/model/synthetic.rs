@@ -48,6 +48,7 @@ pub fn cpu_profile(samples: usize, stacks: usize) -> Profile {
         pid: 1,
         name: "synthetic".into(),
         command: vec!["synthetic".into()],
+        container: None,
     });
     let mut interner = Interner::default();
     let mut sequence = Sequence(0x9e37_79b9_7f4a_7c15);

@@ -117,6 +117,7 @@ mod tests {
             pid: 43,
             name: "child".into(),
             command: vec![],
+            container: None,
         });
         profile
             .samples

@@ -6,6 +6,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod json;
 pub mod markdown;
+pub mod otlp;
 pub mod report;
 pub mod timeline;
 

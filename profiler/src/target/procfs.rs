@@ -80,6 +80,33 @@ pub fn command_line(pid: u32) -> io::Result<Vec<String>> {
     Ok(split_nul(&raw))
 }
 
+/// The id of the container a process runs in, read from the name of its cgroup (as
+/// container runtimes name them: `docker-ID.scope`, `cri-containerd-ID.scope`, `/docker/ID`,
+/// `crio-ID.scope`, `libpod-ID.scope`), when it runs in one.
+pub fn container_id(pid: u32) -> Option<String> {
+    let cgroup = read_bounded(&proc_dir(pid).join("cgroup"), 64 << 10).ok()?;
+    container_id_in(&String::from_utf8_lossy(&cgroup))
+}
+
+/// The first 64-hex-digit name part of a cgroup path in `/proc/PID/cgroup`'s text.
+fn container_id_in(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        path.split(['/', '-', '.', ':']).find_map(|part| {
+            (part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| part.to_ascii_lowercase())
+        })
+    })
+}
+
+/// Reads at most `limit` bytes of a file.
+fn read_bounded(path: &std::path::Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn split_nul(raw: &[u8]) -> Vec<String> {
     raw.split(|&byte| byte == 0)
         .filter(|arg| !arg.is_empty())
@@ -178,6 +205,16 @@ pub fn threads(pid: u32) -> Vec<ThreadInfo> {
 }
 
 /// Descendants of `roots` (not including them), from the parent links in `/proc/*/stat`.
+/// Every process with a user space (not kernel threads) but this one.
+pub fn user_processes_but_self() -> Vec<u32> {
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter(|&pid| stat(pid).is_ok_and(|stat| !stat.kernel_thread && !stat.zombie))
+        .collect()
+}
+
 pub fn descendants(roots: &[u32]) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()
         .into_iter()
@@ -282,6 +319,24 @@ pub fn proc_root() -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_container_of_a_cgroup() {
+        let id = "3f1e9c2b7a4d5e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+        for cgroup in [
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope\n"),
+            format!("12:cpu,cpuacct:/docker/{id}\n0::/\n"),
+            format!("0::/machine.slice/libpod-{id}.scope/container\n"),
+        ] {
+            assert_eq!(container_id_in(&cgroup).as_deref(), Some(id), "{cgroup}");
+        }
+        assert_eq!(
+            container_id_in("0::/user.slice/user-1000.slice/session-2.scope\n"),
+            None
+        );
+        assert_eq!(container_id_in("0::/\n"), None);
+    }
 
     const MAPS: &str = "\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1311 /usr/bin/demo

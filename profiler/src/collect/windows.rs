@@ -1,0 +1,157 @@
+//! Continuous collection (`profiler agent`): the programs stay attached, and every interval
+//! what was collected since the last window becomes a profile of its own. Counts are taken
+//! with each window; stacks and address spaces stay, for the windows after.
+
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+
+use super::{
+    Clock, CollectError, Started, collect_until_stop,
+    collected::Collected,
+    collection::{Collection, ProcessTable},
+    describe_target, kernel_release, start,
+    stop::Stop,
+    stop_signals, unix_ms,
+};
+use crate::{
+    collect::config::{RunConfig, TargetSpec},
+    kernel::{IoExtras, ProbeError},
+    model::{Profile, RunInfo},
+    target::{privileges, procfs},
+};
+
+/// Which window a profile is.
+pub enum Window {
+    /// Cut at the interval; collection goes on.
+    Interval,
+    /// The last: collection stopped (the reason given).
+    Last(String),
+}
+
+/// Collects for `spec` until SIGINT, SIGTERM or every target's exit, handing `each` a
+/// profile every `interval` and one for the rest at the end.
+pub async fn run_windows(
+    spec: TargetSpec,
+    config: RunConfig,
+    interval: Duration,
+    mut each: impl FnMut(Profile, Window),
+) -> Result<(), CollectError> {
+    let clock = Clock::now();
+    let (mut sigint, mut sigterm) = stop_signals()?;
+    privileges::check()?;
+    let target = describe_target(&spec)?;
+    let Started {
+        mut collection,
+        root_pids,
+        attach_ms,
+        ..
+    } = start(&spec, &config, &target, &clock)?;
+    log::info!(
+        "every program attached after {attach_ms:.0} ms; a window every {:.0} s",
+        interval.as_secs_f64()
+    );
+    // No status line: the agent logs a line a window.
+    let bar = ProgressBar::hidden();
+    let window_run = |start_unix_ms: u64, started: Instant| RunInfo {
+        target: target.name.clone(),
+        command: target.command.clone(),
+        root_pids: root_pids.clone(),
+        follow_children: spec.follows_children(),
+        start_unix_ms,
+        duration_secs: started.elapsed().as_secs_f64(),
+        frequency_hz: config.frequency,
+        min_block_us: config.min_block.as_micros() as u64,
+        stack_sampling: None,
+        events: config.events.clone(),
+        alloc_sample_bytes: config.alloc_sample_bytes,
+        stop_reason: "window".to_owned(),
+        exit_code: None,
+        attach_ms: Some(attach_ms),
+        first_sample_ms: None,
+        unwind: None,
+        jit: None,
+        python: None,
+        kernel: kernel_release(),
+        profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+    };
+    let mut window_start = (unix_ms(), Instant::now());
+    // On a fixed grid from the start: the time a window takes to cut is the next one's.
+    let mut deadline = tokio::time::Instant::now();
+    loop {
+        deadline += interval;
+        let stop = collect_until_stop(
+            &mut collection,
+            Some(deadline),
+            (&mut sigint, &mut sigterm),
+            None,
+            &root_pids,
+            &bar,
+        )
+        .await?;
+        let run = window_run(window_start.0, window_start.1);
+        window_start = (unix_ms(), Instant::now());
+        if let Stop::Duration = stop {
+            let profile = collection.take_window(run)?;
+            each(profile, Window::Interval);
+            collection.forget_exited_processes();
+            continue;
+        }
+        let mut collected = collection.finish(config.min_block.as_nanos() as u64)?;
+        let detaching = collected.detaching.take();
+        let mut run = run;
+        run.stop_reason = stop.describe();
+        each(collected.profile(run), Window::Last(stop.describe()));
+        if let Some(detaching) = detaching {
+            let _ = detaching.join();
+        }
+        return Ok(());
+    }
+}
+
+impl Collection {
+    /// What was collected since the last window, as a profile: the counts are taken, the
+    /// stacks and address spaces stay (later counts name them again).
+    fn take_window(&mut self, run: RunInfo) -> Result<Profile, ProbeError> {
+        self.handle_process_events();
+        self.drain()?;
+        self.take_back_spooled();
+        let stacks = self.referenced_stacks(std::iter::empty(), false);
+        let collected = Collected {
+            stack_sampling: None,
+            jit: None,
+            spaces: std::mem::take(&mut self.spaces),
+            processes: ProcessTable {
+                processes: self.processes.processes.clone(),
+            },
+            counts: std::mem::take(&mut self.counts),
+            offcpu: std::mem::take(&mut self.offcpu),
+            threads: Vec::new(),
+            io: std::mem::take(&mut self.io),
+            files: std::mem::take(&mut self.files),
+            io_extras: IoExtras::default(),
+            allocations: None,
+            stacks,
+            counters: self.probes.counters()?,
+            first_sample_ns: None,
+            unwind: None,
+            memory_cap_dropped: std::mem::take(&mut self.memory_cap_dropped),
+            detaching: None,
+        };
+        let profile = collected.profile(run);
+        self.spaces = collected.spaces;
+        self.files = collected.files;
+        Ok(profile)
+    }
+
+    /// Processes that exited are named in no later window: their entries go (their address
+    /// spaces go as their targets do, in `drain`).
+    fn forget_exited_processes(&mut self) {
+        self.processes
+            .processes
+            .retain(|&pid, _| procfs::is_alive(pid));
+        self.exited_threads.clear();
+        self.representatives.clear();
+    }
+}

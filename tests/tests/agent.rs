@@ -1,0 +1,270 @@
+//! `profiler agent`: windows of a program with known behaviour sent to an OTLP receiver that
+//! decodes them with the official opentelemetry-proto classes; the receiver stopped and
+//! restarted, the agent restarted with a spool, and `--all`.
+
+use std::{process::Stdio, time::Duration};
+
+use profiler_tests::{
+    Spawned, assert_nothing_loaded, have_root,
+    otlp::{Receiver, free_port, have_otlp_tools, samples, window_times},
+    output, percent, profiler, program, serial,
+};
+
+fn ready(test: &str) -> bool {
+    have_root(test) && have_otlp_tools(test)
+}
+
+/// CPU samples of `pid` with `function` as the leaf, over every window.
+fn cpu_in(requests: &[serde_json::Value], pid: u32, function: &str) -> u64 {
+    samples(requests)
+        .into_iter()
+        .filter(|(resource, kind, frames, _)| {
+            resource["process.pid"] == pid
+                && kind == "samples"
+                && frames.last().is_some_and(|leaf| leaf == function)
+        })
+        .map(|(.., value)| value)
+        .sum()
+}
+
+/// Asserts that the windows follow each other, none missing: each starts where the one
+/// before ended (within the time a window takes to cut). A window without samples (the last,
+/// cut by a stop just after another) has no profile to tell its time; one missing among the
+/// others shows as a gap.
+fn assert_contiguous(requests: &[serde_json::Value]) {
+    let times = window_times(requests);
+    assert!(times.len() + 1 >= requests.len(), "windows without samples");
+    for pair in times.windows(2) {
+        let ((start, duration), (next, _)) = (pair[0], pair[1]);
+        let gap_ms = (next as f64 - (start + duration) as f64) / 1e6;
+        assert!(
+            (-1.0..250.0).contains(&gap_ms),
+            "windows out of order or missing: {gap_ms:.0} ms between {times:?}"
+        );
+    }
+}
+
+/// The number of windows the agent's log says it cut.
+fn windows_logged(stderr: &[u8]) -> usize {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|line| line.starts_with("profiler agent: window "))
+        .count()
+}
+
+#[test]
+fn windows_keep_the_split_and_name_their_process() {
+    let _serial = serial();
+    if !ready("windows_keep_the_split_and_name_their_process") {
+        return;
+    }
+    let receiver = Receiver::start(0);
+    let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("9"));
+    let pid = target.pid();
+    // Runs until the process named exits.
+    let out = output(profiler().args([
+        "agent",
+        &pid.to_string(),
+        "--otlp",
+        &receiver.url(),
+        "--interval",
+        "2",
+        "-F",
+        "99",
+        "--label",
+        "service.name=checkout",
+        "--label",
+        "deployment.environment=test",
+    ]));
+    assert!(out.status.success());
+    let windows = windows_logged(&out.stderr);
+    assert!(
+        receiver.wait_for_requests(windows, Duration::from_secs(5)),
+        "{windows} windows logged"
+    );
+    let requests = receiver.requests();
+    assert!(requests.len() >= 4, "{} windows in 9 s", requests.len());
+    assert_contiguous(&requests);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for request in &requests {
+        assert_eq!(request["path"], "/v1development/profiles");
+        assert_eq!(request["content_type"], "application/x-protobuf");
+        assert_eq!(request["encoding"], "gzip");
+        let resources = request["resources"].as_array().unwrap();
+        assert_eq!(resources.len(), 1, "one process: {request}");
+        let attributes = &resources[0]["attributes"];
+        assert_eq!(attributes["service.name"], "checkout");
+        assert_eq!(attributes["deployment.environment"], "test");
+        assert_eq!(attributes["host.name"], host.trim());
+        assert_eq!(attributes["process.pid"], pid);
+        assert_eq!(attributes["process.executable.name"], "cpu_split");
+        let profile = &resources[0]["profiles"][0];
+        assert_eq!(profile["sample_type"], "samples");
+        assert_eq!(profile["unit"], "count");
+        assert_eq!(profile["period"], 1_000_000_000 / 99);
+    }
+    let hot = cpu_in(&requests, pid, "hot_path");
+    let cold = cpu_in(&requests, pid, "cold_path");
+    let share = percent(hot, hot + cold);
+    assert!(
+        (share - 70.0).abs() <= 3.0,
+        "hot_path {hot}, cold_path {cold}: {share:.1}% over {} windows",
+        requests.len()
+    );
+    assert_nothing_loaded();
+}
+
+#[test]
+fn windows_wait_while_the_receiver_is_down_and_arrive_in_order() {
+    let _serial = serial();
+    if !ready("windows_wait_while_the_receiver_is_down_and_arrive_in_order") {
+        return;
+    }
+    let spool = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(0);
+    let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("12"));
+    let agent = Spawned::new(
+        profiler()
+            .args([
+                "agent",
+                &target.pid().to_string(),
+                "--otlp",
+                &receiver.url(),
+                "--interval",
+                "2",
+                "--spool",
+            ])
+            .arg(spool.path().join("spool"))
+            .stderr(Stdio::piped()),
+    );
+    assert!(receiver.wait_for_requests(1, Duration::from_secs(10)));
+    // Down for two windows and more.
+    receiver.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    let sent_before = receiver.requests().len();
+    let receiver = Receiver::restart(&receiver);
+    let out = agent.wait_with_output(Duration::from_secs(30));
+    assert!(out.status.success());
+    let windows = windows_logged(&out.stderr);
+    assert!(
+        receiver.wait_for_requests(windows, Duration::from_secs(5)),
+        "{windows} windows logged, {} received",
+        receiver.requests().len()
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), windows, "every window arrives, once");
+    assert!(
+        windows >= sent_before + 2,
+        "two windows or more waited: {sent_before} sent before the stop, {windows} in all"
+    );
+    assert_contiguous(&requests);
+    let left = std::fs::read_dir(spool.path().join("spool"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the spool is empty once every window went");
+    assert_nothing_loaded();
+}
+
+#[test]
+fn an_agent_restart_sends_what_the_last_one_spooled_first() {
+    let _serial = serial();
+    if !ready("an_agent_restart_sends_what_the_last_one_spooled_first") {
+        return;
+    }
+    let spool = tempfile::tempdir().unwrap();
+    let spool = spool.path().join("spool");
+    let port = free_port();
+    let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("30"));
+    let agent = |port: u16| {
+        Spawned::new(
+            profiler()
+                .args([
+                    "agent",
+                    &target.pid().to_string(),
+                    "--otlp",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--interval",
+                    "1",
+                    "--spool",
+                ])
+                .arg(&spool)
+                .stderr(Stdio::piped()),
+        )
+    };
+    // Nothing listens: every window stays in the spool, the last one too (SIGTERM).
+    let first = agent(port);
+    std::thread::sleep(Duration::from_millis(3500));
+    first.signal(libc::SIGTERM);
+    let out = first.wait_with_output(Duration::from_secs(30));
+    assert!(out.status.success(), "unsent windows are kept, not lost");
+    let spooled = windows_logged(&out.stderr);
+    let files = std::fs::read_dir(&spool).unwrap().count();
+    assert!(spooled >= 3, "{spooled} windows");
+    assert_eq!(files, spooled, "each window waits in a file of its own");
+
+    let receiver = Receiver::start(port);
+    let second = agent(port);
+    assert!(receiver.wait_for_requests(spooled + 2, Duration::from_secs(15)));
+    second.signal(libc::SIGTERM);
+    let out = second.wait_with_output(Duration::from_secs(30));
+    assert!(out.status.success());
+    let sent = windows_logged(&out.stderr);
+    assert!(receiver.wait_for_requests(spooled + sent, Duration::from_secs(5)));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), spooled + sent);
+    // The first run's windows first, in their order, then the second run's.
+    let times = window_times(&requests);
+    assert!(
+        times.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "in order: {times:?}"
+    );
+    assert_contiguous(&requests[..spooled]);
+    assert_contiguous(&requests[spooled..]);
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    assert_nothing_loaded();
+}
+
+#[test]
+fn all_names_the_workload_and_none_of_the_profilers_own() {
+    let _serial = serial();
+    if !ready("all_names_the_workload_and_none_of_the_profilers_own") {
+        return;
+    }
+    let receiver = Receiver::start(0);
+    let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("15"));
+    let agent = Spawned::new(
+        profiler()
+            .args([
+                "agent",
+                "--all",
+                "--otlp",
+                &receiver.url(),
+                "--interval",
+                "5",
+            ])
+            .stderr(Stdio::piped()),
+    );
+    let agent_pid = agent.pid();
+    std::thread::sleep(Duration::from_secs(10));
+    agent.signal(libc::SIGTERM);
+    let out = agent.wait_with_output(Duration::from_secs(30));
+    assert!(out.status.success());
+    let windows = windows_logged(&out.stderr);
+    assert!(receiver.wait_for_requests(windows, Duration::from_secs(5)));
+    let requests = receiver.requests();
+    let pids: std::collections::BTreeSet<u64> = samples(&requests)
+        .iter()
+        .filter_map(|(resource, ..)| resource["process.pid"].as_u64())
+        .collect();
+    assert!(
+        pids.contains(&u64::from(target.pid())),
+        "the workload is named: {pids:?}"
+    );
+    assert!(
+        !pids.contains(&u64::from(agent_pid)),
+        "the agent profiles itself: {pids:?}"
+    );
+    let workload = cpu_in(&requests, target.pid(), "hot_path");
+    assert!(workload > 100, "{workload} samples in hot_path");
+    assert_nothing_loaded();
+}
