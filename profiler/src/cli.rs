@@ -120,17 +120,22 @@ pub struct AgentArgs {
     pub frequency: u64,
     /// An OpenTelemetry collector's OTLP/HTTP address (e.g. `http://localhost:4318`): each
     /// window is POSTed to `URL/v1development/profiles`.
+    #[arg(long, value_name = "URL", required_unless_present = "pyroscope")]
+    pub otlp: Option<String>,
+    /// A Grafana Pyroscope server's address (e.g. `http://localhost:4040`): each window is
+    /// pushed to `URL/ingest` as pprof, a request per process, with its labels.
     #[arg(long, value_name = "URL")]
-    pub otlp: String,
+    pub pyroscope: Option<String>,
     /// How requests are compressed.
     #[arg(long, value_enum, default_value_t = Compression::Gzip)]
     pub compression: Compression,
-    /// Folder where windows not yet sent wait, and survive a restart of the agent (created
-    /// if missing, as output folders are); by default they wait in memory.
+    /// Folder where windows not yet sent wait, and survive a restart of the agent: a
+    /// subfolder per backend, `otlp` and `pyroscope`, made 0700 if missing (an existing one
+    /// must be yours and writable by you alone); by default they wait in memory.
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
-    /// Most the windows waiting to be sent may take; past it the oldest are dropped, and
-    /// counted.
+    /// Most the windows waiting to be sent may take, per backend; past it the oldest are
+    /// dropped, and counted.
     #[arg(long, value_parser = parse_bytes, default_value = "256MiB", value_name = "BYTES")]
     pub spool_max: u64,
     /// A resource attribute for every profile, `KEY=VALUE` (repeatable): `service.name=NAME`

@@ -1,20 +1,34 @@
 """An OTLP/HTTP profiles receiver for the agent's tests: decodes each request with the
 official opentelemetry-proto classes (from PyPI) and prints what it holds, a JSON line per
-request, on stdout.
+request, on stdout. It also takes Pyroscope's ingestion API (POST /ingest): each body is saved
+in FOLDER as it came (the tests decode the pprof with their pprof decoder), and its query
+printed.
 
-Usage: receiver.py PORT (0: any free port). The first line printed is {"port": N}. A request is
-answered 200 once decoded, 400 when it does not decode.
+Usage: receiver.py PORT [FOLDER] (PORT 0: any free port). The first line printed is
+{"port": N}. A request is answered 200 once decoded, 400 when it does not decode.
 """
 
 import gzip
 import json
+import os
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
     ExportProfilesServiceRequest,
     ExportProfilesServiceResponse,
 )
+
+
+# Requests are handled on threads of their own: one line at a time, one file name each.
+LOCK = threading.Lock()
+
+
+def emit(line):
+    with LOCK:
+        print(json.dumps(line), flush=True)
 
 
 def any_value(value):
@@ -77,6 +91,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length)
+        url = urlsplit(self.path)
+        if url.path == "/ingest":
+            self.ingest(url, body)
+            return
         try:
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
@@ -86,18 +104,32 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as error:  # noqa: BLE001 - any decoding failure is the answer
             self.send_response(400)
             self.end_headers()
-            print(json.dumps({"path": self.path, "error": str(error)}), flush=True)
+            emit({"path": self.path, "error": str(error)})
             return
         line["path"] = self.path
         line["content_type"] = self.headers.get("Content-Type")
         line["encoding"] = self.headers.get("Content-Encoding")
-        print(json.dumps(line), flush=True)
+        emit(line)
         answer = ExportProfilesServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def ingest(self, url, body):
+        query = {key: values[0] for key, values in parse_qs(url.query).items()}
+        with LOCK:
+            folder = sys.argv[2]
+            name = os.path.join(folder, f"ingest-{len(os.listdir(folder)):06}.pb.gz")
+            with open(name, "wb") as out:
+                out.write(body)
+            line = {"path": url.path, "query": query, "file": name}
+            line["content_type"] = self.headers.get("Content-Type")
+            print(json.dumps(line), flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass

@@ -1,6 +1,7 @@
 //! An OTLP/HTTP receiver for the agent's tests: `tests/otlp/receiver.py`, which decodes each
 //! request with the official opentelemetry-proto classes (PyPI, in `tests/otlp/venv`, made by
-//! the test set-up) and prints it as a JSON line, read here.
+//! the test set-up) and prints it as a JSON line, read here. It takes Pyroscope pushes too,
+//! each body saved in a folder of its own.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -11,6 +12,9 @@ use std::{
 };
 
 use crate::{Spawned, wait_for};
+
+/// Where OTLP profiles are posted.
+const OTLP_PATH: &str = "/v1development/profiles";
 
 fn otlp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp")
@@ -46,24 +50,36 @@ pub struct Receiver {
     process: Spawned,
     port: u16,
     requests: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Where Pyroscope pushes are saved.
+    pushes: Arc<tempfile::TempDir>,
 }
 
 impl Receiver {
     /// Starts a receiver on `port` (0: any free one).
     pub fn start(port: u16) -> Receiver {
-        Self::start_into(port, Arc::default())
+        let pushes = Arc::new(tempfile::tempdir().expect("a temporary folder"));
+        Self::start_into(port, Arc::default(), pushes)
     }
 
     /// Starts a receiver on the port of one stopped before, adding to its requests.
     pub fn restart(stopped: &Receiver) -> Receiver {
-        Self::start_into(stopped.port, stopped.requests.clone())
+        Self::start_into(
+            stopped.port,
+            stopped.requests.clone(),
+            stopped.pushes.clone(),
+        )
     }
 
-    fn start_into(port: u16, requests: Arc<Mutex<Vec<serde_json::Value>>>) -> Receiver {
+    fn start_into(
+        port: u16,
+        requests: Arc<Mutex<Vec<serde_json::Value>>>,
+        pushes: Arc<tempfile::TempDir>,
+    ) -> Receiver {
         let mut process = Spawned::new(
             Command::new(python())
                 .arg(otlp_dir().join("receiver.py"))
                 .arg(port.to_string())
+                .arg(pushes.path())
                 .stdout(Stdio::piped()),
         );
         let mut lines = BufReader::new(process.0.stdout.take().expect("piped")).lines();
@@ -85,6 +101,7 @@ impl Receiver {
             process,
             port,
             requests,
+            pushes,
         }
     }
 
@@ -93,14 +110,28 @@ impl Receiver {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The requests decoded so far.
+    /// The OTLP requests decoded so far.
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        self.requests.lock().unwrap().clone()
+        self.of_path(OTLP_PATH)
     }
 
-    /// Waits up to `timeout` for `count` requests.
+    /// The Pyroscope pushes so far: their query parameters and the file their body is in.
+    pub fn pushes(&self) -> Vec<serde_json::Value> {
+        self.of_path("/ingest")
+    }
+
+    fn of_path(&self, path: &str) -> Vec<serde_json::Value> {
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|request| request["path"] == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits up to `timeout` for `count` OTLP requests.
     pub fn wait_for_requests(&self, count: usize, timeout: Duration) -> bool {
-        wait_for(timeout, || self.requests.lock().unwrap().len() >= count)
+        wait_for(timeout, || self.requests().len() >= count)
     }
 
     /// Stops it: its port refuses connections until a restart.

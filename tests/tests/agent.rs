@@ -1,11 +1,12 @@
 //! `profiler agent`: windows of a program with known behaviour sent to an OTLP receiver that
-//! decodes them with the official opentelemetry-proto classes; the receiver stopped and
-//! restarted, the agent restarted with a spool, and `--all`.
+//! decodes them with the official opentelemetry-proto classes (and pushed as pprof to its
+//! Pyroscope ingestion endpoint); the receiver stopped and restarted, the agent restarted with
+//! a spool, and `--all`.
 
 use std::{process::Stdio, time::Duration};
 
 use profiler_tests::{
-    Spawned, assert_nothing_loaded, have_root,
+    Spawned, assert_nothing_loaded, have_js_tools, have_root, node_json,
     otlp::{Receiver, free_port, have_otlp_tools, samples, window_times},
     output, percent, profiler, program, serial,
 };
@@ -55,7 +56,9 @@ fn windows_logged(stderr: &[u8]) -> usize {
 #[test]
 fn windows_keep_the_split_and_name_their_process() {
     let _serial = serial();
-    if !ready("windows_keep_the_split_and_name_their_process") {
+    if !ready("windows_keep_the_split_and_name_their_process")
+        || !have_js_tools("windows_keep_the_split_and_name_their_process")
+    {
         return;
     }
     let receiver = Receiver::start(0);
@@ -66,6 +69,8 @@ fn windows_keep_the_split_and_name_their_process() {
         "agent",
         &pid.to_string(),
         "--otlp",
+        &receiver.url(),
+        "--pyroscope",
         &receiver.url(),
         "--interval",
         "2",
@@ -111,6 +116,47 @@ fn windows_keep_the_split_and_name_their_process() {
         "hot_path {hot}, cold_path {cold}: {share:.1}% over {} windows",
         requests.len()
     );
+
+    // The same windows pushed to Pyroscope's ingestion API: pprof with the labels in `name`,
+    // decoded by the pprof decoder of the report tests.
+    let pushes = receiver.pushes();
+    assert_eq!(
+        pushes.len(),
+        requests.len(),
+        "a push a window (one process)"
+    );
+    let mut pushed_samples = 0;
+    for (push, request) in pushes.iter().zip(&requests) {
+        let query = &push["query"];
+        assert_eq!(
+            query["name"],
+            format!(
+                "checkout{{host_name={},pid={pid},deployment_environment=test}}",
+                host.trim()
+            )
+        );
+        assert_eq!(query["format"], "pprof");
+        assert_eq!(query["sampleRate"], "99");
+        let from: u64 = query["from"].as_str().unwrap().parse().unwrap();
+        let window_start = request["resources"][0]["profiles"][0]["time_unix_nano"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(from, window_start / 1_000_000_000);
+        let pprof = node_json(
+            "read-pprof.mjs",
+            &[std::path::Path::new(push["file"].as_str().unwrap())],
+        );
+        let samples = pprof["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "samples")
+            .unwrap_or_else(|| panic!("{pprof}"));
+        assert_eq!(samples["heaviest_leaf"], "hot_path", "{pprof}");
+        pushed_samples += samples["total"].as_u64().unwrap();
+    }
+    let sent_samples: u64 = samples(&requests).iter().map(|(.., value)| value).sum();
+    assert_eq!(pushed_samples, sent_samples, "the same samples to both");
     assert_nothing_loaded();
 }
 
@@ -158,10 +204,14 @@ fn windows_wait_while_the_receiver_is_down_and_arrive_in_order() {
         "two windows or more waited: {sent_before} sent before the stop, {windows} in all"
     );
     assert_contiguous(&requests);
-    let left = std::fs::read_dir(spool.path().join("spool"))
+    let left: Vec<_> = std::fs::read_dir(spool.path().join("spool/otlp"))
         .unwrap()
-        .count();
-    assert_eq!(left, 0, "the spool is empty once every window went");
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the spool is empty once every window went: {left:?}"
+    );
     assert_nothing_loaded();
 }
 
@@ -172,7 +222,8 @@ fn an_agent_restart_sends_what_the_last_one_spooled_first() {
         return;
     }
     let spool = tempfile::tempdir().unwrap();
-    let spool = spool.path().join("spool");
+    let spool_dir = spool.path().join("spool");
+    let spool = spool_dir.join("otlp");
     let port = free_port();
     let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("30"));
     let agent = |port: u16| {
@@ -187,7 +238,7 @@ fn an_agent_restart_sends_what_the_last_one_spooled_first() {
                     "1",
                     "--spool",
                 ])
-                .arg(&spool)
+                .arg(&spool_dir)
                 .stderr(Stdio::piped()),
         )
     };

@@ -3,18 +3,22 @@
 //! on its own, so a slow or absent backend never holds collection up: windows queue (in the
 //! spool folder, or in memory) and go in order, with backoff, when it answers again.
 
+mod pyroscope;
 mod queue;
 mod send;
 
 use std::{
+    path::Path,
     process::ExitCode,
     sync::mpsc,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
 use self::{
+    pyroscope::Pyroscope,
     queue::Queue,
     send::{Failure, Otlp},
 };
@@ -26,28 +30,79 @@ use crate::{
     render::otlp::{Sender, export_request},
 };
 
-/// Waits between attempts while the backend does not answer: doubling from the first, up
-/// to the last.
+/// Waits between attempts while a backend does not answer: doubling from the first, up to
+/// the last.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A window on its way to the delivery thread.
-struct Outgoing {
-    body: Vec<u8>,
-    /// For the window's log line.
-    samples: u64,
-    processes: usize,
-    /// Events the kernel side lost so far.
-    lost: u64,
-    last: bool,
+/// Where windows go.
+enum Backend {
+    Otlp(Otlp),
+    Pyroscope(Pyroscope),
 }
 
-/// What delivery has done, for the log lines.
-#[derive(Default)]
-struct Delivered {
-    windows: u64,
-    sent: u64,
-    refused: u64,
+impl Backend {
+    /// Its name, and its spool subfolder's.
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Otlp(_) => "otlp",
+            Backend::Pyroscope(_) => "pyroscope",
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        match self {
+            Backend::Otlp(otlp) => otlp.endpoint(),
+            Backend::Pyroscope(pyroscope) => pyroscope.endpoint(),
+        }
+    }
+
+    fn send(&self, request: &[u8]) -> Result<(), Failure> {
+        match self {
+            Backend::Otlp(otlp) => otlp.send(request),
+            Backend::Pyroscope(pyroscope) => pyroscope.send(request),
+        }
+    }
+}
+
+/// A backend's delivery thread and where its requests go in.
+struct Delivery {
+    requests: mpsc::Sender<Vec<Vec<u8>>>,
+    thread: JoinHandle<bool>,
+    name: &'static str,
+}
+
+impl Delivery {
+    /// Starts delivery to `backend`, its waiting requests in `spool/NAME` (what an earlier run
+    /// left there goes first) or in memory.
+    fn start(backend: Backend, spool: Option<&Path>, max_bytes: u64) -> anyhow::Result<Self> {
+        let name = backend.name();
+        let spool = spool
+            .map(|path| {
+                let path = path.join(name);
+                OutputDir::prepare_private(&path)
+                    .with_context(|| format!("cannot use spool folder {}", path.display()))
+            })
+            .transpose()?;
+        let queue = Queue::open(spool, max_bytes).context("cannot read the spool folder")?;
+        if !queue.is_empty() {
+            eprintln!(
+                "profiler agent: {name}: {} requests ({} bytes) from an earlier run go first",
+                queue.len(),
+                queue.bytes()
+            );
+        }
+        let (requests, incoming) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || deliver(&incoming, queue, &backend))
+            .context("cannot start a delivery thread")?;
+        Ok(Delivery {
+            requests,
+            thread,
+            name,
+        })
+    }
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -65,74 +120,98 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
              `profiler attach PID --events alloc`"
         );
     }
-    let otlp = Otlp::new(&args.otlp, args.compression).map_err(anyhow::Error::msg)?;
-    // The spool is checked before the kernel is touched, as an output folder is.
-    let spool = args
-        .spool
-        .as_deref()
-        .map(|path| {
-            OutputDir::prepare(path)
-                .with_context(|| format!("cannot use spool folder {}", path.display()))
-        })
-        .transpose()?;
-    let queue = Queue::open(spool, args.spool_max).context("cannot read the spool folder")?;
-    if !queue.is_empty() {
-        log::warn!(
-            "{} windows ({} bytes) waiting from an earlier run go first",
-            queue.len(),
-            queue.bytes()
-        );
+    // Backends and spools are checked before the kernel is touched, as output folders are.
+    let mut backends = Vec::new();
+    if let Some(url) = &args.otlp {
+        backends.push(Backend::Otlp(
+            Otlp::new(url, args.compression).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    if let Some(url) = &args.pyroscope {
+        backends.push(Backend::Pyroscope(
+            Pyroscope::new(url).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    let mut deliveries = Vec::new();
+    for backend in backends {
+        deliveries.push(Delivery::start(
+            backend,
+            args.spool.as_deref(),
+            args.spool_max,
+        )?);
     }
     let host = host_name();
     let labels = args.labels;
-    let (outgoing, incoming) = mpsc::channel::<Outgoing>();
-    let delivery = std::thread::Builder::new()
-        .name("delivery".into())
-        .spawn(move || deliver(&incoming, queue, &otlp))
-        .context("cannot start the delivery thread")?;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let compression = args.compression;
-    let each = move |profile: Profile, window: Window| {
-        let request = export_request(
-            &profile,
-            &Sender {
-                host: &host,
-                labels: &labels,
-            },
-        );
-        let message = prost::Message::encode_to_vec(&request);
-        let samples = profile
+    let senders: Vec<(&'static str, mpsc::Sender<Vec<Vec<u8>>>)> = deliveries
+        .iter()
+        .map(|delivery| (delivery.name, delivery.requests.clone()))
+        .collect();
+    let mut windows = 0;
+    // The window callback owns the senders: when collection ends, delivery learns it.
+    let each = move |profile: Profile, _window: Window| {
+        windows += 1;
+        let samples: u64 = profile
             .samples
             .values()
             .flatten()
             .map(|sample| sample.count.unwrap_or(sample.weight))
             .sum();
-        let lost = profile.losses.sample_map_full
-            + profile.losses.offcpu_map_full
-            + profile.losses.io_map_full
-            + profile.losses.memory_cap_dropped;
-        let _ = outgoing.send(Outgoing {
-            body: send::body(&message, compression),
-            samples,
-            processes: request.resource_profiles.len(),
-            lost,
-            last: matches!(window, Window::Last(_)),
-        });
+        let processes = profile
+            .samples
+            .values()
+            .flatten()
+            .map(|sample| sample.pid)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let losses = &profile.losses;
+        let lost = losses.sample_map_full
+            + losses.offcpu_map_full
+            + losses.io_map_full
+            + losses.memory_cap_dropped;
+        eprintln!(
+            "profiler agent: window {windows}: {samples} samples from {processes} processes; \
+             events lost so far {lost}"
+        );
+        for (name, sender) in &senders {
+            let requests = match *name {
+                "otlp" => {
+                    let request = export_request(
+                        &profile,
+                        &Sender {
+                            host: &host,
+                            labels: &labels,
+                        },
+                    );
+                    vec![send::body(
+                        &prost::Message::encode_to_vec(&request),
+                        compression,
+                    )]
+                }
+                _ => pyroscope::requests(&profile, &host, &labels),
+            };
+            let _ = sender.send(requests);
+        }
     };
-    // The window callback owns the channel's sending end: when collection ends, delivery
-    // learns it.
-    let collected = runtime.block_on(collect::run_windows(spec, config, args.interval, each));
-    let delivered = delivery.join();
-    collected?;
-    match delivered {
-        Ok(true) => Ok(ExitCode::SUCCESS),
-        Ok(false) => Ok(ExitCode::FAILURE),
-        Err(_) => bail!("the delivery thread failed"),
+    let mut threads = Vec::new();
+    for delivery in deliveries {
+        drop(delivery.requests);
+        threads.push(delivery.thread);
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let collected = runtime.block_on(collect::run_windows(spec, config, args.interval, each));
+    let mut kept = true;
+    for thread in threads {
+        kept &= thread.join().unwrap_or(false);
+    }
+    collected?;
+    Ok(match kept {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
 }
 
 /// The host's name, as `host.name` is.
@@ -142,21 +221,27 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Sends the windows that arrive, in order, each as soon as those before it went; while the
-/// backend does not answer, they wait in `queue` and are tried again with backoff. When the
-/// last window came, the rest get one more try and what stays waits in the spool. Returns
+/// What delivery has done, for its log lines.
+#[derive(Default)]
+struct Delivered {
+    sent: u64,
+    refused: u64,
+}
+
+/// Sends the requests that arrive, in order, each as soon as those before it went; while the
+/// backend does not answer, they wait in `queue` and are tried again with backoff. When
+/// collection ended, the rest get one more try and what stays waits in the spool. Returns
 /// whether nothing was lost that a spool would keep.
-fn deliver(incoming: &mpsc::Receiver<Outgoing>, mut queue: Queue, otlp: &Otlp) -> bool {
+fn deliver(incoming: &mpsc::Receiver<Vec<Vec<u8>>>, mut queue: Queue, backend: &Backend) -> bool {
+    let name = backend.name();
     let mut delivered = Delivered::default();
     let mut backoff = FIRST_BACKOFF;
     let mut retry_at: Option<Instant> = None;
     let mut last = false;
     loop {
-        let wait = retry_at.map(|at| at.saturating_duration_since(Instant::now()));
-        let arrived = match wait {
-            _ if last => None,
-            Some(wait) => match incoming.recv_timeout(wait) {
-                Ok(window) => Some(window),
+        let arrived = match retry_at {
+            Some(at) => match incoming.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(requests) => Some(requests),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     last = true;
@@ -164,40 +249,39 @@ fn deliver(incoming: &mpsc::Receiver<Outgoing>, mut queue: Queue, otlp: &Otlp) -
                 }
             },
             None => match incoming.recv() {
-                Ok(window) => Some(window),
+                Ok(requests) => Some(requests),
                 Err(_) => {
                     last = true;
                     None
                 }
             },
         };
-        let mut line = None;
-        if let Some(window) = arrived {
-            delivered.windows += 1;
-            last |= window.last;
-            line = Some((window.samples, window.processes, window.lost));
-            queue.push(window.body);
+        let window = arrived.is_some();
+        for request in arrived.into_iter().flatten() {
+            queue.push(request);
         }
-        let due = last || retry_at.is_none_or(|at| Instant::now() >= at);
-        if due {
+        if last || retry_at.is_none_or(|at| Instant::now() >= at) {
             retry_at = None;
-            while let Some(body) = queue.front() {
-                match otlp.send(&body) {
+            while let Some(request) = queue.front() {
+                match backend.send(&request) {
                     Ok(()) => {
                         delivered.sent += 1;
                         backoff = FIRST_BACKOFF;
                         queue.pop_front();
                     }
                     Err(Failure::Refused(reason)) => {
-                        log::warn!("{} refused a window ({reason}): dropped", otlp.endpoint());
+                        log::warn!(
+                            "{} refused a request ({reason}): dropped",
+                            backend.endpoint()
+                        );
                         delivered.refused += 1;
                         queue.pop_front();
                     }
                     Err(Failure::Retry { reason, after }) => {
                         let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
                         log::warn!(
-                            "cannot send to {} ({reason}); {} windows wait, next try in {:.0} s",
-                            otlp.endpoint(),
+                            "cannot send to {} ({reason}); {} requests wait, next try in {:.0} s",
+                            backend.endpoint(),
                             queue.len(),
                             wait.as_secs_f64()
                         );
@@ -208,11 +292,9 @@ fn deliver(incoming: &mpsc::Receiver<Outgoing>, mut queue: Queue, otlp: &Otlp) -
                 }
             }
         }
-        if let Some((samples, processes, lost)) = line {
+        if window || last {
             eprintln!(
-                "profiler agent: window {}: {samples} samples from {processes} processes; \
-                 sent {}, waiting {} ({} bytes), dropped {}, refused {}; events lost {lost}",
-                delivered.windows,
+                "profiler agent: {name}: sent {}, waiting {} ({} bytes), dropped {}, refused {}",
                 delivered.sent,
                 queue.len(),
                 queue.bytes(),
@@ -223,13 +305,12 @@ fn deliver(incoming: &mpsc::Receiver<Outgoing>, mut queue: Queue, otlp: &Otlp) -
         if last {
             if !queue.is_empty() {
                 eprintln!(
-                    "profiler agent: stopping with {} windows unsent ({} bytes){}",
+                    "profiler agent: {name}: stopping with {} requests unsent ({} bytes){}",
                     queue.len(),
                     queue.bytes(),
-                    if queue.is_spooled() {
-                        ": they stay in the spool for the next run"
-                    } else {
-                        ": lost (give --spool DIR to keep them)"
+                    match queue.is_spooled() {
+                        true => ": they stay in the spool for the next run",
+                        false => ": lost (give --spool DIR to keep them)",
                     }
                 );
             }

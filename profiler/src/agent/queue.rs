@@ -13,11 +13,15 @@ fn file_name(sequence: u64) -> String {
     format!("{PREFIX}{sequence:020}{SUFFIX}")
 }
 
+/// Sequences stay below this: a planted name cannot make the next one overflow.
+const MAX_SEQUENCE: u64 = 10_000_000_000_000_000_000;
+
 fn sequence_of(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+        .filter(|&sequence| sequence < MAX_SEQUENCE)
 }
 
 /// A window waiting.
@@ -46,6 +50,11 @@ impl Queue {
         if let Some(spool) = &spool {
             for (name, bytes) in spool.files_of_owner(|name| sequence_of(name).is_some())? {
                 let sequence = sequence_of(&name).expect("picked by its sequence");
+                // Larger than a window of ours can be: not sent, and left where it is.
+                if bytes > max_bytes {
+                    log::warn!("{name} in the spool is larger than --spool-max: left alone");
+                    continue;
+                }
                 entries.push(Entry {
                     sequence,
                     bytes,
@@ -57,7 +66,9 @@ impl Queue {
         let mut queue = Queue {
             spool,
             next: entries.last().map_or(0, |entry| entry.sequence + 1),
-            bytes: entries.iter().map(|entry| entry.bytes).sum(),
+            bytes: entries
+                .iter()
+                .fold(0u64, |sum, entry| sum.saturating_add(entry.bytes)),
             entries: entries.into(),
             max_bytes,
             dropped: 0,
@@ -90,7 +101,7 @@ impl Queue {
     /// cannot be written) in memory.
     pub fn push(&mut self, body: Vec<u8>) {
         let sequence = self.next;
-        self.next += 1;
+        self.next = (self.next + 1) % MAX_SEQUENCE;
         let bytes = body.len() as u64;
         let body = match &self.spool {
             Some(spool) => match spool.write(&file_name(sequence), &body) {
@@ -110,7 +121,7 @@ impl Queue {
             bytes,
             body,
         });
-        self.bytes += bytes;
+        self.bytes = self.bytes.saturating_add(bytes);
         self.keep_within_bound();
     }
 
@@ -122,7 +133,8 @@ impl Queue {
                 return Some(body.clone());
             }
             let spool = self.spool.as_ref().expect("spooled entries have a spool");
-            match spool.read(&file_name(entry.sequence), self.max_bytes) {
+            // A window of this run larger than the bound is kept all the same (the newest).
+            match spool.read(&file_name(entry.sequence), self.max_bytes.max(entry.bytes)) {
                 Ok(body) => return Some(body),
                 Err(err) => {
                     log::warn!(
@@ -141,7 +153,7 @@ impl Queue {
         let Some(entry) = self.entries.pop_front() else {
             return;
         };
-        self.bytes -= entry.bytes;
+        self.bytes = self.bytes.saturating_sub(entry.bytes);
         if entry.body.is_none()
             && let Some(spool) = &self.spool
             && let Err(err) = spool.remove(&file_name(entry.sequence))
@@ -164,7 +176,7 @@ mod tests {
     use super::*;
 
     fn spool(dir: &std::path::Path) -> Option<OutputDir> {
-        Some(OutputDir::prepare(&dir.join("spool")).unwrap())
+        Some(OutputDir::prepare_private(&dir.join("spool")).unwrap())
     }
 
     fn drain(queue: &mut Queue) -> Vec<Vec<u8>> {
@@ -228,10 +240,36 @@ mod tests {
     }
 
     #[test]
+    fn a_hard_link_or_a_shared_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut queue = Queue::open(spool(dir.path()), 1 << 20).unwrap();
+        queue.push(b"mine".to_vec());
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "secret").unwrap();
+        let first = dir.path().join("spool").join(file_name(0));
+        std::fs::remove_file(&first).unwrap();
+        std::fs::hard_link(&secret, &first).unwrap();
+        assert!(Queue::open(spool(dir.path()), 1 << 20).unwrap().is_empty());
+        assert_eq!(queue.front(), None, "read back refused");
+        assert_eq!(queue.dropped, 1);
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = OutputDir::prepare_private(&shared).unwrap_err();
+        assert!(err.to_string().contains("writable by it alone"), "{err}");
+    }
+
+    #[test]
     fn window_names_sort_by_sequence() {
         assert_eq!(sequence_of(&file_name(42)), Some(42));
         assert!(file_name(9) < file_name(10));
-        for name in ["window-1.otlp", "window-0000000000000000000x.otlp", "other"] {
+        for name in [
+            "window-1.otlp",
+            "window-0000000000000000000x.otlp",
+            "window-18446744073709551615.otlp",
+            "other",
+        ] {
             assert_eq!(sequence_of(name), None, "{name}");
         }
     }

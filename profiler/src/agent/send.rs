@@ -9,7 +9,7 @@ use crate::cli::Compression;
 const PROFILES_PATH: &str = "/v1development/profiles";
 
 /// How long one request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a window was not delivered.
 #[derive(Debug)]
@@ -33,26 +33,11 @@ pub struct Otlp {
 impl Otlp {
     /// The endpoint under a collector's base address (`http://host:4318`).
     pub fn new(base: &str, compression: Compression) -> Result<Otlp, String> {
-        let base = base.trim_end_matches('/');
-        let scheme_ok = base
-            .split_once("://")
-            .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && !rest.is_empty());
-        if !scheme_ok {
-            return Err(format!(
-                "`{base}`: give the collector's address as http://HOST:PORT or https://HOST:PORT"
-            ));
-        }
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            // Statuses are answers to read, not errors.
-            .http_status_as_error(false)
-            .user_agent(concat!("profiler/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let base = base_address(base)?;
         Ok(Otlp {
             endpoint: format!("{base}{PROFILES_PATH}"),
             compression,
-            http,
+            http: http_agent(REQUEST_TIMEOUT),
         })
     }
 
@@ -93,21 +78,52 @@ impl Otlp {
             reason: err.to_string(),
             after: None,
         })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("Retry-After")
-            .and_then(|value| value.to_str().ok()?.trim().parse().ok())
-            .map(Duration::from_secs);
-        match status {
-            200..=299 => Ok(()),
-            // Retryable, as OTLP/HTTP says.
-            429 | 502 | 503 | 504 => Err(Failure::Retry {
-                reason: format!("HTTP {status}"),
-                after: retry_after,
-            }),
-            _ => Err(Failure::Refused(format!("HTTP {status}"))),
-        }
+        status_failure(&response)
+    }
+}
+
+/// A backend's base address, checked: `http://HOST:PORT` or `https://...`, no trailing `/`.
+pub fn base_address(base: &str) -> Result<&str, String> {
+    let base = base.trim_end_matches('/');
+    let scheme_ok = base
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && !rest.is_empty());
+    match scheme_ok {
+        true => Ok(base),
+        false => Err(format!(
+            "`{base}`: give the address as http://HOST:PORT or https://HOST:PORT"
+        )),
+    }
+}
+
+/// The HTTP client of a destination: statuses are answers to read, not errors; redirects are
+/// not followed (a body goes where it was sent, or nowhere).
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(concat!("profiler/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
+}
+
+/// What a response's status says, as OTLP/HTTP (and Pyroscope) mean it: 2xx delivered;
+/// 429, 502, 503 and 504 to retry (after `Retry-After` seconds, when given); the rest refused.
+pub fn status_failure(response: &ureq::http::Response<ureq::Body>) -> Result<(), Failure> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+        .map(Duration::from_secs);
+    match status {
+        200..=299 => Ok(()),
+        429 | 502 | 503 | 504 => Err(Failure::Retry {
+            reason: format!("HTTP {status}"),
+            after: retry_after,
+        }),
+        _ => Err(Failure::Refused(format!("HTTP {status}"))),
     }
 }
 

@@ -28,6 +28,17 @@ pub struct Process {
     pub container: Option<String>,
 }
 
+impl Process {
+    /// Its executable's name: its command's program, else its own name.
+    pub fn executable_name(&self) -> &str {
+        self.command
+            .first()
+            .and_then(|program| program.rsplit('/').next())
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&self.name)
+    }
+}
+
 /// One aggregated sample: a weight on a stack of one thread.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
@@ -210,6 +221,38 @@ impl Profile {
         }
     }
 
+    /// The samples of one process, as a profile of their own (its frames and stacks only):
+    /// what a backend that takes one process a request gets.
+    pub fn of_process(&self, pid: u32) -> Profile {
+        let mut profile = Profile::new(self.run.clone());
+        profile.processes = self
+            .processes
+            .iter()
+            .filter(|process| process.pid == pid)
+            .cloned()
+            .collect();
+        profile.losses = self.losses.clone();
+        profile.objects = self.objects.clone();
+        let mut interner = Interner::default();
+        for (&kind, samples) in &self.samples {
+            let mut kept = Vec::new();
+            for sample in samples.iter().filter(|sample| sample.pid == pid) {
+                let stack = self.stacks[sample.stack]
+                    .iter()
+                    .map(|&frame| interner.frame(&mut profile, self.frames[frame].clone()))
+                    .collect();
+                kept.push(Sample {
+                    stack: interner.stack(&mut profile, stack),
+                    ..sample.clone()
+                });
+            }
+            if !kept.is_empty() {
+                profile.samples.insert(kind, kept);
+            }
+        }
+        profile
+    }
+
     /// Total weight of one event kind.
     pub fn total(&self, kind: EventKind) -> u64 {
         self.samples.get(&kind).map_or(0, |samples| {
@@ -295,7 +338,33 @@ impl Interner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fixtures::{run_info, user_frame};
+    use crate::model::fixtures::{run_info, sample_profile, user_frame};
+
+    #[test]
+    fn a_process_profile_has_its_samples_and_frames_only() {
+        let mut profile = sample_profile();
+        let mut interner = Interner::default();
+        for frame in &profile.frames.clone() {
+            interner.frame(&mut profile, frame.clone());
+        }
+        let other = interner.frame(&mut profile, user_frame("other"));
+        let stack = interner.stack(&mut profile, vec![other]);
+        let cpu = profile.samples.get_mut(&EventKind::Cpu).unwrap();
+        cpu.push(Sample {
+            pid: 7,
+            tid: 7,
+            stack,
+            ..cpu[0].clone()
+        });
+        let demo = profile.of_process(42);
+        assert_eq!(demo.total(EventKind::Cpu), 10);
+        assert_eq!(demo.frames.len(), 4, "not the other process's frame");
+        assert_eq!(demo.processes.len(), 1);
+        let other = profile.of_process(7);
+        assert_eq!(other.total(EventKind::Cpu), 7);
+        assert_eq!(other.frames[other.stacks[0][0]].function, "other");
+        assert!(profile.of_process(99).samples.is_empty());
+    }
 
     #[test]
     fn interner_deduplicates() {

@@ -264,6 +264,28 @@ impl OutputDir {
         Self::prepare_as(path, false, Invoker::from_env())
     }
 
+    /// Checks a folder for files no one else may read or change (the agent's spool): one that
+    /// exists must be its owner's and writable by them alone; missing ones are made 0700.
+    pub fn prepare_private(path: &Path) -> io::Result<Self> {
+        let out = Self::prepare_as(path, true, Invoker::from_env())?;
+        if out.missing.is_empty() {
+            // SAFETY: an all-zero stat is valid to write to; a valid descriptor.
+            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            last_error(
+                unsafe { libc::fstat(out.existing.as_raw_fd(), &mut stat) },
+                (),
+            )?;
+            if stat.st_uid != out.owner_uid() || stat.st_mode & 0o022 != 0 {
+                return Err(io::Error::other(format!(
+                    "{} must belong to uid {} and be writable by it alone (chmod go-w)",
+                    path.display(),
+                    out.owner_uid()
+                )));
+            }
+        }
+        Ok(out)
+    }
+
     /// A new private (0700) folder in the temporary folder, for results the output folder
     /// could not take.
     pub fn private_temporary() -> io::Result<Self> {
@@ -421,8 +443,10 @@ impl OutputDir {
         Ok(names
             .into_iter()
             .filter_map(|name| {
-                let size = walk::stat_at(folder, &name).ok()?.st_size as u64;
-                Some((name.into_string().ok()?, size))
+                let stat = walk::stat_at(folder, &name).ok()?;
+                // A hard link could name anyone's file under a name of ours.
+                (stat.st_nlink == 1).then_some(())?;
+                Some((name.into_string().ok()?, stat.st_size as u64))
             })
             .collect())
     }
@@ -439,7 +463,11 @@ impl OutputDir {
                 libc::openat(
                     folder.as_raw_fd(),
                     name.as_ptr(),
-                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                    libc::O_RDONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_NONBLOCK
+                        | libc::O_NOCTTY
+                        | libc::O_CLOEXEC,
                 )
             };
             last_error(fd, ()).map(|()| {
@@ -448,9 +476,10 @@ impl OutputDir {
             })
         })?;
         let metadata = file.metadata()?;
-        if !metadata.is_file() || metadata.uid() != self.owner_uid() {
+        // A hard link could name anyone's file under a name of ours.
+        if !metadata.is_file() || metadata.uid() != self.owner_uid() || metadata.nlink() != 1 {
             return Err(io::Error::other(format!(
-                "{}: not a regular file of uid {}",
+                "{}: not a regular file of uid {} with one name",
                 display(&name),
                 self.owner_uid()
             )));
@@ -462,8 +491,9 @@ impl OutputDir {
                 metadata.len()
             )));
         }
-        let mut contents = Vec::with_capacity(metadata.len() as usize);
-        file.take(limit + 1).read_to_end(&mut contents)?;
+        let mut contents = Vec::with_capacity(metadata.len().min(1 << 20) as usize);
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut contents)?;
         if contents.len() as u64 > limit {
             return Err(io::Error::other(format!(
                 "{}: grew past {limit} bytes",

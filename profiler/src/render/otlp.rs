@@ -245,30 +245,22 @@ fn key_value(key: &str, value: Value) -> KeyValue {
     }
 }
 
-/// The executable's name: of the command's program, else the process's name.
-fn executable_name(process: &Process) -> String {
-    process
-        .command
-        .first()
-        .and_then(|program| program.rsplit('/').next())
-        .filter(|name| !name.is_empty())
-        .unwrap_or(&process.name)
-        .to_owned()
-}
-
 fn resource(process: &Process, sender: &Sender) -> Resource {
     let service = sender
         .labels
         .iter()
         .find(|(key, _)| key == "service.name")
-        .map_or_else(|| executable_name(process), |(_, value)| value.clone());
+        .map_or_else(
+            || process.executable_name().to_owned(),
+            |(_, value)| value.clone(),
+        );
     let mut attributes = vec![
         key_value("service.name", Value::Text(service)),
         key_value("host.name", Value::Text(sender.host.to_owned())),
         key_value("process.pid", Value::Number(i64::from(process.pid))),
         key_value(
             "process.executable.name",
-            Value::Text(executable_name(process)),
+            Value::Text(process.executable_name().to_owned()),
         ),
     ];
     if let Some(container) = &process.container {
