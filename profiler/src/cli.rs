@@ -22,8 +22,16 @@ pub enum Command {
     /// Profile running processes.
     Attach {
         /// Process ids to profile (all their threads).
-        #[arg(required = true, value_name = "PID")]
+        #[arg(
+            value_name = "PID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
         pids: Vec<u32>,
+        /// Profile every process on the host but the profiler's own, and every process
+        /// started during the run.
+        #[arg(long)]
+        all: bool,
         /// Also profile descendants: those running now and those started during the run.
         #[arg(long)]
         children: bool,

@@ -161,10 +161,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => return profiler::agent::run(args),
         Command::Attach {
             pids,
+            all,
             children,
             options,
         } => (
-            TargetSpec::Attach { pids, children },
+            match all {
+                true => TargetSpec::System,
+                false => TargetSpec::Attach { pids, children },
+            },
             RunConfig::from(options),
         ),
         Command::Record {

@@ -1,7 +1,7 @@
 //! `profiler agent`: windows of a program with known behaviour sent to an OTLP receiver that
 //! decodes them with the official opentelemetry-proto classes (and pushed as pprof to its
 //! Pyroscope ingestion endpoint); the receiver stopped and restarted, the agent restarted with
-//! a spool, and `--all`.
+//! a spool, and `--all` (and `attach --all`).
 
 use std::{process::Stdio, time::Duration};
 
@@ -317,5 +317,43 @@ fn all_names_the_workload_and_none_of_the_profilers_own() {
     );
     let workload = cpu_in(&requests, target.pid(), "hot_path");
     assert!(workload > 100, "{workload} samples in hot_path");
+    assert_nothing_loaded();
+}
+
+#[test]
+fn attach_all_profiles_every_process_but_itself() {
+    let _serial = serial();
+    if !have_root("attach_all_profiles_every_process_but_itself") {
+        return;
+    }
+    let target = Spawned::new(std::process::Command::new(program("cpu_split")).arg("6"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        profiler()
+            .args(["attach", "--all", "-d", "3", "-o"])
+            .arg(dir.path()),
+    );
+    assert!(out.status.success());
+    let stacks = profiler_tests::read_folded(&dir.path().join("cpu.folded"));
+    // A process of its own when other processes ran too: `cpu_split (PID);...`.
+    let of_workload = |frames: &[String]| {
+        frames[0] == format!("cpu_split ({})", target.pid())
+            || (frames[0] == "cpu_split" && frames.iter().any(|f| f == "run_work"))
+    };
+    let workload: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| of_workload(frames))
+        .map(|(_, weight)| weight)
+        .sum();
+    assert!(
+        workload > 200,
+        "{workload} samples of cpu_split in 3 s at 99 Hz"
+    );
+    assert!(
+        !stacks
+            .iter()
+            .any(|(frames, _)| frames[0].starts_with("profiler")),
+        "the profiler profiles itself"
+    );
     assert_nothing_loaded();
 }
