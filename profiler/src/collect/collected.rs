@@ -24,7 +24,7 @@ use crate::{
     stacks::{
         address_space::AddressSpaces,
         assemble::{self, RawSample, RawWeight, StackTable},
-        symbolize::Blazesym,
+        symbolize::{Blazesym, SymbolCache},
     },
     target::allocators,
 };
@@ -323,6 +323,11 @@ impl Collected {
 
     /// Symbolizes and assembles the profile.
     pub(super) fn profile(&self, run: RunInfo) -> Profile {
+        self.profile_with(run, SymbolCache::new()).0
+    }
+
+    /// The same, symbolizing from what `cache` learnt, and returning what it learnt.
+    pub(super) fn profile_with(&self, run: RunInfo, cache: SymbolCache) -> (Profile, SymbolCache) {
         let names = self.thread_names();
         let thread_name = |pid: u32, tid: u32, comm: &[u8]| -> String {
             let name = comm_string(comm);
@@ -340,7 +345,7 @@ impl Collected {
         profile.losses = losses(&self.counters);
         profile.losses.memory_cap_dropped = self.memory_cap_dropped;
         let mut interner = Interner::default();
-        let mut symbols = Blazesym::new(&self.spaces);
+        let mut symbols = Blazesym::with_cache(&self.spaces, cache);
         let raw_sample = |tgid: u32, tid: u32, comm: &[u8], stacks: (i32, i32), state| RawSample {
             pid: tgid,
             tid,
@@ -491,7 +496,7 @@ impl Collected {
         processes.sort_by_key(|process| process.pid);
         profile.processes = processes;
         profile.objects = symbols.objects();
-        profile
+        (profile, symbols.into_cache())
     }
 }
 

@@ -127,6 +127,10 @@ pub(super) struct Collection {
     pub(super) python_versions_warned: std::collections::HashSet<(u8, u8)>,
     /// The JVMs among the targets, asked for their perf maps.
     pub(super) jvms: JvmMaps,
+    /// Processes with events since their maps were last read, and how many times maps were
+    /// read (see [`Collection::refresh_maps`]).
+    pub(super) active: std::collections::HashSet<u32>,
+    pub(super) map_refreshes: u32,
 }
 
 /// Allocation tracking state of a run.
@@ -188,6 +192,8 @@ impl Collection {
             spool: Spool::new(config.max_memory.saturating_mul(2)),
             python_versions_warned: Default::default(),
             jvms: JvmMaps::new(config.jvm_attach),
+            active: Default::default(),
+            map_refreshes: 0,
         };
         let python = collection.spaces.python_mut();
         // Python frames are walked with the unwind tables only.
@@ -423,8 +429,26 @@ impl Collection {
         }
     }
 
-    pub(super) fn refresh_all(&mut self) {
-        let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
+    /// Reads the processes' memory maps again (libraries and code mapped since): every
+    /// process's, or past `FEW_PROCESSES` (a whole host) only those with events since the last
+    /// time, and every one each `ALL_MAPS_EVERY` times. Reading them was most of the work of
+    /// a host-wide run; a library loaded by the dynamic loader is read as it is loaded.
+    pub(super) fn refresh_maps(&mut self) {
+        const FEW_PROCESSES: usize = 64;
+        const ALL_MAPS_EVERY: u32 = 10;
+        self.map_refreshes = self.map_refreshes.wrapping_add(1);
+        let all = self.processes.processes.len() <= FEW_PROCESSES
+            || self.map_refreshes.is_multiple_of(ALL_MAPS_EVERY);
+        let pids: Vec<u32> = match all {
+            true => self.processes.processes.keys().copied().collect(),
+            false => self
+                .active
+                .iter()
+                .copied()
+                .filter(|pid| self.processes.processes.contains_key(pid))
+                .collect(),
+        };
+        self.active.clear();
         for pid in pids {
             let _ = self.read_memory_map(pid);
         }
@@ -559,6 +583,7 @@ impl Collection {
                 // A process we were not told about (a notification was lost): read it now.
                 self.watch_process(pid, None);
             }
+            self.active.insert(pid);
         }
         let keys = user_stack_keys(
             drained.samples.iter().map(|(key, _)| key),

@@ -613,7 +613,7 @@ async fn collect_until_stop(
                 }
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain()?;
-                    collection.refresh_all();
+                    collection.refresh_maps();
                     collection.note_thread_names();
                     if let Ok(counters) = collection.probes.counters() {
                         bar.set_message(status_message(&counters));

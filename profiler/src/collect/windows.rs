@@ -18,8 +18,14 @@ use crate::{
     collect::config::{RunConfig, TargetSpec},
     kernel::{IoExtras, ProbeError},
     model::{Profile, RunInfo},
+    stacks::symbolize::SymbolCache,
     target::{privileges, procfs},
 };
+
+/// How long symbolization's parsed objects are kept between windows: parsing them again each
+/// window was most of the agent's work; keeping them for ever would keep every binary the
+/// host ever ran.
+const SYMBOL_CACHE_AGE: Duration = Duration::from_secs(600);
 
 /// Which window a profile is.
 pub enum Window {
@@ -77,6 +83,7 @@ pub async fn run_windows(
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
     };
     let mut window_start = (unix_ms(), Instant::now());
+    let mut symbols = (SymbolCache::new(), Instant::now());
     // On a fixed grid from the start: the time a window takes to cut is the next one's.
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -93,7 +100,11 @@ pub async fn run_windows(
         let run = window_run(window_start.0, window_start.1);
         window_start = (unix_ms(), Instant::now());
         if let Stop::Duration = stop {
-            let profile = collection.take_window(run)?;
+            if symbols.1.elapsed() > SYMBOL_CACHE_AGE {
+                symbols = (SymbolCache::new(), Instant::now());
+            }
+            let (profile, cache) = collection.take_window(run, symbols.0)?;
+            symbols.0 = cache;
             each(profile, Window::Interval);
             collection.forget_exited_processes();
             continue;
@@ -113,7 +124,11 @@ pub async fn run_windows(
 impl Collection {
     /// What was collected since the last window, as a profile: the counts are taken, the
     /// stacks and address spaces stay (later counts name them again).
-    fn take_window(&mut self, run: RunInfo) -> Result<Profile, ProbeError> {
+    fn take_window(
+        &mut self,
+        run: RunInfo,
+        symbols: SymbolCache,
+    ) -> Result<(Profile, SymbolCache), ProbeError> {
         self.handle_process_events();
         self.drain()?;
         self.take_back_spooled();
@@ -139,10 +154,10 @@ impl Collection {
             memory_cap_dropped: std::mem::take(&mut self.memory_cap_dropped),
             detaching: None,
         };
-        let profile = collected.profile(run);
+        let (profile, symbols) = collected.profile_with(run, symbols);
         self.spaces = collected.spaces;
         self.files = collected.files;
-        Ok(profile)
+        Ok((profile, symbols))
     }
 
     /// Processes that exited are named in no later window: their entries go (their address

@@ -7,6 +7,7 @@
 //! and is theirs.
 
 mod invoker;
+mod owned;
 mod walk;
 
 use std::{
@@ -114,6 +115,10 @@ const SYSTEM_DIRS: [&str; 17] = [
     "/var/spool",
     "/var/cache",
 ];
+
+/// System folders where a service keeps state: a private folder of the profiler's own may be
+/// made in them ([`OutputDir::prepare_private`]).
+const STATE_DIRS: [&str; 2] = ["/var/lib", "/var/spool"];
 
 /// The system folder `real` (a resolved path) is in, if any; `/` itself counts.
 fn system_dir(real: &Path) -> Option<&'static str> {
@@ -333,7 +338,15 @@ impl OutputDir {
         let walked = as_owner(invoker.as_ref(), || walk::walk(path, trusted))
             .map_err(|err| io::Error::new(err.kind(), format!("{err}{}", as_user())))?;
         let real = walk::real_path(walked.existing.as_fd())?;
-        if let Some(system) = system_dir(&real) {
+        // A private folder of its own may be made below the system's folders for state (a
+        // service's spool): no one else's files are in it, and under sudo it is made with
+        // the user's rights, which cannot make it there.
+        let state_folder = |system: &str| {
+            private
+                && STATE_DIRS.contains(&system)
+                && (real != Path::new(system) || !walked.missing.is_empty())
+        };
+        if let Some(system) = system_dir(&real).filter(|system| !state_folder(system)) {
             return Err(io::Error::other(format!(
                 "{} is inside the system folder {system}; choose a folder of your own",
                 real.display()
@@ -425,89 +438,6 @@ impl OutputDir {
                 .is_ok_and(|name| is_output(name) && !written.iter().any(|kept| kept == name))
         })?;
         self.as_owner(|| stale.iter().try_for_each(|name| remove_at(folder, name)))
-    }
-
-    /// The regular files of the folder's owner that `wanted` picks by name, with their sizes;
-    /// none while the folder is still to be made.
-    pub fn files_of_owner(&self, wanted: impl Fn(&str) -> bool) -> io::Result<Vec<(String, u64)>> {
-        let folder = match self.missing.is_empty() {
-            true => self.existing.as_fd(),
-            false => match self.folder.get() {
-                Some(folder) => folder.as_fd(),
-                None => return Ok(Vec::new()),
-            },
-        };
-        let names = owned_files(folder, self.owner_uid(), |name| {
-            name.to_str().is_ok_and(&wanted)
-        })?;
-        Ok(names
-            .into_iter()
-            .filter_map(|name| {
-                let stat = walk::stat_at(folder, &name).ok()?;
-                // A hard link could name anyone's file under a name of ours.
-                (stat.st_nlink == 1).then_some(())?;
-                Some((name.into_string().ok()?, stat.st_size as u64))
-            })
-            .collect())
-    }
-
-    /// Reads `name`, a regular file of the folder's owner, if it holds at most `limit` bytes.
-    pub fn read(&self, name: &str, limit: u64) -> io::Result<Vec<u8>> {
-        use std::{io::Read as _, os::unix::fs::MetadataExt as _};
-        let name = cstring(OsStr::new(name))?;
-        let folder = self.folder()?;
-        let file = self.as_owner(|| {
-            // SAFETY: a valid descriptor and a NUL-terminated name; a link is refused, and a
-            // FIFO does not block the open.
-            let fd = unsafe {
-                libc::openat(
-                    folder.as_raw_fd(),
-                    name.as_ptr(),
-                    libc::O_RDONLY
-                        | libc::O_NOFOLLOW
-                        | libc::O_NONBLOCK
-                        | libc::O_NOCTTY
-                        | libc::O_CLOEXEC,
-                )
-            };
-            last_error(fd, ()).map(|()| {
-                // SAFETY: the kernel just returned this descriptor.
-                unsafe { fs::File::from_raw_fd(fd) }
-            })
-        })?;
-        let metadata = file.metadata()?;
-        // A hard link could name anyone's file under a name of ours.
-        if !metadata.is_file() || metadata.uid() != self.owner_uid() || metadata.nlink() != 1 {
-            return Err(io::Error::other(format!(
-                "{}: not a regular file of uid {} with one name",
-                display(&name),
-                self.owner_uid()
-            )));
-        }
-        if metadata.len() > limit {
-            return Err(io::Error::other(format!(
-                "{}: {} bytes, more than {limit}",
-                display(&name),
-                metadata.len()
-            )));
-        }
-        let mut contents = Vec::with_capacity(metadata.len().min(1 << 20) as usize);
-        file.take(limit.saturating_add(1))
-            .read_to_end(&mut contents)?;
-        if contents.len() as u64 > limit {
-            return Err(io::Error::other(format!(
-                "{}: grew past {limit} bytes",
-                display(&name)
-            )));
-        }
-        Ok(contents)
-    }
-
-    /// Removes the file `name` (the entry; a link is not followed).
-    pub fn remove(&self, name: &str) -> io::Result<()> {
-        let name = cstring(OsStr::new(name))?;
-        let folder = self.folder()?;
-        self.as_owner(|| remove_at(folder, &name))
     }
 
     /// Removes what a killed run left half-written.
@@ -657,6 +587,20 @@ mod tests {
         assert!(dir.path().join("cpu.svg").exists());
         assert!(dir.path().join("notes.txt").exists(), "not ours: kept");
         assert!(dir.path().join("io.svg").is_symlink(), "a link: kept");
+    }
+
+    #[test]
+    fn only_a_private_folder_of_its_own_goes_below_var_lib() {
+        let path = Path::new("/var/lib/profiler-unit-test-spool/otlp");
+        assert!(OutputDir::prepare(path).is_err(), "a shared folder there");
+        assert!(OutputDir::prepare_private(Path::new("/var/lib")).is_err());
+        assert!(OutputDir::prepare_private(Path::new("/etc/profiler")).is_err());
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let out = OutputDir::prepare_private(path).unwrap();
+            assert!(!path.exists(), "made on the first write only");
+            drop(out);
+        }
     }
 
     #[test]

@@ -47,19 +47,54 @@ pub struct Blazesym<'a> {
     used: std::collections::BTreeSet<ObjectId>,
 }
 
+/// What symbolizing learns that the next profile of the same address spaces can use (the
+/// agent's windows): the objects and kernel symbols blazesym parsed, function bounds.
+pub struct SymbolCache {
+    symbolizer: Symbolizer,
+    bounds: HashMap<ObjectId, FunctionBounds>,
+}
+
+impl SymbolCache {
+    /// Nothing parsed yet.
+    pub fn new() -> Self {
+        SymbolCache {
+            symbolizer: Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            bounds: HashMap::new(),
+        }
+    }
+}
+
+impl Default for SymbolCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'a> Blazesym<'a> {
     /// A symbolizer reading the objects recorded in `spaces`.
     pub fn new(spaces: &'a AddressSpaces) -> Self {
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .build();
+        Self::with_cache(spaces, SymbolCache::new())
+    }
+
+    /// A symbolizer starting from what an earlier one of the same `spaces` learnt.
+    pub fn with_cache(spaces: &'a AddressSpaces, cache: SymbolCache) -> Self {
         Blazesym {
-            symbolizer,
+            symbolizer: cache.symbolizer,
             spaces,
-            bounds: HashMap::new(),
+            bounds: cache.bounds,
             used: Default::default(),
+        }
+    }
+
+    /// What it learnt, for the next one.
+    pub fn into_cache(self) -> SymbolCache {
+        SymbolCache {
+            symbolizer: self.symbolizer,
+            bounds: self.bounds,
         }
     }
 
