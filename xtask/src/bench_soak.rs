@@ -24,7 +24,7 @@ pub struct SoakBenchArgs {
 }
 
 /// (RSS KiB, CPU seconds) of a process, from `/proc`.
-fn usage(pid: u32) -> Option<(u64, f64)> {
+pub(crate) fn usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
         .lines()

@@ -6,6 +6,7 @@
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
+mod bench_agent;
 mod bench_jit;
 mod bench_longrun;
 mod bench_python;
@@ -83,6 +84,10 @@ enum Task {
     /// frames) and under py-spy: throughput kept, per-sample cost; writes
     /// docs/performance/python-results.md.
     BenchPython(bench_python::PythonBenchArgs),
+    /// `profiler agent --all` at its defaults for minutes with process churn, its windows sent
+    /// to the tests' OTLP receiver, perf alongside: CPU, RSS, windows delivered; writes
+    /// docs/performance/agent-results.md.
+    BenchAgent(bench_agent::AgentBenchArgs),
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run, inside, `profiler check` and the
     /// integration tests that cover every event kind and both unwinders; prints PASS/FAIL per
     /// kernel and check.
@@ -146,6 +151,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchJit(args) => {
             build()?;
             bench_jit::jit(&args)
+        }
+        Task::BenchAgent(args) => {
+            build()?;
+            bench_agent::agent(&args)
         }
         Task::BenchPython(args) => {
             build()?;

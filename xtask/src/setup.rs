@@ -213,7 +213,7 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// The agent tests' OTLP receiver (tests/otlp/receiver.py): a virtual environment with the
 /// official opentelemetry-proto classes from PyPI, at the versions `requirements.txt` pins;
 /// made again when those change.
-fn install_otlp_receiver(root: &Path) -> anyhow::Result<()> {
+pub fn install_otlp_receiver(root: &Path) -> anyhow::Result<()> {
     let otlp = root.join("tests/otlp");
     let venv = otlp.join("venv");
     let requirements = otlp.join("requirements.txt");

@@ -37,6 +37,12 @@ pub struct FileNames {
 }
 
 impl FileNames {
+    /// Forgets the files of an exited process (a continuous run, after its last window).
+    pub fn forget(&mut self, pid: u32) {
+        self.opened.retain(|&(of, _), _| of != pid);
+        self.by_fd.retain(|&(of, _), _| of != pid);
+    }
+
     /// Records a file a target opened; a relative path is resolved against the directory it
     /// was opened from, read from `proc_root` (`/proc` outside tests) while the process lives.
     pub fn opened(&mut self, proc_root: &Path, pid: u32, file_id: u64, dir_fd: i32, path: &str) {

@@ -160,12 +160,21 @@ impl Collection {
         Ok((profile, symbols))
     }
 
-    /// Processes that exited are named in no later window: their entries go (their address
-    /// spaces go as their targets do, in `drain`).
+    /// Processes that exited are named in no later window: what was kept of them goes (the
+    /// objects they mapped stay for the others).
     fn forget_exited_processes(&mut self) {
-        self.processes
+        let exited: Vec<u32> = self
             .processes
-            .retain(|&pid, _| procfs::is_alive(pid));
+            .processes
+            .keys()
+            .copied()
+            .filter(|&pid| !procfs::is_alive(pid))
+            .collect();
+        for pid in exited {
+            self.processes.processes.remove(&pid);
+            self.spaces.forget(pid);
+            self.files.forget(pid);
+        }
         self.exited_threads.clear();
         self.representatives.clear();
     }

@@ -135,6 +135,15 @@ impl AddressSpaces {
         self.last_maps.remove(&pid);
     }
 
+    /// Forgets an exited process whose addresses will not be symbolized again (a continuous
+    /// run, after its last window); the objects it mapped stay for the others.
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        self.last_maps.remove(&pid);
+        self.jit.forget(pid);
+        self.python.forget(pid);
+    }
+
     /// The names runtimes gave the code they compiled.
     pub fn jit(&self) -> &JitNames {
         &self.jit

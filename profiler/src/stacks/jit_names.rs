@@ -96,6 +96,11 @@ impl JitNames {
         }
     }
 
+    /// Forgets an exited process (the jitdump files it mapped stay read).
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
     /// Reads what the processes' perf maps and jitdump files gained.
     pub fn read(&mut self) {
         let started = Instant::now();
