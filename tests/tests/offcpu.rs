@@ -124,7 +124,10 @@ fn blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time() {
         "waiter's time {total_us} µs vs its lifetime {} µs (run: {duration_us} µs)",
         program.waiter_us
     );
-    assert!(total_us < duration_us && total_us > 0.8 * duration_us);
+    assert!(
+        total_us > 0.8 * duration_us && total_us < 1.05 * duration_us,
+        "waiter's time {total_us} µs vs the run's {duration_us} µs"
+    );
     let wall = std::fs::read_to_string(dir.path().join("wall.folded")).unwrap();
     assert!(wall.contains(";nap;") && wall.contains("[off-CPU: sleep]"));
     assert!(dir.path().join("offcpu.svg").exists() && dir.path().join("wall.svg").exists());
@@ -416,11 +419,12 @@ fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
         return;
     }
     // Two threads passing a byte back and forth switch hundreds of thousands of times a
-    // second, for a few seconds: far over a budget of 0.1%, which is read twice a second.
+    // second, for a few seconds: far over a budget of 0.1%, which is decided on twice a
+    // second (150 000 rounds took 1.4 s on this VM at its fastest: too few decisions).
     let (dir, out) = record(
         &["--events", "offcpu", "--max-overhead", "0.1"],
         "pingpong",
-        &["150000"],
+        &["450000"],
     );
     assert!(out.status.success());
     let summary = read_summary(dir.path());
@@ -433,7 +437,7 @@ fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
         offcpu["events"].as_u64().unwrap(),
     );
     // Two switches a round, give or take the first and last.
-    assert!(periods >= 290_000, "every switch counted: {offcpu}");
+    assert!(periods >= 890_000, "every switch counted: {offcpu}");
     assert!(walked * 4 < periods, "most stacks not walked: {offcpu}");
     assert_nothing_loaded();
 }

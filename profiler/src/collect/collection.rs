@@ -34,10 +34,22 @@ use crate::{
 #[derive(Default)]
 pub(super) struct ProcessTable {
     pub(super) processes: HashMap<u32, Process>,
+    /// Those known to have exited: `/proc` is not asked about them again.
+    pub(super) exited: std::collections::HashSet<u32>,
 }
 
 impl ProcessTable {
+    /// The processes not known to have exited.
+    pub(super) fn live_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processes
+            .keys()
+            .copied()
+            .filter(|pid| !self.exited.contains(pid))
+    }
+
     pub(super) fn note(&mut self, pid: u32, comm: Option<String>) {
+        // A new process may have an exited one's pid.
+        self.exited.remove(&pid);
         let name = comm
             .filter(|name| !name.is_empty())
             .or_else(|| procfs::process_name(pid).ok());
@@ -131,6 +143,9 @@ pub(super) struct Collection {
     /// read (see [`Collection::refresh_maps`]).
     pub(super) active: std::collections::HashSet<u32>,
     pub(super) map_refreshes: u32,
+    /// Whether every process of the host is profiled (`--all`): a process is then read once
+    /// at its exec, not again a few times after (see `AFTER_EXEC_REFRESH`).
+    pub(super) host_wide: bool,
 }
 
 /// Allocation tracking state of a run.
@@ -194,6 +209,7 @@ impl Collection {
             jvms: JvmMaps::new(config.jvm_attach),
             active: Default::default(),
             map_refreshes: 0,
+            host_wide: false,
         };
         let python = collection.spaces.python_mut();
         // Python frames are walked with the unwind tables only.
@@ -365,7 +381,7 @@ impl Collection {
         let Some(memory) = self.memory.as_mut() else {
             return;
         };
-        for &pid in self.processes.processes.keys() {
+        for pid in self.processes.live_pids() {
             for thread in procfs::threads(pid) {
                 memory.thread_names.insert(thread.tid, thread.name);
             }
@@ -399,11 +415,17 @@ impl Collection {
                     // Close-on-exec fds are gone: their numbers may name other files now.
                     self.forget_open_files(event.pid, event.time_ns);
                     self.watch_process(event.pid, comm);
-                    self.refreshes.extend(
-                        AFTER_EXEC_REFRESH
-                            .iter()
-                            .map(|delay| (now + *delay, event.pid)),
-                    );
+                    // Host-wide, most processes that start are never sampled, and reading
+                    // them four times was most of the work: a sample in code the tables miss
+                    // asks for a read (`UNWIND_TABLES_MISSING`), as a library the dynamic
+                    // loader maps tells.
+                    if !self.host_wide {
+                        self.refreshes.extend(
+                            AFTER_EXEC_REFRESH
+                                .iter()
+                                .map(|delay| (now + *delay, event.pid)),
+                        );
+                    }
                 }
                 process_event::UNWIND_TABLES_MISSING => {
                     let _ = self.read_memory_map(event.pid);
@@ -440,7 +462,7 @@ impl Collection {
         let all = self.processes.processes.len() <= FEW_PROCESSES
             || self.map_refreshes.is_multiple_of(ALL_MAPS_EVERY);
         let pids: Vec<u32> = match all {
-            true => self.processes.processes.keys().copied().collect(),
+            true => self.processes.live_pids().collect(),
             false => self
                 .active
                 .iter()
@@ -472,7 +494,7 @@ impl Collection {
     /// The last look at the targets before symbolizing: mappings made since the last read,
     /// and the JIT names their runtimes wrote (asking JVMs once more).
     pub(super) fn final_symbol_sources(&mut self) {
-        let pids: Vec<u32> = self.processes.processes.keys().copied().collect();
+        let pids: Vec<u32> = self.processes.live_pids().collect();
         for pid in pids {
             if procfs::is_alive(pid) {
                 let _ = self.spaces.refresh(pid);
@@ -494,6 +516,7 @@ impl Collection {
             .collect();
         self.probes.remove_targets(&exited)?;
         self.probes.forget_files_of(&exited)?;
+        self.processes.exited.extend(&exited);
         if let Some(unwind) = self.unwind.as_mut() {
             // Gone before its memory map was read (a 3 ms child): its addresses are symbolized
             // with the mappings the kernel learned by itself.

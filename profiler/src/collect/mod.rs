@@ -275,6 +275,7 @@ fn start(
         collection_pids,
     } = attach_targets(spec, config, target.program.as_deref(), sampling)?;
     let mut collection = Collection::new(probes, config);
+    collection.host_wide = matches!(spec, TargetSpec::System);
     collection.start_stack_sampling()?;
     if gated.is_none() {
         // Running processes' unwind tables are loaded before any event program is attached:
@@ -621,7 +622,7 @@ async fn collect_until_stop(
                 }
                 if command_exit.is_none()
                     && ticks.is_multiple_of(5)
-                    && !root_pids.iter().chain(collection.processes.processes.keys()).any(|&pid| procfs::is_alive(pid))
+                    && !root_pids.iter().copied().chain(collection.processes.live_pids()).any(procfs::is_alive)
                 {
                     break Stop::TargetExited;
                 }

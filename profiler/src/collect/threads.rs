@@ -78,9 +78,8 @@ impl Collection {
     pub(super) fn live_threads(&self) -> LiveThreads {
         LiveThreads(
             self.processes
-                .processes
-                .keys()
-                .flat_map(|&pid| procfs::threads(pid).into_iter().map(|thread| thread.tid))
+                .live_pids()
+                .flat_map(|pid| procfs::threads(pid).into_iter().map(|thread| thread.tid))
                 .collect(),
         )
     }

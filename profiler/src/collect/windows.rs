@@ -139,6 +139,7 @@ impl Collection {
             spaces: std::mem::take(&mut self.spaces),
             processes: ProcessTable {
                 processes: self.processes.processes.clone(),
+                exited: Default::default(),
             },
             counts: std::mem::take(&mut self.counts),
             offcpu: std::mem::take(&mut self.offcpu),
@@ -172,6 +173,7 @@ impl Collection {
             .collect();
         for pid in exited {
             self.processes.processes.remove(&pid);
+            self.processes.exited.remove(&pid);
             self.spaces.forget(pid);
             self.files.forget(pid);
         }
