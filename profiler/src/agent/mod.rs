@@ -1,7 +1,8 @@
 //! `profiler agent`: continuous profiling in windows, each sent to an OpenTelemetry collector
-//! as OTLP profiles. Collection runs on the main thread ([`collect::run_windows`]); delivery
-//! on its own, so a slow or absent backend never holds collection up: windows queue (in the
-//! spool folder, or in memory) and go in order, with backoff, when it answers again.
+//! as OTLP profiles and/or pushed to Pyroscope as pprof. Collection runs on the main thread
+//! ([`collect::run_windows`]); delivery to each backend on a thread of its own, so a slow or
+//! absent backend never holds collection up: its requests queue (in the spool folder, or in
+//! memory) and go in order, with backoff, when it answers again.
 
 mod pyroscope;
 mod queue;
@@ -24,7 +25,7 @@ use self::{
 };
 use crate::{
     cli::AgentArgs,
-    collect::{self, Window, config::TargetSpec},
+    collect::{self, config::TargetSpec},
     model::{EventKind, Profile},
     output::OutputDir,
     render::otlp::{Sender, export_request},
@@ -65,18 +66,34 @@ impl Backend {
     }
 }
 
+/// Which backend, to make its requests.
+#[derive(Clone, Copy)]
+enum Kind {
+    Otlp,
+    Pyroscope,
+}
+
+impl Backend {
+    fn kind(&self) -> Kind {
+        match self {
+            Backend::Otlp(_) => Kind::Otlp,
+            Backend::Pyroscope(_) => Kind::Pyroscope,
+        }
+    }
+}
+
 /// A backend's delivery thread and where its requests go in.
 struct Delivery {
     requests: mpsc::Sender<Vec<Vec<u8>>>,
     thread: JoinHandle<bool>,
-    name: &'static str,
+    kind: Kind,
 }
 
 impl Delivery {
     /// Starts delivery to `backend`, its waiting requests in `spool/NAME` (what an earlier run
     /// left there goes first) or in memory.
     fn start(backend: Backend, spool: Option<&Path>, max_bytes: u64) -> anyhow::Result<Self> {
-        let name = backend.name();
+        let (name, kind) = (backend.name(), backend.kind());
         let spool = spool
             .map(|path| {
                 let path = path.join(name);
@@ -100,7 +117,7 @@ impl Delivery {
         Ok(Delivery {
             requests,
             thread,
-            name,
+            kind,
         })
     }
 }
@@ -143,13 +160,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let host = host_name();
     let labels = args.labels;
     let compression = args.compression;
-    let senders: Vec<(&'static str, mpsc::Sender<Vec<Vec<u8>>>)> = deliveries
+    let senders: Vec<(Kind, mpsc::Sender<Vec<Vec<u8>>>)> = deliveries
         .iter()
-        .map(|delivery| (delivery.name, delivery.requests.clone()))
+        .map(|delivery| (delivery.kind, delivery.requests.clone()))
         .collect();
     let mut windows = 0;
     // The window callback owns the senders: when collection ends, delivery learns it.
-    let each = move |profile: Profile, _window: Window| {
+    let each = move |profile: Profile| {
         windows += 1;
         let samples: u64 = profile
             .samples
@@ -164,18 +181,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .map(|sample| sample.pid)
             .collect::<std::collections::BTreeSet<_>>()
             .len();
+        // The kernel's counts, since the start.
         let losses = &profile.losses;
-        let lost = losses.sample_map_full
-            + losses.offcpu_map_full
-            + losses.io_map_full
-            + losses.memory_cap_dropped;
+        let lost = losses.sample_map_full + losses.offcpu_map_full + losses.io_map_full;
         eprintln!(
             "profiler agent: window {windows}: {samples} samples from {processes} processes; \
              events lost so far {lost}"
         );
-        for (name, sender) in &senders {
-            let requests = match *name {
-                "otlp" => {
+        for (kind, sender) in &senders {
+            let requests = match kind {
+                Kind::Otlp => {
                     let request = export_request(
                         &profile,
                         &Sender {
@@ -188,7 +203,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         compression,
                     )]
                 }
-                _ => pyroscope::requests(&profile, &host, &labels),
+                Kind::Pyroscope => pyroscope::requests(&profile, &host, &labels),
             };
             let _ = sender.send(requests);
         }

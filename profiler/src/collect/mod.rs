@@ -18,7 +18,7 @@ mod threads;
 mod windows;
 
 pub use error::CollectError;
-pub use windows::{Window, run_windows};
+pub use windows::run_windows;
 
 use std::{
     path::PathBuf,

@@ -27,21 +27,13 @@ use crate::{
 /// host ever ran.
 const SYMBOL_CACHE_AGE: Duration = Duration::from_secs(600);
 
-/// Which window a profile is.
-pub enum Window {
-    /// Cut at the interval; collection goes on.
-    Interval,
-    /// The last: collection stopped (the reason given).
-    Last(String),
-}
-
 /// Collects for `spec` until SIGINT, SIGTERM or every target's exit, handing `each` a
 /// profile every `interval` and one for the rest at the end.
 pub async fn run_windows(
     spec: TargetSpec,
     config: RunConfig,
     interval: Duration,
-    mut each: impl FnMut(Profile, Window),
+    mut each: impl FnMut(Profile),
 ) -> Result<(), CollectError> {
     let clock = Clock::now();
     let (mut sigint, mut sigterm) = stop_signals()?;
@@ -105,7 +97,7 @@ pub async fn run_windows(
             }
             let (profile, cache) = collection.take_window(run, symbols.0)?;
             symbols.0 = cache;
-            each(profile, Window::Interval);
+            each(profile);
             collection.forget_exited_processes();
             continue;
         }
@@ -113,7 +105,7 @@ pub async fn run_windows(
         let detaching = collected.detaching.take();
         let mut run = run;
         run.stop_reason = stop.describe();
-        each(collected.profile(run), Window::Last(stop.describe()));
+        each(collected.profile(run));
         if let Some(detaching) = detaching {
             let _ = detaching.join();
         }
