@@ -7,7 +7,10 @@ use std::time::Duration;
 use super::send::{Failure, REQUEST_TIMEOUT, status_failure};
 use crate::{
     model::{Process, Profile},
-    render::export::pprof_profile,
+    render::{
+        export::pprof_profile,
+        otlp::{SERVICE_NAME, service_name},
+    },
 };
 
 /// A Pyroscope server.
@@ -41,13 +44,7 @@ fn label_value(value: &str) -> String {
 
 /// `SERVICE{key=value,...}` for a process.
 fn application_name(process: &Process, host: &str, labels: &[(String, String)]) -> String {
-    let service = labels
-        .iter()
-        .find(|(key, _)| key == "service.name")
-        .map_or_else(
-            || process.executable_name().to_owned(),
-            |(_, value)| value.clone(),
-        );
+    let service = service_name(process, labels);
     let mut pairs = vec![
         ("host_name".to_owned(), label_value(host)),
         ("pid".to_owned(), process.pid.to_string()),
@@ -55,7 +52,7 @@ fn application_name(process: &Process, host: &str, labels: &[(String, String)]) 
     if let Some(container) = &process.container {
         pairs.push(("container_id".to_owned(), label_value(container)));
     }
-    for (key, value) in labels.iter().filter(|(key, _)| key != "service.name") {
+    for (key, value) in labels.iter().filter(|(key, _)| key != SERVICE_NAME) {
         pairs.push((label_key(key), label_value(value)));
     }
     let pairs: Vec<String> = pairs

@@ -245,17 +245,26 @@ fn key_value(key: &str, value: Value) -> KeyValue {
     }
 }
 
-fn resource(process: &Process, sender: &Sender) -> Resource {
-    let service = sender
-        .labels
+/// The label that names the service.
+pub const SERVICE_NAME: &str = "service.name";
+
+/// A process's service: the `service.name` label when given, else its executable's name.
+pub fn service_name(process: &Process, labels: &[(String, String)]) -> String {
+    labels
         .iter()
-        .find(|(key, _)| key == "service.name")
+        .find(|(key, _)| key == SERVICE_NAME)
         .map_or_else(
             || process.executable_name().to_owned(),
             |(_, value)| value.clone(),
-        );
+        )
+}
+
+fn resource(process: &Process, sender: &Sender) -> Resource {
     let mut attributes = vec![
-        key_value("service.name", Value::Text(service)),
+        key_value(
+            SERVICE_NAME,
+            Value::Text(service_name(process, sender.labels)),
+        ),
         key_value("host.name", Value::Text(sender.host.to_owned())),
         key_value("process.pid", Value::Number(i64::from(process.pid))),
         key_value(
@@ -267,7 +276,7 @@ fn resource(process: &Process, sender: &Sender) -> Resource {
         attributes.push(key_value("container.id", Value::Text(container.clone())));
     }
     for (key, value) in sender.labels {
-        if key != "service.name" {
+        if key != SERVICE_NAME {
             attributes.push(key_value(key, Value::Text(value.clone())));
         }
     }
