@@ -257,7 +257,14 @@ fn record_follows_child_processes_unless_told_not_to() {
     for root in parent.iter().chain(&child) {
         assert!(root.starts_with("forker ("), "process frame first: {root}");
     }
-    assert!(weight_with_frame(&stacks, "child_spin") > 150);
+    // A share, not a count: the child shares the CPUs with the parent and with the collector,
+    // which reads the new program as the child starts (it got half a CPU in one clean run).
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    let child_weight = weight_with_frame(&stacks, "child_spin");
+    assert!(
+        child_weight >= 60 && child_weight * 4 >= total,
+        "child_spin {child_weight} of {total} samples"
+    );
     let summary = read_summary(dir.path());
     assert_eq!(summary["processes"].as_array().unwrap().len(), 2);
 
