@@ -308,6 +308,9 @@ pub mod process_event {
     /// A profiled process closed a range of its fds (`close_range`): the files opened during
     /// the run may no longer be what their fd numbers name.
     pub const FILES_CLOSED: u32 = 4;
+    /// A process that is not profiled executed a new program (told only when processes are
+    /// selected by name or cgroup): the collector may make it a target.
+    pub const UNTARGETED_EXEC: u32 = 5;
 }
 
 /// A change in the set of profiled processes or their programs, streamed so the collector

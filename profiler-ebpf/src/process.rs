@@ -30,6 +30,11 @@ static TASK_STRUCT_TGID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TRACK_THREADS: u32 = 0;
 
+/// Non-zero when processes are selected by name or cgroup: an exec outside the targets is
+/// streamed too, for the collector to judge the new program.
+#[unsafe(no_mangle)]
+static REPORT_UNTARGETED_EXECS: u32 = 0;
+
 /// Target of the programs' log records: the crate's name, as the collector shows them (the
 /// default would be this module's path).
 const LOG_TARGET: &str = "profiler";
@@ -139,7 +144,8 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
     Ok(0)
 }
 
-/// A target executed a new program: the collector must read its new memory map.
+/// A target executed a new program: the collector must read its new memory map. Another
+/// process's exec is told when processes are selected by what they run.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     match try_sched_process_exec(ctx) {
@@ -152,6 +158,10 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 fn try_sched_process_exec(ctx: BtfTracePointContext) -> Result<i32, i32> {
     let (tgid, _) = current_tgid_tid();
     if unsafe { TARGETS.get(tgid) }.is_none() {
+        // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+        if unsafe { core::ptr::read_volatile(&REPORT_UNTARGETED_EXECS) } != 0 {
+            send_process_event(process_event::UNTARGETED_EXEC, tgid, tgid);
+        }
         return Err(0);
     }
     // The thread's name changes with the program: read it again at its next switch-out.

@@ -119,6 +119,7 @@ pub fn run_checks() -> Vec<Check> {
         alloc_sample_bytes: 0,
         unwind_rows: Some(1024),
         sample_first: false,
+        report_untargeted_execs: false,
     };
     let mut probes = match KernelProbes::load(options) {
         Ok(probes) => probes,

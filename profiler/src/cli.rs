@@ -5,7 +5,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    collect::config::{RunConfig, StackSampling},
+    collect::config::{RunConfig, Selection, StackSampling},
     model::EventKind,
 };
 
@@ -24,14 +24,12 @@ pub enum Command {
         /// Process ids to profile (all their threads).
         #[arg(
             value_name = "PID",
-            required_unless_present = "all",
-            conflicts_with = "all"
+            required_unless_present = "selection",
+            conflicts_with = "selection"
         )]
         pids: Vec<u32>,
-        /// Profile every process on the host but the profiler's own, and every process
-        /// started during the run.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        select: SelectArgs,
         /// Also profile descendants: those running now and those started during the run.
         #[arg(long)]
         children: bool,
@@ -43,6 +41,10 @@ pub enum Command {
         /// Do not profile processes the command starts (by default they are profiled too).
         #[arg(long)]
         no_children: bool,
+        /// Besides the command, profile these processes while it runs (`--all`: the whole
+        /// host, as `perf record -a`).
+        #[command(flatten)]
+        select: SelectArgs,
         #[command(flatten)]
         options: ProfileArgs,
         /// The command and its arguments.
@@ -113,13 +115,12 @@ pub struct AgentArgs {
     /// Processes to profile, with the processes they start.
     #[arg(
         value_name = "PID",
-        required_unless_present = "all",
-        conflicts_with = "all"
+        required_unless_present = "selection",
+        conflicts_with = "selection"
     )]
     pub pids: Vec<u32>,
-    /// Every process on the host but the profiler's own, and every process started later.
-    #[arg(long)]
-    pub all: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// How often a profile is sent: the length of a window (at least 1 s).
     #[arg(long, default_value = "15s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -152,6 +153,48 @@ pub struct AgentArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub collect: CollectArgs,
+}
+
+/// Processes chosen by what they are, on the whole host: those running and those that start
+/// later, each with the processes it starts.
+#[derive(Debug, Args)]
+#[group(id = "selection", multiple = false)]
+pub struct SelectArgs {
+    /// Every process on the host but the profiler's own.
+    #[arg(long)]
+    pub all: bool,
+    /// Processes whose name (`comm`, as `ps -o comm` shows it, at most 15 characters)
+    /// matches this regular expression, e.g. `^postgres$`.
+    #[arg(long, value_name = "REGEX", value_parser = parse_comm)]
+    pub comm: Option<regex::Regex>,
+    /// Processes in this cgroup or below it, e.g. `system.slice/postgresql.service` or
+    /// `/sys/fs/cgroup/kubepods.slice` (a container is a cgroup).
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<String>,
+}
+
+impl SelectArgs {
+    /// The selection given, if any.
+    pub fn selection(self) -> Option<Selection> {
+        if self.all {
+            Some(Selection::All)
+        } else if let Some(comm) = self.comm {
+            Some(Selection::Comm(comm))
+        } else {
+            self.cgroup.map(Selection::Cgroup)
+        }
+    }
+}
+
+fn parse_comm(text: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(text)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|err| format!("`{text}` is not a regular expression: {err}"))
+}
+
+fn parse_cgroup(text: &str) -> Result<String, String> {
+    crate::target::selection::cgroup_path(text)
 }
 
 /// How the agent's requests are compressed.
@@ -443,6 +486,7 @@ mod tests {
             command,
             options,
             no_children,
+            ..
         } = cli.command
         else {
             panic!("not record");
@@ -481,7 +525,7 @@ mod tests {
         let Command::Agent(agent) = cli.command else {
             panic!("not agent");
         };
-        assert!(agent.all && agent.pids.is_empty());
+        assert!(agent.select.all && agent.pids.is_empty());
         assert_eq!(agent.frequency, 19);
         assert_eq!(agent.interval, Duration::from_secs(15));
         assert_eq!(
@@ -494,6 +538,13 @@ mod tests {
         for wrong in [
             &["profiler", "agent", "--otlp", "http://x"][..],
             &["profiler", "agent", "1", "--all", "--otlp", "http://x"],
+            &[
+                "profiler", "agent", "--all", "--comm", "x", "--otlp", "http://x",
+            ],
+            &["profiler", "agent", "--comm", "(", "--otlp", "http://x"],
+            &[
+                "profiler", "agent", "--cgroup", "/a/../b", "--otlp", "http://x",
+            ],
             &["profiler", "agent", "1"],
             &[
                 "profiler", "agent", "1", "--otlp", "http://x", "--label", "novalue",
@@ -510,5 +561,30 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(wrong).is_err(), "{wrong:?}");
         }
+    }
+
+    #[test]
+    fn selects_by_name_or_cgroup() {
+        let selection = |args: &[&str]| {
+            let Command::Attach { select, .. } = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not attach");
+            };
+            select.selection()
+        };
+        assert_eq!(
+            selection(&["profiler", "attach", "--cgroup", "a.slice//b.scope"]),
+            Some(Selection::Cgroup("/a.slice/b.scope".into()))
+        );
+        let Some(Selection::Comm(comm)) = selection(&["profiler", "attach", "--comm", "^pg"])
+        else {
+            panic!("not a name");
+        };
+        assert!(comm.is_match("pgbench") && !comm.is_match("xpg"));
+        assert_eq!(selection(&["profiler", "attach", "1"]), None);
+        let cli = Cli::try_parse_from(["profiler", "record", "--all", "--", "sleep", "1"]).unwrap();
+        let Command::Record { select, .. } = cli.command else {
+            panic!("not record");
+        };
+        assert_eq!(select.selection(), Some(Selection::All));
     }
 }

@@ -161,24 +161,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => return profiler::agent::run(args),
         Command::Attach {
             pids,
-            all,
+            select,
             children,
             options,
         } => (
-            match all {
-                true => TargetSpec::System,
-                false => TargetSpec::Attach { pids, children },
+            match select.selection() {
+                Some(selection) => TargetSpec::System(selection),
+                None => TargetSpec::Attach { pids, children },
             },
             RunConfig::from(options),
         ),
         Command::Record {
             no_children,
+            select,
             options,
             command,
         } => (
             TargetSpec::Launch {
                 argv: command,
                 children: !no_children,
+                others: select.selection(),
             },
             RunConfig::from(options),
         ),

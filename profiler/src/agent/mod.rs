@@ -123,9 +123,9 @@ impl Delivery {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let spec = match args.all {
-        true => TargetSpec::System,
-        false => TargetSpec::Attach {
+    let spec = match args.select.selection() {
+        Some(selection) => TargetSpec::System(selection),
+        None => TargetSpec::Attach {
             pids: args.pids.clone(),
             children: true,
         },

@@ -18,7 +18,7 @@ use super::{
     spool::{HotKeys, Spool, Stacks},
 };
 use crate::{
-    collect::config::RunConfig,
+    collect::config::{RunConfig, Selection},
     kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
     model::{EventKind, JitStats, Process, TimelineRow},
     stacks::{self, address_space::AddressSpaces},
@@ -146,6 +146,10 @@ pub(super) struct Collection {
     /// Whether every process of the host is profiled (`--all`): a process is then read once
     /// at its exec, not again a few times after (see `AFTER_EXEC_REFRESH`).
     pub(super) host_wide: bool,
+    /// Processes chosen by what they run (`--comm`, `--cgroup`, `--all`), looked for as they
+    /// exec and now and then in `/proc` (see [`Collection::look_for_selected`]).
+    pub(super) selection: Option<Selection>,
+    pub(super) selection_looks: u32,
 }
 
 /// Allocation tracking state of a run.
@@ -210,6 +214,8 @@ impl Collection {
             active: Default::default(),
             map_refreshes: 0,
             host_wide: false,
+            selection: None,
+            selection_looks: 0,
         };
         let python = collection.spaces.python_mut();
         // Python frames are walked with the unwind tables only.
@@ -223,8 +229,14 @@ impl Collection {
             && err.kind() == std::io::ErrorKind::PermissionDenied
         {
             // A descendant that changed user (a setuid program): its samples are kept, its
-            // frames stay addresses.
-            log::warn!(
+            // frames stay addresses. Selected host-wide, such processes are the system's own
+            // and not news.
+            let level = match self.selection {
+                Some(_) => log::Level::Debug,
+                None => log::Level::Warn,
+            };
+            log::log!(
+                level,
                 "process {pid}: its memory map is closed to the profiler (it changed user); its \
                  stacks will not be symbolized (CAP_SYS_PTRACE would allow it)"
             );
@@ -431,6 +443,7 @@ impl Collection {
                     let _ = self.read_memory_map(event.pid);
                 }
                 process_event::FILES_CLOSED => self.forget_open_files(event.pid, event.time_ns),
+                process_event::UNTARGETED_EXEC => self.adopt_if_selected(event.pid),
                 _ => {}
             }
         }

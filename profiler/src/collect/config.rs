@@ -15,15 +15,52 @@ pub enum TargetSpec {
         /// Include descendants.
         children: bool,
     },
-    /// Every process on the host but the profiler, and every process started later.
-    System,
+    /// The processes of a selection, those running and those started later, and what
+    /// they start.
+    System(Selection),
     /// A command to launch.
     Launch {
         /// Program and arguments.
         argv: Vec<OsString>,
         /// Include processes it starts.
         children: bool,
+        /// Also profile these, for as long as the command runs.
+        others: Option<Selection>,
     },
+}
+
+/// Processes chosen by what they are rather than by pid, on the whole host: those running
+/// and those that start later (`--all`, `--comm`, `--cgroup`).
+#[derive(Clone, Debug)]
+pub enum Selection {
+    /// Every process but the profiler's own.
+    All,
+    /// Processes whose name (`comm`, as `ps -o comm` shows it) matches.
+    Comm(regex::Regex),
+    /// Processes in a cgroup (v2) or below it: its path from the hierarchy's root, as
+    /// `/proc/PID/cgroup` shows it, e.g. `/system.slice/postgresql.service`.
+    Cgroup(String),
+}
+
+impl PartialEq for Selection {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Selection::All, Selection::All) => true,
+            (Selection::Comm(a), Selection::Comm(b)) => a.as_str() == b.as_str(),
+            (Selection::Cgroup(a), Selection::Cgroup(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Selection {}
+
+impl Selection {
+    /// Whether only some processes are selected: new processes must be looked at as they
+    /// start.
+    pub fn is_partial(&self) -> bool {
+        !matches!(self, Selection::All)
+    }
 }
 
 impl TargetSpec {
@@ -31,7 +68,16 @@ impl TargetSpec {
     pub fn follows_children(&self) -> bool {
         match self {
             TargetSpec::Attach { children, .. } | TargetSpec::Launch { children, .. } => *children,
-            TargetSpec::System => true,
+            TargetSpec::System(_) => true,
+        }
+    }
+
+    /// The processes selected on the whole host besides any named or launched.
+    pub fn selection(&self) -> Option<&Selection> {
+        match self {
+            TargetSpec::System(selection) => Some(selection),
+            TargetSpec::Launch { others, .. } => others.as_ref(),
+            TargetSpec::Attach { .. } => None,
         }
     }
 }

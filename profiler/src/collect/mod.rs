@@ -10,6 +10,7 @@ pub mod io;
 mod jvm;
 pub mod memory;
 mod progress;
+mod selected;
 mod spool;
 mod stop;
 mod stop_signals;
@@ -35,13 +36,13 @@ use self::{
     stop::{CommandExit, Stop, exit_code, stop_command, stopped_while_loading},
 };
 use crate::{
-    collect::config::{RunConfig, StackSampling, TargetSpec},
+    collect::config::{RunConfig, Selection, StackSampling, TargetSpec},
     kernel::{KernelProbes, LoadOptions},
     model::{EventKind, Profile, RunInfo},
     output::{self, OutputDir},
     target::{
         launch::{self, GatedChild},
-        libraries, privileges, procfs,
+        libraries, privileges, procfs, selection,
     },
 };
 
@@ -275,15 +276,14 @@ fn start(
         collection_pids,
     } = attach_targets(spec, config, target.program.as_deref(), sampling)?;
     let mut collection = Collection::new(probes, config);
-    collection.host_wide = matches!(spec, TargetSpec::System);
+    collection.host_wide = spec.selection() == Some(&Selection::All);
+    collection.selection = spec.selection().cloned();
     collection.start_stack_sampling()?;
-    if gated.is_none() {
-        // Running processes' unwind tables are loaded before any event program is attached:
-        // a stack walked before its process is described is cut short, and a backend blocked
-        // on a lock can be waiting there for the whole run.
-        for &pid in &collection_pids {
-            let _ = collection.read_memory_map(pid);
-        }
+    // Running processes' unwind tables are loaded before any event program is attached: a
+    // stack walked before its process is described is cut short, and a backend blocked on a
+    // lock can be waiting there for the whole run.
+    for &pid in &collection_pids {
+        let _ = collection.read_memory_map(pid);
     }
     if sampling {
         collection.probes.attach_cpu_sampling(config.frequency)?;
@@ -305,7 +305,9 @@ fn start(
     )?;
     let attach_ms = elapsed_ms(clock.started);
     stopped_while_loading()?;
-    if gated.is_none() && !collection_pids.iter().any(|&pid| procfs::is_alive(pid)) {
+    if let TargetSpec::Attach { .. } = spec
+        && !collection_pids.iter().any(|&pid| procfs::is_alive(pid))
+    {
         return Err(CollectError::TargetExitedWhileLoading);
     }
     for pid in collection_pids {
@@ -358,8 +360,16 @@ fn describe_target(spec: &TargetSpec) -> Result<Target, CollectError> {
                 program: None,
             }
         }
-        TargetSpec::System => Target {
-            name: "system".to_owned(),
+        TargetSpec::System(selection) => Target {
+            name: match selection {
+                Selection::All => "system".to_owned(),
+                Selection::Comm(pattern) => format!("comm-{pattern}"),
+                Selection::Cgroup(path) => path
+                    .rsplit('/')
+                    .find(|part| !part.is_empty())
+                    .unwrap_or("cgroup")
+                    .to_owned(),
+            },
             command: Vec::new(),
             program: None,
         },
@@ -410,6 +420,7 @@ fn attach_targets(
         alloc_sample_bytes: config.alloc_sample_bytes,
         unwind_rows: config.unwind_rows,
         sample_first,
+        report_untargeted_execs: spec.selection().is_some_and(Selection::is_partial),
     })?;
     stopped_while_loading()?;
     let mut root_pids = Vec::new();
@@ -423,13 +434,13 @@ fn attach_targets(
             root_pids.clone_from(pids);
             collection_pids.clone_from(pids);
         }
-        TargetSpec::Launch { argv, children } => {
+        TargetSpec::Launch { argv, children, .. } => {
             let child = GatedChild::spawn(program.expect("resolved"), argv)?;
             probes.add_target(child.pid(), *children)?;
             root_pids.push(child.pid());
             gated = Some(child);
         }
-        TargetSpec::System => {}
+        TargetSpec::System(_) => {}
     }
     // Fork tracking first, then the descendants that exist: none falls between the two.
     probes.attach_process_tracking()?;
@@ -443,12 +454,18 @@ fn attach_targets(
             collection_pids.push(pid);
         }
     }
-    if let TargetSpec::System = spec {
+    if let Some(selection) = spec.selection() {
         // After fork tracking, as descendants are: a process started meanwhile is in the list
-        // or the child of one that is.
-        for pid in procfs::user_processes_but_self() {
-            probes.add_target(pid, true)?;
-            collection_pids.push(pid);
+        // or the child of one that is (or, selected by what it runs, told by its exec).
+        if let Some(warning) = selection::missing_cgroup(selection) {
+            log::warn!("{warning}");
+        }
+        let launched = gated.as_ref().map(GatedChild::pid);
+        for pid in selection::running(selection) {
+            if Some(pid) != launched {
+                probes.add_target(pid, true)?;
+                collection_pids.push(pid);
+            }
         }
     }
     Ok(Attached {
@@ -463,7 +480,7 @@ fn attach_targets(
 /// running process, sampled at once. A launched command waits for every family instead, so
 /// that each sees it from its first instruction.
 fn samples_first(spec: &TargetSpec, config: &RunConfig) -> bool {
-    matches!(spec, TargetSpec::Attach { .. } | TargetSpec::System)
+    matches!(spec, TargetSpec::Attach { .. } | TargetSpec::System(_))
         && config.events.contains(&EventKind::Cpu)
         && config.events.len() > 1
 }
@@ -486,21 +503,14 @@ fn attach_events(
         // The programs know target threads by their `THREADS` entries. Threads created from
         // now on get one at fork; the ones that exist are added here, after the attach, so
         // none falls between the two.
-        let pids = match gated {
-            Some(pid) => vec![pid],
-            None => collection_pids.to_vec(),
-        };
-        for pid in pids {
+        for pid in gated.into_iter().chain(collection_pids.iter().copied()) {
+            let launched = Some(pid) == gated;
             for thread in procfs::threads(pid) {
                 // A sleeping thread is off-CPU from the attach on; a runnable one is
                 // accounted from its first switch. The launched command waits at its gate
                 // until released, and is accounted from then.
-                let blocked_since = (!thread.runnable && gated.is_none()).then_some(attach_ns);
-                let name = if gated.is_some() {
-                    target_name
-                } else {
-                    &thread.name
-                };
+                let blocked_since = (!thread.runnable && !launched).then_some(attach_ns);
+                let name = if launched { target_name } else { &thread.name };
                 probes.add_thread(thread.tid, pid, name, blocked_since)?;
             }
         }
@@ -615,12 +625,14 @@ async fn collect_until_stop(
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain()?;
                     collection.refresh_maps();
+                    collection.look_for_selected();
                     collection.note_thread_names();
                     if let Ok(counters) = collection.probes.counters() {
                         bar.set_message(status_message(&counters));
                     }
                 }
                 if command_exit.is_none()
+                    && collection.selection.is_none()
                     && ticks.is_multiple_of(5)
                     && !root_pids.iter().copied().chain(collection.processes.live_pids()).any(procfs::is_alive)
                 {

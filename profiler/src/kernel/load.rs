@@ -59,6 +59,9 @@ pub struct LoadOptions {
     /// [`KernelProbes::load_deferred`]. A running process is then sampled while they are
     /// verified, most of a start-up.
     pub sample_first: bool,
+    /// Stream every process's exec, not only the targets': processes are selected by what
+    /// they run.
+    pub report_untargeted_execs: bool,
 }
 
 /// The programs CPU sampling needs: the sampler, process tracking, and the loader hook that
@@ -196,6 +199,11 @@ impl KernelProbes {
             .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
             .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
             .override_global("TRACK_THREADS", &track_threads, true)
+            .override_global(
+                "REPORT_UNTARGETED_EXECS",
+                &u32::from(options.report_untargeted_execs),
+                true,
+            )
             .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
             .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)

@@ -2,7 +2,7 @@
 //! ([`launch`]), the libraries it will load ([`libraries`]), reading `/proc` ([`procfs`]),
 //! whether this process may trace them ([`privileges`]), their `/tmp` ([`tmp_dir`]), where
 //! runtimes name their JIT code and the JVM is asked to ([`hotspot`]), the CPython
-//! interpreters they run ([`python`]).
+//! interpreters they run ([`python`]), the processes a selection names ([`selection`]).
 
 pub mod allocators;
 pub mod hotspot;
@@ -12,6 +12,7 @@ pub mod open;
 pub mod privileges;
 pub mod procfs;
 pub mod python;
+pub mod selection;
 pub mod tmp_dir;
 
 /// Why a pid cannot be attached to.

@@ -88,6 +88,22 @@ pub fn container_id(pid: u32) -> Option<String> {
     container_id_in(&String::from_utf8_lossy(&cgroup))
 }
 
+/// The process's cgroup paths, one per hierarchy (v1 and v2), from `/proc/PID/cgroup`.
+pub fn cgroup_paths(pid: u32) -> Vec<String> {
+    let Ok(cgroup) = read_bounded(&proc_dir(pid).join("cgroup"), 64 << 10) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&cgroup)
+        .lines()
+        .filter_map(|line| Some(line.splitn(3, ':').nth(2)?.to_owned()))
+        .collect()
+}
+
+/// Reads a small kernel-made file (under `/proc`), at most 1 MiB of it.
+pub fn read_small(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    read_bounded(path, 1 << 20)
+}
+
 /// The first 64-hex-digit name part of a cgroup path in `/proc/PID/cgroup`'s text.
 fn container_id_in(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|line| {
