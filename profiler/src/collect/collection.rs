@@ -2,7 +2,10 @@
 //! from the kernel so far, and the work done every tick (process events, memory maps,
 //! drains).
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use profiler_common::{
     COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, PythonProcess, SampleKey, ThreadState,
@@ -48,24 +51,41 @@ impl ProcessTable {
     }
 
     pub(super) fn note(&mut self, pid: u32, comm: Option<String>) {
-        // A new process may have an exited one's pid.
-        self.exited.remove(&pid);
         let name = comm
             .filter(|name| !name.is_empty())
             .or_else(|| procfs::process_name(pid).ok());
         let command = procfs::command_line(pid).ok().filter(|c| !c.is_empty());
-        let entry = self.processes.entry(pid).or_insert_with(|| Process {
-            pid,
-            name: pid.to_string(),
-            command: Vec::new(),
-            container: procfs::container_id(pid),
-        });
+        let container = procfs::container_id(pid);
+        let entry = self.started(pid);
         if let Some(name) = name {
             entry.name = name;
         }
         if let Some(command) = command {
             entry.command = command;
         }
+        if container.is_some() {
+            entry.container = container;
+        }
+    }
+
+    /// A process that started, or started a new program: known by its name (from the
+    /// kernel's event) until it is read.
+    pub(super) fn note_started(&mut self, pid: u32, comm: String) {
+        let entry = self.started(pid);
+        if !comm.is_empty() {
+            entry.name = comm;
+        }
+    }
+
+    fn started(&mut self, pid: u32) -> &mut Process {
+        // A new process may have an exited one's pid.
+        self.exited.remove(&pid);
+        self.processes.entry(pid).or_insert_with(|| Process {
+            pid,
+            name: pid.to_string(),
+            command: Vec::new(),
+            container: None,
+        })
     }
 }
 
@@ -146,10 +166,25 @@ pub(super) struct Collection {
     /// Whether every process of the host is profiled (`--all`): a process is then read once
     /// at its exec, not again a few times after (see `AFTER_EXEC_REFRESH`).
     pub(super) host_wide: bool,
+    /// Host-wide, processes that started or executed a program since they were last read:
+    /// read once they have events (most never have, and reading each as it started was most
+    /// of the work of a host-wide run).
+    pub(super) unread: std::collections::HashSet<u32>,
+    /// Drains so far: host-wide, exited targets are looked for every few.
+    pub(super) drains: u32,
     /// Processes chosen by what they run (`--comm`, `--cgroup`, `--all`), looked for as they
     /// exec and now and then in `/proc` (see [`Collection::look_for_selected`]).
     pub(super) selection: Option<Selection>,
     pub(super) selection_looks: u32,
+    /// How often process notifications (forks, execs, unwind-table requests) are handled.
+    pub(super) event_tick: Duration,
+}
+
+/// Within a sample period or so, 10 ms at least: the first samples of a new program ask for
+/// its unwind tables, and are walked once they are loaded; at a continuous profiler's 19 Hz,
+/// waking 100 times a second was a fifth of its work.
+fn event_tick(frequency_hz: u64) -> Duration {
+    Duration::from_millis((1000 / frequency_hz.max(1)).clamp(10, 50))
 }
 
 /// Allocation tracking state of a run.
@@ -186,7 +221,18 @@ impl Collection {
     pub(super) fn new(probes: KernelProbes, config: &RunConfig) -> Self {
         let mut collection = Collection {
             probes,
-            sampler: StackSampler::new(config.stack_sampling),
+            // Only off-CPU periods and I/O calls have stacks to sample: without them, nothing
+            // to measure (turning the kernel's program timing on and off patches its code on
+            // every CPU).
+            sampler: StackSampler::new(
+                match config.events.contains(&EventKind::OffCpu)
+                    || config.events.contains(&EventKind::Io)
+                {
+                    true => config.stack_sampling,
+                    false => crate::collect::config::StackSampling::Exact,
+                },
+            ),
+            event_tick: event_tick(config.frequency),
             spaces: AddressSpaces::default(),
             processes: ProcessTable::default(),
             counts: HashMap::new(),
@@ -214,6 +260,8 @@ impl Collection {
             active: Default::default(),
             map_refreshes: 0,
             host_wide: false,
+            unread: Default::default(),
+            drains: 0,
             selection: None,
             selection_looks: 0,
         };
@@ -415,6 +463,11 @@ impl Collection {
         for event in self.probes.process_events() {
             let comm = Some(comm_string(&event.comm));
             match event.kind {
+                process_event::FORK if self.host_wide => {
+                    self.processes
+                        .note_started(event.pid, comm.unwrap_or_default());
+                    self.unread.insert(event.pid);
+                }
                 process_event::FORK => self.watch_process(event.pid, None),
                 process_event::EXEC => {
                     if let Some(unwind) = self.unwind.as_mut() {
@@ -426,18 +479,20 @@ impl Collection {
                     }
                     // Close-on-exec fds are gone: their numbers may name other files now.
                     self.forget_open_files(event.pid, event.time_ns);
-                    self.watch_process(event.pid, comm);
-                    // Host-wide, most processes that start are never sampled, and reading
-                    // them four times was most of the work: a sample in code the tables miss
-                    // asks for a read (`UNWIND_TABLES_MISSING`), as a library the dynamic
-                    // loader maps tells.
-                    if !self.host_wide {
-                        self.refreshes.extend(
-                            AFTER_EXEC_REFRESH
-                                .iter()
-                                .map(|delay| (now + *delay, event.pid)),
-                        );
+                    if self.host_wide {
+                        // Read once it has events, if ever: the kernel learns the program's
+                        // mappings itself, enough to walk and name a process gone before.
+                        self.processes
+                            .note_started(event.pid, comm.unwrap_or_default());
+                        self.unread.insert(event.pid);
+                        continue;
                     }
+                    self.watch_process(event.pid, comm);
+                    self.refreshes.extend(
+                        AFTER_EXEC_REFRESH
+                            .iter()
+                            .map(|delay| (now + *delay, event.pid)),
+                    );
                 }
                 process_event::UNWIND_TABLES_MISSING => {
                     let _ = self.read_memory_map(event.pid);
@@ -465,15 +520,17 @@ impl Collection {
     }
 
     /// Reads the processes' memory maps again (libraries and code mapped since): every
-    /// process's, or past `FEW_PROCESSES` (a whole host) only those with events since the last
-    /// time, and every one each `ALL_MAPS_EVERY` times. Reading them was most of the work of
-    /// a host-wide run; a library loaded by the dynamic loader is read as it is loaded.
+    /// process's, or past `FEW_PROCESSES` only those with events since the last time, and
+    /// every one each `ALL_MAPS_EVERY` times; host-wide, only those with events. Reading them
+    /// was most of the work of a host-wide run; a library loaded by the dynamic loader is
+    /// read as it is loaded.
     pub(super) fn refresh_maps(&mut self) {
         const FEW_PROCESSES: usize = 64;
         const ALL_MAPS_EVERY: u32 = 10;
         self.map_refreshes = self.map_refreshes.wrapping_add(1);
-        let all = self.processes.processes.len() <= FEW_PROCESSES
-            || self.map_refreshes.is_multiple_of(ALL_MAPS_EVERY);
+        let all = !self.host_wide
+            && (self.processes.processes.len() <= FEW_PROCESSES
+                || self.map_refreshes.is_multiple_of(ALL_MAPS_EVERY));
         let pids: Vec<u32> = match all {
             true => self.processes.live_pids().collect(),
             false => self
@@ -530,6 +587,9 @@ impl Collection {
         self.probes.remove_targets(&exited)?;
         self.probes.forget_files_of(&exited)?;
         self.processes.exited.extend(&exited);
+        for pid in &exited {
+            self.unread.remove(pid);
+        }
         if let Some(unwind) = self.unwind.as_mut() {
             // Gone before its memory map was read (a 3 ms child): its addresses are symbolized
             // with the mappings the kernel learned by itself.
@@ -599,6 +659,16 @@ impl Collection {
     }
 
     pub(super) fn drain(&mut self) -> Result<(), ProbeError> {
+        self.drain_with(false)
+    }
+
+    /// A drain of the run's ticks: host-wide, exited processes are looked for in one of
+    /// several.
+    pub(super) fn drain_tick(&mut self) -> Result<(), ProbeError> {
+        self.drain_with(true)
+    }
+
+    fn drain_with(&mut self, tick: bool) -> Result<(), ProbeError> {
         let drained = self.probes.drain()?;
         // Drained after the counts that name them: a stack is stored before any count.
         for (id, stack) in self.probes.drain_user_stacks()? {
@@ -615,8 +685,9 @@ impl Collection {
             .chain(drained.io.iter().map(|(key, _)| key.tgid))
             .collect();
         for pid in pids {
-            if !self.spaces.knows(pid) {
-                // A process we were not told about (a notification was lost): read it now.
+            // A process started since it was read, or one we were not told about (a
+            // notification was lost): read it now.
+            if self.unread.remove(&pid) || !self.spaces.knows(pid) {
                 self.watch_process(pid, None);
             }
             self.active.insert(pid);
@@ -652,7 +723,13 @@ impl Collection {
             }
             self.add_io(key, io, full);
         }
-        self.forget_exited_targets()?;
+        // Host-wide, looking at every target is much of a drain; a pid that stays a target a
+        // few seconds after its process exited costs nothing (every process is one).
+        const EXITS_EVERY_DRAINS: u32 = 10;
+        self.drains = self.drains.wrapping_add(1);
+        if !tick || !self.host_wide || self.drains.is_multiple_of(EXITS_EVERY_DRAINS) {
+            self.forget_exited_targets()?;
+        }
         if self.scheduler {
             let exited = self.probes.threads(true)?;
             for (tid, state) in exited.into_iter().filter(|(_, state)| state.exited != 0) {

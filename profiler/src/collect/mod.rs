@@ -49,9 +49,6 @@ use crate::{
 /// How often process notifications and memory maps are looked at.
 const TICK: Duration = Duration::from_millis(100);
 
-/// How often process notifications (forks, execs, unwind-table requests) are handled.
-const EVENT_TICK: Duration = Duration::from_millis(10);
-
 /// How often sample counts are drained from the kernel.
 const DRAIN_EVERY_TICKS: u32 = 10;
 
@@ -589,7 +586,7 @@ async fn collect_until_stop(
     let mut ticker = tokio::time::interval(TICK);
     // Process notifications are answered sooner than the rest: unwind tables are asked for
     // by the first samples of a new program.
-    let mut event_ticker = tokio::time::interval(EVENT_TICK);
+    let mut event_ticker = tokio::time::interval(collection.event_tick);
     let mut ticks: u32 = 0;
     Ok(loop {
         let sleep_until_deadline = async {
@@ -623,7 +620,7 @@ async fn collect_until_stop(
                     collection.measure_stack_sampling_cost();
                 }
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
-                    collection.drain()?;
+                    collection.drain_tick()?;
                     collection.refresh_maps();
                     collection.look_for_selected();
                     collection.note_thread_names();

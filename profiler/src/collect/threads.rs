@@ -73,22 +73,30 @@ impl LiveThreads {
     }
 }
 
+/// The threads of `pids` alive now.
+fn live_threads_of(pids: impl IntoIterator<Item = u32>) -> LiveThreads {
+    LiveThreads(pids.into_iter().flat_map(procfs::thread_ids).collect())
+}
+
 impl Collection {
     /// The targets' threads alive now.
     pub(super) fn live_threads(&self) -> LiveThreads {
-        LiveThreads(
-            self.processes
-                .live_pids()
-                .flat_map(|pid| procfs::threads(pid).into_iter().map(|thread| thread.tid))
-                .collect(),
-        )
+        live_threads_of(self.processes.live_pids())
     }
 
     /// Folds the counts of threads that exited into one thread per (process, name), the first
     /// seen: a service that starts a thread per request would otherwise grow the collector's
     /// state by a key per thread, forever. Exited threads' samples stay, under that thread.
     pub(super) fn fold_exited_threads(&mut self) {
-        let live = self.live_threads();
+        // Only processes with counts of threads other than their first: host-wide, listing
+        // every process's threads each drain was much of the collector's work.
+        let pids: HashSet<u32> = (self.counts.keys().map(ThreadKey::thread))
+            .chain(self.offcpu.keys().map(ThreadKey::thread))
+            .chain(self.io.keys().map(ThreadKey::thread))
+            .filter(|&(tgid, tid, _)| tgid != tid)
+            .map(|(tgid, ..)| tgid)
+            .collect();
+        let live = live_threads_of(pids);
         let representatives = &mut self.representatives;
         fold(&mut self.counts, |key| live.folded(representatives, key));
         fold(&mut self.offcpu, |key| live.folded(representatives, key));

@@ -195,6 +195,16 @@ pub struct ThreadInfo {
     pub runnable: bool,
 }
 
+/// Ids of a process's threads.
+pub fn thread_ids(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(proc_dir(pid).join("task")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Threads of a process.
 pub fn threads(pid: u32) -> Vec<ThreadInfo> {
     let Ok(entries) = fs::read_dir(proc_dir(pid).join("task")) else {
