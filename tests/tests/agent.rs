@@ -357,3 +357,76 @@ fn attach_all_profiles_every_process_but_itself() {
     );
     assert_nothing_loaded();
 }
+
+/// The stacks kept after each window, from the agent's log.
+fn stacks_kept(stderr: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|line| {
+            let kept = line.split("; kept ").nth(1)?;
+            kept.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn stacks_unused_for_a_while_are_let_go_and_whole_when_they_return() {
+    let _serial = serial();
+    if !ready("stacks_unused_for_a_while_are_let_go_and_whole_when_they_return") {
+        return;
+    }
+    let receiver = Receiver::start(0);
+    // phase_a for 2 s, phase_b for 7 s (more than the 4 windows a stack may go unnamed),
+    // phase_a again for 2 s.
+    let target = Spawned::new(std::process::Command::new(program("phases")).args(["2", "7"]));
+    let pid = target.pid();
+    let out = output(profiler().args([
+        "agent",
+        &pid.to_string(),
+        "--otlp",
+        &receiver.url(),
+        "--interval",
+        "1",
+        "-F",
+        "99",
+    ]));
+    assert!(out.status.success());
+    let kept = stacks_kept(&out.stderr);
+    let let_go = kept
+        .iter()
+        .enumerate()
+        .any(|(window, &count)| kept[..window].iter().any(|&before| before > count));
+    assert!(let_go, "no stack let go: kept {kept:?}");
+    assert!(receiver.wait_for_requests(windows_logged(&out.stderr), Duration::from_secs(5)));
+    let requests = receiver.requests();
+    // The windows of each phase_a: the samples of the second are whole stacks again.
+    let phase_a: Vec<(usize, Vec<String>, u64)> = requests
+        .iter()
+        .enumerate()
+        .flat_map(|(window, request)| {
+            samples(std::slice::from_ref(request))
+                .into_iter()
+                .filter(|(_, kind, frames, _)| {
+                    kind == "samples" && frames.last().is_some_and(|leaf| leaf == "phase_a")
+                })
+                .map(move |(_, _, frames, value)| (window, frames, value))
+        })
+        .collect();
+    let first_window = phase_a.first().expect("phase_a sampled").0;
+    let returned: Vec<&(usize, Vec<String>, u64)> = phase_a
+        .iter()
+        .filter(|(window, ..)| *window > first_window + 6)
+        .collect();
+    let returned_samples: u64 = returned.iter().map(|(.., value)| value).sum();
+    assert!(
+        returned_samples > 60,
+        "{returned_samples} samples of phase_a's return"
+    );
+    for (window, frames, _) in returned {
+        assert!(
+            frames.iter().any(|frame| frame == "main"),
+            "window {window}: a cut stack {frames:?}"
+        );
+    }
+    assert_nothing_loaded();
+}

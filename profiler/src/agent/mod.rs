@@ -166,7 +166,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut windows = 0;
     // The window callback owns the senders: when collection ends, delivery learns it.
-    let each = move |profile: Profile| {
+    let each = move |profile: Profile, kept: Option<collect::Kept>| {
         windows += 1;
         let samples: u64 = profile
             .samples
@@ -184,9 +184,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         // The kernel's counts, since the start.
         let losses = &profile.losses;
         let lost = losses.sample_map_full + losses.offcpu_map_full + losses.io_map_full;
+        let kept = kept.map_or_else(String::new, |kept| {
+            format!(
+                "; kept {} stacks, {} processes",
+                kept.stacks, kept.processes
+            )
+        });
         eprintln!(
             "profiler agent: window {windows}: {samples} samples from {processes} processes; \
-             events lost so far {lost}"
+             events lost so far {lost}{kept}"
         );
         for (kind, sender) in &senders {
             let requests = match kind {

@@ -10,10 +10,11 @@ use profiler_common::{
 };
 
 use super::{
-    collection::{Collection, MemoryCollection, ProcessTable, comm_string},
+    collection::{Collection, MemoryCollection},
     io,
     io::{FileNames, IoTotals},
     memory, monotonic_ns,
+    processes::{ProcessTable, comm_string},
 };
 use crate::{
     kernel::{Counters, IoExtras, ProbeError, unwind::UnwindTables},

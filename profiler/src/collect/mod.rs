@@ -9,9 +9,11 @@ mod error;
 pub mod io;
 mod jvm;
 pub mod memory;
+mod processes;
 mod progress;
 mod selected;
 mod spool;
+mod stack_ages;
 mod stop;
 mod stop_signals;
 mod tables;
@@ -19,7 +21,7 @@ mod threads;
 mod windows;
 
 pub use error::CollectError;
-pub use windows::run_windows;
+pub use windows::{Kept, run_windows};
 
 use std::{
     path::PathBuf,

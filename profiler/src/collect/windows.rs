@@ -1,18 +1,16 @@
 //! Continuous collection (`profiler agent`): the programs stay attached, and every interval
 //! what was collected since the last window becomes a profile of its own. Counts are taken
-//! with each window; stacks and address spaces stay, for the windows after.
+//! with each window; address spaces stay for the windows after, and stacks as long as
+//! windows name them (`stack_ages`).
 
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 
 use super::{
-    Clock, CollectError, Started, collect_until_stop,
-    collected::Collected,
-    collection::{Collection, ProcessTable},
-    describe_target, kernel_release, start,
-    stop::Stop,
-    stop_signals, unix_ms,
+    Clock, CollectError, Started, collect_until_stop, collected::Collected, collection::Collection,
+    describe_target, kernel_release, processes::ProcessTable, stack_ages::StackAges, start,
+    stop::Stop, stop_signals, unix_ms,
 };
 use crate::{
     collect::config::{RunConfig, TargetSpec},
@@ -27,13 +25,23 @@ use crate::{
 /// host ever ran.
 const SYMBOL_CACHE_AGE: Duration = Duration::from_secs(600);
 
+/// What the collector keeps between windows, for its health to be watched: flat over hours.
+#[derive(Clone, Copy, Debug)]
+pub struct Kept {
+    /// Stacks, user and kernel.
+    pub stacks: usize,
+    /// Processes known.
+    pub processes: usize,
+}
+
 /// Collects for `spec` until SIGINT, SIGTERM or every target's exit, handing `each` a
-/// profile every `interval` and one for the rest at the end.
+/// profile every `interval` and one for the rest at the end, with what is kept after each
+/// (nothing after the last).
 pub async fn run_windows(
     spec: TargetSpec,
     config: RunConfig,
     interval: Duration,
-    mut each: impl FnMut(Profile),
+    mut each: impl FnMut(Profile, Option<Kept>),
 ) -> Result<(), CollectError> {
     let clock = Clock::now();
     let (mut sigint, mut sigterm) = stop_signals()?;
@@ -76,6 +84,7 @@ pub async fn run_windows(
     };
     let mut window_start = (unix_ms(), Instant::now());
     let mut symbols = (SymbolCache::new(), Instant::now());
+    let mut stack_ages = StackAges::default();
     // On a fixed grid from the start: the time a window takes to cut is the next one's.
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -95,17 +104,18 @@ pub async fn run_windows(
             if symbols.1.elapsed() > SYMBOL_CACHE_AGE {
                 symbols = (SymbolCache::new(), Instant::now());
             }
-            let (profile, cache) = collection.take_window(run, symbols.0)?;
+            let (profile, cache) = collection.take_window(run, symbols.0, &mut stack_ages)?;
             symbols.0 = cache;
-            each(profile);
             collection.forget_exited_processes();
+            collection.retire_idle_stacks(&mut stack_ages)?;
+            each(profile, Some(collection.kept()));
             continue;
         }
         let mut collected = collection.finish(config.min_block.as_nanos() as u64)?;
         let detaching = collected.detaching.take();
         let mut run = run;
         run.stop_reason = stop.describe();
-        each(collected.profile(run));
+        each(collected.profile(run), None);
         if let Some(detaching) = detaching {
             let _ = detaching.join();
         }
@@ -120,11 +130,13 @@ impl Collection {
         &mut self,
         run: RunInfo,
         symbols: SymbolCache,
+        stack_ages: &mut StackAges,
     ) -> Result<(Profile, SymbolCache), ProbeError> {
         self.handle_process_events();
         self.drain()?;
         self.take_back_spooled();
         let stacks = self.referenced_stacks(std::iter::empty(), false);
+        stack_ages.named(stacks.user.keys().copied(), stacks.kernel.keys().copied());
         let collected = Collected {
             stack_sampling: None,
             jit: None,
@@ -151,6 +163,31 @@ impl Collection {
         self.spaces = collected.spaces;
         self.files = collected.files;
         Ok((profile, symbols))
+    }
+
+    fn kept(&self) -> Kept {
+        Kept {
+            stacks: self.stacks.user.len() + self.stacks.kernel.len(),
+            processes: self.processes.processes.len(),
+        }
+    }
+
+    /// Lets go of the stacks no window named for a while, in the kernel's record of stacks
+    /// stored, then, a window later, here.
+    fn retire_idle_stacks(&mut self, stack_ages: &mut StackAges) -> Result<(), ProbeError> {
+        let (retiring, dropped) = stack_ages.retire(
+            self.stacks.user.keys().copied(),
+            self.stacks.kernel.keys().copied(),
+        );
+        self.probes
+            .forget_stored_stacks(&retiring.user, &retiring.kernel)?;
+        for id in &dropped.user {
+            self.stacks.user.remove(id);
+        }
+        for id in &dropped.kernel {
+            self.stacks.kernel.remove(id);
+        }
+        Ok(())
     }
 
     /// Processes that exited are named in no later window: what was kept of them goes (the

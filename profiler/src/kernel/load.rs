@@ -20,7 +20,7 @@ use super::{
         FREQUENCY_HINT, PERMISSION_HINT, ProbeError, is_invalid_argument, is_permission_error,
         map_error, program_error,
     },
-    probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_pids, take_ring_buffer},
+    probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, OFFCPU_STACKS_PROGRAM, PROCESS_PROGRAMS,
         RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
@@ -324,7 +324,7 @@ impl KernelProbes {
         if pids.is_empty() {
             return Ok(());
         }
-        remove_pids::<TargetFlags>(&mut self.ebpf, "TARGETS", pids)?;
+        remove_keys::<TargetFlags>(&mut self.ebpf, "TARGETS", pids)?;
         self.targets_changed()
     }
 

@@ -11,7 +11,10 @@ use profiler_common::{
 
 use super::{
     error::{ProbeError, map_error},
-    probes::{Counters, IN_FLIGHT, KernelProbes, read_hash_map, read_hash_map_as, sum_per_cpu},
+    probes::{
+        Counters, IN_FLIGHT, KernelProbes, read_hash_map, read_hash_map_as, remove_keys,
+        sum_per_cpu,
+    },
 };
 
 /// Counts taken from the kernel by one drain.
@@ -187,6 +190,13 @@ impl KernelProbes {
                 stack.frames[..len].to_vec()
             },
         )
+    }
+
+    /// Forgets that the run stored these stacks (user, kernel), by id: the next sample with
+    /// one stores it again, to be drained again.
+    pub fn forget_stored_stacks(&mut self, user: &[u32], kernel: &[u32]) -> Result<(), ProbeError> {
+        remove_keys::<u64>(&mut self.ebpf, "USER_STACK_HASHES", user)?;
+        remove_keys::<u64>(&mut self.ebpf, "KERNEL_STACK_HASHES", kernel)
     }
 
     /// Loss counters summed over CPUs.

@@ -142,17 +142,20 @@ pub(super) fn insert_entry<K: aya::Pod, V: aya::Pod>(
     map.insert(key, value, 0).map_err(map_error(name))
 }
 
-/// Removes the entries of processes `pids` from hash map `name`, keyed by pid.
-pub(super) fn remove_pids<V: aya::Pod>(
+/// Removes the entries with keys `keys` (pids, ids) from hash map `name`.
+pub(super) fn remove_keys<V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    pids: &[u32],
+    keys: &[u32],
 ) -> Result<(), ProbeError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     let mut map: BpfHashMap<_, u32, V> =
         BpfHashMap::try_from(ebpf.map_mut(name).expect("map is in the object"))
             .map_err(map_error(name))?;
-    for pid in pids {
-        let _ = map.remove(pid);
+    for key in keys {
+        let _ = map.remove(key);
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, PythonProcess, Unwin
 
 use super::{
     error::ProbeError,
-    probes::{KernelProbes, insert_entry, read_hash_map_as, remove_pids},
+    probes::{KernelProbes, insert_entry, read_hash_map_as, remove_keys},
 };
 
 /// A user stack drained from the kernel: its frames, and how its walk ended (a `stack_end`
@@ -93,12 +93,12 @@ impl KernelProbes {
 
     /// Forgets the Python processes among `pids` (they exited or executed another program).
     pub fn remove_python_processes(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
-        remove_pids::<PythonProcess>(&mut self.ebpf, "PYTHON_PROCESSES", pids)
+        remove_keys::<PythonProcess>(&mut self.ebpf, "PYTHON_PROCESSES", pids)
     }
 
     /// Drops the unwinding descriptions of processes that exited (the map is bounded).
     pub fn remove_process_unwind(&mut self, pids: &[u32]) -> Result<(), ProbeError> {
-        remove_pids::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
+        remove_keys::<ProcessUnwind>(&mut self.ebpf, "UNWIND_PROCESSES", pids)
     }
 
     /// Takes the user stacks walked since the last call out of the kernel's map, which the
