@@ -136,6 +136,28 @@ pub fn agent(args: &AgentBenchArgs) -> anyhow::Result<()> {
         .rfind(|line| line.starts_with("profiler agent: otlp: "))
         .unwrap_or("")
         .to_owned();
+    // What the agent kept after each window: (stacks, processes).
+    let kept: Vec<(u64, u64)> = log
+        .lines()
+        .filter_map(|line| {
+            let kept = line.split("; kept ").nth(1)?;
+            let mut numbers = kept
+                .split(' ')
+                .filter_map(|word| word.trim_end_matches(',').parse().ok());
+            Some((numbers.next()?, numbers.next()?))
+        })
+        .collect();
+    let kept_at = |index: usize| kept.get(index.min(kept.len().saturating_sub(1))).copied();
+    let kept_row = [kept_at(3), kept_at(kept.len() / 2), kept_at(kept.len())]
+        .iter()
+        .map(|kept| {
+            kept.map_or("-".to_owned(), |(stacks, processes)| {
+                format!("{stacks} / {processes}")
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let max_stacks = kept.iter().map(|kept| kept.0).max().unwrap_or(0);
     let processes: u64 = std::fs::read_to_string(scratch.join("started"))
         .ok()
         .and_then(|n| n.trim().parse().ok())
@@ -195,6 +217,10 @@ pub fn agent(args: &AgentBenchArgs) -> anyhow::Result<()> {
         rss_at(5.0) as f64 / 1024.0,
         last.1 as f64 / 1024.0,
         max_rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        report,
+        "| stacks / processes kept after window 4 · the middle one · the last (max stacks {max_stacks}) | {kept_row} | |"
     );
     let _ = writeln!(
         report,

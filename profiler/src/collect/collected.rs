@@ -10,11 +10,10 @@ use profiler_common::{
 };
 
 use super::{
-    collection::{Collection, MemoryCollection},
+    collection::{Collection, MemoryCollection, ProcessTable, comm_string},
     io,
     io::{FileNames, IoTotals},
     memory, monotonic_ns,
-    processes::{ProcessTable, comm_string},
 };
 use crate::{
     kernel::{Counters, IoExtras, ProbeError, unwind::UnwindTables},

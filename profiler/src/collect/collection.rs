@@ -1,6 +1,6 @@
 //! The state of a run between attach and detach: what was drained from the kernel so far, and
-//! the work done every tick (drains, memory samples, the stack-sampling budget); the
-//! processes followed and their notifications are in `processes`.
+//! the work done every tick (drains, memory samples, the stack-sampling budget), and the
+//! table of the processes followed (their notifications are handled in `processes`).
 
 use std::{
     collections::HashMap,
@@ -14,19 +14,79 @@ use super::{
     io::FileNames,
     jvm::JvmMaps,
     memory,
-    processes::ProcessTable,
     spool::{HotKeys, Spool, Stacks},
 };
 use crate::{
     collect::config::{RunConfig, Selection},
     kernel::{ProbeError, probes::KernelProbes, unwind::UnwindTables},
-    model::{EventKind, JitStats, TimelineRow},
+    model::{EventKind, JitStats, Process, TimelineRow},
     stacks::{self, address_space::AddressSpaces},
     target::{
         allocators::{self, AllocatorObject},
         procfs,
     },
 };
+
+/// Processes seen during the run, with names and command lines read while they lived.
+#[derive(Default)]
+pub(super) struct ProcessTable {
+    pub(super) processes: HashMap<u32, Process>,
+    /// Those known to have exited: `/proc` is not asked about them again.
+    pub(super) exited: std::collections::HashSet<u32>,
+}
+
+impl ProcessTable {
+    /// The processes not known to have exited.
+    pub(super) fn live_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processes
+            .keys()
+            .copied()
+            .filter(|pid| !self.exited.contains(pid))
+    }
+
+    pub(super) fn note(&mut self, pid: u32, comm: Option<String>) {
+        let name = comm
+            .filter(|name| !name.is_empty())
+            .or_else(|| procfs::process_name(pid).ok());
+        let command = procfs::command_line(pid).ok().filter(|c| !c.is_empty());
+        let container = procfs::container_id(pid);
+        let entry = self.started(pid);
+        if let Some(name) = name {
+            entry.name = name;
+        }
+        if let Some(command) = command {
+            entry.command = command;
+        }
+        if container.is_some() {
+            entry.container = container;
+        }
+    }
+
+    /// A process that started, or started a new program: known by its name (from the
+    /// kernel's event) until it is read.
+    pub(super) fn note_started(&mut self, pid: u32, comm: String) {
+        let entry = self.started(pid);
+        if !comm.is_empty() {
+            entry.name = comm;
+        }
+    }
+
+    fn started(&mut self, pid: u32) -> &mut Process {
+        // A new process may have an exited one's pid.
+        self.exited.remove(&pid);
+        self.processes.entry(pid).or_insert_with(|| Process {
+            pid,
+            name: pid.to_string(),
+            command: Vec::new(),
+            container: None,
+        })
+    }
+}
+
+pub(super) fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
 
 /// Time the collector spends reading Python code objects' names per drain (every second),
 /// and at the end of the run.

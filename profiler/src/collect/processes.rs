@@ -1,82 +1,22 @@
-//! The processes a run follows: their names and command lines, and the work their
-//! notifications bring (reading memory maps, telling the kernel where Python frames are,
-//! forgetting the processes that exited).
+//! What the processes a run follows bring: their notifications handled, their memory maps
+//! read, the kernel told where their Python frames are, and those that exited forgotten.
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use profiler_common::{PythonProcess, process_event};
 
-use super::{AFTER_EXEC_REFRESH, collection::Collection};
+use super::{
+    AFTER_EXEC_REFRESH,
+    collection::{Collection, comm_string},
+};
 use crate::{
     kernel::ProbeError,
-    model::Process,
     target::{
         procfs,
         python::{self, Interpreter},
     },
     text::error_chain,
 };
-
-/// Processes seen during the run, with names and command lines read while they lived.
-#[derive(Default)]
-pub(super) struct ProcessTable {
-    pub(super) processes: HashMap<u32, Process>,
-    /// Those known to have exited: `/proc` is not asked about them again.
-    pub(super) exited: std::collections::HashSet<u32>,
-}
-
-impl ProcessTable {
-    /// The processes not known to have exited.
-    pub(super) fn live_pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.processes
-            .keys()
-            .copied()
-            .filter(|pid| !self.exited.contains(pid))
-    }
-
-    pub(super) fn note(&mut self, pid: u32, comm: Option<String>) {
-        let name = comm
-            .filter(|name| !name.is_empty())
-            .or_else(|| procfs::process_name(pid).ok());
-        let command = procfs::command_line(pid).ok().filter(|c| !c.is_empty());
-        let container = procfs::container_id(pid);
-        let entry = self.started(pid);
-        if let Some(name) = name {
-            entry.name = name;
-        }
-        if let Some(command) = command {
-            entry.command = command;
-        }
-        if container.is_some() {
-            entry.container = container;
-        }
-    }
-
-    /// A process that started, or started a new program: known by its name (from the
-    /// kernel's event) until it is read.
-    pub(super) fn note_started(&mut self, pid: u32, comm: String) {
-        let entry = self.started(pid);
-        if !comm.is_empty() {
-            entry.name = comm;
-        }
-    }
-
-    fn started(&mut self, pid: u32) -> &mut Process {
-        // A new process may have an exited one's pid.
-        self.exited.remove(&pid);
-        self.processes.entry(pid).or_insert_with(|| Process {
-            pid,
-            name: pid.to_string(),
-            command: Vec::new(),
-            container: None,
-        })
-    }
-}
-
-pub(super) fn comm_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
 
 impl Collection {
     pub(super) fn watch_process(&mut self, pid: u32, comm: Option<String>) {
@@ -170,11 +110,10 @@ impl Collection {
     pub(super) fn handle_process_events(&mut self) {
         let now = Instant::now();
         for event in self.probes.process_events() {
-            let comm = Some(comm_string(&event.comm));
+            let comm = comm_string(&event.comm);
             match event.kind {
                 process_event::FORK if self.host_wide => {
-                    self.processes
-                        .note_started(event.pid, comm.unwrap_or_default());
+                    self.processes.note_started(event.pid, comm);
                     self.unread.insert(event.pid);
                 }
                 process_event::FORK => self.watch_process(event.pid, None),
@@ -191,12 +130,11 @@ impl Collection {
                     if self.host_wide {
                         // Read once it has events, if ever: the kernel learns the program's
                         // mappings itself, enough to walk and name a process gone before.
-                        self.processes
-                            .note_started(event.pid, comm.unwrap_or_default());
+                        self.processes.note_started(event.pid, comm);
                         self.unread.insert(event.pid);
                         continue;
                     }
-                    self.watch_process(event.pid, comm);
+                    self.watch_process(event.pid, Some(comm));
                     self.refreshes.extend(
                         AFTER_EXEC_REFRESH
                             .iter()

@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 
 use super::{
-    Clock, CollectError, Started, collect_until_stop, collected::Collected, collection::Collection,
-    describe_target, kernel_release, processes::ProcessTable, stack_ages::StackAges, start,
-    stop::Stop, stop_signals, unix_ms,
+    Clock, CollectError, Started, collect_until_stop,
+    collected::Collected,
+    collection::{Collection, ProcessTable},
+    describe_target, kernel_release,
+    stack_ages::StackAges,
+    start,
+    stop::Stop,
+    stop_signals, unix_ms,
 };
 use crate::{
     collect::config::{RunConfig, TargetSpec},
