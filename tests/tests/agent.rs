@@ -376,9 +376,9 @@ fn stacks_unused_for_a_while_are_let_go_and_whole_when_they_return() {
         return;
     }
     let receiver = Receiver::start(0);
-    // phase_a for 2 s, phase_b for 7 s (more than the 4 windows a stack may go unnamed),
-    // phase_a again for 2 s.
-    let target = Spawned::new(std::process::Command::new(program("phases")).args(["2", "7"]));
+    // phase_a for 3 s, phase_b for 7 s (more than the 4 windows a stack may go unnamed),
+    // phase_a again for 3 s.
+    let target = Spawned::new(std::process::Command::new(program("phases")).args(["3", "7"]));
     let pid = target.pid();
     let out = output(profiler().args([
         "agent",
@@ -399,33 +399,34 @@ fn stacks_unused_for_a_while_are_let_go_and_whole_when_they_return() {
     assert!(let_go, "no stack let go: kept {kept:?}");
     assert!(receiver.wait_for_requests(windows_logged(&out.stderr), Duration::from_secs(5)));
     let requests = receiver.requests();
-    // The windows of each phase_a: the samples of the second are whole stacks again.
-    let phase_a: Vec<(usize, Vec<String>, u64)> = requests
+    // Per window, in order: phase_a's samples with their frames, and phase_b's count.
+    let with_leaf = |request: &serde_json::Value, function: &str| {
+        samples(std::slice::from_ref(request))
+            .into_iter()
+            .filter(|(_, kind, frames, _)| {
+                kind == "samples" && frames.last().is_some_and(|leaf| leaf == function)
+            })
+            .map(|(_, _, frames, value)| (frames, value))
+            .collect::<Vec<_>>()
+    };
+    let first_b = requests
         .iter()
-        .enumerate()
-        .flat_map(|(window, request)| {
-            samples(std::slice::from_ref(request))
-                .into_iter()
-                .filter(|(_, kind, frames, _)| {
-                    kind == "samples" && frames.last().is_some_and(|leaf| leaf == "phase_a")
-                })
-                .map(move |(_, _, frames, value)| (window, frames, value))
-        })
-        .collect();
-    let first_window = phase_a.first().expect("phase_a sampled").0;
-    let returned: Vec<&(usize, Vec<String>, u64)> = phase_a
+        .position(|request| !with_leaf(request, "phase_b").is_empty())
+        .expect("phase_b sampled");
+    // phase_b runs 7 windows: phase_a's return is in the windows after its sixth.
+    let returned: Vec<(Vec<String>, u64)> = requests[first_b + 6..]
         .iter()
-        .filter(|(window, ..)| *window > first_window + 6)
+        .flat_map(|request| with_leaf(request, "phase_a"))
         .collect();
-    let returned_samples: u64 = returned.iter().map(|(.., value)| value).sum();
+    let returned_samples: u64 = returned.iter().map(|(_, value)| value).sum();
     assert!(
-        returned_samples > 60,
+        returned_samples > 100,
         "{returned_samples} samples of phase_a's return"
     );
-    for (window, frames, _) in returned {
+    for (frames, _) in &returned {
         assert!(
             frames.iter().any(|frame| frame == "main"),
-            "window {window}: a cut stack {frames:?}"
+            "a cut stack {frames:?}"
         );
     }
     assert_nothing_loaded();

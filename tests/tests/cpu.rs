@@ -63,9 +63,10 @@ fn record_splits_cpu_70_30_under_a_common_caller() {
 
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     let total: u64 = stacks.iter().map(|(_, w)| w).sum();
-    // 3 s at 499 Hz on one busy thread.
+    // 3 s at 499 Hz on one busy thread (1497), less where the thread gets less of its CPU:
+    // 1182 in an emulated VM on a busy host.
     assert!(
-        (1300..=1650).contains(&total),
+        (1000..=1650).contains(&total),
         "{total} samples for 3 s at 499 Hz"
     );
     let summary = read_summary(dir.path());

@@ -48,11 +48,12 @@ impl SleepPipe {
     }
 
     /// The share of the off-CPU time in `nap`: about 2/3, more in an emulated VM, whose sleeps
-    /// overshoot (73% seen).
+    /// overshoot (73% seen, and 80-87% on a busy host): the tests compare the profile with
+    /// this, so the bounds only catch a program that did not run as written.
     fn nap_share(&self) -> f64 {
         let share = 100.0 * self.nap_us / (self.nap_us + self.wait_pipe_us);
         assert!(
-            (60.0..=80.0).contains(&share),
+            (55.0..=92.0).contains(&share),
             "sleep_pipe measured nap {} µs, wait_pipe {} µs",
             self.nap_us,
             self.wait_pipe_us

@@ -36,8 +36,8 @@ fn attach_by_name_follows_running_and_later_processes_and_no_other() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
-    let before = Spawned::new(Command::new(program("cpu_split")).arg("7"));
-    let other = Spawned::new(Command::new(renamed_cpu_split(scratch.path())).arg("7"));
+    let before = Spawned::new(Command::new(program("cpu_split")).arg("9"));
+    let other = Spawned::new(Command::new(renamed_cpu_split(scratch.path())).arg("9"));
     let dir = scratch.path().join("out");
     let run = Spawned::new(
         profiler()
@@ -159,13 +159,13 @@ fn record_all_profiles_the_host_while_the_command_runs() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
-    let other = Spawned::new(Command::new(renamed_cpu_split(scratch.path())).arg("8"));
+    let other = Spawned::new(Command::new(renamed_cpu_split(scratch.path())).arg("9"));
     let dir = scratch.path().join("out");
     let out = output(
         profiler()
             .args(["record", "--all", "-o"])
             .arg(&dir)
-            .args(["--", "sleep", "2"]),
+            .args(["--", "sleep", "3"]),
     );
     assert!(out.status.success());
     let stacks = read_folded(&dir.join("cpu.folded"));

@@ -170,6 +170,9 @@ pub(super) struct Collection {
     /// exec and now and then in `/proc` (see [`Collection::look_for_selected`]).
     pub(super) selection: Option<Selection>,
     pub(super) selection_looks: u32,
+    /// Whether the selection is all that is profiled (no command launched besides): a
+    /// process that leaves a selected cgroup then stops being profiled.
+    pub(super) selection_only: bool,
     /// How often process notifications (forks, execs, unwind-table requests) are handled.
     pub(super) event_tick: Duration,
 }
@@ -258,6 +261,7 @@ impl Collection {
             drains: 0,
             selection: None,
             selection_looks: 0,
+            selection_only: false,
         };
         let python = collection.spaces.python_mut();
         // Python frames are walked with the unwind tables only.

@@ -277,6 +277,7 @@ fn start(
     let mut collection = Collection::new(probes, config);
     collection.host_wide = spec.selection() == Some(&Selection::All);
     collection.selection = spec.selection().cloned();
+    collection.selection_only = matches!(spec, TargetSpec::System(_));
     collection.start_stack_sampling()?;
     // Running processes' unwind tables are loaded before any event program is attached: a
     // stack walked before its process is described is cut short, and a backend blocked on a
@@ -362,7 +363,13 @@ fn describe_target(spec: &TargetSpec) -> Result<Target, CollectError> {
         TargetSpec::System(selection) => Target {
             name: match selection {
                 Selection::All => "system".to_owned(),
-                Selection::Comm(pattern) => format!("comm-{pattern}"),
+                // Part of the output folder's name: a long pattern is cut.
+                Selection::Comm(pattern) => {
+                    format!(
+                        "comm-{}",
+                        pattern.as_str().chars().take(48).collect::<String>()
+                    )
+                }
                 Selection::Cgroup(path) => path
                     .rsplit('/')
                     .find(|part| !part.is_empty())
@@ -465,6 +472,11 @@ fn attach_targets(
                 probes.add_target(pid, true)?;
                 collection_pids.push(pid);
             }
+        }
+        if collection_pids.is_empty() && selection.is_partial() {
+            log::warn!("no process is selected yet: profiling those that start");
+        } else {
+            log::info!("{} processes selected", collection_pids.len());
         }
     }
     Ok(Attached {

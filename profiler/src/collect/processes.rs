@@ -107,12 +107,19 @@ impl Collection {
         }
     }
 
+    /// Whether a process that starts is read once it has events rather than at once:
+    /// host-wide, unless allocations are tracked (a process has allocation events only once
+    /// its allocator is probed).
+    fn reads_lazily(&self) -> bool {
+        self.host_wide && self.memory.is_none()
+    }
+
     pub(super) fn handle_process_events(&mut self) {
         let now = Instant::now();
         for event in self.probes.process_events() {
             let comm = comm_string(&event.comm);
             match event.kind {
-                process_event::FORK if self.host_wide => {
+                process_event::FORK if self.reads_lazily() => {
                     self.processes.note_started(event.pid, comm);
                     self.unread.insert(event.pid);
                 }
@@ -127,7 +134,7 @@ impl Collection {
                     }
                     // Close-on-exec fds are gone: their numbers may name other files now.
                     self.forget_open_files(event.pid, event.time_ns);
-                    if self.host_wide {
+                    if self.reads_lazily() {
                         // Read once it has events, if ever: the kernel learns the program's
                         // mappings itself, enough to walk and name a process gone before.
                         self.processes.note_started(event.pid, comm);
@@ -145,7 +152,7 @@ impl Collection {
                     let _ = self.read_memory_map(event.pid);
                 }
                 process_event::FILES_CLOSED => self.forget_open_files(event.pid, event.time_ns),
-                process_event::UNTARGETED_EXEC => self.adopt_if_selected(event.pid),
+                process_event::UNTARGETED_EXEC => self.adopt_if_selected(event.pid, &comm),
                 _ => {}
             }
         }

@@ -4,6 +4,7 @@
 
 use super::{collection::Collection, monotonic_ns};
 use crate::{
+    collect::config::Selection,
     kernel::ProbeError,
     target::{procfs, selection},
 };
@@ -13,17 +14,28 @@ use crate::{
 const LOOK_EVERY_DRAINS: u32 = 10;
 
 impl Collection {
-    /// A process that is not a target executed a program: a target from now on if the
-    /// selection names it.
-    pub(super) fn adopt_if_selected(&mut self, pid: u32) {
-        let Some(selection) = &self.selection else {
+    /// A process that is not a target executed a program, now named `comm`: a target from now
+    /// on if the selection names it, with what it started meanwhile.
+    pub(super) fn adopt_if_selected(&mut self, pid: u32, comm: &str) {
+        let Some(selection) = self.selection.as_ref().filter(|s| s.is_partial()) else {
             return;
         };
-        if selection.is_partial()
-            && selection::selects(selection, pid)
-            && let Err(err) = self.adopt(pid)
-        {
-            log::debug!("process {pid} selected but not profiled: {err}");
+        let selected = match selection {
+            Selection::Comm(pattern) => pattern.is_match(comm),
+            _ => selection::selects(selection, pid),
+        };
+        if !selected {
+            return;
+        }
+        // Between its exec and now it may have started processes: they are its own. One
+        // known already was told twice (execs in a row) or found by a look first.
+        for pid in std::iter::once(pid).chain(procfs::descendants(&[pid])) {
+            if self.processes.live_pids().any(|known| known == pid) {
+                continue;
+            }
+            if let Err(err) = self.adopt(pid) {
+                log::debug!("process {pid} selected but not profiled: {err}");
+            }
         }
     }
 
@@ -39,6 +51,20 @@ impl Collection {
         let Ok(targets) = self.probes.targets() else {
             return;
         };
+        if let Selection::Cgroup(_) = selection
+            && self.selection_only
+        {
+            // Its processes' children that moved out of it (a container runtime's
+            // containers, a login's session) are not its own.
+            let left: Vec<u32> = targets
+                .iter()
+                .copied()
+                .filter(|&pid| !selection::selects(selection, pid))
+                .collect();
+            if let Err(err) = self.probes.remove_targets(&left) {
+                log::debug!("processes that left the cgroup stay profiled: {err}");
+            }
+        }
         let targets: std::collections::HashSet<u32> = targets.into_iter().collect();
         let found: Vec<u32> = selection::running(selection)
             .into_iter()

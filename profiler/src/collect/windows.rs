@@ -141,7 +141,28 @@ impl Collection {
         self.drain()?;
         self.take_back_spooled();
         let stacks = self.referenced_stacks(std::iter::empty(), false);
-        stack_ages.named(stacks.user.keys().copied(), stacks.kernel.keys().copied());
+        // A thread asleep holds the ids of the stack it blocked in until it wakes and is
+        // counted: those stay named however long it sleeps.
+        let held = match self.scheduler {
+            true => self.probes.threads(false)?,
+            false => Vec::new(),
+        };
+        let held_user = held.iter().map(|(_, state)| state.off_cpu.user_stack_id);
+        let held_kernel = held
+            .iter()
+            .flat_map(|(_, state)| [state.off_cpu.kernel_stack_id, state.pending.kernel_stack_id]);
+        stack_ages.named(
+            stacks
+                .user
+                .keys()
+                .copied()
+                .chain(held_user.filter_map(|id| u32::try_from(id).ok())),
+            stacks
+                .kernel
+                .keys()
+                .copied()
+                .chain(held_kernel.filter_map(|id| u32::try_from(id).ok())),
+        );
         let collected = Collected {
             stack_sampling: None,
             jit: None,
