@@ -63,10 +63,10 @@ fn record_splits_cpu_70_30_under_a_common_caller() {
 
     let stacks = read_folded(&dir.path().join("cpu.folded"));
     let total: u64 = stacks.iter().map(|(_, w)| w).sum();
-    // 3 s at 499 Hz on one busy thread (1497), less where the thread gets less of its CPU:
-    // 1182 in an emulated VM on a busy host.
+    // 3 s at 499 Hz on one busy thread (1497); half of it at least where the thread gets
+    // less of its CPU (1182 seen in an emulated VM on a busy host).
     assert!(
-        (1000..=1650).contains(&total),
+        (750..=1650).contains(&total),
         "{total} samples for 3 s at 499 Hz"
     );
     let summary = read_summary(dir.path());
@@ -128,8 +128,10 @@ fn attach_profiles_a_running_process_for_a_duration_and_leaves_it_running() {
     assert_cpu_split(dir.path());
     let summary = read_summary(dir.path());
     let samples = summary["cpu"]["samples"].as_u64().unwrap();
+    // 998 when the target has its CPU to itself; half of it at least where it does not (564
+    // seen in an emulated VM on a busy host): not 99 Hz, and nothing counted twice.
     assert!(
-        (850..=1100).contains(&samples),
+        (500..=1100).contains(&samples),
         "{samples} samples for 2 s at 499 Hz"
     );
     assert_eq!(summary["stop_reason"], "duration elapsed");
