@@ -1,5 +1,5 @@
-//! Compiles the test programs in `programs/` (C, C++ and Rust, with debug info) into `OUT_DIR`,
-//! so tests run binaries built from source in this repository.
+//! Compiles the test programs in `programs/` (C, C++ and Rust, with debug info, and shared
+//! libraries from assembly) into `OUT_DIR`, so tests run binaries built from source here.
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
@@ -7,8 +7,13 @@ fn main() {
     let programs =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join("programs");
     println!("cargo:rerun-if-changed={}", programs.display());
-    for entry in std::fs::read_dir(&programs).expect("tests/programs exists") {
-        let source = entry.expect("readable directory").path();
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&programs)
+        .expect("tests/programs exists")
+        .map(|entry| entry.expect("readable directory").path())
+        .collect();
+    // Libraries (assembly) before the programs linked with them.
+    sources.sort_by_key(|source| source.extension().is_none_or(|ext| ext != "s"));
+    for source in sources {
         let name = source
             .file_stem()
             .and_then(|name| name.to_str())
@@ -38,6 +43,18 @@ fn main() {
             }
             continue;
         }
+        if extension == Some("s") {
+            // Assembled into a shared library, `lib<name>.so`.
+            let compiler = env::var_os("CC").unwrap_or_else(|| "cc".into());
+            let status = Command::new(&compiler)
+                .args(["-shared", "-o"])
+                .arg(out_dir.join(format!("lib{name}.so")))
+                .arg(&source)
+                .status()
+                .expect("a C compiler (cc) is needed to build the test programs");
+            assert!(status.success(), "assembling {} failed", source.display());
+            continue;
+        }
         let compiler = match extension {
             Some("c") => env::var_os("CC").unwrap_or_else(|| "cc".into()),
             Some("cpp") => env::var_os("CXX").unwrap_or_else(|| "c++".into()),
@@ -53,12 +70,24 @@ fn main() {
         } else {
             &[("", "-fno-omit-frame-pointer")]
         };
+        // A program linked with a library of the folder names it after its own name.
+        let library = programs.join(format!("{name}_lib.s"));
+        let link: Vec<String> = if library.exists() {
+            vec![
+                format!("-L{}", out_dir.display()),
+                format!("-l{name}_lib"),
+                format!("-Wl,-rpath,{}", out_dir.display()),
+            ]
+        } else {
+            Vec::new()
+        };
         for (suffix, frame_pointers) in variants {
             let status = Command::new(&compiler)
                 .args(["-O2", "-g", frame_pointers, "-pthread", "-o"])
                 .arg(out_dir.join(format!("{name}{suffix}")))
                 .arg(&source)
                 .arg(format!("-I{}", programs.display()))
+                .args(&link)
                 .status()
                 .expect("a C and C++ compiler (cc, c++) are needed to build the test programs");
             assert!(status.success(), "compiling {} failed", source.display());

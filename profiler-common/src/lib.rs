@@ -723,10 +723,20 @@ pub const USER_STACK_ENTRIES: u32 = 16 * 1024;
 /// Capacity of the map of every distinct user stack's hash in a run, by id (allocated on
 /// demand, 8 bytes a value): the stacks a run can tell apart.
 pub const USER_STACK_HASH_ENTRIES: u32 = 1 << 20;
-/// Default capacity of the unwind-row array shared by all mapped objects (8 bytes a row).
-pub const DEFAULT_UNWIND_ROWS: u32 = 2 * 1024 * 1024;
-/// Most rows one object's table may have: what the unwinder's binary search covers
-/// (larger objects unwind by frame pointers).
+/// Unwind rows live in chunks of `1 << UNWIND_CHUNK_SHIFT` rows (8 MiB), made as objects need
+/// them: a row's index names its chunk (high bits) and its place in it (low bits). An
+/// object's rows are contiguous within a chunk; one larger than a chunk is split into pieces
+/// by address, each described as a mapping of its own.
+pub const UNWIND_CHUNK_SHIFT: u32 = 20;
+/// Rows in one chunk.
+pub const UNWIND_CHUNK_ROWS: u32 = 1 << UNWIND_CHUNK_SHIFT;
+/// Chunks the unwinder can be given: 256 M rows, 2 GiB, far past any default.
+pub const MAX_UNWIND_CHUNKS: u32 = 256;
+/// Default most rows the chunks may hold together (8 bytes a row, 64 MiB), made only as
+/// objects need them: rustc's libraries take about 3 M.
+pub const DEFAULT_UNWIND_ROWS: u32 = 8 * UNWIND_CHUNK_ROWS;
+/// Most rows one object's table may have (larger objects unwind by frame pointers): a bound
+/// on what compiling one object takes, 24 bytes a rule, for a hostile file.
 pub const MAX_OBJECT_ROWS: u32 = 1 << 23;
 /// Executable mappings per process the unwinder knows (the rest unwind by frame pointers).
 pub const MAX_PROCESS_MAPPINGS: usize = 256;
@@ -781,9 +791,10 @@ pub struct UnwindMapping {
     pub end: u64,
     /// Load bias: object address = process address - `bias` (wrapping).
     pub bias: u64,
-    /// Index of the object's first row in the shared row array.
+    /// Index of the first row of the object's (or, for one split into pieces, this piece's)
+    /// rows: chunk and place in it (see [`UNWIND_CHUNK_SHIFT`]).
     pub first_row: u32,
-    /// Number of rows of the object (0: unwind this mapping by frame pointers).
+    /// Number of rows (0: unwind this mapping by frame pointers), all in one chunk.
     pub row_count: u32,
 }
 const _: () = assert!(size_of::<UnwindMapping>() == 32);
@@ -811,9 +822,10 @@ pub struct ObjectUnwind {
     pub text_end: u64,
     /// Object address = file offset + `address_delta` (wrapping), in that segment.
     pub address_delta: u64,
-    /// Index of the object's first row in the shared row array.
+    /// Index of the object's first row (see [`UNWIND_CHUNK_SHIFT`]); objects split into
+    /// pieces are not published by file.
     pub first_row: u32,
-    /// Number of rows of the object (never 0).
+    /// Number of rows of the object (never 0), all in one chunk.
     pub row_count: u32,
 }
 const _: () = assert!(size_of::<ObjectUnwind>() == 32);

@@ -13,18 +13,19 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
     helpers::{
         bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
         generated::bpf_probe_read_kernel as probe_read_kernel_into,
     },
-    macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, map},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use profiler_common::{
-    DEFAULT_UNWIND_ROWS, MAX_OBJECT_ROWS, MAX_PROCESS_MAPPINGS, MAX_USER_FRAMES, ProcessUnwind,
-    STACK_ID_ERROR, STACK_ID_NONE, UNWIND_PROCESS_ENTRIES, UnwindRow, UserStack, counter,
-    process_event, stack_end, unwind_kind,
+    MAX_PROCESS_MAPPINGS, MAX_UNWIND_CHUNKS, MAX_USER_FRAMES, ProcessUnwind, STACK_ID_ERROR,
+    STACK_ID_NONE, UNWIND_CHUNK_ROWS, UNWIND_CHUNK_SHIFT, UNWIND_PROCESS_ENTRIES, UnwindRow,
+    UserStack, counter, process_event, stack_end, unwind_kind,
 };
 
 use crate::{
@@ -45,10 +46,17 @@ static TASK_CONTEXT_OFFSETS: [u32; 2] = [0; 2];
 /// Pending return probes looked at per trampoline frame: nested probed calls, newest first.
 const RETURN_INSTANCE_STEPS: u32 = 8;
 
-/// Rows of every loaded object, each object's rows contiguous and sorted by address. Mappable,
-/// so the collector writes a table with one copy instead of a system call per row.
-#[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+/// Rows of every loaded object in chunks the collector makes as objects need them, each
+/// object's (or piece's) rows contiguous in one chunk and sorted by address. Chunks are all
+/// one size, so the verifier inlines their lookups as it does a plain array's; mappable, so
+/// the collector writes a table with one copy instead of a system call per row. A row is held
+/// as a `u64` (see [`row_at`]): kernels before 6.2 accept a chunk made without BTF only for a
+/// template whose value is not a struct (they compare the struct's special-field offsets).
+#[btf_map]
+static UNWIND_CHUNKS: ArrayOfMaps<Chunk, { MAX_UNWIND_CHUNKS as usize }> = ArrayOfMaps::new();
+
+/// One chunk of rows.
+type Chunk = BtfArray<u64, { UNWIND_CHUNK_ROWS as usize }, { BPF_F_MMAPABLE as usize }>;
 
 /// Executable mappings of each profiled process (tgid).
 #[map]
@@ -77,8 +85,8 @@ pub const SCRATCH_NMI: u32 = 0;
 pub const SCRATCH_TASK: u32 = 1;
 
 const REQUEST_INTERVAL_NS: u64 = 20_000_000;
-/// Enough to binary-search an object's rows and a process's mappings.
-const ROW_SEARCH_STEPS: u32 = MAX_OBJECT_ROWS.trailing_zeros();
+/// Enough to binary-search a mapping's rows (a chunk at most) and a process's mappings.
+const ROW_SEARCH_STEPS: u32 = UNWIND_CHUNK_SHIFT;
 const MAPPING_SEARCH_STEPS: u32 = MAX_PROCESS_MAPPINGS.trailing_zeros() + 1;
 /// Halvings of the mapping search per callback call: fewer calls, a little more to verify.
 const SEARCH_STEPS_PER_CALL: u32 = 2;
@@ -440,12 +448,13 @@ fn find_row(process: &ProcessUnwind, pc: u64, missing_table: &mut u32) -> Option
         return None;
     }
     let address = address as u32;
+    let rows = UNWIND_CHUNKS.get(mapping.first_row >> UNWIND_CHUNK_SHIFT)?;
     // Largest index in [first, end) whose row starts at or below the address. Unrolled: the
     // verifier handles it well, and a dozen steps as callback calls cost a fifth more per
     // walked stack (bench-io, 2.20 against 1.79 µs per read).
-    let mut low = mapping.first_row;
-    let mut high = mapping.first_row.saturating_add(mapping.row_count);
-    if UNWIND_ROWS.get(low)?.address > address {
+    let mut low = mapping.first_row & (UNWIND_CHUNK_ROWS - 1);
+    let mut high = low.saturating_add(mapping.row_count);
+    if row_at(rows, low)?.address > address {
         return None;
     }
     for _ in 0..ROW_SEARCH_STEPS {
@@ -453,13 +462,21 @@ fn find_row(process: &ProcessUnwind, pc: u64, missing_table: &mut u32) -> Option
             break;
         }
         let middle = low + (high - low) / 2;
-        if UNWIND_ROWS.get(middle)?.address <= address {
+        if row_at(rows, middle)?.address <= address {
             low = middle;
         } else {
             high = middle;
         }
     }
-    UNWIND_ROWS.get(low).copied()
+    row_at(rows, low)
+}
+
+/// Row `index` of a chunk.
+#[inline(always)]
+fn row_at(rows: &Chunk, index: u32) -> Option<UnwindRow> {
+    // SAFETY: `UnwindRow` is 8 bytes of plain integers; every bit pattern is one.
+    rows.get(index)
+        .map(|&bits| unsafe { core::mem::transmute::<u64, UnwindRow>(bits) })
 }
 
 /// Index of the mapping holding `pc`.

@@ -265,8 +265,9 @@ pub struct CollectArgs {
     /// sizes (see docs/design.md).
     #[arg(long, value_parser = parse_bytes, default_value = "512MiB", value_name = "BYTES")]
     pub max_memory: u64,
-    /// With `--unwind dwarf`: capacity of the unwind tables, rows (8 bytes each, allocated
-    /// up front); objects that do not fit are walked by frame pointers.
+    /// With `--unwind dwarf`: the most rows the unwind tables may hold, 8 bytes each, in
+    /// kernel chunks of 1 Mi rows made as the objects profiled need them (rustc's take about
+    /// 3 Mi); objects past it are walked by frame pointers, and the summary names them.
     #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_name = "ROWS")]
     pub unwind_rows: u32,
     /// Do not ask HotSpot JVMs for their perf map. By default the profiler asks each JVM it

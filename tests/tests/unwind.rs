@@ -573,3 +573,43 @@ fn objects_left_without_tables_are_named_with_the_reason() {
         "{markdown}"
     );
 }
+
+#[test]
+fn a_library_of_three_million_rows_is_walked_whole_at_default_settings() {
+    let _serial = serial();
+    if !have_root("a_library_of_three_million_rows_is_walked_whole_at_default_settings") {
+        return;
+    }
+    let (dir, out) = record(&[], "big_unwind", &["3"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("warning"),
+        "no warning at default settings: {stderr}"
+    );
+    let summary = read_summary(dir.path());
+    let unwind = &summary["unwind"];
+    assert!(
+        unwind["rows"].as_u64().unwrap() >= 3_000_000,
+        "the library's rows loaded: {unwind}"
+    );
+    assert_eq!(
+        unwind["without_tables"],
+        serde_json::Value::Null,
+        "{unwind}"
+    );
+    let stacks = read_folded(&dir.path().join("cpu.folded"));
+    // One function's rows share a chunk with the program's and libc's, the other's are in
+    // the library's last piece.
+    for leaf in ["big_spin_first", "big_spin_last"] {
+        let (share, example) = complete_share(&stacks, &["main", leaf]);
+        assert!(
+            share >= 95.0,
+            "only {share:.1}% of stacks are entry .. main, {leaf}; e.g. {example:?}"
+        );
+    }
+    let quality = summary["quality"]["complete_stacks_percent"]
+        .as_f64()
+        .unwrap();
+    assert!(quality >= 95.0, "summary says {quality}% complete");
+}

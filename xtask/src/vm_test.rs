@@ -58,6 +58,10 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     ("unwind", "leaf_function_keeps_its_caller"),
     (
+        "unwind",
+        "a_library_of_three_million_rows_is_walked_whole_at_default_settings",
+    ),
+    (
         "offcpu",
         "blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time",
     ),

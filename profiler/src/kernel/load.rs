@@ -52,7 +52,7 @@ pub struct LoadOptions {
     pub alloc: bool,
     /// Bytes between sampled allocations; 0 records every one.
     pub alloc_sample_bytes: u64,
-    /// Capacity of the unwind-row array when user stacks are walked with unwind tables;
+    /// The most rows the unwind tables may hold when user stacks are walked with them;
     /// `None` leaves user stacks to the kernel's frame-pointer walker.
     pub unwind_rows: Option<u32>,
     /// Verify only what CPU sampling needs before returning; the other programs wait for
@@ -181,7 +181,6 @@ impl KernelProbes {
         };
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
         let unwind_with_tables = u32::from(options.unwind_rows.is_some());
-        let unwind_rows = options.unwind_rows.unwrap_or(1).max(1);
         let mut loader = EbpfLoader::new();
         // Maps of event kinds not collected get one entry: creating them in full took 20 ms
         // (the live-allocation map alone 10).
@@ -213,8 +212,6 @@ impl KernelProbes {
             .override_global("TASK_CONTEXT_OFFSETS", &task_context_offsets, true)
             .override_global("TASK_FSBASE_OFFSET", &task_fsbase_offset, true)
             .override_global("BLOCK_FIELD_OFFSETS", &block_field_offsets, true)
-            // Arrays are allocated whole: a single row when tables are off.
-            .map_max_entries("UNWIND_ROWS", unwind_rows)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
@@ -292,7 +289,7 @@ impl KernelProbes {
             open_events,
             active_sample_map: 0,
             unwind_with_tables: options.unwind_rows.is_some(),
-            unwind_rows,
+            unwind_chunks: Vec::new(),
             _logger: logger,
             run_time_stats: None,
             deferred,

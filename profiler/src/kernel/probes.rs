@@ -42,8 +42,8 @@ pub struct KernelProbes {
     pub(super) active_sample_map: u64,
     /// Whether user stacks are walked with unwind tables (else by frame pointers).
     pub(super) unwind_with_tables: bool,
-    /// Capacity of `UNWIND_ROWS`.
-    pub(super) unwind_rows: u32,
+    /// The chunks of unwind rows made so far, in `UNWIND_CHUNKS` order.
+    pub(super) unwind_chunks: Vec<aya::maps::MapData>,
     pub(super) _logger: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the kernel's per-program run-time statistics on while held (see
     /// [`Self::measure_run_time`]).

@@ -1,6 +1,6 @@
 //! Unwind tables for the in-kernel unwinder: compiles each object a target maps once (cached by
-//! build-id, or by file identity without one), appends its rows to the kernel's shared row
-//! array, and describes each process's executable mappings to the kernel.
+//! build-id, or by file identity without one), appends its rows to the kernel's chunks of
+//! rows, and describes each process's executable mappings to the kernel.
 
 use std::{
     collections::HashMap,
@@ -10,7 +10,10 @@ use std::{
 };
 
 use object::{Object as _, ObjectSegment as _};
-use profiler_common::{FileKey, MAX_PROCESS_MAPPINGS, ObjectUnwind, ProcessUnwind, UnwindMapping};
+use profiler_common::{
+    FileKey, MAX_PROCESS_MAPPINGS, MAX_UNWIND_CHUNKS, ObjectUnwind, ProcessUnwind,
+    UNWIND_CHUNK_ROWS, UnwindMapping,
+};
 
 use crate::{
     kernel::{probes::KernelProbes, unwind_table},
@@ -27,11 +30,20 @@ struct Segment {
     executable: bool,
 }
 
-/// One compiled object: its rows in the kernel's array and its segments.
-#[derive(Clone, Debug)]
-struct ObjectTable {
+/// Rows of an object in one chunk: from `first_row`, `row_count` of them, describing the
+/// object's addresses from `address` (that of its first row) on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
     first_row: u32,
     row_count: u32,
+    address: u32,
+}
+
+/// One compiled object: where its rows are (one piece, or several for an object larger than
+/// the room left in a chunk; none when it is walked by frame pointers) and its segments.
+#[derive(Clone, Debug)]
+struct ObjectTable {
+    pieces: Vec<Piece>,
     segments: Vec<Segment>,
 }
 
@@ -71,8 +83,9 @@ pub struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Tables for a row array of `capacity` rows.
+    /// Tables of at most `capacity` rows, in chunks made as objects need them.
     pub fn new(capacity: u32) -> Self {
+        let capacity = capacity.min(MAX_UNWIND_CHUNKS * UNWIND_CHUNK_ROWS);
         UnwindTables {
             objects: HashMap::new(),
             identities: HashMap::new(),
@@ -157,21 +170,18 @@ impl UnwindTables {
             let bias = object
                 .as_ref()
                 .and_then(|object| load_bias(&object.segments, entry.start, entry.file_offset));
-            mappings.push(match (object, bias) {
-                (Some(object), Some(bias)) => UnwindMapping {
-                    bias,
-                    first_row: object.first_row,
-                    row_count: object.row_count,
-                    ..without_table
-                },
-                _ => without_table,
-            });
+            match (object, bias) {
+                (Some(object), Some(bias)) if !object.pieces.is_empty() => {
+                    mappings.extend(piece_mappings(&object.pieces, entry.start, entry.end, bias));
+                }
+                _ => mappings.push(without_table),
+            }
         }
         mappings.sort_by_key(|mapping| mapping.start);
         if mappings.len() > MAX_PROCESS_MAPPINGS {
             log::warn!(
-                "process {pid} maps {} executable objects; the unwinder knows the first \
-                 {MAX_PROCESS_MAPPINGS}, the rest are walked by frame pointers",
+                "process {pid} maps {} executable objects or pieces of them; the unwinder \
+                 knows the first {MAX_PROCESS_MAPPINGS}, the rest are walked by frame pointers",
                 mappings.len()
             );
             mappings.truncate(MAX_PROCESS_MAPPINGS);
@@ -272,15 +282,17 @@ impl UnwindTables {
         let Some(text) = table.segments.iter().find(|segment| segment.executable) else {
             return;
         };
-        if table.row_count == 0 {
+        // The kernel describes a mapping by itself with one piece: an object split into
+        // several waits for the collector's description.
+        let [piece] = table.pieces[..] else {
             return;
-        }
+        };
         let object = ObjectUnwind {
             text_start: text.file_offset,
             text_end: text.file_offset.wrapping_add(text.file_size),
             address_delta: text.address.wrapping_sub(text.file_offset),
-            first_row: table.first_row,
-            row_count: table.row_count,
+            first_row: piece.first_row,
+            row_count: piece.row_count,
         };
         if let Err(err) = probes.set_object_unwind(file_key(metadata), &object) {
             log::debug!("{path}: unwind table not published by file: {err}");
@@ -293,7 +305,7 @@ impl UnwindTables {
             inode: metadata.ino(),
             address_delta: object.address_delta,
         });
-        match self.published.entry(table.first_row) {
+        match self.published.entry(piece.first_row) {
             std::collections::hash_map::Entry::Vacant(entry) => {
                 entry.insert(published);
             }
@@ -370,7 +382,7 @@ impl UnwindTables {
         };
         let rows = if rows.len() > profiler_common::MAX_OBJECT_ROWS as usize {
             log::warn!(
-                "{path}: {} unwind rows, more than the unwinder searches ({}); walked by frame \
+                "{path}: {} unwind rows, more than one object may have ({}); walked by frame \
                  pointers",
                 rows.len(),
                 profiler_common::MAX_OBJECT_ROWS
@@ -381,22 +393,35 @@ impl UnwindTables {
             rows
         };
         let wanted_rows = rows.len();
-        let fits = u32::try_from(rows.len())
-            .ok()
-            .filter(|&count| count <= self.capacity - self.next_row);
-        let row_count = match fits {
-            Some(count) if count > 0 => match probes.write_unwind_rows(self.next_row, &rows) {
-                Ok(()) => count,
-                Err(err) => {
-                    log::warn!(
-                        "{path}: loading its unwind table failed: {}",
-                        crate::text::error_chain(&err)
-                    );
-                    reason = NoTableReason::LoadFailed;
-                    0
+        let before = self.next_row;
+        let placed = self.place(rows.len());
+        let mut pieces = Vec::new();
+        match placed {
+            Some(places) => {
+                let mut rest = &rows[..];
+                for (first_row, count) in places {
+                    let (piece, after) = rest.split_at(count as usize);
+                    if let Err(err) = probes.write_unwind_rows(first_row, piece) {
+                        log::warn!(
+                            "{path}: loading its unwind table failed: {}",
+                            crate::text::error_chain(&err)
+                        );
+                        reason = NoTableReason::LoadFailed;
+                        pieces.clear();
+                        // Its rows are unused: the next object takes their place (a chunk
+                        // that could not be made is tried again).
+                        self.next_row = before;
+                        break;
+                    }
+                    pieces.push(Piece {
+                        first_row,
+                        row_count: count,
+                        address: piece[0].address,
+                    });
+                    rest = after;
                 }
-            },
-            Some(_) => 0,
+            }
+            None if rows.is_empty() => {}
             None => {
                 reason = NoTableReason::TablesFull;
                 if !self.warned_full {
@@ -404,29 +429,77 @@ impl UnwindTables {
                     log::warn!(
                         "unwind tables full ({} of {} rows used): {path} ({} rows) and later \
                          objects are walked by frame pointers; raise --unwind-rows",
-                        self.next_row,
+                        self.stats.rows,
                         self.capacity,
                         rows.len()
                     );
                 }
-                0
             }
-        };
-        log::debug!("{path}: {row_count} unwind rows");
+        }
+        let row_count: u32 = pieces.iter().map(|piece| piece.row_count).sum();
+        log::debug!("{path}: {row_count} unwind rows in {} pieces", pieces.len());
         if row_count == 0 {
             self.note_without_table(path, reason, wanted_rows);
         } else {
             self.stats.objects += 1;
             self.stats.rows += row_count;
         }
-        let table = ObjectTable {
-            first_row: self.next_row,
-            row_count,
-            segments,
-        };
-        self.next_row += row_count;
-        table
+        ObjectTable { pieces, segments }
     }
+
+    /// Where `count` rows go, as (first row, rows) in chunk order, moving `next_row` past
+    /// them; `None` (nothing moved) when they do not fit the budget. An object that fits in
+    /// a chunk is never split: it starts a new chunk when the current one has too little
+    /// room left (which stays unused).
+    fn place(&mut self, count: usize) -> Option<Vec<(u32, u32)>> {
+        let count = u32::try_from(count).ok().filter(|&count| count > 0)?;
+        let mut next = self.next_row;
+        let room = UNWIND_CHUNK_ROWS - next % UNWIND_CHUNK_ROWS;
+        if count > room && count <= UNWIND_CHUNK_ROWS {
+            next = next.checked_add(room)?;
+        }
+        let mut places = Vec::new();
+        let mut left = count;
+        while left > 0 {
+            let room = UNWIND_CHUNK_ROWS - next % UNWIND_CHUNK_ROWS;
+            let take = left.min(room);
+            places.push((next, take));
+            next = next.checked_add(take)?;
+            left -= take;
+        }
+        if next > self.capacity {
+            return None;
+        }
+        self.next_row = next;
+        Some(places)
+    }
+}
+
+/// The mappings a process's `[start, end)` mapping of an object splits into, one per piece of
+/// its rows: each piece covers from its first row's address to the next piece's.
+fn piece_mappings(
+    pieces: &[Piece],
+    start: u64,
+    end: u64,
+    bias: u64,
+) -> impl Iterator<Item = UnwindMapping> + '_ {
+    pieces.iter().enumerate().filter_map(move |(index, piece)| {
+        let from = match index {
+            0 => start,
+            _ => (u64::from(piece.address).wrapping_add(bias)).max(start),
+        };
+        let to = match pieces.get(index + 1) {
+            Some(next) => (u64::from(next.address).wrapping_add(bias)).min(end),
+            None => end,
+        };
+        (from < to).then_some(UnwindMapping {
+            start: from,
+            end: to,
+            bias,
+            first_row: piece.first_row,
+            row_count: piece.row_count,
+        })
+    })
 }
 
 /// A file as the kernel names it: the device in the kernel's own `dev_t` encoding
@@ -484,6 +557,57 @@ fn load_bias(segments: &[Segment], start: u64, file_offset: u64) -> Option<u64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_go_whole_into_a_chunk_and_larger_ones_in_pieces() {
+        let chunk = UNWIND_CHUNK_ROWS;
+        let mut tables = UnwindTables::new(4 * chunk - 1);
+        assert_eq!(tables.place(100), Some(vec![(0, 100)]));
+        // Too big for the room left, small enough for a chunk: the next chunk, whole.
+        assert_eq!(
+            tables.place(chunk as usize - 50),
+            Some(vec![(chunk, chunk - 50)])
+        );
+        // Larger than a chunk: the room left, then what follows.
+        assert_eq!(
+            tables.place(chunk as usize + 10),
+            Some(vec![(2 * chunk - 50, 50), (2 * chunk, chunk - 40)])
+        );
+        // Past the budget: nothing placed, nothing used.
+        assert_eq!(tables.place(chunk as usize), None);
+        assert_eq!(tables.next_row, 3 * chunk - 40);
+        assert_eq!(tables.place(40), Some(vec![(3 * chunk - 40, 40)]));
+        assert_eq!(tables.place(0), None);
+    }
+
+    #[test]
+    fn a_split_object_is_described_piece_by_piece() {
+        let pieces = [
+            Piece {
+                first_row: 10,
+                row_count: 5,
+                address: 0x1000,
+            },
+            Piece {
+                first_row: UNWIND_CHUNK_ROWS,
+                row_count: 7,
+                address: 0x8000,
+            },
+        ];
+        let bias = 0x5555_0000_0000;
+        let mappings: Vec<_> = piece_mappings(&pieces, bias + 0x1000, bias + 0x9000, bias)
+            .map(|mapping| (mapping.start - bias, mapping.end - bias, mapping.first_row))
+            .collect();
+        assert_eq!(
+            mappings,
+            [(0x1000, 0x8000, 10), (0x8000, 0x9000, UNWIND_CHUNK_ROWS)]
+        );
+        // A mapping of only the second piece's addresses.
+        let mappings: Vec<_> = piece_mappings(&pieces, bias + 0x8800, bias + 0x9000, bias)
+            .map(|mapping| (mapping.start - bias, mapping.first_row))
+            .collect();
+        assert_eq!(mappings, [(0x8800, UNWIND_CHUNK_ROWS)]);
+    }
 
     #[test]
     fn bias_of_a_pie_text_mapping() {

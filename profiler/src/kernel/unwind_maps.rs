@@ -1,8 +1,11 @@
-//! The unwinder's maps: the shared row array, each process's mappings, each object's rows by
+//! The unwinder's maps: the chunks of rows, each process's mappings, each object's rows by
 //! file.
 
-use aya::maps::HashMap as BpfHashMap;
-use profiler_common::{FileKey, ObjectUnwind, ProcessUnwind, PythonProcess, UnwindRow, UserStack};
+use aya::maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData};
+use profiler_common::{
+    FileKey, MAX_UNWIND_CHUNKS, ObjectUnwind, ProcessUnwind, PythonProcess, UNWIND_CHUNK_ROWS,
+    UNWIND_CHUNK_SHIFT, UnwindRow, UserStack,
+};
 
 use super::{
     error::ProbeError,
@@ -14,24 +17,27 @@ use super::{
 pub type WalkedStack = (Vec<u64>, u32);
 
 impl KernelProbes {
-    /// Writes rows of the shared unwind table, from index `first`, through a shared mapping
-    /// of the array (one copy, however many rows).
+    /// Writes rows of the unwind tables from row index `first`, all within its chunk, through
+    /// a shared mapping of the chunk (one copy, however many rows); the next chunk is made
+    /// when `first` is its first row.
     pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
 
-        let end = first as usize + rows.len();
-        if end > self.unwind_rows as usize {
+        let chunk = (first >> UNWIND_CHUNK_SHIFT) as usize;
+        let offset = (first & (UNWIND_CHUNK_ROWS - 1)) as usize;
+        if offset + rows.len() > UNWIND_CHUNK_ROWS as usize || chunk > self.unwind_chunks.len() {
             return Err(ProbeError::UnwindRows(format!(
-                "rows {first}..{end} past the capacity of {}",
-                self.unwind_rows
+                "rows {first}..{} are not within chunk {chunk} of {}",
+                first as usize + rows.len(),
+                self.unwind_chunks.len()
             )));
         }
-        let Some(aya::maps::Map::Array(data)) = self.ebpf.map("UNWIND_ROWS") else {
-            unreachable!("UNWIND_ROWS is an array in the object");
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
-        let len = self.unwind_rows as usize * size_of::<UnwindRow>();
-        // SAFETY: a fresh shared mapping of the map's memory, unmapped below; the kernel
+        if chunk == self.unwind_chunks.len() {
+            self.add_unwind_chunk()?;
+        }
+        let fd = self.unwind_chunks[chunk].fd().as_fd().as_raw_fd();
+        let len = UNWIND_CHUNK_ROWS as usize * size_of::<UnwindRow>();
+        // SAFETY: a fresh shared mapping of the chunk's memory, unmapped below; the kernel
         // programs read rows concurrently, but only rows the collector has not published yet
         // (no process mapping points at them) are written.
         unsafe {
@@ -45,14 +51,47 @@ impl KernelProbes {
             );
             if memory == libc::MAP_FAILED {
                 return Err(ProbeError::UnwindRows(format!(
-                    "mapping the row array: {}",
+                    "mapping chunk {chunk} of the rows: {}",
                     std::io::Error::last_os_error()
                 )));
             }
-            let target = memory.cast::<UnwindRow>().add(first as usize);
+            let target = memory.cast::<UnwindRow>().add(offset);
             std::ptr::copy_nonoverlapping(rows.as_ptr(), target, rows.len());
             libc::munmap(memory, len);
         }
+        Ok(())
+    }
+
+    /// Makes the next chunk of rows (8 MiB of kernel memory) and gives it to the unwinder.
+    fn add_unwind_chunk(&mut self) -> Result<(), ProbeError> {
+        use aya_obj::generated::{BPF_F_MMAPABLE, bpf_map_type::BPF_MAP_TYPE_ARRAY};
+
+        let index = self.unwind_chunks.len() as u32;
+        if index >= MAX_UNWIND_CHUNKS {
+            return Err(ProbeError::UnwindRows(format!(
+                "all {MAX_UNWIND_CHUNKS} chunks of rows are in use"
+            )));
+        }
+        // The same definition as the object's inner map: the kernel accepts no other.
+        let definition = aya_obj::Map::new_from_params(
+            BPF_MAP_TYPE_ARRAY as u32,
+            size_of::<u32>() as u32,
+            size_of::<UnwindRow>() as u32,
+            UNWIND_CHUNK_ROWS,
+            BPF_F_MMAPABLE,
+        );
+        let chunk = MapData::create(definition, "unwind_rows", None)
+            .map_err(|err| ProbeError::UnwindRows(format!("making chunk {index}: {err}")))?;
+        let map = self
+            .ebpf
+            .map_mut("UNWIND_CHUNKS")
+            .expect("UNWIND_CHUNKS is in the object");
+        let mut chunks: ArrayOfMaps<&mut MapData, MapData> =
+            ArrayOfMaps::try_from(map).map_err(super::error::map_error("UNWIND_CHUNKS"))?;
+        chunks
+            .set(index, &chunk, 0)
+            .map_err(super::error::map_error("UNWIND_CHUNKS"))?;
+        self.unwind_chunks.push(chunk);
         Ok(())
     }
 

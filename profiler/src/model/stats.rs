@@ -288,9 +288,9 @@ impl Losses {
 pub enum NoTableReason {
     /// No `.eh_frame` or `.debug_frame`, or one that could not be compiled.
     NoUnwindInfo,
-    /// More rows than the unwinder searches in one object.
+    /// More rows than one object may have.
     TooManyRows,
-    /// The row array (`--unwind-rows`) was full.
+    /// The tables held as many rows as `--unwind-rows` allows.
     TablesFull,
     /// Loading the rows into the kernel failed.
     LoadFailed,
@@ -369,7 +369,7 @@ pub struct UnwindStats {
     pub objects: u32,
     /// Rows loaded into the kernel.
     pub rows: u32,
-    /// Capacity of the row array.
+    /// The most rows the tables may hold (`--unwind-rows`), in chunks made on demand.
     pub capacity: u32,
     /// Objects left to frame pointers: unreadable, without tables, or past the capacity.
     pub objects_without_tables: u32,
