@@ -3,10 +3,12 @@
 # pushing and popping 16 registers (32 rules each), between two spinning functions at its two
 # ends, so their rows fall in different chunks of the unwinder's tables. No function keeps a
 # frame pointer: only the table gives a caller.
-	.text
-	.globl	big_spin_first
-	.type	big_spin_first, @function
-big_spin_first:
+
+# void NAME(long rounds): counts down with two registers saved on the stack.
+	.macro	spin name
+	.globl	\name
+	.type	\name, @function
+\name:
 	.cfi_startproc
 	push	%rbx
 	.cfi_adjust_cfa_offset 8
@@ -21,7 +23,11 @@ big_spin_first:
 	.cfi_adjust_cfa_offset -8
 	ret
 	.cfi_endproc
-	.size	big_spin_first, .-big_spin_first
+	.size	\name, .-\name
+	.endm
+
+	.text
+	spin	big_spin_first
 
 	.rept	100000
 	.cfi_startproc
@@ -37,22 +43,6 @@ big_spin_first:
 	.cfi_endproc
 	.endr
 
-	.globl	big_spin_last
-	.type	big_spin_last, @function
-big_spin_last:
-	.cfi_startproc
-	push	%rbx
-	.cfi_adjust_cfa_offset 8
-	push	%r12
-	.cfi_adjust_cfa_offset 8
-	mov	%rdi, %rbx
-1:	dec	%rbx
-	jnz	1b
-	pop	%r12
-	.cfi_adjust_cfa_offset -8
-	pop	%rbx
-	.cfi_adjust_cfa_offset -8
-	ret
-	.cfi_endproc
-	.size	big_spin_last, .-big_spin_last
+	spin	big_spin_last
+
 	.section	.note.GNU-stack,"",@progbits

@@ -108,6 +108,7 @@ pub async fn run_windows(
         if let Stop::Duration = stop {
             if symbols.1.elapsed() > SYMBOL_CACHE_AGE {
                 symbols = (SymbolCache::new(), Instant::now());
+                release_freed_memory();
             }
             let (profile, cache) = collection.take_window(run, symbols.0, &mut stack_ages)?;
             symbols.0 = cache;
@@ -234,5 +235,16 @@ impl Collection {
         }
         self.exited_threads.clear();
         self.representatives.clear();
+    }
+}
+
+/// Gives the memory the old symbol cache held back to the system: the allocator keeps freed
+/// memory for reuse, and at the first renewal bench-agent saw RSS step from 48.7 to 76.6 MiB
+/// without this, and fall from 47.1 to 40.0 MiB with it.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: glibc's malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
