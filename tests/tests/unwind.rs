@@ -599,8 +599,8 @@ fn a_library_of_three_million_rows_is_walked_whole_at_default_settings() {
         "{unwind}"
     );
     let stacks = read_folded(&dir.path().join("cpu.folded"));
-    // One function's rows share a chunk with the program's and libc's, the other's are in
-    // the library's last piece.
+    // The first function's rows are in the library's first piece, the last one's in its
+    // last piece, another chunk.
     for leaf in ["big_spin_first", "big_spin_last"] {
         let (share, example) = complete_share(&stacks, &["main", leaf]);
         assert!(

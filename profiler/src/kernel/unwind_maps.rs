@@ -18,8 +18,8 @@ pub type WalkedStack = (Vec<u64>, u32);
 
 impl KernelProbes {
     /// Writes rows of the unwind tables from row index `first`, all within its chunk, through
-    /// a shared mapping of the chunk (one copy, however many rows); the next chunk is made
-    /// when `first` is its first row.
+    /// a shared mapping of the chunk (one copy, however many rows); the chunk is made when
+    /// it is the one after the last made.
     pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
 
