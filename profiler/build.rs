@@ -42,7 +42,27 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::Nightly,
-    )
+    )?;
+    // The same programs with the stack walker inlined, for kernels without private stacks
+    // (see profiler-ebpf's `inline-walk`), in a folder of their own: aya-build writes to
+    // `OUT_DIR`.
+    let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR not set")?);
+    let inline_dir = out_dir.join("inline-walk");
+    std::fs::create_dir_all(&inline_dir)?;
+    // SAFETY: the build script is single-threaded here.
+    unsafe { env::set_var("OUT_DIR", &inline_dir) };
+    let built = aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "profiler-ebpf",
+            root_dir: &ebpf_dir,
+            features: &["inline-walk"],
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    );
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built
 }
 
 fn which_bpf_linker() -> Option<PathBuf> {

@@ -1,11 +1,13 @@
 //! Loading the programs and attaching them: one event family at a time, after checking
 //! what the kernel offers (tracepoint formats, BTF offsets).
 
+use std::sync::Mutex;
+
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapError},
     programs::{
-        BtfTracePoint, PerfEvent, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, Program, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
@@ -28,9 +30,6 @@ use super::{
     },
 };
 use crate::kernel::btf::{self, KernelTypes};
-
-/// The eBPF object built by `build.rs` from `profiler-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// What to load.
 #[derive(Clone, Copy, Debug)]
@@ -213,7 +212,7 @@ impl KernelProbes {
             .override_global("TASK_FSBASE_OFFSET", &task_fsbase_offset, true)
             .override_global("BLOCK_FIELD_OFFSETS", &block_field_offsets, true)
             .override_global(aya_log::LEVEL, &log_level, false)
-            .load(EBPF_OBJECT)
+            .load(super::programs::ebpf_object())
             .map_err(|source| ProbeError::Load {
                 hint: if is_permission_error(&source) {
                     PERMISSION_HINT
@@ -280,15 +279,28 @@ impl KernelProbes {
         } else {
             Vec::new()
         };
-        load_programs(&mut ebpf, &names, &btf)?;
+        // The loader hook is attached as soon as it is verified, while the other programs
+        // are: the kernel plants its breakpoint in every process that maps the loader.
+        let loader_hook = Mutex::new(None);
+        load_programs(&mut ebpf, &names, &btf, &|name, program| {
+            if name == LOADER_PROGRAM
+                && let Program::UProbe(program) = program
+            {
+                *loader_hook.lock().expect("no panics while held") =
+                    super::programs::attach_loader_hook(program);
+            }
+        })?;
         let deferred = (!later.is_empty()).then_some((later, btf));
         Ok(KernelProbes {
-            uprobe_links: Vec::new(),
+            uprobe_links: loader_hook
+                .into_inner()
+                .expect("no panics while held")
+                .into_iter()
+                .collect(),
             ebpf,
             process_events,
             open_events,
             active_sample_map: 0,
-            unwind_with_tables: options.unwind_rows.is_some(),
             unwind_chunks: Vec::new(),
             _logger: logger,
             run_time_stats: None,
@@ -299,7 +311,7 @@ impl KernelProbes {
     /// Verifies the programs [`LoadOptions::sample_first`] left for later.
     pub fn load_deferred(&mut self) -> Result<(), ProbeError> {
         match self.deferred.take() {
-            Some((names, btf)) => load_programs(&mut self.ebpf, &names, &btf),
+            Some((names, btf)) => load_programs(&mut self.ebpf, &names, &btf, &|_, _| {}),
             None => Ok(()),
         }
     }
@@ -348,50 +360,7 @@ impl KernelProbes {
 
     /// Attaches the fork/exec tracepoints that follow new processes and program changes.
     pub fn attach_process_tracking(&mut self) -> Result<(), ProbeError> {
-        self.attach_tracepoints(&PROCESS_PROGRAMS)?;
-        if self.unwind_with_tables {
-            self.attach_loader_hook();
-        }
-        Ok(())
-    }
-
-    /// Hooks the system's dynamic loader where it tells debuggers its objects changed, in
-    /// every process (the program filters targets): new processes' libraries are learned as
-    /// they are mapped. Without it (another loader, symbols missing), they wait for the
-    /// collector to describe the process, as their first samples did before.
-    fn attach_loader_hook(&mut self) {
-        use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-
-        let Some(loader) = crate::target::libraries::own_loader() else {
-            return;
-        };
-        let Some(cookie) = crate::target::libraries::loader_debug_cookie(&loader) else {
-            log::info!(
-                "{}: no debugger interface; libraries are learned later",
-                loader.display()
-            );
-            return;
-        };
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut(LOADER_PROGRAM)
-            .expect("uprobe program is in the object")
-            .try_into()
-            .expect("uprobe program");
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::SymbolOffset("_dl_debug_state", 0),
-            cookie: Some(cookie),
-        };
-        match program
-            .attach(point, &loader, UProbeScope::AllProcesses)
-            .and_then(|id| program.take_link(id))
-        {
-            Ok(link) => self.uprobe_links.push(link),
-            Err(err) => log::info!(
-                "{}: not hooked ({err}); libraries are learned later",
-                loader.display()
-            ),
-        }
+        self.attach_tracepoints(&PROCESS_PROGRAMS)
     }
 
     /// Starts off-CPU and run-queue accounting of the targets' threads; `now_ns` is the
@@ -437,8 +406,8 @@ impl KernelProbes {
         attach_classic_tracepoints(&mut self.ebpf, BLOCK_PROGRAMS)
     }
 
-    /// Probes the allocator functions of `object` in process `pid`: `(function name, offset
-    /// of the probe in it, cookie, is free)` each. Returns how many probes were attached.
+    /// Probes the allocator functions of `object` in process `pid`: `(function name, the
+    /// probe's offset in the file, cookie, is free)` each. Returns how many probes were attached.
     pub fn attach_allocator(
         &mut self,
         pid: u32,
@@ -464,7 +433,7 @@ impl KernelProbes {
                     .try_into()
                     .expect("uprobe program");
                 let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::SymbolOffset(name, offset),
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
                     cookie: Some(cookie),
                 };
                 let what = || format!("attaching to {name} in {} of process {pid}", path.display());

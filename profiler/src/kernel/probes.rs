@@ -40,8 +40,6 @@ pub struct KernelProbes {
     pub(super) process_events: RingBuf<MapData>,
     pub(super) open_events: Option<RingBuf<MapData>>,
     pub(super) active_sample_map: u64,
-    /// Whether user stacks are walked with unwind tables (else by frame pointers).
-    pub(super) unwind_with_tables: bool,
     /// The chunks of unwind rows made so far, in `UNWIND_CHUNKS` order.
     pub(super) unwind_chunks: Vec<aya::maps::MapData>,
     pub(super) _logger: Option<tokio::task::JoinHandle<()>>,

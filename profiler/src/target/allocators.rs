@@ -159,8 +159,8 @@ pub fn free_probe_offset(code: &[u8]) -> u64 {
     if is_push(&code[at..]) { at as u64 } else { 0 }
 }
 
-/// The first bytes of function `name` in an ELF object.
-pub fn function_code<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+/// Where function `name` starts in an ELF object's file, and its first bytes.
+pub fn function_location<'a>(elf: &'a [u8], name: &str) -> Option<(u64, &'a [u8])> {
     use object::ObjectSection as _;
 
     let file = object::File::parse(elf).ok()?;
@@ -169,10 +169,26 @@ pub fn function_code<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
         .chain(file.symbols())
         .find(|symbol| symbol.is_definition() && symbol.name() == Ok(name))?;
     let section = file.section_by_index(symbol.section_index()?).ok()?;
+    let (section_offset, _) = section.file_range()?;
     let data = section.data().ok()?;
-    let start = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
-    let end = data.len().min(start + 32);
-    data.get(start..end)
+    let start = symbol.address().checked_sub(section.address())?;
+    let end = data.len().min(usize::try_from(start).ok()? + 32);
+    Some((
+        section_offset.checked_add(start)?,
+        data.get(usize::try_from(start).ok()?..end)?,
+    ))
+}
+
+/// A function probed in an allocator object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbedFunction {
+    /// Index into [`FUNCTIONS`].
+    pub index: usize,
+    /// Where it starts in the file: probes attach by file offset, so the object is parsed
+    /// here once, not once per probe (each attach by name read and parsed all of libc).
+    pub file_offset: u64,
+    /// The probe's distance from the start, bytes (see [`free_probe_offset`]).
+    pub offset: u64,
 }
 
 /// An object mapped into a process that defines allocator functions.
@@ -185,22 +201,22 @@ pub struct AllocatorObject {
     pub path: String,
     /// Device and inode, so each object is probed once per process.
     pub identity: (u64, u64),
-    /// Indices into [`FUNCTIONS`], with the offset of each one's probe from its start.
-    pub functions: Vec<(usize, u64)>,
+    /// The functions probed.
+    pub functions: Vec<ProbedFunction>,
 }
 
 impl AllocatorObject {
-    /// What to attach in this object, one entry per function: `(name, offset of the probe
-    /// from its start, cookie, whether it is a free function)`.
+    /// What to attach in this object, one entry per function: `(name, the probe's offset
+    /// in the file, cookie, whether it is a free function)`.
     pub fn probe_list(&self) -> Vec<(&'static str, u64, u64, bool)> {
         self.functions
             .iter()
-            .map(|&(index, offset)| {
-                let function = &FUNCTIONS[index];
+            .map(|probed| {
+                let function = &FUNCTIONS[probed.index];
                 (
                     function.name,
-                    offset,
-                    cookie(index),
+                    probed.file_offset + probed.offset,
+                    cookie(probed.index),
                     function.layout == alloc_layout::FREE,
                 )
             })
@@ -223,6 +239,13 @@ pub fn allocator_objects(
         return Vec::new();
     };
     let mut seen = HashSet::new();
+    // A command held before its exec maps the profiler's own program, which the exec
+    // replaces: not read (15 MB, the most of this function's time).
+    if program.is_some()
+        && let Ok(own) = std::fs::metadata("/proc/self/exe")
+    {
+        seen.insert((own.dev(), own.ino()));
+    }
     // A command held before its exec still maps the profiler: the rare functions worth a
     // probe are those the program it will run imports too.
     let mut imported: HashSet<String> = program
@@ -274,14 +297,19 @@ pub fn allocator_objects(
             let functions = defined
                 .into_iter()
                 .filter(|&index| worth_probing(index, &imported))
-                .map(|index| {
+                .filter_map(|index| {
                     let function = &FUNCTIONS[index];
+                    let (file_offset, code) = function_location(&elf, function.name)?;
                     let offset = if function.layout == FREE {
-                        function_code(&elf, function.name).map_or(0, free_probe_offset)
+                        free_probe_offset(code)
                     } else {
                         0
                     };
-                    (index, offset)
+                    Some(ProbedFunction {
+                        index,
+                        file_offset,
+                        offset,
+                    })
                 })
                 .collect();
             AllocatorObject {
@@ -299,13 +327,13 @@ pub fn probed_names(objects: &[AllocatorObject]) -> Vec<String> {
     let mut names: Vec<String> = objects
         .iter()
         .flat_map(|object| {
-            object
-                .functions
-                .iter()
-                .map(move |&(f, offset)| match offset {
-                    0 => format!("{}@{}", FUNCTIONS[f].name, object.path),
-                    _ => format!("{}+{offset}@{}", FUNCTIONS[f].name, object.path),
-                })
+            object.functions.iter().map(move |probed| {
+                let name = FUNCTIONS[probed.index].name;
+                match probed.offset {
+                    0 => format!("{name}@{}", object.path),
+                    offset => format!("{name}+{offset}@{}", object.path),
+                }
+            })
         })
         .collect();
     names.sort();
@@ -365,7 +393,7 @@ mod tests {
         let names: Vec<&str> = libc
             .functions
             .iter()
-            .map(|&(f, _)| FUNCTIONS[f].name)
+            .map(|probed| FUNCTIONS[probed.index].name)
             .collect();
         for name in ["malloc", "calloc", "realloc", "free"] {
             assert!(names.contains(&name), "{name} in {names:?}");
