@@ -270,6 +270,16 @@ pub struct CollectArgs {
     /// 3 Mi); objects past it are walked by frame pointers, and the summary names them.
     #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_name = "ROWS")]
     pub unwind_rows: u32,
+    /// Where compiled unwind tables are kept by build-id, so that later runs on the same
+    /// binaries load them instead of compiling them again (default:
+    /// /var/cache/profiler/unwind for root, else ~/.cache/profiler/unwind). A private folder
+    /// of the profiler's own user (root under sudo), at most 512 MiB: the oldest tables go
+    /// first.
+    #[arg(long, value_name = "DIR")]
+    pub unwind_cache: Option<PathBuf>,
+    /// Compile every object's unwind table, without the cache.
+    #[arg(long, conflicts_with = "unwind_cache")]
+    pub no_unwind_cache: bool,
     /// Do not ask HotSpot JVMs for their perf map. By default the profiler asks each JVM it
     /// profiles, as `jcmd PID Compiler.perfmap` would, to write `/tmp/perf-PID.map` (its
     /// compiled methods' names), at start, every few seconds and at the end (see
@@ -429,6 +439,12 @@ impl CollectArgs {
             alloc_sample_bytes: args.alloc_sample.unwrap_or(0),
             unwind_rows: (args.unwind == Unwind::Dwarf && cfg!(target_arch = "x86_64"))
                 .then_some(args.unwind_rows.max(1)),
+            unwind_cache: match args.no_unwind_cache {
+                true => None,
+                false => args
+                    .unwind_cache
+                    .or_else(crate::kernel::table_cache::default_folder),
+            },
             max_memory: args.max_memory,
             jvm_attach: !args.no_jvm_attach,
             python_interpreter_frames: args.python_interpreter_frames,

@@ -613,3 +613,64 @@ fn a_library_of_three_million_rows_is_walked_whole_at_default_settings() {
         .unwrap();
     assert!(quality >= 95.0, "summary says {quality}% complete");
 }
+
+#[test]
+fn compiled_tables_come_from_the_cache_and_a_damaged_one_is_compiled_again() {
+    let _serial = serial();
+    if !have_root("compiled_tables_come_from_the_cache_and_a_damaged_one_is_compiled_again") {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let folder = cache.path().join("unwind");
+    let folder_arg = folder.to_str().unwrap();
+    // Three runs: the first compiles and keeps every table, the second loads them, the third
+    // finds the library's file damaged and compiles it again.
+    let mut from_cache = Vec::new();
+    for run in 0..3 {
+        if run == 2 {
+            let largest = std::fs::read_dir(&folder)
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+                .expect("tables kept");
+            let mut bytes = std::fs::read(&largest).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(&largest, &bytes).unwrap();
+        }
+        let (dir, out) = record(&["--unwind-cache", folder_arg], "big_unwind", &["1"]);
+        assert!(out.status.success(), "{out:?}");
+        let summary = read_summary(dir.path());
+        let unwind = &summary["unwind"];
+        from_cache.push(unwind["from_cache"].as_u64().unwrap());
+        assert!(
+            unwind["rows"].as_u64().unwrap() >= 3_000_000,
+            "run {run}: the library's rows loaded: {unwind}"
+        );
+        let stacks = read_folded(&dir.path().join("cpu.folded"));
+        let (share, example) = complete_share(&stacks, &["main", "big_spin_first"]);
+        assert!(
+            share >= 95.0,
+            "run {run}: only {share:.1}% of stacks are entry .. main, big_spin_first; \
+             e.g. {example:?}"
+        );
+    }
+    // The program, its libraries and the C library's: five or more objects.
+    assert_eq!(from_cache[0], 0, "nothing cached yet: {from_cache:?}");
+    assert!(
+        from_cache[1] >= 5,
+        "every table from the cache: {from_cache:?}"
+    );
+    assert_eq!(
+        from_cache[2],
+        from_cache[1] - 1,
+        "all but the damaged one: {from_cache:?}"
+    );
+    // The folder is private, and the damaged file was written again, whole.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&folder).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let (dir, _) = record(&["--unwind-cache", folder_arg], "big_unwind", &["1"]);
+    let again = read_summary(dir.path())["unwind"]["from_cache"].clone();
+    assert_eq!(again, from_cache[1], "every table from the cache again");
+}

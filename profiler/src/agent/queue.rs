@@ -48,7 +48,8 @@ impl Queue {
     pub fn open(spool: Option<OutputDir>, max_bytes: u64) -> io::Result<Queue> {
         let mut entries = Vec::new();
         if let Some(spool) = &spool {
-            for (name, bytes) in spool.files_of_owner(|name| sequence_of(name).is_some())? {
+            for file in spool.files_of_owner(|name| sequence_of(name).is_some())? {
+                let (name, bytes) = (file.name, file.bytes);
                 let sequence = sequence_of(&name).expect("picked by its sequence");
                 // Larger than a window of ours can be: not sent, and left where it is.
                 if bytes > max_bytes {

@@ -245,7 +245,9 @@ impl Collection {
                 .contains(&EventKind::Alloc)
                 .then(MemoryCollection::new),
             refreshes: Vec::new(),
-            unwind: config.unwind_rows.map(UnwindTables::new),
+            unwind: config
+                .unwind_rows
+                .map(|rows| with_table_cache(UnwindTables::new(rows), config)),
             max_state_bytes: config.max_memory,
             in_memory_bytes: (config.max_memory / 16).min(IN_MEMORY_BYTES),
             memory_cap_dropped: 0,
@@ -553,5 +555,23 @@ impl Collection {
                 .keep_counts(&mut self.counts, &mut self.offcpu, &mut self.io, &hot);
         }
         Ok(())
+    }
+}
+
+/// `tables` with the cache of compiled tables the run asks for, if it can be used.
+fn with_table_cache(tables: UnwindTables, config: &RunConfig) -> UnwindTables {
+    use crate::kernel::table_cache::{DEFAULT_MAX_BYTES, TableCache};
+    let Some(folder) = &config.unwind_cache else {
+        return tables;
+    };
+    match TableCache::open(folder, DEFAULT_MAX_BYTES) {
+        Ok(cache) => tables.with_cache(cache),
+        Err(err) => {
+            log::info!(
+                "unwind tables are compiled at every run: the cache in {} cannot be used: {err}",
+                folder.display()
+            );
+            tables
+        }
     }
 }

@@ -104,6 +104,8 @@ pub struct RunConfig {
     /// Unwind-table capacity in rows when user stacks are walked with tables; `None` for
     /// frame pointers only.
     pub unwind_rows: Option<u32>,
+    /// The folder of compiled unwind tables (`None`: every table compiled).
+    pub unwind_cache: Option<std::path::PathBuf>,
     /// Budget for the collector's counts, bytes.
     pub max_memory: u64,
     /// Ask HotSpot JVMs for their perf map (JIT method names).

@@ -9,26 +9,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use object::{Object as _, ObjectSegment as _};
 use profiler_common::{
     FileKey, MAX_PROCESS_MAPPINGS, MAX_UNWIND_CHUNKS, ObjectUnwind, ProcessUnwind,
     UNWIND_CHUNK_ROWS, UnwindMapping,
 };
 
 use crate::{
-    kernel::{probes::KernelProbes, unwind_table},
+    kernel::{
+        object_layout::{Segment, load_bias, segments},
+        probes::KernelProbes,
+        unwind_table,
+    },
     model::{MAX_NAMED_OBJECTS_WITHOUT_TABLES, NoTableReason, ObjectWithoutTable, UnwindStats},
     target::procfs,
 };
-
-/// A loadable segment: where its file bytes go in the object's address space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Segment {
-    file_offset: u64,
-    address: u64,
-    file_size: u64,
-    executable: bool,
-}
 
 /// Rows of an object in one chunk: from `first_row`, `row_count` of them, describing the
 /// object's addresses from `address` (that of its first row) on.
@@ -80,6 +74,8 @@ pub struct UnwindTables {
     /// (device, inode) of the profiler's own executable, never a target worth a table (a
     /// launched command maps it until its exec).
     own_executable: Option<(u64, u64)>,
+    /// Tables compiled by earlier runs, by build-id.
+    cache: Option<super::table_cache::TableCache>,
 }
 
 impl UnwindTables {
@@ -102,6 +98,15 @@ impl UnwindTables {
             own_executable: std::fs::metadata("/proc/self/exe")
                 .ok()
                 .map(|metadata| (metadata.dev(), metadata.ino())),
+            cache: None,
+        }
+    }
+
+    /// Takes tables from `cache`, and keeps the ones compiled there.
+    pub fn with_cache(self, cache: super::table_cache::TableCache) -> Self {
+        UnwindTables {
+            cache: Some(cache),
+            ..self
         }
     }
 
@@ -109,6 +114,7 @@ impl UnwindTables {
     pub fn stats(&self) -> UnwindStats {
         UnwindStats {
             build_ms: (self.build_time.as_secs_f64() * 1e4).round() / 10.0,
+            from_cache: self.cache.as_ref().map_or(0, |cache| cache.loaded),
             ..self.stats.clone()
         }
     }
@@ -252,14 +258,16 @@ impl UnwindTables {
             return self.objects.get(key).cloned();
         }
         let bytes = procfs::read_object(&mut file)?;
-        let key = unwind_table::build_id(&bytes)
-            .map(|id| [b"build-id:".as_slice(), &id].concat())
+        let build_id = unwind_table::build_id(&bytes);
+        let key = build_id
+            .as_ref()
+            .map(|id| [b"build-id:".as_slice(), id].concat())
             .unwrap_or_else(|| format!("file:{identity:?}").into_bytes());
         self.identities.insert(identity, key.clone());
         let table = match self.objects.get(&key) {
             Some(object) => object.clone(),
             None => {
-                let table = self.compile(path, &bytes, probes);
+                let table = self.compile(path, &bytes, build_id.as_deref(), probes);
                 self.objects.insert(key, table.clone());
                 table
             }
@@ -364,10 +372,29 @@ impl UnwindTables {
 
     /// Compiles one object and loads its rows; an object without rows is walked by frame
     /// pointers.
-    fn compile(&mut self, path: &str, bytes: &[u8], probes: &mut KernelProbes) -> ObjectTable {
+    fn compile(
+        &mut self,
+        path: &str,
+        bytes: &[u8],
+        build_id: Option<&[u8]>,
+        probes: &mut KernelProbes,
+    ) -> ObjectTable {
         let segments = segments(bytes);
         let mut reason = NoTableReason::NoUnwindInfo;
-        let rows = match unwind_table::compile(bytes) {
+        let cached = self
+            .cache
+            .as_mut()
+            .zip(build_id)
+            .and_then(|(cache, id)| cache.load(id));
+        let compiled = match cached {
+            Some(rows) => Ok(rows),
+            None => unwind_table::compile(bytes).inspect(|rows| {
+                if let Some((cache, id)) = self.cache.as_mut().zip(build_id) {
+                    cache.store(id, rows);
+                }
+            }),
+        };
+        let rows = match compiled {
             Ok(rows) => rows,
             Err(err) => {
                 log::info!(
@@ -512,48 +539,6 @@ fn file_key(metadata: &std::fs::Metadata) -> FileKey {
     }
 }
 
-/// The loadable segments of an ELF object (empty if it is not one).
-fn segments(bytes: &[u8]) -> Vec<Segment> {
-    let Ok(file) = object::File::parse(bytes) else {
-        return Vec::new();
-    };
-    file.segments()
-        .map(|segment| {
-            let (file_offset, file_size) = segment.file_range();
-            Segment {
-                file_offset,
-                address: segment.address(),
-                file_size,
-                executable: matches!(
-                    segment.flags(),
-                    object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0
-                ),
-            }
-        })
-        .collect()
-}
-
-/// The bias of a mapping of file offset `file_offset` at `start`: object address = process
-/// address - bias. Mappings start on a page, segments need not: compare page-aligned.
-fn load_bias(segments: &[Segment], start: u64, file_offset: u64) -> Option<u64> {
-    const PAGE: u64 = 4096;
-    let aligned = |segment: &&Segment| segment.file_offset & !(PAGE - 1);
-    // The segment the mapping starts: segments sharing a page with the one before overlap it
-    // in file offsets, so an exact start wins over containment.
-    let segment = segments
-        .iter()
-        .find(|segment| aligned(segment) == file_offset)
-        .or_else(|| {
-            segments.iter().find(|segment| {
-                aligned(segment) <= file_offset
-                    && file_offset < segment.file_offset + segment.file_size.max(1)
-            })
-        })?;
-    let aligned_offset = segment.file_offset & !(PAGE - 1);
-    let aligned_address = segment.address - (segment.file_offset - aligned_offset);
-    Some(start.wrapping_sub(aligned_address + (file_offset - aligned_offset)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,71 +592,5 @@ mod tests {
             .map(|mapping| (mapping.start - bias, mapping.first_row))
             .collect();
         assert_eq!(mappings, [(0x8800, UNWIND_CHUNK_ROWS)]);
-    }
-
-    #[test]
-    fn bias_of_a_pie_text_mapping() {
-        // A PIE whose text segment sits at file offset 0x1000, address 0x1000, mapped at
-        // 0x5555_5555_5000 with offset 0x1000: bias is the load address 0x5555_5555_4000.
-        let segments = [
-            Segment {
-                file_offset: 0,
-                address: 0,
-                file_size: 0x800,
-                executable: false,
-            },
-            Segment {
-                file_offset: 0x1000,
-                address: 0x1000,
-                file_size: 0x2345,
-                executable: false,
-            },
-        ];
-        assert_eq!(
-            load_bias(&segments, 0x5555_5555_5000, 0x1000),
-            Some(0x5555_5555_4000)
-        );
-    }
-
-    #[test]
-    fn bias_of_an_unaligned_segment() {
-        // libc-style: text at file offset 0x28000 but address 0x28000 + 0x1000 would be a
-        // shifted layout; here the segment's offset is not page-aligned.
-        let segments = [Segment {
-            file_offset: 0x28040,
-            address: 0x29040,
-            file_size: 0x10000,
-            executable: false,
-        }];
-        // Mapped from offset 0x28000 at 0x7f00_0002_9000: address 0x29000 is there.
-        assert_eq!(
-            load_bias(&segments, 0x7f00_0002_9000, 0x28000),
-            Some(0x7f00_0000_0000)
-        );
-        assert_eq!(load_bias(&segments, 0x7f00_0002_9000, 0x50000), None);
-    }
-
-    #[test]
-    fn bias_when_segments_share_a_page() {
-        // rustc-linked PIE: the read-only segment's file range runs into the page where the
-        // text segment starts (offset 0x16f70, address 0x17f70), mapped from offset 0x16000.
-        let segments = [
-            Segment {
-                file_offset: 0,
-                address: 0,
-                file_size: 0x16f6c,
-                executable: false,
-            },
-            Segment {
-                file_offset: 0x16f70,
-                address: 0x17f70,
-                file_size: 0x3fb70,
-                executable: false,
-            },
-        ];
-        assert_eq!(
-            load_bias(&segments, 0x55e6_c67a_7000, 0x16000),
-            Some(0x55e6_c679_0000)
-        );
     }
 }

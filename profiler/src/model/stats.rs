@@ -378,6 +378,9 @@ pub struct UnwindStats {
     pub without_tables: Vec<ObjectWithoutTable>,
     /// Time spent reading, compiling and loading tables, ms.
     pub build_ms: f64,
+    /// Objects whose tables came from the cache of compiled tables instead of compiling.
+    #[serde(default)]
+    pub from_cache: u32,
     /// Processes whose mappings were described to the kernel (counting reloads).
     pub process_loads: u32,
 }

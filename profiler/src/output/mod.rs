@@ -26,6 +26,7 @@ use std::{
 use walk::{cstring, open_folder_at};
 
 pub use invoker::Invoker;
+pub use owned::OwnedFile;
 
 /// Root of default output folders, relative to the working directory.
 pub const DEFAULT_ROOT: &str = "benchmarks";
@@ -118,7 +119,7 @@ const SYSTEM_DIRS: [&str; 17] = [
 
 /// System folders where a service keeps state: a private folder of the profiler's own may be
 /// made in them ([`OutputDir::prepare_private`]).
-const STATE_DIRS: [&str; 2] = ["/var/lib", "/var/spool"];
+const STATE_DIRS: [&str; 3] = ["/var/lib", "/var/spool", "/var/cache"];
 
 /// The system folder `real` (a resolved path) is in, if any; `/` itself counts.
 fn system_dir(real: &Path) -> Option<&'static str> {
@@ -272,7 +273,12 @@ impl OutputDir {
     /// Checks a folder for files no one else may read or change (the agent's spool): one that
     /// exists must be its owner's and writable by them alone; missing ones are made 0700.
     pub fn prepare_private(path: &Path) -> io::Result<Self> {
-        let out = Self::prepare_as(path, true, Invoker::from_env())?;
+        Self::prepare_private_as(path, Invoker::from_env())
+    }
+
+    /// [`Self::prepare_private`] for the files of `invoker`, or of the profiler's own user.
+    fn prepare_private_as(path: &Path, invoker: Option<Invoker>) -> io::Result<Self> {
+        let out = Self::prepare_as(path, true, invoker)?;
         if out.missing.is_empty() {
             // SAFETY: an all-zero stat is valid to write to; a valid descriptor.
             let mut stat: libc::stat = unsafe { std::mem::zeroed() };

@@ -11,10 +11,28 @@ use std::{
 use super::{OutputDir, display, last_error, owned_files, remove_at, walk};
 use walk::cstring;
 
+/// A file of the folder's owner, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedFile {
+    pub name: String,
+    pub bytes: u64,
+    /// Last modified: seconds and nanoseconds since the epoch.
+    pub modified: (i64, i64),
+}
+
 impl OutputDir {
-    /// The regular files of the folder's owner that `wanted` picks by name, with their sizes;
-    /// none while the folder is still to be made.
-    pub fn files_of_owner(&self, wanted: impl Fn(&str) -> bool) -> io::Result<Vec<(String, u64)>> {
+    /// A private folder of the profiler's own user (root, under sudo), not the sudo user's:
+    /// for files only the profiler writes and trusts (the unwind-table cache).
+    /// Made at once if missing, so that another `OutputDir` of the same folder finds it.
+    pub fn prepare_private_own(path: &std::path::Path) -> io::Result<Self> {
+        let out = Self::prepare_private_as(path, None)?;
+        out.folder()?;
+        Ok(out)
+    }
+
+    /// The regular files of the folder's owner that `wanted` picks by name; none while the
+    /// folder is still to be made.
+    pub fn files_of_owner(&self, wanted: impl Fn(&str) -> bool) -> io::Result<Vec<OwnedFile>> {
         let folder = match self.missing.is_empty() {
             true => self.existing.as_fd(),
             false => match self.folder.get() {
@@ -31,7 +49,11 @@ impl OutputDir {
                 let stat = walk::stat_at(folder, &name).ok()?;
                 // A hard link could name anyone's file under a name of ours.
                 (stat.st_nlink == 1).then_some(())?;
-                Some((name.into_string().ok()?, stat.st_size as u64))
+                Some(OwnedFile {
+                    name: name.into_string().ok()?,
+                    bytes: stat.st_size as u64,
+                    modified: (stat.st_mtime, stat.st_mtime_nsec),
+                })
             })
             .collect())
     }

@@ -60,11 +60,13 @@ pub fn summary_markdown(summary: &Summary) -> String {
             let _ = writeln!(
                 md,
                 "- User stacks: unwound with the `.eh_frame` tables of {} objects ({} of {} \
-                 rows, built in {:.0} ms); {} objects without tables walked by frame pointers",
+                 rows, built in {:.0} ms, {} from the cache); {} objects without tables \
+                 walked by frame pointers",
                 unwind.objects,
                 unwind.rows,
                 unwind.capacity,
                 unwind.build_ms,
+                unwind.from_cache,
                 unwind.objects_without_tables
             );
             for object in &unwind.without_tables {
