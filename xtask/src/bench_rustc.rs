@@ -76,7 +76,7 @@ fn generate_source(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The toolchain's rustc itself, not rustup's proxy (which would be what is profiled first).
-fn rustc() -> anyhow::Result<PathBuf> {
+pub(crate) fn rustc() -> anyhow::Result<PathBuf> {
     let out = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()

@@ -29,11 +29,20 @@ pub struct StartupBenchArgs {
     no_write: bool,
 }
 
+/// Whether the profiler finds the workload's unwind tables compiled by an earlier run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// An empty cache folder: every table compiled.
+    Cold,
+    /// A cache folder an earlier run filled.
+    Warm,
+}
+
 /// A tool and how it is started.
 #[derive(Clone, Copy)]
 enum Tool {
     /// `profiler record|attach -e EVENTS`.
-    Profiler(&'static str),
+    Profiler(&'static str, Cache),
     /// `perf record -g`.
     Perf,
     /// `bpftrace` with a `profile:hz:99` probe filtered to the workload.
@@ -43,7 +52,8 @@ enum Tool {
 impl Tool {
     fn label(self) -> String {
         match self {
-            Tool::Profiler(events) => format!("profiler `-e {events}`"),
+            Tool::Profiler(events, Cache::Cold) => format!("profiler `-e {events}`, cold cache"),
+            Tool::Profiler(events, Cache::Warm) => format!("profiler `-e {events}`, warm cache"),
             Tool::Perf => "perf `record -g`".to_owned(),
             Tool::Bpftrace => "bpftrace `profile:hz:99`".to_owned(),
         }
@@ -51,12 +61,40 @@ impl Tool {
 }
 
 const ALL_EVENTS: &str = "cpu,offcpu,io,alloc";
-const TOOLS: [Tool; 4] = [
-    Tool::Profiler("cpu"),
-    Tool::Profiler(ALL_EVENTS),
+const TOOLS: [Tool; 6] = [
+    Tool::Profiler("cpu", Cache::Warm),
+    Tool::Profiler("cpu", Cache::Cold),
+    Tool::Profiler(ALL_EVENTS, Cache::Warm),
+    Tool::Profiler(ALL_EVENTS, Cache::Cold),
     Tool::Perf,
     Tool::Bpftrace,
 ];
+
+/// What is profiled.
+#[derive(Clone, Copy)]
+enum Workload<'a> {
+    /// `busy_threads 1 1`: one spinning thread, a small C program.
+    Small(&'a Path),
+    /// The toolchain's rustc compiling a small file: libraries of about 3 M unwind rows.
+    Rustc { rustc: &'a Path, source: &'a Path },
+}
+
+impl Workload<'_> {
+    fn command(self, scratch: &Path) -> Vec<std::ffi::OsString> {
+        match self {
+            Workload::Small(program) => vec![program.into(), "1".into(), "1".into()],
+            Workload::Rustc { rustc, source } => vec![
+                rustc.into(),
+                "-O".into(),
+                "--edition".into(),
+                "2021".into(),
+                source.into(),
+                "-o".into(),
+                scratch.join("startup-rustc").into(),
+            ],
+        }
+    }
+}
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -89,25 +127,28 @@ fn workload() -> anyhow::Result<PathBuf> {
 /// is the running workload's pid, `None` to launch it.
 fn first_sample_ms(
     tool: Tool,
-    program: &Path,
+    workload: Workload<'_>,
     attach_to: Option<u32>,
     scratch: &Path,
 ) -> anyhow::Result<f64> {
     let out = scratch.join("out");
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(scratch.join("perf.data"));
-    let run_for = ["1", "1"];
+    let launched = workload.command(scratch);
     let mut command = match tool {
-        Tool::Profiler(events) => {
+        Tool::Profiler(events, cache) => {
             let mut command = Command::new(profiler_bin());
             match attach_to {
-                Some(_) => command.args(["attach", "-d", "1", "-e", events, "-o"]),
-                None => command.args(["record", "-e", events, "-o"]),
+                Some(_) => command.args(["attach", "-d", "1", "-e", events]),
+                None => command.args(["record", "-e", events]),
             };
-            command.arg(&out);
+            command
+                .arg("--unwind-cache")
+                .arg(cache_folder(scratch, cache));
+            command.arg("-o").arg(&out);
             match attach_to {
                 Some(pid) => command.arg(pid.to_string()),
-                None => command.arg("--").arg(program).args(run_for),
+                None => command.arg("--").args(&launched),
             };
             command
         }
@@ -127,7 +168,7 @@ fn first_sample_ms(
                 .arg(scratch.join("perf.data"));
             match attach_to {
                 Some(pid) => command.args(["-p", &pid.to_string(), "--", "sleep", "1"]),
-                None => command.arg("--").arg(program).args(run_for),
+                None => command.arg("--").args(&launched),
             };
             command
         }
@@ -138,9 +179,11 @@ fn first_sample_ms(
                 "profile:hz:99 /pid == {filter}/ {{ printf(\"first %lld\\n\", nsecs); exit(); }}"
             ));
             if attach_to.is_none() {
-                command
-                    .arg("-c")
-                    .arg(format!("{} {}", program.display(), run_for.join(" ")));
+                let words: Vec<String> = launched
+                    .iter()
+                    .map(|word| word.to_string_lossy().into_owned())
+                    .collect();
+                command.arg("-c").arg(words.join(" "));
             }
             command
         }
@@ -156,7 +199,7 @@ fn first_sample_ms(
     }
     let since_spawn = |ns: u64| (ns.saturating_sub(spawned_ns)) as f64 / 1e6;
     match tool {
-        Tool::Profiler(_) => {
+        Tool::Profiler(..) => {
             let summary: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(out.join("summary.json")).context("summary.json")?,
             )?;
@@ -189,29 +232,56 @@ fn first_sample_ms(
     }
 }
 
-pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
-    crate::bench::ensure_tools()?;
-    let program = workload()?;
-    let scratch = root().join("target/bench-startup");
-    std::fs::create_dir_all(&scratch)?;
-    let modes = ["record", "attach"];
+/// The profiler's cache folder for `cache`: the warm one kept from run to run, the cold one
+/// emptied before each.
+fn cache_folder(scratch: &Path, cache: Cache) -> PathBuf {
+    match cache {
+        Cache::Warm => scratch.join("cache-warm"),
+        Cache::Cold => {
+            let folder = scratch.join("cache-cold");
+            let _ = std::fs::remove_dir_all(&folder);
+            folder
+        }
+    }
+}
+
+/// The results of `runs` rounds on `workload`, per mode and tool: each round runs every tool
+/// in turn, in each mode (`attach` on a copy of the workload started for the round).
+fn rounds(
+    runs: usize,
+    workload: Workload<'_>,
+    modes: &[&str],
+    scratch: &Path,
+) -> anyhow::Result<Vec<Vec<Vec<f64>>>> {
+    let name = match workload {
+        Workload::Small(_) => "busy_threads",
+        Workload::Rustc { .. } => "rustc",
+    };
+    // The warm cache filled once, before the rounds.
+    first_sample_ms(Tool::Profiler("cpu", Cache::Warm), workload, None, scratch)?;
     let mut results = vec![vec![Vec::new(); TOOLS.len()]; modes.len()];
-    for round in 0..args.runs {
+    for round in 0..runs {
         // One long-running workload per round for the attaches, each tool in turn.
-        let mut running = Command::new(&program)
-            .args(["600", "1"])
-            .spawn()
-            .context("starting the workload")?;
+        let mut running = match (workload, modes.contains(&"attach")) {
+            (Workload::Small(program), true) => Some(
+                Command::new(program)
+                    .args(["600", "1"])
+                    .spawn()
+                    .context("starting the workload")?,
+            ),
+            _ => None,
+        };
         std::thread::sleep(Duration::from_millis(200));
         let outcome = (|| -> anyhow::Result<()> {
             for (mode_index, mode) in modes.iter().enumerate() {
                 for (tool_index, tool) in TOOLS.iter().enumerate() {
-                    let attach_to = (*mode == "attach").then(|| running.id());
-                    let ms = first_sample_ms(*tool, &program, attach_to, &scratch)?;
+                    let attach_to = (*mode == "attach")
+                        .then(|| running.as_ref().map(std::process::Child::id))
+                        .flatten();
+                    let ms = first_sample_ms(*tool, workload, attach_to, scratch)?;
                     eprintln!(
-                        "bench: round {}/{} {mode} {}: first sample after {ms:.0} ms",
+                        "bench: round {}/{runs} {name} {mode} {}: first sample after {ms:.0} ms",
                         round + 1,
-                        args.runs,
                         tool.label()
                     );
                     results[mode_index][tool_index].push(ms);
@@ -219,44 +289,97 @@ pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
             }
             Ok(())
         })();
-        let _ = running.kill();
-        let _ = running.wait();
+        if let Some(running) = running.as_mut() {
+            let _ = running.kill();
+            let _ = running.wait();
+        }
         outcome?;
     }
-    let mut table = String::from(
-        "| tool | `record` (launches the program) | against perf, same round | `attach` \
-         (program running) | against perf, same round |\n|---|---:|---:|---:|---:|\n",
-    );
+    Ok(results)
+}
+
+/// A results table: per tool, each mode's median and range, and its ratio to perf's in the
+/// same round.
+fn table(results: &[Vec<Vec<f64>>], headers: &[&str]) -> String {
+    let mut table = String::from("| tool |");
+    for header in headers {
+        let _ = write!(table, " {header} | against perf, same round |");
+    }
+    table.push_str("\n|---|");
+    table.push_str(&"---:|---:|".repeat(headers.len()));
+    table.push('\n');
     let perf = TOOLS
         .iter()
         .position(|tool| matches!(tool, Tool::Perf))
         .expect("perf is a peer");
     for (tool_index, tool) in TOOLS.iter().enumerate() {
-        let against_perf = |mode: usize| match tool {
-            Tool::Profiler(_) => {
-                report::paired_ratio(&results[mode][tool_index], &results[mode][perf])
-            }
-            _ => "—".to_owned(),
-        };
-        let _ = writeln!(
-            table,
-            "| {} | {} | {} | {} | {} |",
-            tool.label(),
-            report::median_and_range(&results[0][tool_index], 0, " ms"),
-            against_perf(0),
-            report::median_and_range(&results[1][tool_index], 0, " ms"),
-            against_perf(1),
-        );
+        let _ = write!(table, "| {} |", tool.label());
+        for mode in results {
+            let against_perf = match tool {
+                Tool::Profiler(..) => report::paired_ratio(&mode[tool_index], &mode[perf]),
+                _ => "—".to_owned(),
+            };
+            let _ = write!(
+                table,
+                " {} | {against_perf} |",
+                report::median_and_range(&mode[tool_index], 0, " ms")
+            );
+        }
+        table.push('\n');
     }
+    table
+}
+
+pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
+    crate::bench::ensure_tools()?;
+    let program = workload()?;
+    let scratch = root().join("target/bench-startup");
+    let _ = std::fs::remove_dir_all(scratch.join("cache-warm"));
+    std::fs::create_dir_all(&scratch)?;
+    let small = rounds(
+        args.runs,
+        Workload::Small(&program),
+        &["record", "attach"],
+        &scratch,
+    )?;
+    let rustc = crate::bench_rustc::rustc()?;
+    // A small file: start-up is measured, and with every event kind a long compile's millions
+    // of allocations, each probed, would take minutes.
+    let source = scratch.join("startup_rustc.rs");
+    std::fs::write(
+        &source,
+        "fn main() { println!(\"{}\", (1..100u64).sum::<u64>()); }\n",
+    )?;
+    let big = rounds(
+        args.runs,
+        Workload::Rustc {
+            rustc: &rustc,
+            source: &source,
+        },
+        &["record"],
+        &scratch,
+    )?;
     let page = format!(
         "# Start-up: latest results\n\n\
          Generated by `cargo xtask bench-startup --runs {}` on {}. \
          Method: see [README.md](README.md#start-up-bench-startup). Time from spawning the tool \
-         to its first sample of the workload (`tests/programs/busy_threads.c`, one spinning \
-         thread), at 99 Hz; median and range of {} interleaved rounds.\n\n{table}",
+         to its first sample of the workload, at 99 Hz; median and range of {} interleaved \
+         rounds. A cold cache is an empty `--unwind-cache` folder (every unwind table \
+         compiled), a warm one was filled by an earlier run.\n\n\
+         ## A small program\n\n`tests/programs/busy_threads.c`, one spinning thread.\n\n{}\n\
+         ## rustc\n\nThe toolchain's `rustc -O` compiling a one-line program \
+         (`librustc_driver` and `libLLVM`: about 3 M unwind rows), launched.\n\n{}",
         args.runs,
         report::machine(),
         args.runs,
+        table(
+            &small,
+            &[
+                "`record` (launches the program)",
+                "`attach` (program running)"
+            ]
+        ),
+        table(&big, &["`record`"]),
     );
     report::publish("startup-results.md", &page, !args.no_write)
 }

@@ -156,7 +156,8 @@ impl Drop for TableCache {
     }
 }
 
-/// The file of the object with `build_id`: its hex digits (a build-id is 20 bytes, usually).
+/// The file of the object with `build_id` (or the file identity that stands for one): its hex
+/// digits (a build-id is 20 bytes, usually).
 fn file_name(build_id: &[u8]) -> Option<String> {
     use std::fmt::Write as _;
     if build_id.is_empty() || build_id.len() > 64 {

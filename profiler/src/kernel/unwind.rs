@@ -267,7 +267,23 @@ impl UnwindTables {
         let table = match self.objects.get(&key) {
             Some(object) => object.clone(),
             None => {
-                let table = self.compile(path, &bytes, build_id.as_deref(), probes);
+                // On disk, an object without a build-id (rustc's BOLT-optimised driver has
+                // none) is known by its file: changing it changes its ctime, which no one
+                // can set.
+                let cache_key = build_id.unwrap_or_else(|| {
+                    [
+                        b"file".as_slice(),
+                        &metadata.dev().to_le_bytes(),
+                        &metadata.ino().to_le_bytes(),
+                        &metadata.size().to_le_bytes(),
+                        &metadata.mtime().to_le_bytes(),
+                        &metadata.mtime_nsec().to_le_bytes(),
+                        &metadata.ctime().to_le_bytes(),
+                        &metadata.ctime_nsec().to_le_bytes(),
+                    ]
+                    .concat()
+                });
+                let table = self.compile(path, &bytes, Some(&cache_key), probes);
                 self.objects.insert(key, table.clone());
                 table
             }
@@ -376,7 +392,7 @@ impl UnwindTables {
         &mut self,
         path: &str,
         bytes: &[u8],
-        build_id: Option<&[u8]>,
+        cache_key: Option<&[u8]>,
         probes: &mut KernelProbes,
     ) -> ObjectTable {
         let segments = segments(bytes);
@@ -384,12 +400,12 @@ impl UnwindTables {
         let cached = self
             .cache
             .as_mut()
-            .zip(build_id)
+            .zip(cache_key)
             .and_then(|(cache, id)| cache.load(id));
         let compiled = match cached {
             Some(rows) => Ok(rows),
             None => unwind_table::compile(bytes).inspect(|rows| {
-                if let Some((cache, id)) = self.cache.as_mut().zip(build_id) {
+                if let Some((cache, id)) = self.cache.as_mut().zip(cache_key) {
                     cache.store(id, rows);
                 }
             }),
