@@ -655,10 +655,11 @@ fn compiled_tables_come_from_the_cache_and_a_damaged_one_is_compiled_again() {
              e.g. {example:?}"
         );
     }
-    // The program, its libraries and the C library's: five or more objects.
+    // The library, the C library and its neighbours (tables of 1024 rows or more): four or
+    // more objects.
     assert_eq!(from_cache[0], 0, "nothing cached yet: {from_cache:?}");
     assert!(
-        from_cache[1] >= 5,
+        from_cache[1] >= 4,
         "every table from the cache: {from_cache:?}"
     );
     assert_eq!(

@@ -564,6 +564,17 @@ fn with_table_cache(tables: UnwindTables, config: &RunConfig) -> UnwindTables {
     let Some(folder) = &config.unwind_cache else {
         return tables;
     };
+    // Root makes the folder and its files: under sudo, not where the user says.
+    let default = crate::kernel::table_cache::default_folder();
+    if crate::output::Invoker::from_env().is_some() && default.as_ref() != Some(folder) {
+        log::warn!(
+            "--unwind-cache {} not used: under sudo the cache is the profiler's own folder \
+             ({}); this run compiles its tables",
+            folder.display(),
+            default.map_or_else(String::new, |path| path.display().to_string())
+        );
+        return tables;
+    }
     match TableCache::open(folder, DEFAULT_MAX_BYTES) {
         Ok(cache) => tables.with_cache(cache),
         Err(err) => {

@@ -6,7 +6,9 @@
 //! without following links, bounded in size, and checked whole (header, length, hash, row
 //! order) before use: a planted, truncated or corrupt file is removed and its object compiled
 //! again. Files are written in the background, in full or not at all, and the oldest go
-//! when the folder passes its size bound.
+//! when the folder passes its size bound. Only the tables of objects no other user can write
+//! are kept ([`trusted_object`]): a user's own program could carry another object's build-id,
+//! and a forged table would make the unwinder read other processes' memory where it says.
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +37,13 @@ const TAG_NAME: &str = "CACHEDIR.TAG";
 const TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
                    # Compiled unwind tables of the profiler (profiler --unwind-cache).\n";
 
+/// Tables waiting to be written at most.
+const PENDING_WRITES: usize = 2;
+/// Longest wait at exit for tables being written.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Smaller tables are compiled in less time than a file takes to open and check.
+const MIN_ROWS: usize = 1024;
+
 /// Default size bound of the folder: rustc's libraries take about 25 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 
@@ -53,9 +62,11 @@ pub fn default_folder() -> Option<PathBuf> {
 /// A folder of compiled tables.
 pub struct TableCache {
     folder: OutputDir,
-    /// Files to write, to the writer thread.
-    to_write: Option<mpsc::Sender<(String, Vec<u8>)>>,
+    /// Files to write, to the writer thread (a few at a time: a table is up to 64 MiB).
+    to_write: Option<mpsc::SyncSender<(String, Vec<u8>)>>,
     writer: Option<JoinHandle<()>>,
+    /// Told when the writer is done.
+    writer_done: Option<mpsc::Receiver<()>>,
     /// Objects whose tables came from the folder, and were written to it, this run.
     pub loaded: u32,
     pub stored: u32,
@@ -88,7 +99,8 @@ impl TableCache {
         }
         // The writer has a descriptor of its own: an `OutputDir` is used by one thread.
         let writer_folder = OutputDir::prepare_private_own(path)?;
-        let (to_write, written) = mpsc::channel::<(String, Vec<u8>)>();
+        let (to_write, written) = mpsc::sync_channel::<(String, Vec<u8>)>(PENDING_WRITES);
+        let (done, writer_done) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("unwind-cache".into())
             .spawn(move || {
@@ -98,11 +110,13 @@ impl TableCache {
                         Err(err) => log::debug!("unwind cache: {name} not written: {err}"),
                     }
                 }
+                let _ = done.send(());
             })?;
         Ok(TableCache {
             folder,
             to_write: Some(to_write),
             writer: Some(writer),
+            writer_done: Some(writer_done),
             loaded: 0,
             stored: 0,
         })
@@ -138,22 +152,41 @@ impl TableCache {
         let (Some(name), Some(to_write)) = (file_name(build_id), &self.to_write) else {
             return;
         };
-        // A table too large to be used is not kept either.
-        let usable = !rows.is_empty() && rows.len() <= MAX_OBJECT_ROWS as usize;
-        if usable && to_write.send((name, encode(rows))).is_ok() {
+        // A table too large to be used is not kept, nor one quicker to compile than to read.
+        let usable = (MIN_ROWS..=MAX_OBJECT_ROWS as usize).contains(&rows.len());
+        // Not written when the writer is behind: memory stays bounded.
+        if usable && to_write.try_send((name, encode(rows))).is_ok() {
             self.stored += 1;
         }
     }
 }
 
 impl Drop for TableCache {
-    /// Waits for the files still being written: a run's tables are all kept.
+    /// Waits for the files still being written, a few seconds at most: a file cut short is
+    /// removed by the next run.
     fn drop(&mut self) {
         drop(self.to_write.take());
-        if let Some(writer) = self.writer.take() {
+        let finished = self
+            .writer_done
+            .take()
+            .is_some_and(|done| done.recv_timeout(EXIT_WAIT).is_ok());
+        if let Some(writer) = self.writer.take()
+            && finished
+        {
             let _ = writer.join();
         }
     }
+}
+
+/// Whether an object's table may be kept for other runs: a regular file of root's or of the
+/// profiler's own user, no one else may write (its build-id and contents are then theirs).
+pub fn trusted_object(metadata: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    metadata.is_file()
+        && (metadata.uid() == 0 || metadata.uid() == euid)
+        && metadata.mode() & 0o022 == 0
 }
 
 /// The file of the object with `build_id` (or the file identity that stands for one): its hex
@@ -313,9 +346,9 @@ mod tests {
         let path = dir.path().join("unwind");
         let mut cache = TableCache::open(&path, DEFAULT_MAX_BYTES).unwrap();
         assert_eq!(cache.load(b"\x01\x02"), None);
-        cache.store(b"\x01\x02", &rows(1000));
+        cache.store(b"\x01\x02", &rows(2000));
         let mut cache = reopen(cache, &path, DEFAULT_MAX_BYTES);
-        assert_eq!(cache.load(b"\x01\x02"), Some(rows(1000)));
+        assert_eq!(cache.load(b"\x01\x02"), Some(rows(2000)));
         assert_eq!(cache.loaded, 1);
         assert_eq!(cache.load(b"\x01\x03"), None);
         // Made private.
@@ -329,8 +362,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("unwind");
         let mut cache = TableCache::open(&path, DEFAULT_MAX_BYTES).unwrap();
-        cache.store(b"\xaa", &rows(100));
-        cache.store(b"\xbb", &rows(100));
+        cache.store(b"\xaa", &rows(2000));
+        cache.store(b"\xbb", &rows(2000));
         let cache = reopen(cache, &path, DEFAULT_MAX_BYTES);
         // One byte of a row changed: the hash no longer matches.
         let file = path.join("aa.rows");
@@ -408,13 +441,26 @@ mod tests {
     }
 
     #[test]
+    fn only_objects_no_one_else_may_write_are_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let object = dir.path().join("lib.so");
+        std::fs::write(&object, b"\x7fELF").unwrap();
+        std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(trusted_object(&std::fs::metadata(&object).unwrap()));
+        std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(!trusted_object(&std::fs::metadata(&object).unwrap()));
+        assert!(!trusted_object(&std::fs::metadata(dir.path()).unwrap()));
+    }
+
+    #[test]
     fn the_oldest_tables_go_past_the_size_bound() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("unwind");
-        let one = encode(&rows(1000)).len() as u64;
+        let one = encode(&rows(2000)).len() as u64;
         let mut cache = TableCache::open(&path, 2 * one).unwrap();
         for id in [b"\x01", b"\x02", b"\x03"] {
-            cache.store(id, &rows(1000));
+            cache.store(id, &rows(2000));
             // Written one after another, a modification time apart.
             cache = reopen(cache, &path, 2 * one);
             std::thread::sleep(std::time::Duration::from_millis(20));

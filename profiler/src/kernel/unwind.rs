@@ -270,9 +270,11 @@ impl UnwindTables {
                 // On disk, an object without a build-id (rustc's BOLT-optimised driver has
                 // none) is known by its file: changing it changes its ctime, which no one
                 // can set.
-                let cache_key = build_id.unwrap_or_else(|| {
-                    [
-                        b"file".as_slice(),
+                // The two kinds of key never name one file.
+                let cache_key = match build_id {
+                    Some(id) => [b"b".as_slice(), &id].concat(),
+                    None => [
+                        b"f".as_slice(),
                         &metadata.dev().to_le_bytes(),
                         &metadata.ino().to_le_bytes(),
                         &metadata.size().to_le_bytes(),
@@ -281,9 +283,10 @@ impl UnwindTables {
                         &metadata.ctime().to_le_bytes(),
                         &metadata.ctime_nsec().to_le_bytes(),
                     ]
-                    .concat()
-                });
-                let table = self.compile(path, &bytes, Some(&cache_key), probes);
+                    .concat(),
+                };
+                let trusted = super::table_cache::trusted_object(&metadata);
+                let table = self.compile(path, &bytes, trusted.then_some(&cache_key[..]), probes);
                 self.objects.insert(key, table.clone());
                 table
             }

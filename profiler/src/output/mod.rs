@@ -345,8 +345,9 @@ impl OutputDir {
             .map_err(|err| io::Error::new(err.kind(), format!("{err}{}", as_user())))?;
         let real = walk::real_path(walked.existing.as_fd())?;
         // A private folder of its own may be made below the system's folders for state (a
-        // service's spool): no one else's files are in it, and under sudo it is made with
-        // the user's rights, which cannot make it there.
+        // service's spool, the unwind-table cache): no one else's files are in it. Under sudo
+        // a spool is made with the user's rights, which cannot make it there, and the cache
+        // is only ever the profiler's fixed folder.
         let state_folder = |system: &str| {
             private
                 && STATE_DIRS.contains(&system)
