@@ -74,7 +74,7 @@ pub struct UnwindTables {
     /// (device, inode) of the profiler's own executable, never a target worth a table (a
     /// launched command maps it until its exec).
     own_executable: Option<(u64, u64)>,
-    /// Tables compiled by earlier runs, by build-id.
+    /// Tables compiled by earlier runs, by build-id or file.
     cache: Option<super::table_cache::TableCache>,
 }
 
@@ -267,10 +267,9 @@ impl UnwindTables {
         let table = match self.objects.get(&key) {
             Some(object) => object.clone(),
             None => {
-                // On disk, an object without a build-id (rustc's BOLT-optimised driver has
-                // none) is known by its file: changing it changes its ctime, which no one
-                // can set.
-                // The two kinds of key never name one file.
+                // On disk, an object is known by its build-id, or without one (rustc's
+                // BOLT-optimised driver) by its file: changing the file changes its ctime,
+                // which no one can set. The two kinds of key never name one file.
                 let cache_key = match build_id {
                     Some(id) => [b"b".as_slice(), &id].concat(),
                     None => [
