@@ -99,8 +99,10 @@ fn frame_pointer_unwinding_splits_cpu_70_30_under_a_common_caller() {
     if !have_root("frame_pointer_unwinding_splits_cpu_70_30_under_a_common_caller") {
         return;
     }
-    // The kernel's frame-pointer walker instead of the unwind tables.
-    let (dir, out) = record(&["-F", "499", "--unwind", "fp"], "cpu_split", &["3"]);
+    // The kernel's frame-pointer walker instead of the unwind tables. Six seconds: over three,
+    // the split moved from run to run past the bound on a busy host (64.3-69.9% in four runs
+    // of one build; 67.0-68.6% in five runs of six).
+    let (dir, out) = record(&["-F", "499", "--unwind", "fp"], "cpu_split", &["6"]);
     assert!(out.status.success(), "{out:?}");
     assert_cpu_split(dir.path());
     let summary = read_summary(dir.path());
