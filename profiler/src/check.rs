@@ -67,8 +67,7 @@ fn denied(err: &(dyn std::error::Error + 'static)) -> bool {
 /// Runs every check, in the order a run would need them.
 pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    checks.push(kernel(release.trim()));
+    checks.push(kernel(&crate::kernel::release()));
     let privileged = privileges::check();
     checks.push(Check::new(
         "capabilities",
@@ -199,20 +198,16 @@ const TESTED_KERNELS: &[((u32, u32), &str)] = &[
 ];
 
 fn kernel(release: &str) -> Check {
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse::<u32>().ok());
-    let version = (numbers.next().flatten(), numbers.next().flatten());
     let found = format!("Linux {release} {}", std::env::consts::ARCH);
-    match version {
-        (Some(major), Some(minor)) if (major, minor) < MIN_KERNEL => Check::new(
+    match crate::kernel::series(release) {
+        Some((major, minor)) if (major, minor) < MIN_KERNEL => Check::new(
             "kernel",
             Err(format!(
                 "{found}: the eBPF programs need Linux {}.{} or newer; profile on a newer kernel",
                 MIN_KERNEL.0, MIN_KERNEL.1
             )),
         ),
-        (Some(major), Some(minor)) => {
+        Some((major, minor)) => {
             let tested = TESTED_KERNELS
                 .iter()
                 .find(|(series, _)| *series == (major, minor));
@@ -232,7 +227,7 @@ fn kernel(release: &str) -> Check {
                 }),
             )
         }
-        _ => Check::new("kernel", Ok(found)),
+        None => Check::new("kernel", Ok(found)),
     }
 }
 

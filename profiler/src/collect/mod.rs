@@ -333,9 +333,7 @@ fn start(
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|release| release.trim().to_owned())
-        .unwrap_or_default()
+    crate::kernel::release()
 }
 
 /// What is profiled, as the profile names it.

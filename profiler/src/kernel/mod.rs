@@ -24,3 +24,18 @@ pub use load::LoadOptions;
 pub use maps::{Drained, IoExtras};
 pub use probes::{Counters, KernelProbes};
 pub use unwind_maps::WalkedStack;
+
+/// The running kernel's release (`6.18.44-amd64`), empty if unknown.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The series (major, minor) of kernel `release` ("6.13.2-amd64": (6, 13)), if it names one.
+pub fn series(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().ok());
+    Some((numbers.next().flatten()?, numbers.next().flatten()?))
+}

@@ -91,8 +91,7 @@ static EBPF_OBJECT_INLINE_WALK: &[u8] =
 /// about 0.35 s), but kernels before 6.13 have no private stacks for tracing programs and
 /// refuse its frame and its callers' together (544 bytes of 512).
 pub(super) fn ebpf_object() -> &'static [u8] {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if cfg!(target_arch = "x86_64") && has_private_stacks(&release) {
+    if cfg!(target_arch = "x86_64") && has_private_stacks(&super::release()) {
         EBPF_OBJECT
     } else {
         EBPF_OBJECT_INLINE_WALK
@@ -101,11 +100,7 @@ pub(super) fn ebpf_object() -> &'static [u8] {
 
 /// Whether kernel `release` ("6.13.2-amd64") gives tracing programs private stacks (6.13).
 fn has_private_stacks(release: &str) -> bool {
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    (major, minor) >= (6, 13)
+    super::series(release).is_some_and(|series| series >= (6, 13))
 }
 
 /// The program that walks the user stacks of sampled off-CPU periods at system-call exits.
