@@ -1,12 +1,10 @@
 //! Stacks of off-CPU periods under stack sampling: the kernel stack read from the sleeping
 //! task when it is switched back in (its length known by then: `stack_store`), and the user
-//! stack walked later, in the thread's own context, at its next system-call exit or
-//! switch-out.
+//! stack walked later, in the thread's own context, at its next system-call exit (by the
+//! `sys_exit` program, `syscalls`) or switch-out.
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
 };
 use profiler_common::{
     CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, OffCpuKey, OffCpuTime, PendingWalk,
@@ -15,10 +13,9 @@ use profiler_common::{
 
 use crate::{
     current::{self, Known},
-    helpers::{active_map, bump, current_tgid_tid, register, user_stack},
+    helpers::{active_map, bump, register},
     maps::{CONTROL, THREADS},
     sched::add_offcpu_time,
-    unwind,
 };
 
 /// The off-CPU stack-sampling threshold, ns (0: every period walked).
@@ -115,39 +112,53 @@ pub(crate) fn record_pending(
     }
 }
 
-/// A system call returns: a target thread with a sampled period pending gets its user stack
-/// walked here, where it stands as it blocked (most periods are spent in a system call).
-/// Attached only when off-CPU stacks may be sampled; separate from the I/O program so each
-/// has one stack walk.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit_offcpu(ctx: BtfTracePointContext) -> i32 {
+/// Whether `sys_exit` settles pending periods: set by the loader when off-CPU stacks may be
+/// sampled (else nothing is ever pending, and the check would cost every target's calls).
+#[unsafe(no_mangle)]
+static SETTLE_AT_EXIT: u32 = 0;
+
+/// A pending period found at a system-call exit.
+#[derive(Clone, Copy)]
+pub(crate) struct AtExit {
+    /// The thread stands where it blocked: its user stack is the period's.
+    pub(crate) in_place: bool,
+    /// The active map of the pair.
+    pub(crate) active: u64,
+}
+
+/// At a system call's exit: the current thread's sampled period pending, if it has one (then
+/// to be settled with [`record_pending`], its user stack walked when it is in place). `known`
+/// is what the per-CPU cache said of the thread.
+#[inline(always)]
+pub(crate) fn pending_at_exit(
+    tgid: u32,
+    tid: u32,
+    known: Option<Known>,
+) -> Option<(*mut ThreadState, AtExit)> {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    if unsafe { core::ptr::read_volatile(&SETTLE_AT_EXIT) } == 0 {
+        return None;
+    }
     // Nothing can be pending while every stack is walked at switch-out, and has been all run.
     if sample_below_ns() == 0 && CONTROL.get(CONTROL_OFFCPU_SAMPLED).copied().unwrap_or(0) == 0 {
-        return 0;
+        return None;
     }
-    let (tgid, tid) = current_tgid_tid();
-    // Most system calls are not a target's, and few of a target's have a walk pending: known
-    // from the per-CPU cache, mostly, before any lookup.
-    match current::known(tid) {
-        Some(Known::NotTarget | Known::NothingPending) => return 0,
+    // Few of a target's system calls have a walk pending: known from the per-CPU cache,
+    // mostly, before any lookup.
+    match known {
+        Some(Known::NotTarget | Known::NothingPending) => return None,
         Some(Known::Target | Known::Pending) => {}
-        None if !current::is_target(tgid, tid) => return 0,
+        None if !current::is_target(tgid, tid) => return None,
         None => {}
     }
-    let Some(thread) = THREADS.get_ptr_mut(tid) else {
-        return 0;
-    };
+    let thread = THREADS.get_ptr_mut(tid)?;
     let active = active_map();
     if active == RECORDING_STOPPED {
-        return 0;
+        return None;
     }
     // The cache's word is left as it is: written here, it could overwrite the Pending that a
     // switch-in wrote while this program was preempted. Until the next switch-in, this
     // thread's system calls look the entry up.
-    let Some(in_place) = pending_in_place(thread) else {
-        return 0;
-    };
-    let user_stack_id = in_place.then(|| user_stack(&ctx, tgid, unwind::SCRATCH_TASK));
-    record_pending(thread, tgid, tid, active, walked_or_ran_on(user_stack_id));
-    0
+    let in_place = pending_in_place(thread)?;
+    Some((thread, AtExit { in_place, active }))
 }

@@ -1,6 +1,7 @@
 //! System calls: the `raw_syscalls` `sys_enter`/`sys_exit` programs that time the I/O calls of
 //! target threads (per thread, stack, call and file, with latency histograms), stream the files
-//! they open, and add their memory calls (`mmap`, `munmap`, `brk`) to the process totals.
+//! they open, and add their memory calls (`mmap`, `munmap`, `brk`) to the process totals;
+//! `sys_exit` also walks the user stacks of sampled off-CPU periods (`offcpu_stacks`).
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
@@ -17,12 +18,13 @@ use profiler_common::{
 };
 
 use crate::{
-    current,
+    current::{self, Known},
     helpers::{
         active_map, bump, current_tgid_tid, process_memory, read_at, register, stack_sampled,
         user_stack,
     },
     maps::CONTROL,
+    offcpu_stacks,
     process::send_process_event,
     unwind,
 };
@@ -268,51 +270,92 @@ fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
     }
 }
 
-/// A system call returns: account an I/O call of a target thread (time, bytes, file, stack).
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    match try_sys_exit(ctx) {
-        Ok(ret) => ret,
-        Err(ret) => ret,
-    }
+/// An I/O call of a target thread that just returned, accounted once its stack is known.
+#[derive(Clone, Copy)]
+struct IoExit {
+    active: u64,
+    ns: u64,
+    fd: i32,
+    index: u32,
+    file_id: u64,
+    ret: i64,
+    kind: u32,
+    /// Its user stack is walked (see [`stack_sampled`]); it then counts for this long.
+    walk: bool,
+    stack_ns: u64,
 }
 
-#[inline(always)]
-fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
-    // Most system calls are not a target's: known from the per-CPU cache before anything else.
+/// A system call returns. One program for what both the I/O calls and the off-CPU periods
+/// need there, so each system call of the machine pays for one program, not two:
+/// - an I/O call of a target thread is accounted (time, bytes, file, stack);
+/// - a target thread with a sampled off-CPU period pending gets its user stack walked here,
+///   where it stands as it blocked (most periods are spent in a system call).
+///
+/// Both need the same user stack; it is walked once.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let (tgid, tid) = current_tgid_tid();
-    if current::known_not_target(tid) {
-        return Err(0);
+    // Most system calls are not a target's: known from the per-CPU cache before anything else.
+    let known = current::known(tid);
+    if known == Some(Known::NotTarget) {
+        return 0;
     }
     // sys_exit(struct pt_regs *regs, long ret); the call's number is in `orig_ax`.
     let regs: *const pt_regs = ctx.arg(0);
-    if io_call(register(regs, |regs| &regs.orig_rax) as i64).is_none() {
-        return Err(0);
+    let io = match io_call(register(regs, |regs| &regs.orig_rax) as i64) {
+        Some(_) => io_exit(tgid, tid, ctx.arg(1)),
+        None => None,
+    };
+    let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, known);
+    let walk = io.as_ref().is_some_and(|io| io.walk) || offcpu.is_some_and(|(_, at)| at.in_place);
+    let user_stack_id = if walk {
+        user_stack(&ctx, tgid, unwind::SCRATCH_TASK)
+    } else {
+        STACK_ID_UNSAMPLED
+    };
+    if let Some((thread, at)) = offcpu {
+        let walked = at.in_place.then_some(user_stack_id);
+        offcpu_stacks::record_pending(
+            thread,
+            tgid,
+            tid,
+            at.active,
+            offcpu_stacks::walked_or_ran_on(walked),
+        );
     }
-    let entry = IO_PENDING.get_ptr_mut(tid).ok_or(0)?;
+    if let Some(io) = io {
+        account_io(tgid, tid, &io, user_stack_id);
+    }
+    0
+}
+
+/// The I/O call of a target thread that returned with `ret`, if it is one to account after
+/// the stack walk; the rest (memory calls, fd replacements) is done here.
+#[inline(always)]
+fn io_exit(tgid: u32, tid: u32, ret: i64) -> Option<IoExit> {
+    let entry = IO_PENDING.get_ptr_mut(tid)?;
     // SAFETY: the entry of the current thread, which is here and nowhere else.
     let pending = unsafe { *entry };
     if pending.start_ns == 0 {
-        return Err(0);
+        return None;
     }
     // SAFETY: as above.
     unsafe { (*entry).start_ns = 0 };
     let active = active_map();
     if active == RECORDING_STOPPED {
-        return Err(0);
+        return None;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let ns = now.saturating_sub(pending.start_ns);
-    let ret: i64 = ctx.arg(1);
     let kind = pending.call >> 8;
     let index = pending.call & 0xff;
     if kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE {
         forget_replaced_fds(tgid, kind, pending.args, ret);
-        return Ok(0);
+        return None;
     }
     if kind >= io_kind::MMAP {
         record_memory_call(tgid, kind, pending.args[1], ret);
-        return Ok(0);
+        return None;
     }
     let mut fd = pending.args[0] as i32;
     let mut file_id = 0;
@@ -369,16 +412,41 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
         .copied()
         .unwrap_or(0);
     let walk = stack_sampled(ns, below);
-    let (user_stack_id, stack_ns) = if walk {
-        let id = user_stack(&ctx, tgid, unwind::SCRATCH_TASK);
-        (id, ns.max(below))
-    } else {
-        (STACK_ID_UNSAMPLED, 0)
-    };
+    Some(IoExit {
+        active,
+        ns,
+        fd,
+        index,
+        file_id,
+        ret,
+        kind,
+        walk,
+        stack_ns: if walk { ns.max(below) } else { 0 },
+    })
+}
+
+/// Adds an I/O call to its thread's, stack's, call's and file's totals and histograms.
+#[inline(always)]
+fn account_io(tgid: u32, tid: u32, io: &IoExit, user_stack_id: i32) {
+    let IoExit {
+        active,
+        ns,
+        fd,
+        index,
+        file_id,
+        ret,
+        kind,
+        walk,
+        stack_ns,
+    } = *io;
     let key = IoKey {
         tgid,
         tid,
-        user_stack_id,
+        user_stack_id: if walk {
+            user_stack_id
+        } else {
+            STACK_ID_UNSAMPLED
+        },
         call: index,
         fd,
         _pad: 0,
@@ -416,5 +484,4 @@ fn try_sys_exit(ctx: BtfTracePointContext) -> Result<i32, i32> {
             }
         }
     }
-    Ok(0)
 }

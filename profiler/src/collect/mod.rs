@@ -54,15 +54,43 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often sample counts are drained from the kernel.
 const DRAIN_EVERY_TICKS: u32 = 10;
 
-/// Ticks between two decisions of the overhead budget (`--max-overhead`): short enough that a
-/// busy server is within budget a second after the attach.
+/// Ticks between two decisions of the overhead budget (`--max-overhead`) for the first
+/// `BUDGET_SETTLING_TICKS`: short enough that a busy server is within budget a second after
+/// the attach.
 const BUDGET_EVERY_TICKS: u32 = 5;
-/// What the programs cost is measured over the last tick before each decision only: the
-/// kernel's timing of every program run costs two clock reads a run, as much as the cheapest
-/// programs take. A tick is long enough for the CPUs' busy time (counted in 10 ms units) to be
-/// read within about a tenth.
+/// Ticks between two decisions after that. What the programs cost is measured over the last
+/// tick before each decision only: the kernel's timing of every program run costs two clock
+/// reads a run, as much as the cheapest programs take (on a busy database, 3% of the CPUs
+/// while it is on). Once settled, one tick in twenty.
+const BUDGET_SETTLED_EVERY_TICKS: u32 = 20;
+const BUDGET_SETTLING_TICKS: u32 = 40;
+/// A tick is long enough for the CPUs' busy time (counted in 10 ms units) to be read within
+/// about a tenth.
 const BUDGET_MEASURED_TICKS: u32 = 1;
-const _: () = assert!(BUDGET_MEASURED_TICKS >= 1 && BUDGET_MEASURED_TICKS < BUDGET_EVERY_TICKS);
+const _: () = assert!(
+    BUDGET_MEASURED_TICKS >= 1
+        && BUDGET_MEASURED_TICKS < BUDGET_EVERY_TICKS
+        && BUDGET_SETTLING_TICKS.is_multiple_of(BUDGET_EVERY_TICKS)
+        && BUDGET_SETTLING_TICKS.is_multiple_of(BUDGET_SETTLED_EVERY_TICKS)
+);
+
+/// What the overhead budget does at tick `ticks`: whether it decides (closing the measuring
+/// window) and whether it opens the next window, measured until the next decision.
+fn budget_step(ticks: u32) -> (bool, bool) {
+    let every = |ticks: u32| {
+        if ticks <= BUDGET_SETTLING_TICKS {
+            BUDGET_EVERY_TICKS
+        } else {
+            BUDGET_SETTLED_EVERY_TICKS
+        }
+    };
+    let decides = |ticks: u32| ticks.is_multiple_of(every(ticks));
+    let decision = decides(ticks);
+    (
+        decision,
+        !decision && decides(ticks + BUDGET_MEASURED_TICKS),
+    )
+}
 
 /// Re-reads of a process's maps after it execs: the dynamic loader maps libraries only after
 /// the exec notification.
@@ -626,10 +654,10 @@ async fn collect_until_stop(
                 ticks += 1;
                 collection.handle_process_events();
                 collection.sample_memory();
-                if ticks.is_multiple_of(BUDGET_EVERY_TICKS) {
-                    collection.adjust_stack_sampling()?;
-                } else if (ticks + BUDGET_MEASURED_TICKS).is_multiple_of(BUDGET_EVERY_TICKS) {
-                    collection.measure_stack_sampling_cost();
+                match budget_step(ticks) {
+                    (true, _) => collection.adjust_stack_sampling()?,
+                    (false, true) => collection.measure_stack_sampling_cost(),
+                    (false, false) => {}
                 }
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain_tick()?;
@@ -650,4 +678,17 @@ async fn collect_until_stop(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_decides_every_half_second_then_every_two() {
+        let decisions: Vec<u32> = (1..=100).filter(|&tick| budget_step(tick).0).collect();
+        assert_eq!(decisions, [5, 10, 15, 20, 25, 30, 35, 40, 60, 80, 100]);
+        let opened: Vec<u32> = (1..=100).filter(|&tick| budget_step(tick).1).collect();
+        assert_eq!(opened, [4, 9, 14, 19, 24, 29, 34, 39, 59, 79, 99]);
+    }
 }

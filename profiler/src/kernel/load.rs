@@ -24,8 +24,8 @@ use super::{
     },
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
-        ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, OFFCPU_STACKS_PROGRAM, PROCESS_PROGRAMS,
-        RENAME_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
+        ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
+        SCHEDULER_PROGRAMS, SYS_EXIT_PROGRAM, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
         rename_tracepoint_fits,
     },
 };
@@ -109,6 +109,8 @@ impl KernelProbes {
             .member_offset("task_struct", "pid")
             .map_err(ProbeError::Btf)?;
         let track_threads = u32::from(options.scheduler);
+        // Sampled off-CPU periods get their user stacks at system-call exits.
+        let settle_offcpu_at_exit = options.scheduler && options.offcpu_stack_sampling;
         let mut fd_inode_offsets = [0u32; 7];
         if options.io {
             let path = [
@@ -205,6 +207,7 @@ impl KernelProbes {
             .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
             .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
             .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
+            .override_global("SETTLE_AT_EXIT", &u32::from(settle_offcpu_at_exit), true)
             .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
             .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
             .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
@@ -234,8 +237,8 @@ impl KernelProbes {
         }
         if options.scheduler {
             names.extend(SCHEDULER_PROGRAMS);
-            if options.offcpu_stack_sampling {
-                names.push(OFFCPU_STACKS_PROGRAM);
+            if settle_offcpu_at_exit {
+                names.push(SYS_EXIT_PROGRAM);
             }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
@@ -243,7 +246,11 @@ impl KernelProbes {
         }
         let mut open_events = None;
         if options.io || options.alloc {
-            names.extend(SYSCALL_PROGRAMS);
+            for name in SYSCALL_PROGRAMS {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
             let mut syscalls: Array<_, u32> =
                 Array::try_from(ebpf.map_mut("SYSCALLS").expect("SYSCALLS is in the object"))
                     .map_err(map_error("SYSCALLS"))?;
@@ -305,6 +312,7 @@ impl KernelProbes {
             _logger: logger,
             run_time_stats: None,
             deferred,
+            attached: Vec::new(),
         })
     }
 
@@ -372,8 +380,8 @@ impl KernelProbes {
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
-        if self.is_loaded(OFFCPU_STACKS_PROGRAM) {
-            self.attach_tracepoints(&[OFFCPU_STACKS_PROGRAM])?;
+        if self.is_loaded(SYS_EXIT_PROGRAM) {
+            self.attach_tracepoints(&[SYS_EXIT_PROGRAM])?;
         }
         Ok(())
     }
@@ -558,8 +566,12 @@ impl KernelProbes {
         }
     }
 
-    fn attach_tracepoints(&mut self, names: &[&str]) -> Result<(), ProbeError> {
+    /// Attaches BTF tracepoint programs, each once (`sys_exit` serves two event kinds).
+    fn attach_tracepoints(&mut self, names: &[&'static str]) -> Result<(), ProbeError> {
         for &name in names {
+            if self.attached.contains(&name) {
+                continue;
+            }
             let program: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -569,6 +581,7 @@ impl KernelProbes {
             program
                 .attach()
                 .map_err(|err| program_error(format!("attaching to the {name} tracepoint"), err))?;
+            self.attached.push(name);
         }
         Ok(())
     }

@@ -13,14 +13,13 @@ use profiler_common::counter;
 
 use super::{
     error::{ProbeError, map_error},
-    programs::{OFFCPU_STACKS_PROGRAM, SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS},
+    programs::{SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS},
 };
 
 /// The programs whose stack walks the stack-sampling threshold decides.
-const STACK_SAMPLED_PROGRAMS: [&str; 5] = [
+const STACK_SAMPLED_PROGRAMS: [&str; 4] = [
     SCHEDULER_PROGRAMS[0],
     SCHEDULER_PROGRAMS[1],
-    OFFCPU_STACKS_PROGRAM,
     SYSCALL_PROGRAMS[0],
     SYSCALL_PROGRAMS[1],
 ];
@@ -49,6 +48,8 @@ pub struct KernelProbes {
     /// Programs not verified yet, and the kernel's BTF they are verified against (see
     /// [`super::LoadOptions::sample_first`]).
     pub(super) deferred: Option<(Vec<&'static str>, aya::Btf)>,
+    /// The BTF tracepoint programs attached so far.
+    pub(super) attached: Vec<&'static str>,
 }
 
 impl KernelProbes {

@@ -43,7 +43,11 @@ pub(super) fn rename_tracepoint_fits() -> bool {
 
 /// The system-call programs (I/O and memory-mapping calls), BTF tracepoints of
 /// `raw_syscalls`.
-pub(super) const SYSCALL_PROGRAMS: [&str; 2] = ["sys_enter", "sys_exit"];
+pub(super) const SYSCALL_PROGRAMS: [&str; 2] = ["sys_enter", SYS_EXIT_PROGRAM];
+
+/// The system-call exit program: it also walks the user stacks of sampled off-CPU periods,
+/// and is then loaded for the scheduler programs too.
+pub(super) const SYS_EXIT_PROGRAM: &str = "sys_exit";
 
 /// The block-request programs.
 pub(super) const BLOCK_PROGRAMS: [(&str, &str); 2] =
@@ -102,9 +106,6 @@ pub(super) fn ebpf_object() -> &'static [u8] {
 fn has_private_stacks(release: &str) -> bool {
     super::series(release).is_some_and(|series| series >= (6, 13))
 }
-
-/// The program that walks the user stacks of sampled off-CPU periods at system-call exits.
-pub(super) const OFFCPU_STACKS_PROGRAM: &str = "sys_exit_offcpu";
 
 /// The scheduler programs (off-CPU time and run-queue delay), BTF tracepoints.
 pub(super) const SCHEDULER_PROGRAMS: [&str; 2] = ["sched_switch", "sched_wakeup"];
@@ -181,12 +182,11 @@ pub(super) fn load_programs(
 /// then the slowest to verify (the ones that walk user stacks, then the exec hook: on 6.18
 /// the verifier explores 34 000, 31 000, 26 000, 25 000, 25 000 and 14 000 instructions), so
 /// that they do not end up last on a CPU.
-const LOAD_ORDER: [&str; 7] = [
+const LOAD_ORDER: [&str; 6] = [
     LOADER_PROGRAM,
     "sched_switch",
-    "sys_exit",
+    SYS_EXIT_PROGRAM,
     "cpu_sample",
-    "sys_exit_offcpu",
     "alloc_enter",
     "sched_process_exec",
 ];
@@ -196,15 +196,8 @@ fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), Prog
         Program::PerfEvent(program) => program.load(),
         Program::TracePoint(program) => program.load(),
         Program::UProbe(program) => program.load(),
-        // The BTF tracepoints are named as the kernel's tracepoints they attach to, but one.
-        Program::BtfTracePoint(program) => {
-            let tracepoint = if name == OFFCPU_STACKS_PROGRAM {
-                "sys_exit"
-            } else {
-                name
-            };
-            program.load(tracepoint, btf)
-        }
+        // The BTF tracepoints are named as the kernel's tracepoints they attach to.
+        Program::BtfTracePoint(program) => program.load(name, btf),
         other => unreachable!("{name}: a {:?} program", other.prog_type()),
     }
 }
