@@ -16,7 +16,7 @@ use profiler_common::{
 
 use crate::{
     kernel::{
-        object_layout::{Segment, load_bias, segments},
+        object_layout::{Headers, Segment, headers, load_bias},
         probes::KernelProbes,
         unwind_table,
     },
@@ -257,8 +257,11 @@ impl UnwindTables {
         if let Some(key) = self.identities.get(&identity) {
             return self.objects.get(key).cloned();
         }
-        let bytes = procfs::read_object(&mut file)?;
-        let build_id = unwind_table::build_id(&bytes);
+        if !metadata.is_file() || metadata.len() > procfs::MAX_OBJECT_BYTES {
+            return None;
+        }
+        // Its headers only: the rest is read if its table is not in the cache.
+        let Headers { build_id, segments } = headers(&file);
         let key = build_id
             .as_ref()
             .map(|id| [b"build-id:".as_slice(), id].concat())
@@ -285,7 +288,8 @@ impl UnwindTables {
                     .concat(),
                 };
                 let trusted = super::table_cache::trusted_object(&metadata);
-                let table = self.compile(path, &bytes, trusted.then_some(&cache_key[..]), probes);
+                let cache_key = trusted.then_some(&cache_key[..]);
+                let table = self.compile(path, &mut file, segments, cache_key, probes);
                 self.objects.insert(key, table.clone());
                 table
             }
@@ -393,11 +397,11 @@ impl UnwindTables {
     fn compile(
         &mut self,
         path: &str,
-        bytes: &[u8],
+        file: &mut File,
+        segments: Vec<Segment>,
         cache_key: Option<&[u8]>,
         probes: &mut KernelProbes,
     ) -> ObjectTable {
-        let segments = segments(bytes);
         let mut reason = NoTableReason::NoUnwindInfo;
         let cached = self
             .cache
@@ -406,11 +410,14 @@ impl UnwindTables {
             .and_then(|(cache, id)| cache.load(id));
         let compiled = match cached {
             Some(rows) => Ok(rows),
-            None => unwind_table::compile(bytes).inspect(|rows| {
-                if let Some((cache, id)) = self.cache.as_mut().zip(cache_key) {
-                    cache.store(id, rows);
-                }
-            }),
+            None => read_whole(file)
+                .ok_or(unwind_table::CompileError::Unreadable)
+                .and_then(|bytes| unwind_table::compile(&bytes))
+                .inspect(|rows| {
+                    if let Some((cache, id)) = self.cache.as_mut().zip(cache_key) {
+                        cache.store(id, rows);
+                    }
+                }),
         };
         let rows = match compiled {
             Ok(rows) => rows,
@@ -549,6 +556,14 @@ fn piece_mappings(
 
 /// A file as the kernel names it: the device in the kernel's own `dev_t` encoding
 /// (`major << 20 | minor`), not `stat`'s.
+/// The whole of an object file whose headers were read.
+fn read_whole(file: &mut File) -> Option<Vec<u8>> {
+    use std::io::Seek as _;
+
+    file.rewind().ok()?;
+    procfs::read_object(file)
+}
+
 fn file_key(metadata: &std::fs::Metadata) -> FileKey {
     let device = metadata.dev();
     FileKey {
