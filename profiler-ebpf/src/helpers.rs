@@ -122,7 +122,7 @@ pub(crate) fn user_stack<C: EbpfContext>(ctx: &C, tgid: u32, scratch_slot: u32) 
 pub(crate) fn register(regs: *const pt_regs, field: fn(&pt_regs) -> &u64) -> u64 {
     // SAFETY: a typed kernel pointer; the verifier checks the field's offset against the
     // kernel's `pt_regs` and has the load recover from a fault.
-    unsafe { core::ptr::read_volatile(field(&*regs)) }
+    unsafe { *field(&*regs) }
 }
 
 /// Whether an event of `ns` (an off-CPU period, an I/O call) gets its stacks: always at or

@@ -4,7 +4,7 @@
 //! `sys_exit` program, `syscalls`) or switch-out.
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
 };
 use profiler_common::{
     CONTROL_OFFCPU_SAMPLE_BELOW_NS, CONTROL_OFFCPU_SAMPLED, OffCpuKey, OffCpuTime, PendingWalk,
@@ -13,7 +13,7 @@ use profiler_common::{
 
 use crate::{
     current::{self, Known},
-    helpers::{active_map, bump, register},
+    helpers::{active_map, bump},
     maps::{CONTROL, THREADS},
     sched::add_offcpu_time,
 };
@@ -42,10 +42,16 @@ pub(crate) fn user_position(task: *const u8) -> (u64, u64) {
     // SAFETY: a helper valid in every tracing program, given a trusted task pointer.
     let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const pt_regs;
     // Two words, not the whole 168-byte frame: this runs beside a stack walk that holds one.
-    (
-        register(regs, |regs| &regs.rsp),
-        register(regs, |regs| &regs.rip),
-    )
+    // Read by helper, not by plain loads as the system-call programs read theirs: plain loads
+    // here made the scheduler program's frame 8 bytes larger, past the 512 bytes that kernels
+    // before 6.13 allow it with the walker inlined.
+    // SAFETY: only the fields' addresses are computed from `regs`; the reads are checked.
+    unsafe {
+        (
+            bpf_probe_read_kernel(&raw const (*regs).rsp).unwrap_or(0),
+            bpf_probe_read_kernel(&raw const (*regs).rip).unwrap_or(0),
+        )
+    }
 }
 
 /// Whether the current thread has a sampled period pending, and if so whether it still stands
@@ -161,4 +167,20 @@ pub(crate) fn pending_at_exit(
     // thread's system calls look the entry up.
     let in_place = pending_in_place(thread)?;
     Some((thread, AtExit { in_place, active }))
+}
+
+/// A system call returns: on kernels before 6.13, whose object has the stack walker inlined,
+/// the pending periods are settled by this program of their own (see `syscalls::sys_exit`).
+#[cfg(feature = "inline-walk")]
+#[aya_ebpf::macros::btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_offcpu(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    let (tgid, tid) = crate::helpers::current_tgid_tid();
+    let Some((thread, at)) = pending_at_exit(tgid, tid, current::known(tid)) else {
+        return 0;
+    };
+    let walked = at
+        .in_place
+        .then(|| crate::helpers::user_stack(&ctx, tgid, crate::unwind::SCRATCH_TASK));
+    record_pending(thread, tgid, tid, at.active, walked_or_ran_on(walked));
+    0
 }

@@ -270,18 +270,13 @@ fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
     }
 }
 
-/// An I/O call of a target thread that just returned, accounted once its stack is known.
+/// An I/O call of a target thread that returned, timed, to be accounted after the stack
+/// walk by [`account_io`], which reads the rest from its `IO_PENDING` entry: values held
+/// across the walk take stack, which kernels before 6.13 limit to 512 bytes with the walker's.
 #[derive(Clone, Copy)]
-struct IoExit {
-    active: u64,
+struct IoTimed {
     ns: u64,
-    fd: i32,
-    index: u32,
-    file_id: u64,
-    ret: i64,
-    kind: u32,
-    /// Its user stack is walked (see [`stack_sampled`]); it then counts for this long.
-    walk: bool,
+    /// What its walked user stack counts for; 0: not walked.
     stack_ns: u64,
 }
 
@@ -303,11 +298,17 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     // sys_exit(struct pt_regs *regs, long ret); the call's number is in `orig_ax`.
     let regs: *const pt_regs = ctx.arg(0);
     let io = match io_call(register(regs, |regs| &regs.orig_rax) as i64) {
-        Some(_) => io_exit(tgid, tid, ctx.arg(1)),
+        Some(_) => io_timed(tgid, tid, ctx.arg(1)),
         None => None,
     };
-    let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, known);
-    let walk = io.as_ref().is_some_and(|io| io.walk) || offcpu.is_some_and(|(_, at)| at.in_place);
+    // With the walker inlined (kernels before 6.13), a program with both callers of it took
+    // the verifier past its million instructions: there, `sys_exit_offcpu` settles them.
+    let offcpu = if cfg!(feature = "inline-walk") {
+        None
+    } else {
+        offcpu_stacks::pending_at_exit(tgid, tid, known)
+    };
+    let walk = io.is_some_and(|io| io.stack_ns != 0) || offcpu.is_some_and(|(_, at)| at.in_place);
     let user_stack_id = if walk {
         user_stack(&ctx, tgid, unwind::SCRATCH_TASK)
     } else {
@@ -324,39 +325,64 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
         );
     }
     if let Some(io) = io {
-        account_io(tgid, tid, &io, user_stack_id);
+        let user_stack_id = if io.stack_ns != 0 {
+            user_stack_id
+        } else {
+            STACK_ID_UNSAMPLED
+        };
+        account_io(tgid, tid, io, user_stack_id, ctx.arg(1));
     }
     0
 }
 
-/// The I/O call of a target thread that returned with `ret`, if it is one to account after
-/// the stack walk; the rest (memory calls, fd replacements) is done here.
+/// The time of the I/O call of a target thread that returned with `ret`, if it is one to
+/// account after the stack walk; the rest (memory calls, fd replacements) is done here.
 #[inline(always)]
-fn io_exit(tgid: u32, tid: u32, ret: i64) -> Option<IoExit> {
+fn io_timed(tgid: u32, tid: u32, ret: i64) -> Option<IoTimed> {
     let entry = IO_PENDING.get_ptr_mut(tid)?;
     // SAFETY: the entry of the current thread, which is here and nowhere else.
     let pending = unsafe { *entry };
     if pending.start_ns == 0 {
         return None;
     }
-    // SAFETY: as above.
-    unsafe { (*entry).start_ns = 0 };
-    let active = active_map();
-    if active == RECORDING_STOPPED {
-        return None;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let ns = now.saturating_sub(pending.start_ns);
     let kind = pending.call >> 8;
-    let index = pending.call & 0xff;
-    if kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE {
-        forget_replaced_fds(tgid, kind, pending.args, ret);
+    let stopped = active_map() == RECORDING_STOPPED;
+    if stopped || kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE || kind >= io_kind::MMAP {
+        // SAFETY: as above.
+        unsafe { (*entry).start_ns = 0 };
+        if stopped {
+            return None;
+        }
+        if kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE {
+            forget_replaced_fds(tgid, kind, pending.args, ret);
+        } else {
+            record_memory_call(tgid, kind, pending.args[1], ret);
+        }
         return None;
     }
-    if kind >= io_kind::MMAP {
-        record_memory_call(tgid, kind, pending.args[1], ret);
-        return None;
-    }
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.start_ns);
+    // Calls at least this long always get their user stack; a shorter one with probability
+    // (its time / this), weighted at this: stacks' times stay right on average while most
+    // short calls skip the walk, most of a call's cost. 0: every call is walked.
+    let below = CONTROL
+        .get(CONTROL_IO_SAMPLE_BELOW_NS)
+        .copied()
+        .unwrap_or(0);
+    Some(IoTimed {
+        ns,
+        stack_ns: if stack_sampled(ns, below) {
+            ns.max(below).max(1)
+        } else {
+            0
+        },
+    })
+}
+
+/// The file an I/O call's fd names, as its [`IoKey`] gives it, and the fd (the new one for an
+/// open); keeps the fd maps current (an open names its file, a close forgets it).
+#[inline(always)]
+fn io_file(tgid: u32, pending: &IoPending, now: u64, ret: i64) -> (i32, u64) {
+    let kind = pending.call >> 8;
     let mut fd = pending.args[0] as i32;
     let mut file_id = 0;
     if kind == io_kind::OPEN || kind == io_kind::OPEN_AT {
@@ -404,49 +430,32 @@ fn io_exit(tgid: u32, tid: u32, ret: i64) -> Option<IoExit> {
             let _ = FD_INODES.remove(&key);
         }
     }
-    // Calls at least this long always get their user stack; a shorter one with probability
-    // (its time / this), weighted at this: stacks' times stay right on average while most
-    // short calls skip the walk, most of a call's cost. 0: every call is walked.
-    let below = CONTROL
-        .get(CONTROL_IO_SAMPLE_BELOW_NS)
-        .copied()
-        .unwrap_or(0);
-    let walk = stack_sampled(ns, below);
-    Some(IoExit {
-        active,
-        ns,
-        fd,
-        index,
-        file_id,
-        ret,
-        kind,
-        walk,
-        stack_ns: if walk { ns.max(below) } else { 0 },
-    })
+    (fd, file_id)
 }
 
-/// Adds an I/O call to its thread's, stack's, call's and file's totals and histograms.
+/// Adds an I/O call timed by [`io_timed`] to its thread's, stack's, call's and file's totals
+/// and histograms.
 #[inline(always)]
-fn account_io(tgid: u32, tid: u32, io: &IoExit, user_stack_id: i32) {
-    let IoExit {
-        active,
-        ns,
-        fd,
-        index,
-        file_id,
-        ret,
-        kind,
-        walk,
-        stack_ns,
-    } = *io;
+fn account_io(tgid: u32, tid: u32, timed: IoTimed, user_stack_id: i32, ret: i64) {
+    let Some(entry) = IO_PENDING.get_ptr_mut(tid) else {
+        return;
+    };
+    // SAFETY: the entry of the current thread, which is here and nowhere else.
+    let pending = unsafe { *entry };
+    // SAFETY: as above.
+    unsafe { (*entry).start_ns = 0 };
+    let active = active_map();
+    if active == RECORDING_STOPPED {
+        return;
+    }
+    let IoTimed { ns, stack_ns } = timed;
+    let (fd, file_id) = io_file(tgid, &pending, pending.start_ns + ns, ret);
+    let kind = pending.call >> 8;
+    let index = pending.call & 0xff;
     let key = IoKey {
         tgid,
         tid,
-        user_stack_id: if walk {
-            user_stack_id
-        } else {
-            STACK_ID_UNSAMPLED
-        },
+        user_stack_id,
         call: index,
         fd,
         _pad: 0,

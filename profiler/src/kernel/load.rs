@@ -25,8 +25,8 @@ use super::{
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
-        SCHEDULER_PROGRAMS, SYS_EXIT_PROGRAM, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
-        rename_tracepoint_fits,
+        SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
+        offcpu_settling_program, rename_tracepoint_fits,
     },
 };
 use crate::kernel::btf::{self, KernelTypes};
@@ -238,7 +238,7 @@ impl KernelProbes {
         if options.scheduler {
             names.extend(SCHEDULER_PROGRAMS);
             if settle_offcpu_at_exit {
-                names.push(SYS_EXIT_PROGRAM);
+                names.push(offcpu_settling_program());
             }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
@@ -380,8 +380,8 @@ impl KernelProbes {
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
-        if self.is_loaded(SYS_EXIT_PROGRAM) {
-            self.attach_tracepoints(&[SYS_EXIT_PROGRAM])?;
+        if self.is_loaded(offcpu_settling_program()) {
+            self.attach_tracepoints(&[offcpu_settling_program()])?;
         }
         Ok(())
     }

@@ -95,12 +95,32 @@ static EBPF_OBJECT_INLINE_WALK: &[u8] =
 /// about 0.35 s), but kernels before 6.13 have no private stacks for tracing programs and
 /// refuse its frame and its callers' together (544 bytes of 512).
 pub(super) fn ebpf_object() -> &'static [u8] {
-    if cfg!(target_arch = "x86_64") && has_private_stacks(&super::release()) {
+    if global_walker() {
         EBPF_OBJECT
     } else {
         EBPF_OBJECT_INLINE_WALK
     }
 }
+
+/// Whether this kernel takes the object with the global stack walker.
+fn global_walker() -> bool {
+    cfg!(target_arch = "x86_64") && has_private_stacks(&super::release())
+}
+
+/// The program that walks the user stacks of sampled off-CPU periods at system-call exits:
+/// `sys_exit` itself, which then serves both I/O and off-CPU, or in the object with the
+/// walker inlined, a program of its own (with both callers of an inlined walker in one
+/// program, the verifier went past its million instructions).
+pub(super) fn offcpu_settling_program() -> &'static str {
+    if global_walker() {
+        SYS_EXIT_PROGRAM
+    } else {
+        SYS_EXIT_OFFCPU_PROGRAM
+    }
+}
+
+/// [`offcpu_settling_program`] in the object with the walker inlined.
+pub(super) const SYS_EXIT_OFFCPU_PROGRAM: &str = "sys_exit_offcpu";
 
 /// Whether kernel `release` ("6.13.2-amd64") gives tracing programs private stacks (6.13).
 fn has_private_stacks(release: &str) -> bool {
@@ -180,13 +200,14 @@ pub(super) fn load_programs(
 /// The order programs are loaded in: the loader hook first, whose attach (it plants a
 /// breakpoint in every process that maps the loader) then overlaps the others' verification;
 /// then the slowest to verify (the ones that walk user stacks, then the exec hook: on 6.18
-/// the verifier explores 34 000, 31 000, 26 000, 25 000, 25 000 and 14 000 instructions), so
-/// that they do not end up last on a CPU.
-const LOAD_ORDER: [&str; 6] = [
+/// the verifier explores 47 000, 35 000, 26 000, 25 000 and 14 000 instructions), so that
+/// they do not end up last on a CPU.
+const LOAD_ORDER: [&str; 7] = [
     LOADER_PROGRAM,
-    "sched_switch",
     SYS_EXIT_PROGRAM,
+    "sched_switch",
     "cpu_sample",
+    SYS_EXIT_OFFCPU_PROGRAM,
     "alloc_enter",
     "sched_process_exec",
 ];
@@ -196,8 +217,15 @@ fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), Prog
         Program::PerfEvent(program) => program.load(),
         Program::TracePoint(program) => program.load(),
         Program::UProbe(program) => program.load(),
-        // The BTF tracepoints are named as the kernel's tracepoints they attach to.
-        Program::BtfTracePoint(program) => program.load(name, btf),
+        // The BTF tracepoints are named as the kernel's tracepoints they attach to, but one.
+        Program::BtfTracePoint(program) => {
+            let tracepoint = if name == SYS_EXIT_OFFCPU_PROGRAM {
+                SYS_EXIT_PROGRAM
+            } else {
+                name
+            };
+            program.load(tracepoint, btf)
+        }
         other => unreachable!("{name}: a {:?} program", other.prog_type()),
     }
 }
