@@ -6,7 +6,8 @@
 //! the workload minus the time just before the benchmark spawned the tool. perf records
 //! monotonic timestamps (`-k CLOCK_MONOTONIC`), bpftrace prints `nsecs` (the same clock) at its
 //! first sample, and the profiler reports its first sample in `summary.json`, relative to its
-//! own start (a millisecond or so after the spawn, not counted).
+//! own start (a millisecond or so after the spawn, not counted). profile-bee reports none: its
+//! sampling program's first run, polled (see [`profile_bee_first_run_ms`]).
 
 use std::{
     fmt::Write as _,
@@ -47,6 +48,8 @@ enum Tool {
     Perf,
     /// `bpftrace` with a `profile:hz:99` probe filtered to the workload.
     Bpftrace,
+    /// profile-bee `--dwarf` at 99 Hz.
+    ProfileBee,
 }
 
 impl Tool {
@@ -56,18 +59,20 @@ impl Tool {
             Tool::Profiler(events, Cache::Warm) => format!("profiler `-e {events}`, warm cache"),
             Tool::Perf => "perf `record -g`".to_owned(),
             Tool::Bpftrace => "bpftrace `profile:hz:99`".to_owned(),
+            Tool::ProfileBee => "profile-bee 0.3.13 `--dwarf`".to_owned(),
         }
     }
 }
 
 const ALL_EVENTS: &str = "cpu,offcpu,io,alloc";
-const TOOLS: [Tool; 6] = [
+const TOOLS: [Tool; 7] = [
     Tool::Profiler("cpu", Cache::Warm),
     Tool::Profiler("cpu", Cache::Cold),
     Tool::Profiler(ALL_EVENTS, Cache::Warm),
     Tool::Profiler(ALL_EVENTS, Cache::Cold),
     Tool::Perf,
     Tool::Bpftrace,
+    Tool::ProfileBee,
 ];
 
 /// What is profiled.
@@ -187,8 +192,22 @@ fn first_sample_ms(
             }
             command
         }
+        Tool::ProfileBee => {
+            let mut command = Command::new(crate::bench_unwind::profile_bee()?);
+            command
+                .args(["--dwarf", "-f", "99", "-t", "1000", "-o"])
+                .arg(scratch.join("profile-bee.folded"));
+            match attach_to {
+                Some(pid) => command.args(["-p", &pid.to_string()]),
+                None => command.arg("--").args(&launched),
+            };
+            command
+        }
     };
     command.stdout(Stdio::piped()).stderr(Stdio::null());
+    if let Tool::ProfileBee = tool {
+        return profile_bee_first_run_ms(command);
+    }
     let spawned_ns = monotonic_ns();
     let child = command
         .spawn()
@@ -229,7 +248,32 @@ fn first_sample_ms(
                 .context("bpftrace printed no sample")?;
             Ok(since_spawn(ns))
         }
+        Tool::ProfileBee => unreachable!("timed by profile_bee_first_run_ms"),
     }
+}
+
+/// profile-bee writes no timestamps: its first sample is taken as the first run of its
+/// sampling program (the kernel's run count, which it attaches to the workload's samples
+/// only), polled, so the figure is late by up to a poll (bpftool, about 10 ms).
+fn profile_bee_first_run_ms(mut command: Command) -> anyhow::Result<f64> {
+    let _stats = crate::bench_unwind::BpfStats::enable()?;
+    let spawned_ns = monotonic_ns();
+    let mut child = command.spawn().context("starting profile-bee")?;
+    let mut first = None;
+    while child.try_wait()?.is_none() {
+        if first.is_none()
+            && crate::bench_unwind::program_stats("profile_cpu").is_some_and(|(_, runs)| runs > 0)
+        {
+            first = Some(monotonic_ns());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("profile-bee failed: {status}");
+    }
+    let first = first.context("profile-bee's sampling program never ran")?;
+    Ok((first - spawned_ns) as f64 / 1e6)
 }
 
 /// The profiler's cache folder for `cache`: the warm one kept from run to run, the cold one

@@ -232,7 +232,7 @@ fn measure(
 }
 
 /// profile-bee's binary: on `PATH`, or installed into `target/peers` (a 10-minute build).
-fn profile_bee() -> anyhow::Result<PathBuf> {
+pub(crate) fn profile_bee() -> anyhow::Result<PathBuf> {
     let installed = root().join("target/peers/bin/probee");
     if installed.exists() {
         return Ok(installed);
