@@ -554,8 +554,6 @@ fn piece_mappings(
     })
 }
 
-/// A file as the kernel names it: the device in the kernel's own `dev_t` encoding
-/// (`major << 20 | minor`), not `stat`'s.
 /// The whole of an object file whose headers were read.
 fn read_whole(file: &mut File) -> Option<Vec<u8>> {
     use std::io::Seek as _;
@@ -564,6 +562,8 @@ fn read_whole(file: &mut File) -> Option<Vec<u8>> {
     procfs::read_object(file)
 }
 
+/// A file as the kernel names it: the device in the kernel's own `dev_t` encoding
+/// (`major << 20 | minor`), not `stat`'s.
 fn file_key(metadata: &std::fs::Metadata) -> FileKey {
     let device = metadata.dev();
     FileKey {
