@@ -275,6 +275,8 @@ fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
 /// across the walk take stack, which kernels before 6.13 limit to 512 bytes with the walker's.
 #[derive(Clone, Copy)]
 struct IoTimed {
+    /// The thread's `IO_PENDING` entry.
+    entry: *mut IoPending,
     ns: u64,
     /// What its walked user stack counts for; 0: not walked.
     stack_ns: u64,
@@ -369,6 +371,7 @@ fn io_timed(tgid: u32, tid: u32, ret: i64) -> Option<IoTimed> {
         .copied()
         .unwrap_or(0);
     Some(IoTimed {
+        entry,
         ns,
         stack_ns: if stack_sampled(ns, below) {
             ns.max(below).max(1)
@@ -437,9 +440,11 @@ fn io_file(tgid: u32, pending: &IoPending, now: u64, ret: i64) -> (i32, u64) {
 /// and histograms.
 #[inline(always)]
 fn account_io(tgid: u32, tid: u32, timed: IoTimed, user_stack_id: i32, ret: i64) {
-    let Some(entry) = IO_PENDING.get_ptr_mut(tid) else {
-        return;
-    };
+    let IoTimed {
+        entry,
+        ns,
+        stack_ns,
+    } = timed;
     // SAFETY: the entry of the current thread, which is here and nowhere else.
     let pending = unsafe { *entry };
     // SAFETY: as above.
@@ -448,7 +453,6 @@ fn account_io(tgid: u32, tid: u32, timed: IoTimed, user_stack_id: i32, ret: i64)
     if active == RECORDING_STOPPED {
         return;
     }
-    let IoTimed { ns, stack_ns } = timed;
     let (fd, file_id) = io_file(tgid, &pending, pending.start_ns + ns, ret);
     let kind = pending.call >> 8;
     let index = pending.call & 0xff;
