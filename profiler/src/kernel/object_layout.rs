@@ -18,8 +18,9 @@ pub(super) struct Headers {
     pub segments: Vec<Segment>,
 }
 
-/// Note segments larger than this are not searched for a build-id (a GNU build-id note is 36
-/// bytes; a hostile file could claim gigabytes).
+/// Most bytes of note segments searched for a build-id, all segments together (a GNU build-id
+/// note is 36 bytes; each segment read is kept until the headers are parsed, and a hostile
+/// file could have thousands).
 const MAX_NOTES_BYTES: u64 = 64 * 1024;
 
 /// The build-id and loadable segments of a 64-bit ELF object (empty if it is not one), from
@@ -35,13 +36,19 @@ pub(super) fn headers(file: &std::fs::File) -> Headers {
     let Ok(header) = elf::FileHeader64::<object::Endianness>::parse(&data) else {
         return Headers::default();
     };
-    let Ok((endian, program_headers)) = header
-        .endian()
-        .and_then(|endian| Ok((endian, header.program_headers(endian, &data)?)))
-    else {
+    let Ok(endian) = header.endian() else {
+        return Headers::default();
+    };
+    // More program headers than the field holds are counted elsewhere (`PN_XNUM`), up to
+    // 2^32: no object has so many, and a hostile one would have them all read.
+    if header.e_phnum.get(endian) == elf::PN_XNUM {
+        return Headers::default();
+    }
+    let Ok(program_headers) = header.program_headers(endian, &data) else {
         return Headers::default();
     };
     let mut headers = Headers::default();
+    let mut notes_budget = MAX_NOTES_BYTES;
     for program_header in program_headers {
         let (file_offset, file_size) = program_header.file_range(endian);
         match program_header.p_type(endian) {
@@ -51,7 +58,8 @@ pub(super) fn headers(file: &std::fs::File) -> Headers {
                 file_size,
                 executable: program_header.p_flags(endian) & elf::PF_X != 0,
             }),
-            elf::PT_NOTE if headers.build_id.is_none() && file_size <= MAX_NOTES_BYTES => {
+            elf::PT_NOTE if headers.build_id.is_none() && file_size <= notes_budget => {
+                notes_budget -= file_size;
                 let Ok(Some(mut notes)) = program_header.notes(endian, &data) else {
                     continue;
                 };
@@ -137,6 +145,62 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    /// An ELF64 file whose program headers are `notes` PT_NOTE segments of `note_size` zero
+    /// bytes each, then one holding a GNU build-id note `\x01\x02\x03\x04`.
+    fn elf_with_notes(notes: usize, note_size: usize) -> std::fs::File {
+        let phnum = notes + 1;
+        let data_at = 64 + 56 * phnum;
+        let mut bytes = vec![0u8; 64];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        bytes[4] = 2; // 64-bit
+        bytes[5] = 1; // little-endian
+        bytes[6] = 1; // version
+        bytes[16..18].copy_from_slice(&3u16.to_le_bytes()); // ET_DYN
+        bytes[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        bytes[20..24].copy_from_slice(&1u32.to_le_bytes());
+        bytes[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        bytes[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        bytes[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        bytes[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+        let build_id_note: Vec<u8> = [4u32, 4, object::elf::NT_GNU_BUILD_ID]
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .chain(*b"GNU\0")
+            .chain([1, 2, 3, 4])
+            .collect();
+        let build_id_at = data_at + notes * note_size;
+        for index in 0..phnum {
+            let (offset, size) = if index < notes {
+                (data_at + index * note_size, note_size)
+            } else {
+                (build_id_at, build_id_note.len())
+            };
+            let mut header = vec![0u8; 56];
+            header[..4].copy_from_slice(&object::elf::PT_NOTE.to_le_bytes());
+            header[8..16].copy_from_slice(&(offset as u64).to_le_bytes());
+            header[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+            header[40..48].copy_from_slice(&(size as u64).to_le_bytes());
+            header[48..56].copy_from_slice(&4u64.to_le_bytes());
+            bytes.extend(header);
+        }
+        bytes.resize(build_id_at, 0);
+        bytes.extend(build_id_note);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+        file
+    }
+
+    #[test]
+    fn note_segments_are_read_within_one_budget_for_all() {
+        assert_eq!(
+            headers(&elf_with_notes(3, 1024)).build_id.as_deref(),
+            Some(&[1, 2, 3, 4][..])
+        );
+        // Four segments of 16 KiB use up the budget: the build-id after them is not read (a
+        // hostile file with thousands of them made the collector hold gigabytes).
+        assert_eq!(headers(&elf_with_notes(4, 16 * 1024)).build_id, None);
     }
 
     #[test]

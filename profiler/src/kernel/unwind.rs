@@ -262,6 +262,11 @@ impl UnwindTables {
         }
         // Its headers only: the rest is read if its table is not in the cache.
         let Headers { build_id, segments } = headers(&file);
+        // Objects share a table by build-id, in this run and on disk, only if no other user
+        // could have written them: a user's file could carry libc's build-id and a forged
+        // table, with which every process's libc would then be walked.
+        let trusted = super::table_cache::trusted_object(&metadata);
+        let build_id = build_id.filter(|_| trusted);
         let key = build_id
             .as_ref()
             .map(|id| [b"build-id:".as_slice(), id].concat())
@@ -287,7 +292,6 @@ impl UnwindTables {
                     ]
                     .concat(),
                 };
-                let trusted = super::table_cache::trusted_object(&metadata);
                 let cache_key = trusted.then_some(&cache_key[..]);
                 let table = self.compile(path, &mut file, segments, cache_key, probes);
                 self.objects.insert(key, table.clone());
