@@ -97,8 +97,8 @@ impl TableCache {
                 )));
             }
         }
-        // The writer has a descriptor of its own: an `OutputDir` is used by one thread.
-        let writer_folder = OutputDir::prepare_private_own(path)?;
+        // The writer has descriptors of its own: an `OutputDir` is used by one thread.
+        let writer_folder = folder.try_clone()?;
         let (to_write, written) = mpsc::sync_channel::<(String, Vec<u8>)>(PENDING_WRITES);
         let (done, writer_done) = mpsc::channel();
         let writer = std::thread::Builder::new()

@@ -30,6 +30,23 @@ impl OutputDir {
         Ok(out)
     }
 
+    /// The same folder, for another thread (an `OutputDir` is used by one): its descriptors
+    /// duplicated, not its path walked again, which someone could have swapped meanwhile.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        let folder = std::cell::OnceCell::new();
+        if let Some(fd) = self.folder.get() {
+            let _ = folder.set(fd.try_clone()?);
+        }
+        Ok(OutputDir {
+            path: self.path.clone(),
+            existing: self.existing.try_clone()?,
+            missing: self.missing.clone(),
+            private: self.private,
+            folder,
+            invoker: self.invoker.clone(),
+        })
+    }
+
     /// The regular files of the folder's owner that `wanted` picks by name; none while the
     /// folder is still to be made.
     pub fn files_of_owner(&self, wanted: impl Fn(&str) -> bool) -> io::Result<Vec<OwnedFile>> {
