@@ -257,7 +257,7 @@ pub async fn run(spec: TargetSpec, config: RunConfig) -> Result<Outcome, Collect
         unwind: collected.unwind.take(),
         jit: collected.jit.take(),
         python: collected.spaces.python().stats(),
-        kernel: kernel_release(),
+        kernel: crate::kernel::release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
     };
@@ -358,10 +358,6 @@ fn start(
         child,
         attach_ms,
     })
-}
-
-fn kernel_release() -> String {
-    crate::kernel::release()
 }
 
 /// What is profiled, as the profile names it.

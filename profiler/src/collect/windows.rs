@@ -11,7 +11,7 @@ use super::{
     Clock, CollectError, Started, collect_until_stop,
     collected::Collected,
     collection::{Collection, ProcessTable},
-    describe_target, kernel_release,
+    describe_target,
     stack_ages::StackAges,
     start,
     stop::Stop,
@@ -83,7 +83,7 @@ pub async fn run_windows(
         unwind: None,
         jit: None,
         python: None,
-        kernel: kernel_release(),
+        kernel: crate::kernel::release(),
         profiler_version: env!("CARGO_PKG_VERSION").to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
     };
