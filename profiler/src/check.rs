@@ -120,7 +120,7 @@ pub fn run_checks() -> Vec<Check> {
         sample_first: false,
         report_untargeted_execs: false,
     };
-    let mut probes = match KernelProbes::load(options) {
+    let mut probes = match KernelProbes::load(options, &[]) {
         Ok(probes) => probes,
         Err(err) => {
             // Blame the verifier only when it was the verifier: a tracefs this user cannot

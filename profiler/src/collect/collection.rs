@@ -307,22 +307,38 @@ impl Collection {
         let Some(memory) = self.memory.as_mut() else {
             return Ok(());
         };
-        for object in allocators::allocator_objects(&procfs::proc_root(), pid, program) {
-            if !memory.probed.insert((pid, object.identity)) {
-                continue;
-            }
-            let attached =
-                self.probes
-                    .attach_allocator(pid, &object.attach_path, &object.probe_list())?;
-            log::info!(
-                "process {pid}: {attached} allocator probes in {}",
-                object.path
-            );
-            if !memory.objects.iter().any(|o| o.identity == object.identity) {
-                memory.objects.push(object);
-            }
+        let objects: Vec<AllocatorObject> =
+            allocators::allocator_objects(&procfs::proc_root(), pid, program)
+                .into_iter()
+                // Marked before the attach: an object whose probes fail is not tried again.
+                .filter(|object| memory.probed.insert((pid, object.identity)))
+                .collect();
+        for object in objects {
+            self.probes
+                .attach_allocator(pid, &object.attach_path, &object.probe_list())?;
+            self.note_allocator_probed(pid, object);
         }
         Ok(())
+    }
+
+    /// Records that the allocator functions of `object` are probed in process `pid`.
+    pub(super) fn note_allocator_probed(&mut self, pid: u32, object: AllocatorObject) {
+        let Some(memory) = self.memory.as_mut() else {
+            return;
+        };
+        memory.probed.insert((pid, object.identity));
+        let probes: usize = object
+            .probe_list()
+            .iter()
+            .map(|&(.., is_free)| if is_free { 1 } else { 2 })
+            .sum();
+        log::info!(
+            "process {pid}: {probes} allocator probes in {}",
+            object.path
+        );
+        if !memory.objects.iter().any(|o| o.identity == object.identity) {
+            memory.objects.push(object);
+        }
     }
 
     /// Adds a row to the memory timeline.

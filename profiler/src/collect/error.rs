@@ -34,9 +34,6 @@ pub enum CollectError {
     /// Loading, attaching or reading the programs failed.
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    /// The allocator of the launched command could not be probed.
-    #[error("cannot probe the allocator")]
-    Allocator(#[source] ProbeError),
     /// SIGINT or SIGTERM came before collection started.
     #[error("{0} while the programs were loading; nothing was profiled")]
     StoppedWhileLoading(&'static str),

@@ -7,7 +7,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapError},
     programs::{
-        BtfTracePoint, PerfEvent, Program, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, Program, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
@@ -28,6 +28,7 @@ use super::{
         SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
         offcpu_settling_program, rename_tracepoint_fits,
     },
+    uprobes::AllocatorProbes,
 };
 use crate::kernel::btf::{self, KernelTypes};
 
@@ -94,9 +95,15 @@ fn attach_classic_tracepoints(
 }
 
 impl KernelProbes {
-    /// Loads the programs into the kernel (nothing is attached yet). With `verbose`, the
-    /// programs' own log lines are forwarded to the `log` crate; needs a tokio runtime.
-    pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
+    /// Loads the programs into the kernel; nothing is attached yet but the loader hook and
+    /// `allocators`, each as soon as its programs are verified (the command they probe is held
+    /// before its exec). With `verbose`, the programs' own log lines are forwarded to the
+    /// `log` crate; needs a tokio runtime.
+    pub fn load(options: LoadOptions, allocators: &[AllocatorProbes]) -> Result<Self, ProbeError> {
+        let started = std::time::Instant::now();
+        // aya parses the kernel's BTF in `EbpfLoader::new`, 20 ms here: on another CPU, while
+        // the struct offsets are read from it here.
+        let new_loader = std::thread::spawn(EbpfLoader::new);
         let btf_blob = std::fs::read(btf::VMLINUX_BTF).map_err(|source| ProbeError::NoBtf {
             path: btf::VMLINUX_BTF,
             source,
@@ -172,8 +179,9 @@ impl KernelProbes {
             ("task_struct", "mm"),
             ("mm_struct", "start_code"),
         ]);
-        // aya parses the kernel's BTF in `EbpfLoader::new` for itself and does not share it; the
-        // BTF tracepoints need a copy of their own, parsed meanwhile on another CPU (20 ms).
+        // aya keeps its parse of the kernel's BTF to itself; the BTF tracepoints need a copy of
+        // their own, parsed on another CPU while the object is loaded.
+        let mut loader = new_loader.join().expect("parsing BTF does not panic");
         let sys_btf = std::thread::spawn(Btf::from_sys_fs);
         let block_field_offsets = if options.io {
             block_field_offsets()?
@@ -182,7 +190,6 @@ impl KernelProbes {
         };
         let log_level: u8 = if options.verbose { 0xff } else { 0 };
         let unwind_with_tables = u32::from(options.unwind_rows.is_some());
-        let mut loader = EbpfLoader::new();
         // Maps of event kinds not collected get one entry: creating them in full took 20 ms
         // (the live-allocation map alone 10).
         if !options.alloc {
@@ -286,29 +293,64 @@ impl KernelProbes {
         } else {
             Vec::new()
         };
-        // The loader hook is attached as soon as it is verified, while the other programs
-        // are: the kernel plants its breakpoint in every process that maps the loader.
-        let loader_hook = Mutex::new(None);
+        log::debug!(
+            "object loaded in {:.0} ms: BTF read, maps made",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        // The first chunk of unwind rows is made meanwhile: giving it to the unwinder waits
+        // for an RCU grace period (10 ms here), as a probe's attach does.
+        let first_chunk = match options.unwind_rows {
+            Some(_) => Some(super::unwind_maps::spawn_first_chunk(&ebpf)?),
+            None => None,
+        };
+        // The loader hook and the allocator probes are attached as soon as their programs
+        // are verified, while the others are: each attach waits on the kernel.
+        let links = Mutex::new(Vec::new());
+        let attach_error = Mutex::new(None);
         load_programs(&mut ebpf, &names, &btf, &|name, program| {
-            if name == LOADER_PROGRAM
-                && let Program::UProbe(program) = program
-            {
-                *loader_hook.lock().expect("no panics while held") =
-                    super::programs::attach_loader_hook(program);
+            let Program::UProbe(program) = program else {
+                return;
+            };
+            let attached = if name == LOADER_PROGRAM {
+                Ok(super::programs::attach_loader_hook(program)
+                    .into_iter()
+                    .collect())
+            } else {
+                allocators
+                    .iter()
+                    .map(|probes| super::uprobes::attach(name, program, probes))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|links| links.into_iter().flatten().collect::<Vec<_>>())
+            };
+            match attached {
+                Ok(attached) => links.lock().expect("no panics while held").extend(attached),
+                Err(err) => {
+                    attach_error
+                        .lock()
+                        .expect("no panics while held")
+                        .get_or_insert(err);
+                }
             }
         })?;
+        if let Some(err) = attach_error.into_inner().expect("no panics while held") {
+            return Err(err);
+        }
+        let unwind_chunks = match first_chunk {
+            Some(thread) => vec![thread.join().expect("making a map does not panic")?],
+            None => Vec::new(),
+        };
+        log::debug!(
+            "programs loaded in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
         let deferred = (!later.is_empty()).then_some((later, btf));
         Ok(KernelProbes {
-            uprobe_links: loader_hook
-                .into_inner()
-                .expect("no panics while held")
-                .into_iter()
-                .collect(),
+            uprobe_links: links.into_inner().expect("no panics while held"),
             ebpf,
             process_events,
             open_events,
             active_sample_map: 0,
-            unwind_chunks: Vec::new(),
+            unwind_chunks,
             _logger: logger,
             run_time_stats: None,
             deferred,
@@ -412,61 +454,6 @@ impl KernelProbes {
     /// Starts timing the block requests the targets issue.
     pub fn attach_block(&mut self) -> Result<(), ProbeError> {
         attach_classic_tracepoints(&mut self.ebpf, BLOCK_PROGRAMS)
-    }
-
-    /// Probes the allocator functions of `object` in process `pid`: `(function name, the
-    /// probe's offset in the file, cookie, is free)` each. Returns how many probes were attached.
-    pub fn attach_allocator(
-        &mut self,
-        pid: u32,
-        path: &std::path::Path,
-        functions: &[(&str, u64, u64, bool)],
-    ) -> Result<usize, ProbeError> {
-        use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-
-        let scope =
-            UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).expect("pids are not 0"));
-        let mut attached = 0;
-        for &(name, offset, cookie, is_free) in functions {
-            let programs: &[&str] = if is_free {
-                &["free_enter"]
-            } else {
-                &["alloc_enter", "alloc_return"]
-            };
-            for &program_name in programs {
-                let program: &mut UProbe = self
-                    .ebpf
-                    .program_mut(program_name)
-                    .expect("uprobe program is in the object")
-                    .try_into()
-                    .expect("uprobe program");
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: Some(cookie),
-                };
-                let what = || format!("attaching to {name} in {} of process {pid}", path.display());
-                let id = program
-                    .attach(point, path, scope)
-                    .map_err(|err| program_error(what(), err))?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|err| program_error(what(), err))?;
-                self.uprobe_links.push(link);
-                attached += 1;
-            }
-        }
-        Ok(attached)
-    }
-
-    /// Detaches the allocator probes, all at once. Each uprobe detach waits for an RCU grace
-    /// period (over 100 ms here); one after the other, twenty of them took 2.6 s.
-    pub fn detach_uprobes(&mut self) {
-        let links = std::mem::take(&mut self.uprobe_links);
-        std::thread::scope(|scope| {
-            for link in links {
-                scope.spawn(move || drop(link));
-            }
-        });
     }
 
     /// Forgets the open files of processes that exited.

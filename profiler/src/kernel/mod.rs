@@ -18,12 +18,14 @@ pub mod tracefs;
 pub mod unwind;
 mod unwind_maps;
 pub mod unwind_table;
+mod uprobes;
 
 pub use error::ProbeError;
 pub use load::LoadOptions;
 pub use maps::{Drained, IoExtras};
 pub use probes::{Counters, KernelProbes};
 pub use unwind_maps::WalkedStack;
+pub use uprobes::AllocatorProbes;
 
 /// The running kernel's release (`6.18.44-amd64`), empty if unknown.
 pub fn release() -> String {

@@ -150,8 +150,11 @@ pub(super) fn load_programs(
             .position(|first| first == name)
             .unwrap_or(LOAD_ORDER.len())
     });
+    // One more than the CPUs: a program attached as it is loaded waits for the kernel (an
+    // RCU grace period), and its CPU would idle meanwhile.
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
+        .saturating_add(1)
         .min(programs.len());
     let queue = Mutex::new(programs.into_iter());
     let failures = Mutex::new(Vec::new());
@@ -197,18 +200,21 @@ pub(super) fn load_programs(
     }
 }
 
-/// The order programs are loaded in: the loader hook first, whose attach (it plants a
-/// breakpoint in every process that maps the loader) then overlaps the others' verification;
-/// then the slowest to verify (the ones that walk user stacks, then the exec hook: on 6.18
-/// the verifier explores 47 000, 35 000, 26 000, 25 000 and 14 000 instructions), so that
-/// they do not end up last on a CPU.
-const LOAD_ORDER: [&str; 7] = [
+/// The order programs are loaded in: first those attached as soon as they are verified, the
+/// loader hook (it plants a breakpoint in every process that maps the loader) and the quick
+/// allocator probes, whose attaches then overlap the others' verification; then the slowest
+/// to verify (the ones that walk user stacks, then the exec hook: on 6.18 the verifier
+/// explores 47 000, 35 000, 26 000, 25 000 and 14 000 instructions), so that they do not end
+/// up last on a CPU.
+const LOAD_ORDER: [&str; 9] = [
     LOADER_PROGRAM,
+    ALLOC_PROGRAMS[1],
+    ALLOC_PROGRAMS[2],
     SYS_EXIT_PROGRAM,
     "sched_switch",
+    ALLOC_PROGRAMS[0],
     "cpu_sample",
     SYS_EXIT_OFFCPU_PROGRAM,
-    "alloc_enter",
     "sched_process_exec",
 ];
 

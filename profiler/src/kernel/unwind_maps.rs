@@ -1,14 +1,16 @@
 //! The unwinder's maps: the chunks of rows, each process's mappings, each object's rows by
 //! file.
 
-use aya::maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData};
+use aya::maps::{ArrayOfMaps, HashMap as BpfHashMap, Map, MapData};
 use profiler_common::{
     FileKey, MAX_UNWIND_CHUNKS, ObjectUnwind, ProcessUnwind, PythonProcess, UNWIND_CHUNK_ROWS,
     UNWIND_CHUNK_SHIFT, UnwindRow, UserStack,
 };
 
+use std::os::fd::AsFd as _;
+
 use super::{
-    error::ProbeError,
+    error::{ProbeError, map_error},
     probes::{KernelProbes, insert_entry, read_hash_map_as, remove_keys},
 };
 
@@ -21,7 +23,7 @@ impl KernelProbes {
     /// a shared mapping of the chunk (one copy, however many rows); the chunk is made when
     /// it is the one after the last made.
     pub fn write_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
+        use std::os::fd::AsRawFd as _;
 
         let chunk = (first >> UNWIND_CHUNK_SHIFT) as usize;
         let offset = (first & (UNWIND_CHUNK_ROWS - 1)) as usize;
@@ -62,35 +64,14 @@ impl KernelProbes {
         Ok(())
     }
 
-    /// Makes the next chunk of rows (8 MiB of kernel memory) and gives it to the unwinder.
+    /// Makes the next chunk of rows and gives it to the unwinder.
     fn add_unwind_chunk(&mut self) -> Result<(), ProbeError> {
-        use aya_obj::generated::{BPF_F_MMAPABLE, bpf_map_type::BPF_MAP_TYPE_ARRAY};
-
         let index = self.unwind_chunks.len() as u32;
-        if index >= MAX_UNWIND_CHUNKS {
-            return Err(ProbeError::UnwindRows(format!(
-                "all {MAX_UNWIND_CHUNKS} chunks of rows are in use"
-            )));
-        }
-        // The same definition as the object's inner map: the kernel accepts no other.
-        let definition = aya_obj::Map::new_from_params(
-            BPF_MAP_TYPE_ARRAY as u32,
-            size_of::<u32>() as u32,
-            size_of::<UnwindRow>() as u32,
-            UNWIND_CHUNK_ROWS,
-            BPF_F_MMAPABLE,
-        );
-        let chunk = MapData::create(definition, "unwind_rows", None)
-            .map_err(|err| ProbeError::UnwindRows(format!("making chunk {index}: {err}")))?;
         let map = self
             .ebpf
             .map_mut("UNWIND_CHUNKS")
             .expect("UNWIND_CHUNKS is in the object");
-        let mut chunks: ArrayOfMaps<&mut MapData, MapData> =
-            ArrayOfMaps::try_from(map).map_err(super::error::map_error("UNWIND_CHUNKS"))?;
-        chunks
-            .set(index, &chunk, 0)
-            .map_err(super::error::map_error("UNWIND_CHUNKS"))?;
+        let chunk = make_chunk(index, map)?;
         self.unwind_chunks.push(chunk);
         Ok(())
     }
@@ -150,4 +131,52 @@ impl KernelProbes {
             (stack.frames[..len].to_vec(), stack.end)
         })
     }
+}
+
+/// Makes chunk `index` of rows (8 MiB of kernel memory) and gives it to the unwinder through
+/// `chunks`, its `UNWIND_CHUNKS` map.
+fn make_chunk(index: u32, chunks: &mut Map) -> Result<MapData, ProbeError> {
+    use aya_obj::generated::{BPF_F_MMAPABLE, bpf_map_type::BPF_MAP_TYPE_ARRAY};
+
+    if index >= MAX_UNWIND_CHUNKS {
+        return Err(ProbeError::UnwindRows(format!(
+            "all {MAX_UNWIND_CHUNKS} chunks of rows are in use"
+        )));
+    }
+    // The same definition as the object's inner map: the kernel accepts no other.
+    let definition = aya_obj::Map::new_from_params(
+        BPF_MAP_TYPE_ARRAY as u32,
+        size_of::<u32>() as u32,
+        size_of::<UnwindRow>() as u32,
+        UNWIND_CHUNK_ROWS,
+        BPF_F_MMAPABLE,
+    );
+    let chunk = MapData::create(definition, "unwind_rows", None)
+        .map_err(|err| ProbeError::UnwindRows(format!("making chunk {index}: {err}")))?;
+    let mut chunks: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(chunks).map_err(map_error("UNWIND_CHUNKS"))?;
+    chunks
+        .set(index, &chunk, 0)
+        .map_err(map_error("UNWIND_CHUNKS"))?;
+    Ok(chunk)
+}
+
+/// Makes the first chunk of rows on another thread, through a descriptor of its own on
+/// `UNWIND_CHUNKS`, while the programs are verified.
+pub(super) fn spawn_first_chunk(
+    ebpf: &aya::Ebpf,
+) -> Result<std::thread::JoinHandle<Result<MapData, ProbeError>>, ProbeError> {
+    let Some(Map::ArrayOfMaps(chunks)) = ebpf.map("UNWIND_CHUNKS") else {
+        unreachable!("UNWIND_CHUNKS is an array of maps in the object");
+    };
+    let fd = chunks
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|err| ProbeError::UnwindRows(format!("duplicating UNWIND_CHUNKS: {err}")))?;
+    Ok(std::thread::spawn(move || {
+        let chunks = MapData::from_fd(fd).map_err(map_error("UNWIND_CHUNKS"))?;
+        let mut chunks = Map::from_map_data(chunks).map_err(map_error("UNWIND_CHUNKS"))?;
+        make_chunk(0, &mut chunks)
+    }))
 }
