@@ -1,6 +1,7 @@
 //! Block I/O: the `block_rq_issue`/`block_rq_complete` programs that time the block requests
 //! target threads issue, per device and operation.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuHashMap},
@@ -37,9 +38,10 @@ static BLOCK_PENDING: HashMap<BlockRequest, BlockPending> =
     HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
 
 /// Block request statistics per device and operation, per CPU (completions of one device
-/// run on several CPUs at once).
+/// run on several CPUs at once); allocated as devices appear (few do).
 #[map]
-static BLOCK_STATS: PerCpuHashMap<BlockKey, BlockStats> = PerCpuHashMap::with_max_entries(1024, 0);
+static BLOCK_STATS: PerCpuHashMap<BlockKey, BlockStats> =
+    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// A block request is issued: time it if a target thread issued it.
 #[tracepoint(category = "block", name = "block_rq_issue")]

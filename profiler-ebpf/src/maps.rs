@@ -3,6 +3,7 @@
 //! scheduler state (made at fork, used by the scheduler programs) and the per-process memory
 //! totals (system calls and allocator probes).
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
@@ -62,6 +63,8 @@ pub(crate) static THREAD_ZERO: ThreadState = ThreadState {
 };
 
 /// Memory activity per process, per CPU, read by the collector for the memory timeline.
+/// Allocated as processes appear: made up front, its per-CPU values were 8192 allocations of
+/// per-CPU memory, 6 ms of every start-up.
 #[map]
 pub(crate) static PROCESS_MEMORY: PerCpuHashMap<u32, ProcessMemory> =
-    PerCpuHashMap::with_max_entries(TARGET_MAP_ENTRIES, 0);
+    PerCpuHashMap::with_max_entries(TARGET_MAP_ENTRIES, BPF_F_NO_PREALLOC);

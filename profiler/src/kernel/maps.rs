@@ -5,7 +5,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
 use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
     CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, KernelStack, LATENCY_SLOTS, LiveAlloc, LiveKey,
-    MAX_IO_CALLS, OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED,
+    OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED,
     SampleKey, ThreadState, counter,
 };
 
@@ -91,18 +91,25 @@ impl KernelProbes {
         if self.open_events.is_none() {
             return Ok(IoExtras::default());
         }
-        let latency: PerCpuArray<_, u64> = PerCpuArray::try_from(
+        let latency: PerCpuArray<_, [u64; LATENCY_SLOTS as usize]> = PerCpuArray::try_from(
             self.ebpf
                 .map("IO_LATENCY")
                 .expect("IO_LATENCY is in the object"),
         )
         .map_err(map_error("IO_LATENCY"))?;
-        let slots = LATENCY_SLOTS as usize;
-        let mut histograms = vec![vec![0u64; slots]; MAX_IO_CALLS as usize];
-        for (index, value) in latency.iter().enumerate() {
-            let per_cpu = value.map_err(map_error("IO_LATENCY"))?;
-            histograms[index / slots][index % slots] = per_cpu.iter().sum();
-        }
+        let histograms = latency
+            .iter()
+            .map(|value| {
+                let per_cpu = value.map_err(map_error("IO_LATENCY"))?;
+                let mut sum = vec![0u64; LATENCY_SLOTS as usize];
+                for histogram in per_cpu.iter() {
+                    for (total, count) in sum.iter_mut().zip(histogram) {
+                        *total += count;
+                    }
+                }
+                Ok(sum)
+            })
+            .collect::<Result<Vec<_>, ProbeError>>()?;
         let max: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("IO_MAX").expect("IO_MAX is in the object"))
                 .map_err(map_error("IO_MAX"))?;
