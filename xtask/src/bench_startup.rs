@@ -290,7 +290,8 @@ fn cache_folder(scratch: &Path, cache: Cache) -> PathBuf {
 }
 
 /// The results of `runs` rounds on `workload`, per mode and tool: each round runs every tool
-/// in turn, in each mode (`attach` on a copy of the workload started for the round).
+/// in turn, in each mode (`attach` on a copy of the workload started for the round's
+/// attaches).
 fn rounds(
     runs: usize,
     workload: Workload<'_>,
@@ -305,23 +306,22 @@ fn rounds(
     first_sample_ms(Tool::Profiler("cpu", Cache::Warm), workload, None, scratch)?;
     let mut results = vec![vec![Vec::new(); TOOLS.len()]; modes.len()];
     for round in 0..runs {
-        // One long-running workload per round for the attaches, each tool in turn.
-        let mut running = match (workload, modes.contains(&"attach")) {
-            (Workload::Small(program), true) => Some(
-                Command::new(program)
-                    .args(["600", "1"])
-                    .spawn()
-                    .context("starting the workload")?,
-            ),
-            _ => None,
-        };
-        std::thread::sleep(Duration::from_millis(200));
-        let outcome = (|| -> anyhow::Result<()> {
-            for (mode_index, mode) in modes.iter().enumerate() {
+        for (mode_index, mode) in modes.iter().enumerate() {
+            // A long-running workload for the attaches, each tool in turn; none while
+            // commands are launched, which would otherwise share the CPUs with it.
+            let mut running = match (workload, *mode == "attach") {
+                (Workload::Small(program), true) => Some(
+                    Command::new(program)
+                        .args(["600", "1"])
+                        .spawn()
+                        .context("starting the workload")?,
+                ),
+                _ => None,
+            };
+            std::thread::sleep(Duration::from_millis(200));
+            let outcome = (|| -> anyhow::Result<()> {
                 for (tool_index, tool) in TOOLS.iter().enumerate() {
-                    let attach_to = (*mode == "attach")
-                        .then(|| running.as_ref().map(std::process::Child::id))
-                        .flatten();
+                    let attach_to = running.as_ref().map(std::process::Child::id);
                     let ms = first_sample_ms(*tool, workload, attach_to, scratch)?;
                     eprintln!(
                         "bench: round {}/{runs} {name} {mode} {}: first sample after {ms:.0} ms",
@@ -330,14 +330,14 @@ fn rounds(
                     );
                     results[mode_index][tool_index].push(ms);
                 }
+                Ok(())
+            })();
+            if let Some(running) = running.as_mut() {
+                let _ = running.kill();
+                let _ = running.wait();
             }
-            Ok(())
-        })();
-        if let Some(running) = running.as_mut() {
-            let _ = running.kill();
-            let _ = running.wait();
+            outcome?;
         }
-        outcome?;
     }
     Ok(results)
 }

@@ -5,8 +5,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
 use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
     CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, KernelStack, LATENCY_SLOTS, LiveAlloc, LiveKey,
-    OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED,
-    SampleKey, ThreadState, counter,
+    OffCpuKey, OffCpuTime, OpenEvent, ProcessEvent, ProcessMemory, RECORDING_STOPPED, SampleKey,
+    ThreadState, counter,
 };
 
 use super::{
