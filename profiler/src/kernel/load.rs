@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapError},
     programs::{
         BtfTracePoint, PerfEvent, Program, TracePoint,
@@ -18,19 +18,17 @@ use profiler_common::{
 };
 
 use super::{
-    error::{
-        FREQUENCY_HINT, PERMISSION_HINT, ProbeError, is_invalid_argument, is_permission_error,
-        map_error, program_error,
-    },
+    error::{FREQUENCY_HINT, ProbeError, is_invalid_argument, map_error, program_error},
+    globals::{Globals, ObjectLoad},
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
-        SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, block_field_offsets, load_programs,
-        offcpu_settling_program, rename_tracepoint_fits,
+        SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, load_programs, offcpu_settling_program,
+        rename_tracepoint_fits,
     },
     uprobes::AllocatorProbes,
 };
-use crate::kernel::btf::{self, KernelTypes};
+use crate::kernel::btf;
 
 /// What to load.
 #[derive(Clone, Copy, Debug)]
@@ -101,136 +99,14 @@ impl KernelProbes {
     /// `log` crate; needs a tokio runtime.
     pub fn load(options: LoadOptions, allocators: &[AllocatorProbes]) -> Result<Self, ProbeError> {
         let started = std::time::Instant::now();
-        // aya parses the kernel's BTF in `EbpfLoader::new`, 20 ms here: on another CPU, while
-        // the struct offsets are read from it here.
-        let new_loader = std::thread::spawn(EbpfLoader::new);
-        let btf_blob = std::fs::read(btf::VMLINUX_BTF).map_err(|source| ProbeError::NoBtf {
-            path: btf::VMLINUX_BTF,
-            source,
-        })?;
-        let types = KernelTypes::parse(&btf_blob).map_err(ProbeError::Btf)?;
-        let tgid_offset = types
-            .member_offset("task_struct", "tgid")
-            .map_err(ProbeError::Btf)?;
-        let pid_offset = types
-            .member_offset("task_struct", "pid")
-            .map_err(ProbeError::Btf)?;
-        let track_threads = u32::from(options.scheduler);
+        let object = ObjectLoad::start(options);
+        let globals = Globals::new(&options)?;
         // Sampled off-CPU periods get their user stacks at system-call exits.
         let settle_offcpu_at_exit = options.scheduler && options.offcpu_stack_sampling;
-        let mut fd_inode_offsets = [0u32; 7];
-        if options.io {
-            let path = [
-                ("task_struct", "files"),
-                ("files_struct", "fdt"),
-                ("fdtable", "max_fds"),
-                ("fdtable", "fd"),
-                ("file", "f_inode"),
-                ("inode", "i_mode"),
-                ("inode", "i_ino"),
-            ];
-            for (slot, (name, member)) in fd_inode_offsets.iter_mut().zip(path) {
-                *slot = types.member_offset(name, member).map_err(ProbeError::Btf)?;
-            }
-        }
-        // From the current task to the return addresses its pending return probes saved:
-        // `task_struct.utask`, `uprobe_task.return_instances`, `return_instance.stack`,
-        // `.orig_ret_vaddr`, `.next`. Missing (another kernel's layout): left at 0, and stacks
-        // through a probed function stop at the trampoline as before.
-        let uretprobe_offsets = types.all_or_none([
-            ("task_struct", "utask"),
-            ("uprobe_task", "return_instances"),
-            ("return_instance", "stack"),
-            ("return_instance", "orig_ret_vaddr"),
-            ("return_instance", "next"),
-        ]);
-        // Whether the current task has its own user context to walk: `task_struct.mm` (none
-        // once it is exiting) and the bit offset of `task_struct.in_execve` (while set, the
-        // saved registers may point into the address space exec just replaced). Missing: 0,
-        // and such samples keep their cut user stacks as before.
-        let task_context_offsets = match (
-            types.member_offset("task_struct", "mm"),
-            types.member_bit_offset("task_struct", "in_execve"),
-        ) {
-            (Ok(mm), Ok(in_execve)) => [mm, in_execve],
-            (Ok(mm), Err(_)) => [mm, 0],
-            _ => [0, 0],
-        };
-        // `task_struct.thread.fsbase`: what CPython before 3.11 knows its threads by.
-        let task_fsbase_offset = match (
-            types.member_offset("task_struct", "thread"),
-            types.member_offset("thread_struct", "fsbase"),
-        ) {
-            (Ok(thread), Ok(fsbase)) => thread + fsbase,
-            _ => 0,
-        };
-        // From a memory area to the identity of its file, and from a task to its program's
-        // text (`unwind_mappings`). Missing: all 0, and new processes wait for the collector.
-        let vma_file_offsets = types.all_or_none([
-            ("vm_area_struct", "vm_start"),
-            ("vm_area_struct", "vm_end"),
-            ("vm_area_struct", "vm_pgoff"),
-            ("vm_area_struct", "vm_flags"),
-            ("vm_area_struct", "vm_file"),
-            ("file", "f_inode"),
-            ("inode", "i_ino"),
-            ("inode", "i_sb"),
-            ("super_block", "s_dev"),
-            ("task_struct", "mm"),
-            ("mm_struct", "start_code"),
-        ]);
-        // aya keeps its parse of the kernel's BTF to itself; the BTF tracepoints need a copy of
-        // their own, parsed on another CPU while the object is loaded.
-        let mut loader = new_loader.join().expect("parsing BTF does not panic");
+        // The BTF tracepoints need a parse of the kernel's BTF of their own (aya keeps its
+        // own to itself), made on another CPU while the object is loaded.
         let sys_btf = std::thread::spawn(Btf::from_sys_fs);
-        let block_field_offsets = if options.io {
-            block_field_offsets()?
-        } else {
-            [0; profiler_common::block_field::COUNT]
-        };
-        let log_level: u8 = if options.verbose { 0xff } else { 0 };
-        let unwind_with_tables = u32::from(options.unwind_rows.is_some());
-        // Maps of event kinds not collected get one entry: creating them in full took 20 ms
-        // (the live-allocation map alone 10).
-        if !options.alloc {
-            loader
-                .map_max_entries("LIVE", 1)
-                .map_max_entries("PROCESS_MEMORY", 1);
-        }
-        if !options.io {
-            loader
-                .map_max_entries("IO_LATENCY", 1)
-                .map_max_entries("FD_INODES", 1);
-        }
-        let mut ebpf = loader
-            .override_global("TASK_STRUCT_TGID_OFFSET", &tgid_offset, true)
-            .override_global("TASK_STRUCT_PID_OFFSET", &pid_offset, true)
-            .override_global("TRACK_THREADS", &track_threads, true)
-            .override_global(
-                "REPORT_UNTARGETED_EXECS",
-                &u32::from(options.report_untargeted_execs),
-                true,
-            )
-            .override_global("FD_INODE_OFFSETS", &fd_inode_offsets, true)
-            .override_global("ALLOC_SAMPLE_BYTES", &options.alloc_sample_bytes, true)
-            .override_global("MIN_BLOCK_NS", &options.min_block_ns, true)
-            .override_global("SETTLE_AT_EXIT", &u32::from(settle_offcpu_at_exit), true)
-            .override_global("UNWIND_WITH_TABLES", &unwind_with_tables, true)
-            .override_global("URETPROBE_OFFSETS", &uretprobe_offsets, true)
-            .override_global("VMA_FILE_OFFSETS", &vma_file_offsets, true)
-            .override_global("TASK_CONTEXT_OFFSETS", &task_context_offsets, true)
-            .override_global("TASK_FSBASE_OFFSET", &task_fsbase_offset, true)
-            .override_global("BLOCK_FIELD_OFFSETS", &block_field_offsets, true)
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .load(super::programs::ebpf_object())
-            .map_err(|source| ProbeError::Load {
-                hint: if is_permission_error(&source) {
-                    PERMISSION_HINT
-                } else {
-                    ""
-                },
-                source: Box::new(source),
-            })?;
+        let mut ebpf = object.finish(globals)?;
         let logger = if options.verbose {
             spawn_logger(&mut ebpf)
         } else {
@@ -343,7 +219,12 @@ impl KernelProbes {
             "programs loaded in {:.0} ms",
             started.elapsed().as_secs_f64() * 1e3
         );
-        let deferred = (!later.is_empty()).then_some((later, btf));
+        let deferred = if later.is_empty() {
+            drop_elsewhere(btf);
+            None
+        } else {
+            Some((later, btf))
+        };
         Ok(KernelProbes {
             uprobe_links: links.into_inner().expect("no panics while held"),
             ebpf,
@@ -620,6 +501,12 @@ impl KernelProbes {
         std::thread::sleep(IN_FLIGHT);
         Ok(())
     }
+}
+
+/// Frees `value` on another thread: a parsed BTF is some 100 000 allocations, 5 ms or more of
+/// freeing each, which the start-up need not wait for.
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    std::thread::spawn(move || drop(value));
 }
 
 /// Forwards the programs' aya-log records to the `log` crate until the probes are dropped.

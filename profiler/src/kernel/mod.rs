@@ -7,6 +7,7 @@
 
 pub mod btf;
 mod error;
+mod globals;
 mod load;
 mod maps;
 mod object_layout;
