@@ -19,7 +19,7 @@ use profiler_common::{
 
 use super::{
     error::{FREQUENCY_HINT, ProbeError, is_invalid_argument, map_error, program_error},
-    globals::{Globals, ObjectLoad},
+    object::{Globals, LoadOptions, ObjectLoad},
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
@@ -29,38 +29,6 @@ use super::{
     uprobes::AllocatorProbes,
 };
 use crate::kernel::btf;
-
-/// What to load.
-#[derive(Clone, Copy, Debug)]
-pub struct LoadOptions {
-    /// Forward the programs' aya-log records to the `log` crate (needs a tokio runtime).
-    pub verbose: bool,
-    /// Shortest off-CPU period to record, ns.
-    pub min_block_ns: u64,
-    /// Off-CPU periods may have their stacks sampled: their user stacks are then walked at
-    /// system-call exits, which the `sys_exit` program watches.
-    pub offcpu_stack_sampling: bool,
-    /// Load the CPU sampling program.
-    pub cpu: bool,
-    /// Load the scheduler (off-CPU) programs.
-    pub scheduler: bool,
-    /// Load the I/O programs (system calls, block requests).
-    pub io: bool,
-    /// Load the allocation programs (allocator uprobes, memory-mapping calls).
-    pub alloc: bool,
-    /// Bytes between sampled allocations; 0 records every one.
-    pub alloc_sample_bytes: u64,
-    /// The most rows the unwind tables may hold when user stacks are walked with them;
-    /// `None` leaves user stacks to the kernel's frame-pointer walker.
-    pub unwind_rows: Option<u32>,
-    /// Verify only what CPU sampling needs before returning; the other programs wait for
-    /// [`KernelProbes::load_deferred`]. A running process is then sampled while they are
-    /// verified, most of a start-up.
-    pub sample_first: bool,
-    /// Stream every process's exec, not only the targets': processes are selected by what
-    /// they run.
-    pub report_untargeted_execs: bool,
-}
 
 /// The programs CPU sampling needs: the sampler, process tracking, and the loader hook that
 /// describes new libraries.

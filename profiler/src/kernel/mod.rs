@@ -7,9 +7,9 @@
 
 pub mod btf;
 mod error;
-mod globals;
 mod load;
 mod maps;
+mod object;
 mod object_layout;
 pub mod probes;
 mod programs;
@@ -22,8 +22,8 @@ pub mod unwind_table;
 mod uprobes;
 
 pub use error::ProbeError;
-pub use load::LoadOptions;
 pub use maps::{Drained, IoExtras};
+pub use object::LoadOptions;
 pub use probes::{Counters, KernelProbes};
 pub use unwind_maps::WalkedStack;
 pub use uprobes::AllocatorProbes;

@@ -1,5 +1,6 @@
-//! The load-time constants the programs read (struct offsets from the kernel's BTF, what the
-//! run collects), and the object loaded with them on a thread of its own.
+//! What to load: the event families a run collects, the load-time constants the programs read
+//! (struct offsets from the kernel's BTF, the run's choices), and the object loaded with them
+//! on a thread of its own.
 
 use std::sync::mpsc;
 
@@ -7,10 +8,41 @@ use aya::{Ebpf, EbpfLoader};
 
 use super::{
     error::{PERMISSION_HINT, ProbeError, is_permission_error},
-    load::LoadOptions,
     programs::block_field_offsets,
 };
 use crate::kernel::btf::{self, KernelTypes};
+
+/// What to load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Forward the programs' aya-log records to the `log` crate (needs a tokio runtime).
+    pub verbose: bool,
+    /// Shortest off-CPU period to record, ns.
+    pub min_block_ns: u64,
+    /// Off-CPU periods may have their stacks sampled: their user stacks are then walked at
+    /// system-call exits, which the `sys_exit` program watches.
+    pub offcpu_stack_sampling: bool,
+    /// Load the CPU sampling program.
+    pub cpu: bool,
+    /// Load the scheduler (off-CPU) programs.
+    pub scheduler: bool,
+    /// Load the I/O programs (system calls, block requests).
+    pub io: bool,
+    /// Load the allocation programs (allocator uprobes, memory-mapping calls).
+    pub alloc: bool,
+    /// Bytes between sampled allocations; 0 records every one.
+    pub alloc_sample_bytes: u64,
+    /// The most rows the unwind tables may hold when user stacks are walked with them;
+    /// `None` leaves user stacks to the kernel's frame-pointer walker.
+    pub unwind_rows: Option<u32>,
+    /// Verify only what CPU sampling needs before returning; the other programs wait for
+    /// [`KernelProbes::load_deferred`]. A running process is then sampled while they are
+    /// verified, most of a start-up.
+    pub sample_first: bool,
+    /// Stream every process's exec, not only the targets': processes are selected by what
+    /// they run.
+    pub report_untargeted_execs: bool,
+}
 
 /// The values of the programs' load-time globals.
 pub(super) struct Globals {
@@ -149,13 +181,10 @@ impl ObjectLoad {
         let (globals, globals_to_use) = mpsc::channel::<Globals>();
         let (object, loaded) = mpsc::channel();
         std::thread::spawn(move || {
-            // Declared first, dropped last: the loader borrows the globals.
-            let globals;
             let mut loader = EbpfLoader::new();
             // The caller failed before its offsets were read: nothing to load.
-            globals = match globals_to_use.recv() {
-                Ok(globals) => globals,
-                Err(_) => return,
+            let Ok(globals) = globals_to_use.recv() else {
+                return;
             };
             let _ = object.send(load_object(&mut loader, &options, &globals));
         });
