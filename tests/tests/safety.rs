@@ -528,3 +528,73 @@ fn a_target_that_exits_while_loading_is_an_error() {
     assert!(!dir.path().join("run").exists());
     assert_nothing_loaded();
 }
+
+#[test]
+fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
+    let _serial = serial();
+    if !have_root("a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache") {
+        return;
+    }
+    // Users mount their own file systems `nosuid` (udisks, FUSE), and a file there can claim
+    // root as its owner: its build-id is not to be trusted, and its table is not kept for
+    // other runs. The same root-owned file on a mount that allows setuid is kept. Python's
+    // binary: an object with enough rows to be kept, which the profiler does not map itself.
+    let mount = tempfile::tempdir().unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "nosuid,size=64m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs");
+    let python = mount.path().join("python3");
+    std::fs::copy("/usr/bin/python3", &python).unwrap();
+    let kept_tables = |cache: &Path| -> Vec<String> {
+        let out = output(
+            profiler()
+                .args(["record", "-e", "cpu", "--unwind-cache"])
+                .arg(cache)
+                .arg("-o")
+                .arg(cache.with_extension("out"))
+                .arg("--")
+                .arg(&python)
+                .args([
+                    "-c",
+                    "import time\nend = time.time() + 1\nwhile time.time() < end: pass",
+                ]),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let mut names: Vec<String> = std::fs::read_dir(cache)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".rows"))
+            .collect();
+        names.sort();
+        names
+    };
+    let caches = tempfile::tempdir().unwrap();
+    let on_nosuid = kept_tables(&caches.path().join("nosuid"));
+    let status = Command::new("mount")
+        .args(["-o", "remount,suid"])
+        .arg(mount.path())
+        .status()
+        .unwrap();
+    let on_suid = status
+        .success()
+        .then(|| kept_tables(&caches.path().join("suid")));
+    let _ = Command::new("umount").arg(mount.path()).status();
+    let on_suid = on_suid.expect("remounting the tmpfs with suid");
+    let extra: Vec<&String> = on_suid
+        .iter()
+        .filter(|name| !on_nosuid.contains(name))
+        .collect();
+    assert_eq!(
+        extra.len(),
+        1,
+        "Python's table kept only from the suid mount: nosuid {on_nosuid:?}, suid {on_suid:?}"
+    );
+    assert!(
+        on_nosuid.iter().all(|name| on_suid.contains(name)),
+        "the system's libraries kept both times: nosuid {on_nosuid:?}, suid {on_suid:?}"
+    );
+    assert_nothing_loaded();
+}

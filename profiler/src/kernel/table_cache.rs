@@ -179,14 +179,22 @@ impl Drop for TableCache {
 }
 
 /// Whether an object's table may be kept for other runs: a regular file of root's or of the
-/// profiler's own user, no one else may write (its build-id and contents are then theirs).
-pub fn trusted_object(metadata: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
+/// profiler's own user, no one else may write (its build-id and contents are then theirs), on
+/// a file system mounted without `nosuid`. Users mount their own file systems (a disk image
+/// through udisks, FUSE) `nosuid`, and a file there can claim root as its owner.
+pub fn trusted_object(file: &std::fs::File, metadata: &std::fs::Metadata) -> bool {
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
-    metadata.is_file()
+    let owned = metadata.is_file()
         && (metadata.uid() == 0 || metadata.uid() == euid)
-        && metadata.mode() & 0o022 == 0
+        && metadata.mode() & 0o022 == 0;
+    // SAFETY: an open descriptor and a zeroed struct for the kernel to fill.
+    let mount_allows_setuid = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        libc::fstatvfs(file.as_raw_fd(), &mut stats) == 0 && stats.f_flag & libc::ST_NOSUID == 0
+    };
+    owned && mount_allows_setuid
 }
 
 /// The file of the object with `build_id` (or the file identity that stands for one): its hex
@@ -446,11 +454,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let object = dir.path().join("lib.so");
         std::fs::write(&object, b"\x7fELF").unwrap();
+        let trusted = |path: &Path| {
+            let file = std::fs::File::open(path).unwrap();
+            trusted_object(&file, &file.metadata().unwrap())
+        };
+        // A temporary folder on a `nosuid` mount (a tmpfs /tmp) trusts nothing: the test of
+        // the mount is `safety`'s, which makes one.
+        let nosuid = {
+            use std::os::unix::ffi::OsStrExt as _;
+            let path = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+            // SAFETY: a C string and a zeroed struct for the kernel to fill.
+            unsafe {
+                let mut stats: libc::statvfs = std::mem::zeroed();
+                assert_eq!(libc::statvfs(path.as_ptr(), &mut stats), 0);
+                stats.f_flag & libc::ST_NOSUID != 0
+            }
+        };
         std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(trusted_object(&std::fs::metadata(&object).unwrap()));
+        assert_eq!(trusted(&object), !nosuid);
         std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(!trusted_object(&std::fs::metadata(&object).unwrap()));
-        assert!(!trusted_object(&std::fs::metadata(dir.path()).unwrap()));
+        assert!(!trusted(&object));
+        assert!(!trusted(dir.path()));
     }
 
     #[test]

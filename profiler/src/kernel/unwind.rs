@@ -264,8 +264,9 @@ impl UnwindTables {
         let Headers { build_id, segments } = headers(&file);
         // Objects share a table by build-id, in this run and on disk, only if no other user
         // could have written them: a user's file could carry libc's build-id and a forged
-        // table, with which every process's libc would then be walked.
-        let trusted = super::table_cache::trusted_object(&metadata);
+        // table, with which every process's libc would then be walked. (`trusted_object`
+        // also refuses files on `nosuid` mounts, which users can make.)
+        let trusted = super::table_cache::trusted_object(&file, &metadata);
         let build_id = build_id.filter(|_| trusted);
         let key = build_id
             .as_ref()
