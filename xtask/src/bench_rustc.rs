@@ -54,10 +54,10 @@ struct RustcRun {
     tables: Option<(f64, f64)>,
 }
 
-/// A Rust file of 1000 small functions calling one another, the same every time.
-fn generate_source(path: &Path) -> anyhow::Result<()> {
+/// A Rust file of `functions` small functions calling one another, the same every time.
+pub(crate) fn generate_source(path: &Path, functions: u32) -> anyhow::Result<()> {
     let mut source = String::new();
-    for i in 0..1000u32 {
+    for i in 0..functions {
         let _ = writeln!(
             source,
             "pub fn f{i}(x: u64) -> u64 {{ let v: Vec<u64> = (0..x % 7).map(|k| k * {i} + x)\
@@ -67,7 +67,7 @@ fn generate_source(path: &Path) -> anyhow::Result<()> {
         );
     }
     source.push_str("fn main() { let mut s = 0;");
-    for i in (0..1000u32).step_by(7) {
+    for i in (0..functions).step_by(7) {
         let _ = write!(source, " s += f{i}({});", i % 11);
     }
     source.push_str(" println!(\"{s}\"); }\n");
@@ -206,7 +206,7 @@ fn measure(
 /// Runs the rustc rounds; returns the results page's section.
 pub(crate) fn section(runs: usize, scratch: &Path) -> anyhow::Result<String> {
     let source = scratch.join("big.rs");
-    generate_source(&source)?;
+    generate_source(&source, 1000)?;
     let rustc = rustc()?;
     let mut results: Vec<Vec<RustcRun>> = WATCHERS.iter().map(|_| Vec::new()).collect();
     let mut slowdowns: Vec<Vec<f64>> = WATCHERS.iter().map(|_| Vec::new()).collect();

@@ -80,15 +80,20 @@ const TOOLS: [Tool; 7] = [
 enum Workload<'a> {
     /// `busy_threads 1 1`: one spinning thread, a small C program.
     Small(&'a Path),
-    /// The toolchain's rustc compiling a small file: libraries of about 3 M unwind rows.
-    Rustc { rustc: &'a Path, source: &'a Path },
+    /// The toolchain's rustc compiling a small file: libraries of about 3 M unwind rows;
+    /// attached to while it compiles `long_source`.
+    Rustc {
+        rustc: &'a Path,
+        source: &'a Path,
+        long_source: &'a Path,
+    },
 }
 
 impl Workload<'_> {
     fn command(self, scratch: &Path) -> Vec<std::ffi::OsString> {
         match self {
             Workload::Small(program) => vec![program.into(), "1".into(), "1".into()],
-            Workload::Rustc { rustc, source } => vec![
+            Workload::Rustc { rustc, source, .. } => vec![
                 rustc.into(),
                 "-O".into(),
                 "--edition".into(),
@@ -316,9 +321,26 @@ fn rounds(
                         .spawn()
                         .context("starting the workload")?,
                 ),
+                (
+                    Workload::Rustc {
+                        rustc, long_source, ..
+                    },
+                    true,
+                ) => Some(
+                    Command::new(rustc)
+                        .args(["-O", "--edition", "2021"])
+                        .arg(long_source)
+                        .arg("-o")
+                        .arg(scratch.join("startup-rustc-long"))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting rustc")?,
+                ),
                 _ => None,
             };
-            std::thread::sleep(Duration::from_millis(200));
+            // Time for the workload to be under way: its libraries mapped, rustc compiling.
+            std::thread::sleep(Duration::from_millis(500));
             let outcome = (|| -> anyhow::Result<()> {
                 for (tool_index, tool) in TOOLS.iter().enumerate() {
                     let attach_to = running.as_ref().map(std::process::Child::id);
@@ -394,13 +416,17 @@ pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
         &source,
         "fn main() { println!(\"{}\", (1..100u64).sum::<u64>()); }\n",
     )?;
+    // Long enough to be attached to by every tool in turn (about a minute alone).
+    let long_source = scratch.join("startup_rustc_long.rs");
+    crate::bench_rustc::generate_source(&long_source, 3000)?;
     let big = rounds(
         args.runs,
         Workload::Rustc {
             rustc: &rustc,
             source: &source,
+            long_source: &long_source,
         },
-        &["record"],
+        &["record", "attach"],
         &scratch,
     )?;
     let page = format!(
@@ -411,8 +437,9 @@ pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
          rounds. A cold cache is an empty `--unwind-cache` folder (every unwind table \
          compiled), a warm one was filled by an earlier run.\n\n\
          ## A small program\n\n`tests/programs/busy_threads.c`, one spinning thread.\n\n{}\n\
-         ## rustc\n\nThe toolchain's `rustc -O` compiling a one-line program \
-         (`librustc_driver` and `libLLVM`: about 3 M unwind rows), launched.\n\n{}",
+         ## rustc\n\nThe toolchain's `rustc -O` (`librustc_driver` and `libLLVM`: about 3 M \
+         unwind rows): launched to compile a one-line program, and attached to while it \
+         compiles a generated file of 3000 functions.\n\n{}",
         args.runs,
         report::machine(),
         args.runs,
@@ -423,7 +450,7 @@ pub fn startup(args: &StartupBenchArgs) -> anyhow::Result<()> {
                 "`attach` (program running)"
             ]
         ),
-        table(&big, &["`record`"]),
+        table(&big, &["`record`", "`attach`"]),
     );
     report::publish("startup-results.md", &page, !args.no_write)
 }
