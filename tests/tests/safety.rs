@@ -546,6 +546,14 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
         .status()
         .unwrap();
     assert!(status.success(), "mounting a tmpfs");
+    // Unmounted however the test ends.
+    struct Mounted<'a>(&'a Path);
+    impl Drop for Mounted<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let mounted = Mounted(mount.path());
     let python = mount.path().join("python3");
     std::fs::copy("/usr/bin/python3", &python).unwrap();
     let kept_tables = |cache: &Path| -> Vec<String> {
@@ -578,11 +586,9 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
         .arg(mount.path())
         .status()
         .unwrap();
-    let on_suid = status
-        .success()
-        .then(|| kept_tables(&caches.path().join("suid")));
-    let _ = Command::new("umount").arg(mount.path()).status();
-    let on_suid = on_suid.expect("remounting the tmpfs with suid");
+    assert!(status.success(), "remounting the tmpfs with suid");
+    let on_suid = kept_tables(&caches.path().join("suid"));
+    drop(mounted);
     let extra: Vec<&String> = on_suid
         .iter()
         .filter(|name| !on_nosuid.contains(name))

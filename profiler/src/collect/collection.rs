@@ -310,10 +310,14 @@ impl Collection {
         let objects: Vec<AllocatorObject> =
             allocators::allocator_objects(&procfs::proc_root(), pid, program)
                 .into_iter()
-                // Marked before the attach: an object whose probes fail is not tried again.
-                .filter(|object| memory.probed.insert((pid, object.identity)))
+                .filter(|object| !memory.probed.contains(&(pid, object.identity)))
                 .collect();
         for object in objects {
+            // Marked before its attach: an object whose probes fail is not tried again (the
+            // ones after it are, at the next look at the process).
+            if let Some(memory) = self.memory.as_mut() {
+                memory.probed.insert((pid, object.identity));
+            }
             self.probes
                 .attach_allocator(pid, &object.attach_path, &object.probe_list())?;
             self.note_allocator_probed(pid, object);

@@ -151,7 +151,7 @@ impl KernelProbes {
         // are verified, while the others are: each attach waits on the kernel.
         let links = Mutex::new(Vec::new());
         let attach_error = Mutex::new(None);
-        load_programs(&mut ebpf, &names, &btf, &|name, program| {
+        let loaded = load_programs(&mut ebpf, &names, &btf, &|name, program| {
             let Program::UProbe(program) = program else {
                 return;
             };
@@ -175,13 +175,24 @@ impl KernelProbes {
                         .get_or_insert(err);
                 }
             }
-        })?;
-        if let Some(err) = attach_error.into_inner().expect("no panics while held") {
+        });
+        let links = links.into_inner().expect("no panics while held");
+        let attached = match attach_error.into_inner().expect("no panics while held") {
+            Some(err) => Err(err),
+            None => Ok(()),
+        };
+        if let Err(err) = loaded.and(attached) {
+            super::uprobes::detach_all(links);
             return Err(err);
         }
-        let unwind_chunks = match first_chunk {
-            Some(thread) => vec![thread.join().expect("making a map does not panic")?],
-            None => Vec::new(),
+        // Without it, the first table loaded makes it, or says why it could not.
+        let unwind_chunks = match first_chunk.map(|thread| thread.join()) {
+            Some(Ok(Ok(chunk))) => vec![chunk],
+            Some(Ok(Err(err))) => {
+                log::debug!("the first chunk of unwind rows: {err}");
+                Vec::new()
+            }
+            Some(Err(_)) | None => Vec::new(),
         };
         log::debug!(
             "programs loaded in {:.0} ms",
@@ -194,7 +205,7 @@ impl KernelProbes {
             Some((later, btf))
         };
         Ok(KernelProbes {
-            uprobe_links: links.into_inner().expect("no panics while held"),
+            uprobe_links: links,
             ebpf,
             process_events,
             open_events,
@@ -207,7 +218,9 @@ impl KernelProbes {
         })
     }
 
-    /// Verifies the programs [`LoadOptions::sample_first`] left for later.
+    /// Verifies the programs [`LoadOptions::sample_first`] left for later. Nothing is
+    /// attached as they load: the loader hook is a sampling program, and allocators are
+    /// probed at load only for a launched command, which never samples first.
     pub fn load_deferred(&mut self) -> Result<(), ProbeError> {
         match self.deferred.take() {
             Some((names, btf)) => load_programs(&mut self.ebpf, &names, &btf, &|_, _| {}),

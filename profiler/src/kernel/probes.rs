@@ -34,7 +34,7 @@ pub type Counters = [u64; counter::COUNT as usize];
 /// The loaded eBPF programs and their maps.
 pub struct KernelProbes {
     /// Allocator probes, owned here so they can be detached all at once (see
-    /// [`Self::detach_uprobes`]); declared first, so also dropped first.
+    /// [`Self::detach_uprobes`], also called when dropped).
     pub(super) uprobe_links: Vec<aya::programs::uprobe::UProbeLink>,
     pub(super) ebpf: Ebpf,
     pub(super) process_events: RingBuf<MapData>,
