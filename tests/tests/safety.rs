@@ -13,6 +13,27 @@ use profiler_tests::{
     read_summary, serial, wait_for,
 };
 
+/// A tmpfs mounted with `options` on a folder, unmounted however the test ends.
+struct Tmpfs<'a>(&'a Path);
+
+impl<'a> Tmpfs<'a> {
+    fn mount(folder: &'a Path, options: &str) -> Self {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(folder)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs ({options})");
+        Tmpfs(folder)
+    }
+}
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
 /// A copy of the profiler binary any user can execute.
 fn public_binary(dir: &Path) -> PathBuf {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -200,12 +221,7 @@ fn a_full_disk_keeps_the_results_in_a_temporary_folder() {
     let mount = tempfile::tempdir().unwrap();
     std::fs::set_permissions(mount.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // Room for the writability probe, not for the results; the sudo user's to write in.
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8k,uid=65534,gid=65534", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mounting a small tmpfs");
+    let mounted = Tmpfs::mount(mount.path(), "size=8k,uid=65534,gid=65534");
     let out = output(
         profiler()
             .env("SUDO_UID", "65534")
@@ -216,7 +232,7 @@ fn a_full_disk_keeps_the_results_in_a_temporary_folder() {
             .arg(program("cpu_split"))
             .args(["1", "0"]),
     );
-    let _ = Command::new("umount").arg(mount.path()).status();
+    drop(mounted);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     let fallback = stderr
@@ -540,20 +556,7 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
     // other runs. The same root-owned file on a mount that allows setuid is kept. Python's
     // binary: an object with enough rows to be kept, which the profiler does not map itself.
     let mount = tempfile::tempdir().unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "nosuid,size=64m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mounting a tmpfs");
-    // Unmounted however the test ends.
-    struct Mounted<'a>(&'a Path);
-    impl Drop for Mounted<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let mounted = Mounted(mount.path());
+    let mounted = Tmpfs::mount(mount.path(), "nosuid,size=64m");
     let python = mount.path().join("python3");
     std::fs::copy("/usr/bin/python3", &python).unwrap();
     let kept_tables = |cache: &Path| -> Vec<String> {
