@@ -14,21 +14,40 @@ use profiler_tests::{
 };
 
 /// A tmpfs mounted with `options` on a folder, unmounted however the test ends.
-struct Tmpfs<'a>(&'a Path);
+/// A file system mounted on a folder for one test, unmounted however the test ends.
+struct Mounted<'a>(&'a Path);
 
-impl<'a> Tmpfs<'a> {
-    fn mount(folder: &'a Path, options: &str) -> Self {
+impl<'a> Mounted<'a> {
+    fn tmpfs(folder: &'a Path, options: &str) -> Self {
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(folder)
             .status()
             .unwrap();
         assert!(status.success(), "mounting a tmpfs ({options})");
-        Tmpfs(folder)
+        Mounted(folder)
+    }
+
+    /// `source` served again on `folder` by FUSE (Debian's bindfs), setuid allowed.
+    fn fuse(source: &Path, folder: &'a Path) -> Self {
+        let status = Command::new("bindfs")
+            .args(["-o", "suid"])
+            .arg(source)
+            .arg(folder)
+            .status()
+            .unwrap_or_else(|err| {
+                panic!("cannot run bindfs (`cargo xtask test` installs it): {err}")
+            });
+        assert!(
+            status.success(),
+            "mounting {} with bindfs",
+            source.display()
+        );
+        Mounted(folder)
     }
 }
 
-impl Drop for Tmpfs<'_> {
+impl Drop for Mounted<'_> {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.0).status();
     }
@@ -221,7 +240,7 @@ fn a_full_disk_keeps_the_results_in_a_temporary_folder() {
     let mount = tempfile::tempdir().unwrap();
     std::fs::set_permissions(mount.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // Room for the writability probe, not for the results; the sudo user's to write in.
-    let mounted = Tmpfs::mount(mount.path(), "size=8k,uid=65534,gid=65534");
+    let mounted = Mounted::tmpfs(mount.path(), "size=8k,uid=65534,gid=65534");
     let out = output(
         profiler()
             .env("SUDO_UID", "65534")
@@ -553,13 +572,13 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
     }
     // Users mount their own file systems `nosuid` (udisks, FUSE), and a file there can claim
     // root as its owner: its build-id is not to be trusted, and its table is not kept for
-    // other runs. The same root-owned file on a mount that allows setuid is kept. Python's
-    // binary: an object with enough rows to be kept, which the profiler does not map itself.
+    // other runs. The same root-owned file on a mount that allows setuid is kept, but not
+    // when FUSE serves it (its daemon answers reads as it likes). Python's binary: an object
+    // with enough rows to be kept, which the profiler does not map itself.
     let mount = tempfile::tempdir().unwrap();
-    let mounted = Tmpfs::mount(mount.path(), "nosuid,size=64m");
-    let python = mount.path().join("python3");
-    std::fs::copy("/usr/bin/python3", &python).unwrap();
-    let kept_tables = |cache: &Path| -> Vec<String> {
+    let mounted = Mounted::tmpfs(mount.path(), "nosuid,size=64m");
+    std::fs::copy("/usr/bin/python3", mount.path().join("python3")).unwrap();
+    let kept_tables = |python: &Path, cache: &Path| -> Vec<String> {
         let out = output(
             profiler()
                 .args(["record", "-e", "cpu", "--unwind-cache"])
@@ -567,7 +586,7 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
                 .arg("-o")
                 .arg(cache.with_extension("out"))
                 .arg("--")
-                .arg(&python)
+                .arg(python)
                 .args([
                     "-c",
                     "import time\nend = time.time() + 1\nwhile time.time() < end: pass",
@@ -583,15 +602,23 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
         names
     };
     let caches = tempfile::tempdir().unwrap();
-    let on_nosuid = kept_tables(&caches.path().join("nosuid"));
+    let on_nosuid = kept_tables(&mount.path().join("python3"), &caches.path().join("nosuid"));
     let status = Command::new("mount")
         .args(["-o", "remount,suid"])
         .arg(mount.path())
         .status()
         .unwrap();
     assert!(status.success(), "remounting the tmpfs with suid");
-    let on_suid = kept_tables(&caches.path().join("suid"));
+    let fuse = tempfile::tempdir().unwrap();
+    let served = Mounted::fuse(mount.path(), fuse.path());
+    let on_fuse = kept_tables(&fuse.path().join("python3"), &caches.path().join("fuse"));
+    drop(served);
+    let on_suid = kept_tables(&mount.path().join("python3"), &caches.path().join("suid"));
     drop(mounted);
+    assert_eq!(
+        on_fuse, on_nosuid,
+        "nothing more kept from FUSE than from nosuid"
+    );
     let extra: Vec<&String> = on_suid
         .iter()
         .filter(|name| !on_nosuid.contains(name))

@@ -131,7 +131,8 @@ fn chromium() -> PathBuf {
 /// The independent readers the integration tests check outputs with: Node.js with the
 /// `pprof-format` decoder and `playwright-core`, and a headless Chromium; PostgreSQL, the
 /// server the verdict is tested on; OpenJDK 17, Go and CPython 3.11 (with its headers), whose
-/// code the runtime tests name; the OTLP receiver's Python environment. Installed from
+/// code the runtime tests name; the OTLP receiver's Python environment; bindfs, a FUSE file
+/// system. Installed from
 /// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
 /// them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
@@ -177,6 +178,10 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
         .any(|version| version.path().join("bin/pgbench").exists());
     if !has_pgbench {
         packages.push("postgresql");
+    }
+    // A FUSE file system the safety tests mount (tests/tests/safety.rs).
+    if !works("bindfs") {
+        packages.push("bindfs");
     }
     if !packages.is_empty() {
         if !as_root {

@@ -180,8 +180,9 @@ impl Drop for TableCache {
 
 /// Whether an object's table may be kept for other runs: a regular file of root's or of the
 /// profiler's own user, no one else may write (its build-id and contents are then theirs), on
-/// a file system mounted without `nosuid`. Users mount their own file systems (a disk image
-/// through udisks, FUSE) `nosuid`, and a file there can claim root as its owner.
+/// a file system mounted without `nosuid` and not served by FUSE. Users mount their own file
+/// systems (a disk image through udisks, FUSE) `nosuid`, and a file there can claim root as its
+/// owner; a FUSE daemon answers each read as it likes, whatever the mount's flags.
 pub fn trusted_object(file: &std::fs::File, metadata: &std::fs::Metadata) -> bool {
     use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
     // SAFETY: no preconditions.
@@ -189,12 +190,16 @@ pub fn trusted_object(file: &std::fs::File, metadata: &std::fs::Metadata) -> boo
     let owned = metadata.is_file()
         && (metadata.uid() == 0 || metadata.uid() == euid)
         && metadata.mode() & 0o022 == 0;
-    // SAFETY: an open descriptor and a zeroed struct for the kernel to fill.
-    let mount_allows_setuid = unsafe {
-        let mut stats: libc::statvfs = std::mem::zeroed();
-        libc::fstatvfs(file.as_raw_fd(), &mut stats) == 0 && stats.f_flag & libc::ST_NOSUID == 0
+    // SAFETY: an open descriptor and zeroed structs for the kernel to fill.
+    let trusted_mount = unsafe {
+        let mut flags: libc::statvfs = std::mem::zeroed();
+        let mut kind: libc::statfs = std::mem::zeroed();
+        libc::fstatvfs(file.as_raw_fd(), &mut flags) == 0
+            && flags.f_flag & libc::ST_NOSUID == 0
+            && libc::fstatfs(file.as_raw_fd(), &mut kind) == 0
+            && kind.f_type != libc::FUSE_SUPER_MAGIC
     };
-    owned && mount_allows_setuid
+    owned && trusted_mount
 }
 
 /// The file of the object with `build_id` (or the file identity that stands for one): its hex
