@@ -2,6 +2,7 @@
 //! capability errors, and targets that churn threads and exec.
 
 use std::{
+    ffi::OsStr,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
@@ -10,10 +11,9 @@ use std::{
 
 use profiler_tests::{
     Spawned, assert_nothing_loaded, have_root, output, profiler, profiler_bin, program,
-    read_summary, serial, wait_for,
+    read_summary, runtimes::have_runtime, serial, wait_for,
 };
 
-/// A tmpfs mounted with `options` on a folder, unmounted however the test ends.
 /// A file system mounted on a folder for one test, unmounted however the test ends.
 struct Mounted<'a>(&'a Path);
 
@@ -35,21 +35,45 @@ impl<'a> Mounted<'a> {
             .arg(source)
             .arg(folder)
             .status()
-            .unwrap_or_else(|err| {
-                panic!("cannot run bindfs (`cargo xtask test` installs it): {err}")
-            });
+            .unwrap();
         assert!(
             status.success(),
             "mounting {} with bindfs",
             source.display()
         );
-        Mounted(folder)
+        let mounted = Mounted(folder);
+        // What the test is about: FUSE, and no `nosuid` to refuse it by.
+        let path = std::ffi::CString::new(folder.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a C string and zeroed structs for the kernel to fill.
+        let (flags, kind) = unsafe {
+            let mut flags: libc::statvfs = std::mem::zeroed();
+            let mut kind: libc::statfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(path.as_ptr(), &mut flags), 0);
+            assert_eq!(libc::statfs(path.as_ptr(), &mut kind), 0);
+            (flags.f_flag, kind.f_type)
+        };
+        assert_eq!(flags & libc::ST_NOSUID, 0, "bindfs mounted suid");
+        assert_eq!(kind, libc::FUSE_SUPER_MAGIC, "bindfs serves by FUSE");
+        mounted
     }
 }
 
 impl Drop for Mounted<'_> {
+    /// A FUSE daemon may hold its source folder for a moment after its unmount: tried again,
+    /// then detached lazily, so that no mount outlives the test.
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0).status();
+        for _ in 0..20 {
+            let unmounted = Command::new("umount")
+                .arg(self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if unmounted {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.0).status();
     }
 }
 
@@ -567,70 +591,111 @@ fn a_target_that_exits_while_loading_is_an_error() {
 #[test]
 fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
     let _serial = serial();
-    if !have_root("a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache") {
+    let test = "a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache";
+    if !have_root(test) || !have_runtime(test, "bindfs") {
         return;
     }
-    // Users mount their own file systems `nosuid` (udisks, FUSE), and a file there can claim
-    // root as its owner: its build-id is not to be trusted, and its table is not kept for
-    // other runs. The same root-owned file on a mount that allows setuid is kept, but not
-    // when FUSE serves it (its daemon answers reads as it likes). Python's binary: an object
-    // with enough rows to be kept, which the profiler does not map itself.
+    // A file on a mount a user can make may claim root as its owner: its build-id is not to
+    // be trusted, and its table is not kept for other runs. Users mount their own file
+    // systems `nosuid` (udisks, FUSE); a FUSE daemon answers reads as it likes whatever the
+    // flags; in a user namespace of their own they mount what they like, an overlay over such
+    // files too. The same root-owned file on root's own mount allowing setuid is kept.
+    // Python's binary: an object with enough rows to be kept, which the profiler does not map
+    // itself.
     let mount = tempfile::tempdir().unwrap();
     let mounted = Mounted::tmpfs(mount.path(), "nosuid,size=64m");
-    std::fs::copy("/usr/bin/python3", mount.path().join("python3")).unwrap();
-    let kept_tables = |python: &Path, cache: &Path| -> Vec<String> {
+    let python = mount.path().join("python3");
+    std::fs::copy("/usr/bin/python3", &python).unwrap();
+    // On disk, a table is named by its object's build-id after a `b` (0x62).
+    let python_table = format!("62{}.rows", build_id(&python));
+    let busy = "import time\nend = time.time() + 1\nwhile time.time() < end: pass";
+    let caches = tempfile::tempdir().unwrap();
+    let kept_tables = |cache: &str, command: &[&OsStr]| -> Vec<String> {
+        let cache = caches.path().join(cache);
         let out = output(
             profiler()
                 .args(["record", "-e", "cpu", "--unwind-cache"])
-                .arg(cache)
+                .arg(&cache)
                 .arg("-o")
                 .arg(cache.with_extension("out"))
                 .arg("--")
-                .arg(python)
-                .args([
-                    "-c",
-                    "import time\nend = time.time() + 1\nwhile time.time() < end: pass",
-                ]),
+                .args(command),
         );
         assert!(out.status.success(), "{out:?}");
-        let mut names: Vec<String> = std::fs::read_dir(cache)
+        std::fs::read_dir(&cache)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".rows"))
-            .collect();
-        names.sort();
-        names
+            .collect()
     };
-    let caches = tempfile::tempdir().unwrap();
-    let on_nosuid = kept_tables(&mount.path().join("python3"), &caches.path().join("nosuid"));
+    let run_python = |python: &Path, cache: &str| {
+        kept_tables(cache, &[python.as_os_str(), "-c".as_ref(), busy.as_ref()])
+    };
+    let on_nosuid = run_python(&python, "nosuid");
     let status = Command::new("mount")
         .args(["-o", "remount,suid"])
         .arg(mount.path())
         .status()
         .unwrap();
     assert!(status.success(), "remounting the tmpfs with suid");
+
     let fuse = tempfile::tempdir().unwrap();
     let served = Mounted::fuse(mount.path(), fuse.path());
-    let on_fuse = kept_tables(&fuse.path().join("python3"), &caches.path().join("fuse"));
+    let on_fuse = run_python(&fuse.path().join("python3"), "fuse");
     drop(served);
-    let on_suid = kept_tables(&mount.path().join("python3"), &caches.path().join("suid"));
+
+    // An overlay over the suid tmpfs, mounted in a user and mount namespace of the command's
+    // own (as any user may since Linux 5.11), its upper layer on a tmpfs there.
+    let scratch = tempfile::tempdir().unwrap();
+    let in_namespace = format!(
+        "mount -t tmpfs tmpfs \"$1\" && mkdir \"$1/upper\" \"$1/work\" \"$1/merged\" && \
+         mount -t overlay overlay -o \"lowerdir=$2,upperdir=$1/upper,workdir=$1/work\" \
+         \"$1/merged\" && exec \"$1/merged/python3\" -c '{busy}'"
+    );
+    let on_overlay = kept_tables(
+        "overlay",
+        &[
+            "unshare".as_ref(),
+            "-Urm".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            in_namespace.as_ref(),
+            "sh".as_ref(),
+            scratch.path().as_os_str(),
+            mount.path().as_os_str(),
+        ],
+    );
+
+    let on_suid = run_python(&python, "suid");
     drop(mounted);
-    assert_eq!(
-        on_fuse, on_nosuid,
-        "nothing more kept from FUSE than from nosuid"
-    );
-    let extra: Vec<&String> = on_suid
-        .iter()
-        .filter(|name| !on_nosuid.contains(name))
-        .collect();
-    assert_eq!(
-        extra.len(),
-        1,
-        "Python's table kept only from the suid mount: nosuid {on_nosuid:?}, suid {on_suid:?}"
-    );
     assert!(
-        on_nosuid.iter().all(|name| on_suid.contains(name)),
-        "the system's libraries kept both times: nosuid {on_nosuid:?}, suid {on_suid:?}"
+        on_suid.contains(&python_table),
+        "Python's table {python_table} kept from root's suid mount: {on_suid:?}"
     );
+    for (made_by_user, kept) in [
+        ("a nosuid mount", &on_nosuid),
+        ("FUSE", &on_fuse),
+        ("an overlay in a user namespace", &on_overlay),
+    ] {
+        assert!(
+            !kept.contains(&python_table),
+            "Python's table {python_table} kept from {made_by_user}: {kept:?}"
+        );
+    }
     assert_nothing_loaded();
+}
+
+/// The build-id of an ELF file, in hex, as `readelf` tells it.
+fn build_id(path: &Path) -> String {
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&notes.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build-id in {}", path.display()))
+        .trim()
+        .to_owned()
 }

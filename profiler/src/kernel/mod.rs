@@ -3,7 +3,8 @@
 //! ([`probes`]) and what can fail ([`ProbeError`]); the kernel facts they need (struct
 //! offsets from [`btf`], tracepoint formats from [`tracefs`]), and the unwind tables they walk
 //! user stacks with ([`unwind_table`] compiles an object's CFI, [`table_cache`] keeps it by
-//! build-id, [`unwind`] loads it through the maps of `unwind_maps`).
+//! build-id if `object_trust` finds the object root's, [`unwind`] loads it through the maps of
+//! `unwind_maps`).
 
 pub mod btf;
 mod error;
@@ -11,6 +12,7 @@ mod load;
 mod maps;
 mod object;
 mod object_layout;
+mod object_trust;
 pub mod probes;
 mod programs;
 pub mod syscalls;

@@ -7,8 +7,9 @@
 //! order) before use: a planted, truncated or corrupt file is removed and its object compiled
 //! again. Files are written in the background, in full or not at all, and the oldest go
 //! when the folder passes its size bound. Only the tables of objects no other user can write
-//! are kept ([`trusted_object`]): a user's own program could carry another object's build-id,
-//! and a forged table would make the unwinder read other processes' memory where it says.
+//! are kept ([`super::object_trust`]): a user's own program could carry another object's
+//! build-id, and a forged table would make the unwinder read other processes' memory where it
+//! says.
 
 use std::{
     path::{Path, PathBuf},
@@ -176,30 +177,6 @@ impl Drop for TableCache {
             let _ = writer.join();
         }
     }
-}
-
-/// Whether an object's table may be kept for other runs: a regular file of root's or of the
-/// profiler's own user, no one else may write (its build-id and contents are then theirs), on
-/// a file system mounted without `nosuid` and not served by FUSE. Users mount their own file
-/// systems (a disk image through udisks, FUSE) `nosuid`, and a file there can claim root as its
-/// owner; a FUSE daemon answers each read as it likes, whatever the mount's flags.
-pub fn trusted_object(file: &std::fs::File, metadata: &std::fs::Metadata) -> bool {
-    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
-    // SAFETY: no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    let owned = metadata.is_file()
-        && (metadata.uid() == 0 || metadata.uid() == euid)
-        && metadata.mode() & 0o022 == 0;
-    // SAFETY: an open descriptor and zeroed structs for the kernel to fill.
-    let trusted_mount = unsafe {
-        let mut flags: libc::statvfs = std::mem::zeroed();
-        let mut kind: libc::statfs = std::mem::zeroed();
-        libc::fstatvfs(file.as_raw_fd(), &mut flags) == 0
-            && flags.f_flag & libc::ST_NOSUID == 0
-            && libc::fstatfs(file.as_raw_fd(), &mut kind) == 0
-            && kind.f_type != libc::FUSE_SUPER_MAGIC
-    };
-    owned && trusted_mount
 }
 
 /// The file of the object with `build_id` (or the file identity that stands for one): its hex
@@ -451,35 +428,6 @@ mod tests {
                 .starts_with("Signature")
         );
         assert!(TableCache::open(&made, DEFAULT_MAX_BYTES).is_ok());
-    }
-
-    #[test]
-    fn only_objects_no_one_else_may_write_are_kept() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let object = dir.path().join("lib.so");
-        std::fs::write(&object, b"\x7fELF").unwrap();
-        let trusted = |path: &Path| {
-            let file = std::fs::File::open(path).unwrap();
-            trusted_object(&file, &file.metadata().unwrap())
-        };
-        // A temporary folder on a `nosuid` mount (a tmpfs /tmp) trusts nothing: the test of
-        // the mount is `safety`'s, which makes one.
-        let nosuid = {
-            use std::os::unix::ffi::OsStrExt as _;
-            let path = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).unwrap();
-            // SAFETY: a C string and a zeroed struct for the kernel to fill.
-            unsafe {
-                let mut stats: libc::statvfs = std::mem::zeroed();
-                assert_eq!(libc::statvfs(path.as_ptr(), &mut stats), 0);
-                stats.f_flag & libc::ST_NOSUID != 0
-            }
-        };
-        std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(trusted(&object), !nosuid);
-        std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(!trusted(&object));
-        assert!(!trusted(dir.path()));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct PublishedObject {
 }
 
 /// How a file is recognised again without reading it.
-type FileIdentity = (u64, u64, u64, i64);
+type FileIdentity = (u64, u64, u64, i64, i64, i64);
 
 /// The tables loaded so far.
 pub struct UnwindTables {
@@ -218,7 +218,7 @@ impl UnwindTables {
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
         let file = procfs::open_mapped_file(pid, entry).ok()?;
-        self.file_table(file, &entry.path, probes)
+        self.file_table(file, &entry.path, Some(pid), probes)
     }
 
     /// Forgets what was described for `pid` (it executed a new program, and the kernel
@@ -232,27 +232,33 @@ impl UnwindTables {
     pub fn prepare_file(&mut self, path: &std::path::Path, probes: &mut KernelProbes) {
         let started = Instant::now();
         if let Some(file) = crate::target::libraries::open(path) {
-            self.file_table(file, &path.to_string_lossy(), probes);
+            self.file_table(file, &path.to_string_lossy(), None, probes);
         }
         self.build_time += started.elapsed();
     }
 
-    /// The compiled table of an open object file, compiling and loading it if new.
+    /// The compiled table of an open object file (mapped by process `mapped_by`, or opened by
+    /// the profiler), compiling and loading it if new.
     fn file_table(
         &mut self,
         mut file: File,
         path: &str,
+        mapped_by: Option<u32>,
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
         let metadata = file.metadata().ok()?;
         if self.own_executable == Some((metadata.dev(), metadata.ino())) {
             return None;
         }
+        // With its ctime, which no one can set: a new file on a freed inode number, of the same
+        // size and modification time, is another file.
         let identity = (
             metadata.dev(),
             metadata.ino(),
             metadata.size(),
             metadata.mtime(),
+            metadata.ctime(),
+            metadata.ctime_nsec(),
         );
         if let Some(key) = self.identities.get(&identity) {
             return self.objects.get(key).cloned();
@@ -265,8 +271,8 @@ impl UnwindTables {
         // Objects share a table by build-id, in this run and on disk, only if no other user
         // could have written them: a user's file could carry libc's build-id and a forged
         // table, with which every process's libc would then be walked. (`trusted_object`
-        // also refuses files on `nosuid` mounts, which users can make.)
-        let trusted = super::table_cache::trusted_object(&file, &metadata);
+        // also refuses file systems and mounts users can make.)
+        let trusted = super::object_trust::trusted_object(&file, &metadata, mapped_by);
         let build_id = build_id.filter(|_| trusted);
         let key = build_id
             .as_ref()
