@@ -599,7 +599,8 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
     // be trusted, and its table is not kept for other runs. Users mount their own file
     // systems `nosuid` (udisks, FUSE); a FUSE daemon answers reads as it likes whatever the
     // flags; in a user namespace of their own they mount what they like, an overlay over such
-    // files too. The same root-owned file on root's own mount allowing setuid is kept.
+    // files too; a container's root writes files root owns. The same root-owned file on a
+    // mount of the profiler's own namespace allowing setuid is kept.
     // Python's binary: an object with enough rows to be kept, which the profiler does not map
     // itself.
     let mount = tempfile::tempdir().unwrap();
@@ -666,6 +667,18 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
         ],
     );
 
+    // A mount namespace root made, as a container's: its root writes files root owns.
+    let on_container = kept_tables(
+        "container",
+        &[
+            "unshare".as_ref(),
+            "-m".as_ref(),
+            python.as_os_str(),
+            "-c".as_ref(),
+            busy.as_ref(),
+        ],
+    );
+
     let on_suid = run_python(&python, "suid");
     drop(mounted);
     assert!(
@@ -676,6 +689,7 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
         ("a nosuid mount", &on_nosuid),
         ("FUSE", &on_fuse),
         ("an overlay in a user namespace", &on_overlay),
+        ("another mount namespace", &on_container),
     ] {
         assert!(
             !kept.contains(&python_table),

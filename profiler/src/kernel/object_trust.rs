@@ -5,30 +5,23 @@
 use std::{
     fs::{File, Metadata},
     io::Read as _,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::fs::MetadataExt as _,
-    },
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
 };
 
 /// The most of a mount table read: a host with thousands of mounts has a few hundred KiB.
 const MAX_MOUNT_TABLE_BYTES: u64 = 16 << 20;
-/// `NS_GET_USERNS` (`<linux/nsfs.h>`, `_IO(0xb7, 0x1)`): the user namespace owning a
-/// namespace.
-const NS_GET_USERNS: libc::c_ulong = 0xb701;
 
-/// Whether `file` (its `metadata`), mapped by process `mapped_by` or opened by the profiler
-/// itself, is trusted:
+/// Whether `file` (its `metadata`) is trusted:
 /// - a regular file of root's or of the profiler's own user, no one else may write;
 /// - on a file system mounted without `nosuid` and not served by FUSE: users mount their own
 ///   (a disk image through udisks, FUSE) `nosuid`, where a file can claim root as its owner,
 ///   and a FUSE daemon answers each read as it likes, whatever the mount's flags;
-/// - on a mount of the profiler's own mount namespace, or of the mapping process's when root
-///   made that namespace (a container's). In a user namespace of their own, a user mounts what
-///   they like without `nosuid`: an overlay over their FUSE or disk image files keeps the owner
-///   those files claim.
-pub fn trusted_object(file: &File, metadata: &Metadata, mapped_by: Option<u32>) -> bool {
-    owned(metadata) && trusted_file_system(file) && mount_made_by_root(file, mapped_by)
+/// - on a mount of the profiler's own mount namespace. In a user namespace of their own, a
+///   user mounts what they like without `nosuid`: an overlay over their FUSE or disk image
+///   files keeps the owner those files claim. A container's mounts are not trusted either:
+///   its root, or its image, writes files root owns.
+pub fn trusted_object(file: &File, metadata: &Metadata) -> bool {
+    owned(metadata) && trusted_file_system(file) && mount_of_ours(file)
 }
 
 fn owned(metadata: &Metadata) -> bool {
@@ -51,18 +44,9 @@ fn trusted_file_system(file: &File) -> bool {
     }
 }
 
-fn mount_made_by_root(file: &File, mapped_by: Option<u32>) -> bool {
-    let Some(mount) = mount_id(file) else {
-        return false;
-    };
-    // Mount ids are unique across namespaces: one listed in a table is that namespace's.
-    if lists_mount("/proc/self/mountinfo", mount) {
-        return true;
-    }
-    mapped_by.is_some_and(|pid| {
-        namespace_of_our_user_namespace(pid)
-            && lists_mount(&format!("/proc/{pid}/mountinfo"), mount)
-    })
+fn mount_of_ours(file: &File) -> bool {
+    // Mount ids are unique across namespaces: one listed in our table is a mount of ours.
+    mount_id(file).is_some_and(|mount| lists_mount("/proc/self/mountinfo", mount))
 }
 
 /// The id of the mount `file` is on, as mount tables list it.
@@ -83,35 +67,19 @@ fn mount_id(file: &File) -> Option<u64> {
     (stats.stx_mask & libc::STATX_MNT_ID != 0).then_some(stats.stx_mnt_id)
 }
 
-/// Whether the mount table at `path` (a `mountinfo`, read bounded) lists `mount`.
+/// Whether the mount table at `path` (a `mountinfo`, read bounded) lists `mount`. Read as
+/// bytes: a mount point's name need not be UTF-8.
 fn lists_mount(path: &str, mount: u64) -> bool {
-    let mut table = String::new();
-    let read = File::open(path)
-        .and_then(|file| file.take(MAX_MOUNT_TABLE_BYTES).read_to_string(&mut table));
+    let mut table = Vec::new();
+    let read =
+        File::open(path).and_then(|file| file.take(MAX_MOUNT_TABLE_BYTES).read_to_end(&mut table));
+    let id = mount.to_string();
     read.is_ok()
-        && table
-            .lines()
-            .any(|line| line.split(' ').next().and_then(|id| id.parse::<u64>().ok()) == Some(mount))
-}
-
-/// Whether the mount namespace of process `pid` belongs to the profiler's own user namespace:
-/// root made it (a container's), not a user in a namespace of their own.
-fn namespace_of_our_user_namespace(pid: u32) -> bool {
-    let Ok(namespace) = File::open(format!("/proc/{pid}/ns/mnt")) else {
-        return false;
-    };
-    // SAFETY: an open namespace descriptor; the ioctl returns a new descriptor or -1.
-    let owner = unsafe { libc::ioctl(namespace.as_raw_fd(), NS_GET_USERNS) };
-    if owner < 0 {
-        return false;
-    }
-    // SAFETY: a descriptor the kernel just made for us alone.
-    let owner = File::from(unsafe { OwnedFd::from_raw_fd(owner) });
-    let ours = std::fs::metadata("/proc/self/ns/user");
-    match (owner.metadata(), ours) {
-        (Ok(owner), Ok(ours)) => (owner.dev(), owner.ino()) == (ours.dev(), ours.ino()),
-        _ => false,
-    }
+        && table.split(|&byte| byte == b'\n').any(|line| {
+            line.split(|&byte| byte == b' ')
+                .next()
+                .is_some_and(|first| first == id.as_bytes())
+        })
 }
 
 #[cfg(test)]
@@ -126,22 +94,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let object = dir.path().join("lib.so");
         std::fs::write(&object, b"\x7fELF").unwrap();
-        let trusted = |path: &Path, mapped_by: Option<u32>| {
+        let trusted = |path: &Path| {
             let file = File::open(path).unwrap();
-            trusted_object(&file, &file.metadata().unwrap(), mapped_by)
+            trusted_object(&file, &file.metadata().unwrap())
         };
         // A temporary folder on a `nosuid` or FUSE mount trusts nothing: the tests of those
         // and of other mount namespaces are `safety`'s, which make them.
         let file_system_trusted = trusted_file_system(&File::open(&object).unwrap());
         std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(trusted(&object, None), file_system_trusted);
-        assert_eq!(
-            trusted(&object, Some(std::process::id())),
-            file_system_trusted
-        );
+        assert_eq!(trusted(&object), file_system_trusted);
         std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(!trusted(&object, None));
-        assert!(!trusted(dir.path(), None));
+        assert!(!trusted(&object));
+        assert!(!trusted(dir.path()));
     }
 
     #[test]
@@ -151,7 +115,5 @@ mod tests {
         assert!(lists_mount("/proc/self/mountinfo", mount));
         assert!(!lists_mount("/proc/self/mountinfo", u64::MAX));
         assert!(!lists_mount("/proc/self/no-such-table", mount));
-        assert!(namespace_of_our_user_namespace(std::process::id()));
-        assert!(!namespace_of_our_user_namespace(u32::MAX));
     }
 }

@@ -218,7 +218,7 @@ impl UnwindTables {
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
         let file = procfs::open_mapped_file(pid, entry).ok()?;
-        self.file_table(file, &entry.path, Some(pid), probes)
+        self.file_table(file, &entry.path, probes)
     }
 
     /// Forgets what was described for `pid` (it executed a new program, and the kernel
@@ -232,18 +232,16 @@ impl UnwindTables {
     pub fn prepare_file(&mut self, path: &std::path::Path, probes: &mut KernelProbes) {
         let started = Instant::now();
         if let Some(file) = crate::target::libraries::open(path) {
-            self.file_table(file, &path.to_string_lossy(), None, probes);
+            self.file_table(file, &path.to_string_lossy(), probes);
         }
         self.build_time += started.elapsed();
     }
 
-    /// The compiled table of an open object file (mapped by process `mapped_by`, or opened by
-    /// the profiler), compiling and loading it if new.
+    /// The compiled table of an open object file, compiling and loading it if new.
     fn file_table(
         &mut self,
         mut file: File,
         path: &str,
-        mapped_by: Option<u32>,
         probes: &mut KernelProbes,
     ) -> Option<ObjectTable> {
         let metadata = file.metadata().ok()?;
@@ -272,7 +270,7 @@ impl UnwindTables {
         // could have written them: a user's file could carry libc's build-id and a forged
         // table, with which every process's libc would then be walked. (`trusted_object`
         // also refuses file systems and mounts users can make.)
-        let trusted = super::object_trust::trusted_object(&file, &metadata, mapped_by);
+        let trusted = super::object_trust::trusted_object(&file, &metadata);
         let build_id = build_id.filter(|_| trusted);
         let key = build_id
             .as_ref()

@@ -64,8 +64,22 @@ pub fn proc_dir(pid: u32) -> PathBuf {
 
 /// Reads `/proc/PID/maps`.
 pub fn read_maps(pid: u32) -> io::Result<String> {
-    fs::read_to_string(proc_dir(pid).join("maps"))
+    let mut bytes = read_bounded(&proc_dir(pid).join("maps"), MAX_MAPS_BYTES)?;
+    if bytes.len() as u64 == MAX_MAPS_BYTES {
+        // Cut short: the last line, maybe cut too, goes.
+        let end = bytes
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |at| at + 1);
+        bytes.truncate(end);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// The most of a memory map read: tens of thousands of mappings take a few MiB, but the
+/// kernel does not bound a mapped file's path, and a process can make the file as large as
+/// it likes.
+const MAX_MAPS_BYTES: u64 = 64 << 20;
 
 /// Name (`comm`) of a process.
 pub fn process_name(pid: u32) -> io::Result<String> {
