@@ -132,9 +132,8 @@ fn chromium() -> PathBuf {
 /// `pprof-format` decoder and `playwright-core`, and a headless Chromium; PostgreSQL, the
 /// server the verdict is tested on; OpenJDK 17, Go and CPython 3.11 (with its headers), whose
 /// code the runtime tests name; the OTLP receiver's Python environment; bindfs, a FUSE file
-/// system. Installed from
-/// Debian's packages and the npm registry when missing (as root; otherwise the tests that need
-/// them skip, or fail under `CI=true`).
+/// system. Installed from Debian's packages and the npm registry when missing (as root;
+/// otherwise the tests that need them skip, or fail under `CI=true`).
 pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     let mut packages = Vec::new();
     if !works("node") || !works("npm") {
@@ -186,7 +185,7 @@ pub fn install_test_tools(root: &Path, as_root: bool) -> anyhow::Result<()> {
     if !packages.is_empty() {
         if !as_root {
             eprintln!(
-                "setup: not root, not installing {}: the report and pprof tests need them",
+                "setup: not root, not installing {}: the integration tests need them",
                 packages.join(", ")
             );
             return Ok(());

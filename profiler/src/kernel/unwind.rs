@@ -248,8 +248,8 @@ impl UnwindTables {
         if self.own_executable == Some((metadata.dev(), metadata.ino())) {
             return None;
         }
-        // With its ctime, which no one can set: a new file on a freed inode number, of the same
-        // size and modification time, is another file.
+        // With its ctime: a new file on a freed inode number, of the same size and modification
+        // time, is then another file.
         let identity = (
             metadata.dev(),
             metadata.ino(),
