@@ -152,6 +152,21 @@ pub fn record(args: &[&str], name: &str, program_args: &[&str]) -> (tempfile::Te
     (dir, out)
 }
 
+/// The build-id of an ELF file, in hex, as `readelf` tells it.
+pub fn build_id(path: &Path) -> String {
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run readelf: {err}"));
+    String::from_utf8_lossy(&notes.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build-id in {}", path.display()))
+        .trim()
+        .to_owned()
+}
+
 /// A spawned process killed when the guard is dropped, so a failing test leaves nothing behind.
 pub struct Spawned(pub Child);
 

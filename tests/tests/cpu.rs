@@ -503,16 +503,7 @@ fn a_stripped_program_keeps_a_frame_per_function_and_its_build_id() {
     assert!(quality["unsymbolized_frames_percent"].as_f64() > Some(30.0));
     // The pprof export names the program (its full path) and its build-id, with its code as
     // addresses to symbolize.
-    let readelf = output(
-        std::process::Command::new("readelf")
-            .arg("-n")
-            .arg(&stripped),
-    );
-    let notes = String::from_utf8_lossy(&readelf.stdout);
-    let build_id = notes
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("Build ID: "))
-        .expect("the test program has a build-id");
+    let build_id = profiler_tests::build_id(&stripped);
     let pprof = profiler_tests::node_json("read-pprof.mjs", &[&dir.path().join("profile.pb.gz")]);
     let mapping = pprof["mappings"]
         .as_array()

@@ -10,7 +10,7 @@ use std::{
 };
 
 use profiler_tests::{
-    Spawned, assert_nothing_loaded, have_root, output, profiler, profiler_bin, program,
+    Spawned, assert_nothing_loaded, build_id, have_root, output, profiler, profiler_bin, program,
     read_summary, runtimes::have_runtime, serial, wait_for,
 };
 
@@ -696,20 +696,9 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
             "Python's table {python_table} kept from {made_by_user}: {kept:?}"
         );
     }
+    assert!(
+        on_nosuid.iter().all(|name| on_suid.contains(name)),
+        "the system's libraries kept both times: nosuid {on_nosuid:?}, suid {on_suid:?}"
+    );
     assert_nothing_loaded();
-}
-
-/// The build-id of an ELF file, in hex, as `readelf` tells it.
-fn build_id(path: &Path) -> String {
-    let notes = Command::new("readelf")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&notes.stdout)
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("Build ID: "))
-        .unwrap_or_else(|| panic!("no build-id in {}", path.display()))
-        .trim()
-        .to_owned()
 }
