@@ -293,8 +293,19 @@ pub struct ThreadState {
     pub run_queue_max_ns: u64,
     /// Log2 histogram of the delays in µs, see [`RUNQ_SLOTS`].
     pub run_queue_slots: [u64; RUNQ_SLOTS],
+    /// The kernel's own count of the thread's arrivals on a CPU (`sched_info.pcount`) and sum
+    /// of their run-queue delays (`sched_info.run_delay`) at its last switch-out: the delays
+    /// since are the differences. 0 for a thread born during the run (the kernel's start at 0
+    /// too); [`RUN_DELAY_UNKNOWN`] until the first switch-out of a thread that existed before.
+    pub sched_pcount: u64,
+    /// See `sched_pcount`.
+    pub sched_run_delay_ns: u64,
 }
-const _: () = assert!(size_of::<ThreadState>() == 48 + 40 + 8 + 24 + 8 * RUNQ_SLOTS);
+const _: () = assert!(size_of::<ThreadState>() == 48 + 40 + 8 + 24 + 8 * RUNQ_SLOTS + 16);
+
+/// [`ThreadState::sched_pcount`] of a thread whose counts before its first switch-out are not
+/// known: that switch-out only notes them.
+pub const RUN_DELAY_UNKNOWN: u64 = u64::MAX;
 
 /// Kinds of [`ProcessEvent`].
 pub mod process_event {

@@ -60,6 +60,9 @@ pub(crate) static THREAD_ZERO: ThreadState = ThreadState {
     run_queue_total_ns: 0,
     run_queue_max_ns: 0,
     run_queue_slots: [0; RUNQ_SLOTS],
+    // Born during the run: the kernel's counts start at 0 too.
+    sched_pcount: 0,
+    sched_run_delay_ns: 0,
 };
 
 /// Memory activity per process, per CPU, read by the collector for the memory timeline.

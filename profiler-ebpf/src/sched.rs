@@ -10,14 +10,16 @@ use aya_ebpf::{
 };
 use profiler_common::{
     COMM_LEN, CONTROL_ATTACH_NS, OFFCPU_MAP_ENTRIES, OFFCPU_STATE_BEFORE_ATTACH,
-    OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuTime, PendingWalk, RECORDING_STOPPED, STACK_ID_NONE,
-    STACK_ID_UNSAMPLED, ThreadState, counter, floor_log2, tracepoint_fields,
+    OFFCPU_STATE_PREEMPTED, OffCpuKey, OffCpuTime, PendingWalk, RECORDING_STOPPED,
+    RUN_DELAY_UNKNOWN, STACK_ID_NONE, STACK_ID_UNSAMPLED, ThreadState, counter, floor_log2,
+    tracepoint_fields,
 };
 
 use crate::{
     current,
     helpers::{
-        active_map, add_to_counter, bump, current_tgid_tid, field, stack_sampled, user_stack,
+        active_map, add_to_counter, bump, current_tgid_tid, field, read_at, stack_sampled,
+        user_stack,
     },
     maps::{CONTROL, THREADS},
     offcpu_stacks,
@@ -28,6 +30,11 @@ use crate::{
 /// Off-CPU periods shorter than this are counted but not recorded, ns.
 #[unsafe(no_mangle)]
 static MIN_BLOCK_NS: u64 = 0;
+
+/// Offsets of `task_struct.sched_info.pcount` and `.run_delay`, from the kernel's BTF; 0 on a
+/// kernel without them (no `CONFIG_SCHED_INFO`), where `sched_wakeup` times the delays.
+#[unsafe(no_mangle)]
+static RUN_DELAY_OFFSETS: [u32; 2] = [0; 2];
 
 /// Off-CPU time per thread, stacks and state; double-buffered like the sample maps.
 #[map]
@@ -69,6 +76,72 @@ fn target_thread(tid: u32) -> Option<*mut ThreadState> {
     (unsafe { (*thread).exited } == 0).then_some(thread)
 }
 
+/// Adds `count` run-queue delays totalling `total_ns` to a target thread's figures.
+#[inline(always)]
+fn add_run_queue_delays(thread: *mut ThreadState, count: u64, total_ns: u64) {
+    // Several at once only after switch-outs not seen here: their mean stands for each.
+    let delay = total_ns / count.max(1);
+    // SAFETY: only this thread's own switches (and wakeups) touch its entry.
+    unsafe {
+        (*thread).run_queue_count += count;
+        (*thread).run_queue_total_ns += total_ns;
+        if delay > (*thread).run_queue_max_ns {
+            (*thread).run_queue_max_ns = delay;
+        }
+        if let Some(bucket) = (*thread)
+            .run_queue_slots
+            .get_mut(floor_log2(delay / 1000) as usize)
+        {
+            *bucket += count;
+        }
+    }
+}
+
+/// The current thread, a target, leaves the CPU: the run-queue delays it had since its last
+/// switch-out, from the kernel's own accounting (`sched_info`, which the scheduler keeps for
+/// every task): no program at each of the machine's wakeups, where the run queue is locked.
+/// Nothing on a kernel without it. A function of its own: inlined, its values joined the
+/// scheduler program's frame, on which the walker's frames sit, and kernels before 6.13 allow
+/// 512 bytes for them all.
+#[inline(never)]
+fn settle_run_delays(thread: *mut ThreadState) {
+    // SAFETY: read_volatile keeps the loader-set constants from being folded at compile time.
+    let [pcount_at, run_delay_at] = unsafe { core::ptr::read_volatile(&RUN_DELAY_OFFSETS) };
+    if pcount_at == 0 {
+        return;
+    }
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let (Some(pcount), Some(run_delay)) = (
+        read_at::<u64>(task, pcount_at),
+        read_at::<u64>(task, run_delay_at),
+    ) else {
+        return;
+    };
+    // SAFETY: as above.
+    let (last_pcount, last_run_delay) =
+        unsafe { ((*thread).sched_pcount, (*thread).sched_run_delay_ns) };
+    if last_pcount != RUN_DELAY_UNKNOWN && pcount > last_pcount {
+        add_run_queue_delays(
+            thread,
+            pcount - last_pcount,
+            run_delay.saturating_sub(last_run_delay),
+        );
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*thread).sched_pcount = pcount;
+        (*thread).sched_run_delay_ns = run_delay;
+    }
+}
+
+/// Whether [`settle_run_delays`] times the run-queue delays (else `sched_wakeup` and the
+/// switch-in do). Read where needed, not held: a value held across the walk takes stack.
+#[inline(always)]
+fn run_delays_from_kernel() -> bool {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    unsafe { core::ptr::read_volatile(&RUN_DELAY_OFFSETS[0]) != 0 }
+}
+
 /// A target thread leaves the CPU: remember when, where and why.
 ///
 /// Every target thread has a `THREADS` entry (made by the collector for threads that existed
@@ -84,6 +157,7 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     let Some(thread) = target_thread(tid) else {
         return;
     };
+    settle_run_delays(thread);
     let below = offcpu_stacks::sample_below_ns();
     // A sampled period still pending (the thread ran no system call since) and a new period
     // with every stack walked share one walk: the stack is the same.
@@ -125,7 +199,12 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     unsafe {
         let off_cpu = &mut (*thread).off_cpu;
         off_cpu.start_ns = now;
-        off_cpu.runnable_ns = if preempted { now } else { 0 };
+        // Else `sched_wakeup` and the switch-in time the delays, from `runnable_ns`.
+        off_cpu.runnable_ns = if preempted && !run_delays_from_kernel() {
+            now
+        } else {
+            0
+        };
         off_cpu.tgid = tgid;
         off_cpu.user_stack_id = user_stack_id;
         off_cpu.kernel_stack_id = kernel_stack_id;
@@ -231,18 +310,7 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
         (*thread).off_cpu.start_ns = 0;
         (*thread).off_cpu.runnable_ns = 0;
         if runnable_ns != 0 {
-            let delay = now.saturating_sub(runnable_ns);
-            (*thread).run_queue_count += 1;
-            (*thread).run_queue_total_ns += delay;
-            if delay > (*thread).run_queue_max_ns {
-                (*thread).run_queue_max_ns = delay;
-            }
-            if let Some(bucket) = (*thread)
-                .run_queue_slots
-                .get_mut(floor_log2(delay / 1000) as usize)
-            {
-                *bucket += 1;
-            }
+            add_run_queue_delays(thread, 1, now.saturating_sub(runnable_ns));
         }
     }
     // The thread about to run here is a target, with or without a walk pending: its system
@@ -276,8 +344,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A target thread becomes runnable: its run-queue delay starts. A BTF tracepoint: the classic
-/// one first copies a record at every wakeup of the machine, a cost no program statistics show.
+/// A target thread becomes runnable: its run-queue delay starts. Only on a kernel without
+/// `sched_info` (see [`settle_run_delays`]). A BTF tracepoint: the classic one first copies a
+/// record at every wakeup of the machine, a cost no program statistics show.
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     match try_sched_wakeup(ctx) {

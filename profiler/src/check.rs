@@ -119,6 +119,7 @@ pub fn run_checks() -> Vec<Check> {
         unwind_rows: Some(1024),
         sample_first: false,
         report_untargeted_execs: false,
+        run_delays_from_wakeups: false,
     };
     let mut probes = match KernelProbes::load(options, &[]) {
         Ok(probes) => probes,
@@ -172,7 +173,8 @@ pub fn run_checks() -> Vec<Check> {
                 .attach_scheduler(0)
                 .and_then(|()| probes.attach_syscalls())
                 .and_then(|()| probes.attach_block()),
-            "sched_switch, sched_wakeup, task_rename, raw_syscalls, block_rq_issue/complete",
+            "sched_switch (and sched_wakeup without sched_info), task_rename, raw_syscalls, \
+             block_rq_issue/complete",
         ),
     ));
     checks.push(Check::new("uprobes", uprobes(&mut probes)));

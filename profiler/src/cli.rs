@@ -296,6 +296,10 @@ pub struct CollectArgs {
     /// interpreter's evaluation loop), as before the profiler knew them.
     #[arg(long, conflicts_with = "python_interpreter_frames")]
     pub no_python_frames: bool,
+    /// Time run-queue delays with a program at every wakeup, as on kernels without the
+    /// scheduler's own accounting (for the tests and benchmarks of that path).
+    #[arg(long, hide = true)]
+    pub run_delays_from_wakeups: bool,
     /// Show the eBPF programs' own log lines and the collector's progress.
     #[arg(short, long)]
     pub verbose: bool,
@@ -448,6 +452,7 @@ impl CollectArgs {
             max_memory: args.max_memory,
             jvm_attach: !args.no_jvm_attach,
             python_interpreter_frames: args.python_interpreter_frames,
+            run_delays_from_wakeups: args.run_delays_from_wakeups,
             python_frames: !args.no_python_frames,
         }
     }

@@ -153,45 +153,67 @@ fn run_queue_delay_is_reported_when_threads_outnumber_cpus() {
     }
     let cpus = std::thread::available_parallelism().map_or(2, usize::from);
     let threads = (2 * cpus).to_string();
-    let (dir, out) = record(
-        &["--events", "cpu,offcpu"],
-        "busy_threads",
-        &["2", &threads],
-    );
-    assert!(out.status.success());
-    let summary = read_summary(dir.path());
-    let offcpu = &summary["offcpu"];
-    let run_queue = offcpu["run_queue"].as_array().unwrap();
-    let busy: Vec<_> = run_queue
-        .iter()
-        .filter(|t| t["name"].as_str().unwrap().starts_with("busy-"))
-        .collect();
-    assert_eq!(
-        busy.len(),
-        2 * cpus,
-        "every busy thread has run-queue figures: {run_queue:?}"
-    );
-    for thread in &busy {
-        assert!(thread["count"].as_u64().unwrap() > 10, "{thread}");
-        assert!(
-            thread["p99_us"].as_u64().unwrap() >= 1000,
-            "p99 at least 1 ms: {thread}"
+    // The delays from the scheduler's own accounting, read at each switch-out (the default
+    // where the kernel keeps it), and timed from each wakeup and preemption (kernels without).
+    for extra in [&[][..], &["--run-delays-from-wakeups"][..]] {
+        let (dir, out) = record(
+            &[&["--events", "cpu,offcpu"][..], extra].concat(),
+            "busy_threads",
+            &["2", &threads],
         );
-    }
-    for thread in offcpu["threads"].as_array().unwrap() {
-        if !thread["name"].as_str().unwrap().starts_with("busy-") {
-            continue;
+        assert!(out.status.success(), "{extra:?}");
+        let summary = read_summary(dir.path());
+        let offcpu = &summary["offcpu"];
+        let run_queue = offcpu["run_queue"].as_array().unwrap();
+        let busy: Vec<_> = run_queue
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap().starts_with("busy-"))
+            .collect();
+        assert_eq!(
+            busy.len(),
+            2 * cpus,
+            "{extra:?}: every busy thread has run-queue figures: {run_queue:?}"
+        );
+        for thread in &busy {
+            assert!(
+                thread["count"].as_u64().unwrap() > 10,
+                "{extra:?}: {thread}"
+            );
+            assert!(
+                thread["p99_us"].as_u64().unwrap() >= 1000,
+                "{extra:?}: p99 at least 1 ms: {thread}"
+            );
+            // A spinning thread is off-CPU only while it waits for one: its off-CPU time,
+            // timed from the switches, and its run-queue delays, from elsewhere, agree.
+            let tid = thread["tid"].as_u64().unwrap();
+            let off_cpu = offcpu["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|row| row["tid"].as_u64() == Some(tid))
+                .and_then(|row| row["off_cpu_us"].as_u64())
+                .unwrap_or_else(|| panic!("{extra:?}: no off-CPU row for {thread}"));
+            let waited = thread["total_us"].as_u64().unwrap();
+            assert!(
+                percent(waited, off_cpu) > 80.0 && percent(waited, off_cpu) < 105.0,
+                "{extra:?}: run-queue delays {waited} µs against {off_cpu} µs off-CPU: {thread}"
+            );
         }
-        let runnable = thread["runnable_us"].as_u64().unwrap();
-        let total = thread["total_us"].as_u64().unwrap();
-        assert!(
-            percent(runnable, total) > 25.0,
-            "waits for a CPU a good part of the time: {thread}"
-        );
+        for thread in offcpu["threads"].as_array().unwrap() {
+            if !thread["name"].as_str().unwrap().starts_with("busy-") {
+                continue;
+            }
+            let runnable = thread["runnable_us"].as_u64().unwrap();
+            let total = thread["total_us"].as_u64().unwrap();
+            assert!(
+                percent(runnable, total) > 25.0,
+                "{extra:?}: waits for a CPU a good part of the time: {thread}"
+            );
+        }
+        let reasons = offcpu["reasons"].as_array().unwrap();
+        assert_eq!(reasons[0]["reason"], "preempted", "{extra:?}: {reasons:?}");
+        assert_nothing_loaded();
     }
-    let reasons = offcpu["reasons"].as_array().unwrap();
-    assert_eq!(reasons[0]["reason"], "preempted", "{reasons:?}");
-    assert_nothing_loaded();
 }
 
 #[test]

@@ -66,6 +66,11 @@ const CHECKS: &[(&str, &str)] = &[
         "blocked_time_splits_between_sleep_and_pipe_and_adds_up_to_wall_time",
     ),
     ("offcpu", "sampled_offcpu_stacks_keep_shares_and_totals"),
+    // Both run-queue paths: the kernel's `sched_info`, and the wakeup program.
+    (
+        "offcpu",
+        "run_queue_delay_is_reported_when_threads_outnumber_cpus",
+    ),
     (
         "io",
         "file_io_is_counted_exactly_per_path_and_fsync_dominates",

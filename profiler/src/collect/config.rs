@@ -114,6 +114,8 @@ pub struct RunConfig {
     pub python_interpreter_frames: bool,
     /// Read the Python frames of CPython processes.
     pub python_frames: bool,
+    /// Time run-queue delays at wakeups even where the scheduler accounts them itself.
+    pub run_delays_from_wakeups: bool,
 }
 
 /// Which off-CPU periods and I/O calls get their stacks walked. Every one is counted and timed

@@ -225,6 +225,7 @@ fn attach_targets(
             unwind_rows: config.unwind_rows,
             sample_first,
             report_untargeted_execs: spec.selection().is_some_and(Selection::is_partial),
+            run_delays_from_wakeups: config.run_delays_from_wakeups,
         },
         &allocator_probes,
     )?;

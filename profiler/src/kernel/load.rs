@@ -69,6 +69,7 @@ impl KernelProbes {
         let started = std::time::Instant::now();
         let object = ObjectLoad::start(options);
         let globals = Globals::new(&options)?;
+        let wakeups_timed = !globals.run_delays_at_switch();
         // Sampled off-CPU periods get their user stacks at system-call exits.
         let settle_offcpu_at_exit = options.scheduler && options.offcpu_stack_sampling;
         // The BTF tracepoints need a parse of the kernel's BTF of their own (aya keeps its
@@ -87,7 +88,11 @@ impl KernelProbes {
             names.push("cpu_sample");
         }
         if options.scheduler {
-            names.extend(SCHEDULER_PROGRAMS);
+            names.push(SCHEDULER_PROGRAMS[0]);
+            // The run-queue delays come from the scheduler's own accounting where it keeps one.
+            if wakeups_timed {
+                names.push(SCHEDULER_PROGRAMS[1]);
+            }
             if settle_offcpu_at_exit {
                 names.push(offcpu_settling_program());
             }
@@ -279,8 +284,12 @@ impl KernelProbes {
     /// `CLOCK_MONOTONIC` time from which threads already off-CPU are accounted.
     pub fn attach_scheduler(&mut self, now_ns: u64) -> Result<(), ProbeError> {
         self.set_control(CONTROL_ATTACH_NS, now_ns)?;
-        self.attach_tracepoints(&SCHEDULER_PROGRAMS)?;
-        // Loaded only when they apply (the tracepoint's layout fits; stacks may be sampled).
+        self.attach_tracepoints(&SCHEDULER_PROGRAMS[..1])?;
+        // Loaded only when they apply (no run-queue accounting of the kernel's own; the
+        // tracepoint's layout fits; stacks may be sampled).
+        if self.is_loaded(SCHEDULER_PROGRAMS[1]) {
+            self.attach_tracepoints(&SCHEDULER_PROGRAMS[1..])?;
+        }
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
@@ -402,6 +411,8 @@ impl KernelProbes {
             run_queue_total_ns: 0,
             run_queue_max_ns: 0,
             run_queue_slots: [0; profiler_common::RUNQ_SLOTS],
+            sched_pcount: profiler_common::RUN_DELAY_UNKNOWN,
+            sched_run_delay_ns: 0,
         };
         // BPF_NOEXIST: a thread the programs already track keeps its state.
         const BPF_NOEXIST: u64 = 1;

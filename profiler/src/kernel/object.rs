@@ -35,6 +35,8 @@ pub struct LoadOptions {
     /// The most rows the unwind tables may hold when user stacks are walked with them;
     /// `None` leaves user stacks to the kernel's frame-pointer walker.
     pub unwind_rows: Option<u32>,
+    /// Time run-queue delays at wakeups even where the kernel's `sched_info` has them.
+    pub run_delays_from_wakeups: bool,
     /// Verify only what CPU sampling needs before returning; the other programs wait for
     /// [`KernelProbes::load_deferred`]. A running process is then sampled while they are
     /// verified, most of a start-up.
@@ -59,6 +61,7 @@ pub(super) struct Globals {
     vma_file_offsets: [u32; 11],
     task_context_offsets: [u32; 2],
     task_fsbase_offset: u32,
+    run_delay_offsets: [u32; 2],
     block_field_offsets: [u32; profiler_common::block_field::COUNT],
     log_level: u8,
 }
@@ -127,6 +130,19 @@ impl Globals {
             (Ok(thread), Ok(fsbase)) => thread + fsbase,
             _ => 0,
         };
+        // The scheduler's own run-queue accounting of a task, `task_struct.sched_info.pcount`
+        // and `.run_delay`. Missing (no `CONFIG_SCHED_INFO`): 0, and `sched_wakeup` times the
+        // delays.
+        let run_delay_offsets = match (
+            types.member_offset("task_struct", "sched_info"),
+            types.member_offset("sched_info", "pcount"),
+            types.member_offset("sched_info", "run_delay"),
+        ) {
+            (Ok(info), Ok(pcount), Ok(run_delay)) if !options.run_delays_from_wakeups => {
+                [info + pcount, info + run_delay]
+            }
+            _ => [0, 0],
+        };
         // From a memory area to the identity of its file, and from a task to its program's
         // text (`unwind_mappings`). Missing: all 0, and new processes wait for the collector.
         let vma_file_offsets = types.all_or_none([
@@ -161,9 +177,18 @@ impl Globals {
             vma_file_offsets,
             task_context_offsets,
             task_fsbase_offset,
+            run_delay_offsets,
             block_field_offsets,
             log_level: if options.verbose { 0xff } else { 0 },
         })
+    }
+}
+
+impl Globals {
+    /// Whether `sched_switch` takes the run-queue delays from the kernel's own accounting
+    /// (else `sched_wakeup` times them).
+    pub(super) fn run_delays_at_switch(&self) -> bool {
+        self.run_delay_offsets[0] != 0
     }
 }
 
@@ -235,6 +260,7 @@ fn load_object<'a>(
         .override_global("VMA_FILE_OFFSETS", &globals.vma_file_offsets, true)
         .override_global("TASK_CONTEXT_OFFSETS", &globals.task_context_offsets, true)
         .override_global("TASK_FSBASE_OFFSET", &globals.task_fsbase_offset, true)
+        .override_global("RUN_DELAY_OFFSETS", &globals.run_delay_offsets, true)
         .override_global("BLOCK_FIELD_OFFSETS", &globals.block_field_offsets, true)
         .override_global(aya_log::LEVEL, &globals.log_level, false)
         .load(super::programs::ebpf_object())
