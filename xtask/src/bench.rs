@@ -590,10 +590,13 @@ pub fn offcpu(args: &OffCpuBenchArgs) -> anyhow::Result<()> {
         count_field: "switches",
         count_label: "switches",
         count_singular: "switch",
-        // The default (stacks sampled within the overhead budget) and every stack walked.
+        // The default (stacks sampled within the overhead budget), every stack walked, and
+        // the default with a program at every wakeup timing the run-queue delays (what
+        // kernels without the scheduler's `sched_info` get).
         profiler_modes: &[
             &["--events", "offcpu"],
             &["--events", "offcpu", "--max-overhead", "100"],
+            &["--events", "offcpu", "--run-delays-from-wakeups"],
         ],
         bpftrace: (
             "bpftrace sched_switch + stacks",

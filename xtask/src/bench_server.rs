@@ -34,6 +34,9 @@ enum Watcher {
     Nothing,
     /// `profiler attach --children -e EVENTS` with these extra options.
     Profiler(&'static str, &'static [&'static str]),
+    /// `profiler attach -e EVENTS` on a process that sleeps throughout: every hook in place,
+    /// no event of a target. What the hooks' presence costs the machine's other processes.
+    ProfilerElsewhere(&'static str),
     /// `perf record -g -a -F 99` (system-wide: `-p` does not follow backends forked later).
     Perf,
     /// bpftrace counting kernel and user stacks at every switch-out of a `postgres` process.
@@ -48,13 +51,16 @@ impl Watcher {
             Watcher::Profiler(events, extra) => {
                 format!("profiler `-e {events} {}`", extra.join(" "))
             }
+            Watcher::ProfilerElsewhere(events) => {
+                format!("profiler `-e {events}` on a sleeping process")
+            }
             Watcher::Perf => "perf `record -g -a`".to_owned(),
             Watcher::Bpftrace => "bpftrace off-CPU stacks".to_owned(),
         }
     }
 }
 
-const WATCHERS: [Watcher; 8] = [
+const WATCHERS: [Watcher; 9] = [
     Watcher::Nothing,
     // The default: stacks sampled within the overhead budget (`--max-overhead`).
     Watcher::Profiler(EVERY_KIND, &[]),
@@ -66,6 +72,8 @@ const WATCHERS: [Watcher; 8] = [
     Watcher::Profiler("cpu", &[]),
     Watcher::Profiler("offcpu", &[]),
     Watcher::Profiler("io", &[]),
+    // The floor under all of it: the hooks with nothing of PostgreSQL's to account.
+    Watcher::ProfilerElsewhere(EVERY_KIND),
 ];
 
 const EVERY_KIND: &str = "cpu,offcpu,io";
@@ -210,24 +218,45 @@ impl Drop for Cluster {
     }
 }
 
+/// A watcher running, and the process it watches when that is not PostgreSQL.
+struct Running {
+    watcher: Child,
+    sleeper: Option<Child>,
+}
+
 /// Starts `watcher` on the cluster; `None` for pgbench alone.
 fn start_watcher(
     watcher: Watcher,
     cluster: &Cluster,
     scratch: &Path,
-) -> anyhow::Result<Option<Child>> {
+) -> anyhow::Result<Option<Running>> {
+    let out = scratch.join("profile");
+    let mut sleeper = None;
     let mut command = match watcher {
         Watcher::Nothing => return Ok(None),
         Watcher::Profiler(events, extra) => {
-            let out = scratch.join("profile");
             let _ = std::fs::remove_dir_all(&out);
             let mut command = Command::new(profiler_bin());
             command
                 .args(["attach", "--children", "-e", events])
                 .args(extra)
                 .arg("-o")
-                .arg(out)
+                .arg(&out)
                 .arg(cluster.postmaster_pid()?.to_string());
+            command
+        }
+        Watcher::ProfilerElsewhere(events) => {
+            let _ = std::fs::remove_dir_all(&out);
+            let sleep = Command::new("sleep")
+                .arg("100000")
+                .spawn()
+                .context("starting sleep")?;
+            let mut command = Command::new(profiler_bin());
+            command
+                .args(["attach", "-e", events, "-o"])
+                .arg(&out)
+                .arg(sleep.id().to_string());
+            sleeper = Some(sleep);
             command
         }
         Watcher::Perf => {
@@ -254,14 +283,21 @@ fn start_watcher(
     // Attached (the profiler's programs verified, perf's and bpftrace's probes in place)
     // before the measured load starts.
     std::thread::sleep(Duration::from_secs(3));
-    Ok(Some(child))
+    Ok(Some(Running {
+        watcher: child,
+        sleeper,
+    }))
 }
 
 /// Stops a watcher the way a user would (Ctrl-C) and waits for it.
-fn stop_watcher(child: Child) -> anyhow::Result<()> {
+fn stop_watcher(running: Running) -> anyhow::Result<()> {
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait_with_output()?.status;
+    unsafe { libc::kill(running.watcher.id() as i32, libc::SIGINT) };
+    let status = running.watcher.wait_with_output()?.status;
+    if let Some(mut sleeper) = running.sleeper {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
     // perf ends by the signal itself, the others exit 0 or 130.
     let interrupted = status.signal() == Some(libc::SIGINT) || status.code() == Some(130);
     if !status.success() && !interrupted {
@@ -270,13 +306,84 @@ fn stop_watcher(child: Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a profiler run said of its stack sampling (summary.json), in a few words.
-fn own_account(watcher: Watcher, summary: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(summary) else {
-        return "no summary.json".to_owned();
+/// What one pgbench run under a watcher gave.
+struct Measured {
+    tps: f64,
+    /// The machine's busy CPU time (all CPUs, every process) while pgbench ran, per
+    /// transaction, µs: what the work cost, the watcher's share included.
+    cpu_per_transaction_us: f64,
+    /// The profiler's summary.json, if the watcher was the profiler.
+    summary: Option<serde_json::Value>,
+}
+
+/// The machine's busy CPU time so far (all CPUs: user, nice, system, interrupts; not the time
+/// the hypervisor gave other guests), seconds, from /proc/stat.
+fn busy_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6]
+        .iter()
+        .filter_map(|&field| ticks.get(field))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / hz)
+}
+
+/// Runs pgbench for `seconds` under `watcher`, at `rate` transactions a second if given.
+fn measure(
+    watcher: Watcher,
+    cluster: &Cluster,
+    scratch: &Path,
+    seconds: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<Measured> {
+    let running = start_watcher(watcher, cluster, scratch)?;
+    let mut pgbench = cluster.pgbench();
+    pgbench.args(["-c", "8", "-j", "2", "-T", &seconds.to_string()]);
+    if let Some(rate) = rate {
+        pgbench.args(["-R", &rate.to_string()]);
+    }
+    let busy_before = busy_cpu_seconds()?;
+    let report = pgbench
+        .arg("postgres")
+        .stderr(Stdio::null())
+        .output()
+        .context("running pgbench")?;
+    let busy = busy_cpu_seconds()? - busy_before;
+    if let Some(running) = running {
+        stop_watcher(running)?;
+    }
+    let report = String::from_utf8_lossy(&report.stdout);
+    let tps = tps(&report)?;
+    let transactions = transactions(&report)?;
+    let summary = match watcher {
+        Watcher::Profiler(..) | Watcher::ProfilerElsewhere(_) => {
+            std::fs::read_to_string(scratch.join("profile/summary.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+        }
+        _ => None,
     };
-    let Ok(summary) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return "unreadable summary.json".to_owned();
+    Ok(Measured {
+        tps,
+        cpu_per_transaction_us: busy * 1e6 / transactions.max(1) as f64,
+        summary,
+    })
+}
+
+/// What a profiler run said of its stack sampling (summary.json), in a few words.
+fn own_account(watcher: Watcher, summary: Option<&serde_json::Value>) -> String {
+    let Some(summary) = summary else {
+        return "no summary.json".to_owned();
     };
     let sampling = &summary["quality"]["stack_sampling"];
     if sampling.is_null() {
@@ -379,6 +486,17 @@ fn story_table(exact: &serde_json::Value, sampled: &serde_json::Value, kind: &st
     table
 }
 
+/// How many transactions pgbench made, from its report.
+fn transactions(report: &str) -> anyhow::Result<u64> {
+    const LINE: &str = "number of transactions actually processed: ";
+    report
+        .lines()
+        .find_map(|line| line.strip_prefix(LINE))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|number| number.parse().ok())
+        .with_context(|| format!("no transaction count in pgbench's report: {report}"))
+}
+
 /// pgbench's throughput, from its report.
 fn tps(report: &str) -> anyhow::Result<f64> {
     report
@@ -397,35 +515,13 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let mut tps_by_watcher: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
     let mut accounts: Vec<String> = vec![String::new(); WATCHERS.len()];
-    let mut summaries: Vec<Option<serde_json::Value>> = vec![None; WATCHERS.len()];
     for round in 0..args.runs {
         let mut baseline = None;
         for (index, watcher) in WATCHERS.iter().enumerate() {
-            let child = start_watcher(*watcher, &cluster, &scratch)?;
-            let report = cluster
-                .pgbench()
-                .args([
-                    "-c",
-                    "8",
-                    "-j",
-                    "2",
-                    "-T",
-                    &args.seconds.to_string(),
-                    "postgres",
-                ])
-                .stderr(Stdio::null())
-                .output()
-                .context("running pgbench")?;
-            if let Some(child) = child {
-                stop_watcher(child)?;
-            }
-            let tps = tps(&String::from_utf8_lossy(&report.stdout))?;
-            if let Watcher::Profiler(..) = watcher {
-                let summary = scratch.join("profile/summary.json");
-                accounts[index] = own_account(*watcher, &summary);
-                summaries[index] = std::fs::read_to_string(&summary)
-                    .ok()
-                    .and_then(|text| serde_json::from_str(&text).ok());
+            let measured = measure(*watcher, &cluster, &scratch, args.seconds, None)?;
+            let tps = measured.tps;
+            if let Watcher::Profiler(..) | Watcher::ProfilerElsewhere(_) = watcher {
+                accounts[index] = own_account(*watcher, measured.summary.as_ref());
             }
             let base = *baseline.get_or_insert(tps);
             eprintln!(
@@ -439,15 +535,54 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             ratios[index].push(100.0 * tps / base);
         }
     }
+    // Throughput on this shared VM moves by tens of percent from one run to the next. The
+    // machine's CPU time per transaction at a rate every configuration sustains (two fifths
+    // of the slowest round alone) moves far less, and says what the work costs.
+    let rate = ((tps_by_watcher[0]
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        * 0.4) as u64)
+        .max(1);
+    let mut cpu_by_watcher: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
+    let mut added_cpu: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
+    // The exact and default runs of the last two rounds, for the same-story check.
+    let mut story_runs: Vec<(usize, serde_json::Value)> = Vec::new();
+    for round in 0..args.runs {
+        let mut baseline = None;
+        for (index, watcher) in WATCHERS.iter().enumerate() {
+            let measured = measure(*watcher, &cluster, &scratch, args.seconds, Some(rate))?;
+            let cpu = measured.cpu_per_transaction_us;
+            let base = *baseline.get_or_insert(cpu);
+            eprintln!(
+                "bench: at {rate} tps, round {}/{} {}: {:.0} tps, {cpu:.0} µs of CPU a \
+                 transaction ({:+.1}%)",
+                round + 1,
+                args.runs,
+                watcher.label(),
+                measured.tps,
+                100.0 * (cpu / base - 1.0)
+            );
+            cpu_by_watcher[index].push(cpu);
+            added_cpu[index].push(100.0 * (cpu / base - 1.0));
+            if (index == EXACT || index == DEFAULT)
+                && round + 2 >= args.runs
+                && let Some(summary) = measured.summary
+            {
+                story_runs.push((index, summary));
+            }
+        }
+    }
     drop(cluster);
-    let mut table = String::from(
-        "| configuration | tps | % of pgbench alone in the same round | the profiler's own \
-         account (last round) |\n|---|---:|---:|---|\n",
+    let mut table = format!(
+        "| configuration | tps | % of pgbench alone in the same round | CPU a transaction at \
+         {rate} tps | added CPU a transaction, same round | the profiler's own account (last \
+         full-speed round) |\n|---|---:|---:|---:|---:|---|\n",
     );
     for (index, watcher) in WATCHERS.iter().enumerate() {
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             watcher.label(),
             report::median_and_range(&tps_by_watcher[index], 0, ""),
             if index == 0 {
@@ -455,15 +590,43 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             } else {
                 report::median_and_range(&ratios[index], 1, "%")
             },
+            report::median_and_range(&cpu_by_watcher[index], 0, " µs"),
+            if index == 0 {
+                "—".to_owned()
+            } else {
+                report::median_and_range(&added_cpu[index], 1, "%")
+            },
             accounts[index],
         );
     }
-    let story = match (&summaries[DEFAULT], &summaries[EXACT]) {
-        (Some(sampled), Some(exact)) => format!(
-            "\n\nThe same story, sampled and exact (last round): the exact run's top blocking \
-             and I/O stacks, with their share of off-CPU or I/O time in each run.\n\n{}\n{}",
+    let run = |index: usize, pass: usize| {
+        story_runs
+            .iter()
+            .filter(|(of, _)| *of == index)
+            .nth(pass)
+            .map(|(_, summary)| summary)
+    };
+    let story = match (
+        run(EXACT, 0),
+        run(DEFAULT, 0),
+        run(EXACT, 1),
+        run(DEFAULT, 1),
+    ) {
+        (Some(exact), Some(sampled), Some(exact_again), Some(sampled_again)) => format!(
+            "\n\nThe same story, sampled and exact, from the last two rounds at {rate} tps (at \
+             full speed the exact run serves fewer transactions, and its backends wait \
+             differently for real): the exact run's top blocking and I/O stacks, with their \
+             share of off-CPU or I/O time in each run; the two exact runs side by side show \
+             the noise.\n\n\
+             Next-to-last round, sampled against exact:\n\n{}\n{}\n\
+             Last round, sampled against exact:\n\n{}\n{}\n\
+             Exact against exact (the last round's in the second column):\n\n{}\n{}",
             story_table(exact, sampled, "offcpu"),
-            story_table(exact, sampled, "io")
+            story_table(exact, sampled, "io"),
+            story_table(exact_again, sampled_again, "offcpu"),
+            story_table(exact_again, sampled_again, "io"),
+            story_table(exact, exact_again, "offcpu"),
+            story_table(exact, exact_again, "io"),
         ),
         _ => String::new(),
     };
@@ -472,7 +635,9 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
          Generated by `cargo xtask bench-server --runs {} --seconds {}` on {}. \
          Method: see [README.md](README.md#a-busy-database-bench-server). PostgreSQL \
          (Debian's), `pgbench -s 10` data, `pgbench -c 8 -j 2 -T {}`; each configuration once \
-         per round, in turn; median and range of {} rounds.\n\n{table}{story}\n",
+         per round, in turn; median and range of {} rounds at full speed, then as many at \
+         `-R {rate}` for the machine's busy CPU time per transaction (all processes, the \
+         tool's own included).\n\n{table}{story}\n",
         args.runs,
         args.seconds,
         report::machine(),
