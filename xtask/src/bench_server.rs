@@ -275,11 +275,16 @@ fn start_watcher(
             command
         }
     };
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", watcher.label()))?;
+    let child = match command.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            if let Some(mut sleeper) = sleeper {
+                let _ = sleeper.kill();
+                let _ = sleeper.wait();
+            }
+            return Err(err).with_context(|| format!("starting {}", watcher.label()));
+        }
+    };
     // Attached (the profiler's programs verified, perf's and bpftrace's probes in place)
     // before the measured load starts.
     std::thread::sleep(Duration::from_secs(3));
