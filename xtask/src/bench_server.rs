@@ -542,7 +542,8 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
     }
     // Throughput on this shared VM moves by tens of percent from one run to the next. The
     // machine's CPU time per transaction at a rate every configuration sustains (two fifths
-    // of the slowest round alone) moves far less, and says what the work costs.
+    // of the slowest round alone) says what the work costs without the clients' pace in it;
+    // it moves from round to round too (see docs/performance), if less.
     let rate = ((tps_by_watcher[0]
         .iter()
         .copied()

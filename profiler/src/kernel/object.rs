@@ -182,9 +182,7 @@ impl Globals {
             log_level: if options.verbose { 0xff } else { 0 },
         })
     }
-}
 
-impl Globals {
     /// Whether `sched_switch` takes the run-queue delays from the kernel's own accounting
     /// (else `sched_wakeup` times them).
     pub(super) fn run_delays_at_switch(&self) -> bool {
