@@ -50,8 +50,13 @@ fn stack_sampling_text(sampling: &StackSamplingRun) -> String {
     .filter_map(|(kind, unit, events)| {
         let events = events?;
         (events.walked < events.events).then(|| {
+            // Profiles saved before thresholds were per kind have none of their own.
+            let below = match events.max_below_us {
+                0 => sampling.max_below_us,
+                below => below,
+            };
             format!(
-                "{kind} stacks walked for 1 in {} {unit} ({} of {})",
+                "{kind} stacks walked for 1 in {} {unit} ({} of {}; threshold at most {below} µs)",
                 events.one_in(),
                 events.walked,
                 events.events
@@ -73,9 +78,8 @@ fn stack_sampling_text(sampling: &StackSamplingRun) -> String {
         (None, _) => "--sample-stacks-below".to_owned(),
     };
     format!(
-        "; {}: a duration-weighted sample, shorter than {} µs at most ({why}), times exact",
-        kinds.join(", "),
-        sampling.max_below_us
+        "; {}: a duration-weighted sample ({why}), times exact",
+        kinds.join(", ")
     )
 }
 
@@ -392,11 +396,13 @@ mod tests {
                 events: 1200,
                 walked: 100,
                 total_us: 5_000_000,
+                max_below_us: 1500,
             }),
             io: Some(crate::model::SampledEvents {
                 events: 10,
                 walked: 10,
                 total_us: 50,
+                max_below_us: 0,
             }),
             offcpu_us_by_thread: Default::default(),
         };
@@ -404,25 +410,27 @@ mod tests {
         let text = quality(&profile).text;
         assert!(
             text.ends_with(
-                "; off-CPU stacks walked for 1 in 12 periods (100 of 1200): a duration-weighted \
-                 sample, shorter than 2000 µs at most (to stay under 3% overhead; measured \
-                 2.4%), times exact"
+                "; off-CPU stacks walked for 1 in 12 periods (100 of 1200; threshold at most 1500 \
+                 µs): a duration-weighted sample (to stay under 3% overhead; measured 2.4%), \
+                 times exact"
             ),
             "{text}"
         );
         sampling.max_overhead_percent = None;
         sampling.offcpu = None;
+        // A profile saved before thresholds were per kind: the run's highest.
         sampling.io = Some(crate::model::SampledEvents {
             events: 1000,
             walked: 4,
             total_us: 50,
+            max_below_us: 0,
         });
         profile.run.stack_sampling = Some(sampling);
         let text = quality(&profile).text;
         assert!(
             text.ends_with(
-                "; I/O stacks walked for 1 in 250 calls (4 of 1000): a duration-weighted \
-                 sample, shorter than 2000 µs at most (--sample-stacks-below), times exact"
+                "; I/O stacks walked for 1 in 250 calls (4 of 1000; threshold at most 2000 µs): \
+                 a duration-weighted sample (--sample-stacks-below), times exact"
             ),
             "{text}"
         );

@@ -30,16 +30,29 @@ const MIN_WINDOW_NS: u64 = 80_000_000;
 /// Weight of a new reading in the estimate of what counting alone costs: an average, not the
 /// lowest reading, which noise pulls down.
 const FLOOR_WEIGHT: f64 = 0.3;
+/// Under a budget, a kind's threshold is at most (its events' time a second / this). A
+/// share s of a kind's time is then estimated within about sqrt(s / (this × seconds)): a
+/// fifth of a 10 s profile within a point. It caps the walks of short events at about this
+/// many a second, a fraction of a percent of a CPU. Without it, a budget that counting alone
+/// exceeds took the threshold to tens of milliseconds: on a database with half a second of
+/// I/O a second, a few dozen I/O walks a second, and I/O shares off by several points.
+const MIN_WALKS_PER_SECOND: u64 = 200;
 
 /// Programs' run time, the CPUs' busy time and the wall time so far, ns.
 type Reading = (u64, u64, u64);
+
+/// The kinds of events whose stacks are sampled, in the order of [`Thresholds`].
+pub(super) const OFFCPU: usize = 0;
+pub(super) const IO: usize = 1;
+/// A threshold per kind, ns (0: every stack walked).
+pub(super) type Thresholds = [u64; 2];
 
 /// The threshold and what it was adapted from.
 #[derive(Debug)]
 pub(super) struct StackSampler {
     policy: StackSampling,
+    /// The budget's threshold, ns (0: every stack walked), before each kind's cap.
     below_ns: u64,
-    max_below_ns: u64,
     /// The reading that opened the measuring window: programs' run time, the CPUs' busy time
     /// and the wall time, ns.
     window_start: Option<Reading>,
@@ -51,6 +64,12 @@ pub(super) struct StackSampler {
     /// Overhead measured with few stacks walked (a moving average), percent: what counting
     /// and timing every event costs, which no threshold brings lower.
     floor_percent: f64,
+    /// Each kind's events' time so far (ended events drained from the kernel), ns; `None`
+    /// before the first drain.
+    event_ns: Option<[u64; 2]>,
+    /// The thresholds in the kernel, and the highest of the run.
+    applied: Thresholds,
+    max_applied: Thresholds,
 }
 
 impl StackSampler {
@@ -63,13 +82,15 @@ impl StackSampler {
         StackSampler {
             policy,
             below_ns,
-            max_below_ns: below_ns,
             window_start: None,
             started: std::time::Instant::now(),
             program_ns: 0,
             busy_ns: 0,
             adjustments: 0,
             floor_percent: f64::INFINITY,
+            event_ns: None,
+            applied: [below_ns; 2],
+            max_applied: [below_ns; 2],
         }
     }
 
@@ -84,9 +105,30 @@ impl StackSampler {
         self.window_start = None;
     }
 
-    /// The threshold now, ns (0: every stack walked).
-    pub(super) fn below_ns(&self) -> u64 {
-        self.below_ns
+    /// Adds the time of ended events drained from the kernel, ns per kind.
+    pub(super) fn note_event_time(&mut self, event_ns: [u64; 2]) {
+        let totals = self.event_ns.get_or_insert_default();
+        for (total, ns) in totals.iter_mut().zip(event_ns) {
+            *total = total.saturating_add(ns);
+        }
+    }
+
+    /// The thresholds the kernel should have now, and whether they changed since last
+    /// asked: the budget's, each capped so its kind keeps enough walks to be estimated well.
+    pub(super) fn thresholds(&mut self) -> (Thresholds, bool) {
+        let elapsed = self.started.elapsed();
+        let next = match (self.policy, self.event_ns) {
+            (StackSampling::Budget(_), Some(event_ns)) => {
+                event_ns.map(|ns| self.below_ns.min(precision_cap(ns, elapsed)))
+            }
+            _ => [self.below_ns; 2],
+        };
+        let changed = next != self.applied;
+        self.applied = next;
+        for (max, below) in self.max_applied.iter_mut().zip(next) {
+            *max = (*max).max(below);
+        }
+        (next, changed)
     }
 
     fn reading(&self, program_time: Duration) -> Option<Reading> {
@@ -110,10 +152,13 @@ impl StackSampler {
     }
 
     /// Closes the measuring window with the programs' run time so far (measured since it was
-    /// opened); returns the new threshold when it changes.
-    pub(super) fn close_window(&mut self, program_time: Duration) -> Option<u64> {
-        let start = self.window_start.take()?;
-        self.measured(start, self.reading(program_time)?)
+    /// opened), and moves the budget's threshold.
+    pub(super) fn close_window(&mut self, program_time: Duration) {
+        if let Some(start) = self.window_start.take()
+            && let Some(end) = self.reading(program_time)
+        {
+            self.measured(start, end);
+        }
     }
 
     /// Decides from what the programs took between two readings (totals so far, ns).
@@ -161,14 +206,19 @@ impl StackSampler {
             next / 1000
         );
         self.below_ns = next;
-        self.max_below_ns = self.max_below_ns.max(next);
         self.adjustments += 1;
         Some(next)
     }
 
+    /// The highest threshold each kind had in the run, ns.
+    pub(super) fn max_thresholds(&self) -> Thresholds {
+        self.max_applied
+    }
+
     /// What the run did, for the profile; `None` when every stack was walked throughout.
     pub(super) fn run(&self) -> Option<StackSamplingRun> {
-        if self.max_below_ns == 0 {
+        let max_below_ns = self.max_applied.into_iter().max().unwrap_or(0);
+        if max_below_ns == 0 {
             return None;
         }
         Some(StackSamplingRun {
@@ -178,14 +228,23 @@ impl StackSampler {
             },
             measured_overhead_percent: (self.busy_ns > 0)
                 .then(|| 100.0 * self.program_ns as f64 / self.busy_ns as f64),
-            max_below_us: self.max_below_ns / 1000,
-            last_below_us: self.below_ns / 1000,
+            max_below_us: max_below_ns / 1000,
+            last_below_us: self.applied.into_iter().max().unwrap_or(0) / 1000,
             adjustments: self.adjustments,
             offcpu: None,
             io: None,
             offcpu_us_by_thread: Default::default(),
         })
     }
+}
+
+/// The highest threshold at which a kind with `event_ns` of events' time in `elapsed` keeps
+/// [`MIN_WALKS_PER_SECOND`] of short events walked; 0 (every stack walked) under the
+/// smallest threshold.
+fn precision_cap(event_ns: u64, elapsed: Duration) -> u64 {
+    let per_second = event_ns as f64 / elapsed.as_secs_f64().max(1.0);
+    let cap = (per_second / MIN_WALKS_PER_SECOND as f64) as u64;
+    if cap < MIN_THRESHOLD_NS { 0 } else { cap }
 }
 
 /// The next threshold, from the present one and (measured overhead / target). Over, it grows
@@ -280,11 +339,44 @@ mod tests {
             .map(|_| {
                 let start = (program, busy, busy);
                 busy += 1_000_000_000;
-                program += (percent(sampler.below_ns()) * 1e7) as u64;
+                program += (percent(sampler.below_ns) * 1e7) as u64;
                 sampler.measured(start, (program, busy, busy));
-                sampler.below_ns()
+                sampler.thresholds();
+                sampler.below_ns
             })
             .collect()
+    }
+
+    #[test]
+    fn a_kind_with_little_time_keeps_enough_walks() {
+        let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        // Counting alone over budget: the budget's threshold climbs to tens of milliseconds.
+        let cost = |below: u64| 6.0 + 19.0 * (100_000.0 / below.max(100_000) as f64);
+        run_budget(&mut sampler, cost, 30);
+        assert!(sampler.below_ns >= 10_000_000, "{sampler:?}");
+        // Before anything is drained the budget's threshold holds for both kinds.
+        assert_eq!(sampler.thresholds().0, [sampler.below_ns; 2]);
+        // 8 s of off-CPU time a second (eight threads), 0.5 s of I/O.
+        let elapsed = sampler.started.elapsed().as_secs_f64().max(1.0);
+        sampler.note_event_time([(8e9 * elapsed) as u64, (0.5e9 * elapsed) as u64]);
+        let (below, changed) = sampler.thresholds();
+        assert!(changed);
+        // Off-CPU time is plenty: the budget's threshold, or about 40 ms.
+        assert!(
+            below[OFFCPU] >= sampler.below_ns.min(39_000_000),
+            "{below:?}"
+        );
+        // I/O keeps about 200 walks a second: 2.5 ms.
+        assert!((2_400_000..=2_500_000).contains(&below[IO]), "{below:?}");
+        assert_eq!(sampler.thresholds(), (below, false));
+        let run = sampler.run().expect("sampled");
+        assert_eq!(run.last_below_us, below[OFFCPU] / 1000);
+        // A kind with next to no time walks every stack.
+        assert_eq!(precision_cap(1_000_000, Duration::from_secs(1)), 0);
+        assert_eq!(
+            precision_cap(2_000_000_000, Duration::from_secs(2)),
+            5_000_000
+        );
     }
 
     #[test]
@@ -350,7 +442,7 @@ mod tests {
         for second in 1..10u64 {
             sampler.measured(at(second - 1), at(second));
         }
-        assert_eq!(sampler.below_ns(), 0);
+        assert_eq!(sampler.below_ns, 0);
     }
 
     #[test]
@@ -364,7 +456,7 @@ mod tests {
     #[test]
     fn a_fixed_threshold_is_reported_and_exact_runs_are_not() {
         let fixed = StackSampler::new(StackSampling::Below(Duration::from_micros(200)));
-        assert_eq!(fixed.below_ns(), 200_000);
+        assert_eq!(fixed.below_ns, 200_000);
         let run = fixed.run().expect("sampled");
         assert_eq!((run.max_below_us, run.max_overhead_percent), (200, None));
         assert!(StackSampler::new(StackSampling::Exact).run().is_none());

@@ -10,6 +10,7 @@ use profiler_common::{
 };
 
 use super::{
+    budget::{IO, OFFCPU},
     collection::{Collection, MemoryCollection, ProcessTable, comm_string},
     io,
     io::{FileNames, IoTotals},
@@ -97,9 +98,11 @@ impl Collection {
                 stack_ns: blocked,
             };
         }
+        let max_below_us = self.sampler.max_thresholds().map(|ns| ns / 1000);
         let stack_sampling = self.sampler.run().map(|mut run| {
-            run.offcpu = self.scheduler.then(|| {
-                sampled_events(
+            run.offcpu = self.scheduler.then(|| SampledEvents {
+                max_below_us: max_below_us[OFFCPU],
+                ..sampled_events(
                     self.offcpu
                         .iter()
                         .map(|(key, time)| (key.user_stack_id, time.count, time.total_ns)),
@@ -111,8 +114,9 @@ impl Collection {
             for ns in run.offcpu_us_by_thread.values_mut() {
                 *ns /= 1000;
             }
-            run.io = self.io_enabled.then(|| {
-                sampled_events(
+            run.io = self.io_enabled.then(|| SampledEvents {
+                max_below_us: max_below_us[IO],
+                ..sampled_events(
                     self.io
                         .iter()
                         .map(|(key, total)| (key.user_stack_id, total.count, total.total_ns)),

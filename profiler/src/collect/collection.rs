@@ -10,7 +10,7 @@ use std::{
 use profiler_common::{COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey, ThreadState};
 
 use super::{
-    budget::StackSampler,
+    budget::{IO, OFFCPU, StackSampler},
     io::FileNames,
     jvm::JvmMaps,
     memory,
@@ -422,8 +422,8 @@ impl Collection {
     /// window in which the programs' run time is measured (from before the programs are
     /// attached to the first decision).
     pub(super) fn start_stack_sampling(&mut self) -> Result<(), ProbeError> {
-        let below = self.sampler.below_ns();
-        self.probes.set_stack_sampling(below, below)?;
+        let (below, _) = self.sampler.thresholds();
+        self.probes.set_stack_sampling(below[OFFCPU], below[IO])?;
         self.measure_stack_sampling_cost();
         Ok(())
     }
@@ -453,12 +453,11 @@ impl Collection {
         if !self.sampler.measures() || self.sampler.window_too_short() {
             return Ok(());
         }
-        let below = self
-            .sampler
+        self.sampler
             .close_window(self.probes.stack_sampled_programs_run_time());
         self.probes.stop_measuring_run_time();
-        if let Some(below) = below {
-            self.probes.set_stack_sampling(below, below)?;
+        if let (below, true) = self.sampler.thresholds() {
+            self.probes.set_stack_sampling(below[OFFCPU], below[IO])?;
         }
         Ok(())
     }
@@ -513,6 +512,10 @@ impl Collection {
             offcpu: drained.offcpu.iter().map(|(key, _)| *key).collect(),
             io: drained.io.iter().map(|(key, _)| *key).collect(),
         });
+        self.sampler.note_event_time([
+            drained.offcpu.iter().map(|(_, time)| time.total_ns).sum(),
+            drained.io.iter().map(|(_, total)| total.total_ns).sum(),
+        ]);
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {

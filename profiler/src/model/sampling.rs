@@ -38,6 +38,10 @@ pub struct SampledEvents {
     pub walked: u64,
     /// Their time, exact, µs.
     pub total_us: u64,
+    /// Highest threshold of this kind in the run, µs (a budget keeps a kind with little time
+    /// under the others').
+    #[serde(default)]
+    pub max_below_us: u64,
 }
 
 impl SampledEvents {
