@@ -4,6 +4,7 @@
 //! compared with the round's own baseline.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
@@ -311,6 +312,13 @@ fn stop_watcher(running: Running) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A profiler run kept for the same-story check.
+struct StoryRun {
+    summary: serde_json::Value,
+    /// As in [`Measured`].
+    io_stack_shares: HashMap<String, f64>,
+}
+
 /// What one pgbench run under a watcher gave.
 struct Measured {
     tps: f64,
@@ -319,6 +327,9 @@ struct Measured {
     cpu_per_transaction_us: f64,
     /// The profiler's summary.json, if the watcher was the profiler.
     summary: Option<serde_json::Value>,
+    /// Each I/O call's share of the I/O flamegraph (io.folded), percent: with stack sampling,
+    /// an estimate, against the call's exact share in `summary`.
+    io_stack_shares: HashMap<String, f64>,
 }
 
 /// The machine's busy CPU time so far (all CPUs: user, nice, system, interrupts; not the time
@@ -378,11 +389,83 @@ fn measure(
         }
         _ => None,
     };
+    let io_stack_shares = std::fs::read_to_string(scratch.join("profile/io.folded"))
+        .map(|folded| stack_shares_by_leaf(&folded))
+        .unwrap_or_default();
     Ok(Measured {
         tps,
         cpu_per_transaction_us: busy * 1e6 / transactions.max(1) as f64,
         summary,
+        io_stack_shares,
     })
+}
+
+/// Each leaf function's share of a folded flamegraph's weight, percent; a kernel frame's
+/// `_[k]` left out (the leaf of an I/O stack is its system call).
+fn stack_shares_by_leaf(folded: &str) -> HashMap<String, f64> {
+    let mut weights: HashMap<String, f64> = HashMap::new();
+    for line in folded.lines() {
+        let Some((stack, weight)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(weight) = weight.parse::<f64>() else {
+            continue;
+        };
+        let leaf = stack.rsplit(';').next().unwrap_or(stack);
+        *weights
+            .entry(leaf.trim_end_matches("_[k]").to_owned())
+            .or_default() += weight;
+    }
+    let total: f64 = weights.values().sum();
+    weights
+        .values_mut()
+        .for_each(|weight| *weight *= 100.0 / total.max(1.0));
+    weights
+}
+
+/// Each I/O call's share of I/O time in the exact run and in the sampled one, both from the
+/// calls' exact totals, and in the sampled run's flamegraph: tells the sampling's error (the
+/// last two columns) from a difference in what the server did (the first two).
+fn calls_table(exact: &StoryRun, sampled: &StoryRun) -> String {
+    let shares = |summary: &serde_json::Value| -> Vec<(String, f64)> {
+        let calls = summary["io"]["syscalls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let total: f64 = calls
+            .iter()
+            .filter_map(|call| call["total_us"].as_f64())
+            .sum();
+        calls
+            .iter()
+            .filter_map(|call| {
+                Some((
+                    call["name"].as_str()?.to_owned(),
+                    100.0 * call["total_us"].as_f64()? / total.max(1.0),
+                ))
+            })
+            .collect()
+    };
+    let sampled_exact = shares(&sampled.summary);
+    let mut table = "| I/O call (exact run's top 5) | exact run | sampled run | sampled run's \
+                     stacks | sampling error |\n|---|---:|---:|---:|---:|\n"
+        .to_owned();
+    let mut largest: f64 = 0.0;
+    for (name, exact_share) in shares(&exact.summary).into_iter().take(5) {
+        let sampled_share = sampled_exact
+            .iter()
+            .find(|(other, _)| *other == name)
+            .map_or(0.0, |(_, share)| *share);
+        let estimate = sampled.io_stack_shares.get(&name).copied().unwrap_or(0.0);
+        let error = (estimate - sampled_share).abs();
+        largest = largest.max(error);
+        let _ = writeln!(
+            table,
+            "| {name} | {exact_share:.1}% | {sampled_share:.1}% | {estimate:.1}% | {error:.1} |"
+        );
+    }
+    let _ = writeln!(table, "\nLargest sampling error: {largest:.1} points.\n");
+    table
 }
 
 /// What a profiler run said of its stack sampling (summary.json), in a few words.
@@ -553,7 +636,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let mut cpu_by_watcher: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
     let mut added_cpu: Vec<Vec<f64>> = vec![Vec::new(); WATCHERS.len()];
     // The exact and default runs of the last two rounds, for the same-story check.
-    let mut story_runs: Vec<(usize, serde_json::Value)> = Vec::new();
+    let mut story_runs: Vec<(usize, StoryRun)> = Vec::new();
     for round in 0..args.runs {
         let mut baseline = None;
         for (index, watcher) in WATCHERS.iter().enumerate() {
@@ -575,7 +658,13 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
                 && round + 2 >= args.runs
                 && let Some(summary) = measured.summary
             {
-                story_runs.push((index, summary));
+                story_runs.push((
+                    index,
+                    StoryRun {
+                        summary,
+                        io_stack_shares: measured.io_stack_shares,
+                    },
+                ));
             }
         }
     }
@@ -610,7 +699,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             .iter()
             .filter(|(of, _)| *of == index)
             .nth(pass)
-            .map(|(_, summary)| summary)
+            .map(|(_, run)| run)
     };
     let story = match (
         run(EXACT, 0),
@@ -623,16 +712,21 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
              full speed the exact run serves fewer transactions, and its backends wait \
              differently for real): the exact run's top blocking and I/O stacks, with their \
              share of off-CPU or I/O time in each run; the two exact runs side by side show \
-             the noise.\n\n\
-             Next-to-last round, sampled against exact:\n\n{}\n{}\n\
-             Last round, sampled against exact:\n\n{}\n{}\n\
+             the noise. Each I/O call's exact share of the time in both runs, beside the \
+             sampled run's flamegraph, tells the sampling's error from a difference in what \
+             the server did (walking every stack costs the exact run CPU time, and its \
+             server waits differently).\n\n\
+             Next-to-last round, sampled against exact:\n\n{}\n{}\n{}\n\
+             Last round, sampled against exact:\n\n{}\n{}\n{}\n\
              Exact against exact (the last round's in the second column):\n\n{}\n{}",
-            story_table(exact, sampled, "offcpu"),
-            story_table(exact, sampled, "io"),
-            story_table(exact_again, sampled_again, "offcpu"),
-            story_table(exact_again, sampled_again, "io"),
-            story_table(exact, exact_again, "offcpu"),
-            story_table(exact, exact_again, "io"),
+            story_table(&exact.summary, &sampled.summary, "offcpu"),
+            story_table(&exact.summary, &sampled.summary, "io"),
+            calls_table(exact, sampled),
+            story_table(&exact_again.summary, &sampled_again.summary, "offcpu"),
+            story_table(&exact_again.summary, &sampled_again.summary, "io"),
+            calls_table(exact_again, sampled_again),
+            story_table(&exact.summary, &exact_again.summary, "offcpu"),
+            story_table(&exact.summary, &exact_again.summary, "io"),
         ),
         _ => String::new(),
     };
@@ -651,4 +745,23 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
         args.runs,
     );
     report::publish("server-results.md", &page, !args.no_write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_stack_shares_are_by_system_call() {
+        let folded = "postgres;main;XLogFlush;fdatasync_[k] 300\n\
+                      postgres;main;secure_write;sendto_[k] 100\n\
+                      postgres;other;XLogWrite;fdatasync_[k] 500\n\
+                      not a line\n\
+                      postgres;pread64_[k] 100\n";
+        let shares = stack_shares_by_leaf(folded);
+        assert_eq!(shares.len(), 3, "{shares:?}");
+        assert_eq!(shares["fdatasync"], 80.0);
+        assert_eq!(shares["sendto"], 10.0);
+        assert_eq!(shares["pread64"], 10.0);
+    }
 }
