@@ -2,7 +2,7 @@
 //! against its user and kernel stacks, and the double-buffered sample-count maps.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{map, perf_event},
     maps::HashMap,
     programs::PerfEventContext,
@@ -12,7 +12,7 @@ use profiler_common::{
 };
 
 use crate::{
-    helpers::{active_map, bump, current_tgid_tid, user_stack},
+    helpers::{active_map, bump, current_comm, current_tgid_tid, user_stack},
     maps::{CONTROL, TARGETS},
     stack_store, unwind,
 };
@@ -78,7 +78,7 @@ fn try_cpu_sample(ctx: PerfEventContext) -> Result<u32, u32> {
         tid,
         user_stack_id,
         kernel_stack_id,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: current_comm(),
     };
     // Two call sites, one per map, keep each map lookup bound to a single map for the verifier.
     if active == 0 {

@@ -9,12 +9,28 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_loop, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
-use profiler_common::{CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory};
+use profiler_common::{COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory};
 
 use crate::{
     maps::{CONTROL, COUNTERS, PROCESS_MEMORY, UNWIND_WITH_TABLES},
     stack_store, unwind,
 };
+
+/// The current task's name. aya's `bpf_get_current_comm` zeroes its buffer first, which the
+/// compiler does with a call to a `memset` subprogram at every I/O call: the kernel fills the
+/// buffer whole (zeroes on failure), and takes it uninitialized.
+#[inline(always)]
+pub(crate) fn current_comm() -> [u8; COMM_LEN] {
+    let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // SAFETY: the helper writes all COMM_LEN bytes, whatever it returns.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(
+            comm.as_mut_ptr().cast(),
+            COMM_LEN as u32,
+        );
+        comm.assume_init()
+    }
+}
 
 /// FNV-1a, the hash of the stacks the programs store by hash.
 pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

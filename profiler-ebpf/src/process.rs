@@ -2,7 +2,7 @@
 //! target set and the target threads' `THREADS` entries up to date, and the process events
 //! streamed to the collector.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::RingBuf,
     programs::BtfTracePointContext,
@@ -14,7 +14,7 @@ use profiler_common::{
 
 use crate::{
     current,
-    helpers::{bump, current_tgid_tid, read_at},
+    helpers::{bump, current_comm, current_tgid_tid, read_at},
     maps::{TARGETS, THREAD_ZERO, THREADS},
     unwind, unwind_mappings,
 };
@@ -55,7 +55,7 @@ pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
         parent_pid,
         _pad: 0,
         time_ns: unsafe { bpf_ktime_get_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: current_comm(),
     });
     entry.submit(0);
 }

@@ -3,7 +3,7 @@
 //! sample's) and run-queue delays, and the double-buffered off-CPU time maps.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
     programs::{BtfTracePointContext, TracePointContext},
@@ -18,8 +18,8 @@ use profiler_common::{
 use crate::{
     current,
     helpers::{
-        active_map, add_to_counter, bump, current_tgid_tid, field, read_at, stack_sampled,
-        user_stack,
+        active_map, add_to_counter, bump, current_comm, current_tgid_tid, field, read_at,
+        stack_sampled, user_stack,
     },
     maps::{CONTROL, THREADS},
     offcpu_stacks,
@@ -218,7 +218,7 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
         // The name is read once per thread, and `task_rename` keeps it current: a copy at
         // every switch would cost more.
         if off_cpu.comm[0] == 0 {
-            off_cpu.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            off_cpu.comm = current_comm();
         }
     }
 }

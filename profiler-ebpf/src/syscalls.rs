@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
@@ -20,8 +20,8 @@ use profiler_common::{
 use crate::{
     current::{self, Known},
     helpers::{
-        active_map, bump, current_tgid_tid, process_memory, read_at, register, stack_sampled,
-        user_stack,
+        active_map, bump, current_comm, current_tgid_tid, process_memory, read_at, register,
+        stack_sampled, user_stack,
     },
     maps::CONTROL,
     offcpu_stacks,
@@ -466,7 +466,7 @@ fn account_io(tgid: u32, tid: u32, timed: IoTimed, user_stack_id: i32, ret: i64)
         fd,
         _pad: 0,
         file_id,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: current_comm(),
     };
     let bytes = if kind == io_kind::TRANSFER && ret > 0 {
         ret as u64
