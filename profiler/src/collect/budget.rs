@@ -37,6 +37,8 @@ const FLOOR_WEIGHT: f64 = 0.3;
 /// exceeds took the threshold to tens of milliseconds: on a database with half a second of
 /// I/O a second, a few dozen I/O walks a second, and I/O shares off by several points.
 const MIN_WALKS_PER_SECOND: u64 = 200;
+/// Weight of the last drain (about a second) in a kind's events' time a second.
+const RATE_WEIGHT: f64 = 0.5;
 
 /// Programs' run time, the CPUs' busy time and the wall time so far, ns.
 type Reading = (u64, u64, u64);
@@ -64,9 +66,11 @@ pub(super) struct StackSampler {
     /// Overhead measured with few stacks walked (a moving average), percent: what counting
     /// and timing every event costs, which no threshold brings lower.
     floor_percent: f64,
-    /// Each kind's events' time so far (ended events drained from the kernel), ns; `None`
-    /// before the first drain.
-    event_ns: Option<[u64; 2]>,
+    /// Each kind's events' time a second (ended events drained from the kernel), ns, a
+    /// moving average over the last drains; `None` before the first drain.
+    event_rates: Option<[f64; 2]>,
+    /// When events were last drained.
+    last_drain: std::time::Instant,
     /// The thresholds in the kernel, and the highest of the run.
     applied: Thresholds,
     max_applied: Thresholds,
@@ -88,7 +92,8 @@ impl StackSampler {
             busy_ns: 0,
             adjustments: 0,
             floor_percent: f64::INFINITY,
-            event_ns: None,
+            event_rates: None,
+            last_drain: std::time::Instant::now(),
             applied: [below_ns; 2],
             max_applied: [below_ns; 2],
         }
@@ -107,19 +112,33 @@ impl StackSampler {
 
     /// Adds the time of ended events drained from the kernel, ns per kind.
     pub(super) fn note_event_time(&mut self, event_ns: [u64; 2]) {
-        let totals = self.event_ns.get_or_insert_default();
-        for (total, ns) in totals.iter_mut().zip(event_ns) {
-            *total = total.saturating_add(ns);
-        }
+        let now = std::time::Instant::now();
+        let since = now.duration_since(self.last_drain);
+        self.last_drain = now;
+        self.noted(event_ns, since);
+    }
+
+    /// Takes `event_ns` of events' time per kind, ended over `over`, into the rates.
+    fn noted(&mut self, event_ns: [u64; 2], over: Duration) {
+        // A drain a tick late reads a little more, over a little longer.
+        let seconds = over.as_secs_f64().max(0.1);
+        let rates = event_ns.map(|ns| ns as f64 / seconds);
+        // The last seconds, not the run so far: a profile attached before the load starts
+        // would otherwise hold the threshold low, and walk more, long after.
+        self.event_rates = Some(match self.event_rates {
+            Some(old) => {
+                [0, 1].map(|kind| (1.0 - RATE_WEIGHT) * old[kind] + RATE_WEIGHT * rates[kind])
+            }
+            None => rates,
+        });
     }
 
     /// The thresholds the kernel should have now, and whether they changed since last
     /// asked: the budget's, each capped so its kind keeps enough walks to be estimated well.
     pub(super) fn thresholds(&mut self) -> (Thresholds, bool) {
-        let elapsed = self.started.elapsed();
-        let next = match (self.policy, self.event_ns) {
-            (StackSampling::Budget(_), Some(event_ns)) => {
-                event_ns.map(|ns| self.below_ns.min(precision_cap(ns, elapsed)))
+        let next = match (self.policy, self.event_rates) {
+            (StackSampling::Budget(_), Some(rates)) => {
+                rates.map(|rate| self.below_ns.min(precision_cap(rate)))
             }
             _ => [self.below_ns; 2],
         };
@@ -238,12 +257,11 @@ impl StackSampler {
     }
 }
 
-/// The highest threshold at which a kind with `event_ns` of events' time in `elapsed` keeps
-/// [`MIN_WALKS_PER_SECOND`] of short events walked; 0 (every stack walked) under the
-/// smallest threshold.
-fn precision_cap(event_ns: u64, elapsed: Duration) -> u64 {
-    let per_second = event_ns as f64 / elapsed.as_secs_f64().max(1.0);
-    let cap = (per_second / MIN_WALKS_PER_SECOND as f64) as u64;
+/// The highest threshold at which a kind with `ns_per_second` of events' time keeps
+/// [`MIN_WALKS_PER_SECOND`] of short events walked; 0 (every stack walked) under the smallest
+/// threshold.
+fn precision_cap(ns_per_second: f64) -> u64 {
+    let cap = (ns_per_second / MIN_WALKS_PER_SECOND as f64) as u64;
     if cap < MIN_THRESHOLD_NS { 0 } else { cap }
 }
 
@@ -357,26 +375,25 @@ mod tests {
         // Before anything is drained the budget's threshold holds for both kinds.
         assert_eq!(sampler.thresholds().0, [sampler.below_ns; 2]);
         // 8 s of off-CPU time a second (eight threads), 0.5 s of I/O.
-        let elapsed = sampler.started.elapsed().as_secs_f64().max(1.0);
-        sampler.note_event_time([(8e9 * elapsed) as u64, (0.5e9 * elapsed) as u64]);
+        sampler.noted([8_000_000_000, 500_000_000], Duration::from_secs(1));
         let (below, changed) = sampler.thresholds();
         assert!(changed);
-        // Off-CPU time is plenty: the budget's threshold, or about 40 ms.
-        assert!(
-            below[OFFCPU] >= sampler.below_ns.min(39_000_000),
-            "{below:?}"
-        );
+        // Off-CPU time is plenty: the budget's threshold, or 40 ms.
+        assert_eq!(below[OFFCPU], sampler.below_ns.min(40_000_000), "{below:?}");
         // I/O keeps about 200 walks a second: 2.5 ms.
-        assert!((2_400_000..=2_500_000).contains(&below[IO]), "{below:?}");
+        assert_eq!(below[IO], 2_500_000);
         assert_eq!(sampler.thresholds(), (below, false));
         let run = sampler.run().expect("sampled");
         assert_eq!(run.last_below_us, below[OFFCPU] / 1000);
+        // The rate follows the load within a few seconds: I/O four times as busy.
+        for _ in 0..4 {
+            sampler.noted([8_000_000_000, 2_000_000_000], Duration::from_secs(1));
+        }
+        let (below, _) = sampler.thresholds();
+        assert!((9_000_000..=10_000_000).contains(&below[IO]), "{below:?}");
         // A kind with next to no time walks every stack.
-        assert_eq!(precision_cap(1_000_000, Duration::from_secs(1)), 0);
-        assert_eq!(
-            precision_cap(2_000_000_000, Duration::from_secs(2)),
-            5_000_000
-        );
+        assert_eq!(precision_cap(1_000_000.0), 0);
+        assert_eq!(precision_cap(1e9), 5_000_000);
     }
 
     #[test]
