@@ -223,6 +223,7 @@ impl Drop for Cluster {
 struct Running {
     watcher: Child,
     sleeper: Option<Child>,
+    label: String,
 }
 
 /// Starts `watcher` on the cluster; `None` for pgbench alone.
@@ -292,14 +293,37 @@ fn start_watcher(
     Ok(Some(Running {
         watcher: child,
         sleeper,
+        label: watcher.label(),
     }))
 }
 
 /// Stops a watcher the way a user would (Ctrl-C) and waits for it.
-fn stop_watcher(running: Running) -> anyhow::Result<()> {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(running.watcher.id() as i32, libc::SIGINT) };
-    let status = running.watcher.wait_with_output()?.status;
+fn stop_watcher(mut running: Running) -> anyhow::Result<()> {
+    // Once in a run, bpftrace let the first SIGINT pass and waited on: the signal is sent
+    // again every ten seconds (a second one changes nothing for the profiler), and after a
+    // minute the watcher is killed.
+    let started = std::time::Instant::now();
+    let mut signalled = None;
+    let status = loop {
+        if let Some(status) = running.watcher.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = running.watcher.kill();
+            let _ = running.watcher.wait();
+            if let Some(mut sleeper) = running.sleeper {
+                let _ = sleeper.kill();
+                let _ = sleeper.wait();
+            }
+            bail!("{} did not stop within a minute of SIGINT", running.label);
+        }
+        if signalled.is_none_or(|at: std::time::Instant| at.elapsed() > Duration::from_secs(10)) {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(running.watcher.id() as i32, libc::SIGINT) };
+            signalled = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     if let Some(mut sleeper) = running.sleeper {
         let _ = sleeper.kill();
         let _ = sleeper.wait();

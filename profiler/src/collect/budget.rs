@@ -1,6 +1,6 @@
-//! The overhead budget (`--max-overhead`): the stack-sampling threshold of off-CPU periods and
+//! The overhead budget (`--max-overhead`): the stack-sampling thresholds of off-CPU periods and
 //! I/O calls, adapted as the run goes so the programs' kernel time stays under a share of the
-//! CPUs' busy time.
+//! CPUs' busy time, each capped so its kind keeps enough walks for its flamegraph.
 //!
 //! Walking stacks is most of what an event costs; the count and time of every event are kept
 //! whatever the threshold. A walked event shorter than the threshold stands for (threshold /
@@ -181,20 +181,20 @@ impl StackSampler {
     }
 
     /// Decides from what the programs took between two readings (totals so far, ns).
-    fn measured(&mut self, start: Reading, end: Reading) -> Option<u64> {
+    fn measured(&mut self, start: Reading, end: Reading) {
         let program = end.0.saturating_sub(start.0);
         let busy = end.1.saturating_sub(start.1);
         let wall = end.2.saturating_sub(start.2);
         self.program_ns += program;
         self.busy_ns += busy;
         let StackSampling::Budget(percent) = self.policy else {
-            return None;
+            return;
         };
         // Against a quarter of a CPU at least: on an idle machine a quiet program's few
         // events would otherwise weigh a lot against next to no busy time.
         let busy = busy.max(wall / 4);
         if busy == 0 {
-            return None;
+            return;
         }
         let overhead = 100.0 * program as f64 / busy as f64;
         if self.below_ns >= FEW_WALKS_THRESHOLD_NS {
@@ -216,7 +216,7 @@ impl StackSampler {
         };
         let next = next_threshold(self.below_ns, overhead / target);
         if next == self.below_ns {
-            return None;
+            return;
         }
         log::debug!(
             "programs took {overhead:.2}% of busy CPU time (budget {percent}%): stack-sampling \
@@ -226,7 +226,6 @@ impl StackSampler {
         );
         self.below_ns = next;
         self.adjustments += 1;
-        Some(next)
     }
 
     /// The highest threshold each kind had in the run, ns.
