@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use profiler_common::{
-    COMM_LEN, CONTROL_FIRST_SAMPLE_NS, RECORDING_STOPPED, SAMPLE_MAP_ENTRIES, SampleKey, counter,
+    CONTROL_FIRST_SAMPLE_NS, RECORDING_STOPPED, SAMPLE_MAP_ENTRIES, SampleKey, counter,
 };
 
 use crate::{

@@ -16,19 +16,22 @@ use crate::{
     stack_store, unwind,
 };
 
-/// The current task's name. aya's `bpf_get_current_comm` zeroes its buffer first, which the
-/// compiler does with a call to a `memset` subprogram at every I/O call: the kernel fills the
-/// buffer whole (zeroes on failure), and takes it uninitialized.
+/// The current task's name, zero-padded. aya's `bpf_get_current_comm` zeroes its byte buffer
+/// with a call to a `memset` subprogram, at every I/O call; here two word stores do it
+/// (volatile: the compiler would make them the same `memset` call). Zeroed all the same:
+/// before 6.4 the kernel copies the name without padding the rest, and the name is part of
+/// map keys.
 #[inline(always)]
 pub(crate) fn current_comm() -> [u8; COMM_LEN] {
-    let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
-    // SAFETY: the helper writes all COMM_LEN bytes, whatever it returns.
+    let mut words = core::mem::MaybeUninit::<[u64; COMM_LEN / 8]>::uninit();
+    let first = words.as_mut_ptr().cast::<u64>();
+    // SAFETY: both words of `words` are written before it is read, and the helper writes at
+    // most COMM_LEN bytes into it.
     unsafe {
-        aya_ebpf::helpers::generated::bpf_get_current_comm(
-            comm.as_mut_ptr().cast(),
-            COMM_LEN as u32,
-        );
-        comm.assume_init()
+        core::ptr::write_volatile(first, 0);
+        core::ptr::write_volatile(first.add(1), 0);
+        aya_ebpf::helpers::generated::bpf_get_current_comm(first.cast(), COMM_LEN as u32);
+        core::mem::transmute::<[u64; COMM_LEN / 8], [u8; COMM_LEN]>(words.assume_init())
     }
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    COMM_LEN, OFFCPU_STATE_NEW_THREAD, ProcessEvent, TARGET_FOLLOW_CHILDREN, counter, process_event,
+    OFFCPU_STATE_NEW_THREAD, ProcessEvent, TARGET_FOLLOW_CHILDREN, counter, process_event,
 };
 
 use crate::{

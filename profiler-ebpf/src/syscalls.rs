@@ -11,10 +11,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use profiler_common::{
-    COMM_LEN, CONTROL_IO_SAMPLE_BELOW_NS, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal,
-    LATENCY_SLOTS, MAX_IO_CALLS, OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED,
-    SYSCALL_TABLE_ENTRIES, TARGET_MAP_ENTRIES, counter, inode_file_id, io_kind, latency_slot,
-    process_event,
+    CONTROL_IO_SAMPLE_BELOW_NS, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS,
+    MAX_IO_CALLS, OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED, SYSCALL_TABLE_ENTRIES,
+    TARGET_MAP_ENTRIES, counter, inode_file_id, io_kind, latency_slot, process_event,
 };
 
 use crate::{

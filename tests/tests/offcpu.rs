@@ -483,20 +483,17 @@ fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
         "every switch counted: {offcpu}, the program switched {switches} times"
     );
     assert!(walked * 4 < periods, "most stacks not walked: {offcpu}");
-    // Not so few that the flamegraph is noise: the threshold is held where about 200 short
-    // periods a second are walked (counted from the first drain, a second in), even though
-    // the budget alone would take it much higher.
+    // Not so few walks that the flamegraph is noise: the budget alone takes the threshold to
+    // its top (1 s) here, but from the first decision on it is held where about 200 short
+    // periods a second are walked: the periods' time a second / 200. Their time a second
+    // moves (two threads, sharing CPUs with the rest of the machine): 2.5 times the run's
+    // average at most.
     let seconds = summary["duration_secs"].as_f64().unwrap();
-    assert!(
-        walked as f64 >= 100.0 * (seconds - 1.0),
-        "{walked} stacks walked in {seconds:.1} s: {sampling}"
-    );
     let total_us = offcpu["total_us"].as_f64().unwrap();
-    let most = total_us / seconds / 200.0;
+    let most = 2.5 * total_us / seconds / 200.0;
     assert!(
-        offcpu["max_below_us"].as_f64().unwrap() <= most * 1.5
-            || sampling["last_below_us"].as_f64().unwrap() <= most * 1.5,
-        "threshold left too high for {total_us} µs of periods in {seconds:.1} s: {sampling}"
+        offcpu["max_below_us"].as_f64().unwrap() <= most,
+        "threshold above {most:.0} µs for {total_us} µs of periods in {seconds:.1} s: {sampling}"
     );
     assert_nothing_loaded();
 }

@@ -301,23 +301,24 @@ fn start_watcher(
 fn stop_watcher(mut running: Running) -> anyhow::Result<()> {
     // Once in a run, bpftrace let the first SIGINT pass and waited on: the signal is sent
     // again every ten seconds (a second one changes nothing for the profiler), and after a
-    // minute the watcher is killed.
+    // minute the watcher is killed. The round stands: pgbench had finished.
     let started = std::time::Instant::now();
-    let mut signalled = None;
+    let mut signalled: Option<std::time::Instant> = None;
     let status = loop {
-        if let Some(status) = running.watcher.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = running.watcher.kill();
-            let _ = running.watcher.wait();
-            if let Some(mut sleeper) = running.sleeper {
-                let _ = sleeper.kill();
-                let _ = sleeper.wait();
+        match running.watcher.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() < Duration::from_secs(60) => {}
+            Ok(None) | Err(_) => {
+                eprintln!(
+                    "bench: {} did not stop within a minute of SIGINT: killed",
+                    running.label
+                );
+                let _ = running.watcher.kill();
+                let _ = running.watcher.wait();
+                break None;
             }
-            bail!("{} did not stop within a minute of SIGINT", running.label);
         }
-        if signalled.is_none_or(|at: std::time::Instant| at.elapsed() > Duration::from_secs(10)) {
+        if signalled.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
             // SAFETY: signalling our own child, not yet reaped.
             unsafe { libc::kill(running.watcher.id() as i32, libc::SIGINT) };
             signalled = Some(std::time::Instant::now());
@@ -328,6 +329,9 @@ fn stop_watcher(mut running: Running) -> anyhow::Result<()> {
         let _ = sleeper.kill();
         let _ = sleeper.wait();
     }
+    let Some(status) = status else {
+        return Ok(());
+    };
     // perf ends by the signal itself, the others exit 0 or 130.
     let interrupted = status.signal() == Some(libc::SIGINT) || status.code() == Some(130);
     if !status.success() && !interrupted {

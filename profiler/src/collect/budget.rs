@@ -32,13 +32,15 @@ const MIN_WINDOW_NS: u64 = 80_000_000;
 const FLOOR_WEIGHT: f64 = 0.3;
 /// Under a budget, a kind's threshold is at most (its events' time a second / this). A
 /// share s of a kind's time is then estimated within about sqrt(s / (this × seconds)): a
-/// fifth of a 10 s profile within a point. It caps the walks of short events at about this
-/// many a second, a fraction of a percent of a CPU. Without it, a budget that counting alone
-/// exceeds took the threshold to tens of milliseconds: on a database with half a second of
-/// I/O a second, a few dozen I/O walks a second, and I/O shares off by several points.
+/// fifth of a 10 s profile within a point. Where this cap holds the threshold down, about
+/// this many short events a second are walked, a fraction of a percent of a CPU. Without
+/// it, a budget that counting alone exceeds took the threshold to tens of milliseconds: on a
+/// database with half a second of I/O a second, a few dozen I/O walks a second, and I/O
+/// shares off by several points.
 const MIN_WALKS_PER_SECOND: u64 = 200;
-/// Weight of the last drain (about a second) in a kind's events' time a second.
-const RATE_WEIGHT: f64 = 0.5;
+/// A kind's events' time a second is a moving average in which what was seen a second ago
+/// weighs this much of what was seen last.
+const RATE_DECAY_PER_SECOND: f64 = 0.5;
 
 /// Programs' run time, the CPUs' busy time and the wall time so far, ns.
 type Reading = (u64, u64, u64);
@@ -69,7 +71,7 @@ pub(super) struct StackSampler {
     /// Each kind's events' time a second (ended events drained from the kernel), ns, a
     /// moving average over the last drains; `None` before the first drain.
     event_rates: Option<[f64; 2]>,
-    /// When events were last drained.
+    /// When events were last drained (or began).
     last_drain: std::time::Instant,
     /// The thresholds in the kernel, and the highest of the run.
     applied: Thresholds,
@@ -110,25 +112,33 @@ impl StackSampler {
         self.window_start = None;
     }
 
-    /// Adds the time of ended events drained from the kernel, ns per kind.
-    pub(super) fn note_event_time(&mut self, event_ns: [u64; 2]) {
-        let now = std::time::Instant::now();
-        let since = now.duration_since(self.last_drain);
-        self.last_drain = now;
+    /// The events begin now: the first drain's rates are taken over the time since.
+    pub(super) fn events_begin(&mut self) {
+        self.last_drain = std::time::Instant::now();
+    }
+
+    /// Whether events were drained yet: until then, the kinds' caps are not known.
+    pub(super) fn knows_event_rates(&self) -> bool {
+        self.event_rates.is_some()
+    }
+
+    /// Adds the time of ended events drained from the kernel at `drained_at`, ns per kind.
+    pub(super) fn note_event_time(&mut self, event_ns: [u64; 2], drained_at: std::time::Instant) {
+        let since = drained_at.saturating_duration_since(self.last_drain);
+        self.last_drain = drained_at;
         self.noted(event_ns, since);
     }
 
     /// Takes `event_ns` of events' time per kind, ended over `over`, into the rates.
     fn noted(&mut self, event_ns: [u64; 2], over: Duration) {
-        // A drain a tick late reads a little more, over a little longer.
-        let seconds = over.as_secs_f64().max(0.1);
+        let seconds = over.as_secs_f64().clamp(0.05, 10.0);
         let rates = event_ns.map(|ns| ns as f64 / seconds);
         // The last seconds, not the run so far: a profile attached before the load starts
-        // would otherwise hold the threshold low, and walk more, long after.
+        // would otherwise hold the threshold low, and walk more, long after. Weighted by the
+        // time each drain covers: drains are not evenly spaced.
+        let weight = 1.0 - RATE_DECAY_PER_SECOND.powf(seconds);
         self.event_rates = Some(match self.event_rates {
-            Some(old) => {
-                [0, 1].map(|kind| (1.0 - RATE_WEIGHT) * old[kind] + RATE_WEIGHT * rates[kind])
-            }
+            Some(old) => [0, 1].map(|kind| (1.0 - weight) * old[kind] + weight * rates[kind]),
             None => rates,
         });
     }
@@ -390,6 +400,10 @@ mod tests {
         }
         let (below, _) = sampler.thresholds();
         assert!((9_000_000..=10_000_000).contains(&below[IO]), "{below:?}");
+        // A drain a tenth of a second after the last weighs a tenth as much as a second's.
+        sampler.noted([800_000_000, 0], Duration::from_millis(100));
+        let (below, _) = sampler.thresholds();
+        assert!((8_500_000..=9_500_000).contains(&below[IO]), "{below:?}");
         // A kind with next to no time walks every stack.
         assert_eq!(precision_cap(1_000_000.0), 0);
         assert_eq!(precision_cap(1e9), 5_000_000);

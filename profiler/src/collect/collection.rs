@@ -453,6 +453,11 @@ impl Collection {
         if !self.sampler.measures() || self.sampler.window_too_short() {
             return Ok(());
         }
+        // The first decision comes before the first drain: drained now, the kinds' caps hold
+        // from it on.
+        if !self.sampler.knows_event_rates() {
+            self.drain()?;
+        }
         self.sampler
             .close_window(self.probes.stack_sampled_programs_run_time());
         self.probes.stop_measuring_run_time();
@@ -469,10 +474,17 @@ impl Collection {
     /// A drain of the run's ticks: host-wide, exited processes are looked for in one of
     /// several.
     pub(super) fn drain_tick(&mut self) -> Result<(), ProbeError> {
-        self.drain_with(true)
+        self.drain_with(true)?;
+        // A kind's cap follows its rate at once, not at the budget's next decision (two
+        // seconds apart once settled): a kind idle until now would walk every stack until then.
+        if let (below, true) = self.sampler.thresholds() {
+            self.probes.set_stack_sampling(below[OFFCPU], below[IO])?;
+        }
+        Ok(())
     }
 
     fn drain_with(&mut self, tick: bool) -> Result<(), ProbeError> {
+        let drained_at = Instant::now();
         let drained = self.probes.drain()?;
         // Drained after the counts that name them: a stack is stored before any count.
         for (id, stack) in self.probes.drain_user_stacks()? {
@@ -512,10 +524,14 @@ impl Collection {
             offcpu: drained.offcpu.iter().map(|(key, _)| *key).collect(),
             io: drained.io.iter().map(|(key, _)| *key).collect(),
         });
-        self.sampler.note_event_time([
-            drained.offcpu.iter().map(|(_, time)| time.total_ns).sum(),
-            drained.io.iter().map(|(_, total)| total.total_ns).sum(),
-        ]);
+        self.sampler.note_event_time(
+            [
+                drained.offcpu.iter().map(|(_, time)| time.total_ns).sum(),
+                drained.io.iter().map(|(_, total)| total.total_ns).sum(),
+            ],
+            drained_at,
+        );
+
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {

@@ -280,6 +280,7 @@ async fn collect_until_stop(
     root_pids: &[u32],
     bar: &ProgressBar,
 ) -> Result<Stop, CollectError> {
+    collection.sampler.events_begin();
     let mut ticker = tokio::time::interval(TICK);
     // Process notifications are answered sooner than the rest: unwind tables are asked for
     // by the first samples of a new program.
