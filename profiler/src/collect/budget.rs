@@ -21,15 +21,11 @@ const FIRST_THRESHOLD_NS: f64 = 100_000.0;
 const MIN_THRESHOLD_NS: u64 = 10_000;
 /// At most this: the kernel draws a 32-bit random number of nanoseconds.
 const MAX_THRESHOLD_NS: u64 = 1_000_000_000;
-/// From this threshold on, few stacks are walked: what the programs cost then is mostly what
-/// counting and timing every event costs, which no threshold lowers.
-const FEW_WALKS_THRESHOLD_NS: u64 = 10_000_000;
+/// Measured over the budget this many times, the threshold goes at once to the kinds' caps.
+const FAR_OVER: f64 = 2.0;
 /// A window shorter than this (the collector's loop was late) is left open: the CPUs' busy
 /// time moves in 10 ms steps.
 const MIN_WINDOW_NS: u64 = 80_000_000;
-/// Weight of a new reading in the estimate of what counting alone costs: an average, not the
-/// lowest reading, which noise pulls down.
-const FLOOR_WEIGHT: f64 = 0.3;
 /// Under a budget, a kind's threshold is at most (its events' time a second / this). A
 /// share s of a kind's time is then estimated within about sqrt(s / (this × seconds)): a
 /// fifth of a 10 s profile within a point. Where this cap holds the threshold down, about
@@ -41,6 +37,14 @@ const MIN_WALKS_PER_SECOND: u64 = 200;
 /// A kind's events' time a second is a moving average in which what was seen a second ago
 /// weighs this much of what was seen last.
 const RATE_DECAY_PER_SECOND: f64 = 0.5;
+/// A kind whose events' time a second grew this many times since the budget's last decision
+/// has a new load: the budget decides again soon, not at its settled pace.
+const LOAD_GROWTH: f64 = 2.0;
+/// A decision that moves the threshold by less than this factor leaves the budget settled.
+const SETTLED_MOVE: f64 = 1.25;
+/// Events' time a second under which a kind's growth is not a new load (a hundredth of a
+/// thread).
+const MIN_LOAD_NS_PER_SECOND: f64 = 10_000_000.0;
 
 /// Programs' run time, the CPUs' busy time and the wall time so far, ns.
 type Reading = (u64, u64, u64);
@@ -65,14 +69,15 @@ pub(super) struct StackSampler {
     program_ns: u64,
     busy_ns: u64,
     adjustments: u32,
-    /// Overhead measured with few stacks walked (a moving average), percent: what counting
-    /// and timing every event costs, which no threshold brings lower.
-    floor_percent: f64,
     /// Each kind's events' time a second (ended events drained from the kernel), ns, a
     /// moving average over the last drains; `None` before the first drain.
     event_rates: Option<[f64; 2]>,
     /// When events were last drained (or began).
     last_drain: std::time::Instant,
+    /// The rates at the budget's last decision, and whether that decision moved its
+    /// threshold: until one keeps it, and while the load stays, the budget has settled.
+    rates_at_decision: Option<[f64; 2]>,
+    moved: bool,
     /// The thresholds in the kernel, and the highest of the run.
     applied: Thresholds,
     max_applied: Thresholds,
@@ -93,9 +98,10 @@ impl StackSampler {
             program_ns: 0,
             busy_ns: 0,
             adjustments: 0,
-            floor_percent: f64::INFINITY,
             event_rates: None,
             last_drain: std::time::Instant::now(),
+            rates_at_decision: None,
+            moved: true,
             applied: [below_ns; 2],
             max_applied: [below_ns; 2],
         }
@@ -115,6 +121,27 @@ impl StackSampler {
     /// The events begin now: the first drain's rates are taken over the time since.
     pub(super) fn events_begin(&mut self) {
         self.last_drain = std::time::Instant::now();
+    }
+
+    /// Whether the budget has settled: its last decision kept the threshold and no kind's
+    /// load grew much since. Until then it decides often.
+    pub(super) fn settled(&self) -> bool {
+        let grown = match (self.rates_at_decision, self.event_rates) {
+            (Some(then), Some(now)) => now
+                .into_iter()
+                .zip(then)
+                .any(|(now, then)| now > MIN_LOAD_NS_PER_SECOND && now > LOAD_GROWTH * then),
+            _ => false,
+        };
+        !self.moved && !grown
+    }
+
+    /// The highest of the kinds' caps, ns (0 before any drain): at it, each kind keeps just
+    /// enough walks.
+    fn highest_cap(&self) -> u64 {
+        self.event_rates.map_or(0, |rates| {
+            rates.into_iter().map(precision_cap).max().unwrap_or(0)
+        })
     }
 
     /// Whether events were drained yet: until then, the kinds' caps are not known.
@@ -200,6 +227,8 @@ impl StackSampler {
         let StackSampling::Budget(percent) = self.policy else {
             return;
         };
+        self.rates_at_decision = self.event_rates;
+        self.moved = false;
         // Against a quarter of a CPU at least: on an idle machine a quiet program's few
         // events would otherwise weigh a lot against next to no busy time.
         let busy = busy.max(wall / 4);
@@ -207,24 +236,21 @@ impl StackSampler {
             return;
         }
         let overhead = 100.0 * program as f64 / busy as f64;
-        if self.below_ns >= FEW_WALKS_THRESHOLD_NS {
-            self.floor_percent = if self.floor_percent.is_finite() {
-                (1.0 - FLOOR_WEIGHT) * self.floor_percent + FLOOR_WEIGHT * overhead
-            } else {
-                overhead
-            };
+        let ratio = overhead / percent;
+        let mut next = next_threshold(self.below_ns, ratio);
+        let cap = self.highest_cap().min(MAX_THRESHOLD_NS);
+        if ratio > 1.0 && cap > 0 {
+            // Far over (a load arrived, or the attach), at once to each kind's cap, where
+            // walks cost little: stepping there from a threshold an idle spell took low took
+            // three decisions and two and a half seconds of pgbench at 8 to 20% of the CPUs.
+            if ratio > FAR_OVER {
+                next = next.max(cap);
+            }
+            // And not past it: there every kind walks the fewest stacks its flamegraph
+            // needs, and what the programs still cost is counting and timing every event,
+            // which the issue keeps exact and no threshold lowers.
+            next = next.min(cap);
         }
-        // A budget under what counting every event costs cannot be met by walking fewer
-        // stacks: walks are then held to a tenth of that cost, not pushed to nothing. A tenth:
-        // on a busy server a walk costs more than its run time shows (the kernel stack is read
-        // with the run queue locked, the unwinder's tables evict the server's data from the
-        // caches), and a tenth still walks thousands of stacks a minute there.
-        let target = if self.floor_percent.is_finite() {
-            percent.max(1.1 * self.floor_percent)
-        } else {
-            percent
-        };
-        let next = next_threshold(self.below_ns, overhead / target);
         if next == self.below_ns {
             return;
         }
@@ -234,6 +260,9 @@ impl StackSampler {
             self.below_ns / 1000,
             next / 1000
         );
+        // Following the caps as the rates drift is not a move: the budget has settled there.
+        let ratio_moved = next as f64 / self.below_ns.max(1) as f64;
+        self.moved = !(1.0 / SETTLED_MOVE..=SETTLED_MOVE).contains(&ratio_moved);
         self.below_ns = next;
         self.adjustments += 1;
     }
@@ -410,6 +439,32 @@ mod tests {
     }
 
     #[test]
+    fn a_load_that_arrives_gets_each_kind_at_its_cap_at_the_next_decision() {
+        let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        // Idle: well under budget, every stack walked, and settled once a decision keeps it.
+        sampler.noted([50_000_000, 1_000_000], Duration::from_secs(1));
+        run_budget(&mut sampler, |_| 0.5, 3);
+        assert_eq!(sampler.below_ns, 0);
+        assert!(sampler.settled(), "{sampler:?}");
+        // The load arrives: 8 s of off-CPU time a second, half a second of I/O.
+        for _ in 0..4 {
+            sampler.noted([8_000_000_000, 500_000_000], Duration::from_secs(1));
+        }
+        assert!(!sampler.settled(), "a new load: {sampler:?}");
+        // One decision, far over budget: not the few hundred microseconds a step from every
+        // stack walked gives, but each kind's cap.
+        run_budget(&mut sampler, |_| 20.0, 1);
+        let rates = sampler.event_rates.expect("drained");
+        assert_eq!(sampler.thresholds().0, rates.map(precision_cap));
+        assert!(sampler.thresholds().0[OFFCPU] > 30_000_000, "{sampler:?}");
+        assert!(!sampler.settled(), "it moved: {sampler:?}");
+        // Within budget there: kept, and settled.
+        run_budget(&mut sampler, |_| 2.8, 1);
+        assert_eq!(sampler.thresholds().0, rates.map(precision_cap));
+        assert!(sampler.settled(), "{sampler:?}");
+    }
+
+    #[test]
     fn budget_is_met_where_walks_are_the_cost() {
         // 1% counting every event, plus walks worth 19% at threshold 0, falling as 1/threshold
         // past the events' length (100 µs).
@@ -423,19 +478,29 @@ mod tests {
     }
 
     #[test]
-    fn counting_alone_over_budget_does_not_push_the_threshold_to_the_top() {
-        // 6% counting every event, over a 3% budget whatever the threshold: walks are held to
-        // about a tenth of that, not cut to nothing.
+    fn counting_alone_over_budget_holds_the_threshold_at_the_caps() {
+        // 6% counting every event, over a 3% budget whatever the threshold: the threshold
+        // goes to the highest cap (8 s of off-CPU time a second: 40 ms) and stays there, not
+        // higher, where walking fewer stacks would save nothing.
         let cost = |below: u64| 6.0 + 19.0 * (100_000.0 / below.max(100_000) as f64);
         let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        sampler.noted([8_000_000_000, 500_000_000], Duration::from_secs(1));
         let thresholds = run_budget(&mut sampler, cost, 30);
-        let last = *thresholds.last().unwrap();
-        assert!(last < MAX_THRESHOLD_NS, "{thresholds:?}");
-        assert!(cost(last) <= 6.0 * 1.15, "{thresholds:?}");
+        assert_eq!(thresholds[0], 40_000_000, "far over: at once");
+        assert!(
+            thresholds.iter().all(|&below| below == 40_000_000),
+            "{thresholds:?}"
+        );
+        assert!(sampler.settled());
+        // The rates drift: the threshold follows the cap, and the budget stays settled.
+        sampler.noted([900_000_000, 50_000_000], Duration::from_millis(100));
+        run_budget(&mut sampler, cost, 1);
+        assert!(sampler.below_ns > 40_000_000, "{sampler:?}");
+        assert!(sampler.settled(), "{sampler:?}");
     }
 
     #[test]
-    fn a_noisy_measure_of_counting_over_budget_does_not_push_the_threshold_to_the_top() {
+    fn a_noisy_measure_of_counting_over_budget_holds_the_threshold_at_the_caps() {
         // As above, each reading off by up to a tenth either way (the CPUs' busy time read
         // over 100 ms).
         let noise = [1.1, 0.9, 1.05, 0.92, 1.0, 0.9, 1.08, 0.95, 0.9, 1.1];
@@ -445,16 +510,12 @@ mod tests {
             (6.0 + 19.0 * (100_000.0 / below.max(100_000) as f64)) * noise[reading % noise.len()]
         };
         let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        sampler.noted([8_000_000_000, 500_000_000], Duration::from_secs(1));
         let thresholds = run_budget(&mut sampler, cost, 60);
         assert!(
-            thresholds[20..]
-                .iter()
-                .all(|&below| below < MAX_THRESHOLD_NS),
+            thresholds.iter().all(|&below| below == 40_000_000),
             "{thresholds:?}"
         );
-        let last = *thresholds.last().unwrap();
-        let exact = 6.0 + 19.0 * (100_000.0 / last.max(100_000) as f64);
-        assert!(exact <= 6.0 * 1.3, "{thresholds:?}");
     }
 
     #[test]

@@ -49,13 +49,14 @@ const TICK: Duration = Duration::from_millis(100);
 const DRAIN_EVERY_TICKS: u32 = 10;
 
 /// Ticks between two decisions of the overhead budget (`--max-overhead`) for the first
-/// `BUDGET_SETTLING_TICKS`: short enough that a busy server is within budget a second after
-/// the attach.
+/// `BUDGET_SETTLING_TICKS`, and while it has not settled (its last decision moved the
+/// threshold, or a kind's load grew since): short enough that a busy server is within budget
+/// a second after the attach, or after its load arrives.
 const BUDGET_EVERY_TICKS: u32 = 5;
-/// Ticks between two decisions after that. What the programs cost is measured over the last
-/// tick before each decision only: the kernel's timing of every program run costs two clock
-/// reads a run, as much as the cheapest programs take (on a busy database, 3% of the CPUs
-/// while it is on). Once settled, one tick in twenty.
+/// Ticks between two decisions once settled. What the programs cost is measured over the
+/// last tick before each decision only: the kernel's timing of every program run costs two
+/// clock reads a run, as much as the cheapest programs take (on a busy database, 3% of the
+/// CPUs while it is on).
 const BUDGET_SETTLED_EVERY_TICKS: u32 = 20;
 const BUDGET_SETTLING_TICKS: u32 = 40;
 /// A tick is long enough for the CPUs' busy time (counted in 10 ms units) to be read within
@@ -70,9 +71,9 @@ const _: () = assert!(
 
 /// What the overhead budget does at tick `ticks`: whether it decides (closing the measuring
 /// window) and whether it opens the next window, measured until the next decision.
-fn budget_step(ticks: u32) -> (bool, bool) {
+fn budget_step(ticks: u32, settled: bool) -> (bool, bool) {
     let every = |ticks: u32| {
-        if ticks <= BUDGET_SETTLING_TICKS {
+        if ticks <= BUDGET_SETTLING_TICKS || !settled {
             BUDGET_EVERY_TICKS
         } else {
             BUDGET_SETTLED_EVERY_TICKS
@@ -312,11 +313,7 @@ async fn collect_until_stop(
                 ticks += 1;
                 collection.handle_process_events();
                 collection.sample_memory();
-                match budget_step(ticks) {
-                    (true, _) => collection.adjust_stack_sampling()?,
-                    (false, true) => collection.measure_stack_sampling_cost(),
-                    (false, false) => {}
-                }
+                // Drained before the budget decides: its caps follow the latest rates.
                 if ticks.is_multiple_of(DRAIN_EVERY_TICKS) {
                     collection.drain_tick()?;
                     collection.refresh_maps();
@@ -325,6 +322,11 @@ async fn collect_until_stop(
                     if let Ok(counters) = collection.probes.counters() {
                         bar.set_message(status_message(&counters));
                     }
+                }
+                match budget_step(ticks, collection.sampler.settled()) {
+                    (true, _) => collection.adjust_stack_sampling()?,
+                    (false, true) => collection.measure_stack_sampling_cost(),
+                    (false, false) => {}
                 }
                 if command_exit.is_none()
                     && collection.selection.is_none()
@@ -343,10 +345,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_decides_every_half_second_then_every_two() {
-        let decisions: Vec<u32> = (1..=100).filter(|&tick| budget_step(tick).0).collect();
+    fn the_budget_decides_every_half_second_then_every_two_once_settled() {
+        let steps = |settled: bool| {
+            let decisions: Vec<u32> = (1..=100)
+                .filter(|&tick| budget_step(tick, settled).0)
+                .collect();
+            let opened: Vec<u32> = (1..=100)
+                .filter(|&tick| budget_step(tick, settled).1)
+                .collect();
+            (decisions, opened)
+        };
+        let (decisions, opened) = steps(true);
         assert_eq!(decisions, [5, 10, 15, 20, 25, 30, 35, 40, 60, 80, 100]);
-        let opened: Vec<u32> = (1..=100).filter(|&tick| budget_step(tick).1).collect();
         assert_eq!(opened, [4, 9, 14, 19, 24, 29, 34, 39, 59, 79, 99]);
+        let (decisions, opened) = steps(false);
+        assert_eq!(decisions, (1..=20).map(|n| 5 * n).collect::<Vec<_>>());
+        assert_eq!(opened, (1..=20).map(|n| 5 * n - 1).collect::<Vec<_>>());
     }
 }
