@@ -428,6 +428,14 @@ impl Collection {
         Ok(())
     }
 
+    /// Gives the kernel the thresholds the sampler wants now, if they changed.
+    fn apply_stack_sampling(&mut self) -> Result<(), ProbeError> {
+        match self.sampler.thresholds() {
+            (below, true) => self.probes.set_stack_sampling(below[OFFCPU], below[IO]),
+            (_, false) => Ok(()),
+        }
+    }
+
     /// Opens a window in which the programs' run time is measured, closed by
     /// [`Self::adjust_stack_sampling`]. If the kernel will not measure it, every stack is
     /// walked from then on.
@@ -461,10 +469,7 @@ impl Collection {
         self.sampler
             .close_window(self.probes.stack_sampled_programs_run_time());
         self.probes.stop_measuring_run_time();
-        if let (below, true) = self.sampler.thresholds() {
-            self.probes.set_stack_sampling(below[OFFCPU], below[IO])?;
-        }
-        Ok(())
+        self.apply_stack_sampling()
     }
 
     pub(super) fn drain(&mut self) -> Result<(), ProbeError> {
@@ -477,10 +482,7 @@ impl Collection {
         self.drain_with(true)?;
         // A kind's cap follows its rate at once, not at the budget's next decision (two
         // seconds apart once settled): a kind idle until now would walk every stack until then.
-        if let (below, true) = self.sampler.thresholds() {
-            self.probes.set_stack_sampling(below[OFFCPU], below[IO])?;
-        }
-        Ok(())
+        self.apply_stack_sampling()
     }
 
     fn drain_with(&mut self, tick: bool) -> Result<(), ProbeError> {
