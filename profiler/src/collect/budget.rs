@@ -136,12 +136,16 @@ impl StackSampler {
         !self.moved && !grown
     }
 
+    /// Each kind's cap, ns; `None` before the first drain.
+    fn caps(&self) -> Option<Thresholds> {
+        self.event_rates.map(|rates| rates.map(precision_cap))
+    }
+
     /// The highest of the kinds' caps, ns (0 before any drain): at it, each kind keeps just
     /// enough walks.
     fn highest_cap(&self) -> u64 {
-        self.event_rates.map_or(0, |rates| {
-            rates.into_iter().map(precision_cap).max().unwrap_or(0)
-        })
+        self.caps()
+            .map_or(0, |caps| caps.into_iter().max().unwrap_or(0))
     }
 
     /// Whether events were drained yet: until then, the kinds' caps are not known.
@@ -173,10 +177,8 @@ impl StackSampler {
     /// The thresholds the kernel should have now, and whether they changed since last
     /// asked: the budget's, each capped so its kind keeps enough walks to be estimated well.
     pub(super) fn thresholds(&mut self) -> (Thresholds, bool) {
-        let next = match (self.policy, self.event_rates) {
-            (StackSampling::Budget(_), Some(rates)) => {
-                rates.map(|rate| self.below_ns.min(precision_cap(rate)))
-            }
+        let next = match (self.policy, self.caps()) {
+            (StackSampling::Budget(_), Some(caps)) => caps.map(|cap| self.below_ns.min(cap)),
             _ => [self.below_ns; 2],
         };
         let changed = next != self.applied;

@@ -533,7 +533,6 @@ impl Collection {
             ],
             drained_at,
         );
-
         // Over budget, counts of keys already kept still add up; new keys are dropped, counted.
         let full = self.state_bytes() >= self.max_state_bytes;
         for (key, count) in drained.samples {
