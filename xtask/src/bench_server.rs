@@ -226,29 +226,49 @@ struct Running {
     label: String,
 }
 
-/// Starts `watcher` on the cluster; `None` for pgbench alone.
+/// Starts `watcher` on the cluster, writing into `out` (a profiler) or `scratch`, and gives
+/// it time to attach; `None` for pgbench alone.
 fn start_watcher(
     watcher: Watcher,
     cluster: &Cluster,
     scratch: &Path,
+    out: &Path,
 ) -> anyhow::Result<Option<Running>> {
-    let out = scratch.join("profile");
+    let running = spawn_watcher(watcher, cluster, scratch, out)?;
+    // Attached (the profiler's programs verified, perf's and bpftrace's probes in place)
+    // before the measured load starts.
+    if running.is_some() {
+        std::thread::sleep(ATTACHING);
+    }
+    Ok(running)
+}
+
+/// What a watcher is given to attach before the load starts.
+const ATTACHING: Duration = Duration::from_secs(3);
+
+/// Starts `watcher` on the cluster, as [`start_watcher`], without waiting.
+fn spawn_watcher(
+    watcher: Watcher,
+    cluster: &Cluster,
+    scratch: &Path,
+    out: &Path,
+) -> anyhow::Result<Option<Running>> {
     let mut sleeper = None;
     let mut command = match watcher {
         Watcher::Nothing => return Ok(None),
         Watcher::Profiler(events, extra) => {
-            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_dir_all(out);
             let mut command = Command::new(profiler_bin());
             command
                 .args(["attach", "--children", "-e", events])
                 .args(extra)
                 .arg("-o")
-                .arg(&out)
+                .arg(out)
                 .arg(cluster.postmaster_pid()?.to_string());
             command
         }
         Watcher::ProfilerElsewhere(events) => {
-            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_dir_all(out);
             let sleep = Command::new("sleep")
                 .arg("100000")
                 .spawn()
@@ -256,7 +276,7 @@ fn start_watcher(
             let mut command = Command::new(profiler_bin());
             command
                 .args(["attach", "-e", events, "-o"])
-                .arg(&out)
+                .arg(out)
                 .arg(sleep.id().to_string());
             sleeper = Some(sleep);
             command
@@ -287,9 +307,6 @@ fn start_watcher(
             return Err(err).with_context(|| format!("starting {}", watcher.label()));
         }
     };
-    // Attached (the profiler's programs verified, perf's and bpftrace's probes in place)
-    // before the measured load starts.
-    std::thread::sleep(Duration::from_secs(3));
     Ok(Some(Running {
         watcher: child,
         sleeper,
@@ -390,7 +407,36 @@ fn measure(
     seconds: u64,
     rate: Option<u64>,
 ) -> anyhow::Result<Measured> {
-    let running = start_watcher(watcher, cluster, scratch)?;
+    let out = scratch.join("profile");
+    let running = start_watcher(watcher, cluster, scratch, &out)?;
+    let (report, busy) = run_pgbench(cluster, seconds, rate)?;
+    if let Some(running) = running {
+        stop_watcher(running)?;
+    }
+    let tps = tps(&report)?;
+    let transactions = transactions(&report)?;
+    let story = match watcher {
+        Watcher::Profiler(..) | Watcher::ProfilerElsewhere(_) => read_story(&out),
+        _ => None,
+    };
+    Ok(Measured {
+        tps,
+        cpu_per_transaction_us: busy * 1e6 / transactions.max(1) as f64,
+        io_stack_shares: story
+            .as_ref()
+            .map(|story| story.io_stack_shares.clone())
+            .unwrap_or_default(),
+        summary: story.map(|story| story.summary),
+    })
+}
+
+/// Runs pgbench for `seconds`, at `rate` transactions a second if given: its report, and the
+/// machine's busy CPU seconds meanwhile.
+fn run_pgbench(
+    cluster: &Cluster,
+    seconds: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<(String, f64)> {
     let mut pgbench = cluster.pgbench();
     pgbench.args(["-c", "8", "-j", "2", "-T", &seconds.to_string()]);
     if let Some(rate) = rate {
@@ -403,30 +449,73 @@ fn measure(
         .output()
         .context("running pgbench")?;
     let busy = busy_cpu_seconds()? - busy_before;
-    if let Some(running) = running {
-        stop_watcher(running)?;
-    }
-    let report = String::from_utf8_lossy(&report.stdout);
-    let tps = tps(&report)?;
-    let transactions = transactions(&report)?;
-    let summary = match watcher {
-        Watcher::Profiler(..) | Watcher::ProfilerElsewhere(_) => {
-            std::fs::read_to_string(scratch.join("profile/summary.json"))
-                .ok()
-                .and_then(|text| serde_json::from_str(&text).ok())
-        }
-        _ => None,
-    };
-    let io_stack_shares = std::fs::read_to_string(scratch.join("profile/io.folded"))
+    Ok((String::from_utf8_lossy(&report.stdout).into_owned(), busy))
+}
+
+/// A profiler's results in `out`, if it wrote its summary.
+fn read_story(out: &Path) -> Option<StoryRun> {
+    let summary = std::fs::read_to_string(out.join("summary.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())?;
+    let io_stack_shares = std::fs::read_to_string(out.join("io.folded"))
         .map(|folded| stack_shares_by_leaf(&folded))
         .unwrap_or_default();
-    Ok(Measured {
-        tps,
-        cpu_per_transaction_us: busy * 1e6 / transactions.max(1) as f64,
+    Some(StoryRun {
         summary,
         io_stack_shares,
     })
 }
+
+/// The default and the exact profiler attached together to the same server through one
+/// pgbench run at `rate`: they see the same waits and calls, so what differs between their
+/// profiles is the sampling alone, not what the server did (which consecutive runs also
+/// differ by: how long its background processes slept, say). `(exact, sampled)`.
+fn measure_side_by_side(
+    cluster: &Cluster,
+    scratch: &Path,
+    seconds: u64,
+    rate: u64,
+) -> anyhow::Result<(StoryRun, StoryRun)> {
+    let outs = [scratch.join("sampled"), scratch.join("exact")];
+    let mut running = Vec::new();
+    // The sampled one first: programs on one tracepoint run in the order they were attached,
+    // so each profiler's call times include what the other's programs run between its entry
+    // and its exit: the exact one's exit, which walks every stack, made the sampled one's
+    // `recvfrom`s three times as long; the sampled one's exit adds a fraction of a µs to the
+    // exact one's calls. Given a second to attach, so that the order holds.
+    let mut measured = Ok(());
+    for (index, out) in [DEFAULT, EXACT].into_iter().zip(&outs) {
+        match spawn_watcher(WATCHERS[index], cluster, scratch, out) {
+            Ok(watcher) => running.extend(watcher),
+            Err(err) => {
+                measured = Err(err);
+                break;
+            }
+        }
+        std::thread::sleep(SECOND_ATTACH_AFTER);
+    }
+    if measured.is_ok() {
+        std::thread::sleep(ATTACHING);
+        measured = run_pgbench(cluster, seconds, Some(rate)).map(drop);
+    }
+    // Both told to stop at once, so that their runs end together; stopped on a failure too.
+    for watcher in &running {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(watcher.watcher.id() as i32, libc::SIGINT) };
+    }
+    for watcher in running {
+        stop_watcher(watcher)?;
+    }
+    measured?;
+    let [sampled, exact] = outs.map(|out| {
+        read_story(&out).with_context(|| format!("no summary.json in {}", out.display()))
+    });
+    Ok((exact?, sampled?))
+}
+
+/// How long after the sampled profiler the exact one is started, side by side (the default
+/// attaches within a second on this server).
+const SECOND_ATTACH_AFTER: Duration = Duration::from_secs(1);
 
 /// Each leaf function's share of a folded flamegraph's weight, percent; a kernel frame's
 /// `_[k]` left out (the leaf of an I/O stack is its system call).
@@ -696,6 +785,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let side_by_side = measure_side_by_side(&cluster, &scratch, args.seconds, rate)?;
     drop(cluster);
     let mut table = format!(
         "| configuration | tps | % of pgbench alone in the same round | CPU a transaction at \
@@ -729,27 +819,28 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             .nth(pass)
             .map(|(_, run)| run)
     };
-    let story = match (
-        run(EXACT, 0),
-        run(DEFAULT, 0),
-        run(EXACT, 1),
-        run(DEFAULT, 1),
-    ) {
-        (Some(exact), Some(sampled), Some(exact_again), Some(sampled_again)) => format!(
-            "\n\nThe same story, sampled and exact, from the last two rounds at {rate} tps (at \
-             full speed the exact run serves fewer transactions, and its backends wait \
-             differently for real): the exact run's top blocking and I/O stacks, with their \
-             share of off-CPU or I/O time in each run; the two exact runs side by side show \
-             the noise. Each I/O call's exact share of the time in both runs, beside the \
-             sampled run's flamegraph, tells the sampling's error from a difference in what \
-             the server did (walking every stack costs the exact run CPU time, and its \
-             server waits differently).\n\n\
-             Next-to-last round, sampled against exact:\n\n{}\n{}\n{}\n\
-             Last round, sampled against exact:\n\n{}\n{}\n{}\n\
-             Exact against exact (the last round's in the second column):\n\n{}\n{}",
-            story_table(&exact.summary, &sampled.summary, "offcpu"),
-            story_table(&exact.summary, &sampled.summary, "io"),
-            calls_table(exact, sampled),
+    let (exact_beside, sampled_beside) = &side_by_side;
+    let story = match (run(EXACT, 0), run(EXACT, 1), run(DEFAULT, 1)) {
+        (Some(exact), Some(exact_again), Some(sampled_again)) => format!(
+            "\n\nThe same story, sampled and exact, at {rate} tps (at full speed the exact run \
+             serves fewer transactions, and its backends wait differently for real): the exact \
+             run's top blocking and I/O stacks, with their share of off-CPU or I/O time in \
+             each run.\n\n\
+             Side by side: the default and the exact profiler attached together, through one \
+             more pgbench run (the sampled one attached a second before the other). They \
+             watch the same waits and calls, so the differences are the sampling's, but for \
+             that second and for each one's programs timed into the other's calls: the \
+             sampled one's, attached first, add a fraction of a µs to each call the exact one \
+             times. Each I/O call's exact share of the time in both, beside the sampled run's \
+             flamegraph, gives the sampling's error directly.\n\n{}\n{}\n{}\n\
+             One after the other, in the last round: these also differ by what the server did \
+             in each run (how long its background processes slept, how its backends waited: \
+             walking every stack costs the exact run CPU time).\n\n{}\n{}\n{}\n\
+             Exact against exact, the last two rounds (the last round's in the second column): \
+             what two runs of the same configuration differ by.\n\n{}\n{}",
+            story_table(&exact_beside.summary, &sampled_beside.summary, "offcpu"),
+            story_table(&exact_beside.summary, &sampled_beside.summary, "io"),
+            calls_table(exact_beside, sampled_beside),
             story_table(&exact_again.summary, &sampled_again.summary, "offcpu"),
             story_table(&exact_again.summary, &sampled_again.summary, "io"),
             calls_table(exact_again, sampled_again),
