@@ -357,10 +357,12 @@ fn stop_watcher(mut running: Running) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A profiler run kept for the same-story check.
+/// What a profiler run wrote: its summary, and what the same-story check reads of its
+/// flamegraph.
 struct StoryRun {
     summary: serde_json::Value,
-    /// As in [`Measured`].
+    /// Each I/O call's share of the I/O flamegraph (io.folded), percent: with stack sampling,
+    /// an estimate, against the call's exact share in `summary`.
     io_stack_shares: HashMap<String, f64>,
 }
 
@@ -370,11 +372,8 @@ struct Measured {
     /// The machine's busy CPU time (all CPUs, every process) while pgbench ran, per
     /// transaction, µs: what the work cost, the watcher's share included.
     cpu_per_transaction_us: f64,
-    /// The profiler's summary.json, if the watcher was the profiler.
-    summary: Option<serde_json::Value>,
-    /// Each I/O call's share of the I/O flamegraph (io.folded), percent: with stack sampling,
-    /// an estimate, against the call's exact share in `summary`.
-    io_stack_shares: HashMap<String, f64>,
+    /// What the profiler wrote, if the watcher was the profiler and it wrote its summary.
+    story: Option<StoryRun>,
 }
 
 /// The machine's busy CPU time so far (all CPUs: user, nice, system, interrupts; not the time
@@ -422,11 +421,7 @@ fn measure(
     Ok(Measured {
         tps,
         cpu_per_transaction_us: busy * 1e6 / transactions.max(1) as f64,
-        io_stack_shares: story
-            .as_ref()
-            .map(|story| story.io_stack_shares.clone())
-            .unwrap_or_default(),
-        summary: story.map(|story| story.summary),
+        story,
     })
 }
 
@@ -726,7 +721,10 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             let measured = measure(*watcher, &cluster, &scratch, args.seconds, None)?;
             let tps = measured.tps;
             if let Watcher::Profiler(..) | Watcher::ProfilerElsewhere(_) = watcher {
-                accounts[index] = own_account(*watcher, measured.summary.as_ref());
+                accounts[index] = own_account(
+                    *watcher,
+                    measured.story.as_ref().map(|story| &story.summary),
+                );
             }
             let base = *baseline.get_or_insert(tps);
             eprintln!(
@@ -773,15 +771,9 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
             added_cpu[index].push(100.0 * (cpu / base - 1.0));
             if (index == EXACT || index == DEFAULT)
                 && round + 2 >= args.runs
-                && let Some(summary) = measured.summary
+                && let Some(story) = measured.story
             {
-                story_runs.push((
-                    index,
-                    StoryRun {
-                        summary,
-                        io_stack_shares: measured.io_stack_shares,
-                    },
-                ));
+                story_runs.push((index, story));
             }
         }
     }
