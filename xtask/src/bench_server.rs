@@ -408,10 +408,12 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     let out = scratch.join("profile");
     let running = start_watcher(watcher, cluster, scratch, &out)?;
-    let (report, busy) = run_pgbench(cluster, seconds, rate)?;
+    let pgbench = run_pgbench(cluster, seconds, rate);
+    // Stopped whether pgbench ran or not: a failed run leaves no watcher behind.
     if let Some(running) = running {
         stop_watcher(running)?;
     }
+    let (report, busy) = pgbench?;
     let tps = tps(&report)?;
     let transactions = transactions(&report)?;
     let story = match watcher {
