@@ -139,8 +139,11 @@ pub mod counter {
     /// Sampled off-CPU periods whose user stack could not be walked: the thread ran on
     /// before its next system-call exit or switch-out.
     pub const OFFCPU_STACKS_RAN_ON: u32 = 25;
+    /// User stacks walked for off-CPU periods and I/O calls: the walks the stack-sampling
+    /// threshold governs, read at every tick of the collector (see `collect::budget`).
+    pub const EVENT_STACKS_WALKED: u32 = 26;
     /// Number of counters.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 }
 
 /// Index in the `CONTROL` array of the sample-count map the programs currently write (0 or 1),

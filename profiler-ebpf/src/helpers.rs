@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_loop, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
-use profiler_common::{COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory};
+use profiler_common::{COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory, counter};
 
 use crate::{
     maps::{CONTROL, COUNTERS, PROCESS_MEMORY, UNWIND_WITH_TABLES},
@@ -131,6 +131,14 @@ pub(crate) fn user_stack<C: EbpfContext>(ctx: &C, tgid: u32, scratch_slot: u32) 
     } else {
         stack_store::fp_user_stack_id(ctx, scratch_slot)
     }
+}
+
+/// [`user_stack`] for an off-CPU period or an I/O call, counted: the collector looks at the
+/// count every tick, to catch a load that arrived while every stack is walked.
+#[inline(always)]
+pub(crate) fn event_user_stack<C: EbpfContext>(ctx: &C, tgid: u32, scratch_slot: u32) -> i32 {
+    bump(counter::EVENT_STACKS_WALKED);
+    user_stack(ctx, tgid, scratch_slot)
 }
 
 /// Reads one word of a saved register set, not the whole set. `regs` must be a pointer the

@@ -180,7 +180,7 @@ pub fn sys_exit_offcpu(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
     };
     let walked = at
         .in_place
-        .then(|| crate::helpers::user_stack(&ctx, tgid, crate::unwind::SCRATCH_TASK));
+        .then(|| crate::helpers::event_user_stack(&ctx, tgid, crate::unwind::SCRATCH_TASK));
     record_pending(thread, tgid, tid, at.active, walked_or_ran_on(walked));
     0
 }

@@ -18,8 +18,8 @@ use profiler_common::{
 use crate::{
     current,
     helpers::{
-        active_map, add_to_counter, bump, current_comm, current_tgid_tid, field, read_at,
-        stack_sampled, user_stack,
+        active_map, add_to_counter, bump, current_comm, current_tgid_tid, event_user_stack, field,
+        read_at, stack_sampled,
     },
     maps::{CONTROL, THREADS},
     offcpu_stacks,
@@ -164,7 +164,7 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32,
     let pending = offcpu_stacks::pending_in_place(thread);
     let walk = below == 0 || pending == Some(true);
     let user = if walk {
-        user_stack(ctx, tgid, unwind::SCRATCH_TASK)
+        event_user_stack(ctx, tgid, unwind::SCRATCH_TASK)
     } else {
         STACK_ID_UNSAMPLED
     };

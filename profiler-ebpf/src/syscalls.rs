@@ -19,8 +19,8 @@ use profiler_common::{
 use crate::{
     current::{self, Known},
     helpers::{
-        active_map, bump, current_comm, current_tgid_tid, process_memory, read_at, register,
-        stack_sampled, user_stack,
+        active_map, bump, current_comm, current_tgid_tid, event_user_stack, process_memory,
+        read_at, register, stack_sampled,
     },
     maps::CONTROL,
     offcpu_stacks,
@@ -313,7 +313,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     };
     let walk = io.is_some_and(|io| io.stack_ns != 0) || offcpu.is_some_and(|(_, at)| at.in_place);
     let user_stack_id = if walk {
-        user_stack(&ctx, tgid, unwind::SCRATCH_TASK)
+        event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK)
     } else {
         STACK_ID_UNSAMPLED
     };

@@ -45,6 +45,11 @@ const SETTLED_MOVE: f64 = 1.25;
 /// Events' time a second under which a kind's growth is not a new load (a hundredth of a
 /// thread).
 const MIN_LOAD_NS_PER_SECOND: f64 = 10_000_000.0;
+/// What a stack walk is taken to cost, ns, to tell from one tick's walks that a load arrived
+/// which walking every stack would take past the budget: under what one took on the
+/// database of docs/performance (3.6 µs an I/O call's, 6.5 µs an off-CPU period's), so such
+/// a load is caught early rather than late.
+const WALK_NS: f64 = 2_000.0;
 
 /// Programs' run time, the CPUs' busy time and the wall time so far, ns.
 type Reading = (u64, u64, u64);
@@ -81,6 +86,16 @@ pub(super) struct StackSampler {
     /// The thresholds in the kernel, and the highest of the run.
     applied: Thresholds,
     max_applied: Thresholds,
+    /// The kernel's count of off-CPU and I/O stack walks at the last tick.
+    walks_seen: Option<u64>,
+    /// Walks in the last tick, and in the tick before the budget's last decision.
+    walked_last_tick: u64,
+    walked_at_decision: u64,
+    /// Every stack walked, a load arrived that walking them all would take past the budget
+    /// (see [`Self::note_walks`]): the budget decides at once.
+    load_arrived: bool,
+    /// Online CPUs: what the budget's share could at most be of.
+    cpus: u64,
 }
 
 impl StackSampler {
@@ -104,7 +119,43 @@ impl StackSampler {
             moved: true,
             applied: [below_ns; 2],
             max_applied: [below_ns; 2],
+            walks_seen: None,
+            walked_last_tick: 0,
+            walked_at_decision: 0,
+            load_arrived: false,
+            // SAFETY: sysconf has no preconditions.
+            cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64,
         }
+    }
+
+    /// Takes the kernel's count of off-CPU and I/O stack walks so far, read at a tick `tick`
+    /// after the last. While every stack is walked, the budget otherwise sees a load that
+    /// arrives only at its next decision, up to two seconds on (a second on a drain that
+    /// shows the new load, half a second to the decision after), and meanwhile the load
+    /// pays for every walk: on a database, 40% of its throughput. Walks enough to take the
+    /// budget of every CPU, at [`WALK_NS`] each, and more than twice the last decision's,
+    /// bring the decision forward (see [`Self::load_arrived`]).
+    pub(super) fn note_walks(&mut self, walks: u64, tick: Duration) {
+        let walked = walks.saturating_sub(self.walks_seen.replace(walks).unwrap_or(walks));
+        self.walked_last_tick = walked;
+        let StackSampling::Budget(percent) = self.policy else {
+            return;
+        };
+        let affordable = percent / 100.0 * (self.cpus as f64) * tick.as_nanos() as f64 / WALK_NS;
+        self.load_arrived = self.below_ns == 0
+            && walked as f64 > affordable.max(LOAD_GROWTH * self.walked_at_decision as f64);
+    }
+
+    /// Whether a load arrived while every stack is walked (see [`Self::note_walks`]): the
+    /// budget should decide now, on fresh rates, or measure from now and decide at the next
+    /// tick.
+    pub(super) fn load_arrived(&self) -> bool {
+        self.load_arrived
+    }
+
+    /// Whether a measuring window is open.
+    pub(super) fn measuring(&self) -> bool {
+        self.window_start.is_some()
     }
 
     /// Whether the programs' run time should be measured.
@@ -230,6 +281,8 @@ impl StackSampler {
             return;
         };
         self.rates_at_decision = self.event_rates;
+        self.walked_at_decision = self.walked_last_tick;
+        self.load_arrived = false;
         self.moved = false;
         // Against a quarter of a CPU at least: on an idle machine a quiet program's few
         // events would otherwise weigh a lot against next to no busy time.
@@ -403,6 +456,43 @@ mod tests {
                 sampler.below_ns
             })
             .collect()
+    }
+
+    #[test]
+    fn a_load_arriving_while_every_stack_is_walked_is_seen_at_the_next_tick() {
+        let tick = Duration::from_millis(100);
+        let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
+        sampler.cpus = 2;
+        // 3% of two CPUs for a tick is 6 ms: 3000 walks at 2 µs each.
+        sampler.note_walks(1_000, tick);
+        assert!(!sampler.load_arrived(), "the first count is only a start");
+        sampler.note_walks(3_900, tick);
+        assert!(!sampler.load_arrived(), "2900 walks are within the budget");
+        sampler.note_walks(7_000, tick);
+        assert!(sampler.load_arrived());
+        // The decision, still over the affordable walks, at the budget: every stack walked.
+        let start = (0, 0, 0);
+        sampler.measured(start, (20_000_000, 1_000_000_000, 1_000_000_000));
+        assert!(!sampler.load_arrived());
+        assert_eq!(sampler.below_ns, 0);
+        // The decision's 3100 walks a tick, and twice as many, are the same load; more than
+        // twice is a new one.
+        sampler.note_walks(10_100, tick);
+        assert!(!sampler.load_arrived());
+        sampler.note_walks(16_300, tick);
+        assert!(!sampler.load_arrived());
+        sampler.note_walks(22_600, tick);
+        assert!(sampler.load_arrived());
+        // Once stacks are sampled, the budget's own decisions follow the load.
+        sampler.measured(start, (90_000_000, 1_000_000_000, 1_000_000_000));
+        assert!(sampler.below_ns > 0);
+        sampler.note_walks(100_000, tick);
+        assert!(!sampler.load_arrived());
+        // Without a budget, nothing is decided.
+        let mut exact = StackSampler::new(StackSampling::Exact);
+        exact.note_walks(0, tick);
+        exact.note_walks(1_000_000, tick);
+        assert!(!exact.load_arrived());
     }
 
     #[test]

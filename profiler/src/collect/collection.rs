@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey, ThreadState};
+use profiler_common::{
+    COMM_LEN, IoKey, IoTotal, OffCpuKey, OffCpuTime, SampleKey, ThreadState, counter,
+};
 
 use super::{
     budget::{IO, OFFCPU, StackSampler},
@@ -455,15 +457,25 @@ impl Collection {
         }
     }
 
+    /// Tells the budget how many off-CPU and I/O stacks were walked since the last tick.
+    pub(super) fn note_walks(&mut self, tick: Duration) {
+        if !self.sampler.measures() {
+            return;
+        }
+        if let Ok(walks) = self.probes.counter(counter::EVENT_STACKS_WALKED) {
+            self.sampler.note_walks(walks, tick);
+        }
+    }
+
     /// Takes what the programs cost in the window opened last, stops measuring until the
     /// next, and moves the stack-sampling threshold to stay within the budget.
     pub(super) fn adjust_stack_sampling(&mut self) -> Result<(), ProbeError> {
         if !self.sampler.measures() || self.sampler.window_too_short() {
             return Ok(());
         }
-        // The first decision comes before the first drain: drained now, the kinds' caps hold
-        // from it on.
-        if !self.sampler.knows_event_rates() {
+        // The first decision comes before the first drain, and one for a load that just
+        // arrived after the drain that would show it: drained now, the kinds' caps follow.
+        if !self.sampler.knows_event_rates() || self.sampler.load_arrived() {
             self.drain()?;
         }
         self.sampler

@@ -323,7 +323,15 @@ async fn collect_until_stop(
                         bar.set_message(status_message(&counters));
                     }
                 }
-                match budget_step(ticks, collection.sampler.settled()) {
+                collection.note_walks(TICK);
+                let step = if collection.sampler.load_arrived() {
+                    // Decided at once where a window is open, else at the next tick.
+                    let measuring = collection.sampler.measuring();
+                    (measuring, !measuring)
+                } else {
+                    budget_step(ticks, collection.sampler.settled())
+                };
+                match step {
                     (true, _) => collection.adjust_stack_sampling()?,
                     (false, true) => collection.measure_stack_sampling_cost(),
                     (false, false) => {}

@@ -208,21 +208,26 @@ impl KernelProbes {
 
     /// Loss counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let mut counters = [0; counter::COUNT as usize];
+        for (index, slot) in counters.iter_mut().enumerate() {
+            *slot = self.counter(index as u32)?;
+        }
+        Ok(counters)
+    }
+
+    /// Counter `index` (a `counter` constant) summed over CPUs.
+    pub fn counter(&self, index: u32) -> Result<u64, ProbeError> {
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
             self.ebpf
                 .map("COUNTERS")
                 .expect("COUNTERS is in the object"),
         )
         .map_err(map_error("COUNTERS"))?;
-        let mut counters = [0; counter::COUNT as usize];
-        for (index, slot) in counters.iter_mut().enumerate() {
-            *slot = array
-                .get(&(index as u32), 0)
-                .map_err(map_error("COUNTERS"))?
-                .iter()
-                .sum();
-        }
-        Ok(counters)
+        Ok(array
+            .get(&index, 0)
+            .map_err(map_error("COUNTERS"))?
+            .iter()
+            .sum())
     }
 
     /// `CLOCK_MONOTONIC` time of the first sample, if one was taken.
