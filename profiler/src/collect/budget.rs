@@ -50,6 +50,10 @@ const MIN_LOAD_NS_PER_SECOND: f64 = 10_000_000.0;
 /// database of docs/performance (3.6 µs an I/O call's, 6.5 µs an off-CPU period's), so such
 /// a load is caught early rather than late.
 const WALK_NS: f64 = 2_000.0;
+/// Walks counted over less than this tell no rate: they are taken with the next tick's.
+const MIN_WALK_INTERVAL: Duration = Duration::from_millis(50);
+/// A measuring window at most this old when a load arrives measures that load.
+const MAX_ARRIVAL_WINDOW_NS: u64 = 250_000_000;
 
 /// Programs' run time, the CPUs' busy time and the wall time so far, ns.
 type Reading = (u64, u64, u64);
@@ -86,11 +90,12 @@ pub(super) struct StackSampler {
     /// The thresholds in the kernel, and the highest of the run.
     applied: Thresholds,
     max_applied: Thresholds,
-    /// The kernel's count of off-CPU and I/O stack walks at the last tick.
-    walks_seen: Option<u64>,
-    /// Walks in the last tick, and in the tick before the budget's last decision.
-    walked_last_tick: u64,
-    walked_at_decision: u64,
+    /// The kernel's count of off-CPU and I/O stack walks at the last tick, and when.
+    walks_seen: Option<(u64, std::time::Instant)>,
+    /// Walks a second over the last tick, and over the tick before the budget's last
+    /// decision.
+    walk_rate: f64,
+    walk_rate_at_decision: f64,
     /// Every stack walked, a load arrived that walking them all would take past the budget
     /// (see [`Self::note_walks`]): the budget decides at once.
     load_arrived: bool,
@@ -120,30 +125,39 @@ impl StackSampler {
             applied: [below_ns; 2],
             max_applied: [below_ns; 2],
             walks_seen: None,
-            walked_last_tick: 0,
-            walked_at_decision: 0,
+            walk_rate: 0.0,
+            walk_rate_at_decision: 0.0,
             load_arrived: false,
             // SAFETY: sysconf has no preconditions.
             cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64,
         }
     }
 
-    /// Takes the kernel's count of off-CPU and I/O stack walks so far, read at a tick `tick`
-    /// after the last. While every stack is walked, the budget otherwise sees a load that
-    /// arrives only at its next decision, up to two seconds on (a second on a drain that
-    /// shows the new load, half a second to the decision after), and meanwhile the load
-    /// pays for every walk: on a database, 40% of its throughput. Walks enough to take the
-    /// budget of every CPU, at [`WALK_NS`] each, and more than twice the last decision's,
+    /// Takes the kernel's count of off-CPU and I/O stack walks so far, read at a tick at
+    /// `at`. While every stack is walked, the budget otherwise sees a load that arrives only
+    /// at its next decision, up to two seconds on (a second on a drain that shows the new
+    /// load, half a second to the decision after), and meanwhile the load pays for every
+    /// walk: on a database, 40% of its throughput. Walks at a rate that would take the budget
+    /// of every CPU, at [`WALK_NS`] each, and more than twice the rate at the last decision,
     /// bring the decision forward (see [`Self::load_arrived`]).
-    pub(super) fn note_walks(&mut self, walks: u64, tick: Duration) {
-        let walked = walks.saturating_sub(self.walks_seen.replace(walks).unwrap_or(walks));
-        self.walked_last_tick = walked;
+    pub(super) fn note_walks(&mut self, walks: u64, at: std::time::Instant) {
+        let Some((last, last_at)) = self.walks_seen else {
+            self.walks_seen = Some((walks, at));
+            return;
+        };
+        // Ticks that fire together after a late one are too close to tell a rate by.
+        let elapsed = at.saturating_duration_since(last_at);
+        if elapsed < MIN_WALK_INTERVAL {
+            return;
+        }
+        self.walks_seen = Some((walks, at));
+        self.walk_rate = walks.saturating_sub(last) as f64 / elapsed.as_secs_f64();
         let StackSampling::Budget(percent) = self.policy else {
             return;
         };
-        let affordable = percent / 100.0 * (self.cpus as f64) * tick.as_nanos() as f64 / WALK_NS;
+        let affordable = percent / 100.0 * self.cpus as f64 * 1e9 / WALK_NS;
         self.load_arrived = self.below_ns == 0
-            && walked as f64 > affordable.max(LOAD_GROWTH * self.walked_at_decision as f64);
+            && self.walk_rate > affordable.max(LOAD_GROWTH * self.walk_rate_at_decision);
     }
 
     /// Whether a load arrived while every stack is walked (see [`Self::note_walks`]): the
@@ -153,9 +167,14 @@ impl StackSampler {
         self.load_arrived
     }
 
-    /// Whether a measuring window is open.
-    pub(super) fn measuring(&self) -> bool {
-        self.window_start.is_some()
+    /// Whether a window is open that measures the load that arrived: one opened at most
+    /// two ticks ago. An older one (the first, opened before the programs were attached)
+    /// would dilute it with the time before.
+    pub(super) fn measuring_arrival(&self) -> bool {
+        self.window_start.is_some_and(|(_, _, opened_ns)| {
+            (self.started.elapsed().as_nanos() as u64).saturating_sub(opened_ns)
+                <= MAX_ARRIVAL_WINDOW_NS
+        })
     }
 
     /// Whether the programs' run time should be measured.
@@ -281,7 +300,7 @@ impl StackSampler {
             return;
         };
         self.rates_at_decision = self.event_rates;
-        self.walked_at_decision = self.walked_last_tick;
+        self.walk_rate_at_decision = self.walk_rate;
         self.load_arrived = false;
         self.moved = false;
         // Against a quarter of a CPU at least: on an idle machine a quiet program's few
@@ -460,38 +479,54 @@ mod tests {
 
     #[test]
     fn a_load_arriving_while_every_stack_is_walked_is_seen_at_the_next_tick() {
-        let tick = Duration::from_millis(100);
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
         let mut sampler = StackSampler::new(StackSampling::Budget(3.0));
         sampler.cpus = 2;
-        // 3% of two CPUs for a tick is 6 ms: 3000 walks at 2 µs each.
-        sampler.note_walks(1_000, tick);
+        // 3% of two CPUs is 60 ms a second: 30 000 walks a second at 2 µs each.
+        sampler.note_walks(1_000, at(0));
         assert!(!sampler.load_arrived(), "the first count is only a start");
-        sampler.note_walks(3_900, tick);
-        assert!(!sampler.load_arrived(), "2900 walks are within the budget");
-        sampler.note_walks(7_000, tick);
+        sampler.note_walks(3_900, at(100));
+        assert!(
+            !sampler.load_arrived(),
+            "29 000 walks a second are within the budget"
+        );
+        // Ticks that fire together after a late one tell nothing.
+        sampler.note_walks(4_000, at(101));
+        assert!(!sampler.load_arrived());
+        sampler.note_walks(7_000, at(200));
         assert!(sampler.load_arrived());
-        // The decision, still over the affordable walks, at the budget: every stack walked.
-        let start = (0, 0, 0);
-        sampler.measured(start, (20_000_000, 1_000_000_000, 1_000_000_000));
+        // The decision, at the budget: every stack still walked.
+        let reading = (0, 0, 0);
+        sampler.measured(reading, (20_000_000, 1_000_000_000, 1_000_000_000));
         assert!(!sampler.load_arrived());
         assert_eq!(sampler.below_ns, 0);
-        // The decision's 3100 walks a tick, and twice as many, are the same load; more than
-        // twice is a new one.
-        sampler.note_walks(10_100, tick);
+        // The decision's 31 000 walks a second, and twice as many, are the same load; more
+        // than twice is a new one.
+        sampler.note_walks(10_100, at(300));
         assert!(!sampler.load_arrived());
-        sampler.note_walks(16_300, tick);
+        sampler.note_walks(16_300, at(400));
         assert!(!sampler.load_arrived());
-        sampler.note_walks(22_600, tick);
+        // A late tick: 0.2 s of walks at the same rate.
+        sampler.note_walks(28_700, at(600));
+        assert!(!sampler.load_arrived());
+        sampler.note_walks(35_000, at(700));
         assert!(sampler.load_arrived());
         // Once stacks are sampled, the budget's own decisions follow the load.
-        sampler.measured(start, (90_000_000, 1_000_000_000, 1_000_000_000));
+        sampler.measured(reading, (90_000_000, 1_000_000_000, 1_000_000_000));
         assert!(sampler.below_ns > 0);
-        sampler.note_walks(100_000, tick);
+        sampler.note_walks(100_000, at(800));
         assert!(!sampler.load_arrived());
+        // A window opened a tick ago measures the load; the first, opened before the
+        // programs were attached a second ago, would dilute it.
+        sampler.open_window(Duration::ZERO);
+        assert!(sampler.measuring_arrival());
+        sampler.started -= Duration::from_secs(1);
+        assert!(!sampler.measuring_arrival());
         // Without a budget, nothing is decided.
         let mut exact = StackSampler::new(StackSampling::Exact);
-        exact.note_walks(0, tick);
-        exact.note_walks(1_000_000, tick);
+        exact.note_walks(0, at(0));
+        exact.note_walks(1_000_000, at(100));
         assert!(!exact.load_arrived());
     }
 

@@ -457,13 +457,13 @@ impl Collection {
         }
     }
 
-    /// Tells the budget how many off-CPU and I/O stacks were walked since the last tick.
-    pub(super) fn note_walks(&mut self, tick: Duration) {
+    /// Tells the budget how many off-CPU and I/O stacks the kernel has walked so far.
+    pub(super) fn note_walks(&mut self) {
         if !self.sampler.measures() {
             return;
         }
         if let Ok(walks) = self.probes.counter(counter::EVENT_STACKS_WALKED) {
-            self.sampler.note_walks(walks, tick);
+            self.sampler.note_walks(walks, Instant::now());
         }
     }
 

@@ -323,10 +323,10 @@ async fn collect_until_stop(
                         bar.set_message(status_message(&counters));
                     }
                 }
-                collection.note_walks(TICK);
+                collection.note_walks();
                 let step = if collection.sampler.load_arrived() {
-                    // Decided at once where a window is open, else at the next tick.
-                    let measuring = collection.sampler.measuring();
+                    // Decided at once where a window measures it, else at the next tick.
+                    let measuring = collection.sampler.measuring_arrival();
                     (measuring, !measuring)
                 } else {
                     budget_step(ticks, collection.sampler.settled())
