@@ -45,7 +45,7 @@ const SETTLED_MOVE: f64 = 1.25;
 /// Events' time a second under which a kind's growth is not a new load (a hundredth of a
 /// thread).
 const MIN_LOAD_NS_PER_SECOND: f64 = 10_000_000.0;
-/// What a stack walk is taken to cost, ns, to tell from one tick's walks that a load arrived
+/// What a stack walk is taken to cost, ns, to tell from the rate of walks that a load arrived
 /// which walking every stack would take past the budget: under what one took on the
 /// database of docs/performance (3.6 µs an I/O call's, 6.5 µs an off-CPU period's), so such
 /// a load is caught early rather than late.
@@ -168,8 +168,8 @@ impl StackSampler {
     }
 
     /// Whether a window is open that measures the load that arrived: one opened at most
-    /// two ticks ago. An older one (the first, opened before the programs were attached)
-    /// would dilute it with the time before.
+    /// [`MAX_ARRIVAL_WINDOW_NS`] ago. An older one (the first, opened before the programs
+    /// were attached) would dilute it with the time before.
     pub(super) fn measuring_arrival(&self) -> bool {
         self.window_start.is_some_and(|(_, _, opened_ns)| {
             (self.started.elapsed().as_nanos() as u64).saturating_sub(opened_ns)
