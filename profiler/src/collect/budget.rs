@@ -96,9 +96,6 @@ pub(super) struct StackSampler {
     /// decision.
     walk_rate: f64,
     walk_rate_at_decision: f64,
-    /// Every stack walked, a load arrived that walking them all would take past the budget
-    /// (see [`Self::note_walks`]): the budget decides at once.
-    load_arrived: bool,
     /// Online CPUs: what the budget's share could at most be of.
     cpus: u64,
 }
@@ -127,7 +124,6 @@ impl StackSampler {
             walks_seen: None,
             walk_rate: 0.0,
             walk_rate_at_decision: 0.0,
-            load_arrived: false,
             // SAFETY: sysconf has no preconditions.
             cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64,
         }
@@ -152,29 +148,32 @@ impl StackSampler {
         }
         self.walks_seen = Some((walks, at));
         self.walk_rate = walks.saturating_sub(last) as f64 / elapsed.as_secs_f64();
-        let StackSampling::Budget(percent) = self.policy else {
-            return;
-        };
-        let affordable = percent / 100.0 * self.cpus as f64 * 1e9 / WALK_NS;
-        self.load_arrived = self.below_ns == 0
-            && self.walk_rate > affordable.max(LOAD_GROWTH * self.walk_rate_at_decision);
     }
 
     /// Whether a load arrived while every stack is walked (see [`Self::note_walks`]): the
     /// budget should decide now, on fresh rates, or measure from now and decide at the next
-    /// tick.
+    /// tick. A decision takes the rate as its own, which ends it.
     pub(super) fn load_arrived(&self) -> bool {
-        self.load_arrived
+        let StackSampling::Budget(percent) = self.policy else {
+            return false;
+        };
+        let affordable = percent / 100.0 * self.cpus as f64 * 1e9 / WALK_NS;
+        self.below_ns == 0
+            && self.walk_rate > affordable.max(LOAD_GROWTH * self.walk_rate_at_decision)
     }
 
     /// Whether a window is open that measures the load that arrived: one opened at most
     /// [`MAX_ARRIVAL_WINDOW_NS`] ago. An older one (the first, opened before the programs
     /// were attached) would dilute it with the time before.
     pub(super) fn measuring_arrival(&self) -> bool {
-        self.window_start.is_some_and(|(_, _, opened_ns)| {
-            (self.started.elapsed().as_nanos() as u64).saturating_sub(opened_ns)
-                <= MAX_ARRIVAL_WINDOW_NS
-        })
+        self.window_age_ns()
+            .is_some_and(|age| age <= MAX_ARRIVAL_WINDOW_NS)
+    }
+
+    /// How long the open window has been open, ns.
+    fn window_age_ns(&self) -> Option<u64> {
+        let (_, _, opened_ns) = self.window_start?;
+        Some((self.started.elapsed().as_nanos() as u64).saturating_sub(opened_ns))
     }
 
     /// Whether the programs' run time should be measured.
@@ -274,9 +273,7 @@ impl StackSampler {
 
     /// Whether the open window is too short to tell anything yet.
     pub(super) fn window_too_short(&self) -> bool {
-        self.window_start.is_some_and(|(_, _, opened_ns)| {
-            (self.started.elapsed().as_nanos() as u64).saturating_sub(opened_ns) < MIN_WINDOW_NS
-        })
+        self.window_age_ns().is_some_and(|age| age < MIN_WINDOW_NS)
     }
 
     /// Closes the measuring window with the programs' run time so far (measured since it was
@@ -301,7 +298,6 @@ impl StackSampler {
         };
         self.rates_at_decision = self.event_rates;
         self.walk_rate_at_decision = self.walk_rate;
-        self.load_arrived = false;
         self.moved = false;
         // Against a quarter of a CPU at least: on an idle machine a quiet program's few
         // events would otherwise weigh a lot against next to no busy time.

@@ -1,7 +1,7 @@
 //! Reading what the programs collected: counts drained from the double-buffered maps,
 //! kernel stacks, thread states, I/O and allocation tables, counters, and the event rings.
 
-use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use profiler_common::{
     AllocSite, AllocStats, BlockKey, BlockStats, CONTROL_ACTIVE_SAMPLE_MAP,
     CONTROL_FIRST_SAMPLE_NS, IoKey, IoTotal, KernelStack, LATENCY_SLOTS, LiveAlloc, LiveKey,
@@ -208,26 +208,26 @@ impl KernelProbes {
 
     /// Loss counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let array = self.counters_map()?;
         let mut counters = [0; counter::COUNT as usize];
         for (index, slot) in counters.iter_mut().enumerate() {
-            *slot = self.counter(index as u32)?;
+            *slot = counter_sum(&array, index as u32)?;
         }
         Ok(counters)
     }
 
     /// Counter `index` (a `counter` constant) summed over CPUs.
     pub fn counter(&self, index: u32) -> Result<u64, ProbeError> {
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
+        counter_sum(&self.counters_map()?, index)
+    }
+
+    fn counters_map(&self) -> Result<PerCpuArray<&MapData, u64>, ProbeError> {
+        PerCpuArray::try_from(
             self.ebpf
                 .map("COUNTERS")
                 .expect("COUNTERS is in the object"),
         )
-        .map_err(map_error("COUNTERS"))?;
-        Ok(array
-            .get(&index, 0)
-            .map_err(map_error("COUNTERS"))?
-            .iter()
-            .sum())
+        .map_err(map_error("COUNTERS"))
     }
 
     /// `CLOCK_MONOTONIC` time of the first sample, if one was taken.
@@ -252,4 +252,13 @@ impl KernelProbes {
         }
         events
     }
+}
+
+/// Counter `index` of `COUNTERS`, summed over CPUs.
+fn counter_sum(array: &PerCpuArray<&MapData, u64>, index: u32) -> Result<u64, ProbeError> {
+    Ok(array
+        .get(&index, 0)
+        .map_err(map_error("COUNTERS"))?
+        .iter()
+        .sum())
 }
