@@ -6,12 +6,9 @@
 //! whatever the threshold. A walked event shorter than the threshold stands for (threshold /
 //! its time) of them, so the threshold trades flamegraph precision for cost, never totals.
 
-use std::{
-    io::{BufRead, Read as _},
-    time::Duration,
-};
+use std::time::Duration;
 
-use super::config::StackSampling;
+use super::{busy_cpu::busy_cpu_ns, config::StackSampling};
 use crate::model::StackSamplingRun;
 
 /// Threshold set first when the budget is exceeded, before it is scaled: short enough that a
@@ -222,6 +219,12 @@ impl StackSampler {
         self.event_rates.is_some()
     }
 
+    /// Whether the kinds' rates are too old for a decision on a load that arrived: not
+    /// drained since the last tick (a drain on this one already shows the load).
+    pub(super) fn rates_stale(&self) -> bool {
+        self.last_drain.elapsed() >= MIN_WALK_INTERVAL
+    }
+
     /// Adds the time of ended events drained from the kernel at `drained_at`, ns per kind.
     pub(super) fn note_event_time(&mut self, event_ns: [u64; 2], drained_at: std::time::Instant) {
         let since = drained_at.saturating_duration_since(self.last_drain);
@@ -266,9 +269,16 @@ impl StackSampler {
         ))
     }
 
-    /// Opens a measuring window: the programs' run time so far (measured from now on).
+    /// Opens a measuring window: the programs' run time so far (measured from now on). One
+    /// still open (a load arrived after it was opened) is taken into the run's totals first,
+    /// undecided on: the summary's measured overhead would otherwise leave out the time a
+    /// load arrived into, when every stack was walked.
     pub(super) fn open_window(&mut self, program_time: Duration) {
-        self.window_start = self.reading(program_time);
+        let reading = self.reading(program_time);
+        if let (Some(start), Some(end)) = (self.window_start, reading) {
+            self.total(start, end);
+        }
+        self.window_start = reading;
     }
 
     /// Whether the open window is too short to tell anything yet.
@@ -286,13 +296,19 @@ impl StackSampler {
         }
     }
 
-    /// Decides from what the programs took between two readings (totals so far, ns).
-    fn measured(&mut self, start: Reading, end: Reading) {
+    /// Adds what the programs took between two readings to the run's totals: the programs'
+    /// time, the CPUs' busy time and the wall time, ns.
+    fn total(&mut self, start: Reading, end: Reading) -> (u64, u64, u64) {
         let program = end.0.saturating_sub(start.0);
         let busy = end.1.saturating_sub(start.1);
-        let wall = end.2.saturating_sub(start.2);
         self.program_ns += program;
         self.busy_ns += busy;
+        (program, busy, end.2.saturating_sub(start.2))
+    }
+
+    /// Decides from what the programs took between two readings (totals so far, ns).
+    fn measured(&mut self, start: Reading, end: Reading) {
+        let (program, busy, wall) = self.total(start, end);
         let StackSampling::Budget(percent) = self.policy else {
             return;
         };
@@ -395,37 +411,6 @@ pub(super) fn next_threshold(below_ns: u64, ratio: f64) -> u64 {
     }
 }
 
-/// Busy time of all CPUs so far, ns: `/proc/stat`'s first line less idle and I/O wait.
-fn busy_cpu_ns() -> Option<u64> {
-    let file = std::fs::File::open("/proc/stat").ok()?;
-    let mut line = String::new();
-    std::io::BufReader::new(file)
-        .take(4096)
-        .read_line(&mut line)
-        .ok()?;
-    busy_ns_of(&line, clock_ticks_per_second())
-}
-
-fn busy_ns_of(line: &str, ticks_per_second: u64) -> Option<u64> {
-    let mut fields = line.split_ascii_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
-    }
-    let ticks: Vec<u64> = fields.map_while(|field| field.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...
-    let &[user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks.as_slice() else {
-        return None;
-    };
-    let busy = user + nice + system + irq + softirq + steal;
-    Some(busy.saturating_mul(1_000_000_000 / ticks_per_second.max(1)))
-}
-
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +504,16 @@ mod tests {
         assert!(sampler.measuring_arrival());
         sampler.started -= Duration::from_secs(1);
         assert!(!sampler.measuring_arrival());
+        // What the window measured before it was opened again stays in the run's totals.
+        let before = sampler.program_ns;
+        sampler.open_window(Duration::from_millis(5));
+        assert_eq!(sampler.program_ns, before + 5_000_000);
+        assert!(sampler.measuring_arrival());
+        // A drain on this tick shows the load; one a tick ago does not.
+        sampler.last_drain = std::time::Instant::now();
+        assert!(!sampler.rates_stale());
+        sampler.last_drain -= Duration::from_millis(100);
+        assert!(sampler.rates_stale());
         // Without a budget, nothing is decided.
         let mut exact = StackSampler::new(StackSampling::Exact);
         exact.note_walks(0, at(0));
@@ -657,14 +652,6 @@ mod tests {
             sampler.measured(at(second - 1), at(second));
         }
         assert_eq!(sampler.below_ns, 0);
-    }
-
-    #[test]
-    fn busy_time_leaves_out_idle_and_io_wait() {
-        let line = "cpu  100 5 50 1000 30 7 3 2 0 0\n";
-        assert_eq!(busy_ns_of(line, 100), Some(167 * 10_000_000));
-        assert_eq!(busy_ns_of("cpu0 1 2 3 4 5 6 7 8", 100), None);
-        assert_eq!(busy_ns_of("cpu 1 2 3", 100), None);
     }
 
     #[test]

@@ -475,7 +475,9 @@ impl Collection {
         }
         // The first decision comes before the first drain, and one for a load that just
         // arrived after the drain that would show it: drained now, the kinds' caps follow.
-        if !self.sampler.knows_event_rates() || self.sampler.load_arrived() {
+        if !self.sampler.knows_event_rates()
+            || (self.sampler.load_arrived() && self.sampler.rates_stale())
+        {
             self.drain()?;
         }
         self.sampler

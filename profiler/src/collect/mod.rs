@@ -2,6 +2,7 @@
 //! condition, detach, and turn what was collected into a [`Profile`].
 
 mod budget;
+mod busy_cpu;
 mod collected;
 mod collection;
 pub mod config;
