@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use super::{busy_cpu::busy_cpu_ns, config::StackSampling};
+use super::{
+    busy_cpu::{busy_cpu_ns, online_cpus},
+    config::StackSampling,
+};
 use crate::model::StackSamplingRun;
 
 /// Threshold set first when the budget is exceeded, before it is scaled: short enough that a
@@ -47,8 +50,10 @@ const MIN_LOAD_NS_PER_SECOND: f64 = 10_000_000.0;
 /// database of docs/performance (3.6 µs an I/O call's, 6.5 µs an off-CPU period's), so such
 /// a load is caught early rather than late.
 const WALK_NS: f64 = 2_000.0;
-/// Walks counted over less than this tell no rate: they are taken with the next tick's.
-const MIN_WALK_INTERVAL: Duration = Duration::from_millis(50);
+/// Readings less than this apart belong to one tick (the collector ticks every 100 ms, and
+/// ticks that fell behind fire together): walks counted over less tell no rate, and a drain
+/// within it is this tick's.
+const SAME_TICK: Duration = Duration::from_millis(50);
 /// A measuring window at most this old when a load arrives measures that load.
 const MAX_ARRIVAL_WINDOW_NS: u64 = 250_000_000;
 
@@ -121,8 +126,7 @@ impl StackSampler {
             walks_seen: None,
             walk_rate: 0.0,
             walk_rate_at_decision: 0.0,
-            // SAFETY: sysconf has no preconditions.
-            cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64,
+            cpus: online_cpus(),
         }
     }
 
@@ -140,7 +144,7 @@ impl StackSampler {
         };
         // Ticks that fire together after a late one are too close to tell a rate by.
         let elapsed = at.saturating_duration_since(last_at);
-        if elapsed < MIN_WALK_INTERVAL {
+        if elapsed < SAME_TICK {
             return;
         }
         self.walks_seen = Some((walks, at));
@@ -222,7 +226,7 @@ impl StackSampler {
     /// Whether the kinds' rates are too old for a decision on a load that arrived: not
     /// drained since the last tick (a drain on this one already shows the load).
     pub(super) fn rates_stale(&self) -> bool {
-        self.last_drain.elapsed() >= MIN_WALK_INTERVAL
+        self.last_drain.elapsed() >= SAME_TICK
     }
 
     /// Adds the time of ended events drained from the kernel at `drained_at`, ns per kind.

@@ -1,4 +1,5 @@
-//! The CPUs' busy time, which the overhead budget measures the programs' time against.
+//! The CPUs' busy time, and how many there are, which the overhead budget measures the
+//! programs' time against.
 
 use std::io::{BufRead, Read as _};
 
@@ -11,6 +12,13 @@ pub(super) fn busy_cpu_ns() -> Option<u64> {
         .read_line(&mut line)
         .ok()?;
     busy_ns_of(&line, clock_ticks_per_second())
+}
+
+/// CPUs online: all that `/proc/stat`'s busy time is of (the profiler's own affinity, which
+/// `available_parallelism` follows, does not limit it).
+pub(super) fn online_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64
 }
 
 fn busy_ns_of(line: &str, ticks_per_second: u64) -> Option<u64> {
