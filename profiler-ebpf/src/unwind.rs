@@ -8,7 +8,7 @@
 //! at load time. The search of the mappings is a loop of its own for the same reason: unrolled
 //! inside the frame step (it indexes an array, so the verifier tracks every step's bounds), it
 //! made the verifier explore 160 000 instructions for the sampling program, most of a start-up;
-//! now 40 000.
+//! now 40 000. So is the search of the rows (see [`row_search_step`]).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -90,6 +90,8 @@ const ROW_SEARCH_STEPS: u32 = UNWIND_CHUNK_SHIFT;
 const MAPPING_SEARCH_STEPS: u32 = MAX_PROCESS_MAPPINGS.trailing_zeros() + 1;
 /// Halvings of the mapping search per callback call: fewer calls, a little more to verify.
 const SEARCH_STEPS_PER_CALL: u32 = 2;
+/// Halvings of the row search per callback call.
+const ROW_STEPS_PER_CALL: u32 = 4;
 /// One past the highest user-space address on x86-64 (47-bit addresses).
 const USER_SPACE_END: u64 = 1 << 47;
 
@@ -459,26 +461,66 @@ fn find_row(process: &ProcessUnwind, pc: u64, missing_table: &mut u32) -> Option
     }
     let address = address as u32;
     let rows = UNWIND_CHUNKS.get(mapping.first_row >> UNWIND_CHUNK_SHIFT)?;
-    // Largest index in [first, end) whose row starts at or below the address. Unrolled: the
-    // verifier handles it well, and a dozen steps as callback calls cost a fifth more per
-    // walked stack (bench-io, 2.20 against 1.79 µs per read).
-    let mut low = mapping.first_row & (UNWIND_CHUNK_ROWS - 1);
-    let mut high = low.saturating_add(mapping.row_count);
+    // Largest index in [first, end) whose row starts at or below the address.
+    let low = mapping.first_row & (UNWIND_CHUNK_ROWS - 1);
     if row_at(rows, low)?.address > address {
         return None;
     }
-    for _ in 0..ROW_SEARCH_STEPS {
-        if high - low <= 1 {
-            break;
+    let mut search = RowSearch {
+        rows,
+        address,
+        low,
+        high: low.saturating_add(mapping.row_count),
+    };
+    // SAFETY: the callback only touches `search` and the chunk it points to.
+    unsafe {
+        bpf_loop(
+            ROW_SEARCH_STEPS.div_ceil(ROW_STEPS_PER_CALL),
+            row_search_step as *mut c_void,
+            &mut search as *mut RowSearch as *mut c_void,
+            0,
+        )
+    };
+    row_at(rows, search.low)
+}
+
+/// A binary search for the last row at or below `address`, in rows `[low, high)` of a chunk.
+#[repr(C)]
+struct RowSearch {
+    rows: *const Chunk,
+    address: u32,
+    low: u32,
+    high: u32,
+}
+
+/// Halves the search's range a few times. Returns 1 to stop the loop.
+///
+/// A loop of its own, not unrolled into the frame step: unrolled, the verifier of a 6.18 build
+/// (6.18.44-fc-v1272) explored each of its 2^20 paths and refused every program that walks
+/// stacks. Four halvings a call: each more adds a seventh to what the verifier explores
+/// where the walker is inlined, each fewer a call per frame.
+unsafe extern "C" fn row_search_step(_index: u64, search: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given by `find_row`.
+    let search = unsafe { &mut *(search as *mut RowSearch) };
+    for _ in 0..ROW_STEPS_PER_CALL {
+        let (low, high) = (search.low, search.high);
+        if high.saturating_sub(low) <= 1 {
+            return 1;
         }
         let middle = low + (high - low) / 2;
-        if row_at(rows, middle)?.address <= address {
-            low = middle;
+        // SAFETY: a map, valid for the duration of the program.
+        let Some(row) = row_at(unsafe { &*search.rows }, middle) else {
+            // Past the chunk (a table that does not fit it): no row, as for a row not found.
+            search.low = u32::MAX;
+            return 1;
+        };
+        if row.address <= search.address {
+            search.low = middle;
         } else {
-            high = middle;
+            search.high = middle;
         }
     }
-    row_at(rows, low)
+    0
 }
 
 /// Row `index` of a chunk.
