@@ -9,7 +9,7 @@
 //! events), [`syscalls`] (I/O and memory system calls), [`block`] (block requests), [`alloc`]
 //! (allocator probes), [`unwind`] (user stacks from unwind tables) and [`unwind_mappings`]
 //! (mappings the unwinder learns by itself). What several families
-//! share is in [`maps`] and [`helpers`].
+//! share is in [`maps`] and [`helpers`]; [`stack_probe`] probes the kernel itself.
 #![no_std]
 #![no_main]
 
@@ -23,6 +23,7 @@ mod offcpu_stacks;
 mod process;
 mod python;
 mod sched;
+mod stack_probe;
 mod stack_store;
 mod syscalls;
 mod unwind;

@@ -147,6 +147,16 @@ pub fn run_checks() -> Vec<Check> {
             started.elapsed().as_secs_f64() * 1000.0
         )),
     ));
+    checks.push(Check::new(
+        "stack walker",
+        Ok(if probes.stack_walker_inlined() {
+            "inlined into each program: this kernel gives BPF programs no private stacks, so \
+             start-up verifies the walker once per program state (slower)"
+        } else {
+            "one function, verified once per program (private stacks)"
+        }
+        .to_owned()),
+    ));
     let describe = |result: Result<(), crate::kernel::ProbeError>, ok: &str| {
         result
             .map(|()| ok.to_owned())

@@ -103,6 +103,7 @@ fn check_reports_each_capability_and_what_to_do() {
         "tracefs",
         "kprobes",
         "eBPF programs",
+        "stack walker",
         "perf events",
         "BTF tracepoints",
         "tracepoints",

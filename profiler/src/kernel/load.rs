@@ -94,7 +94,7 @@ impl KernelProbes {
                 names.push(SCHEDULER_PROGRAMS[1]);
             }
             if settle_offcpu_at_exit {
-                names.push(offcpu_settling_program());
+                names.push(offcpu_settling_program(&ebpf));
             }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
@@ -293,10 +293,17 @@ impl KernelProbes {
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
-        if self.is_loaded(offcpu_settling_program()) {
-            self.attach_tracepoints(&[offcpu_settling_program()])?;
+        let settling = offcpu_settling_program(&self.ebpf);
+        if self.is_loaded(settling) {
+            self.attach_tracepoints(&[settling])?;
         }
         Ok(())
+    }
+
+    /// Whether the stack walker is inlined into each program that walks stacks (the kernel
+    /// gives BPF programs no private stacks), not one function verified once per program.
+    pub fn stack_walker_inlined(&self) -> bool {
+        super::programs::walker_inlined(&self.ebpf)
     }
 
     /// Whether program `name` was loaded (verified) for this run.

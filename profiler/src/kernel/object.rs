@@ -4,11 +4,17 @@
 
 use std::sync::mpsc;
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Program, ProgramError},
+};
 
 use super::{
     error::{PERMISSION_HINT, ProbeError, is_permission_error},
-    programs::block_field_offsets,
+    programs::{
+        EBPF_OBJECT, EBPF_OBJECT_INLINE_WALK, PRIVATE_STACK_PROBE, block_field_offsets,
+        may_take_global_walker,
+    },
 };
 use crate::kernel::btf::{self, KernelTypes};
 
@@ -260,9 +266,9 @@ fn load_object<'a>(
         .override_global("TASK_FSBASE_OFFSET", &globals.task_fsbase_offset, true)
         .override_global("RUN_DELAY_OFFSETS", &globals.run_delay_offsets, true)
         .override_global("BLOCK_FIELD_OFFSETS", &globals.block_field_offsets, true)
-        .override_global(aya_log::LEVEL, &globals.log_level, false)
-        .load(super::programs::ebpf_object())
-        .map_err(|source| ProbeError::Load {
+        .override_global(aya_log::LEVEL, &globals.log_level, false);
+    let load = |loader: &mut EbpfLoader<'a>, object| {
+        loader.load(object).map_err(|source| ProbeError::Load {
             hint: if is_permission_error(&source) {
                 PERMISSION_HINT
             } else {
@@ -270,4 +276,38 @@ fn load_object<'a>(
             },
             source: Box::new(source),
         })
+    };
+    if may_take_global_walker() {
+        let mut ebpf = load(loader, EBPF_OBJECT)?;
+        if has_private_stacks(&mut ebpf) {
+            return Ok(ebpf);
+        }
+    }
+    load(loader, EBPF_OBJECT_INLINE_WALK)
+}
+
+/// Whether the kernel verifies [`PRIVATE_STACK_PROBE`] (then unloaded): a program and a
+/// global function whose frames together pass the 512 bytes of one stack. A refusal for
+/// another cause (no privileges) is left to the programs themselves to report.
+fn has_private_stacks(ebpf: &mut Ebpf) -> bool {
+    let Some(Program::RawTracePoint(probe)) = ebpf.program_mut(PRIVATE_STACK_PROBE) else {
+        return true;
+    };
+    match probe.load() {
+        Ok(()) => {
+            let _ = probe.unload();
+            true
+        }
+        Err(err) => {
+            let refused = matches!(&err, ProgramError::LoadError { verifier_log, .. }
+                if !verifier_log.to_string().trim().is_empty());
+            if refused {
+                log::debug!(
+                    "no private stacks for BPF programs here: the stack walker is inlined \
+                     into each program ({err})"
+                );
+            }
+            !refused
+        }
+    }
 }

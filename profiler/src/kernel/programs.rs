@@ -83,27 +83,24 @@ pub(super) fn block_field_offsets() -> Result<[u32; block_field::COUNT], ProbeEr
 }
 
 /// The eBPF object built by `build.rs` from `profiler-ebpf`, its stack walker a global
-/// function.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+/// function. A global stack walker is verified once per program instead of once per state
+/// that reaches it (start-up with every event kind 0.73-0.84 s -> about 0.35 s), but without
+/// private stacks for tracing programs (before 6.13, and some later builds) the kernel
+/// refuses its frame and its callers' together (544 bytes of 512).
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// The same, its stack walker inlined (profiler-ebpf's `inline-walk`).
-static EBPF_OBJECT_INLINE_WALK: &[u8] =
+pub(super) static EBPF_OBJECT_INLINE_WALK: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inline-walk/profiler"));
 
-/// The object to load on this kernel. A global stack walker is verified once per program
-/// instead of once per state that reaches it (start-up with every event kind 0.73-0.84 s ->
-/// about 0.35 s), but kernels before 6.13 have no private stacks for tracing programs and
-/// refuse its frame and its callers' together (544 bytes of 512).
-pub(super) fn ebpf_object() -> &'static [u8] {
-    if global_walker() {
-        EBPF_OBJECT
-    } else {
-        EBPF_OBJECT_INLINE_WALK
-    }
-}
+/// The program of [`EBPF_OBJECT`] that the kernel verifies only if it has private stacks
+/// (profiler-ebpf's `stack_probe`).
+pub(super) const PRIVATE_STACK_PROBE: &str = "private_stack_probe";
 
-/// Whether this kernel takes the object with the global stack walker.
-fn global_walker() -> bool {
+/// Whether this kernel may take the object with the global stack walker: its release says
+/// it may have private stacks (whether it does, [`PRIVATE_STACK_PROBE`] tells).
+pub(super) fn may_take_global_walker() -> bool {
     cfg!(target_arch = "x86_64") && has_private_stacks(&super::release())
 }
 
@@ -111,18 +108,25 @@ fn global_walker() -> bool {
 /// `sys_exit` itself, which then serves both I/O and off-CPU, or in the object with the
 /// walker inlined, a program of its own (with both callers of an inlined walker in one
 /// program, the verifier went past its million instructions).
-pub(super) fn offcpu_settling_program() -> &'static str {
-    if global_walker() {
-        SYS_EXIT_PROGRAM
-    } else {
+pub(super) fn offcpu_settling_program(ebpf: &aya::Ebpf) -> &'static str {
+    if walker_inlined(ebpf) {
         SYS_EXIT_OFFCPU_PROGRAM
+    } else {
+        SYS_EXIT_PROGRAM
     }
+}
+
+/// Whether `ebpf` is the object with the stack walker inlined: only it has
+/// [`SYS_EXIT_OFFCPU_PROGRAM`].
+pub(super) fn walker_inlined(ebpf: &aya::Ebpf) -> bool {
+    ebpf.program(SYS_EXIT_OFFCPU_PROGRAM).is_some()
 }
 
 /// [`offcpu_settling_program`] in the object with the walker inlined.
 pub(super) const SYS_EXIT_OFFCPU_PROGRAM: &str = "sys_exit_offcpu";
 
-/// Whether kernel `release` ("6.13.2-amd64") gives tracing programs private stacks (6.13).
+/// Whether kernel `release` ("6.13.2-amd64") is of a series that gives tracing programs
+/// private stacks (6.13 on).
 fn has_private_stacks(release: &str) -> bool {
     super::series(release).is_some_and(|series| series >= (6, 13))
 }
@@ -232,6 +236,7 @@ fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), Prog
             };
             program.load(tracepoint, btf)
         }
+        Program::RawTracePoint(program) => program.load(),
         other => unreachable!("{name}: a {:?} program", other.prog_type()),
     }
 }
