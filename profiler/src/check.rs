@@ -197,9 +197,9 @@ pub fn run_checks() -> Vec<Check> {
 /// demand in perf-event programs (6.1).
 const MIN_KERNEL: (u32, u32) = (6, 1);
 
-/// Kernel series the project tests, and how: `cargo xtask vm-test` boots Debian's 6.1 and 6.12
-/// packages and runs `check` and a test of every event kind and both unwinders in each; the
-/// whole suite runs on the development machines' 6.18.
+/// Kernel series the project tests, and how: `cargo xtask vm-test` boots Debian's 6.1, 6.12
+/// and newest backported 7.x packages and runs `check` and a test of every event kind and both
+/// unwinders in each; the whole suite runs on the development machines' 6.18.
 const TESTED_KERNELS: &[((u32, u32), &str)] = &[
     ((6, 1), "Debian 12's kernel, by cargo xtask vm-test"),
     (
@@ -207,6 +207,10 @@ const TESTED_KERNELS: &[((u32, u32), &str)] = &[
         "Debian 12 backports' kernel, by cargo xtask vm-test",
     ),
     ((6, 18), "the whole test suite"),
+    (
+        (7, 3),
+        "Debian 13 backports' kernel, by cargo xtask vm-test",
+    ),
 ];
 
 fn kernel(release: &str) -> Check {
@@ -319,7 +323,7 @@ mod tests {
         assert!(
             untested
                 .detail
-                .contains("not a tested series (tested: 6.1, 6.12, 6.18)"),
+                .contains("not a tested series (tested: 6.1, 6.12, 6.18, 7.3)"),
             "{}",
             untested.detail
         );

@@ -88,7 +88,7 @@ enum Task {
     /// to the tests' OTLP receiver, perf alongside: CPU, RSS, windows delivered; writes
     /// docs/performance/agent-results.md.
     BenchAgent(bench_agent::AgentBenchArgs),
-    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run, inside, `profiler check` and the
+    /// Boot Debian's 6.1, 6.12 and newest backported 7.x kernels under qemu and run, inside, `profiler check` and the
     /// integration tests that cover every event kind and both unwinders; prints PASS/FAIL per
     /// kernel and check.
     VmTest(vm_test::VmTestArgs),

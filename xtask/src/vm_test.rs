@@ -18,8 +18,8 @@ use crate::{cargo, profiler_bin, root, run};
 
 #[derive(clap::Args)]
 pub struct VmTestArgs {
-    /// Kernel series to boot, from Debian's packages: 6.1 (Debian 12) and 6.12 (its
-    /// backports). Repeat for several.
+    /// Kernel series to boot, from Debian's packages: 6.1 and 6.12 (Debian 12), 7 (the newest
+    /// of Debian 13's backports). Repeat for several.
     #[arg(long = "kernel", default_values = KERNEL_SERIES)]
     kernels: Vec<String>,
     /// Longest one kernel's run may take, seconds.
@@ -41,7 +41,7 @@ impl VmTestArgs {
 }
 
 /// The Debian kernel series tested.
-const KERNEL_SERIES: [&str; 2] = ["6.1", "6.12"];
+const KERNEL_SERIES: [&str; 3] = ["6.1", "6.12", "7"];
 
 /// The checks run in every kernel: `(test binary, test)`, after `profiler check`. Each test
 /// asserts what the profiler reports of a program with known behaviour and that nothing stays
@@ -373,13 +373,19 @@ fn init_script(built: &BuiltTests) -> String {
 /// The newest Debian kernel package of `series`, its `vmlinuz` unpacked under `cache`
 /// (downloaded once).
 fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
-    let pattern = match series {
-        "6.1" => r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-        "6.12" => r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
-        other => bail!("no Debian kernel package series {other}: use 6.1 or 6.12"),
+    let (pattern, suite) = match series {
+        "6.1" => (r"^linux-image-6\.1\.0-[0-9]+-amd64$", None),
+        "6.12" => (r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$", None),
+        "7" => (
+            r"^linux-image-7\.[0-9]+\.[0-9]+\+deb13-amd64$",
+            Some("trixie-backports"),
+        ),
+        other => bail!("no Debian kernel package series {other}: use 6.1, 6.12 or 7"),
     };
+    let apt = Apt::new(cache, suite)?;
     let search = || -> anyhow::Result<Vec<String>> {
-        let output = Command::new("apt-cache")
+        let output = apt
+            .command("apt-cache")
             .args(["search", "--names-only", pattern])
             .output()
             .context("cannot run apt-cache")?;
@@ -390,7 +396,7 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
     };
     let mut packages = search()?;
     if packages.is_empty() {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(apt.command("apt-get").args(["update", "-qq"]))?;
         packages = search()?;
     }
     // The newest: compare the numbers in the names (ABI or patch level).
@@ -409,26 +415,100 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     eprintln!("vm-test: fetching {package}");
-    run_in(
-        &dir,
-        Command::new("apt-get").args(["download", "-q", &package]),
-    )?;
-    let deb = std::fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .context("apt-get download left no .deb")?;
+    // Debian 13's kernels come in two packages, the image and its modules (`linux-image-*`
+    // only depends on them); Debian 12's in one.
+    let release = package.trim_start_matches("linux-image-");
+    let (image, modules) = if suite.is_some() {
+        (
+            format!("linux-binary-{release}"),
+            format!("linux-modules-{release}"),
+        )
+    } else {
+        (package.clone(), package.clone())
+    };
+    let download = |name: &str| -> anyhow::Result<PathBuf> {
+        run_in(&dir, apt.command("apt-get").args(["download", "-q", name]))?;
+        std::fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.extension().is_some_and(|ext| ext == "deb")
+                    && path
+                        .file_name()
+                        .is_some_and(|file| file.to_string_lossy().starts_with(&format!("{name}_")))
+            })
+            .with_context(|| format!("apt-get download left no .deb of {name}"))
+    };
+    let image_deb = download(&image)?;
+    // Debian 12 keeps it in /boot, Debian 13 beside the modules: it goes to /boot here.
     run(Command::new("sh")
         .args([
             "-c",
-            "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './boot/vmlinuz-*'",
+            "mkdir -p \"$2/boot\" && dpkg-deb --fsys-tarfile \"$1\" \
+             | tar -xO --wildcards './boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz' \
+             2>/dev/null > \"$2/boot/vmlinuz-$3\"; test -s \"$2/boot/vmlinuz-$3\"",
             "sh",
         ])
-        .arg(&deb)
-        .arg(&dir))?;
-    extract_modules(&deb, &dir)?;
-    std::fs::remove_file(&deb)?;
-    find_vmlinuz(&dir)?.context("the package holds no /boot/vmlinuz")
+        .arg(&image_deb)
+        .arg(&dir)
+        .arg(release))?;
+    let modules_deb = if modules == image {
+        image_deb.clone()
+    } else {
+        download(&modules)?
+    };
+    extract_modules(&modules_deb, &dir)?;
+    std::fs::remove_file(&image_deb)?;
+    if modules_deb != image_deb {
+        std::fs::remove_file(&modules_deb)?;
+    }
+    find_vmlinuz(&dir)?.context("the package holds no vmlinuz")
+}
+
+/// apt as configured on this machine (Debian 12's suites), or for one more suite with lists
+/// of its own under the cache: the machine's own sources are left alone.
+struct Apt {
+    options: Vec<String>,
+}
+
+impl Apt {
+    fn new(cache: &Path, suite: Option<&str>) -> anyhow::Result<Self> {
+        let Some(suite) = suite else {
+            return Ok(Apt {
+                options: Vec::new(),
+            });
+        };
+        let dir = cache.join(format!("apt-{suite}"));
+        for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let sources = dir.join("sources.list");
+        std::fs::write(
+            &sources,
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 http://deb.debian.org/debian {suite} main\n"
+            ),
+        )?;
+        let option = |key: &str, value: &Path| format!("{key}={}", value.display());
+        Ok(Apt {
+            options: [
+                option("Dir::Etc::SourceList", &sources),
+                option("Dir::Etc::SourceParts", &dir.join("sources.list.d")),
+                option("Dir::State::Lists", &dir.join("lists")),
+                option("Dir::Cache", &dir.join("cache")),
+            ]
+            .into_iter()
+            .flat_map(|option| ["-o".to_owned(), option])
+            .collect(),
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.args(&self.options);
+        command
+    }
 }
 
 /// The modules a disk with an ext4 file system needs (Debian builds them as modules): the
