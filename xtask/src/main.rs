@@ -88,9 +88,9 @@ enum Task {
     /// to the tests' OTLP receiver, perf alongside: CPU, RSS, windows delivered; writes
     /// docs/performance/agent-results.md.
     BenchAgent(bench_agent::AgentBenchArgs),
-    /// Boot Debian's 6.1, 6.12 and newest backported 7.x kernels under qemu and run, inside, `profiler check` and the
-    /// integration tests that cover every event kind and both unwinders; prints PASS/FAIL per
-    /// kernel and check.
+    /// Boot Debian's 6.1, 6.12 and newest backported 7.x kernels under qemu and run, inside,
+    /// `profiler check` and the integration tests that cover every event kind and both
+    /// unwinders; prints PASS/FAIL per kernel and check.
     VmTest(vm_test::VmTestArgs),
     /// Fuzz the saved-profile reader with cargo-fuzz (installed if missing), growing the
     /// corpus in fuzz/corpus/load_profile.

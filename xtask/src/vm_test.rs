@@ -40,6 +40,16 @@ impl VmTestArgs {
     }
 }
 
+/// What `profiler check` says of the stack walker on kernel `series`: inlined before 6.13,
+/// which gives BPF programs no private stacks; one function after.
+fn expected_walker(series: &str) -> &'static str {
+    if series.starts_with("6.") {
+        "inlined into each program"
+    } else {
+        "one function"
+    }
+}
+
 /// The Debian kernel series tested.
 const KERNEL_SERIES: [&str; 3] = ["6.1", "6.12", "7"];
 
@@ -111,6 +121,22 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64(),
             log.display()
         );
+        // Which stack walker the loader chose, against what the series should take: a kernel
+        // whose probe was refused for another cause would pass every test with the inlined
+        // one, and the walker as one function would go untested.
+        let walker = expected_walker(series);
+        let walker_chosen = results.output_of("check").is_some_and(|output| {
+            output
+                .lines()
+                .any(|line| line.contains("stack walker") && line.contains(walker))
+        });
+        println!(
+            "{:<5} {series:<5} stack walker: {walker}",
+            if walker_chosen { "PASS" } else { "FAIL" }
+        );
+        if !walker_chosen {
+            failed.push(format!("{series} stack walker"));
+        }
         for check in std::iter::once("check").chain(CHECKS.iter().map(|(_, test)| *test)) {
             let verdict = match results.checks.iter().find(|(name, _)| name == check) {
                 Some((_, true)) => "PASS",
@@ -395,7 +421,7 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
             .collect())
     };
     let mut packages = search()?;
-    if packages.is_empty() {
+    if packages.is_empty() || apt.stale() {
         run(apt.command("apt-get").args(["update", "-qq"]))?;
         packages = search()?;
     }
@@ -426,6 +452,12 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
     } else {
         (package.clone(), package.clone())
     };
+    // What an interrupted run left is not picked up for this one.
+    for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+        if entry.path().extension().is_some_and(|ext| ext == "deb") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
     let download = |name: &str| -> anyhow::Result<PathBuf> {
         run_in(&dir, apt.command("apt-get").args(["download", "-q", name]))?;
         std::fs::read_dir(&dir)?
@@ -441,17 +473,31 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
     };
     let image_deb = download(&image)?;
     // Debian 12 keeps it in /boot, Debian 13 beside the modules: it goes to /boot here.
-    run(Command::new("sh")
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&image_deb)
+        .output()?;
+    let member = String::from_utf8_lossy(&listing.stdout)
+        .split_whitespace()
+        .find(|word| {
+            word.starts_with("./boot/vmlinuz-")
+                || (word.starts_with("./usr/lib/modules/") && word.ends_with("/vmlinuz"))
+        })
+        .map(str::to_owned)
+        .context("the kernel package holds no vmlinuz")?;
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot)?;
+    let partial = boot.join("vmlinuz.partial");
+    run(Command::new("bash")
         .args([
             "-c",
-            "mkdir -p \"$2/boot\" && dpkg-deb --fsys-tarfile \"$1\" \
-             | tar -xO --wildcards './boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz' \
-             2>/dev/null > \"$2/boot/vmlinuz-$3\"; test -s \"$2/boot/vmlinuz-$3\"",
-            "sh",
+            "set -o pipefail; dpkg-deb --fsys-tarfile \"$1\" | tar -xO \"$2\" > \"$3\"",
+            "bash",
         ])
         .arg(&image_deb)
-        .arg(&dir)
-        .arg(release))?;
+        .arg(&member)
+        .arg(&partial))?;
+    std::fs::rename(&partial, boot.join(format!("vmlinuz-{release}")))?;
     let modules_deb = if modules == image {
         image_deb.clone()
     } else {
@@ -469,6 +515,8 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
 /// of its own under the cache: the machine's own sources are left alone.
 struct Apt {
     options: Vec<String>,
+    /// The lists of its own, if any.
+    lists: Option<PathBuf>,
 }
 
 impl Apt {
@@ -476,6 +524,7 @@ impl Apt {
         let Some(suite) = suite else {
             return Ok(Apt {
                 options: Vec::new(),
+                lists: None,
             });
         };
         let dir = cache.join(format!("apt-{suite}"));
@@ -501,6 +550,7 @@ impl Apt {
             .into_iter()
             .flat_map(|option| ["-o".to_owned(), option])
             .collect(),
+            lists: Some(dir.join("lists")),
         })
     }
 
@@ -508,6 +558,19 @@ impl Apt {
         let mut command = Command::new(program);
         command.args(&self.options);
         command
+    }
+
+    /// Whether lists of its own are more than a day old: the newest kernel of the suite
+    /// moves, and an older one's package leaves the archive.
+    fn stale(&self) -> bool {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        self.lists.as_ref().is_some_and(|lists| {
+            std::fs::metadata(lists)
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_none_or(|age| age > DAY)
+        })
     }
 }
 

@@ -291,7 +291,8 @@ fn load_object<'a>(
 /// another cause (no privileges) is left to the programs themselves to report.
 fn has_private_stacks(ebpf: &mut Ebpf) -> bool {
     let Some(Program::RawTracePoint(probe)) = ebpf.program_mut(PRIVATE_STACK_PROBE) else {
-        return true;
+        // Built with every object: without it, the inlined walker is the one that loads.
+        return false;
     };
     match probe.load() {
         Ok(()) => {
