@@ -423,6 +423,7 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
     let mut packages = search()?;
     if packages.is_empty() || apt.stale() {
         run(apt.command("apt-get").args(["update", "-qq"]))?;
+        apt.updated()?;
         packages = search()?;
     }
     // The newest: compare the numbers in the names (ABI or patch level).
@@ -444,13 +445,12 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
     // Debian 13's kernels come in two packages, the image and its modules (`linux-image-*`
     // only depends on them); Debian 12's in one.
     let release = package.trim_start_matches("linux-image-");
-    let (image, modules) = if suite.is_some() {
-        (
+    let (image, modules) = match suite {
+        Some(_) => (
             format!("linux-binary-{release}"),
-            format!("linux-modules-{release}"),
-        )
-    } else {
-        (package.clone(), package.clone())
+            Some(format!("linux-modules-{release}")),
+        ),
+        None => (package.clone(), None),
     };
     // What an interrupted run left is not picked up for this one.
     for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
@@ -498,15 +498,10 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
         .arg(&member)
         .arg(&partial))?;
     std::fs::rename(&partial, boot.join(format!("vmlinuz-{release}")))?;
-    let modules_deb = if modules == image {
-        image_deb.clone()
-    } else {
-        download(&modules)?
-    };
-    extract_modules(&modules_deb, &dir)?;
-    std::fs::remove_file(&image_deb)?;
-    if modules_deb != image_deb {
-        std::fs::remove_file(&modules_deb)?;
+    let modules_deb = modules.map(|name| download(&name)).transpose()?;
+    extract_modules(modules_deb.as_ref().unwrap_or(&image_deb), &dir)?;
+    for deb in std::iter::once(image_deb).chain(modules_deb) {
+        std::fs::remove_file(deb)?;
     }
     find_vmlinuz(&dir)?.context("the package holds no vmlinuz")
 }
@@ -515,8 +510,9 @@ fn fetch_kernel(cache: &Path, series: &str) -> anyhow::Result<PathBuf> {
 /// of its own under the cache: the machine's own sources are left alone.
 struct Apt {
     options: Vec<String>,
-    /// The lists of its own, if any.
-    lists: Option<PathBuf>,
+    /// Written after each update of the lists of its own, if any (apt leaves lists it found
+    /// unchanged, and their folder, as they were).
+    updated_stamp: Option<PathBuf>,
 }
 
 impl Apt {
@@ -524,7 +520,7 @@ impl Apt {
         let Some(suite) = suite else {
             return Ok(Apt {
                 options: Vec::new(),
-                lists: None,
+                updated_stamp: None,
             });
         };
         let dir = cache.join(format!("apt-{suite}"));
@@ -550,7 +546,7 @@ impl Apt {
             .into_iter()
             .flat_map(|option| ["-o".to_owned(), option])
             .collect(),
-            lists: Some(dir.join("lists")),
+            updated_stamp: Some(dir.join("updated")),
         })
     }
 
@@ -560,17 +556,25 @@ impl Apt {
         command
     }
 
-    /// Whether lists of its own are more than a day old: the newest kernel of the suite
-    /// moves, and an older one's package leaves the archive.
+    /// Whether lists of its own were last updated more than a day ago: the newest kernel of
+    /// the suite moves, and an older one's package leaves the archive.
     fn stale(&self) -> bool {
         const DAY: Duration = Duration::from_secs(24 * 3600);
-        self.lists.as_ref().is_some_and(|lists| {
-            std::fs::metadata(lists)
+        self.updated_stamp.as_ref().is_some_and(|stamp| {
+            std::fs::metadata(stamp)
                 .and_then(|meta| meta.modified())
                 .ok()
                 .and_then(|modified| modified.elapsed().ok())
                 .is_none_or(|age| age > DAY)
         })
+    }
+
+    /// Notes that the lists of its own were just updated.
+    fn updated(&self) -> anyhow::Result<()> {
+        if let Some(stamp) = &self.updated_stamp {
+            std::fs::write(stamp, b"")?;
+        }
+        Ok(())
     }
 }
 

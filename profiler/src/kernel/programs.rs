@@ -101,7 +101,7 @@ pub(super) const PRIVATE_STACK_PROBE: &str = "private_stack_probe";
 /// Whether this kernel may take the object with the global stack walker: its release says
 /// it may have private stacks (whether it does, [`PRIVATE_STACK_PROBE`] tells).
 pub(super) fn may_take_global_walker() -> bool {
-    cfg!(target_arch = "x86_64") && has_private_stacks(&super::release())
+    cfg!(target_arch = "x86_64") && series_has_private_stacks(&super::release())
 }
 
 /// The program that walks the user stacks of sampled off-CPU periods at system-call exits:
@@ -127,7 +127,7 @@ pub(super) const SYS_EXIT_OFFCPU_PROGRAM: &str = "sys_exit_offcpu";
 
 /// Whether kernel `release` ("6.13.2-amd64") is of a series that gives tracing programs
 /// private stacks (6.13 on).
-fn has_private_stacks(release: &str) -> bool {
+fn series_has_private_stacks(release: &str) -> bool {
     super::series(release).is_some_and(|series| series >= (6, 13))
 }
 
@@ -287,12 +287,12 @@ mod tests {
 
     #[test]
     fn private_stacks_from_6_13() {
-        assert!(has_private_stacks("6.13.0"));
-        assert!(has_private_stacks("6.18.44-fc-v857"));
-        assert!(has_private_stacks("7.0.1-amd64"));
-        assert!(!has_private_stacks("6.12.117+deb12-amd64"));
-        assert!(!has_private_stacks("6.1.0-57-amd64"));
-        assert!(!has_private_stacks("5.15.0-generic"));
-        assert!(!has_private_stacks(""));
+        assert!(series_has_private_stacks("6.13.0"));
+        assert!(series_has_private_stacks("6.18.44-fc-v857"));
+        assert!(series_has_private_stacks("7.0.1-amd64"));
+        assert!(!series_has_private_stacks("6.12.117+deb12-amd64"));
+        assert!(!series_has_private_stacks("6.1.0-57-amd64"));
+        assert!(!series_has_private_stacks("5.15.0-generic"));
+        assert!(!series_has_private_stacks(""));
     }
 }
