@@ -304,8 +304,9 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
         Some(_) => io_timed(tgid, tid, ctx.arg(1)),
         None => None,
     };
-    // With the walker inlined (kernels before 6.13), a program with both callers of it took
-    // the verifier past its million instructions: there, `sys_exit_offcpu` settles them.
+    // With the walker inlined (no private stacks), a program with both callers of it took
+    // the verifier past its million instructions: there, `sys_exit_offcpu` settles them,
+    // tail-called at the end.
     let offcpu = if cfg!(feature = "inline-walk") {
         None
     } else {
@@ -335,6 +336,8 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
         };
         account_io(tgid, tid, io, user_stack_id, ctx.arg(1));
     }
+    #[cfg(feature = "inline-walk")]
+    offcpu_stacks::settle_by_tail_call(&ctx, known);
     0
 }
 

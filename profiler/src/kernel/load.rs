@@ -23,8 +23,8 @@ use super::{
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
-        SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS, load_programs, offcpu_settling_program,
-        rename_tracepoint_fits,
+        SCHEDULER_PROGRAMS, SYS_EXIT_OFFCPU_PROGRAM, SYS_EXIT_PROGRAM, SYSCALL_PROGRAMS,
+        install_offcpu_settling, load_programs, rename_tracepoint_fits, walker_inlined,
     },
     uprobes::AllocatorProbes,
 };
@@ -94,7 +94,10 @@ impl KernelProbes {
                 names.push(SCHEDULER_PROGRAMS[1]);
             }
             if settle_offcpu_at_exit {
-                names.push(offcpu_settling_program(&ebpf));
+                names.push(SYS_EXIT_PROGRAM);
+                if walker_inlined(&ebpf) {
+                    names.push(SYS_EXIT_OFFCPU_PROGRAM);
+                }
             }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
@@ -293,9 +296,12 @@ impl KernelProbes {
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
-        let settling = offcpu_settling_program(&self.ebpf);
-        if self.is_loaded(settling) {
-            self.attach_tracepoints(&[settling])?;
+        if self.is_loaded(SYS_EXIT_OFFCPU_PROGRAM) {
+            install_offcpu_settling(&mut self.ebpf)?;
+        }
+        // `sys_exit` settles the sampled periods, itself or by its tail call.
+        if self.is_loaded(SYS_EXIT_PROGRAM) {
+            self.attach_tracepoints(&[SYS_EXIT_PROGRAM])?;
         }
         Ok(())
     }

@@ -13,14 +13,14 @@ use profiler_common::counter;
 
 use super::{
     error::{ProbeError, map_error},
-    programs::{SCHEDULER_PROGRAMS, SYS_EXIT_OFFCPU_PROGRAM, SYSCALL_PROGRAMS},
+    programs::{SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS},
 };
 
-/// The programs whose stack walks the stack-sampling threshold decides.
-const STACK_SAMPLED_PROGRAMS: [&str; 5] = [
+/// The programs whose stack walks the stack-sampling threshold decides (`sys_exit`'s time
+/// includes `sys_exit_offcpu`'s, which it tail-calls).
+const STACK_SAMPLED_PROGRAMS: [&str; 4] = [
     SCHEDULER_PROGRAMS[0],
     SCHEDULER_PROGRAMS[1],
-    SYS_EXIT_OFFCPU_PROGRAM,
     SYSCALL_PROGRAMS[0],
     SYSCALL_PROGRAMS[1],
 ];

@@ -5,13 +5,14 @@ use std::sync::Mutex;
 
 use aya::{
     Btf, Ebpf,
+    maps::ProgramArray,
     programs::{Program, ProgramError, UProbe},
 };
 
 use profiler_common::block_field;
 
 use super::{
-    error::{ProbeError, program_error},
+    error::{ProbeError, map_error, program_error},
     tracefs,
 };
 
@@ -104,26 +105,39 @@ pub(super) fn may_take_global_walker() -> bool {
     cfg!(target_arch = "x86_64") && series_has_private_stacks(&super::release())
 }
 
-/// The program that walks the user stacks of sampled off-CPU periods at system-call exits:
-/// `sys_exit` itself, which then serves both I/O and off-CPU, or in the object with the
-/// walker inlined, a program of its own (with both callers of an inlined walker in one
-/// program, the verifier went past its million instructions).
-pub(super) fn offcpu_settling_program(ebpf: &aya::Ebpf) -> &'static str {
-    if walker_inlined(ebpf) {
-        SYS_EXIT_OFFCPU_PROGRAM
-    } else {
-        SYS_EXIT_PROGRAM
-    }
-}
-
 /// Whether `ebpf` is the object with the stack walker inlined: only it has
 /// [`SYS_EXIT_OFFCPU_PROGRAM`].
 pub(super) fn walker_inlined(ebpf: &aya::Ebpf) -> bool {
     ebpf.program(SYS_EXIT_OFFCPU_PROGRAM).is_some()
 }
 
-/// [`offcpu_settling_program`] in the object with the walker inlined.
+/// The program that walks the user stacks of sampled off-CPU periods at system-call exits
+/// in the object with the walker inlined, which `sys_exit` tail-calls through
+/// [`OFFCPU_SETTLING_MAP`] (with both callers of an inlined walker in one program, the
+/// verifier went past its million instructions). In the other object `sys_exit` does it.
 pub(super) const SYS_EXIT_OFFCPU_PROGRAM: &str = "sys_exit_offcpu";
+
+/// The program array through which `sys_exit` tail-calls [`SYS_EXIT_OFFCPU_PROGRAM`].
+const OFFCPU_SETTLING_MAP: &str = "OFFCPU_SETTLING";
+
+/// Makes `sys_exit` tail-call [`SYS_EXIT_OFFCPU_PROGRAM`], loaded, at the exits of threads
+/// that may have a sampled off-CPU period pending.
+pub(super) fn install_offcpu_settling(ebpf: &mut aya::Ebpf) -> Result<(), ProbeError> {
+    let program = ebpf
+        .program(SYS_EXIT_OFFCPU_PROGRAM)
+        .expect("loaded, so in the object")
+        .fd()
+        .and_then(|fd| Ok(fd.try_clone()?))
+        .map_err(|err| program_error(format!("taking {SYS_EXIT_OFFCPU_PROGRAM}"), err))?;
+    let mut settling: ProgramArray<_> = ProgramArray::try_from(
+        ebpf.map_mut(OFFCPU_SETTLING_MAP)
+            .expect("the object with sys_exit_offcpu has its program array"),
+    )
+    .map_err(map_error(OFFCPU_SETTLING_MAP))?;
+    settling
+        .set(0, &program, 0)
+        .map_err(map_error(OFFCPU_SETTLING_MAP))
+}
 
 /// Whether kernel `release` ("6.13.2-amd64") is of a series that gives tracing programs
 /// private stacks (6.13 on).
