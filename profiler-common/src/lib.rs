@@ -184,6 +184,19 @@ pub mod tracepoint_fields {
 
 /// Capacity of the per-thread scheduler state map.
 pub const THREAD_MAP_ENTRIES: u32 = 16 * 1024;
+
+/// The word and bit of `tid` in a bitmap of tids, 64 to a word.
+#[inline(always)]
+pub const fn tid_bit(tid: u32) -> (u32, u64) {
+    (tid / 64, 1 << (tid % 64))
+}
+
+/// The word and byte of `tid` in a map of tids with a byte each, 8 to a word: what a BPF
+/// program sets, since it has no atomic operations (built from Rust) and a byte is stored whole.
+#[inline(always)]
+pub const fn tid_byte(tid: u32) -> (u32, u32) {
+    (tid / 8, tid % 8)
+}
 /// Capacity of each of the two off-CPU time maps (see [`OffCpuKey`]).
 pub const OFFCPU_MAP_ENTRIES: u32 = 32 * 1024;
 /// Log2 buckets of the run-queue delay histogram, in microseconds (bucket `i` holds delays in

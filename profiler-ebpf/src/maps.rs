@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     COMM_LEN, CONTROL_ENTRIES, OffCpuStart, PendingWalk, ProcessMemory, RUNQ_SLOTS, STACK_ID_NONE,
-    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter,
+    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, tid_bit, tid_byte,
 };
 
 /// Non-zero when user stacks are walked with unwind tables (`unwind`) instead of frame pointers.
@@ -34,6 +34,40 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 #[map]
 pub(crate) static THREADS: HashMap<u32, ThreadState> =
     HashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// The tids that have (or had) a `THREADS` entry: most switches of a busy machine are no
+/// target's, known from two words without a hash lookup. One map per writer, since the
+/// collector rewrites a word whole: a bit per tid for the threads the collector finds, a byte
+/// per tid for those the fork program adds (it has no atomics, and stores a byte whole). Sized
+/// by the loader for the system's `pid_max`; a tid past either means "may be". Not cleared
+/// during a run: a stale mark costs a lookup, nothing more.
+#[map]
+static TIDS_FOUND: Array<u64> = Array::with_max_entries(1, 0);
+#[map]
+static TIDS_FORKED: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether thread `tid` may be a target thread (else it certainly is not).
+#[inline(always)]
+pub(crate) fn may_be_target_thread(tid: u32) -> bool {
+    let (word, bit) = tid_bit(tid);
+    if TIDS_FOUND.get(word).is_none_or(|&word| word & bit != 0) {
+        return true;
+    }
+    let (word, byte) = tid_byte(tid);
+    TIDS_FORKED
+        .get(word)
+        .is_none_or(|&word| (word >> (byte * 8)) & 0xff != 0)
+}
+
+/// Marks a thread a fork just made, `tid`, as one that may be a target thread.
+#[inline(always)]
+pub(crate) fn mark_forked_thread(tid: u32) {
+    let (word, byte) = tid_byte(tid);
+    if let Some(word) = TIDS_FORKED.get_ptr_mut(word) {
+        // SAFETY: one byte of a map value; others' bytes are left as they are.
+        unsafe { *word.cast::<u8>().add(byte as usize) = 1 };
+    }
+}
 
 /// Initial value of a `THREADS` entry (too large to build on the BPF stack).
 pub(crate) static THREAD_ZERO: ThreadState = ThreadState {

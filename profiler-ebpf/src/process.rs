@@ -76,6 +76,7 @@ fn add_new_thread(tid: u32, tgid: u32) {
     if unsafe { core::ptr::read_volatile(&TRACK_THREADS) } == 0 {
         return;
     }
+    crate::maps::mark_forked_thread(tid);
     // Any stale entry under this tid is a thread that exited before the collector took it.
     if THREADS.insert(tid, &THREAD_ZERO, 0).is_err() {
         bump(counter::OFFCPU_MAP_FULL);

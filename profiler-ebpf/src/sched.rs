@@ -21,7 +21,7 @@ use crate::{
         active_map, add_to_counter, bump, current_comm, current_tgid_tid, event_user_stack, field,
         read_at, stack_sampled,
     },
-    maps::{CONTROL, THREADS},
+    maps::{CONTROL, THREADS, may_be_target_thread},
     offcpu_stacks,
     process::{TASK_STRUCT_PID_OFFSET, task_field},
     stack_store, unwind,
@@ -320,20 +320,36 @@ fn switch_in(now: u64, tid: u32, task: *const u8, active: u64) {
     current::remember_target_thread(tid, pending);
 }
 
+/// Whether thread `prev` or `next` of a switch may be a target thread.
+#[inline(always)]
+fn concerns_targets(prev: u32, next: u32) -> bool {
+    may_be_target_thread(prev) || may_be_target_thread(next)
+}
+
 /// Every context switch: the outgoing target thread starts an off-CPU period, the incoming one
 /// ends its own. A BTF tracepoint: it hands over the incoming task itself, whose kernel stack
 /// is read while it still sleeps.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+    // unsigned int prev_state)
+    let next: *const u8 = ctx.arg(2);
+    // Most switches of a busy machine are no target's: known from the tid maps, before the
+    // clock or any other map is read (300 ns a switch to 160 under pgbench). The pid is read
+    // again below: held across, the verifier explored the program twice over (635 000
+    // instructions, not 310 000).
+    if !concerns_targets(
+        current_tgid_tid().1,
+        task_field(next, &TASK_STRUCT_PID_OFFSET).unwrap_or(0),
+    ) {
+        return 0;
+    }
     let active = active_map();
     if active == RECORDING_STOPPED {
         return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
-    // unsigned int prev_state)
     let preempt: u64 = ctx.arg(0);
-    let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
     switch_out(&ctx, now, preempt & 0xff != 0, prev_state as u32, active);
     if let Some(next_tid) = task_field(next, &TASK_STRUCT_PID_OFFSET)
@@ -360,6 +376,9 @@ fn try_sched_wakeup(ctx: BtfTracePointContext) -> Result<i32, i32> {
     // sched_wakeup(struct task_struct *p)
     let task: *const u8 = ctx.arg(0);
     let tid = task_field(task, &TASK_STRUCT_PID_OFFSET).ok_or(0)?;
+    if !may_be_target_thread(tid) {
+        return Err(0);
+    }
     let thread = target_thread(tid).ok_or(0)?;
     if active_map() == RECORDING_STOPPED {
         return Err(0);

@@ -395,12 +395,6 @@ impl KernelProbes {
         comm: &str,
         blocked_since: Option<u64>,
     ) -> Result<(), ProbeError> {
-        let mut threads: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("THREADS")
-                .expect("THREADS is in the object"),
-        )
-        .map_err(map_error("THREADS"))?;
         let mut name = [0u8; profiler_common::COMM_LEN];
         let len = comm.len().min(name.len() - 1);
         name[..len].copy_from_slice(&comm.as_bytes()[..len]);
@@ -427,6 +421,27 @@ impl KernelProbes {
             sched_pcount: profiler_common::RUN_DELAY_UNKNOWN,
             sched_run_delay_ns: 0,
         };
+        // Marked first: the programs look up only threads marked (or past the map, made for
+        // the `pid_max` of the start).
+        let (word, bit) = profiler_common::tid_bit(tid);
+        let mut found: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("TIDS_FOUND")
+                .expect("TIDS_FOUND is in the object"),
+        )
+        .map_err(map_error("TIDS_FOUND"))?;
+        if word < found.len() {
+            let marks = found.get(&word, 0).map_err(map_error("TIDS_FOUND"))?;
+            found
+                .set(word, marks | bit, 0)
+                .map_err(map_error("TIDS_FOUND"))?;
+        }
+        let mut threads: BpfHashMap<_, u32, ThreadState> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("THREADS")
+                .expect("THREADS is in the object"),
+        )
+        .map_err(map_error("THREADS"))?;
         // BPF_NOEXIST: a thread the programs already track keeps its state.
         const BPF_NOEXIST: u64 = 1;
         match threads.insert(tid, state, BPF_NOEXIST) {

@@ -246,6 +246,14 @@ fn load_object<'a>(
             .map_max_entries("IO_LATENCY", 1)
             .map_max_entries("FD_INODES", 1);
     }
+    // The tid maps the scheduler programs filter with, a bit and a byte per tid: for every tid
+    // this system hands out (a later, higher `pid_max` only costs the tids past it a lookup).
+    if options.scheduler {
+        let pid_max = crate::target::procfs::pid_max();
+        loader
+            .map_max_entries("TIDS_FOUND", pid_max.div_ceil(64))
+            .map_max_entries("TIDS_FORKED", pid_max.div_ceil(8));
+    }
     loader
         .override_global("TASK_STRUCT_TGID_OFFSET", &globals.tgid_offset, true)
         .override_global("TASK_STRUCT_PID_OFFSET", &globals.pid_offset, true)

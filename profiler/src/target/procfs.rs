@@ -118,6 +118,16 @@ pub fn read_small(path: &std::path::Path) -> io::Result<Vec<u8>> {
     read_bounded(path, 1 << 20)
 }
 
+/// The kernel's `pid_max`: every tid it hands out is below it. `PID_MAX_LIMIT` (2^22 on 64-bit
+/// machines, above any `pid_max`) if unreadable.
+pub fn pid_max() -> u32 {
+    const PID_MAX_LIMIT: u32 = 1 << 22;
+    read_small(std::path::Path::new("/proc/sys/kernel/pid_max"))
+        .ok()
+        .and_then(|text| String::from_utf8_lossy(&text).trim().parse::<u32>().ok())
+        .map_or(PID_MAX_LIMIT, |max| max.clamp(1, PID_MAX_LIMIT))
+}
+
 /// The first 64-hex-digit name part of a cgroup path in `/proc/PID/cgroup`'s text.
 fn container_id_in(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|line| {
