@@ -197,6 +197,7 @@ pub const fn tid_bit(tid: u32) -> (u32, u64) {
 pub const fn tid_byte(tid: u32) -> (u32, u32) {
     (tid / 8, tid % 8)
 }
+
 /// Capacity of each of the two off-CPU time maps (see [`OffCpuKey`]).
 pub const OFFCPU_MAP_ENTRIES: u32 = 32 * 1024;
 /// Log2 buckets of the run-queue delay histogram, in microseconds (bucket `i` holds delays in
@@ -1057,6 +1058,24 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tid_has_a_bit_and_a_byte_of_its_own_within_maps_sized_for_pid_max() {
+        extern crate std;
+        let mut bits = std::collections::HashSet::new();
+        let mut bytes = std::collections::HashSet::new();
+        for tid in 0..4096 {
+            assert!(bits.insert(tid_bit(tid)), "tid {tid}'s bit is another's");
+            assert!(bytes.insert(tid_byte(tid)), "tid {tid}'s byte is another's");
+        }
+        // The loader makes `pid_max.div_ceil(64)` and `.div_ceil(8)` words: the last tid fits.
+        for pid_max in [1u32, 63, 64, 65, 32_768, 4_194_304] {
+            assert!(tid_bit(pid_max - 1).0 < pid_max.div_ceil(64));
+            assert!(tid_byte(pid_max - 1).0 < pid_max.div_ceil(8));
+        }
+        assert_eq!(tid_bit(4_194_303), (65_535, 1 << 63));
+        assert_eq!(tid_byte(4_194_303), (524_287, 7));
+    }
 
     #[test]
     fn totals_add_field_by_field() {
