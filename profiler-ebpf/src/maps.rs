@@ -38,7 +38,8 @@ pub(crate) static THREADS: HashMap<u32, ThreadState> =
 /// The tids that have (or had) a `THREADS` entry: most switches of a busy machine are no
 /// target's, known from two words without a hash lookup. One map per writer, since the
 /// collector rewrites a word whole: a bit per tid for the threads the collector finds, a byte
-/// per tid for those the fork program adds (it has no atomics, and stores a byte whole). Sized
+/// per tid for those the fork program adds (built from Rust it has no atomics; a byte is stored
+/// whole). Sized
 /// by the loader for the system's `pid_max`; a tid past either means "may be". Not cleared
 /// during a run: a stale mark costs a lookup, nothing more.
 #[map]
@@ -53,6 +54,9 @@ pub(crate) fn may_be_target_thread(tid: u32) -> bool {
     if TIDS_FOUND.get(word).is_none_or(|&word| word & bit != 0) {
         return true;
     }
+    // Byte `byte` of the word as the fork program stored it: the object is little-endian
+    // (bpfel). Shifted, not indexed: a byte array indexed by a variable took the scheduler
+    // program's verification from 1 s to 8.
     let (word, byte) = tid_byte(tid);
     TIDS_FORKED
         .get(word)

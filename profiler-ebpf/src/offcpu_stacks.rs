@@ -180,7 +180,9 @@ static OFFCPU_SETTLING: aya_ebpf::maps::ProgramArray =
     aya_ebpf::maps::ProgramArray::with_max_entries(1, 0);
 
 /// Hands a system call's exit over to `sys_exit_offcpu` if the current thread may have a
-/// period pending (see [`may_be_pending_at_exit`]); returns only if not.
+/// period pending (see [`may_be_pending_at_exit`]); returns if not, or if the array is empty
+/// (`sys_exit_offcpu` not loaded). A tail call takes away a program's private stack on 6.13
+/// and later; this object is taken only where there are none.
 #[cfg(feature = "inline-walk")]
 #[inline(always)]
 pub(crate) fn settle_by_tail_call(
@@ -194,11 +196,11 @@ pub(crate) fn settle_by_tail_call(
     }
 }
 
-/// A system call returns, and the current thread may have a period pending: on kernels
-/// without private stacks, whose object has the stack walker inlined, the pending periods are
-/// settled by this program of its own, tail-called by `sys_exit` (see there). A tail call, not
-/// a second program at the tracepoint: that one ran at every system call of the machine, 80 ns
-/// each, 1% of this machine's two CPUs under pgbench.
+/// A system call returns: on kernels without private stacks, whose object has the stack
+/// walker inlined, the pending periods are settled by this program of its own. Tail-called by
+/// `sys_exit` when that one is attached for I/O (two programs at the tracepoint ran at every
+/// system call of the machine: 80 ns each more, 1% of this machine's two CPUs under pgbench),
+/// else attached itself.
 #[cfg(feature = "inline-walk")]
 #[aya_ebpf::macros::btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_offcpu(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {

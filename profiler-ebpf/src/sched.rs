@@ -145,7 +145,8 @@ fn run_delays_from_kernel() -> bool {
 /// A target thread leaves the CPU: remember when, where and why.
 ///
 /// Every target thread has a `THREADS` entry (made by the collector for threads that existed
-/// at attach, at fork for later ones), so one lookup both filters and finds. With stack
+/// at attach, at fork for later ones), so one lookup both filters and finds (after the tid
+/// maps and the per-CPU word have turned away most threads that are not). With stack
 /// sampling on, nothing is walked here (the period's length, which decides, is not known
 /// yet): only where the thread stands is noted.
 #[inline(always)]

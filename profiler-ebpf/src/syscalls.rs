@@ -289,7 +289,8 @@ struct IoTimed {
 /// - a target thread with a sampled off-CPU period pending gets its user stack walked here,
 ///   where it stands as it blocked (most periods are spent in a system call).
 ///
-/// Both need the same user stack; it is walked once.
+/// Both need the same user stack; it is walked once (in the object with the walker inlined,
+/// the second is `sys_exit_offcpu`'s, tail-called at the end).
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let (tgid, tid) = current_tgid_tid();

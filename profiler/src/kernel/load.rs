@@ -93,11 +93,16 @@ impl KernelProbes {
             if wakeups_timed {
                 names.push(SCHEDULER_PROGRAMS[1]);
             }
+            // The sampled periods' user stacks are walked at system-call exits, by
+            // `sys_exit`, or in the object with the walker inlined by `sys_exit_offcpu` (see
+            // `attach_scheduler`): `sys_exit` is loaded there only for I/O or allocations, its
+            // own inlined walker's verification a second or more on some kernels.
             if settle_offcpu_at_exit {
-                names.push(SYS_EXIT_PROGRAM);
-                if walker_inlined(&ebpf) {
-                    names.push(SYS_EXIT_OFFCPU_PROGRAM);
-                }
+                names.push(if walker_inlined(&ebpf) {
+                    SYS_EXIT_OFFCPU_PROGRAM
+                } else {
+                    SYS_EXIT_PROGRAM
+                });
             }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
@@ -296,10 +301,18 @@ impl KernelProbes {
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
+        // With the walker inlined, `sys_exit_offcpu` settles the sampled periods: tail-called
+        // by `sys_exit` if that one runs anyway (a second program at the tracepoint ran at
+        // every system call of the machine), else attached in its place.
         if self.is_loaded(SYS_EXIT_OFFCPU_PROGRAM) {
-            install_offcpu_settling(&mut self.ebpf)?;
+            if self.is_loaded(SYS_EXIT_PROGRAM) {
+                install_offcpu_settling(&mut self.ebpf)?;
+            } else {
+                self.attach_tracepoints(&[SYS_EXIT_OFFCPU_PROGRAM])?;
+            }
         }
-        // `sys_exit` settles the sampled periods, itself or by its tail call.
+        // Attached when loaded, whether for the sampled periods or for I/O: until `sys_enter`
+        // is, it finds no call to time.
         if self.is_loaded(SYS_EXIT_PROGRAM) {
             self.attach_tracepoints(&[SYS_EXIT_PROGRAM])?;
         }

@@ -112,9 +112,10 @@ pub(super) fn walker_inlined(ebpf: &aya::Ebpf) -> bool {
 }
 
 /// The program that walks the user stacks of sampled off-CPU periods at system-call exits
-/// in the object with the walker inlined, which `sys_exit` tail-calls through
-/// [`OFFCPU_SETTLING_MAP`] (with both callers of an inlined walker in one program, the
-/// verifier went past its million instructions). In the other object `sys_exit` does it.
+/// in the object with the walker inlined (with both callers of an inlined walker in one
+/// program, the verifier went past its million instructions): tail-called by `sys_exit`
+/// through [`OFFCPU_SETTLING_MAP`] when that one is loaded, else attached to the same
+/// tracepoint. In the other object `sys_exit` does it.
 pub(super) const SYS_EXIT_OFFCPU_PROGRAM: &str = "sys_exit_offcpu";
 
 /// The program array through which `sys_exit` tail-calls [`SYS_EXIT_OFFCPU_PROGRAM`].

@@ -119,7 +119,7 @@ pub fn read_small(path: &std::path::Path) -> io::Result<Vec<u8>> {
 }
 
 /// The kernel's `pid_max`: every tid it hands out is below it. `PID_MAX_LIMIT` (2^22 on 64-bit
-/// machines, above any `pid_max`) if unreadable.
+/// machines, at least any `pid_max`) if unreadable.
 pub fn pid_max() -> u32 {
     const PID_MAX_LIMIT: u32 = 1 << 22;
     read_small(std::path::Path::new("/proc/sys/kernel/pid_max"))
