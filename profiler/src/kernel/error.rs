@@ -101,10 +101,15 @@ pub(super) const PERMISSION_HINT: &str =
 pub(super) const VERIFIER_HINT: &str = ": this kernel's verifier refused the program; \
      `profiler check` lists what works here, and the README which kernels were tested";
 
+/// Whether the verifier refused the program (its log says why), not the load failing for
+/// another cause.
+pub(super) fn is_verifier_refusal(err: &ProgramError) -> bool {
+    matches!(err, ProgramError::LoadError { verifier_log, .. }
+        if !verifier_log.to_string().trim().is_empty())
+}
+
 pub(super) fn program_error(what: impl Into<String>, source: ProgramError) -> ProbeError {
-    let refused = matches!(&source, ProgramError::LoadError { verifier_log, .. }
-        if !verifier_log.to_string().trim().is_empty());
-    let hint = if refused {
+    let hint = if is_verifier_refusal(&source) {
         VERIFIER_HINT
     } else if is_permission_error(&source) {
         PERMISSION_HINT

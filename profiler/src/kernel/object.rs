@@ -4,13 +4,10 @@
 
 use std::sync::mpsc;
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{Program, ProgramError},
-};
+use aya::{Ebpf, EbpfLoader, programs::Program};
 
 use super::{
-    error::{PERMISSION_HINT, ProbeError, is_permission_error},
+    error::{PERMISSION_HINT, ProbeError, is_permission_error, is_verifier_refusal},
     programs::{
         EBPF_OBJECT, EBPF_OBJECT_INLINE_WALK, PRIVATE_STACK_PROBE, block_field_offsets,
         may_take_global_walker,
@@ -308,8 +305,7 @@ fn has_private_stacks(ebpf: &mut Ebpf) -> bool {
             true
         }
         Err(err) => {
-            let refused = matches!(&err, ProgramError::LoadError { verifier_log, .. }
-                if !verifier_log.to_string().trim().is_empty());
+            let refused = is_verifier_refusal(&err);
             if refused {
                 log::debug!(
                     "no private stacks for BPF programs here: the stack walker is inlined \

@@ -251,7 +251,6 @@ fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), Prog
             };
             program.load(tracepoint, btf)
         }
-        Program::RawTracePoint(program) => program.load(),
         other => unreachable!("{name}: a {:?} program", other.prog_type()),
     }
 }
