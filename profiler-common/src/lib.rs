@@ -173,6 +173,19 @@ pub const CONTROL_TARGETS_STAMP: u32 = 6;
 /// Number of `CONTROL` entries.
 pub const CONTROL_ENTRIES: u32 = 7;
 
+/// Where, in the object with the stack walker inlined (kernels without private stacks), the
+/// programs that walk user stacks are found by the ones that hand their walks over to them by
+/// tail call; set by the collector.
+pub mod tail_call {
+    /// In `SYS_EXIT_TAIL_CALLS`: `sys_exit_walk`, which walks the stack of a system call's
+    /// exit (a sampled I/O call's, a sampled off-CPU period's).
+    pub const WALK_EXIT: u32 = 0;
+    /// In `SCHED_SWITCH_TAIL_CALLS` (one array per tracepoint: the kernel lets a tracing
+    /// program tail-call only programs of its own hook): `sched_switch_walk`, which walks the
+    /// stack of a thread leaving the CPU.
+    pub const WALK_SWITCH_OUT: u32 = 0;
+}
+
 /// Offsets of the fields the thread-name program reads from the classic `task_rename`
 /// tracepoint record, checked against tracefs' `format` file by the collector before loading.
 pub mod tracepoint_fields {

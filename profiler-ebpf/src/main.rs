@@ -8,8 +8,9 @@
 //! stacks of sampled periods), [`process`] (forks, execs, process
 //! events), [`syscalls`] (I/O and memory system calls), [`block`] (block requests), [`alloc`]
 //! (allocator probes), [`unwind`] (user stacks from unwind tables) and [`unwind_mappings`]
-//! (mappings the unwinder learns by itself). What several families
-//! share is in [`maps`] and [`helpers`]; [`stack_probe`] probes the kernel itself.
+//! (mappings the unwinder learns by itself); where the walker is inlined, [`walk_calls`] hands
+//! walks over to programs of their own. What several families share is in [`maps`] and
+//! [`helpers`]; [`stack_probe`] probes the kernel itself.
 #![no_std]
 #![no_main]
 
@@ -28,6 +29,8 @@ mod stack_store;
 mod syscalls;
 mod unwind;
 mod unwind_mappings;
+#[cfg(feature = "inline-walk")]
+mod walk_calls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -142,6 +142,21 @@ fn run_delays_from_kernel() -> bool {
     unsafe { core::ptr::read_volatile(&RUN_DELAY_OFFSETS[0]) != 0 }
 }
 
+/// Where [`switch_out`] gets the user stack it needs.
+#[derive(Clone, Copy)]
+enum SwitchOutWalk {
+    /// From the walker, a function of its own.
+    #[cfg(not(feature = "inline-walk"))]
+    Here,
+    /// From `sched_switch_walk`, handed the switch-out over.
+    #[cfg(feature = "inline-walk")]
+    HandOver,
+    /// Walked already, by `sched_switch_walk` as it starts: the walker is then reached from
+    /// one state (reached from each of `switch_out`'s, it took 308 000 instructions).
+    #[cfg(feature = "inline-walk")]
+    Walked(i32),
+}
+
 /// A target thread leaves the CPU: remember when, where and why.
 ///
 /// Every target thread has a `THREADS` entry (made by the collector for threads that existed
@@ -149,28 +164,49 @@ fn run_delays_from_kernel() -> bool {
 /// maps and the per-CPU word have turned away most threads that are not). With stack
 /// sampling on, nothing is walked here (the period's length, which decides, is not known
 /// yet): only where the thread stands is noted.
+///
+/// How `walk` says (see [`SwitchOutWalk`]): in the object with the walker inlined, a
+/// switch-out whose stack is to be walked is handed over to `sched_switch_walk`, which walks
+/// first and runs this again; nothing before the hand-over changes anything that a second run
+/// would count twice.
 #[inline(always)]
-fn switch_out(ctx: &BtfTracePointContext, now: u64, preempted: bool, state: u32, active: u64) {
+fn switch_out(
+    ctx: &BtfTracePointContext,
+    now: u64,
+    preempted: bool,
+    state: u32,
+    active: u64,
+    walk: SwitchOutWalk,
+) {
     let (tgid, tid) = current_tgid_tid();
-    if tid == 0 || current::known_not_target(tid) {
-        return;
-    }
     let Some(thread) = target_thread(tid) else {
         return;
     };
+    // Again in `sched_switch_walk`: a second run finds the delays already taken.
     settle_run_delays(thread);
     let below = offcpu_stacks::sample_below_ns();
     // A sampled period still pending (the thread ran no system call since) and a new period
     // with every stack walked share one walk: the stack is the same.
     let pending = offcpu_stacks::pending_in_place(thread);
-    let walk = below == 0 || pending == Some(true);
-    let user = if walk {
-        event_user_stack(ctx, tgid, unwind::SCRATCH_TASK)
+    let walked = if below != 0 && pending != Some(true) {
+        None
     } else {
-        STACK_ID_UNSAMPLED
+        match walk {
+            #[cfg(not(feature = "inline-walk"))]
+            SwitchOutWalk::Here => Some(event_user_stack(ctx, tgid, unwind::SCRATCH_TASK)),
+            #[cfg(feature = "inline-walk")]
+            SwitchOutWalk::HandOver => {
+                crate::walk_calls::walk_switch_out(ctx);
+                // The walking program is not in place: the period goes without the walk.
+                None
+            }
+            #[cfg(feature = "inline-walk")]
+            SwitchOutWalk::Walked(user_stack_id) => Some(user_stack_id),
+        }
     };
+    let user = walked.unwrap_or(STACK_ID_UNSAMPLED);
     if let Some(in_place) = pending {
-        let user = offcpu_stacks::walked_or_ran_on(in_place.then_some(user));
+        let user = offcpu_stacks::walked_or_ran_on(walked.filter(|_| in_place));
         offcpu_stacks::record_pending(thread, tgid, tid, active, user);
     }
     if state & TASK_DEAD != 0 {
@@ -335,29 +371,68 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
     // unsigned int prev_state)
     let next: *const u8 = ctx.arg(2);
+    let prev = current_tgid_tid().1;
     // Most switches of a busy machine are no target's: known from the tid maps, before the
     // clock or any other map is read (300 ns a switch to 160 under pgbench). The pid is read
     // again below: held across, the verifier explored the program twice over (635 000
     // instructions, not 310 000).
-    if !concerns_targets(
-        current_tgid_tid().1,
-        task_field(next, &TASK_STRUCT_PID_OFFSET).unwrap_or(0),
-    ) {
+    if !concerns_targets(prev, task_field(next, &TASK_STRUCT_PID_OFFSET).unwrap_or(0)) {
         return 0;
     }
     let active = active_map();
     if active == RECORDING_STOPPED {
         return 0;
     }
+    // Asked before the switch-in, which makes the per-CPU word the incoming thread's.
+    let prev_may_be_target = prev != 0 && !current::known_not_target(prev);
     let now = unsafe { bpf_ktime_get_ns() };
-    let preempt: u64 = ctx.arg(0);
-    let prev_state: u64 = ctx.arg(3);
-    switch_out(&ctx, now, preempt & 0xff != 0, prev_state as u32, active);
+    // The switch-in first: the switch-out may end this program, handed over for its walk.
     if let Some(next_tid) = task_field(next, &TASK_STRUCT_PID_OFFSET)
         && next_tid != 0
     {
         switch_in(now, next_tid, next, active);
     }
+    if prev_may_be_target {
+        let preempt: u64 = ctx.arg(0);
+        let prev_state: u64 = ctx.arg(3);
+        #[cfg(not(feature = "inline-walk"))]
+        let walk = SwitchOutWalk::Here;
+        #[cfg(feature = "inline-walk")]
+        let walk = SwitchOutWalk::HandOver;
+        switch_out(
+            &ctx,
+            now,
+            preempt & 0xff != 0,
+            prev_state as u32,
+            active,
+            walk,
+        );
+    }
+    0
+}
+
+/// The switch-out of a target thread whose stack is to be walked, handed over by
+/// `sched_switch` (object with the walker inlined only; see `walk_calls`).
+#[cfg(feature = "inline-walk")]
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_walk(ctx: BtfTracePointContext) -> i32 {
+    let walked = event_user_stack(&ctx, current_tgid_tid().0, unwind::SCRATCH_TASK);
+    let active = active_map();
+    if active == RECORDING_STOPPED {
+        return 0;
+    }
+    // Later than `sched_switch`'s by the walk: the period starts that much later.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let prev_state: u64 = ctx.arg(3);
+    switch_out(
+        &ctx,
+        now,
+        preempt & 0xff != 0,
+        prev_state as u32,
+        active,
+        SwitchOutWalk::Walked(walked),
+    );
     0
 }
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use profiler_common::{
     CONTROL_IO_SAMPLE_BELOW_NS, FdKey, IO_MAP_ENTRIES, IoKey, IoPending, IoTotal, LATENCY_SLOTS,
     MAX_IO_CALLS, OpenEvent, RECORDING_STOPPED, STACK_ID_UNSAMPLED, SYSCALL_TABLE_ENTRIES,
-    TARGET_MAP_ENTRIES, counter, inode_file_id, io_kind, latency_slot, process_event,
+    TARGET_MAP_ENTRIES, ThreadState, counter, inode_file_id, io_kind, latency_slot, process_event,
 };
 
 use crate::{
@@ -289,8 +289,8 @@ struct IoTimed {
 /// - a target thread with a sampled off-CPU period pending gets its user stack walked here,
 ///   where it stands as it blocked (most periods are spent in a system call).
 ///
-/// Both need the same user stack; it is walked once (in the object with the walker inlined,
-/// the second is `sys_exit_offcpu`'s, tail-called at the end).
+/// Both need the same user stack; it is walked once. In the object with the walker inlined,
+/// a call that needs the walk is handed over to `sys_exit_walk` (see `walk_calls`).
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let (tgid, tid) = current_tgid_tid();
@@ -305,22 +305,35 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
         Some(_) => io_timed(tgid, tid, ctx.arg(1)),
         None => None,
     };
-    // With the walker inlined (no private stacks), a program with both callers of it took
-    // the verifier past its million instructions: there, `sys_exit_offcpu` settles them,
-    // tail-called at the end.
-    let offcpu = if cfg!(feature = "inline-walk") {
-        None
-    } else {
-        offcpu_stacks::pending_at_exit(tgid, tid, known)
-    };
+    let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, known);
     let walk = io.is_some_and(|io| io.stack_ns != 0) || offcpu.is_some_and(|(_, at)| at.in_place);
-    let user_stack_id = if walk {
-        event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK)
-    } else {
-        STACK_ID_UNSAMPLED
+    #[cfg(not(feature = "inline-walk"))]
+    let walked = walk.then(|| event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK));
+    #[cfg(feature = "inline-walk")]
+    let walked = {
+        if walk {
+            hand_over_walk(&ctx, io);
+        }
+        // Not handed over, or the walking program is not in place: no walk.
+        None
     };
+    finish_exit(&ctx, tgid, tid, io, offcpu, walked);
+    0
+}
+
+/// Accounts the I/O call and settles the pending off-CPU period of a system call's exit, with
+/// the user stack walked for them, if it was.
+#[inline(always)]
+fn finish_exit(
+    ctx: &BtfTracePointContext,
+    tgid: u32,
+    tid: u32,
+    io: Option<IoTimed>,
+    offcpu: Option<(*mut ThreadState, offcpu_stacks::AtExit)>,
+    walked: Option<i32>,
+) {
     if let Some((thread, at)) = offcpu {
-        let walked = at.in_place.then_some(user_stack_id);
+        let walked = walked.filter(|_| at.in_place);
         offcpu_stacks::record_pending(
             thread,
             tgid,
@@ -329,16 +342,57 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
             offcpu_stacks::walked_or_ran_on(walked),
         );
     }
-    if let Some(io) = io {
-        let user_stack_id = if io.stack_ns != 0 {
-            user_stack_id
-        } else {
-            STACK_ID_UNSAMPLED
+    if let Some(mut io) = io {
+        let user_stack_id = match walked {
+            Some(user_stack_id) if io.stack_ns != 0 => user_stack_id,
+            // Not walked: its stack counts for nothing.
+            _ => {
+                io.stack_ns = 0;
+                STACK_ID_UNSAMPLED
+            }
         };
         account_io(tgid, tid, io, user_stack_id, ctx.arg(1));
     }
-    #[cfg(feature = "inline-walk")]
-    offcpu_stacks::settle_by_tail_call(&ctx, known);
+}
+
+/// The I/O call `sys_exit` timed, for `sys_exit_walk` on this CPU (a tail call carries no
+/// values but the context): its time, ns, what its stack counts for, and 1 if there is one.
+#[cfg(feature = "inline-walk")]
+#[map]
+static EXIT_HANDOVER: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Hands a system call's exit whose user stack is to be walked over to `sys_exit_walk`, with
+/// the I/O call timed; returns only if that program is not in place.
+#[cfg(feature = "inline-walk")]
+#[inline(always)]
+fn hand_over_walk(ctx: &BtfTracePointContext, io: Option<IoTimed>) {
+    let Some(handover) = EXIT_HANDOVER.get_ptr_mut(0) else {
+        return;
+    };
+    let timed = io.map_or([0; 3], |io| [io.ns, io.stack_ns, 1]);
+    // SAFETY: this CPU's slot, read by the program tail-called next on this CPU.
+    unsafe { *handover = timed };
+    crate::walk_calls::walk_exit(ctx);
+}
+
+/// A system call returns that `sys_exit` handed over for its walk (object with the walker
+/// inlined only): the walk first, from a single state, then what `sys_exit` would have done.
+#[cfg(feature = "inline-walk")]
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_walk(ctx: BtfTracePointContext) -> i32 {
+    let (tgid, tid) = current_tgid_tid();
+    let walked = event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK);
+    // Read after the walk: values held across it take stack.
+    let io = match EXIT_HANDOVER.get(0) {
+        Some(&[ns, stack_ns, 1]) => IO_PENDING.get_ptr_mut(tid).map(|entry| IoTimed {
+            entry,
+            ns,
+            stack_ns,
+        }),
+        _ => None,
+    };
+    let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, current::known(tid));
+    finish_exit(&ctx, tgid, tid, io, offcpu, Some(walked));
     0
 }
 

@@ -150,8 +150,9 @@ pub fn run_checks() -> Vec<Check> {
     checks.push(Check::new(
         "stack walker",
         Ok(if probes.stack_walker_inlined() {
-            "inlined into each program: this kernel gives BPF programs no private stacks, so \
-             start-up verifies the walker once per program state (slower)"
+            "inlined into each program that walks: this kernel gives BPF programs no private \
+             stacks, so the walks of system-call exits and switch-outs are programs of their \
+             own, entered by tail call"
         } else {
             "one function, verified once per program (private stacks)"
         }

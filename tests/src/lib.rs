@@ -13,7 +13,7 @@ use std::{
 };
 
 /// Names of the profiler's eBPF programs as the kernel lists them (truncated to 15 bytes).
-pub const PROGRAM_NAMES: [&str; 16] = [
+pub const PROGRAM_NAMES: [&str; 17] = [
     "cpu_sample",
     "sched_process_f",
     "sched_process_e",
@@ -23,7 +23,8 @@ pub const PROGRAM_NAMES: [&str; 16] = [
     "loader_debug_st",
     "sys_enter",
     "sys_exit",
-    "sys_exit_offcpu",
+    "sys_exit_walk",
+    "sched_switch_wa",
     "private_stack_p",
     "block_rq_issue",
     "block_rq_comple",

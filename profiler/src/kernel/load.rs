@@ -23,8 +23,9 @@ use super::{
     probes::{IN_FLIGHT, KernelProbes, insert_entry, remove_keys, take_ring_buffer},
     programs::{
         ALLOC_PROGRAMS, BLOCK_PROGRAMS, LOADER_PROGRAM, PROCESS_PROGRAMS, RENAME_PROGRAM,
-        SCHEDULER_PROGRAMS, SYS_EXIT_OFFCPU_PROGRAM, SYS_EXIT_PROGRAM, SYSCALL_PROGRAMS,
-        install_offcpu_settling, load_programs, rename_tracepoint_fits, walker_inlined,
+        SCHED_SWITCH_WALK_PROGRAM, SCHEDULER_PROGRAMS, SYS_EXIT_PROGRAM, SYS_EXIT_WALK_PROGRAM,
+        SYSCALL_PROGRAMS, install_walk_calls, load_programs, rename_tracepoint_fits,
+        walker_inlined,
     },
     uprobes::AllocatorProbes,
 };
@@ -93,16 +94,9 @@ impl KernelProbes {
             if wakeups_timed {
                 names.push(SCHEDULER_PROGRAMS[1]);
             }
-            // The sampled periods' user stacks are walked at system-call exits, by
-            // `sys_exit`, or in the object with the walker inlined by `sys_exit_offcpu` (see
-            // `attach_scheduler`): `sys_exit` is loaded there only for I/O or allocations, its
-            // own inlined walker's verification a second or more on some kernels.
+            // The sampled periods' user stacks are walked at system-call exits.
             if settle_offcpu_at_exit {
-                names.push(if walker_inlined(&ebpf) {
-                    SYS_EXIT_OFFCPU_PROGRAM
-                } else {
-                    SYS_EXIT_PROGRAM
-                });
+                names.push(SYS_EXIT_PROGRAM);
             }
             if rename_tracepoint_fits() {
                 names.push(RENAME_PROGRAM.1);
@@ -130,6 +124,16 @@ impl KernelProbes {
         }
         if options.alloc {
             names.extend(ALLOC_PROGRAMS);
+        }
+        // With the walker inlined, the walks of `sched_switch` and `sys_exit` are programs of
+        // their own (`sys_exit`, for allocations alone, walks nothing).
+        if walker_inlined(&ebpf) {
+            if options.scheduler {
+                names.push(SCHED_SWITCH_WALK_PROGRAM);
+            }
+            if options.io || settle_offcpu_at_exit {
+                names.push(SYS_EXIT_WALK_PROGRAM);
+            }
         }
         if options.unwind_rows.is_some() {
             names.push(LOADER_PROGRAM);
@@ -301,16 +305,6 @@ impl KernelProbes {
         if self.is_loaded(RENAME_PROGRAM.1) {
             attach_classic_tracepoints(&mut self.ebpf, [RENAME_PROGRAM])?;
         }
-        // With the walker inlined, `sys_exit_offcpu` settles the sampled periods: tail-called
-        // by `sys_exit` if that one runs anyway (a second program at the tracepoint ran at
-        // every system call of the machine), else attached in its place.
-        if self.is_loaded(SYS_EXIT_OFFCPU_PROGRAM) {
-            if self.is_loaded(SYS_EXIT_PROGRAM) {
-                install_offcpu_settling(&mut self.ebpf)?;
-            } else {
-                self.attach_tracepoints(&[SYS_EXIT_OFFCPU_PROGRAM])?;
-            }
-        }
         // Attached when loaded, whether for the sampled periods or for I/O: until `sys_enter`
         // is, it finds no call to time.
         if self.is_loaded(SYS_EXIT_PROGRAM) {
@@ -473,6 +467,8 @@ impl KernelProbes {
             if self.attached.contains(&name) {
                 continue;
             }
+            // Those it hands its walks to first, or it would go without them.
+            install_walk_calls(&mut self.ebpf, name)?;
             let program: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)

@@ -16,8 +16,9 @@ use super::{
     programs::{SCHEDULER_PROGRAMS, SYSCALL_PROGRAMS},
 };
 
-/// The programs whose stack walks the stack-sampling threshold decides (`sys_exit`'s time
-/// includes `sys_exit_offcpu`'s, which it tail-calls).
+/// The programs whose stack walks the stack-sampling threshold decides (where the walker is
+/// inlined, `sys_exit`'s and `sched_switch`'s times include those of the walking programs they
+/// tail-call).
 const STACK_SAMPLED_PROGRAMS: [&str; 4] = [
     SCHEDULER_PROGRAMS[0],
     SCHEDULER_PROGRAMS[1],

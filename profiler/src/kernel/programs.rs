@@ -9,7 +9,7 @@ use aya::{
     programs::{Program, ProgramError, UProbe},
 };
 
-use profiler_common::block_field;
+use profiler_common::{block_field, tail_call};
 
 use super::{
     error::{ProbeError, map_error, program_error},
@@ -106,38 +106,59 @@ pub(super) fn may_take_global_walker() -> bool {
 }
 
 /// Whether `ebpf` is the object with the stack walker inlined: only it has
-/// [`SYS_EXIT_OFFCPU_PROGRAM`].
+/// [`SYS_EXIT_WALK_PROGRAM`].
 pub(super) fn walker_inlined(ebpf: &aya::Ebpf) -> bool {
-    ebpf.program(SYS_EXIT_OFFCPU_PROGRAM).is_some()
+    ebpf.program(SYS_EXIT_WALK_PROGRAM).is_some()
 }
 
-/// The program that walks the user stacks of sampled off-CPU periods at system-call exits
-/// in the object with the walker inlined (with both callers of an inlined walker in one
-/// program, the verifier went past its million instructions): tail-called by `sys_exit`
-/// through [`OFFCPU_SETTLING_MAP`] when that one is loaded, else attached to the same
-/// tracepoint. In the other object `sys_exit` does it.
-pub(super) const SYS_EXIT_OFFCPU_PROGRAM: &str = "sys_exit_offcpu";
+/// The program that walks the user stacks of system-call exits (sampled I/O calls, sampled
+/// off-CPU periods) in the object with the walker inlined, tail-called by `sys_exit` (see
+/// profiler-ebpf's `walk_calls`). In the other object `sys_exit` walks them itself.
+pub(super) const SYS_EXIT_WALK_PROGRAM: &str = "sys_exit_walk";
 
-/// The program array through which `sys_exit` tail-calls [`SYS_EXIT_OFFCPU_PROGRAM`].
-const OFFCPU_SETTLING_MAP: &str = "OFFCPU_SETTLING";
+/// The program that walks the user stacks of threads leaving the CPU in the object with the
+/// walker inlined, tail-called by `sched_switch`.
+pub(super) const SCHED_SWITCH_WALK_PROGRAM: &str = "sched_switch_walk";
 
-/// Makes `sys_exit` tail-call [`SYS_EXIT_OFFCPU_PROGRAM`], loaded, at the exits of threads
-/// that may have a sampled off-CPU period pending.
-pub(super) fn install_offcpu_settling(ebpf: &mut aya::Ebpf) -> Result<(), ProbeError> {
-    let program = ebpf
-        .program(SYS_EXIT_OFFCPU_PROGRAM)
-        .expect("loaded, so in the object")
-        .fd()
-        .and_then(|fd| Ok(fd.try_clone()?))
-        .map_err(|err| program_error(format!("taking {SYS_EXIT_OFFCPU_PROGRAM}"), err))?;
-    let mut settling: ProgramArray<_> = ProgramArray::try_from(
-        ebpf.map_mut(OFFCPU_SETTLING_MAP)
-            .expect("the object with sys_exit_offcpu has its program array"),
-    )
-    .map_err(map_error(OFFCPU_SETTLING_MAP))?;
-    settling
-        .set(0, &program, 0)
-        .map_err(map_error(OFFCPU_SETTLING_MAP))
+/// Who tail-calls whom in the object with the walker inlined: the program named first, through
+/// the array named second, at the index given, the program named last.
+const WALK_CALLS: [(&str, &str, u32, &str); 2] = [
+    (
+        SYS_EXIT_PROGRAM,
+        "SYS_EXIT_TAIL_CALLS",
+        tail_call::WALK_EXIT,
+        SYS_EXIT_WALK_PROGRAM,
+    ),
+    (
+        SCHEDULER_PROGRAMS[0],
+        "SCHED_SWITCH_TAIL_CALLS",
+        tail_call::WALK_SWITCH_OUT,
+        SCHED_SWITCH_WALK_PROGRAM,
+    ),
+];
+
+/// Puts the loaded programs that make `caller`'s walks where it tail-calls them; before
+/// `caller` is attached, or it would go without them. Nothing in the other object.
+pub(super) fn install_walk_calls(ebpf: &mut Ebpf, caller: &str) -> Result<(), ProbeError> {
+    for (of, array, index, program) in WALK_CALLS {
+        if of != caller {
+            continue;
+        }
+        // Not in this object, or not loaded for this run.
+        let Some(Ok(fd)) = ebpf.program(program).map(|program| program.fd()) else {
+            continue;
+        };
+        let fd = fd
+            .try_clone()
+            .map_err(|err| program_error(format!("taking {program}"), err.into()))?;
+        let mut calls: ProgramArray<_> = ProgramArray::try_from(
+            ebpf.map_mut(array)
+                .expect("the object with it has its array"),
+        )
+        .map_err(map_error(array))?;
+        calls.set(index, &fd, 0).map_err(map_error(array))?;
+    }
+    Ok(())
 }
 
 /// Whether kernel `release` ("6.13.2-amd64") is of a series that gives tracing programs
@@ -225,15 +246,16 @@ pub(super) fn load_programs(
 /// to verify (the ones that walk user stacks, then the exec hook: on 6.18 the verifier
 /// explores 47 000, 35 000, 26 000, 25 000 and 14 000 instructions), so that they do not end
 /// up last on a CPU.
-const LOAD_ORDER: [&str; 9] = [
+const LOAD_ORDER: [&str; 10] = [
     LOADER_PROGRAM,
     ALLOC_PROGRAMS[1],
     ALLOC_PROGRAMS[2],
     SYS_EXIT_PROGRAM,
     "sched_switch",
+    SCHED_SWITCH_WALK_PROGRAM,
+    SYS_EXIT_WALK_PROGRAM,
     ALLOC_PROGRAMS[0],
     "cpu_sample",
-    SYS_EXIT_OFFCPU_PROGRAM,
     "sched_process_exec",
 ];
 
@@ -242,13 +264,13 @@ fn load_program(name: &str, program: &mut Program, btf: &Btf) -> Result<(), Prog
         Program::PerfEvent(program) => program.load(),
         Program::TracePoint(program) => program.load(),
         Program::UProbe(program) => program.load(),
-        // The BTF tracepoints are named as the kernel's tracepoints they attach to, but one.
+        // The BTF tracepoints are named as the kernel's tracepoints they attach to, but those
+        // that make the walks of one of them.
         Program::BtfTracePoint(program) => {
-            let tracepoint = if name == SYS_EXIT_OFFCPU_PROGRAM {
-                SYS_EXIT_PROGRAM
-            } else {
-                name
-            };
+            let tracepoint = WALK_CALLS
+                .into_iter()
+                .find(|(.., walker)| *walker == name)
+                .map_or(name, |(caller, ..)| caller);
             program.load(tracepoint, btf)
         }
         other => unreachable!("{name}: a {:?} program", other.prog_type()),
