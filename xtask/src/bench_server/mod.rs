@@ -16,6 +16,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{profiler_bin, report, root};
 
+mod startup;
+
 #[derive(clap::Args)]
 pub struct ServerBenchArgs {
     /// Rounds (every configuration once per round, in turn).
@@ -780,6 +782,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
         }
     }
     let side_by_side = measure_side_by_side(&cluster, &scratch, args.seconds, rate)?;
+    let startup = startup::startup_under_load(&cluster, &scratch, args.runs)?;
     drop(cluster);
     let mut table = format!(
         "| configuration | tps | % of pgbench alone in the same round | CPU a transaction at \
@@ -859,7 +862,7 @@ pub fn server(args: &ServerBenchArgs) -> anyhow::Result<()> {
          (Debian's), `pgbench -s 10` data, `pgbench -c 8 -j 2 -T {}`; each configuration once \
          per round, in turn; median and range of {} rounds at full speed, then as many at \
          `-R {rate}` for the machine's busy CPU time per transaction (all processes, the \
-         tool's own included).\n\n{table}{story}\n",
+         tool's own included).\n\n{table}{startup}{story}\n",
         args.runs,
         args.seconds,
         report::machine(),
