@@ -132,23 +132,6 @@ pub(crate) struct AtExit {
     pub(crate) active: u64,
 }
 
-/// At a system call's exit, from what costs no lookup: whether the current thread may have a
-/// sampled period pending. `known` is what the per-CPU cache said of the thread.
-#[inline(always)]
-pub(crate) fn may_be_pending_at_exit(known: Option<Known>) -> bool {
-    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
-    if unsafe { core::ptr::read_volatile(&SETTLE_AT_EXIT) } == 0 {
-        return false;
-    }
-    // Nothing can be pending while every stack is walked at switch-out, and has been all run.
-    if sample_below_ns() == 0 && CONTROL.get(CONTROL_OFFCPU_SAMPLED).copied().unwrap_or(0) == 0 {
-        return false;
-    }
-    // Few of a target's system calls have a walk pending: known from the per-CPU cache,
-    // mostly, before any lookup.
-    !matches!(known, Some(Known::NotTarget | Known::NothingPending))
-}
-
 /// At a system call's exit: the current thread's sampled period pending, if it has one (then
 /// to be settled with [`record_pending`], its user stack walked when it is in place). `known`
 /// is what the per-CPU cache said of the thread.
@@ -158,8 +141,21 @@ pub(crate) fn pending_at_exit(
     tid: u32,
     known: Option<Known>,
 ) -> Option<(*mut ThreadState, AtExit)> {
-    if !may_be_pending_at_exit(known) || (known.is_none() && !current::is_target(tgid, tid)) {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    if unsafe { core::ptr::read_volatile(&SETTLE_AT_EXIT) } == 0 {
         return None;
+    }
+    // Nothing can be pending while every stack is walked at switch-out, and has been all run.
+    if sample_below_ns() == 0 && CONTROL.get(CONTROL_OFFCPU_SAMPLED).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    // Few of a target's system calls have a walk pending: known from the per-CPU cache,
+    // mostly, before any lookup.
+    match known {
+        Some(Known::NotTarget | Known::NothingPending) => return None,
+        Some(Known::Target | Known::Pending) => {}
+        None if !current::is_target(tgid, tid) => return None,
+        None => {}
     }
     let thread = THREADS.get_ptr_mut(tid)?;
     let active = active_map();

@@ -170,14 +170,10 @@ enum SwitchOutWalk {
 /// first and runs this again; nothing before the hand-over changes anything that a second run
 /// would count twice.
 #[inline(always)]
-fn switch_out(
-    ctx: &BtfTracePointContext,
-    now: u64,
-    preempted: bool,
-    state: u32,
-    active: u64,
-    walk: SwitchOutWalk,
-) {
+fn switch_out(ctx: &BtfTracePointContext, now: u64, active: u64, walk: SwitchOutWalk) {
+    // The tracepoint's `preempt` and `prev_state` (see `sched_switch`).
+    let preempt: u64 = ctx.arg(0);
+    let state = ctx.arg::<u64>(3) as u32;
     let (tgid, tid) = current_tgid_tid();
     let Some(thread) = target_thread(tid) else {
         return;
@@ -219,7 +215,7 @@ fn switch_out(
         return;
     }
     // Preempted, or still running: runnable, waiting for a CPU from now on.
-    let preempted = preempted || state == 0;
+    let preempted = preempt & 0xff != 0 || state == 0;
     // Under stack sampling nothing more is read here, in the scheduler with its run queue
     // locked: where the thread stands is read at switch-in, for a sampled period only.
     let (user_stack_id, kernel_stack_id) = if below == 0 {
@@ -393,20 +389,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         switch_in(now, next_tid, next, active);
     }
     if prev_may_be_target {
-        let preempt: u64 = ctx.arg(0);
-        let prev_state: u64 = ctx.arg(3);
         #[cfg(not(feature = "inline-walk"))]
         let walk = SwitchOutWalk::Here;
         #[cfg(feature = "inline-walk")]
         let walk = SwitchOutWalk::HandOver;
-        switch_out(
-            &ctx,
-            now,
-            preempt & 0xff != 0,
-            prev_state as u32,
-            active,
-            walk,
-        );
+        switch_out(&ctx, now, active, walk);
     }
     0
 }
@@ -423,16 +410,7 @@ pub fn sched_switch_walk(ctx: BtfTracePointContext) -> i32 {
     }
     // Later than `sched_switch`'s by the walk: the period starts that much later.
     let now = unsafe { bpf_ktime_get_ns() };
-    let preempt: u64 = ctx.arg(0);
-    let prev_state: u64 = ctx.arg(3);
-    switch_out(
-        &ctx,
-        now,
-        preempt & 0xff != 0,
-        prev_state as u32,
-        active,
-        SwitchOutWalk::Walked(walked),
-    );
+    switch_out(&ctx, now, active, SwitchOutWalk::Walked(walked));
     0
 }
 

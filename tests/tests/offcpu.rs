@@ -400,8 +400,8 @@ fn sampled_offcpu_stacks_keep_shares_and_totals() {
     }
     // Naps (20 ms) are at the threshold: always walked. Pipe waits (about 10 ms) are walked
     // one time in two and weigh 20 ms each: the split stays 2/3 to 1/3 on average. With I/O
-    // too: where the stack walker is inlined, `sys_exit` then settles the sampled periods by a
-    // tail call (off-CPU alone attaches the settling program itself, as the other tests do).
+    // too: the walks at system-call exits then serve sampled I/O calls and sampled periods
+    // alike (the other tests run off-CPU alone).
     let (dir, out) = record(
         &["--events", "offcpu,io", "--sample-stacks-below", "20ms"],
         "sleep_pipe",
