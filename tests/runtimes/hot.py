@@ -7,14 +7,19 @@ import time
 def hot_a(n):
     total = 0
     for i in range(n):
-        total += i * i
+        # Small integers only: a product past 2**30 takes a second digit, and slower
+        # arithmetic in one function alone would move the split on some builds.
+        x = i & 4095
+        total = (total + x * x) & 0xFFFFFF
     return total
 
 
 def hot_b(n):
+    # The same work per step as hot_a.
     total = 0
     for i in range(n):
-        total += i * i
+        x = i & 4095
+        total = (total + x * x) & 0xFFFFFF
     return total
 
 
