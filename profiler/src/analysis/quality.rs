@@ -71,6 +71,11 @@ fn stack_sampling_text(sampling: &StackSamplingRun) -> String {
         sampling.max_overhead_percent,
         sampling.measured_overhead_percent,
     ) {
+        // Over budget with the stacks sampled: what is left is what is never sampled.
+        (Some(budget), Some(measured)) if measured > budget => format!(
+            "to stay under {budget}% overhead, not met: measured {measured:.1}% with every \
+             event still counted and timed; fewer kinds with -e cost less"
+        ),
         (Some(budget), Some(measured)) => {
             format!("to stay under {budget}% overhead; measured {measured:.1}%")
         }
@@ -415,6 +420,16 @@ mod tests {
                  times exact"
             ),
             "{text}"
+        );
+        sampling.measured_overhead_percent = Some(7.44);
+        profile.run.stack_sampling = Some(sampling.clone());
+        assert!(
+            quality(&profile).text.contains(
+                "(to stay under 3% overhead, not met: measured 7.4% with every event still \
+                 counted and timed; fewer kinds with -e cost less)"
+            ),
+            "{}",
+            quality(&profile).text
         );
         sampling.max_overhead_percent = None;
         sampling.offcpu = None;
