@@ -359,7 +359,7 @@ pub fn cpu(args: &CpuBenchArgs) -> anyhow::Result<()> {
 }
 
 /// bpftrace's `tracepoint:` probes need tracefs.
-fn ensure_tracefs() -> anyhow::Result<()> {
+pub(crate) fn ensure_tracefs() -> anyhow::Result<()> {
     if Path::new("/sys/kernel/tracing/events").exists() {
         return Ok(());
     }

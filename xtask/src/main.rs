@@ -1,12 +1,13 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | lint | bench-cpu | bench-offcpu |
 //! bench-io | bench-alloc | bench-render | bench-unwind | bench-soak | bench-startup |
-//! bench-longrun | bench-server | bench-jit | bench-python | vm-test | fuzz`.
+//! bench-longrun | bench-server | bench-bystander | bench-jit | bench-python | vm-test | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask demo`, `cargo xtask test`) work from a clean clone.
 
 mod bench;
 mod bench_agent;
+mod bench_bystander;
 mod bench_jit;
 mod bench_longrun;
 mod bench_python;
@@ -76,6 +77,10 @@ enum Task {
     /// PostgreSQL under pgbench, alone and under the profiler, perf and bpftrace: throughput
     /// kept; writes docs/performance/server-results.md.
     BenchServer(bench_server::ServerBenchArgs),
+    /// A system-call loop and a pipe ping-pong the profiler does not watch, while it watches a
+    /// sleeping process, against bpftrace: what tracing costs the rest of the machine; writes
+    /// docs/performance/bystander-results.md.
+    BenchBystander(bench_bystander::BystanderBenchArgs),
     /// A JVM with 20 000+ compiled methods, alone and under the profiler (which asks it for its
     /// perf map) and perf: throughput kept, map size, time to write and read it; writes
     /// docs/performance/jit-results.md.
@@ -147,6 +152,10 @@ fn main() -> anyhow::Result<()> {
         Task::BenchServer(args) => {
             build()?;
             bench_server::server(&args)
+        }
+        Task::BenchBystander(args) => {
+            build()?;
+            bench_bystander::bystander(&args)
         }
         Task::BenchJit(args) => {
             build()?;
