@@ -699,7 +699,12 @@ pub fn alloc(args: &AllocBenchArgs) -> anyhow::Result<()> {
         count_field: "pairs",
         count_label: "pairs",
         count_singular: "pair",
-        profiler_modes: &[&["--events", "alloc"]],
+        // The default (every allocation tracked, its stack walked) and one allocation
+        // recorded per 512 KiB allocated: the traps stay, the walks and map updates go.
+        profiler_modes: &[
+            &["--events", "alloc"],
+            &["--events", "alloc", "--alloc-sample", "512KiB"],
+        ],
         bpftrace: (
             "bpftrace malloc/free tracking + ustack",
             format!(
