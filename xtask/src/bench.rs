@@ -17,7 +17,8 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -111,6 +112,33 @@ pub(crate) fn ensure_tools() -> anyhow::Result<()> {
     )
 }
 
+/// Interrupts a tool the way a user would (Ctrl-C) and waits for it: its exit status, or
+/// `None` if it had to be killed. Once in a run, bpftrace let the first SIGINT pass and waited
+/// on: the signal is sent again every ten seconds (a second one changes nothing for the
+/// others), and after a minute the tool is killed.
+pub(crate) fn interrupt_and_wait(tool: &mut Child, label: &str) -> Option<ExitStatus> {
+    let started = Instant::now();
+    let mut signalled: Option<Instant> = None;
+    loop {
+        match tool.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if started.elapsed() < Duration::from_secs(60) => {}
+            Ok(None) | Err(_) => {
+                eprintln!("bench: {label} did not stop within a minute of SIGINT: killed");
+                let _ = tool.kill();
+                let _ = tool.wait();
+                return None;
+            }
+        }
+        if signalled.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(tool.id() as libc::pid_t, libc::SIGINT) };
+            signalled = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `command`, returning its stdout and its rusage (CPU s, peak RSS KiB).
 fn run_measured(command: &mut Command) -> anyhow::Result<(String, f64, f64, i64)> {
     let start = std::time::Instant::now();
@@ -158,7 +186,8 @@ pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
-fn field(text: &str, name: &str) -> anyhow::Result<f64> {
+/// A field `name=<number>` of a workload's output.
+pub(crate) fn field(text: &str, name: &str) -> anyhow::Result<f64> {
     text.split_whitespace()
         .find_map(|word| word.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
         .with_context(|| format!("workload output lacks {name}: {text:.200}"))

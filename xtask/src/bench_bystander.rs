@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    bench::{ensure_tools, ensure_tracefs},
+    bench::{ensure_tools, ensure_tracefs, field, interrupt_and_wait},
     compile_program, profiler_bin,
     report::{machine, median_and_range, publish},
     root,
@@ -37,9 +37,10 @@ pub struct BystanderBenchArgs {
     no_write: bool,
 }
 
-/// Time a tool gets to attach before the workloads run: the profiler needs about 0.4 s on an
-/// idle machine, bpftrace a few seconds to compile.
-const SETTLE: Duration = Duration::from_secs(4);
+/// Time a tool gets before the workloads run: the profiler needs about 0.4 s on an idle
+/// machine to attach, bpftrace a few seconds to compile, and the profiler's budget has the
+/// kernel time its programs in one tick of five for its first 4 s (one of twenty after).
+const SETTLE: Duration = Duration::from_secs(6);
 
 /// A configuration: its name, and the tool's command line given the sleeping process's pid.
 struct Config {
@@ -93,15 +94,6 @@ const CONFIGS: [Config; 4] = [
     },
 ];
 
-/// A field `name=<number>` of a workload's output.
-fn field(text: &str, name: &str) -> anyhow::Result<f64> {
-    text.split_whitespace()
-        .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
-        .with_context(|| format!("no {name}= in {text:?}"))?
-        .parse()
-        .with_context(|| format!("{name} in {text:?}"))
-}
-
 /// Runs a workload to its end: its wall time, s.
 fn workload_wall(command: &mut Command) -> anyhow::Result<f64> {
     let output = command.stderr(Stdio::inherit()).output()?;
@@ -110,15 +102,32 @@ fn workload_wall(command: &mut Command) -> anyhow::Result<f64> {
 }
 
 /// Stops a tool as a user would (Ctrl-C) and waits for it.
-fn stop(mut tool: Child) -> anyhow::Result<()> {
-    // SAFETY: signalling our own child, which has not been waited for.
-    unsafe { libc::kill(tool.id() as libc::pid_t, libc::SIGINT) };
-    let status = tool.wait()?;
-    anyhow::ensure!(
-        status.success() || status.code() == Some(130),
-        "tool exited with {status}"
-    );
-    Ok(())
+fn stop(mut tool: Child, label: &str) -> anyhow::Result<()> {
+    match interrupt_and_wait(&mut tool, label) {
+        Some(status) if !status.success() && status.code() != Some(130) => {
+            anyhow::bail!("{label} exited with {status}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One round of a configuration: ns a `getppid` call, µs a round trip.
+fn measure(
+    args: &BystanderBenchArgs,
+    syscalls: &std::path::Path,
+    pingpong: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
+    let call_s = workload_wall(Command::new(syscalls).arg(args.calls.to_string()))?;
+    let trip_s = workload_wall(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(pingpong)
+            .arg(args.round_trips.to_string()),
+    )?;
+    Ok((
+        call_s / args.calls as f64 * 1e9,
+        trip_s / args.round_trips as f64 * 1e6,
+    ))
 }
 
 pub fn bystander(args: &BystanderBenchArgs) -> anyhow::Result<()> {
@@ -131,47 +140,44 @@ pub fn bystander(args: &BystanderBenchArgs) -> anyhow::Result<()> {
     let mut sleeper = Command::new("sleep").arg("86400").spawn()?;
     // Per configuration, per round: ns a getppid call, µs a round trip.
     let mut results: Vec<Vec<(f64, f64)>> = CONFIGS.iter().map(|_| Vec::new()).collect();
-    for round in 0..args.runs {
-        for (config, runs) in CONFIGS.iter().zip(&mut results) {
-            let tool = match config.tool {
-                Some(tool) => {
-                    let child = tool(sleeper.id(), &scratch)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .with_context(|| format!("starting {}", config.name))?;
+    let rounds = (0..args.runs).try_for_each(|round| {
+        CONFIGS
+            .iter()
+            .zip(&mut results)
+            .try_for_each(|(config, runs)| {
+                let tool = match config.tool {
+                    Some(tool) => Some(
+                        tool(sleeper.id(), &scratch)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .with_context(|| format!("starting {}", config.name))?,
+                    ),
+                    None => None,
+                };
+                if tool.is_some() {
                     std::thread::sleep(SETTLE);
-                    Some(child)
                 }
-                None => None,
-            };
-            let call_s = workload_wall(Command::new(&syscalls).arg(args.calls.to_string()))?;
-            let trip_s = workload_wall(
-                Command::new("taskset")
-                    .args(["-c", "0"])
-                    .arg(&pingpong)
-                    .arg(args.round_trips.to_string()),
-            )?;
-            if let Some(tool) = tool {
-                stop(tool)?;
-            }
-            let figures = (
-                call_s / args.calls as f64 * 1e9,
-                trip_s / args.round_trips as f64 * 1e6,
-            );
-            eprintln!(
-                "bench: round {}/{} {:<72} {:.1} ns a call, {:.2} µs a round trip",
-                round + 1,
-                args.runs,
-                config.name,
-                figures.0,
-                figures.1
-            );
-            runs.push(figures);
-        }
-    }
+                let figures = measure(args, &syscalls, &pingpong);
+                if let Some(tool) = tool {
+                    stop(tool, config.name)?;
+                }
+                let figures = figures?;
+                eprintln!(
+                    "bench: round {}/{} {:<72} {:.1} ns a call, {:.2} µs a round trip",
+                    round + 1,
+                    args.runs,
+                    config.name,
+                    figures.0,
+                    figures.1
+                );
+                runs.push(figures);
+                anyhow::Ok(())
+            })
+    });
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    rounds?;
 
     let mut table = String::from(
         "| configuration | `getppid`, a call | added a call, same round | ping-pong, a round trip | added a round trip, same round |\n\

@@ -106,7 +106,7 @@ impl Workload<'_> {
     }
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -114,6 +114,37 @@ fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid timespec to write to.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `CLOCK_MONOTONIC` time of the first sample in `data` (recorded with `-k
+/// CLOCK_MONOTONIC`), of a process named `comm` if given.
+pub(crate) fn perf_first_sample_ns(data: &Path, comm: Option<&str>) -> anyhow::Result<u64> {
+    let script = Command::new("perf")
+        .args(["script", "-F", "comm,time", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&script.stdout);
+    let seconds: f64 = text
+        .lines()
+        .filter(|line| comm.is_none_or(|comm| line.trim_start().starts_with(comm)))
+        .find_map(|line| {
+            line.split_whitespace()
+                .last()?
+                .trim_end_matches(':')
+                .parse()
+                .ok()
+        })
+        .context("no sample in perf.data")?;
+    Ok((seconds * 1e9) as u64)
+}
+
+/// The `nsecs` a bpftrace script printed as `first <nsecs>` at its first event.
+pub(crate) fn bpftrace_first_ns(stdout: &[u8]) -> anyhow::Result<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("first ")?.trim().parse().ok())
+        .context("bpftrace printed no first event")
 }
 
 /// Builds the workload: `busy_threads SECONDS THREADS` spins.
@@ -231,28 +262,11 @@ fn first_sample_ms(
                 .as_f64()
                 .context("no first sample in summary.json")
         }
-        Tool::Perf => {
-            let script = Command::new("perf")
-                .args(["script", "-F", "time", "-i"])
-                .arg(scratch.join("perf.data"))
-                .stderr(Stdio::null())
-                .output()?;
-            let text = String::from_utf8_lossy(&script.stdout);
-            let seconds: f64 = text
-                .split_whitespace()
-                .next()
-                .and_then(|time| time.trim_end_matches(':').parse().ok())
-                .context("no sample in perf.data")?;
-            Ok(since_spawn((seconds * 1e9) as u64))
-        }
-        Tool::Bpftrace => {
-            let text = String::from_utf8_lossy(&output.stdout);
-            let ns: u64 = text
-                .lines()
-                .find_map(|line| line.strip_prefix("first ")?.trim().parse().ok())
-                .context("bpftrace printed no sample")?;
-            Ok(since_spawn(ns))
-        }
+        Tool::Perf => Ok(since_spawn(perf_first_sample_ns(
+            &scratch.join("perf.data"),
+            None,
+        )?)),
+        Tool::Bpftrace => Ok(since_spawn(bpftrace_first_ns(&output.stdout)?)),
         Tool::ProfileBee => unreachable!("timed by profile_bee_first_run_ms"),
     }
 }

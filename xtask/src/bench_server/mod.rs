@@ -80,6 +80,9 @@ const WATCHERS: [Watcher; 9] = [
 ];
 
 const EVERY_KIND: &str = "cpu,offcpu,io";
+/// bpftrace counting kernel and user stacks at every switch-out of a `postgres` process.
+const BPFTRACE_OFFCPU: &str =
+    "tracepoint:sched:sched_switch /comm == \"postgres\"/ { @[kstack, ustack] = count(); }";
 /// `WATCHERS` indices of the default and of the exact profiler run.
 const DEFAULT: usize = 1;
 const EXACT: usize = 2;
@@ -292,10 +295,7 @@ fn spawn_watcher(
         }
         Watcher::Bpftrace => {
             let mut command = Command::new("bpftrace");
-            command.arg("-e").arg(
-                "tracepoint:sched:sched_switch /comm == \"postgres\"/ { @[kstack, ustack] = \
-                 count(); }",
-            );
+            command.arg("-e").arg(BPFTRACE_OFFCPU);
             command
         }
     };
@@ -318,32 +318,7 @@ fn spawn_watcher(
 
 /// Stops a watcher the way a user would (Ctrl-C) and waits for it.
 fn stop_watcher(mut running: Running) -> anyhow::Result<()> {
-    // Once in a run, bpftrace let the first SIGINT pass and waited on: the signal is sent
-    // again every ten seconds (a second one changes nothing for the profiler), and after a
-    // minute the watcher is killed. The round stands: pgbench had finished.
-    let started = std::time::Instant::now();
-    let mut signalled: Option<std::time::Instant> = None;
-    let status = loop {
-        match running.watcher.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() < Duration::from_secs(60) => {}
-            Ok(None) | Err(_) => {
-                eprintln!(
-                    "bench: {} did not stop within a minute of SIGINT: killed",
-                    running.label
-                );
-                let _ = running.watcher.kill();
-                let _ = running.watcher.wait();
-                break None;
-            }
-        }
-        if signalled.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-            // SAFETY: signalling our own child, not yet reaped.
-            unsafe { libc::kill(running.watcher.id() as i32, libc::SIGINT) };
-            signalled = Some(std::time::Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = crate::bench::interrupt_and_wait(&mut running.watcher, &running.label);
     if let Some(mut sleeper) = running.sleeper {
         let _ = sleeper.kill();
         let _ = sleeper.wait();
