@@ -330,8 +330,11 @@ pub struct ThreadState {
     pub sched_pcount: u64,
     /// See `sched_pcount`.
     pub sched_run_delay_ns: u64,
+    /// The I/O call the thread is in while off the CPU (`start_ns` 0: none): moved here from
+    /// the CPU's slot as it leaves it, taken by the call's exit.
+    pub io: IoPending,
 }
-const _: () = assert!(size_of::<ThreadState>() == 48 + 40 + 8 + 24 + 8 * RUNQ_SLOTS + 16);
+const _: () = assert!(size_of::<ThreadState>() == 48 + 40 + 8 + 24 + 8 * RUNQ_SLOTS + 16 + 32);
 
 /// [`ThreadState::sched_pcount`] of a thread whose counts before its first switch-out are not
 /// known: that switch-out only notes them.
@@ -425,7 +428,7 @@ pub const PATH_LEN: usize = 256;
 
 /// An I/O system call in progress on a target thread, kept from entry to exit.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoPending {
     /// `CLOCK_MONOTONIC` time of the entry, ns.
     pub start_ns: u64,

@@ -7,6 +7,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, pt_regs},
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_loop, bpf_probe_read_kernel},
+    macros::map,
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
 use profiler_common::{COMM_LEN, CONTROL_ACTIVE_SAMPLE_MAP, ProcessMemory, counter};
@@ -152,6 +154,51 @@ pub(crate) fn register(regs: *const pt_regs, field: fn(&pt_regs) -> &u64) -> u64
     unsafe { *field(&*regs) }
 }
 
+/// Reads a field of a kernel object at a loader-set `offset`. `base` must be a pointer the
+/// verifier knows the type of (a BTF tracepoint's argument, `bpf_get_current_task_btf`), and
+/// `offset` a load-time constant (read-only data, which the verifier reads as a known value):
+/// the verifier then checks the field against the kernel's type and has a plain load recover
+/// from a fault, where a `bpf_probe_read_kernel` call costs a helper call at each switch.
+#[inline(always)]
+pub(crate) fn btf_field<T: Copy>(base: *const u8, offset: &'static u32) -> T {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time;
+    // the load is checked by the verifier as above.
+    unsafe {
+        let offset = core::ptr::read_volatile(offset);
+        core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>())
+    }
+}
+
+/// State of each CPU's generator for [`random_u32`]; 0 until first used.
+#[map]
+static RANDOM_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A uniform 32-bit random number from this CPU's xorshift64* generator, seeded from the
+/// kernel's. Drawn at most target events (each I/O call, each off-CPU period, to decide
+/// whether its stacks are walked): plain arithmetic on a per-CPU word the kernel looks up
+/// inline, where `bpf_get_prandom_u32` is a helper call. A program preempted between the
+/// read and the write may draw a number twice, which sampling does not mind.
+#[inline(always)]
+fn random_u32() -> u32 {
+    let Some(state) = RANDOM_STATE.get_ptr_mut(0) else {
+        // SAFETY: a helper valid in every program.
+        return unsafe { bpf_get_prandom_u32() };
+    };
+    // SAFETY: this CPU's word.
+    let mut x = unsafe { *state };
+    if x == 0 {
+        // SAFETY: as above; odd, so never 0.
+        x = unsafe { u64::from(bpf_get_prandom_u32()) << 32 | u64::from(bpf_get_prandom_u32()) }
+            | 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    // SAFETY: as above.
+    unsafe { *state = x };
+    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+}
+
 /// Whether an event of `ns` (an off-CPU period, an I/O call) gets its stacks: always at or
 /// above `below`, else with probability `ns / below`, so each walked one stands for
 /// `max(ns, below)` and stacks' times stay right on average.
@@ -159,8 +206,7 @@ pub(crate) fn register(regs: *const pt_regs, field: fn(&pt_regs) -> &u64) -> u64
 pub(crate) fn stack_sampled(ns: u64, below: u64) -> bool {
     // A uniform draw in [0, below): a 32-bit random number scaled, not taken modulo (which
     // favours small values when `below` is not a power of two). `below` < 2^32.
-    // SAFETY: a helper valid in every program.
-    below == 0 || ns >= below || (u64::from(unsafe { bpf_get_prandom_u32() }) * below) >> 32 < ns
+    below == 0 || ns >= below || (u64::from(random_u32()) * below) >> 32 < ns
 }
 
 /// Reads a field of a classic tracepoint record at a verified constant offset.

@@ -6,7 +6,8 @@
 //! One module per event family, each with its programs and the maps only it uses: [`cpu`]
 //! (CPU sampling), [`sched`] (off-CPU and run-queue time) with [`offcpu_stacks`] (the
 //! stacks of sampled periods), [`process`] (forks, execs, process
-//! events), [`syscalls`] (I/O and memory system calls), [`block`] (block requests), [`alloc`]
+//! events), [`syscalls`] (I/O and memory system calls) with [`io_pending`] (where a call in
+//! progress is kept), [`block`] (block requests), [`alloc`]
 //! (allocator probes), [`unwind`] (user stacks from unwind tables) and [`unwind_mappings`]
 //! (mappings the unwinder learns by itself); where the walker is inlined, [`walk_calls`] hands
 //! walks over to programs of their own. What several families share is in [`maps`] and
@@ -19,6 +20,7 @@ mod block;
 mod cpu;
 mod current;
 mod helpers;
+mod io_pending;
 mod maps;
 mod offcpu_stacks;
 mod process;

@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use profiler_common::{
-    COMM_LEN, CONTROL_ENTRIES, OffCpuStart, PendingWalk, ProcessMemory, RUNQ_SLOTS, STACK_ID_NONE,
-    TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter, tid_bit, tid_byte,
+    COMM_LEN, CONTROL_ENTRIES, IoPending, OffCpuStart, PendingWalk, ProcessMemory, RUNQ_SLOTS,
+    STACK_ID_NONE, TARGET_MAP_ENTRIES, THREAD_MAP_ENTRIES, TargetFlags, ThreadState, counter,
+    tid_bit, tid_byte,
 };
 
 /// Non-zero when user stacks are walked with unwind tables (`unwind`) instead of frame pointers.
@@ -101,6 +102,12 @@ pub(crate) static THREAD_ZERO: ThreadState = ThreadState {
     // Born during the run: the kernel's counts start at 0 too.
     sched_pcount: 0,
     sched_run_delay_ns: 0,
+    io: IoPending {
+        start_ns: 0,
+        args: [0; 2],
+        call: 0,
+        _pad: 0,
+    },
 };
 
 /// Memory activity per process, per CPU, read by the collector for the memory timeline.

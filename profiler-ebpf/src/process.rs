@@ -14,7 +14,7 @@ use profiler_common::{
 
 use crate::{
     current,
-    helpers::{bump, current_comm, current_tgid_tid, read_at},
+    helpers::{btf_field, bump, current_comm, current_tgid_tid},
     maps::{TARGETS, THREAD_ZERO, THREADS},
     unwind, unwind_mappings,
 };
@@ -29,6 +29,15 @@ static TASK_STRUCT_TGID_OFFSET: u32 = 0;
 /// Non-zero when the scheduler programs run: new target threads then get a `THREADS` entry.
 #[unsafe(no_mangle)]
 static TRACK_THREADS: u32 = 0;
+
+/// Whether the scheduler programs run, and every target thread has a `THREADS` entry (the
+/// collector's for threads that existed, made after those programs were attached and before
+/// any other; [`add_new_thread`]'s for later ones) unless that map is full.
+#[inline(always)]
+pub(crate) fn tracks_threads() -> bool {
+    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
+    unsafe { core::ptr::read_volatile(&TRACK_THREADS) != 0 }
+}
 
 /// Non-zero when processes are selected by name or cgroup: an exec outside the targets is
 /// streamed too, for the collector to judge the new program.
@@ -60,20 +69,18 @@ pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
     entry.submit(0);
 }
 
-/// Reads a `u32` field of a kernel `task_struct` at a loader-set offset.
+/// Reads a `u32` field of a kernel `task_struct` at a loader-set offset; `task` must be a
+/// pointer the verifier knows the type of (see [`btf_field`]).
 #[inline(always)]
-pub(crate) fn task_field(task: *const u8, offset: &'static u32) -> Option<u32> {
-    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
-    let offset = unsafe { core::ptr::read_volatile(offset) };
-    read_at(task, offset)
+pub(crate) fn task_field(task: *const u8, offset: &'static u32) -> u32 {
+    btf_field(task, offset)
 }
 
 /// A new thread of a target: with the scheduler programs running it is a target thread from
 /// now on, waiting for its first run.
 #[inline(always)]
 fn add_new_thread(tid: u32, tgid: u32) {
-    // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
-    if unsafe { core::ptr::read_volatile(&TRACK_THREADS) } == 0 {
+    if !tracks_threads() {
         return;
     }
     crate::maps::mark_forked_thread(tid);
@@ -115,12 +122,8 @@ fn try_sched_process_fork(ctx: BtfTracePointContext) -> Result<i32, i32> {
     let (parent_tgid, _) = current_tgid_tid();
     let &flags = unsafe { TARGETS.get(parent_tgid) }.ok_or(0)?;
     let child: *const u8 = ctx.arg(1);
-    let (Some(child_tid), Some(child_tgid)) = (
-        task_field(child, &TASK_STRUCT_PID_OFFSET),
-        task_field(child, &TASK_STRUCT_TGID_OFFSET),
-    ) else {
-        return Err(0);
-    };
+    let child_tid = task_field(child, &TASK_STRUCT_PID_OFFSET);
+    let child_tgid = task_field(child, &TASK_STRUCT_TGID_OFFSET);
     if child_tgid == parent_tgid {
         add_new_thread(child_tid, child_tgid);
         return Ok(0);

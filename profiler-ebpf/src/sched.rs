@@ -18,9 +18,10 @@ use profiler_common::{
 use crate::{
     current,
     helpers::{
-        active_map, add_to_counter, bump, current_comm, current_tgid_tid, event_user_stack, field,
-        read_at, stack_sampled,
+        active_map, add_to_counter, btf_field, bump, current_comm, current_tgid_tid,
+        event_user_stack, field, stack_sampled,
     },
+    io_pending,
     maps::{CONTROL, THREADS, may_be_target_thread},
     offcpu_stacks,
     process::{TASK_STRUCT_PID_OFFSET, task_field},
@@ -105,18 +106,13 @@ fn add_run_queue_delays(thread: *mut ThreadState, count: u64, total_ns: u64) {
 /// 512 bytes for them all.
 #[inline(never)]
 fn settle_run_delays(thread: *mut ThreadState) {
-    // SAFETY: read_volatile keeps the loader-set constants from being folded at compile time.
-    let [pcount_at, run_delay_at] = unsafe { core::ptr::read_volatile(&RUN_DELAY_OFFSETS) };
-    if pcount_at == 0 {
+    if !run_delays_from_kernel() {
         return;
     }
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-    let (Some(pcount), Some(run_delay)) = (
-        read_at::<u64>(task, pcount_at),
-        read_at::<u64>(task, run_delay_at),
-    ) else {
-        return;
-    };
+    // SAFETY: a helper valid in every tracing program.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
+    let pcount: u64 = btf_field(task, &RUN_DELAY_OFFSETS[0]);
+    let run_delay: u64 = btf_field(task, &RUN_DELAY_OFFSETS[1]);
     // SAFETY: as above.
     let (last_pcount, last_run_delay) =
         unsafe { ((*thread).sched_pcount, (*thread).sched_run_delay_ns) };
@@ -175,7 +171,9 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, active: u64, walk: SwitchOut
     let preempt: u64 = ctx.arg(0);
     let state = ctx.arg::<u64>(3) as u32;
     let (tgid, tid) = current_tgid_tid();
-    let Some(thread) = target_thread(tid) else {
+    let thread = target_thread(tid);
+    io_pending::leave_cpu(tid, thread);
+    let Some(thread) = thread else {
         return;
     };
     // Again in `sched_switch_walk`: a second run finds the delays already taken.
@@ -372,7 +370,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // clock or any other map is read (300 ns a switch to 160 under pgbench). The pid is read
     // again below, not held across: held, the verifier explored the program twice over when
     // it had the walker inlined (635 000 instructions, not 310 000).
-    if !concerns_targets(prev, task_field(next, &TASK_STRUCT_PID_OFFSET).unwrap_or(0)) {
+    if !concerns_targets(prev, task_field(next, &TASK_STRUCT_PID_OFFSET)) {
         return 0;
     }
     let active = active_map();
@@ -383,9 +381,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev_may_be_target = prev != 0 && !current::known_not_target(prev);
     let now = unsafe { bpf_ktime_get_ns() };
     // The switch-in first: the switch-out may end this program, handed over for its walk.
-    if let Some(next_tid) = task_field(next, &TASK_STRUCT_PID_OFFSET)
-        && next_tid != 0
-    {
+    let next_tid = task_field(next, &TASK_STRUCT_PID_OFFSET);
+    if next_tid != 0 {
         switch_in(now, next_tid, next, active);
     }
     if prev_may_be_target {
@@ -429,7 +426,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
 fn try_sched_wakeup(ctx: BtfTracePointContext) -> Result<i32, i32> {
     // sched_wakeup(struct task_struct *p)
     let task: *const u8 = ctx.arg(0);
-    let tid = task_field(task, &TASK_STRUCT_PID_OFFSET).ok_or(0)?;
+    let tid = task_field(task, &TASK_STRUCT_PID_OFFSET);
     if !may_be_target_thread(tid) {
         return Err(0);
     }

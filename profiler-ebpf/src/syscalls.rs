@@ -22,6 +22,7 @@ use crate::{
         active_map, bump, current_comm, current_tgid_tid, event_user_stack, process_memory,
         read_at, register, stack_sampled,
     },
+    io_pending,
     maps::CONTROL,
     offcpu_stacks,
     process::send_process_event,
@@ -38,12 +39,6 @@ static FD_INODE_OFFSETS: [u32; 7] = [0; 7];
 /// the collector from its per-architecture table.
 #[map]
 static SYSCALLS: Array<u32> = Array::with_max_entries(SYSCALL_TABLE_ENTRIES, 0);
-
-/// I/O calls in progress, by tid. One entry per thread, reused call after call (an update in
-/// place costs a fraction of an insertion and a deletion); least recently used entries, of
-/// threads long gone, make room for new ones.
-#[map]
-static IO_PENDING: LruHashMap<u32, IoPending> = LruHashMap::with_max_entries(IO_MAP_ENTRIES, 0);
 
 /// Which file each fd of a target names: its open time, the id the collector knows it by.
 #[map]
@@ -129,15 +124,7 @@ fn try_sys_enter(ctx: BtfTracePointContext) -> Result<i32, i32> {
         call,
         _pad: 0,
     };
-    match IO_PENDING.get_ptr_mut(tid) {
-        // SAFETY: the entry of the current thread, which is here and nowhere else.
-        Some(entry) => unsafe { *entry = pending },
-        None => {
-            if IO_PENDING.insert(tid, pending, 0).is_err() {
-                bump(counter::IO_PENDING_FULL);
-            }
-        }
-    }
+    io_pending::start(tid, &pending);
     Ok(0)
 }
 
@@ -272,15 +259,32 @@ fn record_memory_call(tgid: u32, kind: u32, length: u64, ret: i64) {
 }
 
 /// An I/O call of a target thread that returned, timed, to be accounted after the stack
-/// walk by [`account_io`], which reads the rest from its `IO_PENDING` entry: values held
+/// walk by [`account_io`], which reads the rest from its `io_pending` entry: values held
 /// across the walk take stack, which kernels before 6.13 limit to 512 bytes with the walker's.
+///
+/// [`IoTimed::NONE`] where there is none, not an `Option`: the compiler may spill a `None`'s
+/// undefined fields from any register, one a helper call just clobbered, which the verifier
+/// refuses to read.
 #[derive(Clone, Copy)]
 struct IoTimed {
-    /// The thread's `IO_PENDING` entry.
+    /// Where the call is kept (see `io_pending`); null: no call to account.
     entry: *mut IoPending,
     ns: u64,
     /// What its walked user stack counts for; 0: not walked.
     stack_ns: u64,
+}
+
+impl IoTimed {
+    const NONE: IoTimed = IoTimed {
+        entry: core::ptr::null_mut(),
+        ns: 0,
+        stack_ns: 0,
+    };
+
+    #[inline(always)]
+    fn is_some(&self) -> bool {
+        !self.entry.is_null()
+    }
 }
 
 /// A system call returns. One program for what both the I/O calls and the off-CPU periods
@@ -303,10 +307,10 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
     let io = match io_call(register(regs, |regs| &regs.orig_rax) as i64) {
         Some(_) => io_timed(tgid, tid, ctx.arg(1)),
-        None => None,
+        None => IoTimed::NONE,
     };
     let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, known);
-    let walk = io.is_some_and(|io| io.stack_ns != 0) || offcpu.is_some_and(|(_, at)| at.in_place);
+    let walk = (io.is_some() && io.stack_ns != 0) || offcpu.is_some_and(|(_, at)| at.in_place);
     #[cfg(not(feature = "inline-walk"))]
     let walked = walk.then(|| event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK));
     #[cfg(feature = "inline-walk")]
@@ -328,7 +332,7 @@ fn finish_exit(
     ctx: &BtfTracePointContext,
     tgid: u32,
     tid: u32,
-    io: Option<IoTimed>,
+    mut io: IoTimed,
     offcpu: Option<(*mut ThreadState, offcpu_stacks::AtExit)>,
     walked: Option<i32>,
 ) {
@@ -342,7 +346,7 @@ fn finish_exit(
             offcpu_stacks::walked_or_ran_on(walked),
         );
     }
-    if let Some(mut io) = io {
+    if io.is_some() {
         let user_stack_id = match walked {
             Some(user_stack_id) if io.stack_ns != 0 => user_stack_id,
             // Not walked: its stack counts for nothing.
@@ -365,11 +369,15 @@ static EXIT_HANDOVER: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0
 /// the I/O call timed; returns only if that program is not in place.
 #[cfg(feature = "inline-walk")]
 #[inline(always)]
-fn hand_over_walk(ctx: &BtfTracePointContext, io: Option<IoTimed>) {
+fn hand_over_walk(ctx: &BtfTracePointContext, io: IoTimed) {
     let Some(handover) = EXIT_HANDOVER.get_ptr_mut(0) else {
         return;
     };
-    let timed = io.map_or([0; 3], |io| [io.ns, io.stack_ns, 1]);
+    let timed = if io.is_some() {
+        [io.ns, io.stack_ns, 1]
+    } else {
+        [0; 3]
+    };
     // SAFETY: this CPU's slot, read by the program tail-called next on this CPU.
     unsafe { *handover = timed };
     crate::walk_calls::walk_exit(ctx);
@@ -384,12 +392,12 @@ pub fn sys_exit_walk(ctx: BtfTracePointContext) -> i32 {
     let walked = event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK);
     // Read after the walk: values held across it take stack.
     let io = match EXIT_HANDOVER.get(0) {
-        Some(&[ns, stack_ns, 1]) => IO_PENDING.get_ptr_mut(tid).map(|entry| IoTimed {
+        Some(&[ns, stack_ns, 1]) => io_pending::find(tid).map_or(IoTimed::NONE, |entry| IoTimed {
             entry,
             ns,
             stack_ns,
         }),
-        _ => None,
+        _ => IoTimed::NONE,
     };
     let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, current::known(tid));
     finish_exit(&ctx, tgid, tid, io, offcpu, Some(walked));
@@ -399,12 +407,14 @@ pub fn sys_exit_walk(ctx: BtfTracePointContext) -> i32 {
 /// The time of the I/O call of a target thread that returned with `ret`, if it is one to
 /// account after the stack walk; the rest (memory calls, fd replacements) is done here.
 #[inline(always)]
-fn io_timed(tgid: u32, tid: u32, ret: i64) -> Option<IoTimed> {
-    let entry = IO_PENDING.get_ptr_mut(tid)?;
+fn io_timed(tgid: u32, tid: u32, ret: i64) -> IoTimed {
+    let Some(entry) = io_pending::find(tid) else {
+        return IoTimed::NONE;
+    };
     // SAFETY: the entry of the current thread, which is here and nowhere else.
     let pending = unsafe { *entry };
     if pending.start_ns == 0 {
-        return None;
+        return IoTimed::NONE;
     }
     let kind = pending.call >> 8;
     let stopped = active_map() == RECORDING_STOPPED;
@@ -412,14 +422,14 @@ fn io_timed(tgid: u32, tid: u32, ret: i64) -> Option<IoTimed> {
         // SAFETY: as above.
         unsafe { (*entry).start_ns = 0 };
         if stopped {
-            return None;
+            return IoTimed::NONE;
         }
         if kind == io_kind::DUP || kind == io_kind::CLOSE_RANGE {
             forget_replaced_fds(tgid, kind, pending.args, ret);
         } else {
             record_memory_call(tgid, kind, pending.args[1], ret);
         }
-        return None;
+        return IoTimed::NONE;
     }
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.start_ns);
     // Calls at least this long always get their user stack; a shorter one with probability
@@ -429,7 +439,7 @@ fn io_timed(tgid: u32, tid: u32, ret: i64) -> Option<IoTimed> {
         .get(CONTROL_IO_SAMPLE_BELOW_NS)
         .copied()
         .unwrap_or(0);
-    Some(IoTimed {
+    IoTimed {
         entry,
         ns,
         stack_ns: if stack_sampled(ns, below) {
@@ -437,7 +447,7 @@ fn io_timed(tgid: u32, tid: u32, ret: i64) -> Option<IoTimed> {
         } else {
             0
         },
-    })
+    }
 }
 
 /// The file an I/O call's fd names, as its [`IoKey`] gives it, and the fd (the new one for an

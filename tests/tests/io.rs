@@ -309,3 +309,43 @@ fn sampled_stacks_keep_counts_exact_and_times_right_on_average() {
     assert!(quality.contains("I/O stacks walked for"), "{quality}");
     assert_nothing_loaded();
 }
+
+#[test]
+fn calls_that_block_are_counted_exactly_with_and_without_offcpu() {
+    let _serial = serial();
+    if !have_root("calls_that_block_are_counted_exactly_with_and_without_offcpu") {
+        return;
+    }
+    // Two threads pass a byte through two pipes: every read blocks until the other thread
+    // writes, often on the other CPU. With off-CPU on, a call in progress is kept on its CPU
+    // and moved with its thread as it leaves; with I/O alone, in a map by thread. Either way,
+    // every call counts, under its own pipe.
+    const ROUNDS: u64 = 20_000;
+    for events in ["io", "offcpu,io"] {
+        let (dir, out) = record(&["--events", events], "pingpong", &[&ROUNDS.to_string()]);
+        assert!(out.status.success(), "{events}");
+        let summary = read_summary(dir.path());
+        let files = summary["io"]["files"].as_array().unwrap();
+        // Not the pipe its output goes to, which it only writes to.
+        let pipes: Vec<_> = files
+            .iter()
+            .filter(|f| f["kind"] == "pipe" && f["reads"] != 0)
+            .collect();
+        assert_eq!(pipes.len(), 2, "{events}: two pipes read: {files:#?}");
+        for pipe in pipes {
+            assert_eq!(pipe["reads"], ROUNDS, "{events}: {pipe}");
+            assert_eq!(pipe["writes"], ROUNDS, "{events}: {pipe}");
+            assert_eq!(pipe["read_bytes"], ROUNDS, "{events}: {pipe}");
+        }
+        // The reads wait for the other thread's turn: most of the run, timed from each
+        // read's entry on one CPU to its exit, maybe on the other.
+        let read = entry(&summary["io"]["syscalls"], "name", "read");
+        let wall_us = summary["duration_secs"].as_f64().unwrap() * 1e6;
+        let read_us = read["total_us"].as_f64().unwrap();
+        assert!(
+            read_us > 0.5 * wall_us && read_us < 2.0 * wall_us,
+            "{events}: reads {read_us} µs in {wall_us} µs: {read}"
+        );
+    }
+    assert_nothing_loaded();
+}

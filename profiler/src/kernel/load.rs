@@ -427,6 +427,7 @@ impl KernelProbes {
             run_queue_slots: [0; profiler_common::RUNQ_SLOTS],
             sched_pcount: profiler_common::RUN_DELAY_UNKNOWN,
             sched_run_delay_ns: 0,
+            io: profiler_common::IoPending::default(),
         };
         // Marked first: the programs look up only threads marked (or past the map, made for
         // the `pid_max` of the start).
