@@ -24,7 +24,7 @@ use crate::{
 #[unsafe(no_mangle)]
 pub(crate) static TASK_STRUCT_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
-static TASK_STRUCT_TGID_OFFSET: u32 = 0;
+pub(crate) static TASK_STRUCT_TGID_OFFSET: u32 = 0;
 
 /// Non-zero when the scheduler programs run: new target threads then get a `THREADS` entry.
 #[unsafe(no_mangle)]

@@ -18,13 +18,13 @@ use profiler_common::{
 use crate::{
     current,
     helpers::{
-        active_map, add_to_counter, btf_field, bump, current_comm, current_tgid_tid,
-        event_user_stack, field, stack_sampled,
+        active_map, add_to_counter, btf_field, bump, current_comm, event_user_stack, field,
+        stack_sampled,
     },
     io_pending,
     maps::{CONTROL, THREADS, may_be_target_thread},
     offcpu_stacks,
-    process::{TASK_STRUCT_PID_OFFSET, task_field},
+    process::{TASK_STRUCT_PID_OFFSET, TASK_STRUCT_TGID_OFFSET, task_field},
     stack_store, unwind,
 };
 
@@ -104,13 +104,12 @@ fn add_run_queue_delays(thread: *mut ThreadState, count: u64, total_ns: u64) {
 /// Nothing on a kernel without it. A function of its own: inlined, its values joined the
 /// scheduler program's frame, on which the walker's frames sit, and kernels before 6.13 allow
 /// 512 bytes for them all.
+/// `task` is the thread's, from the tracepoint (see [`btf_field`]).
 #[inline(never)]
-fn settle_run_delays(thread: *mut ThreadState) {
+fn settle_run_delays(thread: *mut ThreadState, task: *const u8) {
     if !run_delays_from_kernel() {
         return;
     }
-    // SAFETY: a helper valid in every tracing program.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
     let pcount: u64 = btf_field(task, &RUN_DELAY_OFFSETS[0]);
     let run_delay: u64 = btf_field(task, &RUN_DELAY_OFFSETS[1]);
     // SAFETY: as above.
@@ -170,14 +169,19 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64, active: u64, walk: SwitchOut
     // The tracepoint's `preempt` and `prev_state` (see `sched_switch`).
     let preempt: u64 = ctx.arg(0);
     let state = ctx.arg::<u64>(3) as u32;
-    let (tgid, tid) = current_tgid_tid();
+    // The current task, as the tracepoint hands it over: its ids are plain loads.
+    let task: *const u8 = ctx.arg(1);
+    let (tgid, tid) = (
+        task_field(task, &TASK_STRUCT_TGID_OFFSET),
+        task_field(task, &TASK_STRUCT_PID_OFFSET),
+    );
     let thread = target_thread(tid);
     io_pending::leave_cpu(tid, thread);
     let Some(thread) = thread else {
         return;
     };
     // Again in `sched_switch_walk`: a second run finds the delays already taken.
-    settle_run_delays(thread);
+    settle_run_delays(thread, task);
     let below = offcpu_stacks::sample_below_ns();
     // A sampled period still pending (the thread ran no system call since) and a new period
     // with every stack walked share one walk: the stack is the same.
@@ -365,7 +369,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
     // unsigned int prev_state)
     let next: *const u8 = ctx.arg(2);
-    let prev = current_tgid_tid().1;
+    let prev = task_field(ctx.arg(1), &TASK_STRUCT_PID_OFFSET);
     // Most switches of a busy machine are no target's: known from the tid maps, before the
     // clock or any other map is read (300 ns a switch to 160 under pgbench). The pid is read
     // again below, not held across: held, the verifier explored the program twice over when
@@ -400,7 +404,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 #[cfg(feature = "inline-walk")]
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_walk(ctx: BtfTracePointContext) -> i32 {
-    let walked = event_user_stack(&ctx, current_tgid_tid().0, unwind::SCRATCH_TASK);
+    let tgid = task_field(ctx.arg(1), &TASK_STRUCT_TGID_OFFSET);
+    let walked = event_user_stack(&ctx, tgid, unwind::SCRATCH_TASK);
     let active = active_map();
     if active == RECORDING_STOPPED {
         return 0;
