@@ -59,6 +59,14 @@ pub(crate) fn known_not_target(tid: u32) -> bool {
     known(tid) == Some(Known::NotTarget)
 }
 
+/// Whether `sched_switch` switched thread `tid`, the current one, in on this CPU, and saw it
+/// was a target thread: then it also sees the thread leave, which only it writes these two
+/// for. (A target that `is_target` learnt of may have no `THREADS` entry yet, or a dead one's.)
+#[inline(always)]
+pub(crate) fn switched_in(tid: u32) -> bool {
+    matches!(known(tid), Some(Known::NothingPending | Known::Pending))
+}
+
 /// Notes what is known of thread `tid` (a `Known` value), learnt after the stamp was `stamp`.
 #[inline(always)]
 fn remember_at(tid: u32, known: u64, stamp: u64) {

@@ -30,11 +30,9 @@ pub(crate) static TASK_STRUCT_TGID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TRACK_THREADS: u32 = 0;
 
-/// Whether the scheduler programs run, and every target thread has a `THREADS` entry (the
-/// collector's for threads that existed, made after those programs were attached and before
-/// any other; [`add_new_thread`]'s for later ones) unless that map is full.
+/// Whether the scheduler programs run.
 #[inline(always)]
-pub(crate) fn tracks_threads() -> bool {
+fn tracks_threads() -> bool {
     // SAFETY: read_volatile keeps the loader-set constant from being folded at compile time.
     unsafe { core::ptr::read_volatile(&TRACK_THREADS) != 0 }
 }

@@ -54,6 +54,7 @@ pub(super) struct Globals {
     tgid_offset: u32,
     pid_offset: u32,
     track_threads: u32,
+    io_slots: u32,
     report_untargeted_execs: u32,
     fd_inode_offsets: [u32; 7],
     alloc_sample_bytes: u64,
@@ -85,6 +86,9 @@ impl Globals {
             .member_offset("task_struct", "pid")
             .map_err(ProbeError::Btf)?;
         let track_threads = u32::from(options.scheduler);
+        // Calls in progress kept per CPU need every switch between a system call's entry and
+        // exit seen: a PREEMPT_RT kernel may switch in the middle of a system-call program.
+        let io_slots = u32::from(options.scheduler && !realtime_kernel());
         // Sampled off-CPU periods get their user stacks at system-call exits.
         let settle_offcpu_at_exit = options.scheduler && options.offcpu_stack_sampling;
         let mut fd_inode_offsets = [0u32; 7];
@@ -170,6 +174,7 @@ impl Globals {
             tgid_offset,
             pid_offset,
             track_threads,
+            io_slots,
             report_untargeted_execs: u32::from(options.report_untargeted_execs),
             fd_inode_offsets,
             alloc_sample_bytes: options.alloc_sample_bytes,
@@ -255,6 +260,7 @@ fn load_object<'a>(
         .override_global("TASK_STRUCT_TGID_OFFSET", &globals.tgid_offset, true)
         .override_global("TASK_STRUCT_PID_OFFSET", &globals.pid_offset, true)
         .override_global("TRACK_THREADS", &globals.track_threads, true)
+        .override_global("IO_SLOTS", &globals.io_slots, true)
         .override_global(
             "REPORT_UNTARGETED_EXECS",
             &globals.report_untargeted_execs,
@@ -315,4 +321,9 @@ fn has_private_stacks(ebpf: &mut Ebpf) -> bool {
             !refused
         }
     }
+}
+
+/// Whether the kernel is a PREEMPT_RT one (`/sys/kernel/realtime` reads 1).
+fn realtime_kernel() -> bool {
+    std::fs::read_to_string("/sys/kernel/realtime").is_ok_and(|text| text.trim() == "1")
 }
