@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    OFFCPU_STATE_NEW_THREAD, ProcessEvent, TARGET_FOLLOW_CHILDREN, counter, process_event,
+    OFFCPU_STATE_NEW_THREAD, ProcessEvent, RUN_DELAY_UNKNOWN, TARGET_FOLLOW_CHILDREN, counter,
+    process_event,
 };
 
 use crate::{
@@ -72,6 +73,37 @@ pub(crate) fn send_process_event(kind: u32, pid: u32, parent_pid: u32) {
 #[inline(always)]
 pub(crate) fn task_field(task: *const u8, offset: &'static u32) -> u32 {
     btf_field(task, offset)
+}
+
+/// The thread of process `tgid` that executed a program, now its leader under the leader's
+/// tid (the kernel gives it to a thread other than the leader that executes one, and the old
+/// leader dies): its name changes with the program, read again at its next switch-out; and
+/// the old leader's entry, marked exited, becomes a live one for it, else nothing accounted
+/// its switches from now on.
+#[inline(always)]
+fn thread_after_exec(tgid: u32) {
+    if !tracks_threads() {
+        return;
+    }
+    if let Some(thread) = THREADS.get_ptr_mut(tgid)
+        // SAFETY: plain read of a map value.
+        && unsafe { (*thread).exited } == 0
+    {
+        // SAFETY: the thread is running here; its switch programs cannot run concurrently.
+        unsafe { (*thread).off_cpu.comm[0] = 0 };
+        return;
+    }
+    crate::maps::mark_forked_thread(tgid);
+    if THREADS.insert(tgid, &THREAD_ZERO, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+        return;
+    }
+    // Unlike a new thread's, its counts in the kernel did not start at 0: its first
+    // switch-out only notes them.
+    if let Some(thread) = THREADS.get_ptr_mut(tgid) {
+        // SAFETY: as above.
+        unsafe { (*thread).sched_pcount = RUN_DELAY_UNKNOWN };
+    }
 }
 
 /// A new thread of a target: with the scheduler programs running it is a target thread from
@@ -166,11 +198,7 @@ fn try_sched_process_exec(ctx: BtfTracePointContext) -> Result<i32, i32> {
         }
         return Err(0);
     }
-    // The thread's name changes with the program: read it again at its next switch-out.
-    if let Some(thread) = THREADS.get_ptr_mut(tgid) {
-        // SAFETY: the thread is running here; its switch programs cannot run concurrently.
-        unsafe { (*thread).off_cpu.comm[0] = 0 };
-    }
+    thread_after_exec(tgid);
     unwind::forget_process(tgid);
     unwind_mappings::learn_exec(tgid);
     debug!(&ctx, target: LOG_TARGET, "target {} executed a new program", tgid);

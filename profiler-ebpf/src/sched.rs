@@ -103,8 +103,7 @@ fn add_run_queue_delays(thread: *mut ThreadState, count: u64, total_ns: u64) {
 /// every task): no program at each of the machine's wakeups, where the run queue is locked.
 /// Nothing on a kernel without it. A function of its own: inlined, its values joined the
 /// scheduler program's frame, on which the walker's frames sit, and kernels before 6.13 allow
-/// 512 bytes for them all.
-/// `task` is the thread's, from the tracepoint (see [`btf_field`]).
+/// 512 bytes for them all. `task` is the thread's, from the tracepoint (see [`btf_field`]).
 #[inline(never)]
 fn settle_run_delays(thread: *mut ThreadState, task: *const u8) {
     if !run_delays_from_kernel() {

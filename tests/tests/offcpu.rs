@@ -499,3 +499,49 @@ fn a_small_overhead_budget_samples_stacks_of_a_busy_program() {
     );
     assert_nothing_loaded();
 }
+
+#[test]
+fn a_thread_that_executes_a_program_is_still_accounted_as_the_new_leader() {
+    let _serial = serial();
+    if !have_root("a_thread_that_executes_a_program_is_still_accounted_as_the_new_leader") {
+        return;
+    }
+    // A thread other than the main one executes the program again: the kernel gives it the
+    // leader's tid, and the old leader dies first (its last switch-out marks the entry of that
+    // tid exited). The new program's two threads then wait for each other in turn: the main
+    // thread's waits count as much as the other's, and every pipe call counts, under its pipe.
+    const ROUNDS: u64 = 100_000;
+    let (dir, out) = record(
+        &["--events", "offcpu,io"],
+        "exec_from_thread",
+        &[&ROUNDS.to_string()],
+    );
+    assert!(out.status.success());
+    let summary = read_summary(dir.path());
+    let pid = summary["root_pids"][0].as_u64().unwrap();
+    let threads = summary["offcpu"]["threads"].as_array().unwrap();
+    let off_cpu = |leader: bool| -> u64 {
+        threads
+            .iter()
+            .filter(|t| t["pid"] == pid && (t["tid"] == pid) == leader)
+            .map(|t| t["off_cpu_us"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let (main, responder) = (off_cpu(true), off_cpu(false));
+    assert!(
+        responder > 0 && main * 2 > responder,
+        "main thread {main} µs off-CPU, responder {responder} µs: {threads:#?}"
+    );
+    let files = summary["io"]["files"].as_array().unwrap();
+    let pipes: Vec<_> = files
+        .iter()
+        .filter(|f| f["kind"] == "pipe" && f["reads"] != 0)
+        .collect();
+    assert_eq!(pipes.len(), 2, "two pipes read: {files:#?}");
+    for pipe in pipes {
+        assert_eq!(pipe["reads"], ROUNDS, "{pipe}");
+        assert_eq!(pipe["writes"], ROUNDS, "{pipe}");
+    }
+    assert_nothing_loaded();
+}
