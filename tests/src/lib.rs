@@ -279,6 +279,22 @@ pub fn read_summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("summary.json is JSON")
 }
 
+/// Asserts that `tests/programs/pingpong.c`'s two pipes (the pipes a summary shows read,
+/// not the one its output goes to) each have `rounds` reads and writes of a byte.
+pub fn assert_pingpong_pipes_counted(summary: &serde_json::Value, rounds: u64, context: &str) {
+    let files = summary["io"]["files"].as_array().expect("io files");
+    let pipes: Vec<_> = files
+        .iter()
+        .filter(|f| f["kind"] == "pipe" && f["reads"] != 0)
+        .collect();
+    assert_eq!(pipes.len(), 2, "{context}: two pipes read: {files:#?}");
+    for pipe in pipes {
+        assert_eq!(pipe["reads"], rounds, "{context}: {pipe}");
+        assert_eq!(pipe["writes"], rounds, "{context}: {pipe}");
+        assert_eq!(pipe["read_bytes"], rounds, "{context}: {pipe}");
+    }
+}
+
 /// The profiler's programs currently loaded in the kernel, by name, with their counts.
 pub fn loaded_profiler_programs() -> BTreeMap<String, usize> {
     let mut found = BTreeMap::new();

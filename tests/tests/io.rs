@@ -1,7 +1,8 @@
 //! I/O system calls end to end, on programs with known I/O.
 
 use profiler_tests::{
-    assert_nothing_loaded, have_root, percent, read_folded, read_summary, record, serial,
+    assert_nothing_loaded, assert_pingpong_pipes_counted, have_root, percent, read_folded,
+    read_summary, record, serial,
 };
 
 /// I/O time of stacks through `function` whose leaf is the system call `syscall`.
@@ -325,18 +326,7 @@ fn calls_that_block_are_counted_exactly_with_and_without_offcpu() {
         let (dir, out) = record(&["--events", events], "pingpong", &[&ROUNDS.to_string()]);
         assert!(out.status.success(), "{events}");
         let summary = read_summary(dir.path());
-        let files = summary["io"]["files"].as_array().unwrap();
-        // Not the pipe its output goes to, which it only writes to.
-        let pipes: Vec<_> = files
-            .iter()
-            .filter(|f| f["kind"] == "pipe" && f["reads"] != 0)
-            .collect();
-        assert_eq!(pipes.len(), 2, "{events}: two pipes read: {files:#?}");
-        for pipe in pipes {
-            assert_eq!(pipe["reads"], ROUNDS, "{events}: {pipe}");
-            assert_eq!(pipe["writes"], ROUNDS, "{events}: {pipe}");
-            assert_eq!(pipe["read_bytes"], ROUNDS, "{events}: {pipe}");
-        }
+        assert_pingpong_pipes_counted(&summary, ROUNDS, events);
         // The reads wait for the other thread's turn: most of the run, timed from each
         // read's entry on one CPU to its exit, maybe on the other.
         let read = entry(&summary["io"]["syscalls"], "name", "read");

@@ -1,8 +1,8 @@
 //! Off-CPU time and run-queue delay end to end, on programs with known waiting behaviour.
 
 use profiler_tests::{
-    assert_nothing_loaded, have_root, output, percent, profiler, program, read_folded,
-    read_summary, record, serial,
+    assert_nothing_loaded, assert_pingpong_pipes_counted, have_root, output, percent, profiler,
+    program, read_folded, read_summary, record, serial,
 };
 
 /// Off-CPU weight of stacks whose innermost user frame is `function`.
@@ -506,15 +506,16 @@ fn a_thread_that_executes_a_program_is_still_accounted_as_the_new_leader() {
     if !have_root("a_thread_that_executes_a_program_is_still_accounted_as_the_new_leader") {
         return;
     }
-    // A thread other than the main one executes the program again: the kernel gives it the
-    // leader's tid, and the old leader dies first (its last switch-out marks the entry of that
-    // tid exited). The new program's two threads then wait for each other in turn: the main
+    // A thread other than the main one executes `pingpong`: the kernel gives it the leader's
+    // tid, and the old leader dies first (its last switch-out marks the entry of that tid
+    // exited). The new program's two threads then wait for each other in turn: the main
     // thread's waits count as much as the other's, and every pipe call counts, under its pipe.
     const ROUNDS: u64 = 100_000;
+    let pingpong = program("pingpong");
     let (dir, out) = record(
         &["--events", "offcpu,io"],
         "exec_from_thread",
-        &[&ROUNDS.to_string()],
+        &[pingpong.to_str().unwrap(), &ROUNDS.to_string()],
     );
     assert!(out.status.success());
     let summary = read_summary(dir.path());
@@ -533,15 +534,6 @@ fn a_thread_that_executes_a_program_is_still_accounted_as_the_new_leader() {
         responder > 0 && main * 2 > responder,
         "main thread {main} µs off-CPU, responder {responder} µs: {threads:#?}"
     );
-    let files = summary["io"]["files"].as_array().unwrap();
-    let pipes: Vec<_> = files
-        .iter()
-        .filter(|f| f["kind"] == "pipe" && f["reads"] != 0)
-        .collect();
-    assert_eq!(pipes.len(), 2, "two pipes read: {files:#?}");
-    for pipe in pipes {
-        assert_eq!(pipe["reads"], ROUNDS, "{pipe}");
-        assert_eq!(pipe["writes"], ROUNDS, "{pipe}");
-    }
+    assert_pingpong_pipes_counted(&summary, ROUNDS, "offcpu,io");
     assert_nothing_loaded();
 }
