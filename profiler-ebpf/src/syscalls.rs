@@ -298,20 +298,20 @@ impl IoTimed {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let (tgid, tid) = current_tgid_tid();
-    // Most system calls are not a target's: known from the per-CPU cache before anything else,
-    // or looked up once and cached (a thread not known may be a target's that has its I/O call
-    // in a map: three lookups to learn it is not).
-    let known = match current::known(tid) {
-        Some(Known::NotTarget) => return 0,
-        None if !current::is_target(tgid, tid) => return 0,
-        None => Some(Known::Target),
-        known => known,
-    };
+    // Most system calls are not a target's: known from the per-CPU cache before anything else.
+    let known = current::known(tid);
+    if known == Some(Known::NotTarget) {
+        return 0;
+    }
     // sys_exit(struct pt_regs *regs, long ret); the call's number is in `orig_ax`.
     let regs: *const pt_regs = ctx.arg(0);
     let io = match io_call(register(regs, |regs| &regs.orig_rax) as i64) {
-        Some(_) => io_timed(tgid, tid, ctx.arg(1)),
-        None => IoTimed::NONE,
+        // A thread the cache does not know may have its call in a map (see `io_pending`):
+        // whether it is a target is looked up once, and cached, before three lookups for it.
+        Some(_) if known.is_some() || current::is_target(tgid, tid) => {
+            io_timed(tgid, tid, ctx.arg(1))
+        }
+        _ => IoTimed::NONE,
     };
     let offcpu = offcpu_stacks::pending_at_exit(tgid, tid, known);
     let walk = (io.is_some() && io.stack_ns != 0) || offcpu.is_some_and(|(_, at)| at.in_place);
