@@ -42,8 +42,8 @@ enum Watcher {
     ProfilerElsewhere(&'static str),
     /// `perf record -g -a -F 99` (system-wide: `-p` does not follow backends forked later).
     Perf,
-    /// bpftrace counting kernel and user stacks at every switch-out of a `postgres` process.
-    Bpftrace,
+    /// A bpftrace script, given the postmaster's pid as `$1`: its label and text.
+    Bpftrace(&'static str, &'static str),
 }
 
 impl Watcher {
@@ -58,31 +58,66 @@ impl Watcher {
                 format!("profiler `-e {events}` on a sleeping process")
             }
             Watcher::Perf => "perf `record -g -a`".to_owned(),
-            Watcher::Bpftrace => "bpftrace off-CPU stacks".to_owned(),
+            Watcher::Bpftrace(label, _) => format!("bpftrace {label}"),
         }
     }
 }
 
-const WATCHERS: [Watcher; 9] = [
+const WATCHERS: [Watcher; 11] = [
     Watcher::Nothing,
     // The default: stacks sampled within the overhead budget (`--max-overhead`).
     Watcher::Profiler(EVERY_KIND, &[]),
     // Every stack walked, whatever the cost.
     Watcher::Profiler(EVERY_KIND, &["--max-overhead", "100"]),
     Watcher::Perf,
-    Watcher::Bpftrace,
+    Watcher::Bpftrace("off-CPU stacks", BPFTRACE_OFFCPU),
     // Where the default's cost is: each kind alone.
     Watcher::Profiler("cpu", &[]),
     Watcher::Profiler("offcpu", &[]),
     Watcher::Profiler("io", &[]),
     // The floor under all of it: the hooks with nothing of PostgreSQL's to account.
     Watcher::ProfilerElsewhere(EVERY_KIND),
+    // The floor of any tracer on the same hooks, and the least an exact one does there.
+    Watcher::Bpftrace("empty programs on the same hooks", BPFTRACE_HOOKS),
+    Watcher::Bpftrace("exact totals alone", BPFTRACE_EXACT),
 ];
 
 const EVERY_KIND: &str = "cpu,offcpu,io";
 /// bpftrace counting kernel and user stacks at every switch-out of a `postgres` process.
 const BPFTRACE_OFFCPU: &str =
     "tracepoint:sched:sched_switch /comm == \"postgres\"/ { @[kstack, ustack] = count(); }";
+/// Programs that do nothing, on the tracepoints exact I/O and off-CPU accounting needs
+/// (bpftrace 0.17 has no raw or BTF tracepoints: these also build each event's record).
+const BPFTRACE_HOOKS: &str = "tracepoint:raw_syscalls:sys_enter /pid == $1/ {} \
+     tracepoint:raw_syscalls:sys_exit /pid == $1/ {} \
+     tracepoint:sched:sched_switch /pid == $1/ {}";
+/// The least of what the default keeps exact: every I/O call of the postmaster's children
+/// counted and timed per thread and call, every off-CPU period timed per thread (no file, no
+/// histogram, no stack, no run-queue delay). The calls are the busy ones of pgbench's load,
+/// by their x86-64 numbers: read, write, pread64, pwrite64, sendto, recvfrom, sendmsg, recvmsg,
+/// fsync, fdatasync, sync_file_range.
+const BPFTRACE_EXACT: &str = "
+tracepoint:raw_syscalls:sys_enter
+/(pid == $1 || curtask->real_parent->tgid == $1) &&
+ (args->id == 0 || args->id == 1 || args->id == 17 || args->id == 18 || args->id == 44 ||
+  args->id == 45 || args->id == 46 || args->id == 47 || args->id == 74 || args->id == 75 ||
+  args->id == 277)/
+{ @start[tid] = nsecs; }
+tracepoint:raw_syscalls:sys_exit /pid == $1 || curtask->real_parent->tgid == $1/ {
+  $start = @start[tid];
+  if ($start) {
+    @calls[tid, args->id] = count(); @time[tid, args->id] = sum(nsecs - $start);
+    delete(@start[tid]);
+  }
+}
+tracepoint:sched:sched_switch {
+  if (pid == $1 || curtask->real_parent->tgid == $1) { @off[args->prev_pid] = nsecs; }
+  $off = @off[args->next_pid];
+  if ($off) {
+    @periods[args->next_pid] = count(); @waited[args->next_pid] = sum(nsecs - $off);
+    delete(@off[args->next_pid]);
+  }
+}";
 /// `WATCHERS` indices of the default and of the exact profiler run.
 const DEFAULT: usize = 1;
 const EXACT: usize = 2;
@@ -293,9 +328,12 @@ fn spawn_watcher(
                 .arg(scratch.join("perf.data"));
             command
         }
-        Watcher::Bpftrace => {
+        Watcher::Bpftrace(_, script) => {
             let mut command = Command::new("bpftrace");
-            command.arg("-e").arg(BPFTRACE_OFFCPU);
+            command
+                .arg("-e")
+                .arg(script)
+                .arg(cluster.postmaster_pid()?.to_string());
             command
         }
     };
