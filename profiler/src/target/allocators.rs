@@ -224,6 +224,20 @@ impl AllocatorObject {
     }
 }
 
+/// Opens `path` for reading if it is a regular file, looked at before it is opened: no FIFO or
+/// device opened by mistake. (A `map_files` link names the very file mapped.)
+fn open_regular(path: &Path) -> Option<(std::fs::File, std::fs::Metadata)> {
+    use crate::target::open::{open_at, reopen_for_reading};
+    let handle = open_at(None, path.to_str()?, libc::O_PATH).ok()?;
+    let metadata = std::fs::File::from(handle.try_clone().ok()?)
+        .metadata()
+        .ok()?;
+    if !metadata.is_file() {
+        return None;
+    }
+    Some((reopen_for_reading(&handle).ok()?, metadata))
+}
+
 /// The allocator objects mapped into process `pid`, from its memory map (`proc_root` is
 /// `/proc` outside tests).
 /// Rarely used functions are probed when a mapped object imports them, or `program` (the
@@ -235,7 +249,7 @@ pub fn allocator_objects(
 ) -> Vec<AllocatorObject> {
     use std::os::unix::fs::MetadataExt as _;
 
-    let Ok(maps) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) else {
+    let Ok(maps) = procfs::read_maps_under(proc_root, pid) else {
         return Vec::new();
     };
     let mut seen = HashSet::new();
@@ -249,8 +263,8 @@ pub fn allocator_objects(
     // A command held before its exec still maps the profiler: the rare functions worth a
     // probe are those the program it will run imports too.
     let mut imported: HashSet<String> = program
-        .and_then(|program| std::fs::File::open(program).ok())
-        .and_then(|mut file| procfs::read_object(&mut file))
+        .and_then(open_regular)
+        .and_then(|(mut file, _)| procfs::read_object(&mut file))
         .map(|elf| imported_names(&elf))
         .unwrap_or_default();
     let mut candidates = Vec::new();
@@ -262,9 +276,11 @@ pub fn allocator_objects(
         if !perms.contains('x') || !path.starts_with('/') {
             continue;
         }
-        // The mapped file itself, even deleted or in another mount namespace.
+        // The mapped file itself, even deleted or in another mount namespace: read through
+        // this descriptor, never a path whose folders the process's user could swap (to a
+        // FIFO that would hold the profiler, a device, or a link out of a container).
         let mapped = proc_root.join(format!("{pid}/map_files/{range}"));
-        let Ok(metadata) = std::fs::metadata(&mapped) else {
+        let Some((mut file, metadata)) = open_regular(&mapped) else {
             continue;
         };
         let identity = (metadata.dev(), metadata.ino());
@@ -279,10 +295,7 @@ pub fn allocator_objects(
             Ok(m) if (m.dev(), m.ino()) == identity => rooted,
             _ => mapped,
         };
-        let Some(elf) = std::fs::File::open(&attach_path)
-            .ok()
-            .and_then(|mut file| procfs::read_object(&mut file))
-        else {
+        let Some(elf) = procfs::read_object(&mut file) else {
             continue;
         };
         imported.extend(imported_names(&elf));

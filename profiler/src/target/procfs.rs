@@ -64,7 +64,13 @@ pub fn proc_dir(pid: u32) -> PathBuf {
 
 /// Reads `/proc/PID/maps`.
 pub fn read_maps(pid: u32) -> io::Result<String> {
-    let mut bytes = read_bounded(&proc_dir(pid).join("maps"), MAX_MAPS_BYTES)?;
+    read_maps_under(&proc_root(), pid)
+}
+
+/// Reads `PROC/PID/maps`, `proc_root` being `/proc` outside tests: at most
+/// [`MAX_MAPS_BYTES`], whole lines.
+pub fn read_maps_under(proc_root: &std::path::Path, pid: u32) -> io::Result<String> {
+    let mut bytes = read_bounded(&proc_root.join(format!("{pid}/maps")), MAX_MAPS_BYTES)?;
     if bytes.len() as u64 == MAX_MAPS_BYTES {
         // Cut short: the last line, maybe cut too, goes.
         let end = bytes
@@ -305,10 +311,12 @@ pub fn map_file_path(pid: u32, start: u64, end: u64) -> PathBuf {
 }
 
 /// Opens the file behind one mapping of `pid`: through `map_files` (deleted files, other mount
-/// namespaces), else by its path inside the process's root, but only while that path still
-/// names the mapped file (a library upgraded in place has a new file there, describing other
-/// code). Either way a regular file, looked at before it is opened, and never through a link
-/// the process's user swapped in at the last step.
+/// namespaces), else by its path inside the process's root, else (a profiler without
+/// CAP_SYS_ADMIN or CAP_SYS_PTRACE may read the maps but open neither) by the same path in
+/// ours; by a path only while it names the mapped file (a library upgraded in place has a
+/// new file there, describing other code; another mount namespace, another file). Either way
+/// a regular file, looked at before it is opened, and never through a link the process's user
+/// swapped in at the last step.
 pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
     use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
 
@@ -321,9 +329,14 @@ pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
                 None,
                 &format!("/proc/{pid}/root"),
                 libc::O_PATH | libc::O_DIRECTORY,
-            )?;
+            );
             let inside = entry.path.trim_start_matches('/');
-            let path = open_in_root(root.as_fd(), inside, libc::O_PATH | libc::O_NOFOLLOW)?;
+            let path = match root {
+                Ok(root) => open_in_root(root.as_fd(), inside, libc::O_PATH | libc::O_NOFOLLOW)?,
+                // With the profiler's own rights, and only a handle: what it names is checked
+                // below before anything is opened.
+                Err(_) => open_at(None, &entry.path, libc::O_PATH)?,
+            };
             let metadata = fs::File::from(path.try_clone()?).metadata()?;
             let device = format!(
                 "{:02x}:{:02x}",
