@@ -111,7 +111,8 @@ impl Profile {
 
     /// Reads a saved profile from gzip-compressed bytes (what [`Profile::save`] writes), named
     /// `display` in errors. Truncated, damaged or crafted input is an error, never a panic,
-    /// and decompression stops at `MAX_PROFILE_BYTES`.
+    /// and neither the compressed input nor its decompression is read past
+    /// `MAX_PROFILE_JSON_BYTES`.
     pub fn read(compressed: impl std::io::Read, display: &str) -> Result<Self, LoadError> {
         let invalid = |reason: String| LoadError::Invalid {
             path: display.to_owned(),
@@ -120,7 +121,9 @@ impl Profile {
         let json = BufReader::with_capacity(
             1 << 16,
             LimitedReader {
-                inner: GzDecoder::new(compressed),
+                // The compressed input bounded too: empty deflate blocks decompress to
+                // nothing, so a huge crafted file would otherwise cost time in proportion.
+                inner: GzDecoder::new(compressed.take(MAX_PROFILE_JSON_BYTES)),
                 left: MAX_PROFILE_JSON_BYTES,
             },
         );
