@@ -712,3 +712,56 @@ fn a_program_on_a_mount_users_can_make_keeps_no_table_in_the_cache() {
     }
     assert_nothing_loaded();
 }
+
+#[test]
+fn a_debug_link_to_a_fifo_does_not_hold_symbolization() {
+    let _serial = serial();
+    if !have_root("a_debug_link_to_a_fifo_does_not_hold_symbolization") {
+        return;
+    }
+    // A user's program names a separate debug file (`.gnu_debuglink`) next to itself, which
+    // is a FIFO: root opening it would wait for a writer forever. Symbolization reads such an
+    // object from its symbol table, without following the link.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let busy = dir.path().join("busy");
+    std::fs::copy(program("one_busy"), &busy).unwrap();
+    let debug = dir.path().join("busy.debug");
+    // objcopy takes the link's checksum from the file named, so that one exists first.
+    std::fs::write(&debug, b"").unwrap();
+    let linked = Command::new("objcopy")
+        .arg("--add-gnu-debuglink=busy.debug")
+        .arg(&busy)
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(linked.success(), "objcopy --add-gnu-debuglink");
+    std::fs::remove_file(&debug).unwrap();
+    let fifo = std::ffi::CString::new(debug.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0, "mkfifo");
+    let out_dir = dir.path().join("out");
+    let run = Spawned::new(
+        profiler()
+            .args(["record", "-e", "cpu", "-o"])
+            .arg(&out_dir)
+            .arg("--")
+            .arg(&busy)
+            .arg("1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let out = run.wait_with_output(Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "the profiler did not finish (killed after 60 s if it waited on the FIFO): {out:?}"
+    );
+    let stacks = profiler_tests::read_folded(&out_dir.join("cpu.folded"));
+    let crunch = profiler_tests::weight_with_frame(&stacks, "crunch");
+    let total: u64 = stacks.iter().map(|(_, weight)| weight).sum();
+    assert!(
+        crunch * 2 > total,
+        "crunch named from the symbol table in most samples: {crunch} of {total}"
+    );
+    assert_nothing_loaded();
+}

@@ -12,7 +12,6 @@ mod load;
 mod maps;
 mod object;
 mod object_layout;
-mod object_trust;
 pub mod probes;
 mod programs;
 pub mod syscalls;

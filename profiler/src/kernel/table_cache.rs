@@ -7,7 +7,7 @@
 //! order) before use: a planted, truncated or corrupt file is removed and its object compiled
 //! again. Files are written in the background, in full or not at all, and the oldest go
 //! when the folder passes its size bound. Only the tables of objects no other user can write
-//! are kept ([`super::object_trust`]): a user's own program could carry another object's
+//! are kept ([`crate::target::object_trust`]): a user's own program could carry another object's
 //! build-id, and a forged table would make the unwinder read other processes' memory where it
 //! says.
 

@@ -270,7 +270,7 @@ impl UnwindTables {
         // could have written them: a user's file could carry libc's build-id and a forged
         // table, with which every process's libc would then be walked. (`trusted_object`
         // also refuses file systems and mounts users can make.)
-        let trusted = super::object_trust::trusted_object(&file, &metadata);
+        let trusted = crate::target::object_trust::trusted_object(&file, &metadata);
         let build_id = build_id.filter(|_| trusted);
         let key = build_id
             .as_ref()

@@ -6,10 +6,11 @@ use std::{
     fs::File,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use crate::{
-    stacks::{jit_names::JitNames, python_names::PythonNames},
+    stacks::{debug_links, jit_names::JitNames, python_names::PythonNames},
     target::{
         procfs::{self, MapEntry},
         python::Interpreter,
@@ -24,18 +25,36 @@ pub type ObjectId = usize;
 pub struct Object {
     /// Path as the process named it (for display).
     pub path: String,
-    /// Path through which the profiler opens the file for symbolization.
-    pub open_path: PathBuf,
-    /// Keeps the file reachable (through `/proc/self/fd`) if it is deleted or the process exits.
-    _file: Option<File>,
+    /// The file mapped, opened when the mapping was seen: read through `/proc/self/fd`
+    /// whatever its path names by now, deleted, or the process gone. `None` if it could not
+    /// be opened: nothing to symbolize with.
+    file: Option<File>,
+    /// Whether symbolization may read its DWARF ([`debug_links`]), found when first asked.
+    dwarf: OnceLock<bool>,
 }
 
 impl Object {
+    fn new(path: String, file: Option<File>) -> Self {
+        Object {
+            path,
+            file,
+            dwarf: OnceLock::new(),
+        }
+    }
+
     /// A path to the very file mapped (`/proc/self/fd/N` of the descriptor held), for reading
     /// it whatever its own path names by now.
     pub fn held_path(&self) -> Option<PathBuf> {
-        let file = self._file.as_ref()?;
+        let file = self.file.as_ref()?;
         Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+
+    /// Whether symbolization may read the object's DWARF, and so follow its links to separate
+    /// debug files ([`debug_links`]).
+    pub fn dwarf_is_safe(&self) -> bool {
+        *self
+            .dwarf
+            .get_or_init(|| self.file.as_ref().is_some_and(debug_links::dwarf_is_safe))
     }
 
     /// The file name, used as the module name of frames.
@@ -170,18 +189,10 @@ impl AddressSpaces {
     pub fn add_open_files(&mut self, pid: u32, mappings: &[(MapEntry, &File)]) {
         let entries: Vec<MapEntry> = mappings.iter().map(|(entry, _)| entry.clone()).collect();
         self.add(pid, &entries, |entry| {
-            let file = mappings
+            mappings
                 .iter()
                 .find(|(known, _)| known == entry)
-                .and_then(|(_, file)| file.try_clone().ok());
-            match file {
-                Some(file) => (
-                    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-                    Some(file),
-                ),
-                // Unreachable: every entry comes with its file. Nothing to symbolize with.
-                None => (PathBuf::from("/dev/null"), None),
-            }
+                .and_then(|(_, file)| file.try_clone().ok())
         });
     }
 
@@ -190,7 +201,7 @@ impl AddressSpaces {
         &mut self,
         pid: u32,
         entries: &[MapEntry],
-        mut open: impl FnMut(&MapEntry) -> (PathBuf, Option<File>),
+        mut open: impl FnMut(&MapEntry) -> Option<File>,
     ) {
         for entry in entries.iter().filter(|entry| entry.executable) {
             let object = if entry.inode == 0 {
@@ -198,12 +209,8 @@ impl AddressSpaces {
             } else {
                 let key = (entry.device.clone(), entry.inode);
                 Some(*self.by_file.entry(key).or_insert_with(|| {
-                    let (open_path, file) = open(entry);
-                    self.objects.push(Object {
-                        path: entry.path.clone(),
-                        open_path,
-                        _file: file,
-                    });
+                    let file = open(entry);
+                    self.objects.push(Object::new(entry.path.clone(), file));
                     self.objects.len() - 1
                 }))
             };
@@ -228,11 +235,8 @@ impl AddressSpaces {
     fn vdso_object(&mut self) -> Option<ObjectId> {
         *self.vdso.get_or_insert_with(|| {
             let file = copy_own_vdso()?;
-            self.objects.push(Object {
-                path: VDSO.to_owned(),
-                open_path: file.path().to_path_buf(),
-                _file: Some(file.reopen().ok()?),
-            });
+            self.objects
+                .push(Object::new(VDSO.to_owned(), Some(file.reopen().ok()?)));
             self.kept_files.push(file);
             Some(self.objects.len() - 1)
         })
@@ -278,30 +282,12 @@ fn copy_own_vdso() -> Option<tempfile::NamedTempFile> {
     Some(file)
 }
 
-/// Opens the file behind a mapping and returns the path symbolization should use.
-///
-/// `/proc/PID/map_files` reaches the mapped inode even when it was deleted or lives in another
-/// mount namespace; holding the descriptor keeps it reachable after the process exits.
-fn open_mapped_file(pid: u32, entry: &MapEntry) -> (PathBuf, Option<File>) {
-    let Ok(file) = procfs::open_mapped_file(pid, entry) else {
-        return (PathBuf::from(&entry.path), None);
-    };
-    // Prefer the plain path when it is the same file in our namespace: blazesym then finds
-    // separate debug info (`.gnu_debuglink`) next to it.
-    let plain = Path::new(&entry.path);
-    if !entry.deleted && same_file(&file, plain) {
-        return (plain.to_path_buf(), Some(file));
-    }
-    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    (fd_path, Some(file))
-}
-
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
+/// Opens the file behind a mapping through `/proc/PID/map_files` (or the process's root):
+/// the mapped inode even when it was deleted or lives in another mount namespace. Never by
+/// the path in the maps, which names a file of the target's mount namespace, or whatever its
+/// folder's owner has put there since.
+fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
+    procfs::open_mapped_file(pid, entry).ok()
 }
 
 #[cfg(test)]
@@ -321,8 +307,8 @@ mod tests {
         }
     }
 
-    fn fake_open(entry: &MapEntry) -> (PathBuf, Option<File>) {
-        (PathBuf::from(&entry.path), None)
+    fn fake_open(_: &MapEntry) -> Option<File> {
+        None
     }
 
     #[test]
@@ -393,6 +379,8 @@ mod tests {
             panic!("own code not in an executable file mapping");
         };
         let object = &spaces.objects()[object];
-        assert!(object.open_path.exists(), "{object:?}");
+        assert!(object.held_path().unwrap().exists(), "{object:?}");
+        // The test binary names no separate debug file.
+        assert!(object.dwarf_is_safe(), "{object:?}");
     }
 }

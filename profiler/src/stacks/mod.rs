@@ -8,6 +8,7 @@
 pub mod address_space;
 pub mod assemble;
 pub mod block_reason;
+mod debug_links;
 pub mod jit_names;
 pub mod jitdump;
 pub mod perf_map;

@@ -129,7 +129,7 @@ mod tests {
         else {
             panic!("own code not in a file");
         };
-        let bytes = std::fs::read(&spaces.objects()[object].open_path).unwrap();
+        let bytes = std::fs::read(spaces.objects()[object].held_path().unwrap()).unwrap();
         let bounds = FunctionBounds::read(&bytes);
         assert_eq!(bounds.entry_of(file_offset), Some(file_offset));
         assert_eq!(bounds.entry_of(file_offset + 1), Some(file_offset));

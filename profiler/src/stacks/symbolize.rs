@@ -185,15 +185,19 @@ impl Symbols for Blazesym<'_> {
         for (object_id, wanted) in by_object {
             let object = &self.spaces.objects()[object_id];
             let module = object.name().to_owned();
-            let mut elf = Elf::new(&object.open_path);
-            elf.debug_syms = true;
             let offsets: Vec<u64> = wanted.iter().map(|&(_, offset)| offset).collect();
-            let symbolized = self
-                .symbolizer
-                .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
+            // Through the descriptor held since the mapping was seen, never a path of the
+            // target's (see `address_space`), and its DWARF only where that is safe.
+            let symbolized = object.held_path().and_then(|path| {
+                let mut elf = Elf::new(path);
+                elf.debug_syms = object.dwarf_is_safe();
+                self.symbolizer
+                    .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets))
+                    .ok()
+            });
             self.used.insert(object_id);
             for (position, &(index, offset)) in wanted.iter().enumerate() {
-                result[index] = match symbolized.as_ref().ok().and_then(|s| s.get(position)) {
+                result[index] = match symbolized.as_ref().and_then(|s| s.get(position)) {
                     Some(Symbolized::Sym(sym)) => sym_frames(sym, Some(&module), FrameKind::User),
                     _ if module.starts_with('[') => vec![unknown_frame(&module, Some(&module))],
                     _ => {

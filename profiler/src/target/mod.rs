@@ -8,6 +8,7 @@ pub mod allocators;
 pub mod hotspot;
 pub mod launch;
 pub mod libraries;
+pub mod object_trust;
 pub mod open;
 pub mod privileges;
 pub mod procfs;
