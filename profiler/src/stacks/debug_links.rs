@@ -1,11 +1,14 @@
 //! Whether symbolization may read an object's DWARF. With it, blazesym also follows the
 //! object's `.gnu_debuglink`, `.gnu_debugaltlink` or `.debug_sup` to a separate file by name:
 //! under `/usr/lib/debug`, in the object's own folder, or wherever an absolute name in the link
-//! points, opened as root, blocking, following symlinks. A user's object, or a folder a user
-//! can write, could name a FIFO there (the profiler would wait forever) or a device. So the
-//! DWARF is read for objects with no such link, and for those root wrote in folders only root
-//! can change; others are symbolized from their symbol tables. (Objects are handed to blazesym
-//! as `/proc/self/fd/N`, so the DWARF package it looks for, `N.dwp` there, never exists.)
+//! points, opened as root, blocking, following symlinks; and it trusts the DWARF's own sizes
+//! (a compressed section's size is allocated as given). So the DWARF is read only for objects
+//! root wrote ([`object_trust`]: no one else can change them meanwhile, which a check of a
+//! user's file could not promise), and of those, the ones naming a separate file only where
+//! every folder up to `/` is root's alone. Others are named from their symbol tables: a user's
+//! program profiled under sudo loses its inlined frames and line numbers, but cannot make root
+//! open a FIFO (a hang) or a device. (Objects are handed to blazesym as `/proc/self/fd/N`, so
+//! the DWARF package it looks for, `N.dwp` there, never exists.)
 
 use std::{
     fs::File,
@@ -22,10 +25,16 @@ const LINK_SECTIONS: [&str; 3] = [".gnu_debuglink", ".gnu_debugaltlink", ".debug
 
 /// Whether blazesym may read `file`'s DWARF (see the module's comment).
 pub fn dwarf_is_safe(file: &File) -> bool {
+    let Ok(metadata) = file.metadata() else {
+        return false;
+    };
+    if !object_trust::trusted_object(file, &metadata) {
+        return false;
+    }
     match links_to_other_files(file) {
         Some(false) => true,
         // Linked, or unreadable as an ELF file (then blazesym will not get far either).
-        Some(true) | None => root_written_in_root_folders(file),
+        Some(true) | None => in_root_folders(file),
     }
 }
 
@@ -36,7 +45,9 @@ fn links_to_other_files(file: &File) -> Option<bool> {
     if !metadata.is_file() || metadata.len() > MAX_OBJECT_BYTES {
         return None;
     }
-    let cache = object::ReadCache::new(file);
+    // A descriptor of its own: reading moves the file offset, which a clone of `file` shares.
+    let own = File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let cache = object::ReadCache::new(own);
     let elf = object::File::parse(&cache).ok()?;
     Some(
         LINK_SECTIONS
@@ -45,16 +56,9 @@ fn links_to_other_files(file: &File) -> Option<bool> {
     )
 }
 
-/// Whether `file` is root's own ([`object_trust`]) and every folder of the path blazesym will
-/// search from (the descriptor's, as the kernel names it) is too: no one else can put a file
-/// in them, nor rename them.
-fn root_written_in_root_folders(file: &File) -> bool {
-    let Ok(metadata) = file.metadata() else {
-        return false;
-    };
-    if !object_trust::trusted_object(file, &metadata) {
-        return false;
-    }
+/// Whether every folder of the path blazesym will search from (the descriptor's, as the
+/// kernel names it) is root's alone: no one else can put a file in them, nor rename them.
+fn in_root_folders(file: &File) -> bool {
     let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
         return false;
     };
@@ -104,12 +108,19 @@ mod tests {
     }
 
     #[test]
-    fn an_object_without_debug_links_keeps_its_dwarf() {
+    fn a_root_object_without_debug_links_keeps_its_dwarf_a_users_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let binary = program(dir.path(), None);
         let file = File::open(&binary).unwrap();
         assert_eq!(links_to_other_files(&file), Some(false));
-        assert!(dwarf_is_safe(&file));
+        // Root's (the tests run as root), where the folders may be anyone's: no link to follow.
+        assert_eq!(
+            dwarf_is_safe(&file),
+            object_trust::trusted_object(&file, &file.metadata().unwrap())
+        );
+        // Another user's: whatever it says now, they could rewrite it.
+        std::os::unix::fs::chown(&binary, Some(65534), Some(65534)).unwrap();
+        assert!(!dwarf_is_safe(&file));
     }
 
     #[test]

@@ -323,7 +323,16 @@ pub fn open_mapped_file(pid: u32, entry: &MapEntry) -> io::Result<fs::File> {
     use crate::target::open::{open_at, open_in_root, reopen_for_reading};
     let mapped = map_file_path(pid, entry.start, entry.end);
     let path = match open_at(None, &mapped.to_string_lossy(), libc::O_PATH) {
-        Ok(path) => path,
+        Ok(path) => {
+            // The mapping read from the maps may have been replaced since, by another file
+            // that would then be known by this one's identity (the objects are shared by it
+            // across processes). By inode: on btrfs the maps give the file system's device,
+            // `fstat` the subvolume's.
+            if fs::File::from(path.try_clone()?).metadata()?.ino() != entry.inode {
+                return Err(io::Error::other("replaced since it was mapped"));
+            }
+            path
+        }
         Err(_) => {
             let root = open_at(
                 None,
