@@ -1,6 +1,8 @@
 //! Whether an object file's contents are root's own, so that its unwind table may be shared by
-//! build-id and kept on disk ([`super::table_cache`]). A user's own file could carry libc's
-//! build-id and a forged table, with which every process's libc would then be walked.
+//! build-id and kept on disk ([`crate::kernel::table_cache`]), and its DWARF read
+//! ([`crate::stacks`]' `debug_links`). A user's own file could carry libc's build-id and a
+//! forged table, with which every process's libc would then be walked; or name a FIFO as its
+//! debug file, or change between a check and its use.
 
 use std::{
     fs::{File, Metadata},
