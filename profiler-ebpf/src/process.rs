@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    OFFCPU_STATE_NEW_THREAD, ProcessEvent, RUN_DELAY_UNKNOWN, TARGET_FOLLOW_CHILDREN, counter,
-    process_event,
+    OFFCPU_STATE_NEW_THREAD, ProcessEvent, RUN_DELAY_UNKNOWN, TARGET_FOLLOW_CHILDREN, ThreadState,
+    counter, process_event,
 };
 
 use crate::{
@@ -93,17 +93,25 @@ fn thread_after_exec(tgid: u32) {
         unsafe { (*thread).off_cpu.comm[0] = 0 };
         return;
     }
-    crate::maps::mark_forked_thread(tgid);
-    if THREADS.insert(tgid, &THREAD_ZERO, 0).is_err() {
-        bump(counter::OFFCPU_MAP_FULL);
-        return;
-    }
     // Unlike a new thread's, its counts in the kernel did not start at 0: its first
     // switch-out only notes them.
-    if let Some(thread) = THREADS.get_ptr_mut(tgid) {
+    if let Some(thread) = new_thread_entry(tgid) {
         // SAFETY: as above.
         unsafe { (*thread).sched_pcount = RUN_DELAY_UNKNOWN };
     }
+}
+
+/// A new `THREADS` entry for target thread `tid`, replacing any stale one (a thread that
+/// exited before the collector took it), and `tid` marked as a target's for `sched_switch`.
+/// `None` if the map is full (counted).
+#[inline(always)]
+fn new_thread_entry(tid: u32) -> Option<*mut ThreadState> {
+    crate::maps::mark_forked_thread(tid);
+    if THREADS.insert(tid, &THREAD_ZERO, 0).is_err() {
+        bump(counter::OFFCPU_MAP_FULL);
+        return None;
+    }
+    THREADS.get_ptr_mut(tid)
 }
 
 /// A new thread of a target: with the scheduler programs running it is a target thread from
@@ -113,13 +121,7 @@ fn add_new_thread(tid: u32, tgid: u32) {
     if !tracks_threads() {
         return;
     }
-    crate::maps::mark_forked_thread(tid);
-    // Any stale entry under this tid is a thread that exited before the collector took it.
-    if THREADS.insert(tid, &THREAD_ZERO, 0).is_err() {
-        bump(counter::OFFCPU_MAP_FULL);
-        return;
-    }
-    let Some(thread) = THREADS.get_ptr_mut(tid) else {
+    let Some(thread) = new_thread_entry(tid) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
