@@ -11,7 +11,7 @@
 //! the DWARF package it looks for, `N.dwp` there, never exists.)
 
 use std::{
-    fs::File,
+    fs::{File, Metadata},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::Path,
 };
@@ -31,17 +31,16 @@ pub fn dwarf_is_safe(file: &File) -> bool {
     if !object_trust::trusted_object(file, &metadata) {
         return false;
     }
-    match links_to_other_files(file) {
+    match links_to_other_files(file, &metadata) {
         Some(false) => true,
         // Linked, or unreadable as an ELF file (then blazesym will not get far either).
         Some(true) | None => in_root_folders(file),
     }
 }
 
-/// Whether `file` has a section naming a separate debug file; `None` if it is not an ELF file
-/// this can read. Only the headers and section names are read.
-fn links_to_other_files(file: &File) -> Option<bool> {
-    let metadata = file.metadata().ok()?;
+/// Whether `file` (its `metadata`) has a section naming a separate debug file; `None` if it is
+/// not an ELF file this can read. Only the headers and section names are read.
+fn links_to_other_files(file: &File, metadata: &Metadata) -> Option<bool> {
     if !metadata.is_file() || metadata.len() > MAX_OBJECT_BYTES {
         return None;
     }
@@ -81,6 +80,10 @@ mod tests {
 
     use super::*;
 
+    fn links(file: &File) -> Option<bool> {
+        links_to_other_files(file, &file.metadata().unwrap())
+    }
+
     /// Compiles a small program in `dir`, with a debug link to `link` if given.
     fn program(dir: &Path, link: Option<&str>) -> std::path::PathBuf {
         let source = dir.join("p.c");
@@ -112,7 +115,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let binary = program(dir.path(), None);
         let file = File::open(&binary).unwrap();
-        assert_eq!(links_to_other_files(&file), Some(false));
+        assert_eq!(links(&file), Some(false));
         // Root's (the tests run as root), where the folders may be anyone's: no link to follow.
         assert_eq!(
             dwarf_is_safe(&file),
@@ -128,7 +131,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let binary = program(dir.path(), Some("p.debug"));
         let file = File::open(&binary).unwrap();
-        assert_eq!(links_to_other_files(&file), Some(true));
+        assert_eq!(links(&file), Some(true));
         // The object is root's and the folder too, but one above it is writable by all.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(!dwarf_is_safe(&file));
@@ -141,7 +144,7 @@ mod tests {
         // Debian's binaries link to their `-dbgsym` files; `/usr/bin` and those above it are
         // root's alone.
         let file = File::open("/usr/bin/ls").unwrap();
-        assert_eq!(links_to_other_files(&file), Some(true));
+        assert_eq!(links(&file), Some(true));
         assert!(dwarf_is_safe(&file));
     }
 
@@ -150,6 +153,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not-elf");
         std::fs::write(&path, b"plain text").unwrap();
-        assert_eq!(links_to_other_files(&File::open(&path).unwrap()), None);
+        assert_eq!(links(&File::open(&path).unwrap()), None);
     }
 }

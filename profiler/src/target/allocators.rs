@@ -9,7 +9,7 @@ use std::{
 use object::{Object as _, ObjectSymbol as _};
 use profiler_common::alloc_layout;
 
-use super::procfs;
+use super::{libraries, procfs};
 
 /// An allocator function and how it takes its arguments (`alloc_layout`).
 #[derive(Clone, Copy, Debug)]
@@ -224,20 +224,6 @@ impl AllocatorObject {
     }
 }
 
-/// Opens `path` for reading if it is a regular file, looked at before it is opened: no FIFO or
-/// device opened by mistake. (A `map_files` link names the very file mapped.)
-fn open_regular(path: &Path) -> Option<(std::fs::File, std::fs::Metadata)> {
-    use crate::target::open::{open_at, reopen_for_reading};
-    let handle = open_at(None, path.to_str()?, libc::O_PATH).ok()?;
-    let metadata = std::fs::File::from(handle.try_clone().ok()?)
-        .metadata()
-        .ok()?;
-    if !metadata.is_file() {
-        return None;
-    }
-    Some((reopen_for_reading(&handle).ok()?, metadata))
-}
-
 /// The allocator objects mapped into process `pid`, from its memory map (`proc_root` is
 /// `/proc` outside tests).
 /// Rarely used functions are probed when a mapped object imports them, or `program` (the
@@ -263,8 +249,8 @@ pub fn allocator_objects(
     // A command held before its exec still maps the profiler: the rare functions worth a
     // probe are those the program it will run imports too.
     let mut imported: HashSet<String> = program
-        .and_then(open_regular)
-        .and_then(|(mut file, _)| procfs::read_object(&mut file))
+        .and_then(libraries::open)
+        .and_then(|mut file| procfs::read_object(&mut file))
         .map(|elf| imported_names(&elf))
         .unwrap_or_default();
     let mut candidates = Vec::new();
@@ -280,7 +266,10 @@ pub fn allocator_objects(
         // this descriptor, never a path whose folders the process's user could swap (to a
         // FIFO that would hold the profiler, a device, or a link out of a container).
         let mapped = proc_root.join(format!("{pid}/map_files/{range}"));
-        let Some((mut file, metadata)) = open_regular(&mapped) else {
+        let Some(mut file) = libraries::open(&mapped) else {
+            continue;
+        };
+        let Ok(metadata) = file.metadata() else {
             continue;
         };
         let identity = (metadata.dev(), metadata.ino());
