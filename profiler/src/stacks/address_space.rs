@@ -142,7 +142,12 @@ impl AddressSpaces {
         }
         let entries = procfs::parse_maps(&text);
         self.last_maps.insert(pid, text);
-        self.add(pid, &entries, |entry| open_mapped_file(pid, entry));
+        // Through `map_files` (the mapped inode even when deleted or in another mount
+        // namespace), never by the path in the maps, which names a file of the target's mount
+        // namespace, or whatever its folder's owner has put there since.
+        self.add(pid, &entries, |entry| {
+            procfs::open_mapped_file(pid, entry).ok()
+        });
         self.jit.update(pid, &entries);
         self.python.update(pid, &entries).cloned()
     }
@@ -280,14 +285,6 @@ fn copy_own_vdso() -> Option<tempfile::NamedTempFile> {
     let mut file = tempfile::NamedTempFile::new().ok()?;
     std::io::Write::write_all(&mut file, image).ok()?;
     Some(file)
-}
-
-/// Opens the file behind a mapping through `/proc/PID/map_files` (or the process's root):
-/// the mapped inode even when it was deleted or lives in another mount namespace. Never by
-/// the path in the maps, which names a file of the target's mount namespace, or whatever its
-/// folder's owner has put there since.
-fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
-    procfs::open_mapped_file(pid, entry).ok()
 }
 
 #[cfg(test)]
